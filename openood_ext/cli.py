@@ -1,0 +1,102 @@
+"""The ``openood-ext`` command (``python main.py`` is ``openood-ext run``).
+
+    openood-ext run --config a.yml [b.yml ...] [key=value ...] [--key.sub value ...] [--debug]
+    openood-ext list [kind] [pattern]
+
+User errors print one line on stderr and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import OpenOODError
+
+USAGE = """usage: openood-ext run --config FILE.yml [FILE.yml ...] [key=value ...] [--debug]
+       openood-ext list [kind] [pattern]"""
+
+
+def _split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], bool]:
+    """(config files, override tokens, debug) from ``run``'s arguments."""
+    configs, rest, debug, i = [], [], False, 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--debug":
+            debug = True
+        elif tok in ("--config", "-c"):
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-") and "=" not in argv[i]:
+                configs.append(argv[i])
+                i += 1
+            continue
+        elif tok.startswith("--config="):
+            configs.append(tok.split("=", 1)[1])
+        else:
+            rest.append(tok)
+        i += 1
+    return configs, rest, debug
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    from .config import cli_overrides, load_config
+    from .runner import run_config
+    configs, rest, _ = _split_run_args(argv)
+    cfg = load_config(configs, cli_overrides(rest))
+    run_config(cfg)
+    return 0
+
+
+def cmd_list(argv: Sequence[str]) -> int:
+    from .registry import all_registries
+    parser = argparse.ArgumentParser(prog="openood-ext list", description="List registered parts.")
+    parser.add_argument("kind", nargs="?", help="registry (networks, postprocessors, ...); all when omitted")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell wildcard on names, e.g. '*knn*'")
+    args = parser.parse_args(argv)
+    registries = all_registries()
+    if args.kind and args.kind not in registries:
+        from .errors import RegistryError
+        raise RegistryError(f"unknown kind '{args.kind}' (known: {', '.join(sorted(registries))})")
+    kinds = [args.kind] if args.kind else sorted(registries)
+    for kind in kinds:
+        reg = registries[kind]
+        for name in reg.names(args.pattern):
+            print(f"{kind:15s} {name:20s} {reg.describe(name)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"openood-ext: error: unknown command '{argv[0]}' (known: {', '.join(COMMANDS)})\n{USAGE}",
+              file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except OpenOODError as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split("\n"))
+        print(f"openood-ext: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("openood-ext: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_main() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_main()

@@ -1,0 +1,190 @@
+"""Configuration: YAML files merged left to right, dotted overrides, ``${...}`` interpolation.
+
+    python main.py --config a.yml b.yml trainer.epochs=5 postprocessors=[msp,knn] --network.checkpoint x.pt
+
+* A file may start from others with ``_base_: [relative/path.yml, ...]`` (merged first, in order).
+* ``key=value`` overrides an existing key; a key that does not exist is an error naming the closest
+  keys; ``+key=value`` adds a new key. ``--key value`` and ``--key=value`` are the same as ``key=value``.
+* Values are parsed as YAML (``[a,b]`` is a list, ``5`` an int); a value of the wrong type for the key
+  it replaces (text for a number, say) is an error.
+* Top-level keys are checked against the known ones (see ``TOP_LEVEL_KEYS``); put your own
+  variables under ``vars:``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+from .utils.io import write_text
+
+BASE_KEY = "_base_"
+TOP_LEVEL_KEYS = {
+    "pipeline", "experiment", "seed", "device", "output_dir", "cache_dir", "num_workers", "batch_size",
+    "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
+    "train_if_missing", "verbose", "resume", "vars", "aps",
+}
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load one YAML file (and its ``_base_`` files) into a DictConfig; ConfigError names file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: _base_ files include each other in a cycle")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+    try:
+        # Re-load through OmegaConf so its YAML dialect (1e-4 as a float, ...) applies.
+        cfg = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    bases = cfg.pop(BASE_KEY, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create({})
+    for base in bases:
+        merged = OmegaConf.merge(merged, load_yaml(path.parent / base, _seen + (path.resolve(),)))
+    return OmegaConf.merge(merged, cfg)
+
+
+def cli_overrides(tokens: Sequence[str]) -> list[str]:
+    """Turn ``--a.b value`` / ``--a.b=value`` / ``a.b=value`` tokens into ``a.b=value`` strings."""
+    out, i = [], 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--"):
+            body = tok[2:]
+            if "=" in body:
+                out.append(body)
+            elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                out.append(f"{body}={tokens[i + 1]}")
+                i += 1
+            else:
+                raise ConfigError(f"option '{tok}' needs a value (--key value or key=value)")
+        elif "=" in tok:
+            out.append(tok)
+        else:
+            raise ConfigError(f"argument '{tok}' is not an override (expected key=value)")
+        i += 1
+    return out
+
+
+def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(cfg, DictConfig):
+        for k in cfg.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            node = cfg._get_node(k)
+            if isinstance(node, DictConfig):
+                keys += _all_keys(node, full + ".")
+    return keys
+
+
+_ABSENT = object()
+
+
+def _check_type(key: str, old: Any, new: Any) -> None:
+    if old is None or new is None:
+        return
+    if isinstance(old, bool):
+        ok = isinstance(new, bool)
+    elif isinstance(old, (int, float)):
+        ok = isinstance(new, (int, float)) and not isinstance(new, bool)
+    elif isinstance(old, (DictConfig, dict)):
+        ok = isinstance(new, (DictConfig, dict, str))
+    else:
+        ok = True
+    if not ok:
+        expected = "a mapping" if isinstance(old, (DictConfig, dict)) else type(old).__name__
+        raise ConfigError(f"override '{key}': expected {expected}, got {new!r}")
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Apply ``key=value`` / ``+key=value`` overrides in place (see module docstring)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        key, value_text = item.split("=", 1)
+        add = key.startswith("+")
+        key = key.lstrip("+").strip()
+        if not key:
+            raise ConfigError(f"override '{item}': empty key")
+        try:
+            value = OmegaConf.from_dotlist([f"v={value_text}"]).v if value_text else ""
+            old = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override '{item}': {str(exc).splitlines()[0]}") from None
+        if old is _ABSENT and not add:
+            close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"override '{key}': no such key in the config{hint} (use +{key}=... to add it)")
+        if old is not _ABSENT:
+            _check_type(key, old, value)
+        try:
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override '{item}': {str(exc).splitlines()[0]}") from None
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject unknown top-level keys (typos) with the closest known one."""
+    for key in cfg.keys():
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL_KEYS), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else " (put your own variables under 'vars:')"
+            raise ConfigError(f"config key '{key}' is not known{hint}")
+
+
+def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> DictConfig:
+    """Merge ``paths`` left to right, apply overrides, resolve interpolations, validate."""
+    if not paths:
+        raise ConfigError("no config file given (use --config FILE.yml)")
+    cfg = OmegaConf.create({})
+    for p in paths:
+        cfg = OmegaConf.merge(cfg, load_yaml(p))
+    apply_overrides(cfg, overrides)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config interpolation failed: {str(exc).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    blob = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_plain(node: Any) -> Any:
+    """DictConfig/ListConfig -> dict/list; anything else unchanged."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node

@@ -1,0 +1,139 @@
+"""Benchmark definitions: which image lists make up ID train/val/test and the near/far OOD sets.
+
+A benchmark is configured like this (``configs/benchmarks/<name>.yml``)::
+
+    benchmark:
+      name: digits                      # BENCHMARKS entry: 'imglist' for plain lists, or a named benchmark
+      data_root: null                   # null -> $OPENOOD_EXT_DATA, else ./data
+      imglist_dir: benchmark_imglist/digits
+      num_classes: 6
+      preprocessor: {image_size: 8, channels: 1, mean: [0.5], std: [0.5]}
+      id: {train: train.txt, val: val.txt, test: test.txt}
+      ood:
+        val: val_ood.txt                # OOD split for parameter search (optional)
+        near: {digits6to9: test_near_digits6to9.txt}
+        far: {textures: test_far_textures.txt}
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import ConfigError
+from .imglist import ImglistDataset, SkipCounter, read_imglist
+from .registry import BENCHMARKS
+from .transforms import build_transform, image_mode
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ID_SPLITS = ("train", "val", "test")
+OOD_GROUPS = ("near", "far")
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A relative path is taken from the working directory, else from the repository root."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
+        return p
+    return REPO_ROOT / p
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("OPENOOD_EXT_DATA") or "data")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One image list of a benchmark. ``group`` is id_train/id_val/id_test/ood_val/near/far."""
+
+    name: str
+    group: str
+    imglist: Path
+
+    @property
+    def is_ood(self) -> bool:
+        return self.group in ("ood_val", "near", "far")
+
+
+@BENCHMARKS.register("imglist")
+class Benchmark:
+    """A benchmark given entirely by image lists on disk (no preparation step)."""
+
+    def __init__(self, num_classes: int, id: Mapping[str, str], ood: Mapping[str, Any] | None = None,
+                 imglist_dir: str = ".", data_root: str | None = None,
+                 preprocessor: Mapping[str, Any] | None = None, title: str | None = None,
+                 on_bad_image: str = "error"):
+        self.title = title or getattr(type(self), "_registry_name", "imglist")
+        self.num_classes = int(num_classes)
+        self.imglist_dir = resolve_path(imglist_dir)
+        self.data_root = Path(data_root) if data_root else default_data_root()
+        self.preprocessor = dict(preprocessor or {})
+        self.on_bad_image = on_bad_image
+        missing = [k for k in ID_SPLITS if k not in (id or {})]
+        if missing:
+            raise ConfigError(f"benchmark.id: missing split(s) {', '.join(missing)} (need train, val, test)")
+        ood = dict(ood or {})
+        unknown = set(ood) - {"val", *OOD_GROUPS}
+        if unknown:
+            raise ConfigError(f"benchmark.ood: unknown key(s) {sorted(unknown)} (expected val, near, far)")
+        self._splits = [Split(f"id_{k}", f"id_{k}", self.imglist_dir / id[k]) for k in ID_SPLITS]
+        if ood.get("val"):
+            self._splits.append(Split("ood_val", "ood_val", self.imglist_dir / ood["val"]))
+        for group in OOD_GROUPS:
+            for set_name, fname in (ood.get(group) or {}).items():
+                self._splits.append(Split(set_name, group, self.imglist_dir / fname))
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def name(self) -> str:
+        return self.title
+
+    def prepare(self) -> None:
+        """Make the images available (download/generate). Plain image-list benchmarks have nothing to do."""
+
+    def splits(self, groups: tuple[str, ...] | None = None) -> list[Split]:
+        return [s for s in self._splits if groups is None or s.group in groups]
+
+    def split(self, name: str) -> Split:
+        for s in self._splits:
+            if s.name == name:
+                return s
+        raise ConfigError(f"benchmark {self.name}: no split named {name!r}")
+
+    def ood_sets(self, group: str) -> list[Split]:
+        return self.splits((group,))
+
+    # ------------------------------------------------------------------ availability
+    def missing_reason(self, split: Split) -> str | None:
+        """Why a split cannot be evaluated (image list or all of its images absent), or None."""
+        if not split.imglist.is_file():
+            return f"image list {split.imglist} not found"
+        entries = read_imglist(split.imglist)
+        if not entries:
+            return f"image list {split.imglist} is empty"
+        present = sum((self.data_root / e.path).exists() for e in entries)
+        if present == 0:
+            return f"none of its {len(entries)} images are under {self.data_root}"
+        return None
+
+    # ------------------------------------------------------------------ loading
+    def dataset(self, split: Split, train: bool = False) -> ImglistDataset:
+        return ImglistDataset(split.imglist, self.data_root, build_transform(self.preprocessor, train),
+                              mode=image_mode(self.preprocessor), on_bad_image=self.on_bad_image,
+                              label_override=-1 if split.is_ood else None)
+
+    def loader(self, split: Split, batch_size: int = 128, num_workers: int = 0, train: bool = False,
+               seed: int = 0) -> torch.utils.data.DataLoader:
+        """DataLoader yielding ``(images, labels, n_skipped)``; shuffled (seeded) when ``train``."""
+        generator = torch.Generator().manual_seed(seed) if train else None
+        return torch.utils.data.DataLoader(
+            self.dataset(split, train), batch_size=batch_size, shuffle=train, generator=generator,
+            num_workers=num_workers, collate_fn=SkipCounter(), drop_last=False,
+            persistent_workers=False)
+
+    def preprocessing_key(self) -> dict:
+        return {"preprocessor": self.preprocessor, "data_root": str(self.data_root.resolve())}

@@ -1,0 +1,5 @@
+"""The BENCHMARKS registry: named benchmark definitions (image lists + preprocessing + data preparation)."""
+
+from ..registry import Registry
+
+BENCHMARKS = Registry("benchmarks")

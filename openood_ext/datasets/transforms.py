@@ -1,0 +1,55 @@
+"""Preprocessing built from config (OpenOOD's train/test transforms per benchmark).
+
+Config keys (``benchmark.preprocessor``)::
+
+    image_size: 32          # final side length
+    resize: 32              # shorter side before cropping (default: image_size)
+    channels: 3             # 3 -> RGB, 1 -> grayscale (images are converted, never rejected)
+    mean: [0.4914, 0.4822, 0.4465]
+    std: [0.2470, 0.2435, 0.2616]
+    train_augment: [random_crop, hflip]   # random_crop pads by 4 (crop_padding) like OpenOOD
+    crop_padding: 4
+    interpolation: bilinear
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torchvision import transforms as T
+
+from ..errors import ConfigError
+
+_AUGMENTS = ("random_crop", "hflip")
+
+
+def image_mode(pre: Mapping[str, Any]) -> str:
+    channels = int(pre.get("channels", 3))
+    if channels not in (1, 3):
+        raise ConfigError(f"benchmark.preprocessor.channels must be 1 or 3, got {channels}")
+    return "RGB" if channels == 3 else "L"
+
+
+def build_transform(pre: Mapping[str, Any], train: bool = False):
+    """torchvision transform PIL image -> float tensor [channels, image_size, image_size]."""
+    size = int(pre.get("image_size", 32))
+    resize = int(pre.get("resize", size))
+    channels = int(pre.get("channels", 3))
+    mean, std = list(pre.get("mean", [0.5] * channels)), list(pre.get("std", [0.5] * channels))
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"benchmark.preprocessor: mean/std need {channels} values, got {mean} / {std}")
+    try:
+        interp = T.InterpolationMode(pre.get("interpolation", "bilinear"))
+    except ValueError:
+        raise ConfigError(f"benchmark.preprocessor.interpolation: unknown mode {pre.get('interpolation')!r}") from None
+    steps = [T.Resize(resize, interpolation=interp), T.CenterCrop(size)]
+    if train:
+        for aug in pre.get("train_augment", []) or []:
+            if aug == "random_crop":
+                steps.append(T.RandomCrop(size, padding=int(pre.get("crop_padding", 4))))
+            elif aug == "hflip":
+                steps.append(T.RandomHorizontalFlip())
+            else:
+                raise ConfigError(f"benchmark.preprocessor.train_augment: unknown '{aug}' (known: {', '.join(_AUGMENTS)})")
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(steps)

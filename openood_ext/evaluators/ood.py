@@ -1,0 +1,87 @@
+"""The ``ood`` evaluator: ID accuracy and OOD metrics per OOD set and per near/far group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+from .metrics import accuracy, check_scores, ood_metrics
+from .registry import EVALUATORS
+
+GROUP_DATASET = {"near": "nearood", "far": "farood"}
+
+
+@dataclass
+class SplitScores:
+    """Scores of one postprocessor on one split: confidences [N], predictions [N], labels [N]."""
+
+    conf: np.ndarray
+    preds: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class EvalResult:
+    """Long-format metric rows plus the nested summary stored in metrics.json."""
+
+    rows: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+@EVALUATORS.register("ood")
+class OODEvaluator:
+    """ID accuracy; AUROC, AUPR-In, AUPR-Out, FPR@95 per OOD set; unweighted means per near/far group.
+
+    A group whose sets were not all evaluated (some skipped as unavailable) gets its mean marked
+    ``partial``; a group with no evaluated set gets no mean at all.
+    """
+
+    metric_names = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
+
+    def evaluate(self, postprocessor: str, id_test: SplitScores, ood: dict[str, tuple[str, SplitScores]],
+                 skipped: dict[str, tuple[str, str]] | None = None) -> EvalResult:
+        """
+        Args:
+            postprocessor: name used in rows and error messages.
+            id_test: scores of the ID test split (labels are class indices).
+            ood: set name -> (group, scores) for every evaluated OOD set.
+            skipped: set name -> (group, reason) for OOD sets that could not be evaluated.
+        """
+        skipped = skipped or {}
+        self._check(postprocessor, "id_test", id_test.conf)
+        result = EvalResult()
+        acc = accuracy(id_test.preds, id_test.labels)
+        result.rows.append(_row(postprocessor, "id_test", "id", "accuracy", acc))
+        per_set = {}
+        for set_name, (group, scores) in ood.items():
+            self._check(postprocessor, set_name, scores.conf)
+            values = ood_metrics(id_test.conf, scores.conf)
+            per_set[set_name] = {"group": group, "n": int(len(scores.conf)), **values}
+            result.rows += [_row(postprocessor, set_name, group, m, values[m]) for m in self.metric_names]
+        groups = {}
+        for group, dataset in GROUP_DATASET.items():
+            present = [s for s, v in per_set.items() if v["group"] == group]
+            absent = sorted(s for s, (g, _) in skipped.items() if g == group)
+            if not present:
+                continue
+            means = {m: float(np.mean([per_set[s][m] for s in present])) for m in self.metric_names}
+            partial = bool(absent)
+            groups[group] = {**means, "sets": present, "skipped_sets": absent, "partial": partial}
+            result.rows += [_row(postprocessor, dataset, group, m, means[m], partial) for m in self.metric_names]
+        result.summary = {"id_accuracy": acc, "sets": per_set, "groups": groups,
+                          "skipped": {s: {"group": g, "reason": r} for s, (g, r) in skipped.items()}}
+        return result
+
+    @staticmethod
+    def _check(postprocessor: str, dataset: str, conf: np.ndarray) -> None:
+        try:
+            check_scores(conf, f"scores of postprocessor '{postprocessor}' on '{dataset}'")
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+
+
+def _row(pp: str, dataset: str, group: str, metric: str, value: float, partial: bool = False) -> dict:
+    return {"postprocessor": pp, "dataset": dataset, "group": group, "metric": metric,
+            "value": float(value), "partial": partial}

@@ -1,0 +1,5 @@
+"""The EVALUATORS registry."""
+
+from ..registry import Registry
+
+EVALUATORS = Registry("evaluators")

@@ -1,0 +1,58 @@
+"""Saving and loading network checkpoints with errors that name the file and the mismatch.
+
+Format written here: ``{"format": "openood_ext/1", "network": <network config>, "state_dict": ...,
+"meta": {...}}``. Plain state dicts (OpenOOD's ``.ckpt`` files) load too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import CheckpointError
+from ..utils.io import write_with
+
+FORMAT = "openood_ext/1"
+
+
+def save_checkpoint(path: str | Path, net: torch.nn.Module, network_cfg: Mapping[str, Any],
+                    meta: Mapping[str, Any] | None = None) -> None:
+    blob = {"format": FORMAT, "network": dict(network_cfg), "state_dict": net.state_dict(),
+            "meta": dict(meta or {})}
+    write_with(path, lambda tmp: torch.save(blob, tmp))
+
+
+def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
+    """Load weights into ``net``; return the checkpoint's meta dict. Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if isinstance(blob, Mapping) and "state_dict" in blob:
+        state, meta = blob["state_dict"], dict(blob.get("meta", {}))
+        meta["network"] = blob.get("network")
+    elif isinstance(blob, Mapping):
+        state, meta = blob, {}
+    else:
+        raise CheckpointError(f"{path}: expected a state dict, found {type(blob).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel checkpoints
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit network {type(net).__name__} "
+            f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit network {type(net).__name__}: {k} has shape {got}, "
+            f"network expects {want} (different architecture or number of classes?)")
+    net.load_state_dict(state)
+    return meta

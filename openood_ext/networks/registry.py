@@ -1,0 +1,5 @@
+"""The NETWORKS registry."""
+
+from ..registry import Registry
+
+NETWORKS = Registry("networks")

@@ -1,0 +1,5 @@
+"""The PIPELINES registry: each entry takes the resolved config and has ``run() -> dict``."""
+
+from ..registry import Registry
+
+PIPELINES = Registry("pipelines")

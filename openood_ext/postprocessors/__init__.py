@@ -1,0 +1,15 @@
+"""Postprocessors: turn network outputs into confidence scores (higher = more in-distribution).
+
+Public contract::
+
+    from openood_ext.postprocessors import POSTPROCESSORS
+    pp = POSTPROCESSORS.build({"name": "knn", "k": 50})
+    pp.fit(train_outputs)
+    conf = pp.score(test_outputs)
+"""
+
+from .base import Postprocessor
+from .registry import POSTPROCESSORS
+from . import ebo, hsc, knn, msp  # noqa: F401  (registration)
+
+__all__ = ["POSTPROCESSORS", "Postprocessor"]

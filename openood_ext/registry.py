@@ -1,0 +1,207 @@
+"""One registry class for every kind of part (networks, trainers, postprocessors, ...).
+
+A part is registered with a decorator and built from a config mapping::
+
+    @POSTPROCESSORS.register("knn", aliases=["deep_knn"])
+    class KNNPostprocessor(Postprocessor): ...
+
+    POSTPROCESSORS.build({"name": "knn", "k": 50})   # -> KNNPostprocessor(k=50)
+    POSTPROCESSORS.build("knn")                      # -> KNNPostprocessor()
+
+Third-party packages add parts without touching this repository through the entry-point group
+``openood_ext.<kind>`` (e.g. ``openood_ext.postprocessors``). An entry point may name a class or
+function (registered under the entry point's name) or a module (imported; it registers itself).
+Entry points are loaded lazily: the first time a name is missing or a listing is asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import inspect
+from importlib import metadata
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import ConfigError, PluginError, RegistryError
+
+_ALL_REGISTRIES: dict[str, "Registry"] = {}
+
+
+class Registry:
+    """A name -> factory table for one kind of part.
+
+    Args:
+        kind: plural name of the kind ("postprocessors"); also the entry-point group suffix.
+    """
+
+    def __init__(self, kind: str):
+        if kind in _ALL_REGISTRIES:
+            raise RegistryError(f"a registry for '{kind}' already exists")
+        self.kind = kind
+        self.entry_point_group = f"openood_ext.{kind}"
+        self._entries: dict[str, Callable] = {}
+        self._aliases: dict[str, str] = {}
+        self._entry_points_loaded = False
+        _ALL_REGISTRIES[kind] = self
+
+    # ------------------------------------------------------------------ registration
+    def register(self, name: str | Callable | None = None, *, aliases: Iterable[str] = (),
+                 force: bool = False):
+        """Decorator registering a class or function under ``name`` (default: its ``__name__``).
+
+        Usable as ``@REG.register``, ``@REG.register("name")`` or
+        ``@REG.register("name", aliases=["other"], force=True)``. A duplicate name raises
+        :class:`RegistryError` unless ``force=True`` (which replaces the old entry).
+        """
+        if callable(name):  # bare @REG.register
+            return self._add(name.__name__, name, aliases, force)
+
+        def decorator(obj: Callable) -> Callable:
+            return self._add(name or obj.__name__, obj, aliases, force)
+
+        return decorator
+
+    def _add(self, name: str, obj: Callable, aliases: Iterable[str], force: bool) -> Callable:
+        for key in (name, *aliases):
+            taken = key in self._entries or key in self._aliases
+            if taken and not force:
+                existing = self._entries.get(key) or self._entries[self._aliases[key]]
+                raise RegistryError(
+                    f"{self.kind}: '{key}' is already registered "
+                    f"(by {existing.__module__}.{existing.__qualname__}); pass force=True to replace it")
+        self._entries[name] = obj
+        self._aliases.pop(name, None)
+        for alias in aliases:
+            self._aliases[alias] = name
+        obj._registry_name = name  # lets a built object report the name it was built from
+        return obj
+
+    # ------------------------------------------------------------------ lookup
+    def _canonical(self, name: str) -> str | None:
+        if name in self._entries:
+            return name
+        return self._aliases.get(name)
+
+    def get(self, name: str) -> Callable:
+        """Return the registered class/function; raise RegistryError with close matches if unknown."""
+        if not isinstance(name, str):
+            raise RegistryError(f"{self.kind}: expected a name (string), got {type(name).__name__}")
+        key = self._canonical(name)
+        if key is None:
+            self.load_entry_points()
+            key = self._canonical(name)
+        if key is None:
+            known = sorted([*self._entries, *self._aliases])
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise RegistryError(
+                f"unknown {self.kind} name '{name}'{hint} (see `openood-ext list {self.kind}`)")
+        return self._entries[key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if self._canonical(name) is None:
+            self.load_entry_points()
+        return self._canonical(name) is not None
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names (not aliases) matching a shell wildcard pattern, sorted."""
+        self.load_entry_points()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def describe(self, name: str) -> str:
+        """First line of the entry's docstring (empty if it has none)."""
+        doc = inspect.getdoc(self.get(name)) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+    # ------------------------------------------------------------------ building
+    def build(self, cfg: str | Mapping[str, Any], **extra: Any) -> Any:
+        """Build an entry from ``"name"`` or ``{"name": ..., **kwargs}``; ``extra`` adds kwargs.
+
+        Keyword arguments the entry does not accept raise ConfigError naming them.
+        """
+        if isinstance(cfg, str):
+            name, kwargs = cfg, {}
+        elif isinstance(cfg, Mapping) or hasattr(cfg, "keys"):
+            kwargs = _to_plain_dict(cfg)
+            if "name" not in kwargs:
+                raise ConfigError(f"{self.kind}: config {kwargs} has no 'name' key")
+            name = kwargs.pop("name")
+        else:
+            raise ConfigError(f"{self.kind}: expected a name or a mapping with 'name', got {cfg!r}")
+        kwargs.update(extra)
+        factory = self.get(name)
+        _check_kwargs(self.kind, name, factory, kwargs)
+        try:
+            return factory(**kwargs)
+        except (ValueError, TypeError) as exc:  # constructors reject bad argument values this way
+            raise ConfigError(f"{self.kind} '{name}': {exc}") from exc
+
+    # ------------------------------------------------------------------ plugins
+    def load_entry_points(self) -> None:
+        """Import the parts advertised in the entry-point group, once."""
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in metadata.entry_points(group=self.entry_point_group):
+            if self._canonical(ep.name) is not None:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plugin must say so, not vanish
+                raise PluginError(
+                    f"entry point '{ep.name} = {ep.value}' (group {self.entry_point_group}) "
+                    f"failed to import: {type(exc).__name__}: {exc}") from exc
+            if inspect.ismodule(obj):
+                continue  # importing the module registered its parts
+            if self._canonical(ep.name) is None:
+                self._add(ep.name, obj, (), False)
+
+
+def _to_plain_dict(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _check_kwargs(kind: str, name: str, factory: Callable, kwargs: dict) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without signatures
+        return
+    params = sig.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"{kind} '{name}' does not accept {', '.join(repr(u) for u in unknown)}; "
+            f"it takes: {', '.join(sorted(accepted)) or 'no arguments'}")
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import the modules named in a config's ``plugins:`` list so that they register parts."""
+    for mod in modules or ():
+        try:
+            importlib.import_module(mod)
+        except Exception as exc:
+            raise PluginError(f"plugin module '{mod}' failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def all_registries() -> dict[str, Registry]:
+    """Every registry, with the built-in parts imported."""
+    import openood_ext.builtin  # noqa: F401  (registers the built-in parts)
+    return dict(_ALL_REGISTRIES)

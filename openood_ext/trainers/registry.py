@@ -1,0 +1,5 @@
+"""The TRAINERS registry."""
+
+from ..registry import Registry
+
+TRAINERS = Registry("trainers")
