@@ -67,6 +67,27 @@ def cmd_list(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list}
+# Subcommands implemented elsewhere, imported only when used: "module:function(argv) -> int".
+LAZY_COMMANDS = {
+    "data": "openood_ext.datasets.cli:main",
+    "leaderboard": "openood_ext.leaderboard:main",
+    "bench": "openood_ext.bench:main",
+}
+
+
+def _lookup(name: str):
+    if name in COMMANDS:
+        return COMMANDS[name]
+    if name in LAZY_COMMANDS:
+        import importlib
+        module, func = LAZY_COMMANDS[name].split(":")
+        try:
+            return getattr(importlib.import_module(module), func)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                return None
+            raise
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,9 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    command = COMMANDS.get(argv[0])
+    command = _lookup(argv[0])
     if command is None:
-        print(f"openood-ext: error: unknown command '{argv[0]}' (known: {', '.join(COMMANDS)})\n{USAGE}",
+        known = ", ".join([*COMMANDS, *LAZY_COMMANDS])
+        print(f"openood-ext: error: unknown command '{argv[0]}' (known: {known})\n{USAGE}",
               file=sys.stderr)
         return 2
     try:

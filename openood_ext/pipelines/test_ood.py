@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ..datasets import Benchmark, Split
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluators import EVALUATORS
 from ..evaluators.ood import SplitScores
 from ..features import FeatureCache, NetOutputs, cache_key, extract_outputs, file_sha256
@@ -67,9 +67,14 @@ class OutputStore:
             self._memo[split.name] = self.cache.get_or_compute(key, lambda: self._forward(split))
         return self._memo[split.name]
 
+    def loader_for(self, split_name: str):
+        """A fresh (unshuffled) loader over a split, for postprocessors that need the network."""
+        return self.bench.loader(self.bench.split(split_name), batch_size=self.batch_size,
+                                 num_workers=self.workers)
+
     def _forward(self, split: Split) -> NetOutputs:
         self.forward_passes += 1
-        loader = self.bench.loader(split, batch_size=self.batch_size, num_workers=self.workers)
+        loader = self.loader_for(split.name)
         with self.ctx.timed("forward"):
             return extract_outputs(self.net, loader, self.ctx.device, desc=f"forward {split.name}")
 
@@ -105,13 +110,14 @@ class TestOODPipeline:
         ood_out = {s.name: store.get(s) for s in ood_sets}
 
         rows, summary = [], {"benchmark": bench.name, "checkpoint": str(ckpt), "postprocessors": {}}
+        val_out = store.get(bench.split("id_val"))
         for label, pp in postprocessors:
             if pp.needs_network:
-                pp.attach_network(net, ctx.device)
+                pp.attach_network(net, ctx.device, store.loader_for)
             with ctx.timed(f"postprocessor/{label}"):
-                pp.fit(train_out)
-                scored = {"id_test": self._scores(pp, id_test)}
-                scored.update({name: self._scores(pp, out) for name, out in ood_out.items()})
+                pp.fit(train_out, val_outputs=val_out)
+                scored = {"id_test": self._scores(pp, id_test, store, bench.split("id_test"))}
+                scored.update({s.name: self._scores(pp, ood_out[s.name], store, s) for s in ood_sets})
             result = evaluator.evaluate(
                 label, scored["id_test"],
                 {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped)
@@ -132,9 +138,14 @@ class TestOODPipeline:
                 "forward_passes": store.forward_passes}
 
     @staticmethod
-    def _scores(pp, outputs: NetOutputs) -> SplitScores:
+    def _scores(pp, outputs: NetOutputs, store: "OutputStore", split: Split) -> SplitScores:
         labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
-        return SplitScores(np.asarray(pp.score(outputs), dtype=np.float64), pp.predict(outputs), labels)
+        conf = pp.score_loader(store.loader_for(split.name)) if pp.needs_network else pp.score(outputs)
+        conf = np.asarray(conf, dtype=np.float64)
+        if conf.shape != (len(outputs),):
+            raise DataError(f"postprocessor '{pp.name}' returned {conf.shape} scores on '{split.name}', "
+                            f"expected ({len(outputs)},)")
+        return SplitScores(conf, pp.predict(outputs), labels)
 
     @staticmethod
     def _print(bench, table, per_set, skipped, skipped_images) -> None:
