@@ -1,0 +1,1 @@
+"""Demo plugin package used by the tests (entry points and the ``plugins:`` config key)."""

@@ -1,0 +1,122 @@
+"""Config loading: merge order, _base_, overrides (both syntaxes), interpolation, typos, bad YAML."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from openood_ext.config import apply_overrides, cli_overrides, load_config, load_yaml
+from openood_ext.errors import ConfigError
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_files_merge_left_to_right(tmp_path):
+    a = write(tmp_path / "a.yml", "seed: 1\ntrainer: {name: base, epochs: 10, lr: 0.1}\npostprocessors: [msp]\n")
+    b = write(tmp_path / "b.yml", "seed: 2\ntrainer: {epochs: 3}\n")
+    cfg = load_config([a, b])
+    assert cfg.seed == 2 and cfg.trainer.epochs == 3 and cfg.trainer.lr == 0.1 and cfg.trainer.name == "base"
+    cfg = load_config([b, a])
+    assert cfg.seed == 1 and cfg.trainer.epochs == 10
+
+
+def test_base_files_are_merged_first(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "base.yml", "seed: 5\nexperiment: from_base\nvars: {x: 1}\n")
+    top = write(tmp_path / "top.yml", "_base_: [sub/base.yml]\nexperiment: from_top\n")
+    cfg = load_config([top])
+    assert cfg.seed == 5 and cfg.experiment == "from_top" and "_base_" not in cfg
+
+
+def test_overrides_replace_values_and_parse_yaml(tmp_path):
+    a = write(tmp_path / "a.yml", "postprocessors: [msp]\nnetwork: {name: net, checkpoint: a.pt}\ntrainer: {lr: 0.1, epochs: 2}\n")
+    cfg = load_config([a], ["postprocessors=[msp,knn]", "network.checkpoint=path/to.pt", "trainer.lr=1e-3",
+                            "trainer.epochs=7"])
+    assert list(cfg.postprocessors) == ["msp", "knn"]
+    assert cfg.network.checkpoint == "path/to.pt"
+    assert cfg.trainer.lr == pytest.approx(1e-3) and cfg.trainer.epochs == 7
+
+
+def test_openood_style_double_dash_overrides(tmp_path):
+    assert cli_overrides(["--network.checkpoint", "x.pt", "--seed=3", "trainer.lr=0.5"]) == [
+        "network.checkpoint=x.pt", "seed=3", "trainer.lr=0.5"]
+    a = write(tmp_path / "a.yml", "seed: 0\nnetwork: {checkpoint: a.pt}\n")
+    cfg = load_config([a], cli_overrides(["--network.checkpoint", "x.pt", "--seed", "4"]))
+    assert cfg.network.checkpoint == "x.pt" and cfg.seed == 4
+    with pytest.raises(ConfigError, match="needs a value"):
+        cli_overrides(["--seed"])
+    with pytest.raises(ConfigError, match="not an override"):
+        cli_overrides(["stray"])
+
+
+def test_interpolation_resolves_after_overrides(tmp_path, monkeypatch):
+    a = write(tmp_path / "a.yml", "seed: 0\nexperiment: run_s${seed}\nvars:\n  root: ${oc.env:MY_TEST_ROOT,fallback}\n")
+    monkeypatch.delenv("MY_TEST_ROOT", raising=False)
+    cfg = load_config([a], ["seed=3"])
+    assert cfg.experiment == "run_s3" and cfg.vars.root == "fallback"
+    monkeypatch.setenv("MY_TEST_ROOT", "/data")
+    assert load_config([a]).vars.root == "/data"
+    bad = write(tmp_path / "bad.yml", "experiment: ${nope.missing}\n")
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_config([bad])
+
+
+def test_mistyped_override_key_names_it_and_suggests(tmp_path):
+    a = write(tmp_path / "a.yml", "trainer: {epochs: 2, lr: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([a], ["trainer.epoch=5"])
+    assert "trainer.epoch" in str(err.value) and "'trainer.epochs'" in str(err.value)
+    cfg = load_config([a], ["+trainer.warmup=5"])  # adding a key on purpose
+    assert cfg.trainer.warmup == 5
+
+
+def test_override_of_wrong_type(tmp_path):
+    a = write(tmp_path / "a.yml", "trainer: {epochs: 2, nesterov: true}\n")
+    with pytest.raises(ConfigError, match=r"override 'trainer.epochs': expected int, got 'many'"):
+        load_config([a], ["trainer.epochs=many"])
+    with pytest.raises(ConfigError, match="expected bool"):
+        load_config([a], ["trainer.nesterov=3"])
+
+
+def test_unknown_top_level_key(tmp_path):
+    a = write(tmp_path / "a.yml", "postprocesors: [msp]\n")
+    with pytest.raises(ConfigError, match="'postprocesors' is not known; did you mean 'postprocessors'"):
+        load_config([a])
+
+
+def test_malformed_yaml_gives_file_and_line(tmp_path):
+    bad = write(tmp_path / "bad.yml", "seed: 1\ntrainer:\n  epochs: [1, 2\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}:") and "malformed YAML" in msg and "\n" not in msg
+    line = int(msg.split(":")[1])
+    assert 3 <= line <= 5
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yml: config file not found"):
+        load_config([tmp_path / "nope.yml"])
+    lst = write(tmp_path / "list.yml", "- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_yaml(lst)
+    with pytest.raises(ConfigError, match="no config file"):
+        load_config([])
+
+
+def test_base_cycle_detected(tmp_path):
+    write(tmp_path / "x.yml", "_base_: [y.yml]\n")
+    write(tmp_path / "y.yml", "_base_: [x.yml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "x.yml")
+
+
+def test_shipped_main_config_resolves():
+    from conftest import REPO
+    cfg = load_config([REPO / "configs/pipelines/test_ood.yml"], ["seed=2"])
+    assert cfg.pipeline == "test_ood" and cfg.network.num_classes == cfg.benchmark.num_classes == 6
+    assert cfg.experiment.endswith("_s2") and cfg.network.checkpoint.endswith("_s2.pt")
+    assert OmegaConf.is_list(cfg.postprocessors)
