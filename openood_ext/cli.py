@@ -1,6 +1,7 @@
 """The ``openood-ext`` command (``python main.py`` is ``openood-ext run``).
 
     openood-ext run --config a.yml [b.yml ...] [key=value ...] [--key.sub value ...] [--debug]
+    openood-ext run --resume RUN_DIR [key=value ...]
     openood-ext list [kind] [pattern]
 
 User errors print one line on stderr and exit with status 2 (``--debug`` shows the traceback).
@@ -12,19 +13,27 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import OpenOODError
+from .errors import ConfigError, OpenOODError
+from .utils.interrupts import RunInterrupted
 
 USAGE = """usage: openood-ext run --config FILE.yml [FILE.yml ...] [key=value ...] [--debug]
-       openood-ext list [kind] [pattern]"""
+       openood-ext run --resume RUN_DIR [key=value ...]
+       openood-ext list [kind] [pattern]
+       openood-ext data | leaderboard | bench ...  (see --help of each)"""
 
 
-def _split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], bool]:
-    """(config files, override tokens, debug) from ``run``'s arguments."""
-    configs, rest, debug, i = [], [], False, 0
+def _split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], str | None]:
+    """(config files, override tokens, resume dir) from ``run``'s arguments."""
+    configs, rest, resume, i = [], [], None, 0
     while i < len(argv):
         tok = argv[i]
         if tok == "--debug":
-            debug = True
+            pass
+        elif tok == "--resume":
+            if i + 1 >= len(argv):
+                raise ConfigError("--resume needs the run directory of an interrupted run")
+            resume = argv[i + 1]
+            i += 1
         elif tok in ("--config", "-c"):
             i += 1
             while i < len(argv) and not argv[i].startswith("-") and "=" not in argv[i]:
@@ -36,14 +45,16 @@ def _split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], bool]:
         else:
             rest.append(tok)
         i += 1
-    return configs, rest, debug
+    return configs, rest, resume
 
 
 def cmd_run(argv: Sequence[str]) -> int:
     from .config import cli_overrides, load_config
-    from .runner import run_config
-    configs, rest, _ = _split_run_args(argv)
-    cfg = load_config(configs, cli_overrides(rest))
+    from .runner import resume_config, run_config
+    configs, rest, resume = _split_run_args(argv)
+    if resume and configs:
+        raise ConfigError("give either --config FILES or --resume RUN_DIR, not both")
+    cfg = resume_config(resume, cli_overrides(rest)) if resume else load_config(configs, cli_overrides(rest))
     run_config(cfg)
     return 0
 
@@ -110,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split("\n"))
         print(f"openood-ext: error: {message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("openood-ext: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        print(f"openood-ext: {exc or 'interrupted'}; nothing complete was overwritten", file=sys.stderr)
         return 130
 
 

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
-from .config import to_plain
+from .config import load_config, to_plain
 from .errors import ConfigError
 from .registry import import_plugins
+from .utils.interrupts import graceful_interrupts
 
 
 def run_config(cfg: DictConfig) -> dict:
-    import_plugins(to_plain(cfg.get("plugins")) or [])
-    from .pipelines import PIPELINES
-    import openood_ext.builtin  # noqa: F401
-    name = cfg.get("pipeline")
-    if not name:
-        raise ConfigError("config has no 'pipeline' key (e.g. pipeline: test_ood)")
-    return PIPELINES.get(name)(cfg).run()
+    """Run the pipeline named by ``cfg.pipeline``; SIGINT/SIGTERM stop it cleanly (RunInterrupted)."""
+    with graceful_interrupts():
+        import_plugins(to_plain(cfg.get("plugins")) or [])
+        from .pipelines import PIPELINES
+        import openood_ext.builtin  # noqa: F401
+        name = cfg.get("pipeline")
+        if not name:
+            raise ConfigError("config has no 'pipeline' key (e.g. pipeline: test_ood)")
+        return PIPELINES.get(name)(cfg).run()
+
+
+def resume_config(run_dir: str | Path, overrides=()) -> DictConfig:
+    """The saved config of an interrupted run, with ``resume: true`` (and any overrides) applied."""
+    run_dir = Path(run_dir)
+    partial = run_dir if run_dir.name.endswith(".partial") else run_dir.with_name(run_dir.name + ".partial")
+    source = partial if (partial / "config.yaml").is_file() else run_dir
+    if not (source / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml of an earlier run here (expected a results/<experiment> directory)")
+    cfg = load_config([source / "config.yaml"], overrides)
+    cfg.resume = True
+    return cfg

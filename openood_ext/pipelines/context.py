@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,24 +20,59 @@ from ..config import config_hash, save_config
 from ..datasets import BENCHMARKS, Benchmark
 from ..errors import ConfigError
 from ..networks import NETWORKS
+from ..utils.interrupts import RunInterrupted, critical
 from ..utils.io import write_json
 from ..utils.runtime import get_logger, resolve_device, seed_everything, setup_logging
 
 
 class RunContext:
-    """Run directory ``<output_dir>/<experiment>/`` with config.yaml, log.txt and run.json."""
+    """A run directory that is either complete or clearly not.
+
+    Work happens in ``<output_dir>/<experiment>.partial/`` (config.yaml, log.txt, checkpoints, ...).
+    ``complete()`` writes run.json with ``status: complete`` and swaps the directory into
+    ``<output_dir>/<experiment>/``, replacing an older result only then. An interrupted or failed run
+    leaves its ``.partial`` directory with ``status: interrupted``/``failed`` and never touches the
+    complete result. A lock file keeps two processes from running the same experiment at once.
+    Use as a context manager.
+    """
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.seed = int(cfg.get("seed", 0))
         seed_everything(self.seed)
         self.device = resolve_device(cfg.get("device", "auto"))
-        self.dir = Path(cfg.get("output_dir", "results")) / str(cfg.get("experiment", "default"))
+        root = Path(cfg.get("output_dir", "results"))
+        name = str(cfg.get("experiment", "default"))
+        self.final_dir = root / name
+        self.dir = root / f"{name}.partial"
+        self.resume = bool(cfg.get("resume", False))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"output_dir {root} cannot be created: {exc.strerror or exc}") from None
+        self._lock = _acquire_lock(root / f".{name}.lock", name)
+        if self.dir.exists() and not self.resume:
+            shutil.rmtree(self.dir)  # leftovers of an interrupted run that is not being resumed
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = setup_logging(self.dir / "log.txt", verbose=bool(cfg.get("verbose", False)))
         save_config(cfg, self.dir / "config.yaml")
         self.timings: dict[str, float] = {}
         self._t0 = time.perf_counter()
+        self.completed = False
+
+    def __enter__(self) -> "RunContext":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and not self.completed:
+                status = "interrupted" if issubclass(exc_type, (RunInterrupted, KeyboardInterrupt)) else "failed"
+                with contextlib.suppress(Exception):
+                    self.write_run_record(status, {"error": str(exc).splitlines()[0] if str(exc) else exc_type.__name__})
+                    self.log.warning("run %s: %s; partial results kept in %s (resume with: openood-ext run "
+                                     "--resume %s)", status, exc, self.dir, self.dir)
+        finally:
+            self._lock.close()
 
     def timed(self, label: str):
         ctx = self
@@ -56,6 +95,33 @@ class RunContext:
             "nondeterminism": _nondeterminism_notes(self.device), **(extra or {}),
         }
         write_json(self.dir / "run.json", record)
+
+    def complete(self, extra: dict | None = None) -> Path:
+        """Record success and move the run into its final directory; returns that directory."""
+        self.write_run_record("complete", extra)
+        with critical():
+            old = None
+            if self.final_dir.exists():
+                old = self.final_dir.with_name(f".{self.final_dir.name}.old-{os.getpid()}")
+                os.replace(self.final_dir, old)
+            os.replace(self.dir, self.final_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        self.dir = self.final_dir
+        self.completed = True
+        setup_logging(self.dir / "log.txt", verbose=bool(self.cfg.get("verbose", False)))
+        return self.final_dir
+
+
+def _acquire_lock(path: Path, name: str):
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ConfigError(f"experiment '{name}' is already running in another process (lock {path}); "
+                          f"pick another experiment= name or wait") from None
+    return fh
 
 
 def build_benchmark(cfg: DictConfig) -> Benchmark:

@@ -87,8 +87,11 @@ class TestOODPipeline:
         self.cfg = cfg
 
     def run(self) -> dict:
+        with RunContext(self.cfg) as ctx:
+            return self._run(ctx)
+
+    def _run(self, ctx: RunContext) -> dict:
         cfg = self.cfg
-        ctx = RunContext(cfg)
         specs = postprocessor_specs(cfg)
         postprocessors = [(spec_label(s), POSTPROCESSORS.build(s)) for s in specs]  # fail fast on typos
         evaluator = EVALUATORS.build(cfg.get("evaluator", "ood"))
@@ -131,10 +134,9 @@ class TestOODPipeline:
         frame = write_metrics(ctx.dir, rows, summary)
         table = summary_table(frame)
         self._print(bench, table, per_set_table(frame), skipped, skipped_images)
-        ctx.write_run_record("complete", {"forward_passes": store.forward_passes,
-                                          "cache_hits": store.cache.hits})
-        ctx.log.info("results written to %s", ctx.dir)
-        return {"run_dir": str(ctx.dir), "table": table, "metrics": frame,
+        run_dir = ctx.complete({"forward_passes": store.forward_passes, "cache_hits": store.cache.hits})
+        ctx.log.info("results written to %s", run_dir)
+        return {"run_dir": str(run_dir), "table": table, "metrics": frame,
                 "forward_passes": store.forward_passes}
 
     @staticmethod

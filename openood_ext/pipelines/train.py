@@ -11,13 +11,15 @@ from ..datasets import Benchmark
 from ..errors import ConfigError
 from ..networks.checkpoint import save_checkpoint
 from ..trainers import TRAINERS
+from ..trainers.resume import load_training_state, save_training_state
 from .context import RunContext, build_benchmark, build_network, network_spec
 from .registry import PIPELINES
 
 
 def checkpoint_path(cfg: DictConfig, ctx: RunContext) -> Path:
+    """``network.checkpoint``, else ``checkpoints/<experiment>.pt``."""
     path = cfg.network.get("checkpoint") if "network" in cfg else None
-    return Path(path) if path else ctx.dir / "checkpoint.pt"
+    return Path(path) if path else Path("checkpoints") / f"{ctx.final_dir.name}.pt"
 
 
 @torch.no_grad()
@@ -46,8 +48,18 @@ def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark) -> Path:
     ctx.log.info("training %s on %s (%d images) for %d epochs with trainer '%s'",
                  network_spec(cfg)["name"], bench.name, len(train_loader.dataset), trainer.epochs,
                  cfg.trainer.get("name") if hasattr(cfg.trainer, "get") else cfg.trainer)
+    state_path = ctx.dir / "last.pt"
+    generator = train_loader.generator
+    resume_state = None
+    if ctx.resume and state_path.is_file():
+        resume_state = load_training_state(state_path, net, trainer, generator)
+        ctx.log.info("resuming training from %s after epoch %d", state_path, resume_state["epoch"])
+
+    def checkpoint_epoch(epoch: int, optim_state: dict, history: list) -> None:
+        save_training_state(state_path, net, epoch, optim_state, trainer, generator, history)
+
     with ctx.timed("train"):
-        history = trainer.train(net, train_loader, ctx.device)
+        history = trainer.train(net, train_loader, ctx.device, checkpoint_epoch, resume_state)
     val_acc = evaluate_accuracy(net, val_loader, ctx.device)
     path = checkpoint_path(cfg, ctx)
     save_checkpoint(path, net, network_spec(cfg),
@@ -65,8 +77,8 @@ class TrainPipeline:
         self.cfg = cfg
 
     def run(self) -> dict:
-        ctx = RunContext(self.cfg)
-        bench = build_benchmark(self.cfg)
-        path = train_network(self.cfg, ctx, bench)
-        ctx.write_run_record("complete", {"checkpoint": str(path)})
-        return {"checkpoint": str(path), "run_dir": str(ctx.dir)}
+        with RunContext(self.cfg) as ctx:
+            bench = build_benchmark(self.cfg)
+            path = train_network(self.cfg, ctx, bench)
+            run_dir = ctx.complete({"checkpoint": str(path)})
+        return {"checkpoint": str(path), "run_dir": str(run_dir)}

@@ -41,15 +41,27 @@ class SupervisedTrainer:
         logits = net(images)
         return F.cross_entropy(logits, labels), logits
 
+    def state_dict(self) -> dict:
+        """Extra state to checkpoint each epoch (AMP scaler, queues, ...); none for plain CE."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def train(self, net: torch.nn.Module, loader, device: torch.device,
-              on_epoch_end: Callable[[int, dict], None] | None = None, start_epoch: int = 0,
-              state: dict | None = None) -> list[dict]:
-        """Train in place; returns per-epoch records ``{"epoch", "loss", "train_acc"}``."""
+              on_epoch_end: Callable[[int, dict, list], None] | None = None,
+              resume_state: dict | None = None) -> list[dict]:
+        """Train in place; returns per-epoch records ``{"epoch", "loss", "train_acc"}``.
+
+        ``on_epoch_end(epoch, {"optimizer", "scheduler"}, history)`` runs after every epoch (the
+        pipeline checkpoints there). ``resume_state`` (a saved epoch state) continues an interrupted run.
+        """
         opt, sched = self.make_optimizer(net, len(loader))
-        if state:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        history = []
+        start_epoch, history = 0, []
+        if resume_state:
+            opt.load_state_dict(resume_state["optimizer"])
+            sched.load_state_dict(resume_state["scheduler"])
+            start_epoch, history = int(resume_state["epoch"]), list(resume_state.get("history", []))
         for epoch in range(start_epoch, self.epochs):
             net.train()
             total, correct, loss_sum = 0, 0, 0.0
@@ -69,5 +81,5 @@ class SupervisedTrainer:
             history.append(record)
             get_logger().debug("epoch %d: loss %.4f train acc %.4f", epoch + 1, record["loss"], record["train_acc"])
             if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+                on_epoch_end(epoch + 1, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, history)
         return history

@@ -14,24 +14,33 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import OpenOODError
+from .interrupts import critical
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``."""
+    """Yield a unique temporary path next to ``path``; on success rename it onto ``path``.
+
+    SIGINT/SIGTERM arriving meanwhile take effect after the write. On failure (disk full, ...) the
+    temporary file is removed, ``path`` keeps its previous content and OpenOODError names the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OpenOODError(f"could not write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with critical():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise OpenOODError(f"could not write {path}: {exc.strerror or exc}") from None
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OpenOODError(f"could not write {path}: {exc.strerror or exc}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
