@@ -149,13 +149,34 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return cfg
 
 
+# Expected types of top-level values (checked after merging and overrides).
+TOP_LEVEL_TYPES = {
+    "seed": (int,), "num_workers": (int,), "batch_size": (int,), "train_if_missing": (bool,),
+    "verbose": (bool,), "resume": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
+    "output_dir": (str,), "cache_dir": (str, type(None)), "plugins": (list, type(None)),
+    "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
+}
+
+
 def validate(cfg: DictConfig) -> None:
-    """Reject unknown top-level keys (typos) with the closest known one."""
+    """Reject unknown top-level keys (typos) and values of the wrong type, naming the key."""
     for key in cfg.keys():
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL_KEYS), n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else " (put your own variables under 'vars:')"
             raise ConfigError(f"config key '{key}' is not known{hint}")
+    for key, types in TOP_LEVEL_TYPES.items():
+        if key not in cfg:
+            continue
+        value = to_plain(cfg.get(key))
+        if isinstance(value, bool) and bool not in types:
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if not ok:
+            names = " or ".join("null" if t is type(None) else {"dict": "a mapping", "list": "a list"}.get(t.__name__, t.__name__)
+                                for t in types)
+            raise ConfigError(f"config key '{key}': expected {names}, got {value!r}")
 
 
 def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> DictConfig:

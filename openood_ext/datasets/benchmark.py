@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .imglist import ImglistDataset, SkipCounter, read_imglist
 from .registry import BENCHMARKS
 from .transforms import build_transform, image_mode
@@ -113,8 +113,9 @@ class Benchmark:
         if not split.imglist.is_file():
             return f"image list {split.imglist} not found"
         entries = read_imglist(split.imglist)
-        if not entries:
-            return f"image list {split.imglist} is empty"
+        if not entries:  # an empty list is a broken benchmark, not an absent dataset
+            raise DataError(f"{split.imglist}: image list of OOD set '{split.name}' is empty "
+                            f"(expected '<path> <label>' lines)")
         present = sum((self.data_root / e.path).exists() for e in entries)
         if present == 0:
             return f"none of its {len(entries)} images are under {self.data_root}"

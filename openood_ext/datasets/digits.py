@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from ..utils.io import write_text
 from ..utils.runtime import get_logger
 from .benchmark import Benchmark
@@ -123,8 +124,12 @@ class DigitsBenchmark(Benchmark):
         if marker.exists():
             return
         get_logger().info("materialising the digits benchmark under %s (first use)", self.data_root / "digits")
-        self.data_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=self.data_root))
+        try:
+            self.data_root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=self.data_root))
+        except OSError as exc:
+            raise DataError(f"data_root {self.data_root}: cannot write there ({exc.strerror or exc}); set "
+                            f"benchmark.data_root or OPENOOD_EXT_DATA to a writable directory") from None
         try:
             lists = generate_digits(staging)
             (staging / "digits" / marker.name).touch()

@@ -9,3 +9,13 @@ class DemoNegMSP(Postprocessor):
 
     def score(self, outputs):
         return (-outputs.logits.double().softmax(dim=1).max(dim=1).values).numpy()
+
+
+@POSTPROCESSORS.register("demo_nan")
+class DemoNaN(Postprocessor):
+    """Demo: a broken method whose scores contain NaN."""
+
+    def score(self, outputs):
+        conf = outputs.logits.double().max(dim=1).values.numpy().copy()
+        conf[::3] = float("nan")
+        return conf
