@@ -138,25 +138,34 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def load(self, key: str) -> NetOutputs | None:
+    def load(self, key: str, expected_samples: int | None = None) -> NetOutputs | None:
+        """The cached entry, or None when absent, unreadable (truncated) or stale."""
         if self.root is None or not self.path(key).exists():
             return None
         try:
             blob = torch.load(self.path(key), map_location="cpu", weights_only=True)
             outputs = NetOutputs(blob["logits"], blob["features"], blob["labels"], blob["extras"],
                                  int(blob.get("skipped", 0)))
-        except Exception as exc:  # truncated or foreign file: recompute
-            get_logger().warning("cache entry %s is unreadable (%s); recomputing", self.path(key), exc)
+            if blob.get("key") != key:
+                raise ValueError("entry was written for another key")
+        except Exception as exc:  # truncated, foreign or old-format file: recompute
+            get_logger().warning("cache entry %s is unreadable (%s); recomputing",
+                                 self.path(key), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return None
+        if expected_samples is not None and len(outputs) + outputs.skipped != expected_samples:
+            get_logger().warning("cache entry %s holds %d samples, its image list %d; recomputing",
+                                 self.path(key), len(outputs) + outputs.skipped, expected_samples)
             return None
         return outputs
 
     def save(self, key: str, outputs: NetOutputs) -> None:
         if self.root is None:
             return
-        write_with(self.path(key), lambda tmp: torch.save(outputs.to_dict(), tmp))
+        write_with(self.path(key), lambda tmp: torch.save({**outputs.to_dict(), "key": key}, tmp))
 
-    def get_or_compute(self, key: str, compute) -> NetOutputs:
-        outputs = self.load(key)
+    def get_or_compute(self, key: str, compute, expected_samples: int | None = None) -> NetOutputs:
+        """Load ``key`` or run ``compute()`` (and store its result)."""
+        outputs = self.load(key, expected_samples)
         if outputs is not None:
             self.hits += 1
             return outputs

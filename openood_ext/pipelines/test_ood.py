@@ -15,10 +15,12 @@ from ..datasets import Benchmark, Split
 from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluators import EVALUATORS
 from ..evaluators.ood import SplitScores
-from ..features import FeatureCache, NetOutputs, cache_key, extract_outputs, file_sha256
+from ..features import NetOutputs
 from ..networks.checkpoint import load_checkpoint
 from ..postprocessors import POSTPROCESSORS
-from .context import RunContext, build_benchmark, build_network, network_spec
+from .context import RunContext, build_benchmark, build_network
+from .outputs import OutputStore
+from . import aps
 from .registry import PIPELINES
 from .results import per_set_table, save_scores, summary_table, write_metrics
 from .train import checkpoint_path, train_network
@@ -46,37 +48,8 @@ def postprocessor_specs(cfg: DictConfig) -> list:
 
 
 def spec_label(spec) -> str:
+    """Name of a postprocessor in tables: its ``label`` if given, else its registry name."""
     return spec if isinstance(spec, str) else spec.get("label") or spec["name"]
-
-
-class OutputStore:
-    """Network outputs per split, computed once and shared (memory + on-disk FeatureCache)."""
-
-    def __init__(self, net, bench: Benchmark, ckpt: Path, cfg: DictConfig, ctx: RunContext):
-        self.net, self.bench, self.ctx = net, bench, ctx
-        self.cache = FeatureCache(cfg.get("cache_dir"))
-        self.batch_size, self.workers = int(cfg.get("batch_size", 256)), int(cfg.get("num_workers", 0))
-        self.base_key = {"checkpoint": file_sha256(ckpt), "network": network_spec(cfg),
-                         **bench.preprocessing_key()}
-        self._memo: dict[str, NetOutputs] = {}
-        self.forward_passes = 0
-
-    def get(self, split: Split) -> NetOutputs:
-        if split.name not in self._memo:
-            key = cache_key(**self.base_key, imglist=file_sha256(split.imglist))
-            self._memo[split.name] = self.cache.get_or_compute(key, lambda: self._forward(split))
-        return self._memo[split.name]
-
-    def loader_for(self, split_name: str):
-        """A fresh (unshuffled) loader over a split, for postprocessors that need the network."""
-        return self.bench.loader(self.bench.split(split_name), batch_size=self.batch_size,
-                                 num_workers=self.workers)
-
-    def _forward(self, split: Split) -> NetOutputs:
-        self.forward_passes += 1
-        loader = self.loader_for(split.name)
-        with self.ctx.timed("forward"):
-            return extract_outputs(self.net, loader, self.ctx.device, desc=f"forward {split.name}")
 
 
 @PIPELINES.register("test_ood")
@@ -93,7 +66,12 @@ class TestOODPipeline:
     def _run(self, ctx: RunContext) -> dict:
         cfg = self.cfg
         specs = postprocessor_specs(cfg)
-        postprocessors = [(spec_label(s), POSTPROCESSORS.build(s)) for s in specs]  # fail fast on typos
+        aps_default = bool(cfg.get("aps", False))
+        plans = []  # (label, build spec, APS?, inline grid); built once up front so typos fail fast
+        for s in specs:
+            spec, use_aps, grid = aps.split_spec(s, aps_default)
+            POSTPROCESSORS.build(spec)
+            plans.append((spec_label(s), spec, use_aps, grid))
         evaluator = EVALUATORS.build(cfg.get("evaluator", "ood"))
         bench = build_benchmark(cfg)
         ckpt = ensure_checkpoint(cfg, ctx, bench)
@@ -114,10 +92,12 @@ class TestOODPipeline:
 
         rows, summary = [], {"benchmark": bench.name, "checkpoint": str(ckpt), "postprocessors": {}}
         val_out = store.get(bench.split("id_val"))
-        for label, pp in postprocessors:
-            if pp.needs_network:
-                pp.attach_network(net, ctx.device, store.loader_for)
+        for label, spec, use_aps, grid in plans:
             with ctx.timed(f"postprocessor/{label}"):
+                search = self._search(spec, grid, store, bench, net, ctx) if use_aps else None
+                pp = POSTPROCESSORS.build({**spec, **(search["chosen"] if search else {})})
+                if pp.needs_network:
+                    pp.attach_network(net, ctx.device, store.loader_for)
                 pp.fit(train_out, val_outputs=val_out)
                 scored = {"id_test": self._scores(pp, id_test, store, bench.split("id_test"))}
                 scored.update({s.name: self._scores(pp, ood_out[s.name], store, s) for s in ood_sets})
@@ -126,9 +106,13 @@ class TestOODPipeline:
                 {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped)
             rows += result.rows
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
+            if search:
+                summary["postprocessors"][label]["aps"] = search
+                ctx.log.info("APS %s: chose %s (val AUROC %.2f%%, %d combinations)", label, search["chosen"],
+                             100 * search["auroc"], len(search["trials"]))
             save_scores(ctx.dir, label, {k: vars(v) for k, v in scored.items()})
 
-        skipped_images = {name: out.skipped for name, out in store._memo.items() if out.skipped}
+        skipped_images = {name: out.skipped for name, out in store.memo.items() if out.skipped}
         summary.update({"skipped_sets": {s: {"group": g, "reason": r} for s, (g, r) in skipped.items()},
                         "skipped_images": skipped_images})
         frame = write_metrics(ctx.dir, rows, summary)
@@ -138,6 +122,24 @@ class TestOODPipeline:
         ctx.log.info("results written to %s", run_dir)
         return {"run_dir": str(run_dir), "table": table, "metrics": frame,
                 "forward_passes": store.forward_passes}
+
+    def _search(self, spec: dict, grid, store: OutputStore, bench, net, ctx) -> dict:
+        """APS on (ID val, OOD val) from cached outputs (network methods score from loaders)."""
+        names = {s.name for s in bench.splits()}
+        if "ood_val" not in names:
+            raise ConfigError(f"APS needs an OOD validation split, and benchmark '{bench.name}' has none "
+                              f"(add benchmark.ood.val)")
+        train_out, id_val = store.get(bench.split("id_train")), store.get(bench.split("id_val"))
+        ood_val = store.get(bench.split("ood_val"))
+
+        def fit_and_score(pp):
+            if pp.needs_network:
+                pp.attach_network(net, ctx.device, store.loader_for)
+            pp.fit(train_out, val_outputs=id_val)
+            return (self._scores(pp, id_val, store, bench.split("id_val")).conf,
+                    self._scores(pp, ood_val, store, bench.split("ood_val")).conf)
+
+        return aps.search(spec, grid, fit_and_score)
 
     @staticmethod
     def _scores(pp, outputs: NetOutputs, store: "OutputStore", split: Split) -> SplitScores:

@@ -1,0 +1,86 @@
+"""Automatic parameter search (APS), OpenOOD's protocol, run entirely on cached network outputs.
+
+For a postprocessor spec with ``APS: true`` (or the top-level ``aps: true``), every combination of its
+grid is fitted on ID train (+ ID val) outputs and scored on the benchmark's ID validation split against
+its OOD validation split; the combination with the highest AUROC wins (the first one on ties). The grid
+comes from the spec's ``aps_grid`` or from ``configs/postprocessors/<name>.yml``::
+
+    postprocessor:
+      name: knn
+      args: {k: 50}
+      aps_grid: {k: [1, 10, 20, 50, 100, 200, 500, 1000]}
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from ..datasets.benchmark import resolve_path
+from ..errors import ConfigError
+from ..evaluators.metrics import ood_metrics
+from ..postprocessors import POSTPROCESSORS
+
+GRID_DIR = Path("configs") / "postprocessors"
+
+
+def load_method_config(name: str) -> dict:
+    """``configs/postprocessors/<name>.yml``'s ``postprocessor`` mapping, or {} when there is none."""
+    path = resolve_path(GRID_DIR / f"{name}.yml")
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    return data.get("postprocessor", {}) or {}
+
+
+def grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Cartesian product of a ``{param: [values]}`` grid, in the grid's order."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"aps_grid.{key}: expected a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def split_spec(spec: str | dict, aps_default: bool) -> tuple[dict, bool, dict | None]:
+    """(build spec without APS keys, whether to search, the grid given inline or None)."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    spec.pop("label", None)
+    use_aps = bool(spec.pop("APS", spec.pop("aps", aps_default)))
+    grid = spec.pop("aps_grid", None)
+    return spec, use_aps, grid
+
+
+def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Pick the grid point with the best validation AUROC.
+
+    Args:
+        spec: build spec ``{"name": ..., **fixed_args}``.
+        grid: ``{param: [values]}``; None -> the method's config file grid.
+        fit_and_score: builds nothing; takes a built postprocessor, fits it and returns
+            (ID-val confidences, OOD-val confidences).
+    Returns:
+        ``{"chosen": {...}, "auroc": best, "trials": [{"params": {...}, "auroc": x}, ...]}``.
+    """
+    if grid is None:
+        grid = load_method_config(spec["name"]).get("aps_grid")
+    if not grid:
+        raise ConfigError(f"postprocessor '{spec['name']}': APS asked for but it has no aps_grid "
+                          f"(add one to {GRID_DIR / (spec['name'] + '.yml')} or inline)")
+    trials, best = [], None
+    for combo in grid_combinations(dict(grid)):
+        pp = POSTPROCESSORS.build({**spec, **combo})
+        id_conf, ood_conf = fit_and_score(pp)
+        auroc = ood_metrics(id_conf, ood_conf)["auroc"]
+        trials.append({"params": combo, "auroc": auroc})
+        if best is None or auroc > best["auroc"]:
+            best = trials[-1]
+    return {"chosen": best["params"], "auroc": best["auroc"], "trials": trials}
+
