@@ -13,6 +13,17 @@ A benchmark is configured like this (``configs/benchmarks/<name>.yml``)::
         val: val_ood.txt                # OOD split for parameter search (optional)
         near: {digits6to9: test_near_digits6to9.txt}
         far: {textures: test_far_textures.txt}
+
+OpenOOD-style data roots (``configs/benchmarks/cifar10.yml``) use three optional extensions:
+
+* ``image_dir``: the image lists' paths are relative to ``data_root/image_dir`` (OpenOOD keeps its
+  images under ``data/images_classic`` and ``data/images_largescale``); default: ``data_root`` itself.
+* ``imglist_dir`` may be a list of directories searched in order for each image list file, e.g.
+  ``[${benchmark.data_root}/benchmark_imglist/cifar10, benchmark_imglist/cifar10]``: lists written
+  next to the data (by ``openood-ext data prepare``, or an OpenOOD data directory's own
+  ``benchmark_imglist/``) win over the committed ones.
+* a split may be a mapping ``{imglist: test_texture.txt, image_dir: images_classic}`` to take its images
+  from another directory under ``data_root`` (ImageNet's Textures set lives in ``images_classic``).
 """
 
 from __future__ import annotations
@@ -48,11 +59,15 @@ def default_data_root() -> Path:
 
 @dataclass(frozen=True)
 class Split:
-    """One image list of a benchmark. ``group`` is id_train/id_val/id_test/ood_val/near/far."""
+    """One image list of a benchmark. ``group`` is id_train/id_val/id_test/ood_val/near/far.
+
+    ``image_root``: directory the list's paths are relative to (None: the benchmark's default).
+    """
 
     name: str
     group: str
     imglist: Path
+    image_root: Path | None = None
 
     @property
     def is_ood(self) -> bool:
@@ -63,14 +78,19 @@ class Split:
 class Benchmark:
     """A benchmark given entirely by image lists on disk (no preparation step)."""
 
-    def __init__(self, num_classes: int, id: Mapping[str, str], ood: Mapping[str, Any] | None = None,
-                 imglist_dir: str = ".", data_root: str | None = None,
+    def __init__(self, num_classes: int, id: Mapping[str, Any], ood: Mapping[str, Any] | None = None,
+                 imglist_dir: str | list[str] = ".", data_root: str | None = None,
                  preprocessor: Mapping[str, Any] | None = None, title: str | None = None,
-                 on_bad_image: str = "error"):
+                 on_bad_image: str = "error", image_dir: str | None = None):
         self.title = title or getattr(type(self), "_registry_name", "imglist")
         self.num_classes = int(num_classes)
-        self.imglist_dir = resolve_path(imglist_dir)
+        dirs = [imglist_dir] if isinstance(imglist_dir, (str, os.PathLike)) else list(imglist_dir or ["."])
+        if not dirs:
+            raise ConfigError("benchmark.imglist_dir: give a directory or a list of directories")
+        self.imglist_dirs = [resolve_path(d) for d in dirs]
+        self.imglist_dir = self.imglist_dirs[-1]  # the committed lists (last in the search order)
         self.data_root = Path(data_root) if data_root else default_data_root()
+        self.image_root = self.data_root / image_dir if image_dir else self.data_root
         self.preprocessor = dict(preprocessor or {})
         self.on_bad_image = on_bad_image
         missing = [k for k in ID_SPLITS if k not in (id or {})]
@@ -80,12 +100,32 @@ class Benchmark:
         unknown = set(ood) - {"val", *OOD_GROUPS}
         if unknown:
             raise ConfigError(f"benchmark.ood: unknown key(s) {sorted(unknown)} (expected val, near, far)")
-        self._splits = [Split(f"id_{k}", f"id_{k}", self.imglist_dir / id[k]) for k in ID_SPLITS]
+        self._splits = [self._make_split(f"id_{k}", f"id_{k}", id[k]) for k in ID_SPLITS]
         if ood.get("val"):
-            self._splits.append(Split("ood_val", "ood_val", self.imglist_dir / ood["val"]))
+            self._splits.append(self._make_split("ood_val", "ood_val", ood["val"]))
         for group in OOD_GROUPS:
-            for set_name, fname in (ood.get(group) or {}).items():
-                self._splits.append(Split(set_name, group, self.imglist_dir / fname))
+            for set_name, entry in (ood.get(group) or {}).items():
+                self._splits.append(self._make_split(set_name, group, entry))
+
+    def locate_imglist(self, fname: str | os.PathLike) -> Path:
+        """The first ``imglist_dir`` holding ``fname``; the last directory's path when none does."""
+        for d in self.imglist_dirs:
+            if (d / fname).is_file():
+                return d / fname
+        return self.imglist_dirs[-1] / fname
+
+    def _make_split(self, name: str, group: str, entry: Any) -> Split:
+        if isinstance(entry, Mapping):
+            if "imglist" not in entry:
+                raise ConfigError(f"benchmark split '{name}': a mapping needs 'imglist' (and optionally "
+                                  f"'image_dir'), got keys {sorted(entry)}")
+            image_root = self.data_root / entry["image_dir"] if entry.get("image_dir") else None
+            return Split(name, group, self.locate_imglist(entry["imglist"]), image_root)
+        return Split(name, group, self.locate_imglist(entry))
+
+    def image_root_of(self, split: Split) -> Path:
+        """Directory the split's image paths are relative to."""
+        return split.image_root or self.image_root
 
     # ------------------------------------------------------------------ structure
     @property
@@ -116,14 +156,15 @@ class Benchmark:
         if not entries:  # an empty list is a broken benchmark, not an absent dataset
             raise DataError(f"{split.imglist}: image list of OOD set '{split.name}' is empty "
                             f"(expected '<path> <label>' lines)")
-        present = sum((self.data_root / e.path).exists() for e in entries)
+        root = self.image_root_of(split)
+        present = sum((root / e.path).exists() for e in entries)
         if present == 0:
-            return f"none of its {len(entries)} images are under {self.data_root}"
+            return f"none of its {len(entries)} images are under {root}"
         return None
 
     # ------------------------------------------------------------------ loading
     def dataset(self, split: Split, train: bool = False) -> ImglistDataset:
-        return ImglistDataset(split.imglist, self.data_root, build_transform(self.preprocessor, train),
+        return ImglistDataset(split.imglist, self.image_root_of(split), build_transform(self.preprocessor, train),
                               mode=image_mode(self.preprocessor), on_bad_image=self.on_bad_image,
                               label_override=-1 if split.is_ood else None)
 
@@ -137,4 +178,15 @@ class Benchmark:
             persistent_workers=False)
 
     def preprocessing_key(self) -> dict:
-        return {"preprocessor": self.preprocessor, "data_root": str(self.data_root.resolve())}
+        key = {"preprocessor": self.preprocessor, "data_root": str(self.data_root.resolve())}
+        if self.image_root != self.data_root:
+            key["image_root"] = str(self.image_root.resolve())
+        split_roots = {s.name: str(s.image_root.resolve()) for s in self._splits if s.image_root is not None}
+        if split_roots:
+            key["split_image_roots"] = split_roots
+        return key
+
+
+# Named benchmarks prepared by `openood-ext data prepare` (cifar10, cifar100, imagenet200, imagenet, and the
+# one-vs-rest mnist, fmnist, cifar10_ad); imported here so that importing the datasets package registers them.
+from . import openood_benchmarks  # noqa: E402,F401

@@ -1,0 +1,108 @@
+"""Named benchmarks whose data comes from ``openood-ext data prepare``: OpenOOD v1.5's classification
+benchmarks (cifar10, cifar100, imagenet200, imagenet) and one-vs-rest anomaly detection (mnist, fmnist,
+cifar10_ad).
+
+They are plain image-list benchmarks (``configs/benchmarks/<name>.yml`` says which lists); what the names
+add is a one-line error that says how to prepare the data when the ID images are not there, instead of a
+missing-file error deep inside a data loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import ConfigError, DataError
+from ..utils.io import write_text
+from .benchmark import Benchmark, Split
+from .imglist import read_imglist
+from .registry import BENCHMARKS
+
+
+class PreparedBenchmark(Benchmark):
+    """An image-list benchmark whose images come from ``openood-ext data prepare <name>``."""
+
+    def prepare(self) -> None:
+        """Check (cheaply) that the ID splits are there; DataError with the prepare command if not."""
+        for split in self.splits(("id_train", "id_val", "id_test")):
+            hint = (f"run: openood-ext data prepare {self.name} --root {self.data_root} [--from ARCHIVE ...] "
+                    f"(or set benchmark.data_root / OPENOOD_EXT_DATA to an OpenOOD data directory)")
+            if not split.imglist.is_file():
+                raise DataError(f"benchmark {self.name}: {split.name} image list {split.imglist} not found; {hint}")
+            entries = read_imglist(split.imglist)
+            root = self.image_root_of(split)
+            if entries and not (root / entries[0].path).exists():
+                raise DataError(f"benchmark {self.name}: {split.name} images are not under {root} "
+                                f"(first: {entries[0].path}); {hint}")
+
+
+for _name in ("cifar10", "cifar100", "imagenet200", "imagenet"):
+    BENCHMARKS.register(_name)(type(f"{_name.capitalize()}Benchmark", (PreparedBenchmark,), {
+        "__doc__": f"OpenOOD v1.5's {_name} benchmark (image lists + images from `openood-ext data prepare "
+                   f"{_name}` or an OpenOOD data directory)."}))
+
+
+class OneVsRestBenchmark(PreparedBenchmark):
+    """One-vs-rest anomaly detection: the normal class(es) of a labelled set are ID, every other class is
+    the far-OOD set ``anomalies``.
+
+    ``id`` names the *full* labelled lists (train/val/test with every class). The derived lists (normal
+    samples relabelled 0..k-1 in the order of ``normal_class``; anomalies labelled -1) are written to
+    ``<data_root>/benchmark_imglist/<title>/normal_<classes>/`` whenever the full lists exist, so runs
+    with different normal classes never share a cache entry.
+    """
+
+    def __init__(self, normal_class: int | Sequence[int] = 0, id: Mapping[str, Any] | None = None,
+                 num_classes: int | None = None, ood: Mapping[str, Any] | None = None,
+                 derived_dir: str | None = None, **kwargs):
+        if ood:
+            raise ConfigError("one-vs-rest benchmarks derive their OOD set from the test list; remove benchmark.ood")
+        normal = [normal_class] if isinstance(normal_class, int) else list(normal_class)
+        if not normal or not all(isinstance(c, int) and c >= 0 for c in normal):
+            raise ConfigError(f"benchmark.normal_class: expected a class index or a list of them, got {normal_class!r}")
+        if num_classes is not None and int(num_classes) <= max(normal):
+            raise ConfigError(f"benchmark.normal_class {max(normal)} is not a class of a {num_classes}-class set")
+        self.normal = normal
+        self.source_classes = num_classes
+        super().__init__(num_classes=len(normal), id=id or {}, ood=None, **kwargs)
+        self.base_splits = {s.name: s for s in self._splits}
+        tag = "normal_" + "-".join(str(c) for c in normal)
+        out = Path(derived_dir) if derived_dir else self.data_root / "benchmark_imglist" / self.title / tag
+        self.derived_dir = out
+        self._splits = [Split("id_train", "id_train", out / "train.txt", self.base_splits["id_train"].image_root),
+                        Split("id_val", "id_val", out / "val.txt", self.base_splits["id_val"].image_root),
+                        Split("id_test", "id_test", out / "test_normal.txt", self.base_splits["id_test"].image_root),
+                        Split("anomalies", "far", out / "test_anomalies.txt", self.base_splits["id_test"].image_root)]
+        self._derive()
+
+    def source_list(self, split: Split) -> Path:
+        """The full image list a derived split is cut from."""
+        return self.base_splits["id_test" if split.name == "anomalies" else split.name].imglist
+
+    def _derive(self) -> None:
+        if not all(s.imglist.is_file() for s in self.base_splits.values()):
+            return  # status/prepare report the base lists as absent
+        remap = {c: i for i, c in enumerate(self.normal)}
+        texts = {}
+        for base, split in zip(("id_train", "id_val", "id_test"), self._splits[:3]):
+            texts[split.imglist] = "".join(f"{e.path} {remap[e.label]}\n" for e in read_imglist(self.base_splits[base].imglist)
+                                           if e.label in remap)
+        texts[self._splits[3].imglist] = "".join(f"{e.path} -1\n" for e in read_imglist(self.base_splits["id_test"].imglist)
+                                                 if e.label not in remap)
+        for path, text in texts.items():
+            if not text:
+                raise DataError(f"benchmark {self.name}: normal class(es) {self.normal} leave {path.name} empty "
+                                f"(labels in the lists are 0..{(self.source_classes or 1) - 1})")
+            if not (path.is_file() and path.read_text() == text):
+                try:
+                    write_text(path, text)
+                except Exception as exc:
+                    raise DataError(f"{path}: cannot write the one-vs-rest image list ({exc}); set "
+                                    f"benchmark.derived_dir to a writable directory") from None
+
+
+for _name in ("mnist", "fmnist", "cifar10_ad"):
+    BENCHMARKS.register(_name)(type(f"{_name.capitalize()}OneVsRest", (OneVsRestBenchmark,), {
+        "__doc__": f"One-vs-rest anomaly detection on {_name} (normal_class is ID, the other classes anomalies)."}))
+
+__all__ = ["PreparedBenchmark", "OneVsRestBenchmark"]
