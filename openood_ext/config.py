@@ -30,7 +30,7 @@ BASE_KEY = "_base_"
 TOP_LEVEL_KEYS = {
     "pipeline", "experiment", "seed", "device", "output_dir", "cache_dir", "num_workers", "batch_size",
     "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
-    "train_if_missing", "verbose", "resume", "vars", "aps",
+    "train_if_missing", "verbose", "resume", "vars", "aps", "report",
 }
 
 
@@ -152,7 +152,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 # Expected types of top-level values (checked after merging and overrides).
 TOP_LEVEL_TYPES = {
     "seed": (int,), "num_workers": (int,), "batch_size": (int,), "train_if_missing": (bool,),
-    "verbose": (bool,), "resume": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
+    "verbose": (bool,), "resume": (bool,), "report": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
     "output_dir": (str,), "cache_dir": (str, type(None)), "plugins": (list, type(None)),
     "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
 }

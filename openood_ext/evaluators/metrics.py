@@ -57,6 +57,21 @@ def _aupr(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(np.trapezoid(np.r_[1.0, precision], np.r_[0.0, recall]))
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve for ``positive`` (bool/0-1 [N]) ranked by ``scores`` (higher = positive).
+
+    Ties count one half. Raises ValueError when only one class is present or scores are not finite.
+    """
+    scores = check_scores(scores, "scores")
+    positive = np.asarray(positive).astype(bool)
+    if positive.shape != scores.shape:
+        raise ValueError(f"auroc: {scores.shape} scores but {positive.shape} labels")
+    if positive.all() or not positive.any():
+        raise ValueError("auroc: needs both classes, but only one is present in the labels")
+    fpr, tpr = _roc(scores, positive.astype(np.float64))
+    return float(np.trapezoid(tpr, fpr))
+
+
 def ood_metrics(id_conf: np.ndarray, ood_conf: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR-In, AUPR-Out, FPR@95 (and OpenOOD's FPR@95 variant) for one ID/OOD pair.
 

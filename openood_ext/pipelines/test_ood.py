@@ -76,7 +76,7 @@ class TestOODPipeline:
         bench = build_benchmark(cfg)
         ckpt = ensure_checkpoint(cfg, ctx, bench)
         net = build_network(cfg, ctx.device)
-        load_checkpoint(ckpt, net)
+        ckpt_meta = load_checkpoint(ckpt, net)
 
         ood_sets, skipped = [], {}
         for split in bench.splits(("near", "far")):
@@ -118,7 +118,12 @@ class TestOODPipeline:
         frame = write_metrics(ctx.dir, rows, summary)
         table = summary_table(frame)
         self._print(bench, table, per_set_table(frame), skipped, skipped_images)
-        run_dir = ctx.complete({"forward_passes": store.forward_passes, "cache_hits": store.cache.hits})
+        if cfg.get("report", True):
+            with ctx.timed("report"):
+                from ..reports import write_report
+                write_report(ctx.dir)
+        run_dir = ctx.complete({"forward_passes": store.forward_passes, "cache_hits": store.cache.hits,
+                                "checkpoint": str(ckpt), "checkpoint_meta": ckpt_meta})
         ctx.log.info("results written to %s", run_dir)
         return {"run_dir": str(run_dir), "table": table, "metrics": frame,
                 "forward_passes": store.forward_passes}

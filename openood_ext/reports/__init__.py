@@ -1,0 +1,6 @@
+"""Pictures and the one-file HTML report of a run directory."""
+
+from .html import write_report
+from .plots import ad_class_roc_plot, heatmap_grid, histogram_plot, roc_plot
+
+__all__ = ["write_report", "roc_plot", "histogram_plot", "ad_class_roc_plot", "heatmap_grid"]
