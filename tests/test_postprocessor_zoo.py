@@ -208,11 +208,11 @@ def test_react_percentile_100_equals_ebo_and_clipping_hand_case():
     w, b = torch.randn(3, 5, generator=gen), torch.randn(3, generator=gen)
     z = torch.randn(40, 5, generator=gen).relu()
     o = outs(features=z.numpy(), w=w.numpy(), b=b.numpy())
-    react = build("react", percentile=100).fit(o)
+    react = build("react", percentile=100).fit(o, val_outputs=o)
     np.testing.assert_allclose(react.score(o), build("ebo").score(o), rtol=1e-6, atol=1e-6)
     # hand case: threshold = 50th percentile of {0,1,2,3} = 1.5; z = [3, 0.5] -> [1.5, 0.5]
     fit = outs(features=[[0.0, 1.0], [2.0, 3.0]], w=[[1.0, 0.0], [0.0, 2.0]])
-    pp = build("react", percentile=50).fit(fit)
+    pp = build("react", percentile=50, fit_on="train").fit(fit)
     assert pp.threshold == pytest.approx(1.5)
     np.testing.assert_allclose(pp.score(outs(features=[[3.0, 0.5]], w=[[1.0, 0.0], [0.0, 2.0]])),
                                energy_np(np.array([[1.5, 1.0]])), rtol=1e-6)

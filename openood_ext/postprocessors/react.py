@@ -18,12 +18,12 @@ class ReActPostprocessor(Postprocessor):
     Args:
         percentile: percentile of all ID feature values used as the clipping threshold c (OpenOOD
             default 90).
-        fit_on: ``train`` (default, as the ReAct paper) or ``val`` (OpenOOD v1.5 takes the percentile
-            over the ID validation features; use this to reproduce its numbers).
+        fit_on: ``val`` (default, as OpenOOD v1.5: the percentile over the ID validation features, so
+            numbers compare with its tables) or ``train`` (as the ReAct paper).
     Needs ``fc_weight``/``fc_bias`` in the outputs' extras.
     """
 
-    def __init__(self, percentile: float = 90, fit_on: str = "train"):
+    def __init__(self, percentile: float = 90, fit_on: str = "val"):
         if not 0 <= percentile <= 100:
             raise ValueError(f"react: percentile must be in [0, 100], got {percentile}")
         if fit_on not in ("train", "val"):
