@@ -98,7 +98,7 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
                          "ours_s": elapsed, "openood_way_s": openood, "chosen": chosen})
         ours = t_fwd + t_zoo
         openood_total = sum(r["openood_way_s"] for r in rows)
-        result = {"benchmark": bench.name, "device": str(ctx.device), "samples": {k: len(v) for k, v in store.memo.items()},
+        result = {"benchmark": bench.name, "aps": bool(aps_on and has_val), "device": str(ctx.device), "samples": {k: len(v) for k, v in store.memo.items()},
                   "forward_s_per_split": split_time, "t_fwd_s": t_fwd, "t_zoo_s": t_zoo,
                   "ratio_ours_over_fwd": ours / t_fwd, "openood_way_s": openood_total,
                   "ratio_openood_over_ours": openood_total / ours, "postprocessors": rows,
@@ -114,7 +114,8 @@ def print_report(r: dict) -> None:
     for row in r["postprocessors"]:
         print(f"{row['postprocessor']:15s} {row['combinations']:10d} {row['ours_s']:10.3f} {row['openood_way_s']:16.2f}")
     print(f"\nT_fwd (one forward pass over all splits): {r['t_fwd_s']:.2f} s")
-    print(f"T_zoo ({len(r['postprocessors'])} feature-space postprocessors with APS, from the cache): {r['t_zoo_s']:.2f} s")
+    how = "with APS" if r["aps"] else "without APS (no OOD validation split, or --no-aps)"
+    print(f"T_zoo ({len(r['postprocessors'])} feature-space postprocessors {how}, from the cache): {r['t_zoo_s']:.2f} s")
     print(f"(T_fwd + T_zoo) / T_fwd = {r['ratio_ours_over_fwd']:.3f}")
     print(f"OpenOOD way (network re-run per postprocessor and APS combination; computed from the measured "
           f"per-split forward times) = {r['openood_way_s']:.1f} s")
