@@ -34,6 +34,15 @@ def install_demo_plugin(site: Path) -> Path:
     return site
 
 
+def image_loader(images, labels, batch_size: int = 16):
+    """A loader in the pipeline's format: (images, labels, n_skipped) batches, unshuffled."""
+    import torch
+    data = list(zip(images, labels.tolist()))
+    return torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=False,
+        collate_fn=lambda batch: (torch.stack([x for x, _ in batch]), torch.tensor([y for _, y in batch]), 0))
+
+
 MAIN_CONFIG = REPO / "configs" / "pipelines" / "test_ood.yml"
 
 

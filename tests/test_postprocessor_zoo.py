@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from conftest import image_loader
 from sklearn.covariance import EmpiricalCovariance
 
 from openood_ext.features import NetOutputs, extract_outputs
@@ -43,14 +45,6 @@ def build(name, **kw):
 def energy_np(logits: np.ndarray) -> np.ndarray:
     m = logits.max(axis=1, keepdims=True)
     return (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
-
-
-def image_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 16):
-    """A loader in the pipeline's format: (images, labels, n_skipped) batches, unshuffled."""
-    data = list(zip(images, labels.tolist()))
-    return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, shuffle=False,
-        collate_fn=lambda batch: (torch.stack([x for x, _ in batch]), torch.tensor([y for _, y in batch]), 0))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from conftest import image_loader
 from torchvision import transforms as T
 
 from openood_ext.features import extract_outputs
@@ -16,13 +18,6 @@ from openood_ext.postprocessors.layer_features import (LayerTaps, conv_relu_laye
                                                        stage_layers)
 
 CPU = torch.device("cpu")
-
-
-def image_loader(images, labels, batch_size=16):
-    data = list(zip(images, labels.tolist()))
-    return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, shuffle=False,
-        collate_fn=lambda batch: (torch.stack([x for x, _ in batch]), torch.tensor([y for _, y in batch]), 0))
 
 
 @pytest.fixture(scope="module")
