@@ -2,21 +2,37 @@
 
     openood-ext leaderboard RESULTS_DIR [-o leaderboard.csv] [--format csv|md|html] [--reference ref.csv]
 
-One row per (benchmark, training method, postprocessor, network, outlier data). Values are percentages
-with two decimals, ``mean ± std`` over the runs (seeds) of that row, std being the population standard
-deviation (ddof=0); a row made of a single run shows the mean alone, and ``Seeds`` says how many runs
-were averaged. Rows are sorted by Near-OOD AUROC, best first. A group mean computed over fewer OOD sets
-than the benchmark defines is flagged in ``Additional_Description``. Run directories that are not
-complete (no run.json with ``status: complete``, missing or unreadable metrics) are skipped with a
-warning naming them.
+Every test run directory under RESULTS_DIR (config.yaml + metrics.csv + run.json with ``status: complete``)
+contributes one entry per postprocessor. Entries are grouped into one row per (benchmark, training,
+postprocessor, network, outlier data, training epochs):
 
-``--reference`` joins published numbers (e.g. configs/reference/openood_v1.5_cifar10.csv, matched on
-Training + Postprocessor) and adds ``Ref_*`` and ``Delta_*`` (ours - published, in points) columns.
+* ``Training``: the config's ``trainer.name``; ``pretrained`` when the config has no trainer (weights
+  loaded from elsewhere). ``Arch``: ``network.name`` (plus its ``width`` when set).
+  ``Outlier_Data``: ``synthesizer.name``, else ``trainer.outlier_data``, else ``none``.
+  ``Additional_Description``: the checkpoint's training epochs (run.json ``checkpoint_meta``), and notes
+  (a near/far mean over fewer OOD sets than the benchmark defines; repeated seeds).
+* Values are percentages with two decimals, ``mean ± std`` over the runs (seeds, from run.json) of the row,
+  std being the population standard deviation (ddof=0). **A row made of a single run shows the mean alone**
+  (no ``± 0.00``, which would claim a spread that was never measured); ``Seeds`` says how many runs were
+  averaged. ``*_FPR95`` is the ODIN/Hendrycks FPR@95 (OOD accepted when 95% of ID is kept; metrics.csv's
+  ``fpr95``).
+* Rows are sorted by Near-OOD AUROC, best first (then Far-OOD AUROC); rows without a near-OOD value last.
+
+Directories that look like runs but are not complete (no or unreadable run.json, status other than
+``complete``, ``<experiment>.partial`` work directories, unreadable config.yaml / metrics.csv, non-numeric
+metric values) are skipped with a warning naming them. Complete runs without metrics.csv (training runs)
+are skipped silently.
+
+``--reference`` joins published numbers (e.g. configs/reference/openood_v1.5_cifar10.csv) matched on
+Training + Postprocessor, and on Benchmark when the reference file has that column (so a digits run is
+never compared with CIFAR-10 numbers), and adds ``Ref_*`` and ``Delta_*`` (ours - published, in percentage
+points, from the means) columns for near/far AUROC and ID accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import io
 import json
 import sys
@@ -37,6 +53,8 @@ METRIC_COLUMNS = {  # column -> (dataset row in metrics.csv, metric)
     "Far-OOD_FPR95": ("farood", "fpr95"),
 }
 REF_COLUMNS = ["Near-OOD_AUROC", "Far-OOD_AUROC", "ID_Accuracy"]
+RUN_FILES = ("run.json", "config.yaml", "metrics.csv")
+FORMATS = {".csv": "csv", ".md": "md", ".html": "html", ".htm": "html"}  # output suffix -> format
 
 
 def warn(message: str) -> None:
@@ -44,17 +62,41 @@ def warn(message: str) -> None:
 
 
 def find_runs(results_dir: Path) -> list[Path]:
-    """Directories under ``results_dir`` holding a run.json (``.partial`` work directories excluded)."""
+    """Directories under ``results_dir`` (itself included) holding run.json, config.yaml or metrics.csv.
+
+    Leftovers of an atomic directory swap (``.<name>.old-<pid>``) are not runs.
+    """
     if not results_dir.is_dir():
         raise DataError(f"{results_dir}: results directory not found")
-    return sorted(p.parent for p in results_dir.rglob("run.json")
-                  if not p.parent.name.endswith(".partial") and ".old-" not in p.parent.name)
+    dirs = {p.parent for name in RUN_FILES for p in results_dir.rglob(name)}
+    return sorted(d for d in dirs if ".old-" not in d.name and not _inside_run(d, results_dir))
+
+
+def _inside_run(d: Path, root: Path) -> bool:
+    """True for directories nested in another run directory below ``root`` (e.g. files a plugin wrote)."""
+    if d == root:
+        return False
+    for parent in d.parents:
+        if (parent / "run.json").is_file():
+            return True
+        if parent == root:
+            return False
+    return False
 
 
 def describe_run(run_dir: Path) -> dict | None:
     """The identity of a complete test run and its metrics, or None (with a warning) if unusable."""
+    if run_dir.name.endswith(".partial"):
+        status = _status(run_dir)
+        warn(f"skipping {run_dir}: incomplete run ({status or 'no run.json: running or killed'})")
+        return None
+    if not (run_dir / "run.json").is_file():
+        warn(f"skipping {run_dir}: no run.json, so the run never completed")
+        return None
     try:
         record = json.loads((run_dir / "run.json").read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         warn(f"skipping {run_dir}: run.json unreadable ({exc})")
         return None
@@ -62,27 +104,41 @@ def describe_run(run_dir: Path) -> dict | None:
         warn(f"skipping {run_dir}: status is {record.get('status')!r}, not 'complete'")
         return None
     if not (run_dir / "metrics.csv").is_file():
-        return None  # a training run: nothing to rank
+        return None  # a training (or bench) run: nothing to rank
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("config.yaml is not a mapping")
         metrics = pd.read_csv(run_dir / "metrics.csv")
         missing = {"postprocessor", "dataset", "metric", "value"} - set(metrics.columns)
         if missing:
-            raise ValueError(f"columns {sorted(missing)} missing")
-    except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError) as exc:
+            raise ValueError(f"metrics.csv lacks column(s) {sorted(missing)}")
+        metrics["value"] = pd.to_numeric(metrics["value"], errors="raise")
+        if not np.isfinite(metrics["value"].to_numpy(dtype=float)).all():
+            raise ValueError("metrics.csv holds NaN or infinite values")
+        metrics["postprocessor"] = metrics["postprocessor"].astype(str)
+    except (OSError, ValueError, TypeError, yaml.YAMLError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
         warn(f"skipping {run_dir}: config.yaml or metrics.csv unreadable ({str(exc).splitlines()[0]})")
         return None
     trainer_cfg, synth_cfg = _as_mapping(cfg.get("trainer")), _as_mapping(cfg.get("synthesizer"))
-    trainer = trainer_cfg.get("name")
-    outlier = synth_cfg.get("name") or trainer_cfg.get("outlier_data")
-    network = cfg.get("network") or {}
-    arch = network.get("name", "?")
+    outlier = synth_cfg.get("name") or _as_mapping(trainer_cfg.get("outlier_data")).get("name")
+    network = _as_mapping(cfg.get("network"))
+    arch = str(network.get("name", "?"))
     if network.get("width") is not None:
         arch = f"{arch} (width {network['width']})"
-    return {"dir": run_dir, "seed": record.get("seed"), "metrics": metrics,
-            "Benchmark": (cfg.get("benchmark") or {}).get("title") or (cfg.get("benchmark") or {}).get("name", "?"),
-            "Training": trainer or "pretrained", "Arch": arch, "Outlier_Data": outlier or "none",
-            "Epochs": (record.get("checkpoint_meta") or {}).get("epochs")}
+    bench = _as_mapping(cfg.get("benchmark"))
+    meta = record.get("checkpoint_meta") if isinstance(record.get("checkpoint_meta"), dict) else {}
+    return {"dir": run_dir, "seed": record.get("seed", cfg.get("seed")), "metrics": metrics,
+            "Benchmark": str(bench.get("name", "?")), "Training": str(trainer_cfg.get("name") or "pretrained"),
+            "Arch": arch, "Outlier_Data": str(outlier or "none"), "Epochs": meta.get("epochs")}
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return f"status {json.loads((run_dir / 'run.json').read_text()).get('status')!r}"
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _as_mapping(node) -> dict:
@@ -92,7 +148,8 @@ def _as_mapping(node) -> dict:
     return {"name": node} if node else {}
 
 
-def format_mean_std(values: list[float]) -> str:
+def format_mean_std(values: list) -> str:
+    """``"mean ± std"`` in percent (two decimals) of fractions; the mean alone for one value; "" for none."""
     values = [100 * v for v in values if v is not None and np.isfinite(v)]
     if not values:
         return ""
@@ -102,70 +159,103 @@ def format_mean_std(values: list[float]) -> str:
 
 
 def parse_mean(cell) -> float:
-    """The mean part of a ``"mean ± std"`` cell as float (NaN when empty)."""
-    if cell is None or (isinstance(cell, float) and np.isnan(cell)) or str(cell).strip() == "":
+    """The mean part of a ``"mean ± std"`` cell as float (NaN when empty or not a number)."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
         return float("nan")
-    return float(str(cell).split("±")[0])
+    text = str(cell).split("±")[0].strip()
+    try:
+        return float(text) if text else float("nan")
+    except ValueError:
+        return float("nan")
 
 
-def build_leaderboard(results_dir: str | Path, reference: str | Path | None = None) -> pd.DataFrame:
-    """The leaderboard as a DataFrame (string cells), sorted by Near-OOD AUROC."""
+def collect(results_dir: str | Path) -> dict[tuple, dict]:
+    """Group key -> metric values over runs (fractions), seeds, run directories and flags."""
     groups: dict[tuple, dict] = {}
     for run_dir in find_runs(Path(results_dir)):
         run = describe_run(run_dir)
         if run is None:
             continue
-        m = run["metrics"]
-        for pp, rows in m.groupby("postprocessor", sort=False):
-            key = (run["Benchmark"], run["Training"], pp, run["Arch"], run["Outlier_Data"])
-            g = groups.setdefault(key, {"values": {c: [] for c in METRIC_COLUMNS}, "seeds": [], "partial": False,
-                                        "epochs": set()})
+        for pp, rows in run["metrics"].groupby("postprocessor", sort=False):
+            key = (run["Benchmark"], run["Training"], pp, run["Arch"], run["Outlier_Data"], run["Epochs"])
+            g = groups.setdefault(key, {"values": {c: [] for c in METRIC_COLUMNS}, "seeds": [], "dirs": [],
+                                        "partial": False})
             for col, (dataset, metric) in METRIC_COLUMNS.items():
                 hit = rows[(rows.dataset == dataset) & (rows.metric == metric)]
                 g["values"][col].append(float(hit.value.iloc[0]) if len(hit) else None)
-                if len(hit) and "partial" in rows.columns and bool(hit.partial.iloc[0]):
+                if len(hit) and "partial" in rows.columns and str(hit.partial.iloc[0]).lower() == "true":
                     g["partial"] = True
             g["seeds"].append(run["seed"])
-            if run["Epochs"] is not None:
-                g["epochs"].add(run["Epochs"])
-    records = []
-    for (bench, training, pp, arch, outlier), g in groups.items():
-        notes = []
-        if g["epochs"]:
-            notes.append("/".join(f"{e} epochs" for e in sorted(g["epochs"])))
+            g["dirs"].append(str(run["dir"]))
+    return groups
+
+
+def build_leaderboard(results_dir: str | Path, reference: str | Path | None = None) -> pd.DataFrame:
+    """The leaderboard as a DataFrame (string cells, ``Seeds`` an int), sorted by Near-OOD AUROC."""
+    records, warned = [], set()
+    for (bench, training, pp, arch, outlier, epochs), g in collect(results_dir).items():
+        notes = [f"{epochs} epochs"] if epochs is not None else []
         if g["partial"]:
             notes.append("partial: some OOD sets absent")
-        if len(set(g["seeds"])) < len(g["seeds"]):
+        if len(set(map(str, g["seeds"]))) < len(g["seeds"]):
             notes.append("repeated seeds")
+            if tuple(g["dirs"]) not in warned:  # once per set of runs, not once per postprocessor
+                warned.add(tuple(g["dirs"]))
+                warn(f"runs share a seed, so they are averaged but are not independent seeds (different "
+                     f"experiments or reruns?): {', '.join(g['dirs'])}")
         records.append({"Benchmark": bench, "Training": training, "Postprocessor": pp,
                         **{c: format_mean_std(v) for c, v in g["values"].items()},
                         "Outlier_Data": outlier, "Arch": arch, "Additional_Description": "; ".join(notes),
                         "Seeds": len(g["seeds"])})
     table = pd.DataFrame(records, columns=COLUMNS)
     if not table.empty:
-        order = table["Near-OOD_AUROC"].map(parse_mean).fillna(-1).sort_values(ascending=False, kind="stable").index
+        keys = pd.DataFrame({"near": table["Near-OOD_AUROC"].map(parse_mean).fillna(-np.inf),
+                             "far": table["Far-OOD_AUROC"].map(parse_mean).fillna(-np.inf)})
+        order = keys.sort_values(["near", "far"], ascending=False, kind="stable").index
         table = table.loc[order].reset_index(drop=True)
+    table["Seeds"] = table["Seeds"].astype(int)
     if reference is not None:
         table = add_reference(table, Path(reference))
     return table
 
 
-def add_reference(table: pd.DataFrame, reference: Path) -> pd.DataFrame:
+def load_reference(reference: Path) -> pd.DataFrame:
+    """Published numbers (``#`` lines are comments), indexed by (Benchmark,) Training, Postprocessor."""
     if not reference.is_file():
         raise DataError(f"{reference}: reference file not found")
     try:
-        ref = pd.read_csv(reference, comment="#", dtype=str)
-    except (pd.errors.ParserError, ValueError) as exc:
+        ref = pd.read_csv(reference, comment="#", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{reference}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     need = {"Training", "Postprocessor", *REF_COLUMNS}
     if need - set(ref.columns):
         raise DataError(f"{reference}: missing column(s) {sorted(need - set(ref.columns))}")
-    ref = ref.set_index(["Training", "Postprocessor"])
+    keys = ["Benchmark", "Training", "Postprocessor"] if "Benchmark" in ref.columns else ["Training", "Postprocessor"]
+    dup = ref[ref.duplicated(keys, keep=False)]
+    if not dup.empty:
+        raise DataError(f"{reference}: more than one row for {dict(dup.iloc[0][keys])}")
+    for col in REF_COLUMNS:
+        bad = [v for v in ref[col] if v.strip() and np.isnan(parse_mean(v))]
+        if bad:
+            raise DataError(f"{reference}: column {col} holds {bad[0]!r}, expected 'mean' or 'mean ± std'")
+    return ref.set_index(keys)
+
+
+def add_reference(table: pd.DataFrame, reference: Path) -> pd.DataFrame:
+    """``Ref_<col>`` (published cell) and ``Delta_<col>`` (ours - published, points) for near/far AUROC, ID acc."""
+    ref = load_reference(reference)
+    keys = list(ref.index.names)
+    if "Benchmark" in keys and not table.empty:
+        ref_benches = set(ref.index.get_level_values("Benchmark"))
+        others = sorted(set(table["Benchmark"]) - ref_benches)
+        if others:
+            warn(f"{reference} has numbers for benchmark(s) {', '.join(sorted(ref_benches))} only; "
+                 f"rows of {', '.join(others)} get no reference")
     out = table.copy()
     for col in REF_COLUMNS:
         refs, deltas = [], []
         for _, row in out.iterrows():
-            key = (row["Training"], row["Postprocessor"])
+            key = tuple(row[k] for k in keys)
             cell = ref.loc[key, col] if key in ref.index else ""
             refs.append(cell)
             delta = parse_mean(row[col]) - parse_mean(cell)
@@ -176,12 +266,14 @@ def add_reference(table: pd.DataFrame, reference: Path) -> pd.DataFrame:
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
+    """The table as CSV, Markdown or a standalone HTML page."""
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "md":
-        header = "| " + " | ".join(table.columns) + " |"
+        cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+        header = "| " + " | ".join(cell(c) for c in table.columns) + " |"
         sep = "|" + "|".join("---" for _ in table.columns) + "|"
-        body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+        body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
         return "\n".join([header, sep, *body]) + "\n"
     if fmt == "html":
         buf = io.StringIO()
@@ -189,20 +281,30 @@ def render(table: pd.DataFrame, fmt: str) -> str:
         return ("<!doctype html><html><head><meta charset='utf-8'><title>openood_ext leaderboard</title>"
                 "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{padding:3px 8px;"
                 "border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
-                f"<h1>Leaderboard</h1>{buf.getvalue()}</body></html>\n")
+                f"<h1>Leaderboard</h1><p>{html.escape('Percent; mean ± std over seeds (mean alone for one seed).')}"
+                f"</p>{buf.getvalue()}</body></html>\n")
     raise OpenOODError(f"--format: expected csv, md or html, got {fmt!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 2 through the CLI, like every user error
+        raise OpenOODError(f"leaderboard: {message} ({' '.join(self.format_usage().split())})")
+
+
 def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="openood-ext leaderboard", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dir")
-    parser.add_argument("-o", "--output", help="file to write (default: print)")
+    parser = _Parser(prog="openood-ext leaderboard", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dir", help="directory holding run directories (searched recursively)")
+    parser.add_argument("-o", "--output", help="file to write (default: print to stdout)")
     parser.add_argument("--format", default=None, choices=["csv", "md", "html"],
-                        help="default: from the output's suffix, else csv")
-    parser.add_argument("--reference", help="CSV of published numbers to compare with")
+                        help="default: from the output's suffix (.md, .html), else csv")
+    parser.add_argument("--reference", help="CSV of published numbers to compare with, e.g. "
+                                            "configs/reference/openood_v1.5_cifar10.csv")
     args = parser.parse_args([a for a in argv if a != "--debug"])
-    fmt = args.format or {".md": "md", ".html": "html"}.get(Path(args.output or "").suffix, "csv")
+    fmt = args.format or FORMATS.get(Path(args.output or "").suffix.lower(), "csv")
     table = build_leaderboard(args.results_dir, args.reference)
+    if table.empty:
+        warn(f"no complete test runs under {args.results_dir}")
     text = render(table, fmt)
     if args.output:
         write_text(args.output, text)

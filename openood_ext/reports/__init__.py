@@ -1,6 +1,6 @@
 """Pictures and the one-file HTML report of a run directory."""
 
 from .html import write_report
-from .plots import ad_class_roc_plot, heatmap_grid, histogram_plot, roc_plot
+from .plots import ad_class_roc_plot, heatmap_grid, histogram_plot, roc_plot, roc_points
 
-__all__ = ["write_report", "roc_plot", "histogram_plot", "ad_class_roc_plot", "heatmap_grid"]
+__all__ = ["write_report", "roc_plot", "roc_points", "histogram_plot", "ad_class_roc_plot", "heatmap_grid"]

@@ -1,19 +1,28 @@
-"""``report.html``: a run's metrics table and plots in one file that opens offline.
+"""``report.html``: a run's metrics tables and plots in one file that opens offline.
 
-Plots are PNG files under ``<run>/plots/`` referenced by relative paths, so the run directory can be
-copied or zipped as a whole.
+Plots are PNG files under ``<run>/plots/`` referenced by relative paths (no network access, no
+JavaScript), so the run directory can be copied or zipped as a whole and the report still shows them.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from ..errors import DataError
 from ..utils.io import write_text
 from .plots import histogram_plot, roc_plot
+
+SUMMARY = [("id_test", "accuracy", "ID acc"), ("nearood", "auroc", "Near AUROC"), ("nearood", "fpr95", "Near FPR95"),
+           ("farood", "auroc", "Far AUROC"), ("farood", "fpr95", "Far FPR95")]
+STYLE = ("body{font:14px sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px;"
+         "margin-bottom:1em}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+         ".row img{margin:4px;max-width:48%;vertical-align:top}p.note{color:#555}")
 
 
 def load_scores(npz_path: Path) -> dict[str, np.ndarray]:
@@ -22,34 +31,74 @@ def load_scores(npz_path: Path) -> dict[str, np.ndarray]:
         return {key[: -len("__conf")]: data[key] for key in data.files if key.endswith("__conf")}
 
 
+def _img(run_dir: Path, path: Path, alt: str) -> str:
+    return f"<img src=\"{html.escape(quote(path.relative_to(run_dir).as_posix()))}\" alt=\"{html.escape(alt)}\">"
+
+
+def _tables(metrics: pd.DataFrame) -> str:
+    summary = {}
+    for pp, rows in metrics.groupby("postprocessor", sort=False):
+        line = {}
+        for dataset, metric, label in SUMMARY:
+            hit = rows[(rows.dataset == dataset) & (rows.metric == metric)]
+            line[label] = "" if hit.empty else f"{100 * hit.value.iloc[0]:.2f}" + (
+                "*" if "partial" in rows and str(hit.partial.iloc[0]).lower() == "true" else "")
+        summary[pp] = line
+    summary = pd.DataFrame.from_dict(summary, orient="index")
+    summary.index.name = "postprocessor"
+    sets = metrics[(metrics.metric == "auroc") & ~metrics.dataset.isin(["nearood", "farood"])]
+    per_set = (sets.pivot_table(index="postprocessor", columns="dataset", values="value", sort=False) * 100).round(2)
+    detail = (metrics[metrics.metric.isin(["accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood"])]
+              .pivot_table(index=["postprocessor", "metric"], columns="dataset", values="value", sort=False) * 100
+              ).round(2)
+    return ("<h2>Summary (%)</h2>" + summary.to_html(border=0, na_rep="")
+            + "<p class='note'>* mean over fewer OOD sets than the benchmark defines.</p>"
+            + "<h2>AUROC per OOD set (%)</h2>" + per_set.to_html(border=0, na_rep="")
+            + "<h2>All metrics (%)</h2>" + detail.to_html(border=0, na_rep=""))
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``plots/roc_<pp>.png``, ``plots/hist_<pp>.png`` and ``report.html``; return the report path."""
+    """Write ``plots/roc_<pp>.png``, ``plots/hist_<pp>.png`` for every ``scores/<pp>.npz``, and ``report.html``.
+
+    Returns the report's path. Raises DataError when the run directory has no readable metrics.csv.
+    """
     run_dir = Path(run_dir)
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    try:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{run_dir / 'metrics.csv'}: cannot make a report ({str(exc).splitlines()[0]})") from None
+    groups = dict(zip(metrics.dataset, metrics.group)) if "group" in metrics else {}
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
     sections = []
-    for npz in sorted((run_dir / "scores").glob("*.npz")):
+    order = {pp: i for i, pp in enumerate(dict.fromkeys(metrics.postprocessor.astype(str)))}
+    for npz in sorted((run_dir / "scores").glob("*.npz"), key=lambda p: (order.get(p.stem, len(order)), p.stem)):
         pp = npz.stem
         confs = load_scores(npz)
-        id_conf = confs.pop("id_test")
-        if not confs:
+        id_conf = confs.pop("id_test", None)
+        if id_conf is None or not confs:
+            sections.append(f"<h2>{html.escape(pp)}</h2><p class='note'>no ID test / OOD scores to plot</p>")
             continue
-        roc = roc_plot(id_conf, confs, f"{pp}: ROC per OOD set", run_dir / "plots" / f"roc_{pp}.png")
-        hist = histogram_plot(id_conf, confs, f"{pp}: confidences", run_dir / "plots" / f"hist_{pp}.png")
-        sections.append(
-            f"<h2>{html.escape(pp)}</h2><div class='row'>"
-            f"<img src='{roc.relative_to(run_dir).as_posix()}' alt='ROC curves of {html.escape(pp)}'>"
-            f"<img src='{hist.relative_to(run_dir).as_posix()}' alt='confidence histograms of {html.escape(pp)}'></div>")
-    table = (metrics[metrics.metric.isin(["accuracy", "auroc", "aupr_in", "aupr_out", "fpr95"])]
-             .pivot_table(index=["postprocessor", "metric"], columns="dataset", values="value", sort=False) * 100).round(2)
+        roc = roc_plot(id_conf, confs, f"{pp}: ROC per OOD set", run_dir / "plots" / f"roc_{pp}.png", groups)
+        hist = histogram_plot(id_conf, confs, f"{pp}: confidences", run_dir / "plots" / f"hist_{pp}.png", groups)
+        sections.append(f"<h2>{html.escape(pp)}</h2><div class='row'>"
+                        + _img(run_dir, roc, f"ROC curves of {pp}") + _img(run_dir, hist, f"confidence histograms of {pp}")
+                        + "</div>")
+    facts = [("benchmark", (cfg.get("benchmark") or {}).get("name") if isinstance(cfg.get("benchmark"), dict) else None),
+             ("network", (cfg.get("network") or {}).get("name") if isinstance(cfg.get("network"), dict) else None),
+             ("seed", cfg.get("seed"))]
+    facts_html = ", ".join(f"{k}: <b>{html.escape(str(v))}</b>" for k, v in facts if v is not None)
+    name = run_dir.name.removesuffix(".partial")  # written just before the run directory takes its final name
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>openood_ext report: {html.escape(run_dir.name)}</title>"
-        "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}.row img{margin:4px;"
-        "max-width:48%}</style></head><body>"
-        f"<h1>{html.escape(run_dir.name)}</h1><p>Metrics in percent; OOD is the positive class; "
-        "fpr95 = OOD accepted when 95% of ID is kept.</p>"
-        f"{table.to_html(na_rep='', border=0)}{''.join(sections)}</body></html>\n")
+        f"<title>openood_ext report: {html.escape(name)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(name)}</h1><p>{facts_html}</p>"
+        "<p class='note'>Metrics in percent; OOD is the positive class; fpr95 = OOD accepted when 95% of ID is kept; "
+        "fpr95_openood = OpenOOD v1.5's variant (ID rejected when 95% of OOD is caught).</p>"
+        f"{_tables(metrics)}{''.join(sections)}</body></html>\n")
     out = run_dir / "report.html"
     write_text(out, page)
     return out
