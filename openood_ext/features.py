@@ -12,9 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import numpy as np
 import torch
 
 from .utils.io import write_with
@@ -56,15 +55,6 @@ class NetOutputs:
     def preds(self) -> torch.Tensor:
         """Predicted class per sample, argmax of the logits, int64 [N]."""
         return self.logits.argmax(dim=1)
-
-    @staticmethod
-    def concat(parts: list["NetOutputs"]) -> "NetOutputs":
-        """Stack several NetOutputs along the sample axis (extras taken from the first)."""
-        labels = None
-        if all(p.labels is not None for p in parts):
-            labels = torch.cat([p.labels for p in parts])
-        return NetOutputs(torch.cat([p.logits for p in parts]), torch.cat([p.features for p in parts]),
-                          labels, dict(parts[0].extras))
 
     def to_dict(self) -> dict[str, Any]:
         return {"logits": self.logits, "features": self.features, "labels": self.labels,
@@ -173,11 +163,3 @@ class FeatureCache:
         outputs = compute()
         self.save(key, outputs)
         return outputs
-
-
-def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def describe_outputs(outputs: Mapping[str, NetOutputs]) -> str:
-    return ", ".join(f"{k}: {len(v)}" for k, v in outputs.items())

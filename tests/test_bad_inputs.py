@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-import torch
 
 from conftest import MAIN_CONFIG, PLUGIN_SRC, REPO, cli
 from openood_ext import cli as cli_module

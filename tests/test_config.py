@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from openood_ext.config import apply_overrides, cli_overrides, load_config, load_yaml
+from openood_ext.config import cli_overrides, load_config, load_yaml
 from openood_ext.errors import ConfigError
 
 

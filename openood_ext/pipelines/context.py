@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import platform
 import shutil
@@ -22,7 +21,7 @@ from ..errors import ConfigError
 from ..networks import NETWORKS
 from ..utils.interrupts import RunInterrupted, critical
 from ..utils.io import write_json
-from ..utils.runtime import get_logger, resolve_device, seed_everything, setup_logging
+from ..utils.runtime import resolve_device, seed_everything, setup_logging
 
 
 class RunContext:
@@ -169,7 +168,3 @@ def _nondeterminism_notes(device: torch.device) -> list[str]:
             f"cudnn.deterministic={torch.backends.cudnn.deterministic}",
             f"cudnn.benchmark={torch.backends.cudnn.benchmark}",
             f"gpu={torch.cuda.get_device_name(device)}"]
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

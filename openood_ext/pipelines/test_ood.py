@@ -160,7 +160,7 @@ class TestOODPipeline:
     def _print(bench, table, per_set, skipped, skipped_images) -> None:
         print(f"\n== {bench.name}: ID accuracy and mean OOD metrics (%) ==")
         print(table.to_string())
-        print(f"\n== AUROC (%) per OOD set ==")
+        print("\n== AUROC (%) per OOD set ==")
         print(per_set.to_string())
         if skipped:
             print("\nskipped OOD sets (group means marked * are partial): "
