@@ -71,7 +71,7 @@ class Split:
 
     @property
     def is_ood(self) -> bool:
-        return self.group in ("ood_val", "near", "far")
+        return self.group in ("ood_val", "near", "far", "oe")
 
 
 @BENCHMARKS.register("imglist")
@@ -81,7 +81,7 @@ class Benchmark:
     def __init__(self, num_classes: int, id: Mapping[str, Any], ood: Mapping[str, Any] | None = None,
                  imglist_dir: str | list[str] = ".", data_root: str | None = None,
                  preprocessor: Mapping[str, Any] | None = None, title: str | None = None,
-                 on_bad_image: str = "error", image_dir: str | None = None):
+                 on_bad_image: str = "error", image_dir: str | None = None, oe: Any = None):
         self.title = title or getattr(type(self), "_registry_name", "imglist")
         self.num_classes = int(num_classes)
         dirs = [imglist_dir] if isinstance(imglist_dir, (str, os.PathLike)) else list(imglist_dir or ["."])
@@ -106,6 +106,8 @@ class Benchmark:
         for group in OOD_GROUPS:
             for set_name, entry in (ood.get(group) or {}).items():
                 self._splits.append(self._make_split(set_name, group, entry))
+        # Outlier-exposure images for training (never evaluated): benchmark.oe
+        self.oe_split = self._make_split("oe", "oe", oe) if oe else None
 
     def locate_imglist(self, fname: str | os.PathLike) -> Path:
         """The first ``imglist_dir`` holding ``fname``; the last directory's path when none does."""
@@ -139,6 +141,8 @@ class Benchmark:
         return [s for s in self._splits if groups is None or s.group in groups]
 
     def split(self, name: str) -> Split:
+        if name == "oe" and self.oe_split is not None:
+            return self.oe_split
         for s in self._splits:
             if s.name == name:
                 return s

@@ -7,6 +7,9 @@
   chelsea, horse, rocket, china, flower).
 * OOD validation ``val_ood``: patches of other scikit-image pictures (coins, moon, page, text, clock),
   used only for parameter search.
+* outlier exposure ``oe``: patches of yet other pictures (Hubble deep field, immunohistochemistry, retina,
+  Shepp-Logan phantom, colour wheel), disjoint from every test and validation set; for training with
+  outliers only (``benchmark.oe``).
 
 Patches are area-averaged from 24x24 crops and contrast-stretched to the digits' 0-16 range, so a
 detector cannot separate them by brightness alone. Everything is generated deterministically (seeded
@@ -29,7 +32,7 @@ from ..utils.runtime import get_logger
 from .benchmark import Benchmark
 from .registry import BENCHMARKS
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 ID_CLASSES = (0, 1, 2, 3, 4, 5)
 SPLIT_FRACTIONS = (0.6, 0.1, 0.3)  # train, val, test
 PATCH_SOURCES = {
@@ -37,11 +40,13 @@ PATCH_SOURCES = {
     "photos": ("camera", "astronaut", "coffee", "chelsea", "horse", "rocket", "sk:china", "sk:flower"),
     "val_ood": ("coins", "moon", "page", "text", "clock"),
 }
-PATCHES_PER_SET = {"textures": 300, "photos": 300, "val_ood": 150}
+# Drawn from its own random stream, so adding it left the other sets unchanged.
+OE_SOURCES = ("hubble_deep_field", "immunohistochemistry", "retina", "shepp_logan_phantom", "colorwheel")
+PATCHES_PER_SET = {"textures": 300, "photos": 300, "val_ood": 150, "oe": 300}
 IMGLIST_FILES = {
     "train": "train_digits.txt", "val": "val_digits.txt", "test": "test_digits.txt",
     "val_ood": "val_ood.txt", "digits6to9": "test_near_digits6to9.txt",
-    "textures": "test_far_textures.txt", "photos": "test_far_photos.txt",
+    "textures": "test_far_textures.txt", "photos": "test_far_photos.txt", "oe": "train_oe.txt",
 }
 
 
@@ -106,6 +111,11 @@ def generate_digits(out_root: Path, seed: int = 0) -> dict[str, list[str]]:
             rel = f"digits/{set_name}/{j:04d}.png"
             _to_png(patch, out_root / rel)
             lists[set_name].append(f"{rel} 0")
+    oe_rng = np.random.default_rng(seed + 1)
+    for j, patch in enumerate(_patches(OE_SOURCES, PATCHES_PER_SET["oe"], oe_rng)):
+        rel = f"digits/oe/{j:04d}.png"
+        _to_png(patch, out_root / rel)
+        lists["oe"].append(f"{rel} 0")
     return {k: sorted(v) for k, v in lists.items()}
 
 

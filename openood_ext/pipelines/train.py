@@ -1,4 +1,5 @@
-"""The ``train`` pipeline: fit a classifier on a benchmark's ID training split and save a checkpoint."""
+"""The ``train`` pipeline: fit a network on a benchmark's ID training split with a registered trainer
+(through the one training loop, :class:`~openood_ext.trainers.Engine`) and save a checkpoint."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from ..config import to_plain
 from ..datasets import Benchmark
 from ..errors import ConfigError
 from ..networks.checkpoint import save_checkpoint
-from ..trainers import TRAINERS
-from ..trainers.resume import load_training_state, save_training_state
+from ..trainers import Engine, TrainingPlan, plan_training
+from ..trainers.data import build_train_loader
+from ..trainers.history import plot_loss_curves, write_history
+from ..utils.runtime import resolve_device
 from .context import RunContext, build_benchmark, build_network, network_spec
 from .registry import PIPELINES
 
@@ -34,51 +38,55 @@ def evaluate_accuracy(net: torch.nn.Module, loader, device: torch.device) -> flo
     return correct / max(total, 1)
 
 
-def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark) -> Path:
-    """Train ``cfg.network`` with ``cfg.trainer`` and write the checkpoint; return its path."""
+def plan_from_config(cfg: DictConfig, bench: Benchmark) -> TrainingPlan:
+    """Validate ``cfg.trainer`` and its outlier source against ``bench`` (before any run directory)."""
     if "trainer" not in cfg:
         raise ConfigError("config has no 'trainer' section (needed to train the network)")
-    trainer = TRAINERS.build(cfg.trainer)
+    return plan_training(to_plain(cfg.trainer), bench, seed=int(cfg.get("seed", 0)),
+                         device=resolve_device(cfg.get("device", "auto")), num_workers=int(cfg.get("num_workers", 0)))
+
+
+def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: TrainingPlan | None = None) -> Path:
+    """Train ``cfg.network`` with ``cfg.trainer`` and write the checkpoint; return its path."""
+    plan = plan or plan_from_config(cfg, bench)
+    settings, trainer = plan.settings, plan.trainer
     net = build_network(cfg, ctx.device)
     workers = int(cfg.get("num_workers", 0))
-    train_loader = bench.loader(bench.split("id_train"), batch_size=trainer.batch_size,
-                                num_workers=workers, train=True, seed=ctx.seed)
-    val_loader = bench.loader(bench.split("id_val"), batch_size=int(cfg.get("batch_size", 256)),
-                              num_workers=workers)
-    ctx.log.info("training %s on %s (%d images) for %d epochs with trainer '%s'",
-                 network_spec(cfg)["name"], bench.name, len(train_loader.dataset), trainer.epochs,
-                 cfg.trainer.get("name") if hasattr(cfg.trainer, "get") else cfg.trainer)
-    state_path = ctx.dir / "last.pt"
-    generator = train_loader.generator
-    resume_state = None
-    if ctx.resume and state_path.is_file():
-        resume_state = load_training_state(state_path, net, trainer, generator)
-        ctx.log.info("resuming training from %s after epoch %d", state_path, resume_state["epoch"])
-
-    def checkpoint_epoch(epoch: int, optim_state: dict, history: list) -> None:
-        save_training_state(state_path, net, epoch, optim_state, trainer, generator, history)
-
+    train_loader = build_train_loader(bench, trainer, settings.batch_size, ctx.seed, workers)
+    if plan.source is not None:
+        plan.source.ctx.steps_per_epoch = len(train_loader)
+        plan.source.ctx.device = ctx.device
+    val_loader = bench.loader(bench.split("id_val"), batch_size=int(cfg.get("batch_size", 256)), num_workers=workers)
+    ctx.log.info("training %s on %s (%d images) for %d epochs with trainer '%s'%s", network_spec(cfg)["name"],
+                 bench.name, len(train_loader.dataset), settings.epochs, plan.trainer_name,
+                 f"; outliers: {plan.source.describe()}" if plan.source is not None else "")
+    engine = Engine(trainer, net, train_loader, settings, device=ctx.device, num_classes=bench.num_classes,
+                    seed=ctx.seed, benchmark=bench, source=plan.source, state_path=ctx.dir / "last.pt", log=ctx.log)
     with ctx.timed("train"):
-        history = trainer.train(net, train_loader, ctx.device, checkpoint_epoch, resume_state)
+        history = engine.fit(resume=ctx.resume)
+    write_history(ctx.dir, history)
+    plot_loss_curves(history, ctx.dir / "plots" / "loss_curves.png")
     val_acc = evaluate_accuracy(net, val_loader, ctx.device)
     path = checkpoint_path(cfg, ctx)
     save_checkpoint(path, net, network_spec(cfg),
-                    meta={"benchmark": bench.name, "epochs": trainer.epochs, "val_accuracy": val_acc,
-                          "final_loss": history[-1]["loss"] if history else None, "seed": ctx.seed})
+                    meta={"benchmark": bench.name, "epochs": settings.epochs, "trainer": plan.trainer_name,
+                          "val_accuracy": val_acc, "final_loss": history[-1]["loss"] if history else None,
+                          "seed": ctx.seed})
     ctx.log.info("trained: val accuracy %.2f%%, checkpoint written to %s", 100 * val_acc, path)
     return path
 
 
 @PIPELINES.register("train")
 class TrainPipeline:
-    """Train a classifier on the benchmark's ID train split (supervised, or with a registered trainer)."""
+    """Train a network on the benchmark's ID train split with a registered trainer."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
 
     def run(self) -> dict:
+        bench = build_benchmark(self.cfg)
+        plan = plan_from_config(self.cfg, bench)  # bad trainer settings or absent outliers: no run directory
         with RunContext(self.cfg) as ctx:
-            bench = build_benchmark(self.cfg)
-            path = train_network(self.cfg, ctx, bench)
+            path = train_network(self.cfg, ctx, bench, plan)
             run_dir = ctx.complete({"checkpoint": str(path)})
         return {"checkpoint": str(path), "run_dir": str(run_dir)}

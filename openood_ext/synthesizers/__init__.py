@@ -1,7 +1,8 @@
-"""Outlier synthesizers (NPOS, Stable-Diffusion latents, ...) register here."""
+"""Outlier sources: image-space (outlier exposure, confetti, Fourier-filtered images) and feature-space
+(NPOS, Stable-Diffusion latents, ...). See :mod:`openood_ext.synthesizers.base` for the contract."""
 
-from ..registry import Registry
+from .base import OutlierSource, SourceContext
+from .registry import SYNTHESIZERS
+from . import confetti, fourier_filter, oe_images  # noqa: F401  (registration)
 
-SYNTHESIZERS = Registry("synthesizers")
-
-__all__ = ["SYNTHESIZERS"]
+__all__ = ["SYNTHESIZERS", "OutlierSource", "SourceContext"]

@@ -1,6 +1,14 @@
-"""Trainers: fit a network on a benchmark's ID training split."""
+"""Trainers: what each method adds to the one training loop (:mod:`.engine`).
+
+Public contract: :class:`Trainer` (``setup``, ``training_step``, ``state_dict``/``load_state_dict``,
+hooks), :class:`Batch`, :class:`TrainContext`; register with ``@TRAINERS.register("name")``.
+"""
 
 from .registry import TRAINERS
-from . import base  # noqa: F401  (registration)
+from .trainer import Batch, TrainContext, Trainer, as_trainer
+from .engine import Engine, EngineSettings, TrainingError, split_trainer_config
+from .plan import TrainingPlan, plan_training, validate_trainer_config
+from . import base, energy_oe, logitnorm, oe  # noqa: F401  (registration)
 
-__all__ = ["TRAINERS"]
+__all__ = ["TRAINERS", "Trainer", "Batch", "TrainContext", "Engine", "EngineSettings", "TrainingError",
+           "TrainingPlan", "as_trainer", "plan_training", "split_trainer_config", "validate_trainer_config"]

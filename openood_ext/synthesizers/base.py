@@ -1,0 +1,62 @@
+"""The outlier-source contract shared by image-space and feature-space sources.
+
+An outlier source is built from ``trainer.outliers`` (a SYNTHESIZERS entry) and set up once per run:
+
+    source.setup(SourceContext(...))        # benchmark, device, seed, ID batch size, steps per epoch
+    source.check()                          # before training: DataError if its data is absent
+    source.on_epoch_start(epoch)            # 0-based; image sources reseed their draw here
+    source.draw(batch)                      # images: a tensor [B_out, C, H, W] on the device
+
+Image sources (``kind = "images"``) fill ``batch.outliers`` in the engine. Feature-space sources
+(``kind = "features"``, e.g. NPOS) are called by their trainer through ``ctx.outliers``, since they need
+the network's embeddings of the current batch. Both save what resume needs in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SourceContext:
+    """What a source may use: the benchmark (transforms, data root, its ``oe`` split), the device, the
+    run's seed, the ID batch size, the number of steps per epoch and the loader workers."""
+
+    benchmark: Any
+    device: torch.device
+    seed: int
+    batch_size: int
+    steps_per_epoch: int
+    num_workers: int = 0
+
+
+class OutlierSource:
+    """Base class of outlier sources. ``kind``: ``"images"`` or ``"features"``."""
+
+    kind: str = "images"
+
+    def setup(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def check(self) -> None:
+        """Raise DataError (one line: what is missing and how to provide it) before any training."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def draw(self, batch) -> torch.Tensor:
+        """Outliers for this step (image sources); ``batch`` is the ID :class:`~openood_ext.trainers.Batch`."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the log: what this source draws from."""
+        return type(self).__name__
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,136 @@
+"""Outlier exposure from real images: an image list, a folder, or a named split of the benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
+from ..datasets.transforms import build_transform, image_mode
+from ..errors import ConfigError, DataError
+from .base import OutlierSource
+from .registry import SYNTHESIZERS
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class FolderDataset(ImglistDataset):
+    """Every image file below ``folder`` (sorted), label -1; loads and fails like :class:`ImglistDataset`."""
+
+    def __init__(self, folder: Path, transform, mode: str, on_bad_image: str = "error"):
+        self.imglist, self.data_root = folder, folder
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.entries = [ImglistEntry(str(p.relative_to(folder)), -1, 0) for p in files]
+        self.transform, self.mode = transform, mode
+        self.on_bad_image, self.label_override = on_bad_image, -1
+
+
+@SYNTHESIZERS.register("oe_images", aliases=["oe"])
+class OEImages(OutlierSource):
+    """Outlier exposure (Hendrycks et al., 2019) from real images, one batch of outliers per ID batch.
+
+    Source (the first given is used): ``imglist`` (OpenOOD-format list; paths relative to ``image_dir``,
+    default the benchmark's data root), ``folder`` (every image file below it), or ``split`` (a split
+    of the benchmark: ``oe``, the default, is ``benchmark.oe``; ``ood_val`` or any OOD set name also work).
+
+    Images go through the ID *training* transform (augmentation included unless ``augment: false``)
+    and the ID normalisation, converted to the ID channel count. ``limit: N`` draws N distinct images
+    once per run (seeded by the run's seed) and cycles them, each copy augmented independently;
+    ``N = 1`` puts the same image in every outlier slot. Per epoch the pool is reshuffled with a
+    generator seeded by (seed, epoch), so a resumed run draws the same outliers. ``batch_size``
+    defaults to the ID batch size. Output: float tensor [batch_size, C, H, W] on the device.
+    """
+
+    kind = "images"
+
+    def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
+                 image_dir: str | None = None, limit: int | None = None, batch_size: int | None = None,
+                 augment: bool = True):
+        for key, value in (("limit", limit), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"trainer.outliers.{key}: expected an integer >= 1, got {value!r}")
+        self.imglist, self.folder, self.split_name = imglist, folder, split
+        self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
+        self._iter = None
+
+    # ------------------------------------------------------------------ setup
+    def _where(self) -> str:
+        if self.imglist:
+            return f"image list {self.imglist}"
+        if self.folder:
+            return f"folder {self.folder}"
+        return f"benchmark split '{self.split_name or 'oe'}'"
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        bench = ctx.benchmark
+        pre = bench.preprocessor
+        transform, mode = build_transform(pre, train=self.augment), image_mode(pre)
+        if self.imglist:
+            root = Path(self.image_dir) if self.image_dir else bench.data_root
+            self.dataset = ImglistDataset(self.imglist, root, transform, mode, bench.on_bad_image, -1) \
+                if Path(self.imglist).is_file() else None
+        elif self.folder:
+            folder = Path(self.folder)
+            self.dataset = FolderDataset(folder, transform, mode, bench.on_bad_image) if folder.is_dir() else None
+        else:
+            name = self.split_name or "oe"
+            if name == "oe" and getattr(bench, "oe_split", None) is None:
+                raise ConfigError(f"benchmark {bench.name} names no outlier-exposure set (benchmark.oe); give "
+                                  f"trainer.outliers={{name: oe_images, imglist: LIST}} or folder: DIR")
+            split = bench.split(name)
+            self.split_obj = split
+            self.dataset = None
+            if split.imglist.is_file():
+                self.dataset = ImglistDataset(split.imglist, bench.image_root_of(split), transform, mode,
+                                              bench.on_bad_image, -1)
+        self.out_batch = self.batch_size or ctx.batch_size
+
+    def check(self) -> None:
+        """The images must be there, and ``limit`` must not exceed the pool."""
+        hint = ("provide it (openood-ext data prepare <benchmark> --from ARCHIVE, or an OpenOOD data directory "
+                "as benchmark.data_root) or pick another source with trainer.outliers=...")
+        if self.dataset is None or len(self.dataset) == 0:
+            raise DataError(f"outlier-exposure set ({self._where()}) is absent or empty; {hint}")
+        first = self.dataset.entries[0]
+        if not (self.dataset.data_root / first.path).exists():
+            raise DataError(f"outlier-exposure set ({self._where()}): its images are not under "
+                            f"{self.dataset.data_root} (first: {first.path}); {hint}")
+        if self.limit is not None and self.limit > len(self.dataset):
+            raise ConfigError(f"trainer.outliers.limit: {self.limit} is larger than the outlier set "
+                              f"({len(self.dataset)} images in {self._where()})")
+        rng = np.random.default_rng([self.ctx.seed, 0x0E])
+        n = len(self.dataset)
+        self.pool = np.sort(rng.choice(n, self.limit, replace=False)) if self.limit else np.arange(n)
+
+    def describe(self) -> str:
+        size = f"{len(self.pool)} of {len(self.dataset)}" if self.limit else f"{len(self.dataset)}"
+        return f"oe_images: {size} images from {self._where()}, {self.out_batch} per step"
+
+    # ------------------------------------------------------------------ drawing
+    def epoch_indices(self, epoch: int) -> list[list[int]]:
+        """The batches of dataset indices for ``epoch``: reshuffled copies of the pool, cycled."""
+        rng = np.random.default_rng([self.ctx.seed, 0x0E, epoch])
+        need = self.ctx.steps_per_epoch * self.out_batch
+        reps = -(-need // len(self.pool))
+        stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
+        return [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
+                                             num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
+                                             generator=generator)
+        self._iter = iter(loader)
+
+    def draw(self, batch) -> torch.Tensor:
+        if self._iter is None:
+            self.on_epoch_start(batch.epoch)
+        try:
+            images = next(self._iter)[0]
+        except StopIteration:  # more ID batches than planned (should not happen): start over
+            self.on_epoch_start(batch.epoch)
+            images = next(self._iter)[0]
+        return images.to(self.ctx.device, non_blocking=True)

@@ -1,0 +1,5 @@
+"""The SYNTHESIZERS registry (outlier sources)."""
+
+from ..registry import Registry
+
+SYNTHESIZERS = Registry("synthesizers")
