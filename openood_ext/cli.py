@@ -10,7 +10,9 @@ User errors print one line on stderr and exit with status 2 (``--debug`` shows t
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError, OpenOODError
@@ -48,19 +50,36 @@ def _split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], str | No
     return configs, rest, resume
 
 
+def _check_config_paths(configs: Sequence[str]) -> None:
+    """A token after ``--config`` that is no file and looks like a mistyped override gets a hint."""
+    from .config import override_hint
+    for token in configs:
+        path = Path(token)
+        if path.exists() or path.suffix.lower() in (".yml", ".yaml"):
+            continue  # a directory or a missing YAML file is reported by the loader
+        raise ConfigError(f"argument '{token}' is neither a config file nor key=value{override_hint(token)}")
+
+
 def cmd_run(argv: Sequence[str]) -> int:
     from .config import cli_overrides, load_config
     from .runner import resume_config, run_config
     configs, rest, resume = _split_run_args(argv)
     if resume and configs:
         raise ConfigError("give either --config FILES or --resume RUN_DIR, not both")
+    _check_config_paths(configs)
     cfg = resume_config(resume, cli_overrides(rest)) if resume else load_config(configs, cli_overrides(rest))
     run_config(cfg)
     return 0
 
 
+def all_registries() -> dict:
+    """Every registry, with the built-in parts imported (for listing; the registry module knows no part)."""
+    import openood_ext.builtin  # noqa: F401  (registers the built-in parts)
+    from .registry import registries
+    return registries()
+
+
 def cmd_list(argv: Sequence[str]) -> int:
-    from .registry import all_registries
     parser = argparse.ArgumentParser(prog="openood-ext list", description="List registered parts.")
     parser.add_argument("kind", nargs="?", help="registry (networks, postprocessors, ...); all when omitted")
     parser.add_argument("pattern", nargs="?", default="*", help="shell wildcard on names, e.g. '*knn*'")
@@ -68,12 +87,19 @@ def cmd_list(argv: Sequence[str]) -> int:
     registries = all_registries()
     if args.kind and args.kind not in registries:
         from .errors import RegistryError
-        raise RegistryError(f"unknown kind '{args.kind}' (known: {', '.join(sorted(registries))})")
+        close = difflib.get_close_matches(args.kind, sorted(registries), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RegistryError(f"unknown kind '{args.kind}'{hint} (known: {', '.join(sorted(registries))})")
     kinds = [args.kind] if args.kind else sorted(registries)
     for kind in kinds:
         reg = registries[kind]
-        for name in reg.names(args.pattern):
+        names = reg.names(args.pattern)
+        for name in names:
             print(f"{kind:15s} {name:20s} {reg.describe(name)}")
+        if not names and args.kind:
+            what = "no parts registered" if args.pattern == "*" else f"no parts match '{args.pattern}'"
+            print(f"{kind}: {what} (plugins add parts: see README, 'Add your own postprocessor')",
+                  file=sys.stderr)
     return 0
 
 

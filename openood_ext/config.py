@@ -3,8 +3,8 @@
     python main.py --config a.yml b.yml trainer.epochs=5 postprocessors=[msp,knn] --network.checkpoint x.pt
 
 * A file may start from others with ``_base_: [relative/path.yml, ...]`` (merged first, in order).
-* ``key=value`` overrides an existing key; a key that does not exist is an error naming the closest
-  keys; ``+key=value`` adds a new key. ``--key value`` and ``--key=value`` are the same as ``key=value``.
+* ``key=value`` overrides an existing key (or sets a known top-level one such as ``overwrite``); a key
+  that does not exist is an error naming the closest keys; ``+key=value`` adds a new key. ``--key value`` and ``--key=value`` are the same as ``key=value``.
 * Values are parsed as YAML (``[a,b]`` is a list, ``5`` an int); a value of the wrong type for the key
   it replaces (text for a number, say) is an error.
 * Top-level keys are checked against the known ones (see ``TOP_LEVEL_KEYS``); put your own
@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,15 +31,21 @@ BASE_KEY = "_base_"
 TOP_LEVEL_KEYS = {
     "pipeline", "experiment", "seed", "device", "output_dir", "cache_dir", "num_workers", "batch_size",
     "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
-    "train_if_missing", "verbose", "resume", "vars", "aps", "report",
+    "train_if_missing", "verbose", "resume", "vars", "aps", "report", "overwrite",
 }
+# ``benchmark=cifar10`` / ``network=resnet18_32x32`` on the command line takes that section from
+# ``configs/<dir>/<value>.yml`` (looked up in the working directory, then in the repository).
+SECTION_DIRS = {"benchmark": "benchmarks", "network": "networks"}
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     """Load one YAML file (and its ``_base_`` files) into a DictConfig; ConfigError names file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file (e.g. {path}/<name>.yml)")
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found{override_hint(str(path))}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: _base_ files include each other in a cycle")
     try:
@@ -85,9 +92,40 @@ def cli_overrides(tokens: Sequence[str]) -> list[str]:
         elif "=" in tok:
             out.append(tok)
         else:
-            raise ConfigError(f"argument '{tok}' is not an override (expected key=value)")
+            raise ConfigError(f"argument '{tok}' is not an override (expected key=value){override_hint(tok)}")
         i += 1
     return out
+
+
+def override_hint(token: str) -> str:
+    """``"; did you mean seed=5?"`` for a token like ``seed5`` or ``trainer.epochs3``; else ""."""
+    if "=" in token or "/" in token or token.endswith((".yml", ".yaml")):
+        return ""
+    match = re.fullmatch(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*?)[:]?(-?\d[\w.]*|true|false|null)", token)
+    if match and (match.group(1).split(".")[0] in TOP_LEVEL_KEYS or "." in match.group(1)):
+        return f"; did you mean {match.group(1)}={match.group(2)}?"
+    for key in sorted(TOP_LEVEL_KEYS, key=len, reverse=True):
+        if token.startswith(key) and len(token) > len(key):
+            return f"; did you mean {key}={token[len(key):].lstrip(':')}?"
+    return ""
+
+
+def section_from_file(key: str, value: str) -> Any:
+    """The ``key`` section of ``configs/<SECTION_DIRS[key]>/<value>.yml``; ConfigError naming ``value`` if absent."""
+    folder = SECTION_DIRS[key]
+    candidates = [Path("configs") / folder / f"{value}.yml", REPO_CONFIGS / folder / f"{value}.yml"]
+    for path in candidates:
+        if path.is_file():
+            section = load_yaml(path).get(key)
+            if section is None:
+                raise ConfigError(f"override '{key}={value}': {path} has no '{key}' section")
+            return section
+    known = sorted({f.stem for d in (Path("configs") / folder, REPO_CONFIGS / folder) if d.is_dir()
+                    for f in d.glob("*.yml")})
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"override '{key}={value}': unknown {key} '{value}'{hint} "
+                      f"(known: {', '.join(known) or 'none'}; or give {key}.name=... and its other keys)")
 
 
 def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -136,10 +174,12 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             old = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override '{item}': {str(exc).splitlines()[0]}") from None
-        if old is _ABSENT and not add:
+        if old is _ABSENT and not add and key not in TOP_LEVEL_KEYS:  # known top-level keys need no '+'
             close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(f"override '{key}': no such key in the config{hint} (use +{key}=... to add it)")
+        if key in SECTION_DIRS and isinstance(value, str) and isinstance(old, DictConfig):
+            value = section_from_file(key, value)
         if old is not _ABSENT:
             _check_type(key, old, value)
         try:
@@ -152,9 +192,10 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 # Expected types of top-level values (checked after merging and overrides).
 TOP_LEVEL_TYPES = {
     "seed": (int,), "num_workers": (int,), "batch_size": (int,), "train_if_missing": (bool,),
-    "verbose": (bool,), "resume": (bool,), "report": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
+    "verbose": (bool,), "resume": (bool,), "report": (bool,), "overwrite": (bool,), "aps": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
     "output_dir": (str,), "cache_dir": (str, type(None)), "plugins": (list, type(None)),
     "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
+    "evaluator": (str, dict), "synthesizer": (dict, str, type(None)), "vars": (dict, type(None)),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .errors import DataError
 from .utils.io import write_with
 from .utils.runtime import get_logger, progress
 
@@ -94,9 +95,17 @@ def extract_outputs(net: torch.nn.Module, loader, device: torch.device | str = "
         feats.append(feat.float().flatten(1).cpu())
         labels.append(torch.as_tensor(targets).long())
     if not logits:
-        raise ValueError(f"{desc}: no readable images in the split")
+        raise EmptySplit(f"{desc}: none of the split's {skipped} images could be read", skipped)
     return NetOutputs(torch.cat(logits), torch.cat(feats), torch.cat(labels), last_linear_layer(net),
                       skipped)
+
+
+class EmptySplit(DataError):
+    """A split of which no image could be read (all skipped under ``on_bad_image: skip``)."""
+
+    def __init__(self, message: str, skipped: int = 0):
+        super().__init__(message)
+        self.skipped = skipped
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -12,6 +12,13 @@ Third-party packages add parts without touching this repository through the entr
 ``openood_ext.<kind>`` (e.g. ``openood_ext.postprocessors``). An entry point may name a class or
 function (registered under the entry point's name) or a module (imported; it registers itself).
 Entry points are loaded lazily: the first time a name is missing or a listing is asked for.
+
+``check(cfg)`` validates a config mapping without building anything: the name, the keyword arguments
+against the entry's signature and type hints (see :mod:`openood_ext.schema`), and the methods every
+entry of the kind must have (``Registry("postprocessors", required=("score",))``). ``build`` checks first.
+
+This module knows no part: the listing of every built-in part lives next to the CLI
+(:func:`openood_ext.cli.all_registries`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError, PluginError, RegistryError
+from .schema import check_arguments
 
 _ALL_REGISTRIES: dict[str, "Registry"] = {}
 
@@ -33,13 +41,16 @@ class Registry:
 
     Args:
         kind: plural name of the kind ("postprocessors"); also the entry-point group suffix.
+        required: methods a class entry must have (checked when it is built); optional ones get
+            defaults from whoever uses the part (duck typing: no base class is needed).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, required: Iterable[str] = ()):
         if kind in _ALL_REGISTRIES:
             raise RegistryError(f"a registry for '{kind}' already exists")
         self.kind = kind
         self.entry_point_group = f"openood_ext.{kind}"
+        self.required = tuple(required)
         self._entries: dict[str, Callable] = {}
         self._aliases: dict[str, str] = {}
         self._entry_points_loaded = False
@@ -123,10 +134,12 @@ class Registry:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
 
     # ------------------------------------------------------------------ building
-    def build(self, cfg: str | Mapping[str, Any], **extra: Any) -> Any:
-        """Build an entry from ``"name"`` or ``{"name": ..., **kwargs}``; ``extra`` adds kwargs.
+    def check(self, cfg: Any, **extra: Any) -> tuple[Callable, dict]:
+        """Validate ``"name"`` or ``{"name": ..., **kwargs}`` without building: ``(factory, kwargs)``.
 
-        Keyword arguments the entry does not accept raise ConfigError naming them.
+        Raises ConfigError/RegistryError (one line) for a missing or unknown name, a keyword the entry
+        does not accept, a missing required argument, a value of the wrong type or out of its declared
+        range, or an entry lacking a method of ``self.required``. ``extra`` adds kwargs.
         """
         if isinstance(cfg, str):
             name, kwargs = cfg, {}
@@ -137,9 +150,26 @@ class Registry:
             name = kwargs.pop("name")
         else:
             raise ConfigError(f"{self.kind}: expected a name or a mapping with 'name', got {cfg!r}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{self.kind}: 'name' must be a non-empty string, got {name!r}")
         kwargs.update(extra)
         factory = self.get(name)
-        _check_kwargs(self.kind, name, factory, kwargs)
+        if inspect.isclass(factory):
+            missing = [m for m in self.required if not callable(getattr(factory, m, None))]
+            if missing:
+                raise RegistryError(
+                    f"{self.kind} '{name}' ({factory.__module__}.{factory.__qualname__}) lacks "
+                    f"{', '.join(m + '()' for m in missing)}, which every {self.kind} entry must have")
+        check_arguments(f"{self.kind} '{name}'", factory, kwargs)
+        return factory, kwargs
+
+    def build(self, cfg: str | Mapping[str, Any], **extra: Any) -> Any:
+        """Build an entry from ``"name"`` or ``{"name": ..., **kwargs}`` after :meth:`check`.
+
+        Constructors that reject a value with ValueError/TypeError give a ConfigError naming the entry.
+        """
+        factory, kwargs = self.check(cfg, **extra)
+        name = getattr(factory, "_registry_name", getattr(factory, "__name__", "?"))
         try:
             return factory(**kwargs)
         except (ValueError, TypeError) as exc:  # constructors reject bad argument values this way
@@ -176,22 +206,6 @@ def _to_plain_dict(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def _check_kwargs(kind: str, name: str, factory: Callable, kwargs: dict) -> None:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # builtins without signatures
-        return
-    params = sig.parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ConfigError(
-            f"{kind} '{name}' does not accept {', '.join(repr(u) for u in unknown)}; "
-            f"it takes: {', '.join(sorted(accepted)) or 'no arguments'}")
-
-
 def import_plugins(modules: Iterable[str]) -> None:
     """Import the modules named in a config's ``plugins:`` list so that they register parts."""
     for mod in modules or ():
@@ -201,7 +215,6 @@ def import_plugins(modules: Iterable[str]) -> None:
             raise PluginError(f"plugin module '{mod}' failed to import: {type(exc).__name__}: {exc}") from exc
 
 
-def all_registries() -> dict[str, Registry]:
-    """Every registry, with the built-in parts imported."""
-    import openood_ext.builtin  # noqa: F401  (registers the built-in parts)
+def registries() -> dict[str, Registry]:
+    """Every registry created so far (without importing any part)."""
     return dict(_ALL_REGISTRIES)

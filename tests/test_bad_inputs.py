@@ -182,7 +182,7 @@ def test_disk_full_during_results_write_keeps_the_complete_result(env, capsys, m
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    assert_one_line_error(capsys, with_ckpt(env, "experiment=keep", "postprocessors=[ebo]"),
+    assert_one_line_error(capsys, with_ckpt(env, "experiment=keep", "postprocessors=[ebo]", "overwrite=true"),
                           "metrics.json: No space left on device")
     monkeypatch.undo()
     assert (final / "metrics.csv").read_text() == before  # the complete result is untouched

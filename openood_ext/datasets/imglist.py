@@ -1,8 +1,8 @@
 """Image lists in OpenOOD's format and the dataset that reads them.
 
 An image list is a text file with one ``<relative/path> <label>`` per line; paths are relative to a
-data root. Blank lines and lines starting with ``#`` are ignored. OpenOOD's own imglist files read
-unchanged (``cifar10/test/airplane/0001.png 0``).
+data root. Blank lines and lines starting with ``#`` are ignored; a UTF-8 byte-order mark and CRLF
+line endings are accepted. OpenOOD's own imglist files read unchanged (``cifar10/test/airplane/0001.png 0``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ class ImglistEntry:
     line: int  # 1-based line number in the image list
 
 
-def read_imglist(imglist: str | os.PathLike) -> list[ImglistEntry]:
-    """Parse an image list; a malformed line raises DataError naming the file and line."""
+def read_imglist(imglist: str | os.PathLike, num_classes: int | None = None) -> list[ImglistEntry]:
+    """Parse an image list; a malformed line raises DataError naming the file and line.
+
+    With ``num_classes``, a label outside ``0 .. num_classes - 1`` is a DataError naming file:line too.
+    """
     imglist = Path(imglist)
     if not imglist.is_file():
         raise DataError(f"{imglist}: image list not found")
     entries = []
-    with open(imglist, encoding="utf-8") as fh:
+    with open(imglist, encoding="utf-8-sig", newline=None) as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -44,6 +47,9 @@ def read_imglist(imglist: str | os.PathLike) -> list[ImglistEntry]:
                 entries.append(ImglistEntry(path, int(label), lineno))
             except ValueError:
                 raise DataError(f"{imglist}:{lineno}: label must be an integer, got {label!r}") from None
+            if num_classes is not None and not 0 <= entries[-1].label < num_classes:
+                raise DataError(f"{imglist}:{lineno}: label {entries[-1].label} is outside 0..{num_classes - 1} "
+                                f"(benchmark.num_classes: {num_classes})")
     return entries
 
 
@@ -88,6 +94,8 @@ class ImglistDataset(torch.utils.data.Dataset):
                 return img.convert(self.mode)
         except FileNotFoundError:
             problem = "missing image"
+        except Image.DecompressionBombError as exc:  # not an OSError: would otherwise be a traceback
+            problem = f"image too large to decode safely ({exc})".replace("\n", " ")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             problem = f"unreadable image ({exc})"
         raise DataError(f"{path}: {problem} (listed at {self.imglist}:{entry.line})")

@@ -24,6 +24,7 @@ from ..datasets.benchmark import resolve_path
 from ..errors import ConfigError
 from ..evaluators.metrics import ood_metrics
 from ..postprocessors import POSTPROCESSORS
+from ..postprocessors.base import as_postprocessor
 
 GRID_DIR = Path("configs") / "postprocessors"
 
@@ -76,7 +77,7 @@ def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[n
                           f"(add one to {GRID_DIR / (spec['name'] + '.yml')} or inline)")
     trials, best = [], None
     for combo in grid_combinations(dict(grid)):
-        pp = POSTPROCESSORS.build({**spec, **combo})
+        pp = as_postprocessor(POSTPROCESSORS.build({**spec, **combo}))
         id_conf, ood_conf = fit_and_score(pp)
         auroc = ood_metrics(id_conf, ood_conf)["auroc"]
         trials.append({"params": combo, "auroc": auroc})

@@ -22,6 +22,7 @@ from ..networks import NETWORKS
 from ..utils.interrupts import RunInterrupted, critical
 from ..utils.io import write_json
 from ..utils.runtime import resolve_device, seed_everything, setup_logging
+from ..validation import check_experiment_name, complete_result, run_identity
 
 
 class RunContext:
@@ -41,7 +42,7 @@ class RunContext:
         seed_everything(self.seed)
         self.device = resolve_device(cfg.get("device", "auto"))
         root = Path(cfg.get("output_dir", "results"))
-        name = str(cfg.get("experiment", "default"))
+        name = check_experiment_name(cfg.get("experiment", "default"))
         self.final_dir = root / name
         self.dir = root / f"{name}.partial"
         self.resume = bool(cfg.get("resume", False))
@@ -88,6 +89,7 @@ class RunContext:
     def write_run_record(self, status: str, extra: dict | None = None) -> None:
         record = {
             "status": status, "seed": self.seed, "config_hash": config_hash(self.cfg),
+            "run_identity": run_identity(OmegaConf.to_container(self.cfg, resolve=True)),
             "git_commit": _git_commit(), "device": str(self.device),
             "versions": _versions(), "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "wall_time_s": round(time.perf_counter() - self._t0, 3),
@@ -98,6 +100,9 @@ class RunContext:
     def complete(self, extra: dict | None = None) -> Path:
         """Record success and move the run into its final directory; returns that directory."""
         self.write_run_record("complete", extra)
+        if complete_result(self.final_dir) is not None:
+            why = "overwrite=true" if self.cfg.get("overwrite", False) else "same configuration"
+            self.log.info("replacing the earlier complete result in %s (%s)", self.final_dir, why)
         with critical():
             old = None
             if self.final_dir.exists():

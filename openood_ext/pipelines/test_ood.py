@@ -15,9 +15,11 @@ from ..datasets import Benchmark, Split
 from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluators import EVALUATORS
 from ..evaluators.ood import SplitScores
-from ..features import NetOutputs
+from ..features import EmptySplit, NetOutputs
 from ..networks.checkpoint import load_checkpoint
 from ..postprocessors import POSTPROCESSORS
+from ..postprocessors.base import as_postprocessor
+from ..utils.runtime import log_to_file
 from .context import RunContext, build_benchmark, build_network
 from .outputs import OutputStore
 from . import aps
@@ -52,6 +54,15 @@ def spec_label(spec) -> str:
     return spec if isinstance(spec, str) else spec.get("label") or spec["name"]
 
 
+def check_outputs_match_classes(net, bench: Benchmark) -> None:
+    """ConfigError when the network's last layer has another number of outputs than the benchmark's classes."""
+    fc = net.get_fc_layer() if callable(getattr(net, "get_fc_layer", None)) else None
+    outputs = getattr(fc, "out_features", None)
+    if isinstance(outputs, int) and outputs != bench.num_classes:
+        raise ConfigError(f"the network has {outputs} outputs but benchmark {bench.name} has "
+                          f"{bench.num_classes} classes (benchmark.num_classes)")
+
+
 @PIPELINES.register("test_ood")
 class TestOODPipeline:
     """Evaluate postprocessors on a benchmark: ID accuracy + AUROC/AUPR/FPR@95 per OOD set and group."""
@@ -70,13 +81,17 @@ class TestOODPipeline:
         plans = []  # (label, build spec, APS?, inline grid); built once up front so typos fail fast
         for s in specs:
             spec, use_aps, grid = aps.split_spec(s, aps_default)
-            POSTPROCESSORS.build(spec)
+            as_postprocessor(POSTPROCESSORS.build(spec))
             plans.append((spec_label(s), spec, use_aps, grid))
         evaluator = EVALUATORS.build(cfg.get("evaluator", "ood"))
         bench = build_benchmark(cfg)
         ckpt = ensure_checkpoint(cfg, ctx, bench)
         net = build_network(cfg, ctx.device)
         ckpt_meta = load_checkpoint(ckpt, net)
+        check_outputs_match_classes(net, bench)
+        ctx.log.info("test_ood: benchmark %s (%d classes), network %s from %s, postprocessors %s, evaluator %s",
+                     bench.name, bench.num_classes, cfg.network.get("name"), ckpt,
+                     ", ".join(label for label, *_ in plans), cfg.get("evaluator", "ood"))
 
         ood_sets, skipped = [], {}
         for split in bench.splits(("near", "far")):
@@ -88,14 +103,22 @@ class TestOODPipeline:
                 ood_sets.append(split)
         store = OutputStore(net, bench, ckpt, cfg, ctx)
         train_out, id_test = store.get(bench.split("id_train")), store.get(bench.split("id_test"))
-        ood_out = {s.name: store.get(s) for s in ood_sets}
+        ood_out = {}
+        for s in list(ood_sets):
+            try:
+                ood_out[s.name] = store.get(s)
+            except EmptySplit as exc:  # every image unreadable under on_bad_image=skip: skip the set, say so
+                reason = f"all {exc.skipped} images unreadable (on_bad_image=skip)"
+                ctx.log.warning("skipping OOD set %s (%s): %s", s.name, s.group, reason)
+                skipped[s.name] = (s.group, reason)
+                ood_sets.remove(s)
 
         rows, summary = [], {"benchmark": bench.name, "checkpoint": str(ckpt), "postprocessors": {}}
         val_out = store.get(bench.split("id_val"))
         for label, spec, use_aps, grid in plans:
             with ctx.timed(f"postprocessor/{label}"):
                 search = self._search(spec, grid, store, bench, net, ctx) if use_aps else None
-                pp = POSTPROCESSORS.build({**spec, **(search["chosen"] if search else {})})
+                pp = as_postprocessor(POSTPROCESSORS.build({**spec, **(search["chosen"] if search else {})}))
                 if pp.needs_network:
                     pp.attach_network(net, ctx.device, store.loader_for)
                 pp.fit(train_out, val_outputs=val_out)
@@ -112,6 +135,7 @@ class TestOODPipeline:
                              100 * search["auroc"], len(search["trials"]))
             save_scores(ctx.dir, label, {k: vars(v) for k, v in scored.items()})
 
+        ctx.log.info("network outputs: %d forward passes, %d cache hits", store.forward_passes, store.cache.hits)
         skipped_images = {name: out.skipped for name, out in store.memo.items() if out.skipped}
         summary.update({"skipped_sets": {s: {"group": g, "reason": r} for s, (g, r) in skipped.items()},
                         "skipped_images": skipped_images})
@@ -158,12 +182,14 @@ class TestOODPipeline:
 
     @staticmethod
     def _print(bench, table, per_set, skipped, skipped_images) -> None:
-        print(f"\n== {bench.name}: ID accuracy and mean OOD metrics (%) ==")
-        print(table.to_string())
-        print("\n== AUROC (%) per OOD set ==")
-        print(per_set.to_string())
+        """Print the result tables on stdout and copy them into the run's log.txt."""
+        lines = [f"\n== {bench.name}: ID accuracy and mean OOD metrics (%) ==", table.to_string(),
+                 "\n== AUROC (%) per OOD set ==", per_set.to_string()]
         if skipped:
-            print("\nskipped OOD sets (group means marked * are partial): "
-                  + "; ".join(f"{s} ({g}): {r}" for s, (g, r) in skipped.items()))
+            lines.append("\nskipped OOD sets (group means marked * are partial): "
+                         + "; ".join(f"{s} ({g}): {r}" for s, (g, r) in skipped.items()))
         if skipped_images:
-            print("unreadable images skipped: " + ", ".join(f"{k}: {v}" for k, v in skipped_images.items()))
+            lines.append("unreadable images skipped: " + ", ".join(f"{k}: {v}" for k, v in skipped_images.items()))
+        text = "\n".join(lines)
+        print(text)
+        log_to_file(text)

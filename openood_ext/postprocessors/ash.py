@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..schema import Percentile
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import energy, fc_params, linear_logits
@@ -35,7 +36,7 @@ class ASHPostprocessor(Postprocessor):
     needs ``fc_weight``/``fc_bias`` in the extras.
     """
 
-    def __init__(self, percentile: float = 90):
+    def __init__(self, percentile: Percentile = 90):
         if not 0 <= percentile < 100:
             raise ValueError(f"ash: percentile must be in [0, 100), got {percentile}")
         self.percentile = float(percentile)

@@ -14,11 +14,18 @@ Methods that need more than cached outputs (input perturbation, gradients, inter
 ``fit``, where ``loaders(split_name)`` returns a DataLoader over ``"id_train"`` or ``"id_val"`` yielding
 ``(images, labels, n_skipped)`` batches, and scores each split with ``score_loader(loader)`` instead of
 ``score(outputs)``.
+
+Plugins need no base class (duck typing): a class with ``score`` (and optionally ``fit``) is enough.
+:func:`as_postprocessor` gives such an object the optional parts of the contract with their defaults
+(``fit`` that does nothing, ``needs_network = False``, ``predict`` = argmax of the logits,
+``hyperparameters()`` = its public scalar attributes, ``name`` = its registry name). The registry rejects
+a class without ``score`` when it is built.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -65,3 +72,72 @@ class Postprocessor:
 
 def as_numpy(conf: torch.Tensor) -> np.ndarray:
     return conf.detach().cpu().double().numpy()
+
+
+#: What every postprocessor class must have; the rest of the contract has defaults.
+REQUIRED_METHODS = ("score",)
+
+
+def as_postprocessor(obj: Any) -> Postprocessor:
+    """``obj`` itself when it derives from :class:`Postprocessor`, else an adapter supplying the defaults."""
+    if isinstance(obj, Postprocessor):
+        return obj
+    if not callable(getattr(obj, "score", None)):
+        from ..errors import RegistryError
+        raise RegistryError(f"postprocessor {type(obj).__qualname__} lacks score(), which every "
+                            f"postprocessor must have")
+    return DuckPostprocessor(obj)
+
+
+class DuckPostprocessor(Postprocessor):
+    """Wraps a plugin object that has ``score`` (and maybe some of the rest) in the full contract.
+
+    Calls go to the plugin's own method when it has one, else to the :class:`Postprocessor` default;
+    ``fit`` receives ``val_outputs`` only when the plugin's ``fit`` accepts it.
+    """
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self.needs_network = bool(getattr(inner, "needs_network", False))
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self._inner), "_registry_name", type(self._inner).__name__)
+
+    def fit(self, train_outputs=None, val_outputs=None, **kwargs):
+        fit = getattr(self._inner, "fit", None)
+        if callable(fit):
+            try:
+                params = inspect.signature(fit).parameters
+            except (TypeError, ValueError):
+                params = {}
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            extra = {k: v for k, v in {"val_outputs": val_outputs, **kwargs}.items()
+                     if takes_any or k in params}
+            fit(train_outputs, **extra)
+        return self
+
+    def score(self, outputs):
+        return self._inner.score(outputs)
+
+    def score_loader(self, loader):
+        method = getattr(self._inner, "score_loader", None)
+        return method(loader) if callable(method) else super().score_loader(loader)
+
+    def predict(self, outputs):
+        method = getattr(self._inner, "predict", None)
+        return method(outputs) if callable(method) else super().predict(outputs)
+
+    def attach_network(self, net, device, loaders=None):
+        method = getattr(self._inner, "attach_network", None)
+        if callable(method):
+            method(net, device, loaders)
+        else:
+            self._inner.net, self._inner.device, self._inner.loaders = net, device, loaders
+
+    def hyperparameters(self) -> dict:
+        method = getattr(self._inner, "hyperparameters", None)
+        if callable(method):
+            return dict(method())
+        return {k: v for k, v in vars(self._inner).items()
+                if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}

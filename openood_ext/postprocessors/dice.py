@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..schema import Percentile
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import check_fitted, energy, fc_params, linear_logits
@@ -28,7 +29,7 @@ class DICEPostprocessor(Postprocessor):
     The mean feature is taken over ID training outputs; needs ``fc_weight``/``fc_bias`` in the extras.
     """
 
-    def __init__(self, p: float = 90):
+    def __init__(self, p: Percentile = 90):
         if not 0 <= p <= 100:
             raise ValueError(f"dice: p must be in [0, 100], got {p}")
         self.p = float(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..schema import PositiveFloat
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .registry import POSTPROCESSORS
@@ -13,7 +14,7 @@ from .registry import POSTPROCESSORS
 class EnergyPostprocessor(Postprocessor):
     """EBO (energy): conf = T * logsumexp(logits / T), the negative free energy; T=1 as in OpenOOD."""
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: PositiveFloat = 1.0):
         if temperature <= 0:
             raise ValueError(f"ebo: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

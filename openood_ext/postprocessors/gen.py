@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..schema import PositiveFloat, PositiveInt
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .registry import POSTPROCESSORS
@@ -26,7 +27,7 @@ class GENPostprocessor(Postprocessor):
         M: number of largest probabilities used (OpenOOD default 100; all classes when C < M).
     """
 
-    def __init__(self, gamma: float = 0.1, M: int = 100):
+    def __init__(self, gamma: PositiveFloat = 0.1, M: PositiveInt = 100):
         if gamma <= 0:
             raise ValueError(f"gen: gamma must be > 0, got {gamma}")
         if int(M) < 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..schema import NonNegativeInt, UnitFloat
 from ..features import NetOutputs
 from .base import Postprocessor
 from .layer_features import LayerTaps, first_batch, iter_images, resolve_layers
@@ -50,7 +51,7 @@ class GramPostprocessor(Postprocessor):
 
     needs_network = True
 
-    def __init__(self, powers=(1, 2, 3, 4, 5), layers="conv_relu", holdout: float = 0.1, seed: int = 0):
+    def __init__(self, powers=(1, 2, 3, 4, 5), layers="conv_relu", holdout: UnitFloat = 0.1, seed: NonNegativeInt = 0):
         powers = [int(p) for p in powers]
         if not powers or min(powers) < 1:
             raise ValueError(f"gram: powers must be positive integers, got {powers}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -20,7 +22,7 @@ class HSCPostprocessor(Postprocessor):
         use: which output is z: ``features`` (penultimate, default) or ``logits``.
     """
 
-    def __init__(self, center: str = "zero", use: str = "features"):
+    def __init__(self, center: Literal["zero", "fit"] = "zero", use: Literal["features", "logits"] = "features"):
         if center not in ("zero", "fit"):
             raise ValueError(f"hsc: center must be 'zero' or 'fit', got {center!r}")
         if use not in ("features", "logits"):

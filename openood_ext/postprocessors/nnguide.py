@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..schema import NonNegativeInt, PositiveInt, UnitFloat
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import check_fitted, energy, unit_rows
@@ -33,7 +34,7 @@ class NNGuidePostprocessor(Postprocessor):
         seed: seed of the bank subset.
     """
 
-    def __init__(self, K: int = 100, alpha: float = 0.01, seed: int = 0):
+    def __init__(self, K: PositiveInt = 100, alpha: UnitFloat = 0.01, seed: NonNegativeInt = 0):
         if int(K) < 1:
             raise ValueError(f"nnguide: K must be >= 1, got {K}")
         if not 0 < alpha <= 1:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..schema import NonNegativeFloat, PositiveFloat
 from ..utils.runtime import get_logger
 from .base import Postprocessor
 from .layer_features import input_std, iter_images, signed_input_step
@@ -27,7 +28,7 @@ class ODINPostprocessor(Postprocessor):
 
     needs_network = True
 
-    def __init__(self, temperature: float = 1000.0, noise: float = 0.0014, input_std=None):
+    def __init__(self, temperature: PositiveFloat = 1000.0, noise: NonNegativeFloat = 0.0014, input_std=None):
         if temperature <= 0:
             raise ValueError(f"odin: temperature must be > 0, got {temperature}")
         if noise < 0:

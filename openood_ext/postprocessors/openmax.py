@@ -10,6 +10,8 @@ smallest value maps to ``translate_amount = 1`` and fits a two-parameter Weibull
 
 from __future__ import annotations
 
+from typing import Literal
+
 import importlib.util
 import math
 
@@ -17,6 +19,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import logsumexp
 
+from ..schema import PositiveInt
 from ..features import NetOutputs
 from ..utils.runtime import get_logger
 from .base import Postprocessor
@@ -120,7 +123,7 @@ class OpenMaxPostprocessor(Postprocessor):
     A class whose tail cannot be fitted (fewer than two distinct distances) never rejects (w = 0).
     """
 
-    def __init__(self, tailsize: int = 20, alpha: int = 3, backend: str = "auto"):
+    def __init__(self, tailsize: PositiveInt = 20, alpha: PositiveInt = 3, backend: Literal["auto", "libmr", "scipy"] = "auto"):
         if int(tailsize) < 2:
             raise ValueError(f"openmax: tailsize must be >= 2, got {tailsize}")
         if int(alpha) < 1:

@@ -3,8 +3,11 @@ Activations", NeurIPS 2021)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
+from ..schema import Percentile
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import check_fitted, energy, fc_params, fit_outputs, linear_logits
@@ -23,7 +26,7 @@ class ReActPostprocessor(Postprocessor):
     Needs ``fc_weight``/``fc_bias`` in the outputs' extras.
     """
 
-    def __init__(self, percentile: float = 90, fit_on: str = "val"):
+    def __init__(self, percentile: Percentile = 90, fit_on: Literal["train", "val"] = "val"):
         if not 0 <= percentile <= 100:
             raise ValueError(f"react: percentile must be in [0, 100], got {percentile}")
         if fit_on not in ("train", "val"):

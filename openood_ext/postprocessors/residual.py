@@ -3,8 +3,11 @@ Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
+from ..schema import PositiveInt
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import (check_fitted, effective_dim, fc_params, fit_outputs, residual_basis, residual_norm,
@@ -23,7 +26,7 @@ class ResidualPostprocessor(Postprocessor):
     Needs ``fc_weight``/``fc_bias`` in the extras.
     """
 
-    def __init__(self, dim: int = 512, fit_on: str = "val"):
+    def __init__(self, dim: PositiveInt = 512, fit_on: Literal["train", "val"] = "val"):
         if int(dim) < 1:
             raise ValueError(f"residual: dim must be >= 1, got {dim}")
         if fit_on not in ("train", "val"):

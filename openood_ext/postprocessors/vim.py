@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..schema import PositiveInt
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import (check_fitted, effective_dim, energy, fc_params, linear_logits, residual_basis,
@@ -26,7 +27,7 @@ class ViMPostprocessor(Postprocessor):
     Needs ``fc_weight``/``fc_bias`` in the extras.
     """
 
-    def __init__(self, dim: int = 256):
+    def __init__(self, dim: PositiveInt = 256):
         if int(dim) < 1:
             raise ValueError(f"vim: dim must be >= 1, got {dim}")
         self.dim = int(dim)

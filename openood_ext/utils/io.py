@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the same directory, then rename.
 
 A reader never sees a half-written file, and a failed write (disk full, Ctrl-C) leaves the previous
-version of the file untouched.
+version of the file untouched. Files get the permissions of an ordinary ``open(path, "w")`` (0666
+minus the umask), not ``mkstemp``'s private 0600, so a shared results folder stays readable.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise OpenOODError(f"could not write {path}: {exc.strerror or exc}") from None
         os.close(fd)
         tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results follow the user's umask
         try:
             yield tmp
             os.replace(tmp, path)
@@ -41,6 +43,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -50,6 +50,7 @@ def setup_logging(log_file: str | os.PathLike | None = None, verbose: bool = Fal
         handler.close()
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
     console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
     logger.addHandler(console)
     if log_file is not None:
@@ -59,6 +60,11 @@ def setup_logging(log_file: str | os.PathLike | None = None, verbose: bool = Fal
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(fh)
     return logger
+
+
+def log_to_file(text: str) -> None:
+    """Append ``text`` (e.g. a table already printed on stdout) to the run's log file, not the console."""
+    get_logger().info("%s", text, extra={"file_only": True})
 
 
 def progress(iterable, desc: str, total: int | None = None):
