@@ -42,15 +42,15 @@ def assert_same_weights(a, b):
 def test_resume_after_exception_matches_uninterrupted_run(tmp_path, monkeypatch):
     run_config(train_cfg(tmp_path, "straight"))
 
-    import openood_ext.pipelines.train as train_mod
-    real_save = train_mod.save_training_state
+    import openood_ext.trainers.engine as engine_mod
+    real_save = engine_mod.save_training_state
 
-    def save_then_fail(path, net, epoch, *args, **kwargs):
-        real_save(path, net, epoch, *args, **kwargs)
-        if epoch == 2:
+    def save_then_fail(path, blob):
+        real_save(path, blob)
+        if blob["epoch"] == 2:
             raise RuntimeError("injected failure after epoch 2")
 
-    monkeypatch.setattr(train_mod, "save_training_state", save_then_fail)
+    monkeypatch.setattr(engine_mod, "save_training_state", save_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         run_config(train_cfg(tmp_path, "broken"))
     partial = tmp_path / "results" / "broken.partial"
@@ -59,7 +59,7 @@ def test_resume_after_exception_matches_uninterrupted_run(tmp_path, monkeypatch)
     assert not (tmp_path / "results" / "broken").exists()
     assert torch.load(partial / "last.pt", weights_only=False)["epoch"] == 2
 
-    monkeypatch.setattr(train_mod, "save_training_state", real_save)
+    monkeypatch.setattr(engine_mod, "save_training_state", real_save)
     run_config(resume_config(tmp_path / "results" / "broken"))
     assert_same_weights(tmp_path / "straight.pt", tmp_path / "broken.pt")
     assert json.loads((tmp_path / "results/broken/run.json").read_text())["status"] == "complete"
