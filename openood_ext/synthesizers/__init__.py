@@ -3,6 +3,6 @@
 
 from .base import OutlierSource, SourceContext
 from .registry import SYNTHESIZERS
-from . import confetti, fourier_filter, oe_images  # noqa: F401  (registration)
+from . import confetti, fourier_filter, npos, oe_images  # noqa: F401  (registration)
 
 __all__ = ["SYNTHESIZERS", "OutlierSource", "SourceContext"]
