@@ -1,0 +1,171 @@
+"""FCDD: Fully Convolutional Data Description (Liznerski et al., ICLR 2021, "Explainable Deep One-Class
+Classification"), and the online supervision that FCDD's HSC and AE baselines share.
+
+One-class training: ``batch.images`` are normal samples (``batch.labels`` are all the normal class),
+``batch.outliers`` come from the outlier source. Online supervision (FCDD's ``OnlineSupervisor``):
+each sample is replaced with probability ``p_outlier`` (0.5) by the aligned outlier, labelled
+anomalous (1). ``supervise_mode``:
+
+* ``noise``: outliers are OE images or confetti noise (``trainer.outliers``; default confetti on black);
+* ``malformed_normal``: the normal image plus confetti (default source ``confetti``);
+* ``malformed_normal_gt``: the same, with a ground-truth map Y of the changed pixels (loss with maps);
+* ``other``: true training anomalies from ``trainer.outliers`` (e.g. ``{name: oe_images, split: oe}``
+  of a folder benchmark with ``train/<class>/anomalous``). FCDD's published code silently trains
+  *unsupervised* in this mode when supervision is online; we use the anomalies (the intended
+  behaviour); ``published_other_quirk: true`` reproduces the published behaviour;
+* ``unsupervised``: no outliers.
+
+Loss (:func:`fcdd_loss`): A = sqrt(phi^2 + 1) - 1 per output pixel. Without maps: a_i = mean of A_i;
+normal -> a_i, anomalous -> -log(1 - exp(-a_i) + 1e-31); batch mean. With maps Y: A' = receptive
+upsampling of A to the input size; normal term mean(A' (1 - Y)) over *all* pixels, anomaly term
+-log(1 - exp(-mean(A' Y)) + 1e-31) when Y has a 1; batch mean. ``gt_path: true`` takes the map path
+for every batch (Y = all ones for synthetic anomalies without their own map, FCDD's MVTec behaviour).
+FCDD's published loss returns plain mean(A) when every label in a batch is equal (an all-anomalous
+batch is then pulled *down*); we apply the formula always; ``published_single_label_quirk: true``
+restores the published behaviour.
+
+Anomaly score (:meth:`anomaly_scores`): the mean of A (higher = more anomalous), heatmap = upsampled A.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .registry import TRAINERS
+from .trainer import Trainer
+
+SUPERVISE_MODES = ("noise", "malformed_normal", "malformed_normal_gt", "other", "unsupervised")
+EPS = 1e-31
+
+
+def pseudo_huber(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(x^2 + 1) - 1, elementwise."""
+    return (x ** 2 + 1).sqrt() - 1
+
+
+def anomaly_term(a: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """-log(1 - exp(-a) + eps), elementwise (the loss of an anomalous sample with score a >= 0)."""
+    return -torch.log(1 - torch.exp(-a) + eps)
+
+
+def fcdd_loss(a: torch.Tensor, labels: torch.Tensor, gt: torch.Tensor | None = None, upsample=None,
+              eps: float = EPS, single_label_quirk: bool = False) -> torch.Tensor:
+    """FCDD's loss on pseudo-Huber maps ``a`` [B, 1, n, n] with ``labels`` [B] (0 normal, 1 anomalous).
+
+    ``gt`` [B, 1, H, W] in {0, 1}: the map path (``upsample(a)`` must give [B, 1, H, W]).
+    """
+    labels = labels.to(a.device)
+    if gt is None:
+        if single_label_quirk and bool((labels == labels[0]).all()):
+            return a.mean()
+        per = a.flatten(1).mean(1)
+        return torch.where(labels.bool(), anomaly_term(per, eps), per).mean()
+    up = upsample(a)
+    y = gt.to(up.dtype).to(up.device)
+    if y.shape != up.shape:
+        raise ValueError(f"fcdd_loss: ground-truth maps {tuple(y.shape)} do not match the upsampled maps {tuple(up.shape)}")
+    norm = (up * (1 - y)).flatten(1).mean(1)
+    has = y.flatten(1).amax(1) > 0
+    anom = torch.where(has, anomaly_term((up * y).flatten(1).mean(1), eps), torch.zeros_like(norm))
+    return (norm + anom).mean()
+
+
+def step_generator(seed: int, step: int, tag: int) -> torch.Generator:
+    """A generator seeded by (run seed, global step, tag): the same draws after a resume."""
+    state = np.random.SeedSequence([int(seed), int(step), tag]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) % 2**62)
+
+
+class OnlineSupervision(Trainer):
+    """Shared by FCDD/HSC: ``supervise_mode`` + ``p_outlier`` replacement, see the module doc.
+
+    :meth:`supervised_batch` returns (images [B, ...], labels [B] 0/1, gt maps [B, 1, H, W] or None).
+    """
+
+    def __init__(self, supervise_mode: str = "noise", p_outlier: float = 0.5, gt_path: bool = False,
+                 published_other_quirk: bool = False):
+        if supervise_mode not in SUPERVISE_MODES:
+            raise ValueError(f"supervise_mode must be one of {', '.join(SUPERVISE_MODES)}, got {supervise_mode!r}")
+        if not 0.0 <= float(p_outlier) <= 1.0:
+            raise ValueError(f"p_outlier must be in [0, 1], got {p_outlier}")
+        self.supervise_mode, self.p_outlier, self.gt_path = supervise_mode, float(p_outlier), bool(gt_path)
+        self.published_other_quirk = bool(published_other_quirk)
+        unsupervised = supervise_mode == "unsupervised" or (supervise_mode == "other" and published_other_quirk)
+        self.needs_outliers = None if unsupervised else "images"
+        self.default_outliers = {
+            "noise": {"name": "confetti", "mode": "noise"},
+            "malformed_normal": {"name": "confetti", "mode": "malformed_normal"},
+            "malformed_normal_gt": {"name": "confetti", "mode": "malformed_normal"},
+            "other": {"name": "oe_images", "split": "oe"},
+        }.get(supervise_mode)
+
+    def supervised_batch(self, batch):
+        images = batch.images
+        b = len(images)
+        labels = torch.zeros(b, dtype=torch.long, device=images.device)
+        gt = None
+        want_gt = self.gt_path or self.supervise_mode == "malformed_normal_gt"
+        if self.needs_outliers and batch.outliers is not None and self.p_outlier > 0:
+            outliers = batch.outliers
+            if len(outliers) < b:  # cycle a short outlier batch
+                outliers = outliers[torch.arange(b, device=outliers.device) % len(outliers)]
+            outliers = outliers[:b].to(images.device, images.dtype)
+            replace = (torch.rand(b, generator=step_generator(self.ctx.seed, batch.step, 0xFCDD))
+                       < self.p_outlier).to(images.device)
+            images = torch.where(replace.view(-1, *[1] * (images.dim() - 1)), outliers, images)
+            labels = replace.long()
+            if want_gt:
+                changed = getattr(self.ctx.outliers, "last_changed", None)
+                if self.supervise_mode == "malformed_normal_gt" and changed is not None:
+                    y = changed[:b].to(images.device).float()
+                else:  # synthetic anomaly without its own map: every pixel anomalous
+                    y = torch.ones(b, 1, *images.shape[-2:], device=images.device)
+                gt = y * replace.view(-1, 1, 1, 1).float()
+        elif want_gt:
+            gt = torch.zeros(b, 1, *images.shape[-2:], device=images.device)
+        return images, labels, gt
+
+
+@TRAINERS.register("fcdd")
+class FCDDTrainer(OnlineSupervision):
+    """FCDD (see the module doc). The network must be an FCDD net (``fcdd_cnn28``, ``fcdd_cnn32``,
+    ``fcdd_vgg11_224``): ``net(x)`` -> [B, 1, n, n], ``net.upsample``; logs ``loss``, ``frac_anomalous``,
+    ``score_normal`` and ``score_anomalous`` (mean a_i of each group in the batch)."""
+
+    def __init__(self, supervise_mode: str = "noise", p_outlier: float = 0.5, gt_path: bool = False,
+                 published_other_quirk: bool = False, published_single_label_quirk: bool = False):
+        super().__init__(supervise_mode, p_outlier, gt_path, published_other_quirk)
+        self.single_label_quirk = bool(published_single_label_quirk)
+
+    def setup(self, net, ctx):
+        super().setup(net, ctx)
+        if not getattr(net, "fcdd_map", False):
+            from ..errors import ConfigError
+            raise ConfigError(f"trainer fcdd: network {type(net).__name__} is not an FCDD network "
+                              f"(use fcdd_cnn28, fcdd_cnn32 or fcdd_vgg11_224)")
+
+    def training_step(self, batch):
+        images, labels, gt = self.supervised_batch(batch)
+        a = pseudo_huber(self.net(images))
+        loss = fcdd_loss(a, labels, gt, self.net.upsample, single_label_quirk=self.single_label_quirk)
+        per = a.detach().flatten(1).mean(1)
+        anom = labels.bool()
+        return {"loss": loss, "frac_anomalous": anom.float().mean(),
+                "score_normal": (per * ~anom).sum() / (~anom).sum().clamp(min=1),
+                "score_anomalous": (per * anom).sum() / anom.sum().clamp(min=1)}
+
+    @torch.no_grad()
+    def anomaly_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [B] = mean A, heatmaps [B, H, W] = receptive-field-upsampled A); higher = anomalous."""
+        self.net.eval()
+        a = pseudo_huber(self.net(images))
+        return a.flatten(1).mean(1), self.net.upsample(a)[:, 0]
+
+
+def fcdd_anomaly_scores(net: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and heatmaps of a trained FCDD net without its trainer (``test_ad`` on a checkpoint)."""
+    net.eval()
+    with torch.no_grad():
+        a = pseudo_huber(net(images))
+        return a.flatten(1).mean(1), net.upsample(a)[:, 0]
