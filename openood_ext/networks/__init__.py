@@ -1,6 +1,6 @@
 """Networks. Every classifier supports ``net(x, return_feature=True) -> (logits, features)``."""
 
 from .registry import NETWORKS
-from . import resnet, small_cnn  # noqa: F401  (registration)
+from . import fcdd, resnet, small_cnn  # noqa: F401  (registration)
 
 __all__ = ["NETWORKS"]
