@@ -32,6 +32,7 @@ TOP_LEVEL_KEYS = {
     "pipeline", "experiment", "seed", "device", "output_dir", "cache_dir", "num_workers", "batch_size",
     "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
     "train_if_missing", "verbose", "resume", "vars", "aps", "report", "overwrite",
+    "ad",  # anomaly-detection protocol of the `ad` pipeline (classes, seeds, protocol; issue 12)
 }
 # ``benchmark=cifar10`` / ``network=resnet18_32x32`` on the command line takes that section from
 # ``configs/<dir>/<value>.yml`` (looked up in the working directory, then in the repository).
@@ -195,7 +196,7 @@ TOP_LEVEL_TYPES = {
     "verbose": (bool,), "resume": (bool,), "report": (bool,), "overwrite": (bool,), "aps": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
     "output_dir": (str,), "cache_dir": (str, type(None)), "plugins": (list, type(None)),
     "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
-    "evaluator": (str, dict), "synthesizer": (dict, str, type(None)), "vars": (dict, type(None)),
+    "evaluator": (str, dict), "synthesizer": (dict, str, type(None)), "vars": (dict, type(None)), "ad": (dict,),
 }
 
 
