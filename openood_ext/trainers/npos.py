@@ -115,7 +115,7 @@ class NPOSTrainer(Trainer):
 
     Args: proto_m (0.95 CIFAR-10, 0.5 CIFAR-100), temperature (0.1), base_temperature (0.07, the L_comp
     scale is temperature / base_temperature), w_disp / w_comp / w_reg (0.5 / 1 / 0.1), views (2),
-    crop_scale ([0.2, 1]), prototype_init (val | batch).
+    crop_min (0.2: RandomResizedCrop scale [crop_min, 1]), prototype_init (val | batch).
     """
 
     needs_outliers = "features"
@@ -123,7 +123,7 @@ class NPOSTrainer(Trainer):
 
     def __init__(self, proto_m: float = 0.95, temperature: float = 0.1, base_temperature: float = 0.07,
                  w_disp: float = 0.5, w_comp: float = 1.0, w_reg: float = 0.1, views: int = 2,
-                 crop_scale: list = (0.2, 1.0), prototype_init: str = "val"):
+                 crop_min: float = 0.2, prototype_init: str = "val"):
         if not 0 <= proto_m < 1:
             raise ValueError(f"proto_m must be in [0, 1), got {proto_m}")
         if temperature <= 0 or base_temperature <= 0:
@@ -132,9 +132,9 @@ class NPOSTrainer(Trainer):
             raise ValueError(f"loss weights must be >= 0, got {w_disp}, {w_comp}, {w_reg}")
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ValueError(f"views must be an integer >= 1, got {views!r}")
-        crop_scale = tuple(float(s) for s in crop_scale)
-        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(crop_scale)}")
+        if not 0 < crop_min <= 1:
+            raise ValueError(f"crop_min must be in (0, 1], got {crop_min}")
+        crop_scale = (float(crop_min), 1.0)
         if prototype_init not in ("val", "batch"):
             raise ValueError(f"prototype_init must be 'val' or 'batch', got {prototype_init!r}")
         self.proto_m, self.temperature, self.base_temperature = float(proto_m), float(temperature), float(base_temperature)
