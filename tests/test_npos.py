@@ -367,3 +367,24 @@ def test_npos_postprocessor_is_knn_on_normalised_penultimate_features():
     np.testing.assert_allclose(a, b)
     ref = _kth_sq_sklearn(test.numpy(), train.numpy(), 5)
     np.testing.assert_allclose(a, -np.sqrt(ref), rtol=1e-4)
+
+
+def test_bench_npos_runs_at_tiny_sizes(capsys):
+    from openood_ext.bench_npos import bench, main
+    r = bench(classes=2, queue=30, dim=8, K=5, select=6, pick=2, candidates=20, keep=4, repeats=1)
+    assert set(r["seconds"]) >= {"torch", "loop"} and r["outliers_per_call"] == 16
+    assert main(["--classes", "2", "--queue", "30", "--dim", "8", "--K", "5", "--select", "6",
+                 "--candidates", "20", "--keep", "4", "--repeats", "1"]) == 0
+    assert "ratios" in capsys.readouterr().out
+
+
+def test_loop_reference_matches_the_vectorised_sampler():
+    from openood_ext.bench_npos import loop_sample
+    q = _queues(C=2, Q=30, D=8).abs()
+    p = NPOSParams(K=5, select=6, pick=2, candidates=20, keep=4, sigma=0.1)
+    # same draw order: noise first, then one randperm per class (loop) vs randperm per class then noise
+    ref = loop_sample(q, p, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(p.candidates, 8, generator=g)
+    s = npos_sample(q, p, generator=g, noise=noise, backend="torch")
+    assert torch.allclose(torch.sort(ref, dim=0).values, torch.sort(s.flat()[0], dim=0).values, atol=1e-5)
