@@ -4,7 +4,15 @@
 
 Every test run directory under RESULTS_DIR (config.yaml + metrics.csv + run.json with ``status: complete``)
 contributes one entry per postprocessor. Entries are grouped into one row per (benchmark, training,
-postprocessor, network, outlier data, training epochs):
+postprocessor, network, outlier data, training epochs, postprocessor hyperparameters, rest of the config):
+runs are averaged as "seeds" only when they differ in nothing but the seed (and where they ran: experiment
+name, output and cache directories, device, checkpoint path). Everything else that differs makes another row:
+
+* ``Hyperparameters``: the postprocessor's effective hyperparameters (metrics.json, so an APS choice or a
+  clamped ``k`` shows what was used), plus ``key=value`` for every other config key in which the row
+  differs from a row that otherwise looks the same (e.g. ``trainer.lr=0.01``).
+* ``Runs``: the run directories averaged in the row, relative to the output file; Markdown and HTML
+  link each to its ``report.html`` (to the directory when a run has no report).
 
 * ``Training``: the config's ``trainer.name``; ``pretrained`` when the config has no trainer (weights
   loaded from elsewhere). ``Arch``: ``network.name`` (plus its ``width`` when set).
@@ -35,6 +43,7 @@ import argparse
 import html
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,8 +54,12 @@ import yaml
 from .errors import DataError, OpenOODError
 from .utils.io import write_text
 
-COLUMNS = ["Benchmark", "Training", "Postprocessor", "Near-OOD_AUROC", "Far-OOD_AUROC", "ID_Accuracy",
-           "Outlier_Data", "Arch", "Additional_Description", "Near-OOD_FPR95", "Far-OOD_FPR95", "Seeds"]
+COLUMNS = ["Benchmark", "Training", "Postprocessor", "Hyperparameters", "Near-OOD_AUROC", "Far-OOD_AUROC",
+           "ID_Accuracy", "Outlier_Data", "Arch", "Additional_Description", "Near-OOD_FPR95", "Far-OOD_FPR95",
+           "Seeds", "Runs"]
+#: Config keys that do not make runs different (where they ran, which seed, which checkpoint file).
+NOT_COMPARED = ("seed", "experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
+                "overwrite", "device", "train_if_missing", "postprocessors", "aps", "network.checkpoint")
 METRIC_COLUMNS = {  # column -> (dataset row in metrics.csv, metric)
     "Near-OOD_AUROC": ("nearood", "auroc"), "Far-OOD_AUROC": ("farood", "auroc"),
     "ID_Accuracy": ("id_test", "accuracy"), "Near-OOD_FPR95": ("nearood", "fpr95"),
@@ -55,6 +68,7 @@ METRIC_COLUMNS = {  # column -> (dataset row in metrics.csv, metric)
 REF_COLUMNS = ["Near-OOD_AUROC", "Far-OOD_AUROC", "ID_Accuracy"]
 RUN_FILES = ("run.json", "config.yaml", "metrics.csv")
 FORMATS = {".csv": "csv", ".md": "md", ".html": "html", ".htm": "html"}  # output suffix -> format
+RUN_SEPARATOR = "; "
 
 
 def warn(message: str) -> None:
@@ -131,7 +145,49 @@ def describe_run(run_dir: Path) -> dict | None:
     meta = record.get("checkpoint_meta") if isinstance(record.get("checkpoint_meta"), dict) else {}
     return {"dir": run_dir, "seed": record.get("seed", cfg.get("seed")), "metrics": metrics,
             "Benchmark": str(bench.get("name", "?")), "Training": str(trainer_cfg.get("name") or "pretrained"),
-            "Arch": arch, "Outlier_Data": str(outlier or "none"), "Epochs": meta.get("epochs")}
+            "Arch": arch, "Outlier_Data": str(outlier or "none"), "Epochs": meta.get("epochs"),
+            "config": compared_config(cfg), "hyperparameters": postprocessor_hyperparameters(run_dir, cfg)}
+
+
+def compared_config(cfg: dict) -> dict[str, str]:
+    """The run's config flattened to ``dotted.key -> JSON value``, without :data:`NOT_COMPARED` keys."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            key = prefix.rstrip(".")
+            if not any(key == n or key.startswith(n + ".") for n in NOT_COMPARED):
+                flat[key] = json.dumps(node, sort_keys=True, default=str)
+
+    walk(cfg, "")
+    return flat
+
+
+def postprocessor_hyperparameters(run_dir: Path, cfg: dict) -> dict[str, dict]:
+    """Label -> hyperparameters used: metrics.json's (effective values), else the config's spec."""
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text()).get("postprocessors", {})
+    except (OSError, ValueError, AttributeError):
+        summary = {}
+    out = {}
+    for label, entry in (summary.items() if isinstance(summary, dict) else ()):
+        if isinstance(entry, dict) and isinstance(entry.get("hyperparameters"), dict):
+            out[str(label)] = entry["hyperparameters"]
+    specs = cfg.get("postprocessors") or []
+    for spec in [specs] if isinstance(specs, str) else specs:
+        if isinstance(spec, dict) and spec.get("name"):
+            label = str(spec.get("label") or spec["name"])
+            out.setdefault(label, {k: v for k, v in spec.items()
+                                   if k not in ("name", "label", "APS", "aps", "aps_grid")})
+    return out
+
+
+def format_hyperparameters(params: dict) -> str:
+    """``k=10, backend=auto`` (keys sorted); empty for none."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def _status(run_dir: Path) -> str | None:
@@ -176,10 +232,13 @@ def collect(results_dir: str | Path) -> dict[tuple, dict]:
         run = describe_run(run_dir)
         if run is None:
             continue
+        config_key = json.dumps(run["config"], sort_keys=True)
         for pp, rows in run["metrics"].groupby("postprocessor", sort=False):
-            key = (run["Benchmark"], run["Training"], pp, run["Arch"], run["Outlier_Data"], run["Epochs"])
+            params = format_hyperparameters(run["hyperparameters"].get(pp, {}))
+            key = (run["Benchmark"], run["Training"], pp, run["Arch"], run["Outlier_Data"], run["Epochs"],
+                   params, config_key)
             g = groups.setdefault(key, {"values": {c: [] for c in METRIC_COLUMNS}, "seeds": [], "dirs": [],
-                                        "partial": False})
+                                        "partial": False, "config": run["config"], "params": params})
             for col, (dataset, metric) in METRIC_COLUMNS.items():
                 hit = rows[(rows.dataset == dataset) & (rows.metric == metric)]
                 g["values"][col].append(float(hit.value.iloc[0]) if len(hit) else None)
@@ -193,7 +252,11 @@ def collect(results_dir: str | Path) -> dict[tuple, dict]:
 def build_leaderboard(results_dir: str | Path, reference: str | Path | None = None) -> pd.DataFrame:
     """The leaderboard as a DataFrame (string cells, ``Seeds`` an int), sorted by Near-OOD AUROC."""
     records, warned = [], set()
-    for (bench, training, pp, arch, outlier, epochs), g in collect(results_dir).items():
+    groups = collect(results_dir)
+    differing = _differing_keys(groups)
+    for key, g in groups.items():
+        bench, training, pp, arch, outlier, epochs = key[:6]
+        label = ", ".join(p for p in [g["params"], *(f"{k}={_short(g['config'].get(k))}" for k in differing[key])] if p)
         notes = [f"{epochs} epochs"] if epochs is not None else []
         if g["partial"]:
             notes.append("partial: some OOD sets absent")
@@ -203,10 +266,10 @@ def build_leaderboard(results_dir: str | Path, reference: str | Path | None = No
                 warned.add(tuple(g["dirs"]))
                 warn(f"runs share a seed, so they are averaged but are not independent seeds (different "
                      f"experiments or reruns?): {', '.join(g['dirs'])}")
-        records.append({"Benchmark": bench, "Training": training, "Postprocessor": pp,
+        records.append({"Benchmark": bench, "Training": training, "Postprocessor": pp, "Hyperparameters": label,
                         **{c: format_mean_std(v) for c, v in g["values"].items()},
                         "Outlier_Data": outlier, "Arch": arch, "Additional_Description": "; ".join(notes),
-                        "Seeds": len(g["seeds"])})
+                        "Seeds": len(g["seeds"]), "Runs": RUN_SEPARATOR.join(g["dirs"])})
     table = pd.DataFrame(records, columns=COLUMNS)
     if not table.empty:
         keys = pd.DataFrame({"near": table["Near-OOD_AUROC"].map(parse_mean).fillna(-np.inf),
@@ -217,6 +280,29 @@ def build_leaderboard(results_dir: str | Path, reference: str | Path | None = No
     if reference is not None:
         table = add_reference(table, Path(reference))
     return table
+
+
+def _differing_keys(groups: dict[tuple, dict]) -> dict[tuple, list[str]]:
+    """Per group: the config keys whose values differ among groups with the same visible columns."""
+    siblings: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        siblings.setdefault(key[:7], []).append(key)  # same benchmark ... epochs and hyperparameters
+    out = {}
+    for keys in siblings.values():
+        configs = [groups[k]["config"] for k in keys]
+        all_keys = sorted(set().union(*configs))
+        varying = [k for k in all_keys if len({c.get(k) for c in configs}) > 1] if len(keys) > 1 else []
+        for k in keys:
+            out[k] = varying
+    return out
+
+
+def _short(value: str | None) -> str:
+    """A JSON config value for a label: strings unquoted, long values cut."""
+    if value is None:
+        return "(unset)"
+    text = value[1:-1] if value.startswith('"') and value.endswith('"') else value
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_reference(reference: Path) -> pd.DataFrame:
@@ -265,19 +351,48 @@ def add_reference(table: pd.DataFrame, reference: Path) -> pd.DataFrame:
     return out
 
 
-def render(table: pd.DataFrame, fmt: str) -> str:
-    """The table as CSV, Markdown or a standalone HTML page."""
+def _run_targets(cell: str, base: Path) -> list[tuple[str, str]]:
+    """(name relative to ``base``, link target relative to ``base``) for each run of a ``Runs`` cell."""
+    out = []
+    for run in filter(None, str(cell).split(RUN_SEPARATOR)):
+        run_path = Path(run)
+        rel = os.path.relpath(run_path, base)
+        report = run_path / "report.html"
+        target = os.path.relpath(report if report.is_file() else run_path, base)
+        out.append((rel, target))
+    return out
+
+
+def render(table: pd.DataFrame, fmt: str, base: str | Path = ".") -> str:
+    """The table as CSV, Markdown or a standalone HTML page.
+
+    ``base``: the directory the output file lives in; the ``Runs`` column is made relative to it (CSV:
+    run directories; Markdown/HTML: links to each run's report.html).
+    """
+    base = Path(base).resolve()
+    table = table.copy()
+    if "Runs" in table.columns:
+        runs = [_run_targets(c, base) for c in table["Runs"]]
     if fmt == "csv":
+        if "Runs" in table.columns:
+            table["Runs"] = [RUN_SEPARATOR.join(name for name, _ in r) for r in runs]
         return table.to_csv(index=False)
     if fmt == "md":
         cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+        if "Runs" in table.columns:
+            table["Runs"] = [", ".join(f"[{cell(n)}]({t.replace(' ', '%20')})" for n, t in r) for r in runs]
         header = "| " + " | ".join(cell(c) for c in table.columns) + " |"
         sep = "|" + "|".join("---" for _ in table.columns) + "|"
-        body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+        body = ["| " + " | ".join(v if c == "Runs" else cell(v) for c, v in zip(table.columns, row)) + " |"
+                for row in table.itertuples(index=False)]
         return "\n".join([header, sep, *body]) + "\n"
     if fmt == "html":
         buf = io.StringIO()
-        table.to_html(buf, index=False, escape=True, border=0)
+        table = table.map(lambda v: html.escape(str(v)))
+        if "Runs" in table.columns:
+            table["Runs"] = ["<br>".join(f"<a href='{html.escape(t)}'>{html.escape(n)}</a>" for n, t in r)
+                             for r in runs]
+        table.to_html(buf, index=False, escape=False, border=0)
         return ("<!doctype html><html><head><meta charset='utf-8'><title>openood_ext leaderboard</title>"
                 "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{padding:3px 8px;"
                 "border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
@@ -301,11 +416,15 @@ def main(argv) -> int:
     parser.add_argument("--reference", help="CSV of published numbers to compare with, e.g. "
                                             "configs/reference/openood_v1.5_cifar10.csv")
     args = parser.parse_args([a for a in argv if a != "--debug"])
-    fmt = args.format or FORMATS.get(Path(args.output or "").suffix.lower(), "csv")
+    suffix = Path(args.output or "").suffix.lower()
+    if args.format is None and args.output and suffix not in FORMATS:
+        raise OpenOODError(f"leaderboard -o {args.output}: unsupported output format "
+                           f"'{suffix or '(no suffix)'}' (write .csv, .md or .html, or give --format csv|md|html)")
+    fmt = args.format or FORMATS.get(suffix, "csv")
     table = build_leaderboard(args.results_dir, args.reference)
     if table.empty:
         warn(f"no complete test runs under {args.results_dir}")
-    text = render(table, fmt)
+    text = render(table, fmt, Path(args.output).parent if args.output else Path("."))
     if args.output:
         write_text(args.output, text)
         print(f"leaderboard: {len(table)} rows written to {args.output}", file=sys.stderr)

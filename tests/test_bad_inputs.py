@@ -204,3 +204,167 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     debug = cli("--config", str(MAIN_CONFIG), "postprocessors=[mps]", "--debug", cwd=tmp_path)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Issue 10: everything is validated before anything is created; results are never hidden, replaced or mixed.
+DEFAULT_RUN = "results/digits_digits_cnn_test_ood_s0"
+
+
+def snapshot(root):
+    """Every path under ``root`` with its bytes (None for directories)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def earlier(env, digits_run):
+    """A complete earlier result in the case's working directory; returns its snapshot taker."""
+    work, _ = digits_run
+    shutil.copytree(work / DEFAULT_RUN, env["tmp"] / DEFAULT_RUN)
+    return snapshot(env["tmp"])
+
+
+def assert_rejected_without_trace(capsys, env, before, args, *fragments):
+    """Exit 2, one stderr line naming the culprit, no traceback, no new path, earlier results byte-identical."""
+    line = assert_one_line_error(capsys, args, *fragments)
+    assert snapshot(env["tmp"]) == before, "the failed run left files behind or changed earlier results"
+    return line
+
+
+REJECTED_BEFORE_RUNNING = [
+    (["postprocessors=[]"], ["postprocessors: list at least one"]),
+    (["postprocessors=[{name: knn, k: -5}]"], ["postprocessors 'knn' argument 'k'", ">= 1", "-5"]),
+    (["postprocessors=[{k: 5}]"], ["postprocessors[0]", "no 'name' key"]),
+    (["benchmark.name=nope"], ["unknown benchmarks name 'nope'"]),
+    (["postprocessors=[{name: knn, k: 2.5}]"], ["'k': expected int", "2.5"]),
+    (["postprocessors=[{name: knn, k: true}]"], ["'k': expected int", "True"]),
+    (["postprocessors=[{name: knn, APS: true, aps_grid: {k: [1, 0.5]}}]"], ["'k': expected int", "0.5"]),
+    (["postprocessors=[{name: hsc, center: middle}]"], ["'center'", "'zero', 'fit'"]),
+    (["postprocessors=[{name: ebo, temperature: 0}]"], ["'temperature'", "> 0"]),
+    (["postprocessors=[msp,msp]"], ["'msp' is listed twice"]),
+    (["evaluator=nope"], ["unknown evaluators name 'nope'"]),
+    (["batch_size=0"], ["'batch_size'", ">= 1"]),
+    (["batch_size=-3"], ["'batch_size'", ">= 1"]),
+    (["batch_size=2.5"], ["batch_size", "int"]),
+    (["num_workers=-1"], ["'num_workers'", ">= 0"]),
+    (["seed=-1"], ["'seed'", "0..4294967295"]),
+    (["seed=4294967296"], ["'seed'", "0..4294967295"]),
+    (["device=tpu"], ["device: 'tpu'"]),
+    (["experiment="], ["experiment: expected a non-empty name"]),
+    (["experiment=sub/run"], ["experiment 'sub/run'", "one directory name"]),
+    (["experiment=../x"], ["experiment '../x'"]),
+    (["experiment=."], ["experiment '.'"]),
+    (["experiment=.hidden"], ["experiment '.hidden'"]),
+    (["network.num_classes=4"], ["network.num_classes (4) differs from benchmark.num_classes (6)"]),
+    (["network.width=0.5"], ["networks 'digits_cnn' argument 'width'", "expected int"]),
+    (["benchmark.num_classes=six"], ["benchmark.num_classes", "expected int"]),
+    (["benchmark.on_bad_image=ignore"], ["on_bad_image"]),
+]
+
+
+@pytest.mark.parametrize("overrides, fragments", REJECTED_BEFORE_RUNNING, ids=lambda v: str(v)[:40])
+def test_bad_values_are_rejected_before_anything_is_created(env, earlier, capsys, overrides, fragments):
+    assert_rejected_without_trace(capsys, env, earlier, with_ckpt(env, *overrides), *fragments)
+
+
+def test_training_settings_are_checked_before_training(env, earlier, capsys):
+    missing = ["--config", str(MAIN_CONFIG), f"network.checkpoint={env['tmp'] / 'new.pt'}", "cache_dir=null"]
+    assert_rejected_without_trace(capsys, env, earlier, [*missing, "trainer.epochs=0"], "trainer.epochs", ">= 1")
+    assert_rejected_without_trace(capsys, env, earlier, [*missing, "trainer.batch_size=0"], "trainer.batch_size")
+    train_cfg = REPO / "configs" / "pipelines" / "train.yml"
+    assert_rejected_without_trace(capsys, env, earlier, ["--config", str(train_cfg), "trainer.epochs=0"],
+                                  "trainer.epochs")
+
+
+def test_files_in_the_way_of_directories(env, earlier, capsys):
+    blocker = env["tmp"] / "a_file"
+    blocker.write_text("x")
+    before = snapshot(env["tmp"])
+    assert_rejected_without_trace(capsys, env, before, with_ckpt(env, f"cache_dir={blocker}"),
+                                  f"cache_dir {blocker}", "is a file")
+    assert_rejected_without_trace(capsys, env, before, with_ckpt(env, f"output_dir={blocker}/out"),
+                                  f"output_dir {blocker}/out", "is a file")
+
+
+def test_messages_point_at_the_cause(env, earlier, capsys):
+    configs = REPO / "configs" / "pipelines"
+    assert_rejected_without_trace(capsys, env, earlier, ["--config", str(configs)], f"{configs}: is a directory")
+    assert_rejected_without_trace(capsys, env, earlier, ["--config", str(MAIN_CONFIG), "seed5"],
+                                  "'seed5'", "did you mean seed=5?")
+    assert_rejected_without_trace(capsys, env, earlier, with_ckpt(env, "benchmark=cifar11"),
+                                  "unknown benchmark 'cifar11'", "did you mean 'cifar10'?")
+    assert cli_module.main(["list", "postprocessor"]) == 2
+    assert "did you mean 'postprocessors'?" in capsys.readouterr().err
+    assert cli_module.main(["list", "postprocessors", "zzz*"]) == 0
+    assert "no parts match 'zzz*'" in capsys.readouterr().err
+    assert cli_module.main(["leaderboard", "results", "-o", "x.xlsx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unsupported output format '.xlsx'" in err[0]
+    assert not (env["tmp"] / "x.xlsx").exists()
+
+
+def test_label_outside_the_classes_names_file_and_line(env, earlier, capsys):
+    lists, _ = copy_benchmark(env)
+    path = lists / "test_digits.txt"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].rsplit(" ", 1)[0] + " 99"
+    path.write_text("\n".join(lines) + "\n")
+    before = snapshot(env["tmp"])
+    assert_rejected_without_trace(capsys, env, before, with_ckpt(env, f"benchmark.imglist_dir={lists}"),
+                                  f"{path}:3: label 99 is outside 0..5")
+
+
+def test_replacing_a_complete_result_needs_the_same_config_or_overwrite(env, earlier, capsys, caplog):
+    args = with_ckpt(env, "postprocessors=[msp,{name: knn, k: 5}]")  # not the earlier run's config
+    assert_rejected_without_trace(capsys, env, earlier, args, DEFAULT_RUN, "another configuration",
+                                  "postprocessors", "overwrite=true")
+    code, errors, err = run(capsys, *args, "overwrite=true")
+    assert code == 0 and not errors, err
+    assert f"replacing the earlier complete result in {DEFAULT_RUN} (overwrite=true)" in err
+    final = env["tmp"] / DEFAULT_RUN
+    import json
+    assert json.loads((final / "metrics.json").read_text())["postprocessors"]["knn"]["hyperparameters"]["k"] == 5
+    code, errors, err = run(capsys, *args)  # the same configuration again: replaced, and said so
+    assert code == 0 and "(same configuration)" in err, err
+    # result files follow the umask, the log holds what the console showed
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (final / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+    log = (final / "log.txt").read_text()
+    assert "ID accuracy and mean OOD metrics" in log and "test_ood: benchmark digits" in log
+    # --resume of a complete run says so instead of running it again
+    before = snapshot(env["tmp"])
+    assert_rejected_without_trace(capsys, env, before, ["--resume", str(final)], "this run is complete")
+
+
+def test_image_too_large_names_file_and_line(env, earlier, capsys, monkeypatch):
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 8x8 images exceed twice this: a decompression bomb
+    line = assert_one_line_error(capsys, with_ckpt(env, "experiment=bomb"), "image too large to decode safely",
+                                 "train_digits.txt:1")
+    assert "bomb" in line or "pixels" in line
+    after = snapshot(env["tmp"])
+    assert {k: v for k, v in after.items() if k.startswith(DEFAULT_RUN)} == \
+        {k: v for k, v in earlier.items() if k.startswith(DEFAULT_RUN)}
+    assert not (env["tmp"] / "results/bomb").exists()  # a .partial at most, never a complete-looking result
+
+
+def test_ood_set_with_only_unreadable_images_is_skipped_and_reported(env, capsys):
+    lists, data = copy_benchmark(env)
+    for img in (data / "digits" / "textures").glob("*.png"):
+        img.write_bytes(b"not a png")
+    code, errors, err = run(capsys, *with_ckpt(env, f"benchmark.imglist_dir={lists}", f"benchmark.data_root={data}",
+                                               "benchmark.on_bad_image=skip", "experiment=allbad",
+                                               "postprocessors=[msp]"))
+    assert code == 0 and not errors, err
+    import json
+    summary = json.loads((env["tmp"] / "results/allbad/metrics.json").read_text())
+    assert summary["skipped_sets"]["textures"]["reason"] == "all 300 images unreadable (on_bad_image=skip)"
+    assert "skipping OOD set textures" in err
+
+
+def test_image_list_with_bom_and_crlf(tmp_path):
+    from openood_ext.datasets.imglist import read_imglist
+    path = tmp_path / "list.txt"
+    path.write_bytes("\ufeffa/b.png 0\r\nc d.png 1\r\n\r\n".encode("utf-8"))
+    assert [(e.path, e.label, e.line) for e in read_imglist(path)] == [("a/b.png", 0, 1), ("c d.png", 1, 2)]

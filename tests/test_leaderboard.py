@@ -43,9 +43,9 @@ def test_mean_std_sorting_and_columns(tmp_path):
     make_run(tmp_path, "s1", 1, {"msp": (0.93, 0.86, 0.92), "knn": (0.93, 0.92, 0.95), "ebo": (0.93, 0.89, 0.5)})
     make_run(tmp_path, "nested/deeper/s2", 2, {"msp": (0.94, 0.87, 0.91)})  # found recursively
     table = build_leaderboard(tmp_path)
-    assert list(table.columns) == ["Benchmark", "Training", "Postprocessor", "Near-OOD_AUROC", "Far-OOD_AUROC",
-                                   "ID_Accuracy", "Outlier_Data", "Arch", "Additional_Description",
-                                   "Near-OOD_FPR95", "Far-OOD_FPR95", "Seeds"]
+    assert list(table.columns) == ["Benchmark", "Training", "Postprocessor", "Hyperparameters", "Near-OOD_AUROC",
+                                   "Far-OOD_AUROC", "ID_Accuracy", "Outlier_Data", "Arch", "Additional_Description",
+                                   "Near-OOD_FPR95", "Far-OOD_FPR95", "Seeds", "Runs"]
     # sorted by near-OOD AUROC: knn 91 > ebo 88 > msp 87
     assert list(table.Postprocessor) == ["knn", "ebo", "msp"]
     knn = table.iloc[0]

@@ -17,7 +17,7 @@ from typing import Sequence
 from ..errors import ConfigError, DataError
 
 BENCHMARK_CONFIG_DIR = Path("configs") / "benchmarks"
-STATUS_BENCHMARKS = ("cifar10", "cifar100", "imagenet200", "imagenet", "mnist", "fmnist", "cifar10_ad")
+STATUS_BENCHMARKS = ("digits", "cifar10", "cifar100", "imagenet200", "imagenet", "mnist", "fmnist", "cifar10_ad")
 
 
 def default_root() -> Path:
@@ -56,7 +56,8 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     parser.add_argument("--root", type=Path, default=None, help="data root (default $OPENOOD_EXT_DATA or ./data)")
     parser.add_argument("--from", dest="sources", action="append", default=[], metavar="PATH",
                         help="local archive or folder to use instead of downloading (repeatable)")
-    parser.add_argument("--no-download", action="store_true", help="never use the network")
+    parser.add_argument("--no-download", action="store_true",
+                        help="never use the network (implied by --from: only the given sets are used)")
     parser.add_argument("--imglist-dir", type=Path, default=None,
                         help="write the image lists here (default <root>/benchmark_imglist/<benchmark>)")
     parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
@@ -65,7 +66,7 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     from ..utils.runtime import setup_logging
     setup_logging()
     root = args.root or default_root()
-    report = prepare(args.benchmark, root, args.sources, allow_download=not args.no_download,
+    report = prepare(args.benchmark, root, args.sources, allow_download=not (args.no_download or args.sources),
                      imglist_dir=args.imglist_dir, timeout=args.timeout)
     for set_name, n in report.ingested.items():
         print(f"{set_name}: {n} images under {root / 'images_classic' / set_name}")
