@@ -122,9 +122,16 @@ def print_report(r: dict) -> None:
     print(f"OpenOOD way / ours = {r['ratio_openood_over_ours']:.1f}x")
 
 
+# Other benchmarks live in their own modules, each with a main(argv).
+OTHER_BENCHES = {"train": "openood_ext.bench_train", "npos": "openood_ext.bench_npos"}
+
+
 def main(argv) -> int:
+    if argv and argv[0] in OTHER_BENCHES:
+        import importlib
+        return importlib.import_module(OTHER_BENCHES[argv[0]]).main(list(argv[1:]))
     parser = argparse.ArgumentParser(prog="openood-ext bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["postprocessors"])
+    parser.add_argument("what", choices=["postprocessors", *OTHER_BENCHES])
     parser.add_argument("--config", nargs="+", help="pipeline config(s); default configs/pipelines/test_ood.yml")
     parser.add_argument("--benchmark", help="use configs/pipelines/test_ood_<benchmark>.yml")
     parser.add_argument("--only", nargs="+", help="restrict to these postprocessors")
