@@ -112,9 +112,9 @@ def vgg11_bn_front(pretrained: bool) -> nn.Sequential:
             raise ConfigError(f"network.pretrained: cannot load torchvision's ImageNet vgg11_bn weights "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); put them in "
                               f"the torch hub cache or set network.pretrained=false") from None
-    else:
-        model = vgg11_bn(weights=None)
-    return model.features[:21]
+        return model.features[:21]
+    from torchvision.models.vgg import cfgs, make_layers
+    return make_layers(cfgs["A"], batch_norm=True)[:21]  # the same layers, without the 100M-parameter classifier
 
 
 @NETWORKS.register("fcdd_vgg11_224", aliases=["FCDD_CNN224_VGG"])

@@ -182,7 +182,7 @@ def keep_fraction(path: str, fraction: float) -> bool:
     return zlib.crc32(path.encode()) / 2**32 < fraction
 
 
-def test_items(bench, test_limit: int | None) -> tuple[list, list[str], np.ndarray]:
+def collect_test_set(bench, test_limit: int | None) -> tuple[list, list[str], np.ndarray]:
     """(datasets with their kept indices, paths, is_anomaly) of the test set: normal ``id_test`` + ``anomalies``."""
     parts, paths, labels = [], [], []
     splits = [(bench.split("id_test"), 0), (bench.split("anomalies"), 1)]
@@ -218,7 +218,7 @@ def mask_transform(pre: dict):
 def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batch_size: int, log):
     """Score every test image; heatmaps go to ``cell/heatmaps.npy`` (memory-mapped), masks to
     ``cell/masks.npy`` when the benchmark has them. Returns (scores, is_anomaly, paths, heat, masks)."""
-    parts, paths, labels = test_items(bench, settings.test_limit)
+    parts, paths, labels = collect_test_set(bench, settings.test_limit)
     n = len(paths)
     scores = np.zeros(n, np.float64)
     heat = masks = None
@@ -251,7 +251,7 @@ def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batc
     return scores, labels, paths, heat, masks
 
 
-def test_images(bench, paths: list[str], rows: np.ndarray) -> np.ndarray:
+def load_test_images(bench, paths: list[str], rows: np.ndarray) -> np.ndarray:
     """Test images ``rows`` in [0, 1] ([k, C, H, W]) for the heatmap grids."""
     pixels = PixelSpace(bench.preprocessor)
     tf = bench.dataset(bench.split("id_test")).transform
@@ -342,7 +342,7 @@ class ADPipeline:
         if heat is not None and masks is not None:
             result.update(PixelEvaluator().evaluate(heat, masks, method=plan.trainer_name, split=f"normal_{cls}"))
         if heat is not None and settings.heatmaps:
-            save_heatmap_grids(cell, heat, scores, labels, lambda rows: test_images(bench, paths, rows),
+            save_heatmap_grids(cell, heat, scores, labels, lambda rows: load_test_images(bench, paths, rows),
                                settings.heatmaps, settings.heatmap_quantile, title=f"normal {cls}")
         ad_class_roc_plot({cls: (scores, labels)}, cell / "roc.png", title=f"normal class {cls}, seed {seed}")
         np.savez(cell / "scores.npz", scores=scores, is_anomaly=labels, paths=np.asarray(paths))
