@@ -124,6 +124,15 @@ def _precision_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _first_non_finite(terms: Mapping[str, Any]) -> tuple[str, float]:
+    """The first named term (other than ``loss``) that is NaN/inf, else ``loss`` itself; with its value."""
+    for key, value in terms.items():
+        v = float(value.detach()) if torch.is_tensor(value) and value.numel() == 1 else value
+        if key != "loss" and isinstance(v, float) and not math.isfinite(v):
+            return key, v
+    return "loss", float(terms["loss"].detach())
+
+
 def _format_terms(terms: Mapping[str, float]) -> str:
     return " ".join(f"{k} {v:.4g}" for k, v in terms.items())
 
@@ -244,12 +253,10 @@ class Engine:
                                 f"gradient at {where}, got {type(loss).__name__}"
                                 f"{'' if not torch.is_tensor(loss) else f' of shape {tuple(loss.shape)}'}")
         if not torch.isfinite(loss.detach()):
-            bad = [k for k, v in terms.items() if not math.isfinite(float(v.detach()) if torch.is_tensor(v) and v.numel() == 1 else 0.0)]
-            culprit = next((k for k in bad if k != "loss"), "loss")
+            culprit, value = _first_non_finite(terms)
             kept = (f"the last good training state (after epoch {epoch}) is {self.state_path}"
                     if self.state_path is not None and epoch > 0 else "no training state was saved yet")
-            raise TrainingError(f"training stopped at {where}: loss term '{culprit}' is "
-                                f"{float(terms[culprit]) if torch.is_tensor(terms[culprit]) else terms[culprit]}; {kept}")
+            raise TrainingError(f"training stopped at {where}: loss term '{culprit}' is {value}; {kept}")
         return loss
 
     def _optimizer_step(self) -> None:
