@@ -2,5 +2,6 @@
 
 from .registry import NETWORKS
 from . import fcdd, resnet, small_cnn  # noqa: F401  (registration)
+from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
 
 __all__ = ["NETWORKS"]

@@ -13,5 +13,6 @@ from .registry import POSTPROCESSORS
 from . import ebo, hsc, knn, msp  # noqa: F401  (registration)
 from . import (ash, dice, gen, gradnorm, gram, klm, mds, mds_ensemble, mls, nnguide, npos,  # noqa: F401
                odin, openmax, react, relation, residual, rmds, she, temp_scaling, vim)
+from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
 
 __all__ = ["POSTPROCESSORS", "Postprocessor"]

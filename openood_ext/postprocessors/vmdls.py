@@ -1,0 +1,298 @@
+"""VMDLS score (Dinari & Freifeld, UAI 2022): class-conditional full-covariance Gaussians over a feature
+ensemble, optionally weighted by a reconstruction distance.
+
+Fitting (ID training split, eval mode, the loader's test transform, i.e. no augmentation): for every class
+c one Gaussian N(m_c, S_c) over f(x) = [pooled l1, l2, l3, encoder output, mu] (``net.ensemble(x)``),
+with the biased covariance, symmetrised, plus a jitter (k* + 2) * jitter_step * I shared by all classes,
+where k* is the smallest integer that makes every class's Cholesky factorisation succeed (float64).
+
+Scoring: lp_c(x) = log N(f(x); m_c, S_c) (with log-det and constant), and
+
+    score(x) = max_c (lp_c(x) - M) * d(x)            (higher = more in-distribution, <= 0)
+
+d(x) = r(x) / max r, r(x) = mean_j (l1(x) - l1(AE(x)))_j^2 measured in the VMDLS encoder's pooled first
+layer (``net.first_layer``) for a frozen autoencoder given by ``ae``; without ``ae`` d = 1.
+
+Where M comes from (``shift``):
+
+* ``fit`` (default): M = max over the *training* set of max_c lp_c + 1, and d is normalised by the
+  training set's max r. Every split is scored on the same scale, which the pipeline needs because it
+  scores each split separately.
+* ``scored``: the published rule, M = max over the scored set + 1 and d normalised by the scored set's
+  max. It only means what it means when the ID test and OOD images are scored *together*: use
+  :meth:`VMDLSPostprocessor.score_sets` (or :func:`vmdls_scores` on pooled arrays). In the per-split
+  pipeline it would shift every split by its own M, so it is rejected there.
+
+Without ``ae`` the shift is a constant and neither choice changes any ranking.
+
+Deviation from the published code (``test_step``): it *assigns* the per-class ensemble sums of each
+fitting batch instead of adding them, so a class spread over several batches gets wrong statistics
+(mean / n_batches-ish). Here the per-class sums are accumulated over all batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import Postprocessor
+from .layer_features import iter_images
+from .registry import POSTPROCESSORS
+
+SHIFTS = ("fit", "scored")
+
+
+class GaussianStats:
+    """Per-class running sums (float64) of x and x x^T, for class statistics over many batches."""
+
+    def __init__(self, num_classes: int, dim: int):
+        self.n = torch.zeros(num_classes, dtype=torch.float64)
+        self.s1 = torch.zeros(num_classes, dim, dtype=torch.float64)
+        self.s2 = torch.zeros(num_classes, dim, dim, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        x, labels = x.detach().double().cpu(), labels.long().cpu()
+        for c in labels.unique().tolist():
+            xc = x[labels == c]
+            self.n[c] += len(xc)
+            self.s1[c] += xc.sum(0)
+            self.s2[c] += xc.T @ xc
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(classes present [K], means [K, D], biased symmetrised covariances [K, D, D])."""
+        present = torch.nonzero(self.n > 0).flatten()
+        n = self.n[present]
+        means = self.s1[present] / n[:, None]
+        cov = self.s2[present] / n[:, None, None] - means[:, :, None] * means[:, None, :]
+        return present, means, 0.5 * (cov + cov.transpose(1, 2))
+
+
+def _chol_ok(cov: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Bool [K]: does Cholesky of cov_k + jitter * I succeed?"""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    _, info = torch.linalg.cholesky_ex(cov + jitter * eye)
+    return info == 0
+
+
+def jitter_search(cov: torch.Tensor, step: float = 1e-6, offset: int = 2, max_jitter: float = 1.0,
+                  classes=None) -> tuple[float, int]:
+    """(jitter, k*): k* = smallest integer k with every Cholesky of cov_c + k*step*I succeeding; jitter =
+    (k* + offset) * step (the published rule: one more step than the linear scan's last failure, +1).
+
+    Found by doubling then bisection (success is monotone in k), equal to the published linear scan.
+    Raises ConfigError naming the class when even ``max_jitter`` does not make its covariance positive
+    definite (e.g. NaN or infinite features).
+    """
+    classes = list(range(len(cov))) if classes is None else [int(c) for c in classes]
+    if bool(_chol_ok(cov, 0.0).all()):
+        return offset * step, 0
+    hi, k_max = 1, max(1, int(math.floor(max_jitter / step)))
+    while not bool(_chol_ok(cov, hi * step).all()):
+        if hi >= k_max:
+            bad = torch.nonzero(~_chol_ok(cov, k_max * step)).flatten().tolist()
+            raise ConfigError(f"vmdls: the feature covariance of class {classes[bad[0]]} stays singular with "
+                              f"a diagonal jitter up to {max_jitter:g} (max_jitter); are its features finite?")
+        hi = min(2 * hi, k_max)
+    lo = hi // 2  # fails (or 0, which failed above)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if bool(_chol_ok(cov, mid * step).all()):
+            hi = mid
+        else:
+            lo = mid
+    return (hi + offset) * step, hi
+
+
+def gaussian_loglik(x: torch.Tensor, means: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """log N(x; m_c, L_c L_c^T) for every row and class, float64 [N, K]."""
+    x = x.double()
+    d = x.shape[1]
+    out = torch.empty(len(x), len(means), dtype=torch.float64)
+    for k in range(len(means)):
+        diff = (x - means[k]).T                                 # [D, N]
+        sol = torch.linalg.solve_triangular(chol[k], diff, upper=False)
+        maha = sol.pow(2).sum(0)
+        logdet = 2.0 * torch.log(torch.diagonal(chol[k])).sum()
+        out[:, k] = -0.5 * (maha + logdet + d * math.log(2 * math.pi))
+    return out
+
+
+def vmdls_scores(max_loglik: np.ndarray, recon: np.ndarray | None = None, shift: float | None = None,
+                 recon_max: float | None = None) -> np.ndarray:
+    """(max_c lp_c - M) * d for a scored set; M = ``shift`` or max(max_loglik) + 1 over this set;
+    d = recon / ``recon_max`` (default: this set's max) or 1 without ``recon``. Higher = more ID."""
+    lp = np.asarray(max_loglik, dtype=np.float64)
+    m = float(lp.max()) + 1.0 if shift is None else float(shift)
+    if recon is None:
+        return lp - m
+    r = np.asarray(recon, dtype=np.float64)
+    rmax = float(r.max()) if recon_max is None else float(recon_max)
+    return (lp - m) * (r / max(rmax, 1e-300))
+
+
+@POSTPROCESSORS.register("vmdls")
+class VMDLSPostprocessor(Postprocessor):
+    """See the module docstring. Needs a ``vmdls`` network (``ensemble``, ``first_layer``).
+
+    Args:
+        jitter_step: the jitter unit (1e-6, as published). jitter_offset: steps added to k* (2).
+        max_jitter: largest jitter tried before failing (1.0).
+        shift: ``fit`` | ``scored`` (see the module docstring).
+        ae: optional frozen autoencoder for the reconstruction weight: a NETWORKS spec with a
+            ``checkpoint`` (``{name: ..., checkpoint: path, ...}``), or an ``nn.Module`` (tests).
+    """
+
+    needs_network = True
+
+    def __init__(self, jitter_step: float = 1e-6, jitter_offset: int = 2, max_jitter: float = 1.0,
+                 shift: str = "fit", ae=None):
+        if not jitter_step > 0:
+            raise ValueError(f"vmdls: jitter_step must be > 0, got {jitter_step}")
+        if not (isinstance(jitter_offset, int) and jitter_offset >= 0):
+            raise ValueError(f"vmdls: jitter_offset must be an integer >= 0, got {jitter_offset!r}")
+        if not max_jitter >= jitter_step:
+            raise ValueError(f"vmdls: max_jitter must be >= jitter_step, got {max_jitter}")
+        if shift not in SHIFTS:
+            raise ValueError(f"vmdls: shift must be one of {SHIFTS}, got {shift!r}")
+        self.jitter_step, self.jitter_offset, self.max_jitter = float(jitter_step), jitter_offset, float(max_jitter)
+        self.shift = shift
+        self._ae_spec = ae
+        self.jitter: float | None = None
+        self.m_fit: float | None = None
+        self.r_fit_max: float | None = None
+        self.classes = self.means = self.chol = None
+        self.net = self.device = self.loaders = None
+        self._ae = None
+
+    # ------------------------------------------------------------------ network side
+    def _check_net(self):
+        if self.net is None:
+            raise RuntimeError("vmdls: attach_network(net, device, loaders) must be called before fit/score")
+        if not callable(getattr(self.net, "ensemble", None)):
+            raise ConfigError(f"postprocessor vmdls: network {type(self.net).__name__} has no ensemble(x); "
+                              f"use network.name: vmdls")
+
+    def _autoencoder(self):
+        if self._ae is None and self._ae_spec is not None:
+            if isinstance(self._ae_spec, torch.nn.Module):
+                ae = self._ae_spec
+            else:
+                from ..networks import NETWORKS
+                from ..networks.checkpoint import load_checkpoint
+                spec = dict(self._ae_spec)
+                ckpt = spec.pop("checkpoint", None)
+                if not ckpt:
+                    raise ConfigError("postprocessor vmdls: ae needs a checkpoint (ae: {name: ..., checkpoint: path})")
+                ae = NETWORKS.build(spec)
+                load_checkpoint(ckpt, ae)
+            self._ae = ae.to(self.device or "cpu").eval().requires_grad_(False)
+        return self._ae
+
+    @torch.no_grad()
+    def _features(self, loader, desc: str):
+        """(ensemble features float64 [N, D], labels [N], recon r [N] or None)."""
+        self.net.eval()
+        ae = self._autoencoder()
+        feats, labels, recon = [], [], []
+        for images, y in iter_images(loader, self.device, desc=desc):
+            f = self.net.ensemble(images)
+            feats.append(f.double().cpu())
+            labels.append(y)
+            if ae is not None:
+                a, b = self.net.first_layer(images), self.net.first_layer(ae(images))
+                recon.append((a - b).pow(2).mean(1).double().cpu())
+        if not feats:
+            return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), None
+        return torch.cat(feats), torch.cat(labels), (torch.cat(recon) if recon else None)
+
+    def _fit_stats(self, loader):
+        """One pass: per-class sums accumulated over batches (the published code overwrote them)."""
+        self.net.eval()
+        ae = self._autoencoder()
+        stats, recon_max = None, 0.0
+        with torch.no_grad():
+            for images, y in iter_images(loader, self.device, desc="vmdls fit"):
+                f = self.net.ensemble(images)
+                if stats is None:
+                    k = int(getattr(self.net, "class_means", torch.zeros(0)).shape[0]) or int(y.max()) + 1
+                    stats = GaussianStats(max(k, int(y.max()) + 1), f.shape[1])
+                if not torch.isfinite(f).all():
+                    raise ConfigError("vmdls: non-finite ensemble features on the training split "
+                                      "(NaN latent or encoder output; the network diverged)")
+                stats.add(f, y)
+                if ae is not None:
+                    a, b = self.net.first_layer(images), self.net.first_layer(ae(images))
+                    recon_max = max(recon_max, float((a - b).pow(2).mean(1).max()))
+        if stats is None:
+            raise ConfigError("vmdls: the ID training split yielded no images to fit on")
+        return stats, recon_max
+
+    # ------------------------------------------------------------------ contract
+    def fit(self, train_outputs=None, val_outputs=None, **_):
+        self._check_net()
+        stats, recon_max = self._fit_stats(self.loaders("id_train"))
+        self.fit_gaussians(stats)
+        self.r_fit_max = recon_max if self._ae_spec is not None else None
+        self.m_fit = None
+        if self._ae_spec is not None and self.shift == "fit":
+            lp, _, _ = self.loglik_loader(self.loaders("id_train"))
+            self.m_fit = float(lp.max(1).values.max()) + 1.0
+        return self
+
+    def fit_gaussians(self, stats: GaussianStats) -> None:
+        """Means, jittered Cholesky factors (float64) from accumulated statistics."""
+        classes, means, cov = stats.moments()
+        self.jitter, k = jitter_search(cov, self.jitter_step, self.jitter_offset, self.max_jitter, classes)
+        eye = torch.eye(cov.shape[-1], dtype=torch.float64)
+        self.chol = torch.linalg.cholesky(cov + self.jitter * eye)
+        self.classes, self.means = classes, means
+        self.jitter_steps = k
+
+    def loglik(self, feats: torch.Tensor) -> torch.Tensor:
+        """lp [N, K] (float64) for ensemble features."""
+        if self.chol is None:
+            raise RuntimeError("vmdls: call fit() before scoring")
+        return gaussian_loglik(feats, self.means, self.chol)
+
+    def loglik_loader(self, loader):
+        """(lp [N, K], labels [N], r [N] or None) for a split."""
+        feats, labels, recon = self._features(loader, "vmdls")
+        return self.loglik(feats) if len(feats) else torch.zeros(0, len(self.means), dtype=torch.float64), labels, recon
+
+    def score_loader(self, loader) -> np.ndarray:
+        """Per-split score on the training-set scale (``shift: fit``)."""
+        if self.shift != "fit":
+            raise ConfigError("postprocessor vmdls: shift 'scored' needs the ID and OOD sets scored together "
+                              "(VMDLSPostprocessor.score_sets); the per-split pipeline needs shift: fit")
+        lp, _, recon = self.loglik_loader(loader)
+        if len(lp) == 0:
+            return np.zeros(0)
+        best = lp.max(1).values.numpy()
+        self.last_predictions = self.classes[lp.argmax(1)].numpy()
+        if recon is None:
+            return best  # M is a constant here: max_c lp_c - M ranks like max_c lp_c
+        return vmdls_scores(best, recon.numpy(), shift=self.m_fit, recon_max=self.r_fit_max)
+
+    def score_sets(self, loaders: Mapping[str, object]) -> dict[str, np.ndarray]:
+        """Score several splits as one evaluated set (the published rule: M and max r over all of them)."""
+        parts = {name: self.loglik_loader(ld) for name, ld in loaders.items()}
+        best = {n: p[0].max(1).values.numpy() for n, p in parts.items()}
+        recon = {n: (p[2].numpy() if p[2] is not None else None) for n, p in parts.items()}
+        pooled_lp = np.concatenate(list(best.values()))
+        m = float(pooled_lp.max()) + 1.0
+        if any(r is None for r in recon.values()):
+            return {n: vmdls_scores(b, shift=m) for n, b in best.items()}
+        rmax = float(np.concatenate(list(recon.values())).max())
+        return {n: vmdls_scores(best[n], recon[n], shift=m, recon_max=rmax) for n in best}
+
+    def score(self, outputs):
+        raise ConfigError("postprocessor vmdls scores from images (needs_network); it cannot score cached outputs")
+
+    def hyperparameters(self) -> dict:
+        return {"jitter_step": self.jitter_step, "jitter_offset": self.jitter_offset, "max_jitter": self.max_jitter,
+                "shift": self.shift, "ae": None if self._ae_spec is None else str(self._ae_spec),
+                "jitter": self.jitter}
