@@ -364,9 +364,9 @@ class NPOSSynthesizer(OutlierSource):
                             f"so their queue never fills")
         if small:
             warnings.warn(f"npos: {len(small)} class(es) have fewer training images than queue_size="
-                          f"{self.queue_size} (smallest: class {small[0][0]} with {min(n for _, n in small)}); "
-                          f"their queues fill with augmented repeats over several epochs "
-                          f"(use a smaller trainer.outliers.queue_size to avoid that)", stacklevel=2)
+                          f"{self.queue_size} (smallest: {min(n for _, n in small)} images); their queues will hold several "
+                          f"augmented views of the same images, filled over ceil(queue_size / (images x views)) "
+                          f"epochs (a smaller trainer.outliers.queue_size avoids that)", stacklevel=2)
 
     def describe(self) -> str:
         p = self.params
