@@ -81,8 +81,10 @@ def test_report_of_a_constructed_run(tmp_path):
     assert out == run / "report.html"
     parser = parse_report(run)
     assert parser.tables == 3  # summary, AUROC per set, all metrics
-    assert len(parser.refs) == 4  # ROC + histogram for each of the 2 postprocessors
-    for ref in parser.refs:
+    plots = [r for r in parser.refs if r.startswith("plots/")]
+    assert len(plots) == 4  # ROC + histogram for each of the 2 postprocessors
+    assert sorted(set(parser.refs) - set(plots)) == ["config.yaml", "metrics.csv"]  # links to the files present
+    for ref in plots:
         assert (run / unquote(ref)).read_bytes()[:8] == PNG
     page = out.read_text()
     assert "knn k=5 #2" in page and "85.00*" in page and "digits_cnn" in page  # partial far mean flagged
@@ -106,13 +108,18 @@ def quick_main_job(tmp_path_factory):
 def test_main_job_writes_report_with_existing_plots(quick_main_job):
     run = quick_main_job
     parser = parse_report(run)
-    assert parser.tables == 3
+    assert parser.tables == 4  # summary, AUROC per set, all metrics, postprocessors' hyperparameters
     pps = sorted(p.stem for p in (run / "scores").glob("*.npz"))
     assert pps == ["ebo", "hsc", "knn", "msp"]
     # in the config's order of postprocessors
-    assert parser.refs == [f"plots/{kind}_{pp}.png" for pp in ("msp", "ebo", "knn", "hsc") for kind in ("roc", "hist")]
+    links = ["config.yaml", "metrics.csv", "metrics.json", "run.json", "log.txt"]
+    assert parser.refs == links + [f"plots/{kind}_{pp}.png" for pp in ("msp", "ebo", "knn", "hsc")
+                                   for kind in ("roc", "hist")]
+    page = (run / "report.html").read_text()
+    assert "k=10" in page and "center=fit" in page and "git commit" in page and "id_test 325" in page
+    assert "fewer OOD sets" not in page  # no partial mean, no footnote
     assert "<h1>digits_digits_cnn_test_ood_s0</h1>" in (run / "report.html").read_text()
-    for ref in parser.refs:
+    for ref in parser.refs[len(links):]:
         assert (run / ref).read_bytes()[:8] == PNG
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "complete" and "report" in record["timings_s"]

@@ -54,6 +54,16 @@ def spec_label(spec) -> str:
     return spec if isinstance(spec, str) else spec.get("label") or spec["name"]
 
 
+def report_facts(bench: Benchmark, store: OutputStore) -> dict:
+    """Header lines of report.html: date, git commit, ID sample counts."""
+    import datetime
+    from .context import _git_commit
+    counts = {name: len(store.memo[name]) for name in ("id_train", "id_val", "id_test") if name in store.memo}
+    return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "git commit": (_git_commit() or "unknown")[:12],
+            "ID samples": ", ".join(f"{k} {v}" for k, v in counts.items())}
+
+
 def check_outputs_match_classes(net, bench: Benchmark) -> None:
     """ConfigError when the network's last layer has another number of outputs than the benchmark's classes."""
     fc = net.get_fc_layer() if callable(getattr(net, "get_fc_layer", None)) else None
@@ -145,7 +155,7 @@ class TestOODPipeline:
         if cfg.get("report", True):
             with ctx.timed("report"):
                 from ..reports import write_report
-                write_report(ctx.dir)
+                write_report(ctx.dir, report_facts(bench, store))
         run_dir = ctx.complete({"forward_passes": store.forward_passes, "cache_hits": store.cache.hits,
                                 "checkpoint": str(ckpt), "checkpoint_meta": ckpt_meta})
         ctx.log.info("results written to %s", run_dir)

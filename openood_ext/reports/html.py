@@ -7,6 +7,7 @@ JavaScript), so the run directory can be copied or zipped as a whole and the rep
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,6 +36,10 @@ def _img(run_dir: Path, path: Path, alt: str) -> str:
     return f"<img src=\"{html.escape(quote(path.relative_to(run_dir).as_posix()))}\" alt=\"{html.escape(alt)}\">"
 
 
+def _any_partial(metrics: pd.DataFrame) -> bool:
+    return "partial" in metrics and metrics.partial.astype(str).str.lower().eq("true").any()
+
+
 def _tables(metrics: pd.DataFrame) -> str:
     summary = {}
     for pp, rows in metrics.groupby("postprocessor", sort=False):
@@ -51,15 +56,34 @@ def _tables(metrics: pd.DataFrame) -> str:
     detail = (metrics[metrics.metric.isin(["accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood"])]
               .pivot_table(index=["postprocessor", "metric"], columns="dataset", values="value", sort=False) * 100
               ).round(2)
-    return ("<h2>Summary (%)</h2>" + summary.to_html(border=0, na_rep="")
-            + "<p class='note'>* mean over fewer OOD sets than the benchmark defines.</p>"
+    footnote = "<p class='note'>* mean over fewer OOD sets than the benchmark defines.</p>" if _any_partial(metrics) else ""
+    return ("<h2>Summary (%)</h2>" + summary.to_html(border=0, na_rep="") + footnote
             + "<h2>AUROC per OOD set (%)</h2>" + per_set.to_html(border=0, na_rep="")
             + "<h2>All metrics (%)</h2>" + detail.to_html(border=0, na_rep=""))
 
 
-def write_report(run_dir: str | Path) -> Path:
+def _postprocessor_table(summary: dict) -> str:
+    """Hyperparameters (APS choice included) and sample counts per postprocessor, from metrics.json."""
+    rows = []
+    for pp, entry in (summary.get("postprocessors") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in (entry.get("hyperparameters") or {}).items()) or "none"
+        search = entry.get("aps")
+        aps = (f"chosen {search.get('chosen')} of {len(search.get('trials', []))} (val AUROC "
+               f"{100 * search.get('auroc', float('nan')):.2f}%)") if isinstance(search, dict) else "no"
+        counts = ", ".join(f"{name} {s.get('n')}" for name, s in (entry.get("sets") or {}).items()
+                           if isinstance(s, dict) and s.get("n") is not None)
+        rows.append({"postprocessor": pp, "hyperparameters": params, "APS": aps, "OOD samples": counts})
+    if not rows:
+        return ""
+    return "<h2>Postprocessors</h2>" + pd.DataFrame(rows).to_html(border=0, index=False)
+
+
+def write_report(run_dir: str | Path, facts: dict | None = None) -> Path:
     """Write ``plots/roc_<pp>.png``, ``plots/hist_<pp>.png`` for every ``scores/<pp>.npz``, and ``report.html``.
 
+    ``facts``: extra ``label -> value`` lines for the header (checkpoint, date, git commit, ID samples ...).
     Returns the report's path. Raises DataError when the run directory has no readable metrics.csv.
     """
     run_dir = Path(run_dir)
@@ -87,18 +111,27 @@ def write_report(run_dir: str | Path) -> Path:
         sections.append(f"<h2>{html.escape(pp)}</h2><div class='row'>"
                         + _img(run_dir, roc, f"ROC curves of {pp}") + _img(run_dir, hist, f"confidence histograms of {pp}")
                         + "</div>")
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        summary = summary if isinstance(summary, dict) else {}
+    except (OSError, ValueError):
+        summary = {}
     facts = [("benchmark", (cfg.get("benchmark") or {}).get("name") if isinstance(cfg.get("benchmark"), dict) else None),
              ("network", (cfg.get("network") or {}).get("name") if isinstance(cfg.get("network"), dict) else None),
-             ("seed", cfg.get("seed"))]
+             ("seed", cfg.get("seed")), ("checkpoint", summary.get("checkpoint")), *(facts or {}).items()]
     facts_html = ", ".join(f"{k}: <b>{html.escape(str(v))}</b>" for k, v in facts if v is not None)
+    pending = run_dir.name.endswith(".partial")  # the pipeline writes run.json right after the report
+    links = " · ".join(f"<a href='{f}'>{f}</a>" for f in ("config.yaml", "metrics.csv", "metrics.json", "run.json",
+                                                             "log.txt")
+                       if (run_dir / f).is_file() or (pending and f == "run.json"))
     name = run_dir.name.removesuffix(".partial")  # written just before the run directory takes its final name
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>openood_ext report: {html.escape(name)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(name)}</h1><p>{facts_html}</p>"
+        f"<h1>{html.escape(name)}</h1><p>{facts_html}</p><p>{links}</p>"
         "<p class='note'>Metrics in percent; OOD is the positive class; fpr95 = OOD accepted when 95% of ID is kept; "
         "fpr95_openood = OpenOOD v1.5's variant (ID rejected when 95% of OOD is caught).</p>"
-        f"{_tables(metrics)}{''.join(sections)}</body></html>\n")
+        f"{_tables(metrics)}{_postprocessor_table(summary)}{''.join(sections)}</body></html>\n")
     out = run_dir / "report.html"
     write_text(out, page)
     return out

@@ -89,10 +89,12 @@ def histogram_plot(id_conf: np.ndarray, ood_confs: Mapping[str, np.ndarray], tit
     """Density histograms of ID test confidences (filled) and of each OOD set's (outlines), shared bins.
 
     The bin range covers the 0.5-99.5 percentiles of all confidences so that a few extreme scores do not
-    squash the rest; values outside it are not drawn.
+    squash the rest; values outside it are not drawn. When one bin towers over the rest (MSP piles most ID
+    samples at 1.0) the density axis is logarithmic, so the other bins stay readable. The legend sits
+    outside the axes, so it never covers a histogram.
     """
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    fig.subplots_adjust(left=0.11, right=0.98, top=0.9, bottom=0.15)
+    fig, ax = plt.subplots(figsize=(6.2, 3.4))
+    fig.subplots_adjust(left=0.1, right=0.72, top=0.9, bottom=0.15)
     id_conf = np.asarray(id_conf, float)
     everything = np.concatenate([id_conf, *[np.asarray(c, float) for c in ood_confs.values()]])
     lo, hi = np.percentile(everything, [0.5, 99.5])
@@ -104,8 +106,15 @@ def histogram_plot(id_conf: np.ndarray, ood_confs: Mapping[str, np.ndarray], tit
         tag = f" ({groups[name]})" if groups and groups.get(name) else ""
         ax.hist(np.asarray(conf, float), bins=edges, density=True, histtype="step", lw=1.3, label=f"{name}{tag}",
                 color=next(colors))
-    ax.set(xlabel="confidence (higher = more ID)", ylabel="density", title=title)
-    ax.legend(fontsize=7)
+    heights = np.concatenate([np.histogram(np.asarray(c, float), bins=edges, density=True)[0]
+                              for c in (id_conf, *ood_confs.values()) if len(c)])
+    positive = heights[heights > 0]
+    log_axis = positive.size > 0 and positive.max() > 20 * np.median(positive)
+    if log_axis:
+        ax.set_yscale("log")
+    ax.set(xlabel="confidence (higher = more ID)", ylabel="density (log scale)" if log_axis else "density",
+           title=title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     return _save(fig, path)
 
 
