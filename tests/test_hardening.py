@@ -121,3 +121,16 @@ def test_schema_keeps_integers_integers():
             POSTPROCESSORS.check({"name": "knn", "k": bad})
     assert POSTPROCESSORS.build({"name": "ebo", "temperature": 2}).temperature == 2  # an int is a fine float
     assert np.isclose(POSTPROCESSORS.build({"name": "react", "percentile": 95}).percentile, 95)
+
+
+def test_from_folder_takes_several_ood_folders_as_readme_shows(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for folder, n in (("my_images/a", 12), ("my_images/b", 12), ("junk", 4), ("other", 4)):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    assert cli_module.main(["data", "from-folder", "my_images/", "--name", "mydata", "--ood", "junk/", "other/"]) == 0
+    out = capsys.readouterr().out
+    assert "junk" in out and "other" in out

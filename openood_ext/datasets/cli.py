@@ -130,8 +130,10 @@ def cmd_from_folder(argv: Sequence[str]) -> int:
         description="A class-per-folder tree (ID) plus folders of OOD images -> image lists + benchmark config.")
     parser.add_argument("directory", type=Path, help="ID images as <directory>/<class>/<image>")
     parser.add_argument("--name", required=True, help="benchmark name (config and image-list folder)")
-    parser.add_argument("--ood", action="append", default=[], metavar="[NAME=]DIR", help="far-OOD folder")
-    parser.add_argument("--near", action="append", default=[], metavar="[NAME=]DIR", help="near-OOD folder")
+    parser.add_argument("--ood", action="extend", nargs="+", default=[], metavar="[NAME=]DIR",
+                        help="far-OOD folder(s): --ood junk/ other/ or --ood junk/ --ood other/")
+    parser.add_argument("--near", action="extend", nargs="+", default=[], metavar="[NAME=]DIR",
+                        help="near-OOD folder(s)")
     parser.add_argument("--ood-val", default=None, metavar="DIR", help="OOD folder for parameter search")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2)
