@@ -173,3 +173,19 @@ def test_hsc_and_ae_scores_and_heatmaps():
     fc.setup(NETWORKS.build({"name": "fcdd_cnn28"}), _ctx())
     s, h = fc.anomaly_scores(x)
     assert s.shape == (3,) and h.shape == (3, 28, 28) and (h >= 0).all()
+
+
+@pytest.mark.parametrize("rf", [ReceptiveField(7, 16, 4, 1.5, 28), ReceptiveField(8, 22, 4, 1.5, 32),
+                                ReceptiveField(28, 62, 8, 3.5, 224), ReceptiveField(7, 15, 4, 1.0, 28)])
+def test_separable_upsampling_equals_fcdds_2d_transposed_convolution(rf):
+    """The spec's formula, literally: conv_transpose2d with the 2-D kernel, output padding, int(s) crop."""
+    import torch.nn.functional as F
+    x = torch.rand(3, 1, rf.n, rf.n)
+    k = gkern(rf.r, 1.2).view(1, 1, rf.r, rf.r)
+    op = rf.img_size - (rf.n - 1) * rf.j - 1 - (1 if rf.r % 2 == 0 else 0)
+    ref = F.conv_transpose2d(x, k, stride=rf.j, output_padding=op)
+    pad, s = (rf.r - 1) // 2, int(rf.s)
+    ref = ref[..., pad - s:-pad - s, pad - s:-pad - s]
+    got = receptive_upsample(x, rf, 1.2)
+    assert got.shape == ref.shape == (3, 1, rf.img_size, rf.img_size)
+    assert torch.allclose(got, ref, atol=1e-6)

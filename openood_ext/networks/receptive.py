@@ -72,16 +72,20 @@ def check_field_fits(rf: ReceptiveField) -> None:
                           f"use a larger network.image_size or a smaller network")
 
 
-def gkern(k: int, std: float) -> torch.Tensor:
-    """FCDD's kernel [k, k]: outer product of ``gaussian(k, std)`` (peak 1, *not* normalised). For even k,
-    ``gaussian(k - 1)`` with its centre value duplicated, all divided by 2 (2-D peak 0.25)."""
+def gkern1d(k: int, std: float) -> np.ndarray:
+    """The 1-D profile of :func:`gkern` ([k], float64)."""
     if k < 1:
         raise ValueError(f"gkern: kernel size must be >= 1, got {k}")
     if k % 2 == 0:
         g = gaussian(k - 1, std)
-        g = np.insert(g, (k - 1) // 2, g[(k - 1) // 2]) / 2
-    else:
-        g = gaussian(k, std)
+        return np.insert(g, (k - 1) // 2, g[(k - 1) // 2]) / 2
+    return gaussian(k, std)
+
+
+def gkern(k: int, std: float) -> torch.Tensor:
+    """FCDD's kernel [k, k]: outer product of ``gaussian(k, std)`` (peak 1, *not* normalised). For even k,
+    ``gaussian(k - 1)`` with its centre value duplicated, all divided by 2 (2-D peak 0.25)."""
+    g = gkern1d(k, std)
     return torch.from_numpy(np.outer(g, g)).float()
 
 
@@ -102,13 +106,24 @@ def receptive_upsample(maps: torch.Tensor, rf: ReceptiveField, std: float | None
     if x.shape[-1] != rf.n or x.shape[-2] != rf.n:
         raise ValueError(f"receptive_upsample: maps of size {tuple(x.shape[-2:])}, network gives {rf.n}x{rf.n}")
     std = kernel_size_to_std(rf.r) if std is None else float(std)
-    kernel = gkern(rf.r, std).to(x.device).view(1, 1, rf.r, rf.r)
+    g = torch.from_numpy(gkern1d(rf.r, std)).float().to(x.device)
     out_pad = rf.img_size - (rf.n - 1) * rf.j - 1 - (1 if rf.r % 2 == 0 else 0)
-    if 0 <= out_pad < rf.j:
-        up = F.conv_transpose2d(x, kernel, stride=rf.j, output_padding=out_pad)
-    else:  # torch needs output_padding < stride: pad (or cut) the plain result instead, same geometry
-        up = F.conv_transpose2d(x, kernel, stride=rf.j)
-        up = F.pad(up, (0, out_pad, 0, out_pad))
+    # The kernel is separable (outer product), so the 2-D transposed convolution is done as two 1-D ones
+    # (same result up to float rounding, r times fewer operations).
+    up = _transposed_1d(x, g.view(1, 1, 1, -1), rf.j, out_pad, dim=3)
+    up = _transposed_1d(up, g.view(1, 1, -1, 1), rf.j, out_pad, dim=2)
     pad, s = (rf.r - 1) // 2, int(rf.s)
-    lo, hi = pad - s, up.shape[-1] - pad - s
-    return up[..., lo:hi, lo:hi]
+    lo = pad - s
+    hi_h, hi_w = up.shape[-2] - pad - s, up.shape[-1] - pad - s
+    return up[..., lo:hi_h, lo:hi_w]
+
+
+def _transposed_1d(x: torch.Tensor, kernel: torch.Tensor, stride: int, out_pad: int, dim: int) -> torch.Tensor:
+    """conv_transpose2d along one axis (``dim`` 2 = height, 3 = width) with FCDD's output padding."""
+    st = (stride, 1) if dim == 2 else (1, stride)
+    if 0 <= out_pad < stride:
+        op = (out_pad, 0) if dim == 2 else (0, out_pad)
+        return F.conv_transpose2d(x, kernel, stride=st, output_padding=op)
+    # torch needs output_padding < stride: pad (or cut) the plain result instead, same geometry
+    up = F.conv_transpose2d(x, kernel, stride=st)
+    return F.pad(up, (0, 0, 0, out_pad) if dim == 2 else (0, out_pad, 0, 0))
