@@ -368,3 +368,49 @@ def test_image_list_with_bom_and_crlf(tmp_path):
     path = tmp_path / "list.txt"
     path.write_bytes("\ufeffa/b.png 0\r\nc d.png 1\r\n\r\n".encode("utf-8"))
     assert [(e.path, e.label, e.line) for e in read_imglist(path)] == [("a/b.png", 0, 1), ("c d.png", 1, 2)]
+
+
+# ------------------------------------------------------------------------------------------ data prepare
+def prepare_cli(capsys, *args):
+    code = cli_module.main(["data", "prepare", *args])
+    err = capsys.readouterr().err
+    return code, [ln for ln in err.splitlines() if ln.startswith("openood-ext")], err
+
+
+def test_interrupted_extraction_is_not_reported_complete(tmp_path, capsys):
+    from test_data_prepare import cifar_like_tars
+    from openood_ext.datasets import prepare as prep
+    train, test = cifar_like_tars(tmp_path)
+    root = tmp_path / "data"
+    prep.extract_image_archive(train, root / prep.IMAGE_DIR, limit=17)  # stands for a SIGTERM mid-copy
+    code, lines, err = prepare_cli(capsys, "cifar10", "--root", str(root), "--from", str(test))
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "extracting c10_train.tar was interrupted" in lines[0] and f"--from {train}" in lines[0]
+    assert not (root / "benchmark_imglist" / "cifar10" / "train_cifar10.txt").exists()
+    assert "download" not in err.lower()  # --from given: nothing else is fetched
+    code, lines, err = prepare_cli(capsys, "cifar10", "--root", str(root), "--from", str(train), "--from", str(test))
+    assert code == 0, err  # rerunning with the archive completes it
+
+
+def test_known_set_sizes_catch_an_incomplete_copy():
+    from openood_ext.datasets.prepare import check_class_counts
+    from openood_ext.errors import DataError
+    full = [(f"x{i}", c) for c in range(10) for i in range(5000 if c < 9 else 2646)]
+    with pytest.raises(DataError, match="class 9 has 2646 of 5000 images .47646 of 50000 in all."):
+        check_class_counts("cifar10/train", full)
+    check_class_counts("cifar10/train", [(f"x{i}", c) for c in range(10) for i in range(3)])  # a sample: fine
+
+
+def test_sigterm_during_prepare_says_what_was_done_and_how_to_continue(tmp_path, capsys, monkeypatch):
+    import signal
+    from openood_ext.datasets import prepare as prep
+    from openood_ext.utils.interrupts import RunInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise RunInterrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(prep, "prepare", interrupted)
+    code = cli_module.main(["data", "prepare", "cifar10", "--root", str(tmp_path), "--from", "x.tar"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1 and "interrupted by SIGTERM" in err[0]
+    assert "run the same command again: openood-ext data prepare cifar10 --root" in err[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -66,8 +67,19 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     from ..utils.runtime import setup_logging
     setup_logging()
     root = args.root or default_root()
-    report = prepare(args.benchmark, root, args.sources, allow_download=not (args.no_download or args.sources),
-                     imglist_dir=args.imglist_dir, timeout=args.timeout)
+    from ..utils.interrupts import RunInterrupted, graceful_interrupts
+    from .prepare import IMAGE_DIR, unfinished_extractions
+    try:
+        with graceful_interrupts():
+            report = prepare(args.benchmark, root, args.sources,
+                             allow_download=not (args.no_download or args.sources),
+                             imglist_dir=args.imglist_dir, timeout=args.timeout)
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        unfinished = ", ".join(unfinished_extractions(root / IMAGE_DIR)) or "nothing"
+        print(f"openood-ext data prepare: {exc or 'interrupted'}; finished files are kept under {root} "
+              f"(unfinished: {unfinished}); to continue, run the same command again: openood-ext data prepare "
+              f"{' '.join(argv)}", file=sys.stderr)
+        return 130
     for set_name, n in report.ingested.items():
         print(f"{set_name}: {n} images under {root / 'images_classic' / set_name}")
     for fname, n in report.lists.items():

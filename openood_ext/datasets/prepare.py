@@ -52,6 +52,48 @@ IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 HOLDOUT_SEED = 0
 MARKER_DIR = ".prepared"
+JOURNAL = ".extracting.json"  # under images_classic: archives whose extraction started and has not finished
+#: Images per class of the published sets. A class with fewer images next to one with the full count is an
+#: incomplete copy (an interrupted prepare); smaller subsets with no full class (tests, samples) pass.
+KNOWN_PER_CLASS = {"cifar10/train": 5000, "cifar10/test": 1000, "cifar100/train": 500, "cifar100/test": 100}
+
+
+def journal_path(images_root: Path) -> Path:
+    return images_root / JOURNAL
+
+
+def unfinished_extractions(images_root: Path) -> dict[str, dict]:
+    """Archive name -> {path, sets so far} of extractions that started and never finished."""
+    try:
+        data = json.loads(journal_path(images_root).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _journal(images_root: Path, archive: Path, done: bool) -> None:
+    entries = unfinished_extractions(images_root)
+    if done:
+        entries.pop(archive.name, None)
+    else:
+        entries[archive.name] = {"path": str(archive.resolve()), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if entries:
+        write_json(journal_path(images_root), entries)
+    elif journal_path(images_root).exists():
+        journal_path(images_root).unlink()
+
+
+def check_class_counts(rel: str, entries: list[tuple[str, int]] | None) -> None:
+    """DataError when ``rel``'s per-class counts show an incomplete copy of a set of known size."""
+    expected = KNOWN_PER_CLASS.get(rel)
+    if expected is None or not entries:
+        return
+    counts = np.bincount([label for _, label in entries])
+    if (counts == expected).any() and (counts < expected).any():
+        short = int(np.argmin(counts))
+        raise DataError(f"{rel}: class {short} has {counts[short]} of {expected} images ({len(entries)} of "
+                        f"{expected * len(counts)} in all): an incomplete copy, e.g. an interrupted prepare; "
+                        f"rerun with --from the {rel.split('/')[0]} archive to complete it")
 
 
 # ============================================================================================ helpers
@@ -122,6 +164,7 @@ def extract_image_archive(archive: Path, images_root: Path, limit: int | None = 
         counts[top] = counts.get(top, 0) + 1
 
     label = desc or archive.name
+    _journal(images_root, archive, done=False)
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -147,6 +190,8 @@ def extract_image_archive(archive: Path, images_root: Path, limit: int | None = 
         raise DataError(f"{archive}: cannot read the archive ({exc})") from None
     if not counts:
         raise DataError(f"{archive}: no image files in the archive (expected <set>/<split>/<class>/<file>)")
+    if limit is None:
+        _journal(images_root, archive, done=True)  # a limited (partial) extraction stays unfinished
     return counts
 
 
@@ -425,16 +470,22 @@ class ListSpec:
     parts: tuple[str, ...] = ()  # sub-directories of the set the list reads (train/test)
 
 
+def _checked_tree(root: Path, rel: str, classes):
+    entries = class_tree(root, rel, classes)
+    check_class_counts(rel, entries)
+    return entries
+
+
 def _cifar_id(set_name: str, classes, per_class_val: int):
     def train(root):
-        return class_tree(root, f"{set_name}/train", classes)
+        return _checked_tree(root, f"{set_name}/train", classes)
 
     def val(root):
-        entries = class_tree(root, f"{set_name}/test", classes)
+        entries = _checked_tree(root, f"{set_name}/test", classes)
         return None if entries is None else holdout(entries, per_class=per_class_val)[0]
 
     def test(root):
-        entries = class_tree(root, f"{set_name}/test", classes)
+        entries = _checked_tree(root, f"{set_name}/test", classes)
         return None if entries is None else holdout(entries, per_class=per_class_val)[1]
     return train, val, test
 
@@ -649,6 +700,11 @@ def prepare(benchmark: str, root: str | os.PathLike, sources: Iterable[str | os.
                 counts = ingest(paths[0], root, benchmark)
             report.ingested.update(counts)
 
+    unfinished = unfinished_extractions(images_root)
+    if unfinished:
+        name, info = next(iter(unfinished.items()))
+        raise DataError(f"cannot prepare {benchmark}: extracting {name} was interrupted (started {info.get('started')}), "
+                        f"so its images under {images_root} are incomplete; rerun with --from {info.get('path')}")
     report.lists = write_imglists(benchmark, root, list_dir)
     required_missing = []
     for spec in specs:
