@@ -189,3 +189,15 @@ def test_separable_upsampling_equals_fcdds_2d_transposed_convolution(rf):
     got = receptive_upsample(x, rf, 1.2)
     assert got.shape == ref.shape == (3, 1, rf.img_size, rf.img_size)
     assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_local_contrast_normalisation():
+    from openood_ext.networks.fcdd import local_contrast_normalization as lcn
+    x = torch.rand(3, 1, 28, 28)
+    y = lcn(x, "l1")
+    assert torch.allclose(y.flatten(1).mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y.flatten(1).abs().mean(1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(lcn(0.5 * x - 2, "l1"), y, atol=1e-4)  # invariant to the benchmark's normalisation
+    assert torch.isfinite(lcn(torch.ones(1, 1, 4, 4))).all()
+    with pytest.raises(ConfigError, match="network.lcn"):
+        NETWORKS.build({"name": "fcdd_cnn28", "lcn": "l3"})

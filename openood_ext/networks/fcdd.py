@@ -11,7 +11,13 @@ pseudo-Huber map A = sqrt(phi^2 + 1) - 1 upsampled to the input ([B, H, W], high
 | fcdd_cnn32 | conv3(C->128)-BN-LReLU-pool2; conv3(->256)-BN-LReLU; conv3(->256)-BN-LReLU-pool2; conv3(->128); conv1x1 | 8x8 | 22/4/1.5 |
 | fcdd_vgg11_224 | VGG-11-BN ``features[:21]`` (6 convs), conv1x1(512->1) | 28x28 | 62/8/3.5 |
 
-BatchNorm eps 1e-4 and ``affine = bias`` in the small nets (as FCDD). The VGG net loads torchvision's
+BatchNorm eps 1e-4 and ``affine = bias`` in the small nets (as FCDD).
+
+FCDD's ``lcnaug1`` preprocessing (F-MNIST, MVTec) is local contrast normalisation (LCN) followed by a
+min-max scaling with per-class constants. Here ``lcn: l1`` applies LCN as the network's first operation
+(it is invariant to the benchmark's mean/std normalisation); the per-class min-max is an affine map of
+the input that the BatchNorm after the first convolution absorbs, so it is left out (a deviation in
+parametrisation, not in the function class). The VGG net loads torchvision's
 ImageNet ``vgg11_bn`` weights when ``pretrained`` (FCDD's ``_VGG``; ConfigError when they cannot be
 loaded, e.g. offline), freezes ``features[:15]`` (the first four convs) with ``freeze: true``
 (``_VGG_F``, MVTec; BN statistics still update in train mode), and is random with
@@ -27,6 +33,19 @@ from torch import nn
 from ..errors import ConfigError
 from .receptive import ReceptiveField, check_field_fits, receptive_field, receptive_upsample
 from .registry import NETWORKS
+
+
+def local_contrast_normalization(x: torch.Tensor, scale: str = "l1", eps: float = 1e-8) -> torch.Tensor:
+    """FCDD's LCN per sample over all channels and pixels: x - mean(x), divided by mean |.| (``l1``) or
+    sqrt(sum (.)^2) / #features (``l2``). Invariant to a positive affine change of the input, so it gives the
+    same result on normalised inputs as on raw pixels. ``eps`` guards constant images (FCDD has none)."""
+    flat = x.flatten(1)
+    centred = flat - flat.mean(1, keepdim=True)
+    if scale == "l1":
+        norm = centred.abs().mean(1, keepdim=True)
+    else:
+        norm = centred.pow(2).sum(1, keepdim=True).sqrt() / flat.shape[1]
+    return (centred / norm.clamp(min=eps)).view_as(x)
 
 
 def _block(cin: int, cout: int, k: int, bias: bool, bn: bool = True, act: bool = True) -> list[nn.Module]:
@@ -60,8 +79,12 @@ class FCDDNet(nn.Module):
 
     fcdd_map = True
 
-    def __init__(self, features: nn.Sequential, channels: int, image_size: int, bias: bool, gauss_std: float | None):
+    def __init__(self, features: nn.Sequential, channels: int, image_size: int, bias: bool, gauss_std: float | None,
+                 lcn: str | None = None):
         super().__init__()
+        if lcn not in (None, "l1", "l2"):
+            raise ConfigError(f"network.lcn: expected null, l1 or l2, got {lcn!r}")
+        self.lcn = lcn
         self.features = features
         self.conv_final = nn.Conv2d(channels, 1, 1, bias=bias)
         self.image_size, self.gauss_std = int(image_size), gauss_std
@@ -72,6 +95,8 @@ class FCDDNet(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"{type(self).__name__}: expected {self.image_size}x{self.image_size} inputs, "
                              f"got {tuple(x.shape[-2:])}")
+        if self.lcn:
+            x = local_contrast_normalization(x, self.lcn)
         return self.conv_final(self.features(x))
 
     @staticmethod
@@ -92,14 +117,16 @@ class FCDDNet(nn.Module):
 
 @NETWORKS.register("fcdd_cnn28", aliases=["FCDD_CNN28_W"])
 class FCDDCNN28(FCDDNet):
-    def __init__(self, in_channels: int = 1, image_size: int = 28, bias: bool = True, gauss_std: float | None = 1.2):
-        super().__init__(cnn28_features(in_channels, bias), 128, image_size, bias, gauss_std)
+    def __init__(self, in_channels: int = 1, image_size: int = 28, bias: bool = True, gauss_std: float | None = 1.2,
+                 lcn: str | None = None):
+        super().__init__(cnn28_features(in_channels, bias), 128, image_size, bias, gauss_std, lcn)
 
 
 @NETWORKS.register("fcdd_cnn32", aliases=["FCDD_CNN32_LW3K"])
 class FCDDCNN32(FCDDNet):
-    def __init__(self, in_channels: int = 3, image_size: int = 32, bias: bool = True, gauss_std: float | None = 1.2):
-        super().__init__(cnn32_features(in_channels, bias), 128, image_size, bias, gauss_std)
+    def __init__(self, in_channels: int = 3, image_size: int = 32, bias: bool = True, gauss_std: float | None = 1.2,
+                 lcn: str | None = None):
+        super().__init__(cnn32_features(in_channels, bias), 128, image_size, bias, gauss_std, lcn)
 
 
 def vgg11_bn_front(pretrained: bool) -> nn.Sequential:
@@ -122,11 +149,11 @@ class FCDDVGG224(FCDDNet):
     """``pretrained`` (ImageNet weights, FCDD's default), ``freeze`` (first four convs frozen: ``_VGG_F``)."""
 
     def __init__(self, in_channels: int = 3, image_size: int = 224, pretrained: bool = True, freeze: bool = False,
-                 bias: bool = True, gauss_std: float | None = 12.0):
+                 bias: bool = True, gauss_std: float | None = 12.0, lcn: str | None = None):
         if in_channels != 3:
             raise ConfigError(f"network.in_channels: the VGG-11 net takes 3 channels, got {in_channels}")
         features = vgg11_bn_front(bool(pretrained))
-        super().__init__(features, 512, image_size, bias, gauss_std)
+        super().__init__(features, 512, image_size, bias, gauss_std, lcn)
         self.frozen = bool(freeze)
         if self.frozen:
             for p in self.features[:15].parameters():
