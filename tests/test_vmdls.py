@@ -252,3 +252,32 @@ def test_threshold_and_open_set_f1_by_hand():
     from sklearn.metrics import f1_score
     assert res["f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert res["tpr"] == pytest.approx(0.95)
+
+
+# ---------------------------------------------------------------- engine integration
+def test_trainer_runs_in_the_engine_and_resumes_class_means(tmp_path):
+    from openood_ext.trainers import Engine, split_trainer_config
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(36, 1, 8, 8), torch.arange(36) % 3
+    spec = {"name": "vmdls", "epochs": 2, "optimizer": {"name": "adam", "lr": 1e-3},
+            "scheduler": "constant", "batch_classes": 3, "sample_count": 4}
+
+    def run(epochs, resume):
+        settings, method = split_trainer_config({**spec, "epochs": epochs})
+        method.pop("name")
+        trainer = TRAINERS.get("vmdls")(**method)
+        net = NETWORKS.build({"name": "vmdls", "num_classes": 3, "image_size": 8, "latent_dim": 4})
+        sampler = trainer.batch_sampler(labels, 12, 0)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_sampler=sampler)
+        engine = Engine(trainer, net, loader, settings, num_classes=3, state_path=tmp_path / "last.pt")
+        hist = engine.fit(resume=resume)
+        return net, trainer, hist
+
+    net, trainer, hist = run(2, False)
+    assert len(hist) == 2 and hist[1]["neg_margin"] == pytest.approx(2.15) and "kl" in hist[0]
+    assert torch.allclose(net.class_means, trainer.stats.means) and net.class_means.abs().sum() > 0
+    blob = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert "vmdls_class_means" in blob["states"]
+    net2, trainer2, _ = run(2, True)            # nothing left to train: state restored as saved
+    assert torch.equal(trainer2.stats.means, trainer.stats.means)

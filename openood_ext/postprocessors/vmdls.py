@@ -167,6 +167,7 @@ class VMDLSPostprocessor(Postprocessor):
         self.classes = self.means = self.chol = None
         self.net = self.device = self.loaders = None
         self._ae = None
+        self._last_pred = None
 
     # ------------------------------------------------------------------ network side
     def _check_net(self):
@@ -272,7 +273,7 @@ class VMDLSPostprocessor(Postprocessor):
         if len(lp) == 0:
             return np.zeros(0)
         best = lp.max(1).values.numpy()
-        self.last_predictions = self.classes[lp.argmax(1)].numpy()
+        self._last_pred = self.classes[lp.argmax(1)].numpy()
         if recon is None:
             return best  # M is a constant here: max_c lp_c - M ranks like max_c lp_c
         return vmdls_scores(best, recon.numpy(), shift=self.m_fit, recon_max=self.r_fit_max)
@@ -288,6 +289,14 @@ class VMDLSPostprocessor(Postprocessor):
             return {n: vmdls_scores(b, shift=m) for n, b in best.items()}
         rmax = float(np.concatenate(list(recon.values())).max())
         return {n: vmdls_scores(best[n], recon[n], shift=m, recon_max=rmax) for n in best}
+
+    def predict(self, outputs) -> np.ndarray:
+        """argmax_c lp_c of the split just scored by :meth:`score_loader` (the pipeline calls ``predict``
+        right after it for the same split); otherwise the network's nearest-class-mean argmax."""
+        pred, self._last_pred = self._last_pred, None
+        if pred is not None and len(pred) == len(outputs):
+            return pred
+        return super().predict(outputs)
 
     def score(self, outputs):
         raise ConfigError("postprocessor vmdls scores from images (needs_network); it cannot score cached outputs")
