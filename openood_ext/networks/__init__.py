@@ -1,7 +1,7 @@
 """Networks. Every classifier supports ``net(x, return_feature=True) -> (logits, features)``."""
 
 from .registry import NETWORKS
-from . import fcdd, resnet, small_cnn  # noqa: F401  (registration)
+from . import fcdd, npos_net, resnet, small_cnn  # noqa: F401  (registration)
 from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
 
 __all__ = ["NETWORKS"]

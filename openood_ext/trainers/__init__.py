@@ -8,7 +8,7 @@ from .registry import TRAINERS
 from .trainer import Batch, TrainContext, Trainer, as_trainer
 from .engine import Engine, EngineSettings, TrainingError, split_trainer_config
 from .plan import TrainingPlan, plan_training, validate_trainer_config
-from . import ae, base, energy_oe, fcdd, hsc, logitnorm, oe  # noqa: F401  (registration)
+from . import ae, base, energy_oe, fcdd, hsc, logitnorm, npos, oe  # noqa: F401  (registration)
 from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
 
 __all__ = ["TRAINERS", "Trainer", "Batch", "TrainContext", "Engine", "EngineSettings", "TrainingError",
