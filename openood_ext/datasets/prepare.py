@@ -164,6 +164,7 @@ def extract_image_archive(archive: Path, images_root: Path, limit: int | None = 
         counts[top] = counts.get(top, 0) + 1
 
     label = desc or archive.name
+    get_logger().info("extracting %s (%.0f MB) into %s ...", archive, archive.stat().st_size / 1e6, images_root)
     _journal(images_root, archive, done=False)
     try:
         if zipfile.is_zipfile(archive):

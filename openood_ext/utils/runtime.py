@@ -67,7 +67,49 @@ def log_to_file(text: str) -> None:
     get_logger().info("%s", text, extra={"file_only": True})
 
 
+PROGRESS_LOG_EVERY_S = 15.0
+
+
 def progress(iterable, desc: str, total: int | None = None):
-    """tqdm progress bar on stderr, silent when stderr is not a terminal."""
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
+    """tqdm progress bar on stderr; when stderr is not a terminal (logs, CI), a log line every
+    ``PROGRESS_LOG_EVERY_S`` seconds for loops that run that long, so long steps never look stuck."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        return tqdm(iterable, desc=desc, total=total, leave=False)
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    return _LoggedProgress(iterable, desc, total)
+
+
+class _LoggedProgress:
+    """Iterates like tqdm (``set_postfix``/``set_description``/``close`` accepted) and logs now and then."""
+
+    def __init__(self, iterable, desc: str, total: int | None):
+        self.iterable, self.desc, self.total, self.postfix = iterable, desc, total, ""
+
+    def set_postfix(self, values=None, **kwargs):
+        values = {**(values or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_description(self, desc: str, *_, **__):
+        self.desc = desc
+
+    def close(self):
+        pass
+
+    def __len__(self):
+        return len(self.iterable)
+
+    def __iter__(self):
+        import time
+        start = last = time.monotonic()
+        done = 0
+        for item in self.iterable:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= PROGRESS_LOG_EVERY_S:
+                last = now
+                of = f"/{self.total}" if self.total else ""
+                extra = f", {self.postfix}" if self.postfix else ""
+                get_logger().info("%s: %d%s done (%.0f s%s)", self.desc, done, of, now - start, extra)
