@@ -113,6 +113,7 @@ class PixelEvaluator:
         for sl in chunks:
             h, m = chunk(sl)
             vals = h[~m.astype(bool)] if small_is_pos else h[m.astype(bool)]
+            vals.sort()  # sorted queries make searchsorted cache-friendly (~5x faster); the sums do not change
             left = np.searchsorted(small, vals, side="left")
             right = np.searchsorted(small, vals, side="right")
             ties += int((right - left).sum())
