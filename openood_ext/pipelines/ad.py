@@ -282,6 +282,9 @@ class ADPipeline:
         first = cell_benchmark(cfg, settings, settings.classes[0])  # data and trainer problems: no run directory
         plan_training(to_plain(cfg.trainer), first, seed=settings.seeds[0], device=device,
                       num_workers=int(cfg.get("num_workers", 0)))
+        net_spec = to_plain(cfg.network)
+        net_spec.pop("checkpoint", None)
+        NETWORKS.build(net_spec)  # e.g. a receptive field larger than the input: no run directory either
         with RunContext(cfg) as ctx:
             if settings.note:
                 ctx.log.info("note: %s", settings.note)
