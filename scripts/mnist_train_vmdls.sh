@@ -20,8 +20,27 @@ OUT="${OUT:-results}"
 
 if [[ "${PAPER:-0}" == "1" ]]; then
   : "${BENCH:?set BENCH to a multi-class MNIST benchmark config with OOD sets}"
-  "$PY" main.py --config configs/pipelines/test_ood_vmdls_digits.yml "_base_=[$BENCH,configs/networks/vmdls_mnist_conv.yml,configs/trainers/vmdls_mnist.yml]" \
-    seed="$SEED" output_dir="$OUT" "${@}"
+  mkdir -p "$OUT"
+  cfg="$OUT/vmdls_mnist_paper.yml"
+  cat > "$cfg" <<YAML
+_base_:
+  - $(realpath "$BENCH")
+  - $(realpath configs/networks/vmdls_mnist_conv.yml)
+  - $(realpath configs/trainers/vmdls_mnist.yml)
+pipeline: test_ood
+experiment: \${benchmark.name}_vmdls_paper_s\${seed}
+seed: $SEED
+device: auto
+output_dir: $OUT
+cache_dir: cache
+batch_size: 400
+num_workers: 2
+plugins: []
+train_if_missing: true
+evaluator: ood
+postprocessors: [vmdls]
+YAML
+  "$PY" main.py --config "$cfg" "$@"
   exit 0
 fi
 

@@ -281,3 +281,18 @@ def test_trainer_runs_in_the_engine_and_resumes_class_means(tmp_path):
     assert "vmdls_class_means" in blob["states"]
     net2, trainer2, _ = run(2, True)            # nothing left to train: state restored as saved
     assert torch.equal(trainer2.stats.means, trainer.stats.means)
+
+
+def test_autoencoders_reconstruct_input_shape_and_train_step():
+    from openood_ext.trainers import Batch
+    for spec, x in (({"name": "ae_mnist_conv", "image_size": 28}, torch.randn(2, 1, 28, 28)),
+                    ({"name": "ae_mnist_conv", "image_size": 8}, torch.randn(2, 1, 8, 8)),
+                    ({"name": "ae_resnet18_32x32", "width": 8}, torch.randn(2, 3, 32, 32))):
+        ae = NETWORKS.build(spec)
+        assert ae.reconstruct(x).shape == x.shape
+        logits, code = ae(x, return_feature=True)
+        assert logits.shape == (2, 1) and (logits <= 0).all()
+    trainer = TRAINERS.get("autoencoder")()
+    trainer.setup(ae, None)
+    out = trainer.training_step(Batch(x, torch.zeros(2, dtype=torch.long), None, 0, 0, 0))
+    assert torch.allclose(out["loss"], ((ae.reconstruct(x) - x) ** 2).mean())

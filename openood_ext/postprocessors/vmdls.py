@@ -193,6 +193,11 @@ class VMDLSPostprocessor(Postprocessor):
             self._ae = ae.to(self.device or "cpu").eval().requires_grad_(False)
         return self._ae
 
+    @staticmethod
+    def _reconstruct(ae, images):
+        fn = getattr(ae, "reconstruct", None)
+        return fn(images) if callable(fn) else ae(images)
+
     @torch.no_grad()
     def _features(self, loader, desc: str):
         """(ensemble features float64 [N, D], labels [N], recon r [N] or None)."""
@@ -204,7 +209,7 @@ class VMDLSPostprocessor(Postprocessor):
             feats.append(f.double().cpu())
             labels.append(y)
             if ae is not None:
-                a, b = self.net.first_layer(images), self.net.first_layer(ae(images))
+                a, b = self.net.first_layer(images), self.net.first_layer(self._reconstruct(ae, images))
                 recon.append((a - b).pow(2).mean(1).double().cpu())
         if not feats:
             return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), None
@@ -226,7 +231,7 @@ class VMDLSPostprocessor(Postprocessor):
                                       "(NaN latent or encoder output; the network diverged)")
                 stats.add(f, y)
                 if ae is not None:
-                    a, b = self.net.first_layer(images), self.net.first_layer(ae(images))
+                    a, b = self.net.first_layer(images), self.net.first_layer(self._reconstruct(ae, images))
                     recon_max = max(recon_max, float((a - b).pow(2).mean(1).max()))
         if stats is None:
             raise ConfigError("vmdls: the ID training split yielded no images to fit on")

@@ -147,3 +147,5 @@ class VMDLSTrainer(Trainer):
             with torch.no_grad():
                 buf.copy_(self.stats.means.to(buf.device, buf.dtype))
         record["neg_margin"] = self.neg_margin
+
+from . import autoencoder as _autoencoder  # noqa: E402,F401  (registration: the AE trainer for VMDLS)
