@@ -145,7 +145,8 @@ def check_network(cfg: DictConfig, bench) -> None:
     spec.pop("checkpoint", None)
     _, kwargs = NETWORKS.check(spec)
     classes = kwargs.get("num_classes")
-    if bench is not None and classes is not None and classes != bench.num_classes:
+    one_vs_rest = hasattr(bench, "normal")  # its config's num_classes counts the source set's classes
+    if bench is not None and not one_vs_rest and classes is not None and classes != bench.num_classes:
         raise ConfigError(f"network.num_classes ({classes}) differs from benchmark.num_classes "
                           f"({bench.num_classes}); the network must have one output per class")
 

@@ -83,7 +83,7 @@ benchmark:
     near: {{noise: test_noise.txt, elsewhere: test_elsewhere.txt}}
     far: {{flat: test_flat.txt, unlisted: test_unlisted.txt}}
 network: {{name: digits_cnn, num_classes: 2, in_channels: 1, width: 8, checkpoint: {root / 'net.pt'}}}
-trainer: {{name: base, epochs: 3, lr: 0.05, batch_size: 16}}
+trainer: {{name: base, epochs: 3, batch_size: 16, optimizer: {{name: sgd, lr: 0.05}}}}
 """)
     return config
 

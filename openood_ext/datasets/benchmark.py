@@ -170,7 +170,8 @@ class Benchmark:
     def dataset(self, split: Split, train: bool = False) -> ImglistDataset:
         return ImglistDataset(split.imglist, self.image_root_of(split), build_transform(self.preprocessor, train),
                               mode=image_mode(self.preprocessor), on_bad_image=self.on_bad_image,
-                              label_override=-1 if split.is_ood else None)
+                              label_override=-1 if split.is_ood else None,
+                              num_classes=None if split.is_ood else self.num_classes)
 
     def loader(self, split: Split, batch_size: int = 128, num_workers: int = 0, train: bool = False,
                seed: int = 0) -> torch.utils.data.DataLoader:

@@ -65,16 +65,17 @@ class ImglistDataset(torch.utils.data.Dataset):
         on_bad_image: ``error`` (raise DataError naming the file and list line) or ``skip`` (the item is
             returned as None and dropped by :func:`collate_skipping`, which counts it).
         label_override: if given, every item gets this label (e.g. -1 for OOD sets).
+        num_classes: if given, a label outside ``0 .. num_classes - 1`` is a DataError naming file:line.
     Items are ``(image_tensor, label)``.
     """
 
     def __init__(self, imglist: str | os.PathLike, data_root: str | os.PathLike,
                  transform: Callable, mode: str = "RGB", on_bad_image: str = "error",
-                 label_override: int | None = None):
+                 label_override: int | None = None, num_classes: int | None = None):
         if on_bad_image not in ("error", "skip"):
             raise DataError(f"dataset.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         self.imglist, self.data_root = Path(imglist), Path(data_root)
-        self.entries = read_imglist(self.imglist)
+        self.entries = read_imglist(self.imglist, num_classes)
         self.transform, self.mode = transform, mode
         self.on_bad_image, self.label_override = on_bad_image, label_override
 
