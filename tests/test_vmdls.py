@@ -296,3 +296,24 @@ def test_autoencoders_reconstruct_input_shape_and_train_step():
     trainer.setup(ae, None)
     out = trainer.training_step(Batch(x, torch.zeros(2, dtype=torch.long), None, 0, 0, 0))
     assert torch.allclose(out["loss"], ((ae.reconstruct(x) - x) ** 2).mean())
+
+
+def test_nan_latent_variance_stops_training_with_one_line_error():
+    from openood_ext.trainers import Batch, TrainContext, TrainingError
+    net = NETWORKS.build({"name": "vmdls", "num_classes": 2, "image_size": 8, "latent_dim": 4})
+    with torch.no_grad():
+        net.fc_var.bias.fill_(float("nan"))
+    trainer = TRAINERS.get("vmdls")(batch_classes=2, sample_count=2)
+    trainer.setup(net, TrainContext(device=torch.device("cpu"), num_classes=2, epochs=1, steps_per_epoch=1))
+    with pytest.raises(TrainingError, match="log-variance is not finite at epoch 1, batch 1"):
+        trainer.training_step(Batch(torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), None, 0, 0, 0))
+
+
+def test_fit_rejects_non_finite_features():
+    net, data = _tiny_setup()
+    with torch.no_grad():
+        net.fc_mu.bias.fill_(float("inf"))
+    pp = POSTPROCESSORS.build({"name": "vmdls"})
+    pp.attach_network(net, torch.device("cpu"), lambda split: data)
+    with pytest.raises(ConfigError, match="non-finite ensemble features"):
+        pp.fit()
