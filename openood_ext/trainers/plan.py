@@ -59,9 +59,12 @@ def plan_training(spec: Mapping[str, Any] | str, benchmark, *, seed: int, device
     """:func:`validate_trainer_config`, then set the outlier source up on ``benchmark`` and check that
     its data is present (DataError naming what is missing and how to provide it)."""
     plan = validate_trainer_config(spec)
+    train_set = benchmark.dataset(benchmark.split("id_train"))
+    # a trainer's own batch sampler (e.g. class-balanced) rejects impossible sizes here, not mid-run
+    plan.trainer.batch_sampler(train_set.labels(), plan.settings.batch_size, seed)
     if plan.source is not None:
         from ..synthesizers import SourceContext
-        n_train = len(benchmark.dataset(benchmark.split("id_train")))
+        n_train = len(train_set)
         steps = max(1, math.ceil(n_train / plan.settings.batch_size))
         plan.source.setup(SourceContext(benchmark, device, seed, plan.settings.batch_size, steps, num_workers))
         plan.source.check()
