@@ -70,6 +70,7 @@ def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: Trai
     path = checkpoint_path(cfg, ctx)
     save_checkpoint(path, net, network_spec(cfg),
                     meta={"benchmark": bench.name, "epochs": settings.epochs, "trainer": plan.trainer_name,
+                          "outliers": plan.source.label() if plan.source is not None else None,
                           "val_accuracy": val_acc, "final_loss": history[-1]["loss"] if history else None,
                           "seed": ctx.seed})
     ctx.log.info("trained: val accuracy %.2f%%, checkpoint written to %s", 100 * val_acc, path)

@@ -55,6 +55,10 @@ class OutlierSource:
         """One line for the log: what this source draws from."""
         return type(self).__name__
 
+    def label(self) -> str:
+        """A short name for tables (the leaderboard's Outlier_Data column)."""
+        return getattr(self, "_registry_name", type(self).__name__)
+
     def state_dict(self) -> dict:
         return {}
 

@@ -109,6 +109,11 @@ class OEImages(OutlierSource):
         size = f"{len(self.pool)} of {len(self.dataset)}" if self.limit else f"{len(self.dataset)}"
         return f"oe_images: {size} images from {self._where()}, {self.out_batch} per step"
 
+    def label(self) -> str:
+        where = Path(self.imglist).name if self.imglist else Path(self.folder).name if self.folder else \
+            f"{self.ctx.benchmark.name}:{self.split_name or 'oe'}"
+        return f"oe_images({where}{f', limit={self.limit}' if self.limit else ''})"
+
     # ------------------------------------------------------------------ drawing
     def epoch_indices(self, epoch: int) -> list[list[int]]:
         """The batches of dataset indices for ``epoch``: reshuffled copies of the pool, cycled."""
