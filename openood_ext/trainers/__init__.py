@@ -10,6 +10,7 @@ from .engine import Engine, EngineSettings, TrainingError, split_trainer_config
 from .plan import TrainingPlan, plan_training, validate_trainer_config
 from . import ae, base, energy_oe, fcdd, hsc, logitnorm, npos, oe  # noqa: F401  (registration)
 from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
+from . import oaml as _oaml  # noqa: F401  (registration: OAML)
 
 __all__ = ["TRAINERS", "Trainer", "Batch", "TrainContext", "Engine", "EngineSettings", "TrainingError",
            "TrainingPlan", "as_trainer", "plan_training", "split_trainer_config", "validate_trainer_config"]

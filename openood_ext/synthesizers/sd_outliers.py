@@ -1,0 +1,138 @@
+"""SYNTHESIZERS ``sd_text_outliers`` and ``sd_latent_outliers`` (feature-space sources for OAML).
+
+Both read one generation folder ``root`` (see :mod:`.sd_pipeline`, which writes it once and resumes):
+
+* ``sd_text_outliers``: the Dream-OOD text-space outlier pool [C, M, D] (D = 768 for SD v1.4); it also
+  owns the generation: with ``generate: true`` (default) whatever is missing under ``root`` (pool,
+  images, latents, image list) is generated at set-up, before training; with ``generate: false`` a
+  missing or incomplete folder is a DataError naming it.
+* ``sd_latent_outliers``: the latents behind the generated images, flattened (4 x 64 x 64 = 16384 for
+  512-px SD v1.4). ``mode: denoised`` (default, the OAML code: the final PLMS latents z_0) or
+  ``forward_noised`` (the paper's wording: z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps with SD's
+  scaled-linear schedule at ``timestep``, fresh noise per draw).
+
+The trainer draws rows with ``draw_features(n, generator)`` -> [n, D] (uniform over the pool, with
+replacement only when n exceeds the pool). A pool smaller than the ID batch is a ConfigError: CLUB pairs
+outliers and ID features row by row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .base import OutlierSource
+from .registry import SYNTHESIZERS
+from .sd_pipeline import SDConfig, ensure_generated, entry_paths, expected_entries, status
+
+MODES = ("denoised", "forward_noised")
+
+
+def _draw(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    if n <= len(pool):
+        idx = torch.randperm(len(pool), generator=generator)[:n]
+    else:
+        idx = torch.randint(len(pool), (n,), generator=generator)
+    return pool[idx]
+
+
+@SYNTHESIZERS.register("sd_text_outliers")
+class SDTextOutliers(OutlierSource):
+    """Text-embedding outliers (module docstring). Keys: ``root`` (folder), ``generate`` (bool), ``device``
+    (for generation; default the run's device) and the :class:`~.sd_pipeline.SDConfig` fields
+    (``model``, ``classes``, ``id_features``, ``K``, ``select``, ``candidates``, ``keep``, ``sigma``,
+    ``repeats``, ``images_per_class``, ``chunk``, ``steps``, ``guidance``, ``size``, ``save_size``, ``seed``)."""
+
+    kind = "features"
+
+    def __init__(self, root: str = "outliers/sd_cifar10", generate: bool = True, device: str | None = None,
+                 **sd: object):
+        unknown = set(sd) - set(SDConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; expected root, generate, device or "
+                             f"{', '.join(SDConfig.__dataclass_fields__)}")
+        self.root, self.generate, self.device = Path(root), bool(generate), device
+        self.cfg = SDConfig(**sd).check()
+        self.pool: torch.Tensor | None = None
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        classes = getattr(ctx.benchmark, "num_classes", None)
+        if isinstance(classes, int) and classes != len(self.cfg.classes):
+            raise ConfigError(f"trainer.outliers.classes: {len(self.cfg.classes)} class names, the benchmark "
+                              f"has {classes} classes")
+        if self.generate:
+            import logging
+            ensure_generated(self.root, self.cfg, self.device or ctx.device, logging.getLogger("openood_ext"))
+
+    def check(self) -> None:
+        ok, problems = status(self.root, self.cfg)
+        if not ok:
+            raise DataError(f"sd outliers under {self.root} are incomplete ({problems[0]}); generate them with "
+                            f"trainer.outliers.generate=true")
+        self.pool = torch.load(self.root / "text_outliers.pt", weights_only=True)["outliers"].float()
+        self.pool_flat = self.pool.reshape(-1, self.pool.shape[-1])
+        bs = getattr(getattr(self, "ctx", None), "batch_size", None)
+        if bs is not None and len(self.pool_flat) < bs:
+            raise ConfigError(f"trainer.outliers: the text outlier pool has {len(self.pool_flat)} rows, fewer "
+                              f"than the image batch ({bs}); raise repeats/keep or lower the batch size")
+
+    @property
+    def dim(self) -> int:
+        return int(self.pool.shape[-1])
+
+    def draw_features(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return _draw(self.pool_flat, n, generator)
+
+    def describe(self) -> str:
+        return f"sd_text_outliers: {tuple(self.pool.shape) if self.pool is not None else '?'} from {self.root}"
+
+
+@SYNTHESIZERS.register("sd_latent_outliers")
+class SDLatentOutliers(OutlierSource):
+    """Latent outliers (module docstring): ``root`` (the generation folder), ``mode``, ``timestep``."""
+
+    kind = "features"
+
+    def __init__(self, root: str = "outliers/sd_cifar10", mode: str = "denoised", timestep: int = 500):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not 0 <= int(timestep) < 1000:
+            raise ValueError(f"timestep must be in [0, 999], got {timestep}")
+        self.root, self.mode, self.timestep = Path(root), mode, int(timestep)
+        self.pool: torch.Tensor | None = None
+
+    def check(self) -> None:
+        meta = self.root / "meta.json"
+        if not meta.is_file():
+            raise DataError(f"sd_latent_outliers: {meta} not found; generate the outliers first "
+                            f"(sd_text_outliers with generate=true)")
+        cfg = SDConfig(**json.loads(meta.read_text())["config"])
+        ok, problems = status(self.root, cfg)
+        if not ok:
+            raise DataError(f"sd_latent_outliers: {problems[0]}; regenerate with sd_text_outliers generate=true")
+        rows = [np.load(entry_paths(self.root, cfg, c, k)[1]).reshape(-1) for c, k in expected_entries(cfg)]
+        self.pool = torch.from_numpy(np.stack(rows)).float()
+        bs = getattr(getattr(self, "ctx", None), "batch_size", None)
+        if bs is not None and len(self.pool) < bs:
+            raise ConfigError(f"sd_latent_outliers: {len(self.pool)} latents, fewer than the image batch ({bs}); "
+                              f"raise images_per_class or lower the batch size")
+
+    @property
+    def dim(self) -> int:
+        return int(self.pool.shape[-1])
+
+    def draw_features(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = _draw(self.pool, n, generator)
+        if self.mode == "forward_noised":
+            betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+            abar = torch.cumprod(1 - betas, 0)[self.timestep].float()
+            z = abar.sqrt() * z + (1 - abar).sqrt() * torch.randn(z.shape, generator=generator)
+        return z
+
+    def describe(self) -> str:
+        return f"sd_latent_outliers ({self.mode}): {tuple(self.pool.shape) if self.pool is not None else '?'}"

@@ -1,0 +1,365 @@
+"""Stable-Diffusion outlier generation shared by ``sd_text_outliers`` and ``sd_latent_outliers``
+(Dream-OOD, ``deeplearning-wisc/dream-ood`` ``scripts/{KNN,dream_ood}.py``, as used by OAML).
+
+Steps (:func:`ensure_generated`, all written under ``root`` once and reused):
+
+1. anchors a_c = the text encoder's **input token embedding** of each class name's first BPE token
+   (SD v1.4: CLIP ViT-L/14, 768-d) (:func:`class_anchors`);
+2. ID class features [C, N, D] aligned with the anchors (``id_features``: a .pt/.npy file written by the
+   ID feature model, or ``synthetic`` = normalised anchors + Gaussian noise, an offline stand-in for tests
+   and smoke runs only -- it is not Dream-OOD's trained model);
+3. the NPOS sampler (:func:`openood_ext.synthesizers.npos.npos_sample`, reused) on the **normalised**
+   features (K, ``select`` boundary points all used, ``candidates`` draws at sigma, ``keep`` per boundary
+   point, ``repeats`` times); candidates are re-normalised and rescaled by ||a_c||
+   -> ``text_outliers.pt`` {outliers [C, M, D], anchors [C, D], classes};
+4. decoding: prompt "A high-quality image of the <class>" with the class token's embedding row replaced
+   by one outlier of that class (:func:`encode_with_replacement`), PNDM/PLMS ``steps`` steps,
+   classifier-free guidance with the empty prompt, ``size`` px; the final denoised latents z_0 (scaled SD
+   latent space) are saved next to each image (saved at ``save_size`` px); ``images.txt`` lists
+   ``images/<class>/<k>.png <label>`` and is rewritten after every chunk, so an interrupted run resumes
+   from the last complete chunk. Every chunk draws from its own generator seeded by (seed, class, chunk):
+   the output is deterministic per seed and independent of interruptions.
+
+Deviation from the published OAML fork: its text conditioner overwrites the label list with ImageNet-1k
+names, so for CIFAR the replaced token is not in the prompt; here the class token is in the prompt and
+its row is the one replaced (tested).
+
+``model``: ``tiny-random`` (a small UNet, VAE, CLIP text encoder and a generated BPE tokenizer built from
+configs, offline), a local diffusers directory, or a hub id already in the local Hugging Face cache.
+diffusers/transformers are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..utils.io import write_json, write_text, write_with
+
+PROMPT = "A high-quality image of the {}"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class SDConfig:
+    """Everything that determines the generated outliers (saved in ``root/meta.json``)."""
+
+    model: str = "CompVis/stable-diffusion-v1-4"
+    classes: list[str] = field(default_factory=lambda: list(CIFAR10_CLASSES))
+    id_features: str = "synthetic"
+    K: int = 300
+    select: int = 50
+    candidates: int = 1500
+    keep: int = 2
+    sigma: float = 0.07
+    repeats: int = 100
+    images_per_class: int = 150
+    chunk: int = 3
+    steps: int = 50
+    guidance: float = 7.5
+    size: int = 512
+    save_size: int = 256
+    seed: int = 42
+    prompt: str = PROMPT
+
+    def check(self) -> "SDConfig":
+        for key in ("K", "select", "candidates", "keep", "repeats", "images_per_class", "chunk", "steps",
+                    "size", "save_size"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"outliers.{key}: expected an integer >= 1, got {v!r}")
+        if not self.classes:
+            raise ConfigError("outliers.classes: expected the ID class names")
+        if "{}" not in self.prompt:
+            raise ConfigError(f"outliers.prompt: expected a '{{}}' for the class name, got {self.prompt!r}")
+        return self
+
+    def fingerprint(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------ tiny tokenizer
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_tiny_clip_vocab(folder: Path, words: list[str]) -> tuple[Path, Path]:
+    """A small CLIP BPE vocabulary: every byte symbol (plain and word-final ``</w>``) plus left-to-right
+    merges building each of ``words`` into one token. Returns (vocab.json, merges.txt)."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in sorted(set(words)):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        cur = parts[0]
+        for nxt in parts[1:]:
+            merge, cur = f"{cur} {nxt}", cur + nxt
+            if merge not in merges:
+                merges.append(merge)
+            if cur not in vocab:
+                vocab.append(cur)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def _prompt_words(cfg: SDConfig) -> list[str]:
+    import re
+    text = " ".join([cfg.prompt.format(c) for c in cfg.classes]).lower()
+    return re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", text)
+
+
+def tiny_random_pipeline(cfg: SDConfig, workdir: Path):
+    """A small random StableDiffusionPipeline (UNet 8x8 latents, VAE x2, 2-layer CLIP text encoder,
+    generated tokenizer), built from configs with a fixed seed; images are 16 px."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = write_tiny_clip_vocab(workdir, _prompt_words(cfg))
+    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4,
+                            norm_num_groups=8, down_block_types=["DownEncoderBlock2D"] * 2,
+                            up_block_types=["UpDecoderBlock2D"] * 2)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37,
+                                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                            pad_token_id=tok.pad_token_id))
+    sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                          steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def load_pipeline(cfg: SDConfig, workdir: Path, device: str | torch.device = "cpu"):
+    """``tiny-random`` | a local directory | a hub id present in the local HF cache (else ConfigError)."""
+    if cfg.model == "tiny-random":
+        pipe = tiny_random_pipeline(cfg, workdir)
+    else:
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
+        local = Path(cfg.model).is_dir()
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(cfg.model, safety_checker=None, requires_safety_checker=False,
+                                                           local_files_only=True)
+        except Exception as exc:
+            if local:
+                raise ConfigError(f"outliers.model: {cfg.model} is not a diffusers Stable Diffusion directory "
+                                  f"({type(exc).__name__})") from None
+            raise ConfigError(f"outliers.model: hub id {cfg.model!r} is not available offline; download it "
+                              f"(e.g. huggingface-cli download {cfg.model}) and give its local directory as "
+                              f"outliers.model, or use model: tiny-random for a test run") from None
+        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)  # PLMS
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------ token handling
+def class_token_id(tokenizer, name: str) -> int:
+    """The first BPE token of ``name`` (Dream-OOD's anchor token)."""
+    ids = tokenizer(name, add_special_tokens=False).input_ids
+    if not ids:
+        raise DataError(f"outliers.classes: class name {name!r} tokenizes to nothing")
+    return int(ids[0])
+
+
+def class_anchors(pipe, classes: list[str]) -> torch.Tensor:
+    """[C, D] input token-embedding rows of the class names' first tokens."""
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    return torch.stack([emb[class_token_id(pipe.tokenizer, c)].detach().float().cpu() for c in classes])
+
+
+@contextlib.contextmanager
+def replaced_token(text_encoder, token_id: int, vector: torch.Tensor):
+    """Temporarily set the input-embedding row ``token_id`` to ``vector`` (restored on exit)."""
+    weight = text_encoder.get_input_embeddings().weight
+    saved = weight.data[token_id].clone()
+    with torch.no_grad():
+        weight.data[token_id] = vector.to(weight.device, weight.dtype)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            weight.data[token_id] = saved
+
+
+@torch.no_grad()
+def encode_prompt(pipe, prompt: str) -> torch.Tensor:
+    tok = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+
+@torch.no_grad()
+def encode_with_replacement(pipe, class_name: str, vector: torch.Tensor, prompt: str = PROMPT) -> torch.Tensor:
+    """Prompt embeddings [1, L, D] of ``prompt.format(class_name)`` with the class token's input
+    embedding replaced by ``vector``. Raises DataError if the class token is not in the prompt's ids."""
+    text = prompt.format(class_name)
+    tid = class_token_id(pipe.tokenizer, class_name)
+    ids = pipe.tokenizer(text).input_ids
+    if tid not in ids:
+        raise DataError(f"outliers: the token of class {class_name!r} is not in the prompt {text!r}")
+    with replaced_token(pipe.text_encoder, tid, vector):
+        return encode_prompt(pipe, text)
+
+
+# ------------------------------------------------------------------------------------ text outliers
+def load_id_features(cfg: SDConfig, anchors: torch.Tensor, generator: torch.Generator, n: int = 500) -> torch.Tensor:
+    """[C, N, D] ID features in the anchors' space (see the module docstring, step 2)."""
+    if cfg.id_features == "synthetic":
+        unit = anchors / anchors.norm(dim=1, keepdim=True)
+        feats = unit[:, None, :] + 0.3 * torch.randn(len(anchors), n, anchors.shape[1], generator=generator) / math.sqrt(anchors.shape[1])
+        return feats
+    path = Path(cfg.id_features)
+    if not path.is_file():
+        raise DataError(f"outliers.id_features: {path} not found (a [C, N, {anchors.shape[1]}] tensor of ID "
+                        f"features from the anchor-aligned feature model, or 'synthetic' for a test run)")
+    feats = torch.as_tensor(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+    if feats.ndim != 3 or feats.shape[0] != len(anchors) or feats.shape[2] != anchors.shape[1]:
+        raise DataError(f"outliers.id_features: {path} has shape {tuple(feats.shape)}, expected "
+                        f"[{len(anchors)}, N, {anchors.shape[1]}]")
+    return feats.float()
+
+
+def sample_text_outliers(features: torch.Tensor, anchors: torch.Tensor, cfg: SDConfig,
+                         generator: torch.Generator) -> torch.Tensor:
+    """Dream-OOD's sampler via :func:`npos_sample`: features normalised, all ``select`` boundary points
+    used (pick = select), candidates re-normalised and rescaled by ||anchor_c||; ``repeats`` calls.
+    Returns [C, repeats * select * keep, D]."""
+    from .npos import NPOSParams, npos_sample
+
+    unit = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    params = NPOSParams(K=cfg.K, select=cfg.select, pick=cfg.select, candidates=cfg.candidates, keep=cfg.keep,
+                        sigma=cfg.sigma).check(unit.shape[1], where="outliers")
+    out = []
+    for _ in range(cfg.repeats):
+        s = npos_sample(unit, params, generator=generator, backend="torch")
+        o = s.outliers.reshape(unit.shape[0], -1, unit.shape[2])
+        out.append(o / o.norm(dim=-1, keepdim=True) * anchors.norm(dim=1)[:, None, None])
+    return torch.cat(out, dim=1)
+
+
+# ------------------------------------------------------------------------------------ generation
+def read_list(root: Path) -> list[str]:
+    p = root / "images.txt"
+    return [l for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
+
+
+def expected_entries(cfg: SDConfig) -> list[tuple[int, int]]:
+    return [(c, k) for c in range(len(cfg.classes)) for k in range(cfg.images_per_class)]
+
+
+def entry_paths(root: Path, cfg: SDConfig, c: int, k: int) -> tuple[str, Path]:
+    rel = f"images/{c:03d}_{cfg.classes[c]}/{k:06d}.png"
+    return rel, root / "latents" / f"{c:03d}_{cfg.classes[c]}" / f"{k:06d}.npy"
+
+
+def status(root: Path, cfg: SDConfig) -> tuple[bool, list[str]]:
+    """(complete, problems): complete when meta matches ``cfg``, the pool exists and every listed
+    image and latent exists for the expected count."""
+    problems = []
+    meta = root / "meta.json"
+    if not meta.is_file():
+        return False, [f"{meta} missing"]
+    if json.loads(meta.read_text()).get("config") != json.loads(json.dumps(cfg.fingerprint())):
+        problems.append(f"{meta} was written for other settings")
+    if not (root / "text_outliers.pt").is_file():
+        problems.append(f"{root / 'text_outliers.pt'} missing")
+    lines = set(read_list(root))
+    missing = 0
+    for c, k in expected_entries(cfg):
+        rel, lat = entry_paths(root, cfg, c, k)
+        if f"{rel} {c}" not in lines or not (root / rel).is_file() or not lat.is_file():
+            missing += 1
+    if missing:
+        problems.append(f"{root / 'images.txt'}: {missing} of {len(cfg.classes) * cfg.images_per_class} "
+                        f"images/latents missing or unlisted")
+    return not problems, problems
+
+
+def ensure_generated(root: str | Path, cfg: SDConfig, device: str | torch.device = "cpu", log=None) -> dict:
+    """Generate what is missing under ``root`` (resumable); returns timing figures."""
+    import time
+
+    from ..utils.runtime import progress
+
+    cfg.check()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    meta_path = root / "meta.json"
+    fp = json.loads(json.dumps(cfg.fingerprint()))
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("config") != fp:
+        raise DataError(f"{meta_path}: outliers under {root} were generated with other settings; use another "
+                        f"outliers.root or delete the folder")
+    complete, _ = status(root, cfg) if meta_path.is_file() else (False, [])
+    if complete:
+        return {"generated": 0, "seconds": 0.0}
+    write_json(meta_path, {"config": fp})
+    pipe = load_pipeline(cfg, root / "tokenizer", device)
+    pool_path = root / "text_outliers.pt"
+    if not pool_path.is_file():
+        g = torch.Generator().manual_seed(cfg.seed)
+        anchors = class_anchors(pipe, cfg.classes)
+        feats = load_id_features(cfg, anchors, g)
+        pool = sample_text_outliers(feats, anchors, cfg, g)
+        write_with(pool_path, lambda tmp: torch.save({"outliers": pool, "anchors": anchors,
+                                                      "classes": list(cfg.classes)}, tmp))
+    pool = torch.load(pool_path, weights_only=True)["outliers"]
+    lines = set(read_list(root))
+    uncond = encode_prompt(pipe, "")
+    todo = []
+    for c in range(len(cfg.classes)):
+        for start in range(0, cfg.images_per_class, cfg.chunk):
+            ks = list(range(start, min(start + cfg.chunk, cfg.images_per_class)))
+            if all(f"{entry_paths(root, cfg, c, k)[0]} {c}" in lines and (root / entry_paths(root, cfg, c, k)[0]).is_file()
+                   and entry_paths(root, cfg, c, k)[1].is_file() for k in ks):
+                continue
+            todo.append((c, start, ks))
+    t0, n = time.perf_counter(), 0
+    for c, start, ks in progress(todo, desc="SD outliers"):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c * 10_007 + start)
+        rows = torch.randint(pool.shape[1], (len(ks),), generator=g)
+        cond = torch.cat([encode_with_replacement(pipe, cfg.classes[c], pool[c, r], cfg.prompt) for r in rows])
+        dev = pipe.unet.device
+        latents0 = torch.randn(len(ks), pipe.unet.config.in_channels, cfg.size // pipe.vae_scale_factor,
+                               cfg.size // pipe.vae_scale_factor, generator=g).to(dev, pipe.unet.dtype)
+        z = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond.expand(len(ks), -1, -1),
+                 num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, height=cfg.size, width=cfg.size,
+                 latents=latents0, output_type="latent").images
+        with torch.no_grad():
+            img = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+        pil = pipe.image_processor.postprocess(img, output_type="pil")
+        for k, zi, im in zip(ks, z, pil):
+            rel, lat = entry_paths(root, cfg, c, k)
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            lat.parent.mkdir(parents=True, exist_ok=True)
+            im.resize((cfg.save_size, cfg.save_size)).save(root / rel)
+            np.save(lat, zi.float().cpu().numpy())
+            lines.add(f"{rel} {c}")
+        write_text(root / "images.txt", "\n".join(sorted(lines)) + "\n")
+        n += len(ks)
+    secs = time.perf_counter() - t0
+    if log is not None and n:
+        log.info("SD outliers: %d images in %.1f s (%.2f images/s) under %s", n, secs, n / secs, root)
+    return {"generated": n, "seconds": secs}
