@@ -191,3 +191,35 @@ def test_folder_bad_input(defects, tmp_path):
     shutil.rmtree(root / "test" / "stripes" / "anomalous")
     with pytest.raises(DataError, match="no test anomalies"):
         BENCHMARKS.build({"name": "ad_folder", "root": str(root), "normal_class": "stripes", "preprocessor": PRE})
+
+
+def test_mvtec_benchmark_on_a_fake_tree(tmp_path):
+    from openood_ext.datasets import BENCHMARKS
+    root = tmp_path / "mvtec"
+    with pytest.raises(DataError, match="mvtec.com"):
+        BENCHMARKS.build({"name": "mvtec", "root": str(root), "normal_class": "bottle"})
+    with pytest.raises(ConfigError, match="not an MVTec-AD class"):
+        BENCHMARKS.build({"name": "mvtec", "root": str(root), "normal_class": "banana"})
+    img = lambda v, s=40: Image.fromarray(np.full((s, s, 3), v, np.uint8))  # noqa: E731
+    for i in range(3):
+        (root / "bottle" / "train" / "good").mkdir(parents=True, exist_ok=True)
+        img(100).save(root / "bottle" / "train" / "good" / f"{i:03d}.png")
+    (root / "bottle" / "test" / "good").mkdir(parents=True)
+    img(100).save(root / "bottle" / "test" / "good" / "000.png")
+    for d in ("broken_large", "contamination"):
+        (root / "bottle" / "test" / d).mkdir(parents=True)
+        (root / "bottle" / "ground_truth" / d).mkdir(parents=True)
+        for i in range(2):
+            img(200).save(root / "bottle" / "test" / d / f"{i:03d}.png")
+            m = np.zeros((40, 40), np.uint8)
+            m[5:15, 5:15] = 255
+            Image.fromarray(m).save(root / "bottle" / "ground_truth" / d / f"{i:03d}_mask.png")
+    b = BENCHMARKS.build({"name": "mvtec", "root": str(root), "normal_class": 0, "oe_defects": 1,
+                          "derived_dir": str(tmp_path / "lists")})
+    _, paths, is_anom = collect_test_set(b, None)
+    assert is_anom.tolist() == [0, 1, 1, 1, 1] and b.defects == ["broken_large", "contamination"]
+    assert len(b.dataset(b.oe_split).entries) == 2  # one per defect type
+    assert b.load_mask(paths[1], True).sum() == 100 and b.load_mask(paths[0], False).sum() == 0
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "bottle" / "ground_truth" / "contamination" / "001_mask.png")
+    with pytest.raises(DataError, match=r"001_mask.png is 20x20 but its image .*001.png is 40x40"):
+        b.load_mask("bottle/test/contamination/001.png", True)

@@ -60,7 +60,7 @@ from ..trainers.data import build_train_loader
 from ..trainers.history import write_history
 from ..utils.io import write_json, write_text
 from ..utils.runtime import resolve_device, seed_everything
-from . import ad_folder  # noqa: F401  (registers the ad_folder benchmark)
+from . import ad_folder, ad_mvtec  # noqa: F401  (register the ad_folder and mvtec benchmarks)
 from .ad_heatmaps import save_heatmap_grids
 from .context import RunContext
 from .registry import PIPELINES
@@ -123,8 +123,9 @@ class ADSettings:
             raise ConfigError(f"ad.seeds: expected distinct non-negative integer seeds, got {seeds!r}")
         if protocol == "leave_one_out" and len(all_classes) < 2:
             raise ConfigError("ad.protocol leave_one_out needs a benchmark with at least two classes")
-        if protocol == "leave_one_out" and bench_spec.get("name") == "ad_folder":
-            raise ConfigError("ad.protocol: leave_one_out is not defined for ad_folder benchmarks (use one_vs_rest)")
+        if protocol == "leave_one_out" and bench_spec.get("name") in ("ad_folder", "mvtec"):
+            raise ConfigError(f"ad.protocol: leave_one_out is not defined for {bench_spec.get('name')} benchmarks "
+                              f"(use one_vs_rest)")
         for key in ("train_limit", "test_limit"):
             v = spec.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

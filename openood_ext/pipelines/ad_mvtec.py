@@ -1,0 +1,115 @@
+"""The ``mvtec`` benchmark: MVTec-AD (Bergmann et al., CVPR 2019) read from its extracted archive.
+
+MVTec-AD cannot be downloaded here (its licence requires a form). Get ``mvtec_anomaly_detection.tar.xz``
+from https://www.mvtec.com/company/research/datasets/mvtec-ad, extract it (``tar xf ... -C DIR``) and set
+``benchmark.root: DIR`` (the directory holding ``bottle/``, ``cable/``, ...). Layout used::
+
+    <root>/<class>/train/good/*.png                   normal training images
+    <root>/<class>/test/good/*.png                    normal test images
+    <root>/<class>/test/<defect>/*.png                anomalous test images
+    <root>/<class>/ground_truth/<defect>/<stem>_mask.png
+
+One benchmark per normal class (``normal_class``: one of :data:`MVTEC_CLASSES` or its index); anomalies
+are that class's defective test images; masks feed the ``pixel`` evaluator. As FCDD, training anomalies
+for the semi-supervised recipe are not removed from the test set (``oe_defects: N`` lists N images per
+defect type as the benchmark's OE split, FCDD's ``mvtec_gt`` with ``--oe-limit N``; seeded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+from ..datasets.benchmark import Benchmark
+from ..datasets.registry import BENCHMARKS
+from ..errors import ConfigError, DataError
+from ..utils.io import write_text
+
+MVTEC_CLASSES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
+                 "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
+WHERE = ("get mvtec_anomaly_detection.tar.xz from https://www.mvtec.com/company/research/datasets/mvtec-ad "
+         "(not downloadable automatically), extract it and set benchmark.root to the extracted directory")
+
+
+def _pngs(folder: Path, root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in folder.glob("*.png")) if folder.is_dir() else []
+
+
+@BENCHMARKS.register("mvtec")
+class MVTecBenchmark(Benchmark):
+    """MVTec-AD, one normal class (see the module doc)."""
+
+    def __init__(self, root: str = "data/mvtec_anomaly_detection", normal_class: Any = 0,
+                 derived_dir: str | None = None, preprocessor: Mapping[str, Any] | None = None,
+                 oe_defects: int | None = None, seed: int = 0, num_classes: int | None = None,
+                 title: str | None = None, on_bad_image: str = "error"):
+        if isinstance(normal_class, int) and not isinstance(normal_class, bool):
+            if not 0 <= normal_class < len(MVTEC_CLASSES):
+                raise ConfigError(f"benchmark.normal_class: {normal_class} is not an MVTec-AD class index (0..14)")
+            normal_class = MVTEC_CLASSES[normal_class]
+        if normal_class not in MVTEC_CLASSES:
+            raise ConfigError(f"benchmark.normal_class: {normal_class!r} is not an MVTec-AD class "
+                              f"({', '.join(MVTEC_CLASSES)})")
+        self.root, self.normal = Path(root), str(normal_class)
+        base = self.root / self.normal
+        if not (base / "train" / "good").is_dir():
+            raise DataError(f"benchmark mvtec: {base / 'train' / 'good'} not found; {WHERE}")
+        train = _pngs(base / "train" / "good", self.root)
+        test_normal = _pngs(base / "test" / "good", self.root)
+        defects = sorted(p.name for p in (base / "test").iterdir() if p.is_dir() and p.name != "good")
+        anomalies = [p for d in defects for p in _pngs(base / "test" / d, self.root)]
+        if not train or not test_normal or not anomalies:
+            raise DataError(f"benchmark mvtec: class {self.normal} under {self.root} lacks training images, normal "
+                            f"test images or test anomalies; {WHERE}")
+        out = Path(derived_dir) if derived_dir else self.root / ".imglists" / f"normal_{self.normal}"
+        lists = {"train.txt": [(p, 0) for p in train], "test_normal.txt": [(p, 0) for p in test_normal],
+                 "test_anomalies.txt": [(p, -1) for p in anomalies]}
+        if oe_defects:
+            rng = np.random.default_rng([seed, 0x3D])
+            picked = []
+            for d in defects:
+                files = _pngs(base / "test" / d, self.root)
+                picked += [files[i] for i in sorted(rng.choice(len(files), min(oe_defects, len(files)), replace=False))]
+            lists["train_anomalies.txt"] = [(p, -1) for p in picked]
+        for name, rows in lists.items():
+            text = "".join(f"{p} {lab}\n" for p, lab in rows)
+            path = out / name
+            if not (path.is_file() and path.read_text() == text):
+                try:
+                    write_text(path, text)
+                except OSError as exc:
+                    raise DataError(f"{path}: cannot write the image list ({exc}); set benchmark.derived_dir") from None
+        pre = dict(preprocessor or {"image_size": 224, "resize": 224, "channels": 3,
+                                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+        super().__init__(num_classes=1, id={"train": "train.txt", "val": "train.txt", "test": "test_normal.txt"},
+                         ood={"far": {"anomalies": "test_anomalies.txt"}}, imglist_dir=str(out), data_root=str(self.root),
+                         preprocessor=pre, title=title or "mvtec", on_bad_image=on_bad_image,
+                         oe="train_anomalies.txt" if oe_defects else None)
+        self.defects = defects
+
+    @staticmethod
+    def ad_classes(spec: Mapping[str, Any]) -> list[str]:
+        return list(MVTEC_CLASSES)
+
+    has_masks = True
+
+    def load_mask(self, image_rel: str, is_anomaly: bool) -> np.ndarray:
+        """[H, W] uint8 in {0, 1} at the image's raw size; zeros for ``good`` images. DataError naming both
+        files when a mask is missing or its size differs from its image."""
+        image_path = self.root / image_rel
+        with Image.open(image_path) as img:
+            size = img.size
+        if not is_anomaly:
+            return np.zeros(size[::-1], np.uint8)
+        rel = Path(image_rel)  # <class>/test/<defect>/<stem>.png
+        path = self.root / rel.parts[0] / "ground_truth" / rel.parts[-2] / f"{rel.stem}_mask.png"
+        if not path.is_file():
+            raise DataError(f"{image_path}: ground-truth mask {path} not found")
+        with Image.open(path) as m:
+            if m.size != size:
+                raise DataError(f"ground-truth mask {path} is {m.size[0]}x{m.size[1]} but its image {image_path} "
+                                f"is {size[0]}x{size[1]}")
+            return (np.asarray(m.convert("L")) > 0).astype(np.uint8)
