@@ -28,7 +28,7 @@ from .small_cnn import Classifier
 class TimmViT(Classifier):
     def __init__(self, num_classes: int = 10, model: str = "vit_base_patch16_224", img_size: int = 224,
                  patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
-                 num_heads: int | None = None):
+                 num_heads: int | None = None, pretrained_file: str | None = None):
         super().__init__()
         import timm  # lazy: importing openood_ext stays fast
 
@@ -42,6 +42,8 @@ class TimmViT(Classifier):
         vit.head = nn.Identity()
         self.vit, self.img_size = vit, int(img_size)
         self.feature_dim = vit.num_features
+        if pretrained_file:  # ImageNet weights to fine-tune from (the head is left at its init)
+            load_timm_weights(self, pretrained_file, skip_head=True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
@@ -49,8 +51,9 @@ class TimmViT(Classifier):
         return self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)
 
 
-def load_timm_weights(net: TimmViT, path: str | Path) -> None:
-    """Load a local timm state dict (``head.*`` -> ``fc.*``) or a toolkit checkpoint into ``net``."""
+def load_timm_weights(net: TimmViT, path: str | Path, skip_head: bool = False) -> None:
+    """Load a local timm state dict (``head.*`` -> ``fc.*``) or a toolkit checkpoint into ``net``
+    (``skip_head``: backbone only, e.g. ImageNet weights before fine-tuning on the ID classes)."""
     p = Path(path)
     if not p.is_file():
         looks_hub = "/" in str(path) and not p.parent.exists()
@@ -69,6 +72,9 @@ def load_timm_weights(net: TimmViT, path: str | Path) -> None:
     else:
         mapped = {("fc." + k[5:] if k.startswith("head.") else "vit." + k): v for k, v in state.items()}
     own = net.state_dict()
+    if skip_head:
+        mapped = {k: v for k, v in mapped.items() if not k.startswith("fc.")}
+        mapped.update({k: v for k, v in own.items() if k.startswith("fc.")})
     missing, unexpected = sorted(set(own) - set(mapped)), sorted(set(mapped) - set(own))
     if missing or unexpected:
         raise CheckpointError(f"{p}: does not fit {type(net.vit).__name__} (missing {missing[:2]}, "

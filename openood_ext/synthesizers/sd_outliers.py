@@ -55,8 +55,10 @@ class SDTextOutliers(OutlierSource):
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; expected root, generate, device or "
                              f"{', '.join(SDConfig.__dataclass_fields__)}")
+        from ..config import to_plain
+
         self.root, self.generate, self.device = Path(root), bool(generate), device
-        self.cfg = SDConfig(**sd).check()
+        self.cfg = SDConfig(**{k: to_plain(v) for k, v in sd.items()}).check()
         self.pool: torch.Tensor | None = None
 
     def setup(self, ctx) -> None:

@@ -76,11 +76,23 @@ class OAMLTrainer(Trainer):
     needs_outliers = "features"
     default_outliers = {"name": "sd_text_outliers"}
 
-    def __init__(self, teacher: dict | None = None, student_init: str | None = None,
-                 latent_outliers: dict | None = None, w_kd: float = 4.0, w_feat: float = 8.0,
-                 w_text: float = 0.1, w_latent: float = 0.2, temperature: float = 1.0,
-                 club_update: str = "alternate", club_lr: float = 1e-4, club_hidden: int = 512,
-                 latent_mu_hidden: list[int] | None = None, latent_logvar_hidden: list[int] | None = None):
+    # teacher / latent_outliers / latent_*_hidden carry no type hints: the train pipeline passes nested
+    # config nodes (DictConfig/ListConfig), which the schema's dict/list checks reject; they are
+    # converted and checked here instead.
+    def __init__(self, teacher=None, student_init: str | None = None, latent_outliers=None,
+                 w_kd: float = 4.0, w_feat: float = 8.0, w_text: float = 0.1, w_latent: float = 0.2,
+                 temperature: float = 1.0, club_update: str = "alternate", club_lr: float = 1e-4,
+                 club_hidden: int = 512, latent_mu_hidden=None, latent_logvar_hidden=None):
+        from ..config import to_plain
+
+        teacher, latent_outliers = to_plain(teacher), to_plain(latent_outliers)
+        latent_mu_hidden, latent_logvar_hidden = to_plain(latent_mu_hidden), to_plain(latent_logvar_hidden)
+        for name, v in dict(latent_mu_hidden=latent_mu_hidden, latent_logvar_hidden=latent_logvar_hidden).items():
+            if v is not None and (not isinstance(v, (list, tuple)) or not v
+                                  or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)):
+                raise ValueError(f"{name} must be a non-empty list of integers >= 1, got {v!r}")
+        if latent_outliers is not None and not isinstance(latent_outliers, (dict, str)):
+            raise ValueError(f"latent_outliers must be a SYNTHESIZERS mapping, got {latent_outliers!r}")
         for name, v in dict(w_kd=w_kd, w_feat=w_feat, w_text=w_text, w_latent=w_latent).items():
             if v < 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
@@ -94,7 +106,8 @@ class OAMLTrainer(Trainer):
             raise ValueError("teacher: expected a mapping with 'checkpoint' (a local timm ViT state dict, "
                              "e.g. {model: vit_base_patch16_224, checkpoint: teachers/vit_cifar10.bin})")
         self.teacher_spec, self.student_init = dict(teacher), student_init
-        self.latent_spec = dict(latent_outliers) if latent_outliers else {"name": "sd_latent_outliers"}
+        self.latent_spec = ({"name": latent_outliers} if isinstance(latent_outliers, str) else dict(latent_outliers)
+                            if latent_outliers else {"name": "sd_latent_outliers"})
         self.w_kd, self.w_feat, self.w_text, self.w_latent = map(float, (w_kd, w_feat, w_text, w_latent))
         self.T, self.club_update, self.club_lr, self.club_hidden = float(temperature), club_update, float(club_lr), int(club_hidden)
         self.latent_mu_hidden = list(latent_mu_hidden or [8192, 4096, 256])
