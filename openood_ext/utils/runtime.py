@@ -36,6 +36,19 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise ConfigError(f"device: '{spec}' is not a device (expected auto, cpu, cuda or cuda:N)") from exc
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of setup time), so
+    a redirected or replaced stderr (in-process CLI calls, tests) never receives a closed-file error."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
@@ -48,7 +61,7 @@ def setup_logging(log_file: str | os.PathLike | None = None, verbose: bool = Fal
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler(sys.stderr)
+    console = _StderrHandler()
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
     console.addFilter(lambda record: not getattr(record, "file_only", False))
     console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
