@@ -123,7 +123,7 @@ def print_report(r: dict) -> None:
 
 
 # Other benchmarks live in their own modules, each with a main(argv).
-OTHER_BENCHES = {"train": "openood_ext.bench_train", "npos": "openood_ext.bench_npos"}
+OTHER_BENCHES = {"train": "openood_ext.bench_train", "npos": "openood_ext.bench_npos", "oaml": "openood_ext.bench_oaml"}
 
 
 def main(argv) -> int:

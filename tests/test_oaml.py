@@ -95,6 +95,20 @@ def test_pool_reuses_npos_and_is_rescaled_to_anchor_norm(gen_root):
     assert torch.allclose(o.norm(dim=-1), a.norm(dim=1)[:, None].expand(2, 16), rtol=1e-5)
 
 
+def test_text_sampler_is_npos_sample_on_normalised_features_rescaled():
+    from openood_ext.synthesizers.npos import NPOSParams, npos_sample
+    from openood_ext.synthesizers.sd_pipeline import SDConfig, sample_text_outliers
+    cfg = SDConfig(**{**GEN, "repeats": 1})
+    g = torch.Generator().manual_seed(1)
+    feats, anchors = torch.randn(2, 12, 6, generator=g) * 3, torch.rand(2, 6, generator=g)
+    out = sample_text_outliers(feats, anchors, cfg, torch.Generator().manual_seed(5))
+    unit = feats / feats.norm(dim=-1, keepdim=True)
+    ref = npos_sample(unit, NPOSParams(K=5, select=4, pick=4, candidates=20, keep=2, sigma=0.07),
+                      generator=torch.Generator().manual_seed(5), backend="torch").outliers.reshape(2, -1, 6)
+    ref = ref / ref.norm(dim=-1, keepdim=True) * anchors.norm(dim=1)[:, None, None]
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
 def test_generation_resumes_only_missing_chunks_and_is_deterministic(gen_root, tmp_path):
     from openood_ext.synthesizers.sd_pipeline import SDConfig, ensure_generated, status
     cfg = SDConfig(**GEN)
@@ -212,3 +226,56 @@ def test_bad_trainer_input(tmp_path):
         build_teacher(teacher, 2)
     with pytest.raises(CheckpointError, match="hub id"):
         build_teacher({**teacher, "checkpoint": "someone/vit-cifar10"}, 3)
+
+
+# ------------------------------------------------------------------------------------------ configs, script, bench
+def test_config_has_the_papers_weights_and_sizes():
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.trainers import validate_trainer_config
+    t = load_config(["configs/pipelines/train_oaml_cifar10.yml"]).trainer
+    assert (t.w_kd, t.w_feat, t.w_text, t.w_latent, t.temperature) == (4.0, 8.0, 0.1, 0.2, 1.0)
+    assert (t.batch_size, t.epochs, t.optimizer.lr, t.optimizer.weight_decay, t.optimizer.nesterov) == (128, 500, 0.01, 5e-4, True)
+    assert (t.club_lr, t.club_hidden, list(t.latent_mu_hidden)) == (1e-4, 512, [8192, 4096, 256])
+    o = t.outliers
+    assert (o.K, o.select, o.candidates, o.keep, o.sigma, o.steps, o.guidance, o.size, o.save_size) == \
+        (300, 50, 1500, 2, 0.07, 50, 7.5, 512, 256)
+    validate_trainer_config(to_plain(t))
+
+
+def _run_script(env_extra, tmp_path, timeout):
+    import os
+    import subprocess
+    env = {**os.environ, **env_extra}
+    return subprocess.run(["bash", "scripts/cifar10_train_oaml.sh"], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_script_stops_before_training_naming_missing_inputs(tmp_path):
+    r = _run_script({"OPENOOD_EXT_DATA": str(tmp_path / "nodata"), "SD_MODEL": str(tmp_path / "nosd"),
+                     "ID_FEATURES": str(tmp_path / "f.pt"), "TEACHER": str(tmp_path / "t.pt"),
+                     "BASE": str(tmp_path / "b.pt"), "OUT_ROOT": str(tmp_path / "gen")}, tmp_path, 60)
+    assert r.returncode == 2, r.stderr
+    for what in ("CIFAR-10 data", "SD model", "ID features", "teacher", "base checkpoint"):
+        assert what in r.stderr
+    assert "nothing was trained" in r.stderr and "training" not in r.stdout
+
+
+@pytest.mark.slow
+def test_smoke_script_end_to_end(tmp_path):
+    """SMOKE=1 on ~300 CIFAR-10 images (needs the prepared data under /work/main/data or OPENOOD_EXT_DATA)."""
+    import os
+    from pathlib import Path
+    data = os.environ.get("OPENOOD_EXT_DATA", "/work/main/data")
+    if not (Path(data) / "benchmark_imglist/cifar10/train_cifar10.txt").is_file():
+        pytest.skip(f"CIFAR-10 not prepared under {data}")
+    r = _run_script({"SMOKE": "1", "OPENOOD_EXT_DATA": data, "WORK": str(tmp_path / "smoke"), "SEED": "7"},
+                    tmp_path, 1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "trainer 'oaml'" in r.stdout + r.stderr and "ebo" in r.stdout
+    assert (tmp_path / "smoke" / "sd_tiny" / "images.txt").is_file()
+
+
+def test_bench_oaml_runs_at_tiny_sizes(capsys):
+    from openood_ext.bench_oaml import bench_step
+    s = bench_step(width=4, batch=4, repeats=1, text_dim=16, latent_dim=32, latent_hidden=(8,))
+    assert s["ratio"] > 0 and s["oaml_step_s"] > 0
