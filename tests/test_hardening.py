@@ -134,3 +134,14 @@ def test_from_folder_takes_several_ood_folders_as_readme_shows(tmp_path, monkeyp
     assert cli_module.main(["data", "from-folder", "my_images/", "--name", "mydata", "--ood", "junk/", "other/"]) == 0
     out = capsys.readouterr().out
     assert "junk" in out and "other" in out
+
+
+def test_knn_k_above_the_training_set_is_clamped_and_recorded(caplog):
+    import torch
+    from openood_ext.features import NetOutputs
+    train = NetOutputs(torch.zeros(10, 3), torch.randn(10, 4))
+    pp = POSTPROCESSORS.build({"name": "knn", "k": 1000})
+    with caplog.at_level("WARNING", logger="openood_ext"):
+        pp.fit(train)
+    assert pp.hyperparameters()["k"] == 10 and pp.hyperparameters()["k_requested"] == 1000
+    assert pp.score(NetOutputs(torch.zeros(5, 3), torch.randn(5, 4))).shape == (5,)
