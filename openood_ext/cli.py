@@ -100,6 +100,8 @@ def cmd_list(argv: Sequence[str]) -> int:
             what = "no parts registered" if args.pattern == "*" else f"no parts match '{args.pattern}'"
             print(f"{kind}: {what} (plugins add parts: see README, 'Add your own postprocessor')",
                   file=sys.stderr)
+        elif not names and args.pattern == "*":
+            print(f"{kind:15s} (none registered)")
     return 0
 
 
