@@ -18,7 +18,7 @@ from openood_ext.trainers import TRAINERS, Engine, EngineSettings
 from openood_ext.trainers.oaml import distill_projection, kd_kl
 
 GEN = dict(model="tiny-random", classes=["cat", "dog"], id_features="synthetic", K=5, select=4, candidates=20,
-           keep=2, repeats=2, images_per_class=4, chunk=2, steps=2, size=16, save_size=16, seed=3)
+           keep=2, repeats=2, images_per_class=2, chunk=2, steps=2, size=16, save_size=16, seed=3)
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -114,7 +114,7 @@ def test_generation_resumes_only_missing_chunks_and_is_deterministic(gen_root, t
     cfg = SDConfig(**GEN)
     copy = tmp_path / "copy"
     shutil.copytree(gen_root, copy)
-    lat = copy / "latents" / "001_dog" / "000003.npy"
+    lat = copy / "latents" / "001_dog" / "000001.npy"
     ref = np.load(lat)
     lat.unlink()
     lines = (copy / "images.txt").read_text().splitlines()
@@ -134,21 +134,21 @@ def test_generation_resumes_only_missing_chunks_and_is_deterministic(gen_root, t
 
 
 def test_sources_draw_batches_and_reject_small_pools(gen_root):
-    ctx = SourceContext(None, torch.device("cpu"), 0, 8, 1)
+    ctx = SourceContext(None, torch.device("cpu"), 0, 4, 1)
     text = SYNTHESIZERS.build({"name": "sd_text_outliers", "root": str(gen_root), "generate": False, **GEN})
     text.setup(ctx)
     text.check()
     g = torch.Generator().manual_seed(0)
-    assert text.draw_features(8, g).shape == (8, text.dim)
+    assert text.draw_features(4, g).shape == (4, text.dim)
     lat = SYNTHESIZERS.build({"name": "sd_latent_outliers", "root": str(gen_root)})
     lat.setup(ctx)
     lat.check()
-    assert lat.dim == 4 * 8 * 8 and len(lat.pool) == 8
+    assert lat.dim == 4 * 8 * 8 and len(lat.pool) == 4
     noised = SYNTHESIZERS.build({"name": "sd_latent_outliers", "root": str(gen_root), "mode": "forward_noised",
                                  "timestep": 999})
     noised.setup(ctx)
     noised.check()
-    z = noised.draw_features(8, torch.Generator().manual_seed(0))
+    z = noised.draw_features(4, torch.Generator().manual_seed(0))
     assert z.std().item() == pytest.approx(1.0, abs=0.3)                  # mostly noise at t = 999
     small = SYNTHESIZERS.build({"name": "sd_latent_outliers", "root": str(gen_root)})
     small.setup(SourceContext(None, torch.device("cpu"), 0, 128, 1))
@@ -168,22 +168,22 @@ def _teacher_ckpt(path, classes=2):
             "num_heads": 2, "checkpoint": str(path)}
 
 
-def _toy(n=16):
+def _toy(n=8):
     g = torch.Generator().manual_seed(0)
     y = torch.arange(n) % 2
     x = torch.randn(n, 3, 8, 8, generator=g) + y[:, None, None, None] * 0.5
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
 
 
 def _engine(gen_root, tmp_path, path, teacher, update="alternate"):
     torch.manual_seed(0)
     net = NETWORKS.build({"name": "digits_cnn", "num_classes": 2, "in_channels": 3, "width": 4})
     src = SYNTHESIZERS.build({"name": "sd_text_outliers", "root": str(gen_root), "generate": False, **GEN})
-    src.setup(SourceContext(None, torch.device("cpu"), 0, 8, 2))
+    src.setup(SourceContext(None, torch.device("cpu"), 0, 4, 2))
     src.check()
     trainer = TRAINERS.build({"name": "oaml", "teacher": teacher, "club_update": update, "club_hidden": 8,
                               "latent_mu_hidden": [16], "latent_logvar_hidden": [8]})
-    settings = EngineSettings.from_config({"epochs": 2, "batch_size": 8,
+    settings = EngineSettings.from_config({"epochs": 2, "batch_size": 4,
                                            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}})
     return Engine(trainer, net, _toy(), settings, num_classes=2, source=src, state_path=path)
 

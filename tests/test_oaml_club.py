@@ -38,7 +38,7 @@ def test_update_modes_route_gradients():
         club_terms(club, x, y, "both")
 
 
-def _fit_and_estimate(rho: float, d: int = 4, steps: int = 400, seed: int = 0) -> float:
+def _fit_and_estimate(rho: float, d: int = 4, steps: int = 250, seed: int = 0) -> float:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     club = CLUB(d, d, hidden=32)
