@@ -69,8 +69,9 @@ class RunContext:
                 status = "interrupted" if issubclass(exc_type, (RunInterrupted, KeyboardInterrupt)) else "failed"
                 with contextlib.suppress(Exception):
                     self.write_run_record(status, {"error": str(exc).splitlines()[0] if str(exc) else exc_type.__name__})
-                    self.log.warning("run %s: %s; partial results kept in %s (resume with: openood-ext run "
-                                     "--resume %s)", status, exc, self.dir, self.dir)
+                    how = "resume with" if status == "interrupted" else "after fixing the cause, resume with"
+                    self.log.warning("run %s: %s; partial results kept in %s (%s: openood-ext run --resume %s)",
+                                     status, exc, self.dir, how, self.dir)
         finally:
             self._lock.close()
 
