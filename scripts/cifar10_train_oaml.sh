@@ -6,11 +6,12 @@
 #   SD_MODEL=/path/stable-diffusion-v1-4 ID_FEATURES=outliers/dream_ood_id_features_cifar10.pt \
 #   TEACHER_INIT=/path/vit_base_patch16_224/pytorch_model.bin scripts/cifar10_train_oaml.sh
 #   SMOKE=1 scripts/cifar10_train_oaml.sh     # CPU, ~minutes: tiny random SD (16 px, 3 steps, 2 images per
-#                                             # class, synthetic ID features), tiny ViT teacher fine-tuned 1
-#                                             # epoch, ~300 CIFAR-10 training images, base 1 epoch, OAML 1 epoch
+#                                             # class), anchor model, tiny ViT teacher, base and OAML 1 epoch
+#                                             # each on ~300 CIFAR-10 training images
 #
 # Inputs (env): SD_MODEL (local diffusers dir or a hub id in the local HF cache), ID_FEATURES ([10, N, 768]
-# features of Dream-OOD's anchor-aligned ID model), TEACHER (fine-tuned teacher checkpoint; fine-tuned from
+# features of Dream-OOD's anchor-aligned ID model; TRAIN_ANCHOR_MODEL=1 trains it here: anchors from the
+# SD text encoder, configs/pipelines/train_dream_anchor_cifar10.yml, first 500 features per class), TEACHER (fine-tuned teacher checkpoint; fine-tuned from
 # TEACHER_INIT when missing), BASE (cross-entropy student checkpoint), EPOCHS, WIDTH, CLUB_UPDATE
 # (alternate|joint), WORK (smoke work folder). Data: OPENOOD_EXT_DATA (default data/), prepared with
 # `openood-ext data prepare cifar10`. Anything missing stops the script before any training.
@@ -31,7 +32,8 @@ if [[ "$SMOKE" == 1 ]]; then
   WORK="${WORK:-results/oaml_smoke}"
   WIDTH="${WIDTH_SMOKE:-8}"; EPOCHS="${EPOCHS:-1}"
   TEACHER="$WORK/teacher_tiny.pt"; BASE="$WORK/base_w${WIDTH}.pt"; OUT_ROOT="$WORK/sd_tiny"
-  SD=(trainer.outliers.model=tiny-random trainer.outliers.id_features=synthetic trainer.outliers.root="$OUT_ROOT"
+  SD_MODEL=tiny-random; ID_FEATURES="$WORK/id_features.pt"; ANCHOR_EPOCHS=1; PER_CLASS=20
+  SD=(trainer.outliers.model=tiny-random trainer.outliers.id_features="$ID_FEATURES" trainer.outliers.root="$OUT_ROOT"
       trainer.outliers.K=5 trainer.outliers.select=4 trainer.outliers.candidates=20 trainer.outliers.keep=2
       trainer.outliers.repeats=2 trainer.outliers.images_per_class=2 trainer.outliers.chunk=2
       trainer.outliers.steps=3 trainer.outliers.size=16 trainer.outliers.save_size=32)
@@ -62,7 +64,7 @@ else
     if [[ ! -d "$SD_MODEL" && ! -d "${HF_HOME:-$HOME/.cache/huggingface}/hub/models--${SD_MODEL//\//--}" ]]; then
       missing+=("SD model $SD_MODEL (set SD_MODEL to a local diffusers directory of stable-diffusion-v1-4)")
     fi
-    [[ -f "$ID_FEATURES" ]] || missing+=("ID features $ID_FEATURES (set ID_FEATURES to Dream-OOD's [10, N, 768] anchor-aligned features)")
+    [[ -f "$ID_FEATURES" || "${TRAIN_ANCHOR_MODEL:-0}" == 1 ]] || missing+=("ID features $ID_FEATURES (set ID_FEATURES to Dream-OOD's [10, N, 768] anchor-aligned features, or TRAIN_ANCHOR_MODEL=1 to train the anchor model here)")
   fi
   [[ -f "$TEACHER" || -f "${TEACHER_INIT:-/nonexistent}" ]] || \
     missing+=("teacher $TEACHER (or TEACHER_INIT=<local timm ViT-B/16 ImageNet weights> to fine-tune it)")
@@ -86,6 +88,19 @@ if [[ ! -f "$TEACHER" ]]; then
   TE=1; [[ "$SMOKE" != 1 ]] && TE="${TEACHER_EPOCHS:-10}"
   "$PY" main.py --config configs/pipelines/train_oaml_teacher_cifar10.yml "${COMMON[@]}" "${TEACHER_NET[@]}" "${INIT[@]}" \
     trainer.epochs="$TE" network.checkpoint="$TEACHER" experiment="oaml_teacher_s${SEED}$([[ $SMOKE == 1 ]] && echo _smoke)" overwrite=true
+fi
+
+if [[ ! -f "$ID_FEATURES" && ! -f "$OUT_ROOT/text_outliers.pt" ]]; then
+  ANCHORS="${ID_FEATURES%.pt}_anchors.pt"; ANCHOR_CKPT="${ID_FEATURES%.pt}_model.pt"
+  echo "== Dream-OOD ID feature model: anchors -> $ANCHORS, model -> $ANCHOR_CKPT, features -> $ID_FEATURES"
+  "$PY" -m openood_ext.synthesizers.dream_features anchors --config configs/pipelines/train_oaml_cifar10.yml \
+    "${COMMON[@]}" "${SD[@]}" -o "$ANCHORS"
+  AW=(network.anchors="$ANCHORS" network.width="$WIDTH" trainer.epochs="${ANCHOR_EPOCHS:-200}")
+  [[ "$SMOKE" == 1 ]] && AW+=(trainer.batch_size=16)
+  [[ -f "$ANCHOR_CKPT" ]] || "$PY" main.py --config configs/pipelines/train_dream_anchor_cifar10.yml "${COMMON[@]}" \
+    "${AW[@]}" network.checkpoint="$ANCHOR_CKPT" experiment="dream_anchor_s${SEED}$([[ $SMOKE == 1 ]] && echo _smoke)" overwrite=true
+  "$PY" -m openood_ext.synthesizers.dream_features features --config configs/pipelines/train_dream_anchor_cifar10.yml \
+    "${COMMON[@]}" "${AW[@]}" --checkpoint "$ANCHOR_CKPT" --per-class "${PER_CLASS:-500}" -o "$ID_FEATURES"
 fi
 
 TAG="cifar10_oaml_w${WIDTH}_e${EPOCHS}_${CLUB_UPDATE}_s${SEED}$([[ $SMOKE == 1 ]] && echo _smoke)"

@@ -279,3 +279,21 @@ def test_bench_oaml_runs_at_tiny_sizes(capsys):
     from openood_ext.bench_oaml import bench_step
     s = bench_step(width=4, batch=4, repeats=1, text_dim=16, latent_dim=32, latent_hidden=(8,))
     assert s["ratio"] > 0 and s["oaml_step_s"] > 0
+
+
+def test_anchor_cosine_model_and_class_features(tmp_path):
+    from openood_ext.synthesizers.dream_features import class_features
+    a = torch.randn(3, 6)
+    torch.save({"anchors": a}, tmp_path / "a.pt")
+    net = NETWORKS.build({"name": "anchor_cosine", "num_classes": 3, "anchors": str(tmp_path / "a.pt"),
+                          "backbone": "digits_cnn", "width": 4, "in_channels": 1, "temperature": 0.1})
+    logits, feat = net(torch.randn(5, 1, 8, 8), return_feature=True)
+    ref = F.normalize(feat, dim=1) @ F.normalize(a, dim=1).T / 0.1
+    assert feat.shape == (5, 6) and torch.allclose(logits, ref, atol=1e-5)
+    assert logits.abs().max() <= 10 + 1e-4
+    with pytest.raises(ConfigError, match="expected \\[2, D\\]"):
+        NETWORKS.build({"name": "anchor_cosine", "num_classes": 2, "anchors": str(tmp_path / "a.pt"),
+                        "backbone": "digits_cnn", "in_channels": 1})
+    f, y = torch.arange(12.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1])
+    out = class_features(f, y, 3, 3)
+    assert out.shape == (3, 3, 2) and out[0, :, 0].tolist() == [0, 3, 6] and out[2, :, 0].tolist() == [2, 5, 8]

@@ -3,6 +3,6 @@
 from .registry import NETWORKS
 from . import fcdd, npos_net, resnet, small_cnn  # noqa: F401  (registration)
 from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
-from . import timm_vit as _timm_vit  # noqa: F401  (registration: OAML teacher)
+from . import anchor_cosine as _anchor_cosine, timm_vit as _timm_vit  # noqa: F401  (registration: OAML)
 
 __all__ = ["NETWORKS"]
