@@ -139,9 +139,12 @@ def test_reference_file_is_complete_and_well_formed():
     header = [ln for ln in REFERENCE.read_text().splitlines() if ln.startswith("#")]
     assert any("28d3a40b613c452af379e687f46cbb426a9ea36b" in ln for ln in header)  # the cited commit
     assert not ref.duplicated(["Benchmark", "Training", "Postprocessor"]).any()
-    for col in ("Near-OOD_AUROC", "Far-OOD_AUROC", "ID_Accuracy"):
+    for col in ("Near-OOD_AUROC", "Far-OOD_AUROC"):
         means = ref[col].map(parse_mean)
         assert means.between(50, 100).all(), col
+    # OpenOOD's table gives no ID accuracy ("/") for methods with their own heads, e.g. NPOS: left empty
+    given = ref.ID_Accuracy.dropna()
+    assert given.map(parse_mean).between(50, 100).all() and set(ref[ref.ID_Accuracy.isna()].Training) <= {"npos"}
     from openood_ext.postprocessors import POSTPROCESSORS
     assert set(ref.Postprocessor) <= set(POSTPROCESSORS.names())  # registry names, so rows can match
 

@@ -76,6 +76,8 @@ def test_every_registered_postprocessor_scores_finite(tiny_setup):
             "msp", "ebo", "knn", "hsc"} <= set(names)
     for name in names:
         pp = POSTPROCESSORS.build(name)
+        if not all(callable(getattr(net, m, None)) for m in getattr(pp, "network_methods", ())):
+            continue  # e.g. vmdls scores only its own network (tested in test_vmdls.py)
         if pp.needs_network:
             pp.attach_network(net, torch.device("cpu"), lambda split: loaders[split]())
         pp.fit(o["id_train"], val_outputs=o["id_val"])
@@ -336,8 +338,9 @@ def test_postprocessor_configs_build_and_grids_name_constructor_arguments():
         assert spec["name"] == f.stem, f
         pp = POSTPROCESSORS.build({"name": spec["name"], **spec["args"]})
         accepted = set(inspect.signature(type(pp).__init__).parameters)
-        assert set(spec["aps_grid"]) <= accepted, f
-        for key, values in spec["aps_grid"].items():
+        grid = spec.get("aps_grid", {})  # a method may have nothing to search
+        assert set(grid) <= accepted, f
+        for key, values in grid.items():
             assert isinstance(values, list) and values, f
             for v in values:  # every grid point is a valid constructor argument
                 POSTPROCESSORS.build({"name": spec["name"], **spec["args"], key: v})

@@ -147,6 +147,7 @@ class VMDLSPostprocessor(Postprocessor):
     """
 
     needs_network = True
+    network_methods = ("ensemble", "first_layer")  # only networks with these can be scored
 
     def __init__(self, jitter_step: float = 1e-6, jitter_offset: int = 2, max_jitter: float = 1.0,
                  shift: str = "fit", ae=None):

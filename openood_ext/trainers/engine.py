@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..config import to_plain
 from ..errors import CheckpointError, ConfigError, OpenOODError
 from ..utils.io import write_with
 from ..utils.runtime import get_logger, progress
@@ -90,7 +91,10 @@ def split_trainer_config(spec: Mapping[str, Any]) -> tuple[EngineSettings, dict]
     """``trainer:`` -> (engine settings, the trainer's own mapping with ``name`` and its arguments)."""
     if isinstance(spec, str):
         spec = {"name": spec}
-    spec = dict(spec)
+    spec = to_plain(spec)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"trainer: expected a mapping with 'name', got {spec!r}")
+    spec = {k: to_plain(v) for k, v in spec.items()}  # nested configs -> dict/list, so list[int] hints apply
     if "name" not in spec:
         raise ConfigError("trainer: no 'name' (a TRAINERS entry, e.g. base, oe, energy_oe, logitnorm)")
     settings = EngineSettings.from_config(spec)
