@@ -14,9 +14,11 @@ name, output and cache directories, device, checkpoint path). Everything else th
 * ``Runs``: the run directories averaged in the row, relative to the output file; Markdown and HTML
   link each to its ``report.html`` (to the directory when a run has no report).
 
-* ``Training``: the config's ``trainer.name``; ``pretrained`` when the config has no trainer (weights
-  loaded from elsewhere). ``Arch``: ``network.name`` (plus its ``width`` when set).
-  ``Outlier_Data``: ``synthesizer.name``, else ``trainer.outlier_data``, else ``none``.
+* ``Training``: the trainer recorded in the checkpoint (run.json ``checkpoint_meta``), else the config's
+  ``trainer.name``; ``pretrained`` when neither says (weights loaded from elsewhere). ``Arch``:
+  ``network.name`` (plus its ``width`` when set). ``Outlier_Data``: the checkpoint's outlier source
+  (e.g. ``oe_images(train_oe.txt)``), else ``synthesizer.name``, ``trainer.outliers.name`` or
+  ``trainer.outlier_data``, else ``none``.
   ``Additional_Description``: the checkpoint's training epochs (run.json ``checkpoint_meta``), and notes
   (a near/far mean over fewer OOD sets than the benchmark defines; repeated seeds).
 * Values are percentages with two decimals, ``mean ± std`` over the runs (seeds, from run.json) of the row,
@@ -136,15 +138,17 @@ def describe_run(run_dir: Path) -> dict | None:
         warn(f"skipping {run_dir}: config.yaml or metrics.csv unreadable ({str(exc).splitlines()[0]})")
         return None
     trainer_cfg, synth_cfg = _as_mapping(cfg.get("trainer")), _as_mapping(cfg.get("synthesizer"))
-    outlier = synth_cfg.get("name") or _as_mapping(trainer_cfg.get("outlier_data")).get("name")
+    meta = record.get("checkpoint_meta") if isinstance(record.get("checkpoint_meta"), dict) else {}
+    # what the network was trained with, as recorded in its checkpoint, wins over the test config
+    outlier = (meta.get("outliers") or synth_cfg.get("name") or _as_mapping(trainer_cfg.get("outliers")).get("name")
+               or _as_mapping(trainer_cfg.get("outlier_data")).get("name"))
     network = _as_mapping(cfg.get("network"))
     arch = str(network.get("name", "?"))
     if network.get("width") is not None:
         arch = f"{arch} (width {network['width']})"
     bench = _as_mapping(cfg.get("benchmark"))
-    meta = record.get("checkpoint_meta") if isinstance(record.get("checkpoint_meta"), dict) else {}
     return {"dir": run_dir, "seed": record.get("seed", cfg.get("seed")), "metrics": metrics,
-            "Benchmark": str(bench.get("name", "?")), "Training": str(trainer_cfg.get("name") or "pretrained"),
+            "Benchmark": str(bench.get("name", "?")), "Training": str(meta.get("trainer") or trainer_cfg.get("name") or "pretrained"),
             "Arch": arch, "Outlier_Data": str(outlier or "none"), "Epochs": meta.get("epochs"),
             "config": compared_config(cfg), "hyperparameters": postprocessor_hyperparameters(run_dir, cfg)}
 

@@ -113,13 +113,14 @@ def test_main_job_writes_report_with_existing_plots(quick_main_job):
     assert pps == ["ebo", "hsc", "knn", "msp"]
     # in the config's order of postprocessors
     links = ["config.yaml", "metrics.csv", "metrics.json", "run.json", "log.txt"]
-    assert parser.refs == links + [f"plots/{kind}_{pp}.png" for pp in ("msp", "ebo", "knn", "hsc")
-                                   for kind in ("roc", "hist")]
+    plots = [f"plots/{kind}_{pp}.png" for pp in ("msp", "ebo", "knn", "hsc") for kind in ("roc", "hist")]
+    training = ["plots/loss_curves.png", "history.json"]  # the network was trained in this run
+    assert parser.refs == links + plots + training
     page = (run / "report.html").read_text()
     assert "k=10" in page and "center=fit" in page and "git commit" in page and "id_test 325" in page
     assert "fewer OOD sets" not in page  # no partial mean, no footnote
     assert "<h1>digits_digits_cnn_test_ood_s0</h1>" in (run / "report.html").read_text()
-    for ref in parser.refs[len(links):]:
+    for ref in plots + training[:1]:  # every image exists and is a PNG
         assert (run / ref).read_bytes()[:8] == PNG
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "complete" and "report" in record["timings_s"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DataError
+from .f1 import open_set_f1
 from .metrics import accuracy, check_scores, ood_metrics
 from .registry import EVALUATORS
 
@@ -38,16 +39,18 @@ class OODEvaluator:
     ``partial``; a group with no evaluated set gets no mean at all.
     """
 
-    metric_names = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
+    # f1_95: macro-F1 over the known classes + "unknown" at the threshold keeping 95 % of ID (VMDLS's metric)
+    metric_names = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "f1_95")
 
     def evaluate(self, postprocessor: str, id_test: SplitScores, ood: dict[str, tuple[str, SplitScores]],
-                 skipped: dict[str, tuple[str, str]] | None = None) -> EvalResult:
+                 skipped: dict[str, tuple[str, str]] | None = None, num_classes: int | None = None) -> EvalResult:
         """
         Args:
             postprocessor: name used in rows and error messages.
             id_test: scores of the ID test split (labels are class indices).
             ood: set name -> (group, scores) for every evaluated OOD set.
             skipped: set name -> (group, reason) for OOD sets that could not be evaluated.
+            num_classes: K for the F1 metric (default: largest ID label + 1).
         """
         skipped = skipped or {}
         self._check(postprocessor, "id_test", id_test.conf)
@@ -58,6 +61,8 @@ class OODEvaluator:
         for set_name, (group, scores) in ood.items():
             self._check(postprocessor, set_name, scores.conf)
             values = ood_metrics(id_test.conf, scores.conf)
+            values["f1_95"] = open_set_f1(id_test.conf, id_test.preds, id_test.labels, scores.conf, scores.preds,
+                                          num_classes=num_classes)["f1"]
             per_set[set_name] = {"group": group, "n": int(len(scores.conf)), **values}
             result.rows += [_row(postprocessor, set_name, group, m, values[m]) for m in self.metric_names]
         groups = {}

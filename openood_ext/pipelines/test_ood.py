@@ -6,6 +6,8 @@ The network runs once per split; every postprocessor that needs only logits/feat
 
 from __future__ import annotations
 
+import inspect
+
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +136,10 @@ class TestOODPipeline:
                 pp.fit(train_out, val_outputs=val_out)
                 scored = {"id_test": self._scores(pp, id_test, store, bench.split("id_test"))}
                 scored.update({s.name: self._scores(pp, ood_out[s.name], store, s) for s in ood_sets})
+            extra = {"num_classes": bench.num_classes} if "num_classes" in inspect.signature(evaluator.evaluate).parameters else {}
             result = evaluator.evaluate(
                 label, scored["id_test"],
-                {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped)
+                {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped, **extra)
             rows += result.rows
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
             if search:

@@ -111,6 +111,10 @@ def write_report(run_dir: str | Path, facts: dict | None = None) -> Path:
         sections.append(f"<h2>{html.escape(pp)}</h2><div class='row'>"
                         + _img(run_dir, roc, f"ROC curves of {pp}") + _img(run_dir, hist, f"confidence histograms of {pp}")
                         + "</div>")
+    curves = run_dir / "plots" / "loss_curves.png"
+    if curves.is_file():  # the network was trained in this run: its per-epoch loss terms
+        sections.append("<h2>Training</h2><div class='row'>" + _img(run_dir, curves, "loss terms per epoch")
+                        + "</div><p class='note'>per-epoch values in <a href='history.json'>history.json</a></p>")
     try:
         summary = json.loads((run_dir / "metrics.json").read_text())
         summary = summary if isinstance(summary, dict) else {}
