@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
 
 from .synthesizers.npos import NPOSParams, faiss_available, npos_sample
+from .utils.timing import median_time
 
 
 def loop_sample(queues: torch.Tensor, p: NPOSParams, generator: torch.Generator) -> torch.Tensor:
@@ -47,16 +46,6 @@ def loop_sample(queues: torch.Tensor, p: NPOSParams, generator: torch.Generator)
     return torch.cat(out)
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench(classes=10, queue=1000, dim=512, K=300, select=200, pick=2, candidates=600, keep=200,
           repeats=3, seed=0) -> dict:
     p = NPOSParams(K, select, pick, candidates, keep, 0.1).check(queue)
@@ -66,9 +55,9 @@ def bench(classes=10, queue=1000, dim=512, K=300, select=200, pick=2, candidates
     backends = (["faiss"] if faiss_available() else []) + ["torch"]
     for be in backends:
         g = torch.Generator().manual_seed(seed)
-        rows[be] = _time(lambda: npos_sample(queues, p, generator=g, backend=be), repeats)
+        rows[be] = median_time(lambda: npos_sample(queues, p, generator=g, backend=be), repeats)
     g = torch.Generator().manual_seed(seed)
-    rows["loop"] = _time(lambda: loop_sample(queues, p, g), repeats)
+    rows["loop"] = median_time(lambda: loop_sample(queues, p, g), repeats)
     result = {"sizes": {"classes": classes, "queue": queue, "dim": dim, "K": K, "select": select, "pick": pick,
                         "candidates": candidates, "keep": keep}, "outliers_per_call": n_out,
               "threads": torch.get_num_threads(), "seconds": rows,

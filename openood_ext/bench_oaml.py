@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .utils.timing import median_time
 
 
 def bench_generation(model="tiny-random", images_per_class=2, classes=("cat", "dog"), steps=3, size=16,
@@ -49,16 +50,6 @@ class _Pool:
         return self.pool[torch.randperm(len(self.pool), generator=g)[:n]]
 
 
-def _median_step(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench_step(width=16, batch=32, repeats=3, text_dim=768, latent_dim=16384, latent_hidden=(8192, 4096, 256),
                teacher="tiny", device="cpu") -> dict:
     from .networks import NETWORKS
@@ -84,7 +75,7 @@ def bench_step(width=16, batch=32, repeats=3, text_dim=768, latent_dim=16384, la
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    t_base = _median_step(base_step, repeats)
+    t_base = median_time(base_step, repeats)
 
     tiny = {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
     spec = tiny if teacher == "tiny" else {"model": "vit_base_patch16_224", "img_size": 224}
@@ -111,7 +102,7 @@ def bench_step(width=16, batch=32, repeats=3, text_dim=768, latent_dim=16384, la
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
-        t_oaml = _median_step(oaml_step, repeats)
+        t_oaml = median_time(oaml_step, repeats)
     return {"width": width, "batch": batch, "teacher": teacher, "latent_dim": latent_dim,
             "latent_hidden": list(latent_hidden), "device": str(dev), "base_step_s": t_base,
             "oaml_step_s": t_oaml, "ratio": t_oaml / t_base}

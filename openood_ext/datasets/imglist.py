@@ -130,3 +130,16 @@ class SkipCounter:
         images = torch.stack([k[0] for k in kept])
         labels = torch.as_tensor([k[1] for k in kept], dtype=torch.long)
         return images, labels, len(batch) - len(kept)
+
+
+def write_imglist_if_changed(path, rows) -> None:
+    """Write ``(relative_path, label)`` rows as an image list at ``path`` unless it already holds exactly
+    them (so reruns do not touch the file); DataError naming the file when it cannot be written."""
+    from ..utils.io import write_text
+    path = Path(path)
+    text = "".join(f"{p} {lab}\n" for p, lab in rows)
+    if not (path.is_file() and path.read_text() == text):
+        try:
+            write_text(path, text)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot write the image list ({exc}); set benchmark.derived_dir") from None

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from ..datasets.benchmark import Benchmark
+from ..datasets.imglist import write_imglist_if_changed
 from ..datasets.registry import BENCHMARKS
 from ..errors import ConfigError, DataError
-from ..utils.io import write_text
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 LAYOUTS = ("auto", "one_vs_rest", "normal_anomalous")
@@ -88,13 +88,7 @@ class FolderADBenchmark(Benchmark):
         if train_anom:
             lists["train_anomalies.txt"] = [(p, -1) for p in train_anom]
         for name, rows in lists.items():
-            text = "".join(f"{p} {lab}\n" for p, lab in rows)
-            path = out / name
-            if not (path.is_file() and path.read_text() == text):
-                try:
-                    write_text(path, text)
-                except OSError as exc:
-                    raise DataError(f"{path}: cannot write the image list ({exc}); set benchmark.derived_dir") from None
+            write_imglist_if_changed(out / name, rows)
         super().__init__(num_classes=1, id={"train": "train.txt", "val": "train.txt", "test": "test_normal.txt"},
                          ood={"far": {"anomalies": "test_anomalies.txt"}}, imglist_dir=str(out), data_root=str(self.root),
                          preprocessor=preprocessor, title=title or "ad_folder", on_bad_image=on_bad_image,

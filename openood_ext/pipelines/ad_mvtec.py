@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from ..datasets.benchmark import Benchmark
+from ..datasets.imglist import write_imglist_if_changed
 from ..datasets.registry import BENCHMARKS
 from ..errors import ConfigError, DataError
-from ..utils.io import write_text
 
 MVTEC_CLASSES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                  "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
@@ -75,13 +75,7 @@ class MVTecBenchmark(Benchmark):
                 picked += [files[i] for i in sorted(rng.choice(len(files), min(oe_defects, len(files)), replace=False))]
             lists["train_anomalies.txt"] = [(p, -1) for p in picked]
         for name, rows in lists.items():
-            text = "".join(f"{p} {lab}\n" for p, lab in rows)
-            path = out / name
-            if not (path.is_file() and path.read_text() == text):
-                try:
-                    write_text(path, text)
-                except OSError as exc:
-                    raise DataError(f"{path}: cannot write the image list ({exc}); set benchmark.derived_dir") from None
+            write_imglist_if_changed(out / name, rows)
         pre = dict(preprocessor or {"image_size": 224, "resize": 224, "channels": 3,
                                     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
         super().__init__(num_classes=1, id={"train": "train.txt", "val": "train.txt", "test": "test_normal.txt"},
