@@ -10,6 +10,9 @@ intermediate feature maps l1, l2, l3 [B, C_i] and ``out`` the flat encoder outpu
   after the third conv's ReLU (as ``MnistConvEncoder.get_layer_output``); 100/100/100-d.
 * ``resnet18_32x32``: the CIFAR ResNet-18 of :mod:`.resnet` (3x3 stem, no max-pool; ``width`` scales it,
   64 = standard); l1..l3 = pooled ``layer1..layer3`` (64/128/256-d at width 64), out = pooled ``layer4``.
+* ``vgg`` (1024-d out; l1..l3 128/256/256-d before their ReLU), ``densenet`` (BC-100, growth 12; 342-d
+  out; 108/150/342-d, l3 == out) and ``wide_resnet`` (28-10; 640-d out; 160/320/640-d, l3 == out as
+  published): :mod:`.vmdls_backbones`, options through ``encoder_args``.
 
 Networks registered here:
 
@@ -32,6 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from .registry import NETWORKS
 from .resnet import ResNet18_32x32
+from .vmdls_backbones import DenseNetEncoder, VGGEncoder, WideResNetEncoder
 from .small_cnn import Classifier
 
 DISTANCES = ("normalized", "euclidean")
@@ -94,15 +98,30 @@ class ResNet18Encoder(nn.Module):
         return _gap(self.layer1(F.relu(self.bn1(self.conv1(x)))))
 
 
-ENCODERS = {"mnist_conv": MnistConvEncoder, "resnet18_32x32": ResNet18Encoder}
+ENCODERS = {"mnist_conv": MnistConvEncoder, "resnet18_32x32": ResNet18Encoder, "vgg": VGGEncoder,
+            "densenet": DenseNetEncoder, "wide_resnet": WideResNetEncoder}
 
 
-def build_encoder(name: str, in_channels: int, image_size: int, width: int) -> nn.Module:
+def build_encoder(name: str, in_channels: int, image_size: int, width: int,
+                  encoder_args: dict | None = None) -> nn.Module:
+    """The encoder ``name``; ``encoder_args`` are extra keyword arguments of the larger encoders
+    (:mod:`.vmdls_backbones`: densenet ``depth, growth, reduction, init``; wide_resnet ``depth, widen,
+    dropout, mc_dropout, layers``; vgg ``hidden``)."""
+    args = dict(encoder_args or {})
+    if name in ("mnist_conv", "resnet18_32x32") and args:
+        raise ConfigError(f"network.encoder_args: encoder {name!r} takes none, got {sorted(args)}")
     if name == "mnist_conv":
         return MnistConvEncoder(in_channels, image_size)
     if name == "resnet18_32x32":
         return ResNet18Encoder(in_channels, width)
-    raise ConfigError(f"network.encoder: expected one of {', '.join(ENCODERS)}, got {name!r}")
+    if name not in ENCODERS:
+        raise ConfigError(f"network.encoder: expected one of {', '.join(ENCODERS)}, got {name!r}")
+    if name == "vgg":
+        args.setdefault("image_size", image_size)
+    try:
+        return ENCODERS[name](in_channels=in_channels, **args)
+    except TypeError as exc:
+        raise ConfigError(f"network.encoder_args: bad arguments for encoder {name!r}: {exc}") from None
 
 
 def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
@@ -117,23 +136,27 @@ class VMDLSNet(nn.Module):
     """Encoder + latent heads (see the module docstring).
 
     Args:
-        encoder: ``mnist_conv`` or ``resnet18_32x32``.
+        encoder: ``mnist_conv``, ``resnet18_32x32``, ``vgg``, ``densenet`` (BC-100, growth 12) or
+            ``wide_resnet`` (28-10) (the last three: :mod:`.vmdls_backbones`).
         num_classes: K (size of the ``class_means`` buffer).
         in_channels, image_size: input shape (image_size matters for ``mnist_conv`` only).
         latent_dim: 32 in the paper (64 for CIFAR-100).
         width: ResNet-18 width (64 = standard).
         distance: ``normalized`` | ``euclidean``: how ``forward``'s logits measure distance to the class means.
+        encoder_args: extra keyword arguments of the vgg/densenet/wide_resnet encoders (published quirks
+            behind switches: densenet ``init: published``, wide_resnet ``mc_dropout``, ``layers``).
     """
 
     def __init__(self, encoder: str = "mnist_conv", num_classes: int = 10, in_channels: int = 1,
-                 image_size: int = 28, latent_dim: int = 32, width: int = 64, distance: str = "normalized"):
+                 image_size: int = 28, latent_dim: int = 32, width: int = 64, distance: str = "normalized",
+                 encoder_args: dict | None = None):
         super().__init__()
         if latent_dim < 1:
             raise ConfigError(f"network.latent_dim: expected an integer >= 1, got {latent_dim}")
         if distance not in DISTANCES:
             raise ConfigError(f"network.distance: expected one of {', '.join(DISTANCES)}, got {distance!r}")
         self.encoder_name, self.distance = encoder, distance
-        self.encoder = build_encoder(encoder, in_channels, image_size, width)
+        self.encoder = build_encoder(encoder, in_channels, image_size, width, encoder_args)
         self.fc_mu = nn.Linear(self.encoder.out_dim, latent_dim)
         self.fc_var = nn.Linear(self.encoder.out_dim, latent_dim)
         self.latent_dim = latent_dim
