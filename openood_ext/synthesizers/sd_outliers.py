@@ -40,6 +40,13 @@ def _draw(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tenso
     return pool[idx]
 
 
+def _require_batch(source, n: int, what: str, fix: str) -> None:
+    """ConfigError when a pool of ``n`` outlier rows cannot fill one image batch of the run."""
+    bs = getattr(getattr(source, "ctx", None), "batch_size", None)
+    if bs is not None and n < bs:
+        raise ConfigError(f"{what.format(n=n)}, fewer than the image batch ({bs}); {fix} or lower the batch size")
+
+
 @SYNTHESIZERS.register("sd_text_outliers")
 class SDTextOutliers(OutlierSource):
     """Text-embedding outliers (module docstring). Keys: ``root`` (folder), ``generate`` (bool), ``device``
@@ -78,10 +85,8 @@ class SDTextOutliers(OutlierSource):
                             f"trainer.outliers.generate=true")
         self.pool = torch.load(self.root / "text_outliers.pt", weights_only=True)["outliers"].float()
         self.pool_flat = self.pool.reshape(-1, self.pool.shape[-1])
-        bs = getattr(getattr(self, "ctx", None), "batch_size", None)
-        if bs is not None and len(self.pool_flat) < bs:
-            raise ConfigError(f"trainer.outliers: the text outlier pool has {len(self.pool_flat)} rows, fewer "
-                              f"than the image batch ({bs}); raise repeats/keep or lower the batch size")
+        _require_batch(self, len(self.pool_flat), "trainer.outliers: the text outlier pool has {n} rows",
+                       "raise repeats/keep")
 
     @property
     def dim(self) -> int:
@@ -119,10 +124,7 @@ class SDLatentOutliers(OutlierSource):
             raise DataError(f"sd_latent_outliers: {problems[0]}; regenerate with sd_text_outliers generate=true")
         rows = [np.load(entry_paths(self.root, cfg, c, k)[1]).reshape(-1) for c, k in expected_entries(cfg)]
         self.pool = torch.from_numpy(np.stack(rows)).float()
-        bs = getattr(getattr(self, "ctx", None), "batch_size", None)
-        if bs is not None and len(self.pool) < bs:
-            raise ConfigError(f"sd_latent_outliers: {len(self.pool)} latents, fewer than the image batch ({bs}); "
-                              f"raise images_per_class or lower the batch size")
+        _require_batch(self, len(self.pool), "sd_latent_outliers: {n} latents", "raise images_per_class")
 
     @property
     def dim(self) -> int:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .eoe_base import EOEObjective
-from .eoe_hsc import hsc_score
+from .eoe_hsc import EOEHSCTrainer
 from .registry import TRAINERS
 
 
@@ -18,16 +17,8 @@ def dsad_loss(features: torch.Tensor, labels: torch.Tensor, eps: float = 1e-9) -
 
 
 @TRAINERS.register("eoe_dsad")
-class EOEDSADTrainer(EOEObjective):
-    """EOE Deep SAD (see the module doc)."""
-
-    def __init__(self, eps: float = 1e-9):
-        if not 0 <= eps < 1:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
-        self.eps = float(eps)
+class EOEDSADTrainer(EOEHSCTrainer):
+    """EOE Deep SAD (see the module doc): HSC's ``eps`` and score, its own loss."""
 
     def loss(self, outputs, labels):
         return dsad_loss(outputs, labels, self.eps)
-
-    def score(self, outputs):
-        return hsc_score(outputs)
