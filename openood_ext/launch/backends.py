@@ -1,0 +1,145 @@
+"""The three ways to run :class:`~openood_ext.launch.job.Job` s: local processes, Slurm (submitit), Ray.
+
+Each backend is a function ``(jobs, max_parallel, **options) -> list[JobResult]`` (same order as ``jobs``)
+in :data:`BACKENDS`. Every job is a process running its command line (:func:`run_command`), whose output
+goes to the job's log file; no backend runs a server of ours.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ConfigError
+from .job import Job, JobResult, result_of
+
+
+def _open_log(job: Job):
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    return open(job.log, "w")
+
+
+def run_command(argv: list[str], log: str, cwd: str | None = None, env: dict | None = None) -> tuple[int, float]:
+    """Run ``argv`` to its end with stdout + stderr appended to ``log``; ``(exit status, seconds)``.
+
+    This is the function the Slurm and Ray backends ship to their workers, so it takes plain types only.
+    """
+    t0 = time.perf_counter()
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        proc = subprocess.run(argv, check=False, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env or {})})
+    return proc.returncode, time.perf_counter() - t0
+
+
+def run_local(jobs: list[Job], max_parallel: int = 1, poll_s: float = 0.05) -> list[JobResult]:
+    """Up to ``max_parallel`` jobs at a time as child processes of this one.
+
+    Ctrl-C / SIGTERM here: the running children get SIGTERM (an ``openood-ext run`` then stops cleanly and
+    marks its run directory interrupted), jobs not yet started are reported ``interrupted`` and the
+    KeyboardInterrupt propagates after the children exited.
+    """
+    results: list[JobResult | None] = [None] * len(jobs)
+    running: dict[int, tuple[subprocess.Popen, float, object]] = {}
+    pending = list(range(len(jobs)))
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, max_parallel):
+                i = pending.pop(0)
+                job = jobs[i]
+                fh = _open_log(job)
+                proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=job.cwd,
+                                        env={**os.environ, **job.env})
+                running[i] = (proc, time.perf_counter(), fh)
+            for i, (proc, t0, fh) in list(running.items()):
+                if proc.poll() is not None:
+                    fh.close()
+                    results[i] = result_of(jobs[i], proc.returncode, time.perf_counter() - t0)
+                    del running[i]
+            time.sleep(poll_s)
+    except BaseException:
+        for proc, _, fh in running.values():
+            proc.terminate()
+        for i, (proc, t0, fh) in running.items():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            fh.close()
+        raise
+    return results  # type: ignore[return-value]
+
+
+def run_submitit(jobs: list[Job], max_parallel: int = 1, folder: str | os.PathLike | None = None,
+                 cluster: str | None = None, **parameters) -> list[JobResult]:
+    """Submit the jobs through ``submitit.AutoExecutor`` (Slurm on a cluster; ``cluster="local"`` or
+    ``"debug"`` run them here, which is how the tests use it) as one job array and wait for them.
+
+    ``folder``: submitit's logs and pickles (default ``<first job's output dir>/.submitit``). ``parameters``
+    go to ``executor.update_parameters`` (e.g. ``timeout_min=60, slurm_partition="gpu", gpus_per_node=1,
+    cpus_per_task=8``); ``max_parallel`` becomes ``slurm_array_parallelism``.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("launcher backend 'submitit' needs the submitit package (pip install 'openood_ext[slurm]')") from None
+    if not jobs:
+        return []
+    folder = Path(folder) if folder else jobs[0].run_dir.parent / ".submitit"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    parameters.setdefault("timeout_min", 24 * 60)
+    executor.update_parameters(slurm_array_parallelism=max(1, max_parallel), **parameters)
+    t0 = time.perf_counter()
+    with executor.batch():
+        handles = [executor.submit(run_command, job.argv, str(job.log), job.cwd, dict(job.env)) for job in jobs]
+    results = []
+    for job, handle in zip(jobs, handles):
+        try:
+            code, wall = handle.result()
+        except Exception as exc:  # noqa: BLE001  the scheduler lost the task (timeout, node failure, cancelled)
+            results.append(result_of(job, None, time.perf_counter() - t0, f"submitit: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
+            continue
+        results.append(result_of(job, code, wall))
+    return results
+
+
+def run_ray(jobs: list[Job], max_parallel: int = 1, address: str | None = None, num_cpus_per_job: float = 1,
+            num_gpus_per_job: float = 0, init_kwargs: dict | None = None) -> list[JobResult]:
+    """Run the jobs as Ray tasks, at most ``max_parallel`` at a time.
+
+    Connects to ``address`` (e.g. ``"auto"`` on a cluster) or, when Ray is not initialised yet and no
+    address is given, starts a local Ray with ``init_kwargs`` (the tests pass ``num_cpus=2``). Each task
+    reserves ``num_cpus_per_job`` / ``num_gpus_per_job``.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("launcher backend 'ray' needs the ray package (pip install 'openood_ext[ray]')") from None
+    if not jobs:
+        return []
+    if not ray.is_initialized():
+        ray.init(address=address, **({"include_dashboard": False, "log_to_driver": False} | (init_kwargs or {})))
+    task = ray.remote(num_cpus=num_cpus_per_job, num_gpus=num_gpus_per_job)(run_command)
+    results: list[JobResult | None] = [None] * len(jobs)
+    in_flight: dict = {}
+    pending = list(range(len(jobs)))
+    t0 = time.perf_counter()
+    while pending or in_flight:
+        while pending and len(in_flight) < max(1, max_parallel):
+            i = pending.pop(0)
+            job = jobs[i]
+            in_flight[task.remote(job.argv, str(job.log), job.cwd, dict(job.env))] = i
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in done:
+            i = in_flight.pop(ref)
+            try:
+                code, wall = ray.get(ref)
+                results[i] = result_of(jobs[i], code, wall)
+            except Exception as exc:  # noqa: BLE001  the task or its worker died
+                results[i] = result_of(jobs[i], None, time.perf_counter() - t0, f"ray: {str(exc).splitlines()[0]}")
+    return results  # type: ignore[return-value]
+
+
+BACKENDS: dict[str, Callable[..., list[JobResult]]] = {"local": run_local, "submitit": run_submitit, "ray": run_ray}
