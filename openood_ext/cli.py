@@ -21,6 +21,7 @@ from .utils.interrupts import RunInterrupted
 USAGE = """usage: openood-ext run --config FILE.yml [FILE.yml ...] [key=value ...] [--debug]
        openood-ext run --resume RUN_DIR [key=value ...]
        openood-ext list [kind] [pattern]
+       openood-ext sweep --config FILE.yml key=[v1,v2] seed=[0,1] [--jobs N] [--backend local|submitit|ray]
        openood-ext data | leaderboard | bench ...  (see --help of each)"""
 
 
@@ -111,6 +112,7 @@ LAZY_COMMANDS = {
     "data": "openood_ext.datasets.cli:main",
     "leaderboard": "openood_ext.leaderboard:main",
     "bench": "openood_ext.bench:main",
+    "sweep": "openood_ext.launch.sweep:main",
 }
 
 
