@@ -4,15 +4,27 @@ A split (an image list) goes through the network once; its logits, penultimate f
 are kept as :class:`NetOutputs` and cached on disk (``cache/``) under a key made of the checkpoint's
 content hash, the image list's content hash and the preprocessing. Postprocessors that only need these
 tensors never touch the network again.
+
+Layer taps: a postprocessor that needs intermediate layers (Gram, MDSEns's fit) hands the pass a
+:class:`TapConsumer` naming its :class:`Tap` s (a layer plus a reduction, e.g. mean pooling or Gram
+row sums). :func:`extract_outputs` hooks every tapped layer once (:class:`TapSet`), applies each
+distinct reduction once per batch inside the hook (before any later in-place op can change the
+tensor) and feeds each consumer its reduced tensors batch by batch. Only what the consumers keep
+(per-class statistics, per-sample scores) outlives the batch; full feature maps never do.
+
+The per-split forward loop is :func:`extract_outputs` (one function, so wrapping it, e.g. to shard a
+split over ranks and gather the results, is done in one place).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -39,6 +51,10 @@ class NetOutputs:
     labels: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: int = 0
+    #: results of the tap consumers fed by the pass that produced these outputs (not cached on disk)
+    tap_results: list = field(default_factory=list, repr=False)
+    #: hook firings per tapped layer in that pass
+    tap_calls: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.logits.ndim != 2 or self.features.ndim != 2:
@@ -74,30 +90,146 @@ def last_linear_layer(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+@dataclass(frozen=True)
+class Tap:
+    """One reduction of one intermediate layer's output, computed inside the forward hook.
+
+    Attributes:
+        layer: a module name of the network (its output), or ``"<module>:input"`` for the module's
+            first input (e.g. ``layer1:input`` is ResNet's stem output relu(bn1(conv1(x))), which no
+            module returns because the ReLU is functional).
+        reduce: a key naming the reduction; taps with equal (layer, reduce) are computed once per
+            batch however many consumers ask for them, so equal keys must mean equal ``fn``.
+        fn: ``[B, ...] tensor -> object`` (a tensor or a list of tensors) kept for the batch.
+    """
+
+    layer: str
+    reduce: str
+    fn: Callable[[torch.Tensor], Any] = field(compare=False, hash=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.layer, self.reduce)
+
+
+class TapConsumer(Protocol):
+    """Receives one split's tapped reductions batch by batch during :func:`extract_outputs`.
+
+    ``update`` gets ``{tap.key: reduced}`` for its own taps, the batch's logits [B, C] (float32, cpu)
+    and labels [B]; ``finish`` is called once after the last batch and returns the consumer's result
+    (e.g. per-sample scores), which :func:`extract_outputs` returns in ``NetOutputs.tap_results``.
+    """
+
+    taps: Sequence[Tap]
+
+    def update(self, reduced: dict[tuple[str, str], Any], logits: torch.Tensor, labels: torch.Tensor) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+def split_tap_layer(layer: str) -> tuple[str, bool]:
+    """(module name, whether the module's input rather than its output is tapped)."""
+    if layer.endswith(":input"):
+        return layer[: -len(":input")], True
+    return layer, False
+
+
+class TapSet:
+    """Forward hooks computing every distinct :class:`Tap` once per batch.
+
+    ``calls[layer]`` counts hook firings per tapped layer (one per batch when each module runs once
+    per forward pass); a module that fires twice in one batch is an error (its reduction would be
+    ambiguous).
+    """
+
+    def __init__(self, net: torch.nn.Module, taps: Iterable[Tap]):
+        self.net = net
+        self.by_layer: dict[str, dict[str, Callable]] = {}
+        for tap in taps:
+            self.by_layer.setdefault(tap.layer, {}).setdefault(tap.reduce, tap.fn)
+        modules = dict(net.named_modules())
+        missing = [layer for layer in self.by_layer if split_tap_layer(layer)[0] not in modules]
+        if missing:
+            raise ValueError(f"tapped layer(s) {missing} not found in {type(net).__name__}; "
+                             f"modules are: {', '.join(n for n in modules if n)[:500]}")
+        self._modules = modules
+        self._handles: list = []
+        self._batch: dict[tuple[str, str], Any] = {}
+        self.calls: Counter = Counter()
+
+    def _record(self, layer: str, t) -> None:
+        if isinstance(t, (tuple, list)):
+            t = t[0]
+        if any(k[0] == layer for k in self._batch):
+            raise ValueError(f"tapped layer {layer!r} fired twice in one forward pass (a module used "
+                             f"twice?); tap another module")
+        self.calls[layer] += 1
+        with torch.no_grad():
+            for reduce, fn in self.by_layer[layer].items():
+                self._batch[(layer, reduce)] = fn(t.detach())
+
+    def __enter__(self) -> TapSet:  # noqa: PYI034
+        for layer in self.by_layer:
+            name, on_input = split_tap_layer(layer)
+            module = self._modules[name]
+            if on_input:
+                handle = module.register_forward_pre_hook(lambda _m, inputs, layer=layer: self._record(layer, inputs))
+            else:
+                handle = module.register_forward_hook(lambda _m, _i, out, layer=layer: self._record(layer, out))
+            self._handles.append(handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._batch = [], {}
+
+    def pop(self) -> dict[tuple[str, str], Any]:
+        """This batch's reductions, ``{(layer, reduce): result}``; checks every tap fired."""
+        batch, self._batch = self._batch, {}
+        absent = [layer for layer in self.by_layer if not any(k[0] == layer for k in batch)]
+        if absent:
+            raise ValueError(f"tapped layer(s) {absent} did not run in the forward pass")
+        return batch
+
+
 @torch.no_grad()
 def extract_outputs(net: torch.nn.Module, loader, device: torch.device | str = "cpu",
-                    desc: str = "forward") -> NetOutputs:
-    """Run ``net`` once over ``loader`` in eval mode.
+                    desc: str = "forward", consumers: Sequence[TapConsumer] = ()) -> NetOutputs:
+    """Run ``net`` once over ``loader`` in eval mode (the per-split forward loop).
 
     The loader yields ``(images, labels)`` or ``(images, labels, n_skipped)`` batches. The network must
-    accept ``net(x, return_feature=True)`` and return ``(logits, features)``.
+    accept ``net(x, return_feature=True)`` and return ``(logits, features)``. Every consumer's taps are
+    computed in this same pass (see the module docstring); ``NetOutputs.tap_results[i]`` is
+    ``consumers[i].finish()``.
     """
     net.eval()
     logits, feats, labels = [], [], []
     skipped = 0
-    for batch in progress(loader, desc=desc):
-        images, targets = batch[0], batch[1]
-        skipped += int(batch[2]) if len(batch) > 2 else 0
-        if len(images) == 0:
-            continue
-        out, feat = net(images.to(device, non_blocking=True), return_feature=True)
-        logits.append(out.float().cpu())
-        feats.append(feat.float().flatten(1).cpu())
-        labels.append(torch.as_tensor(targets).long())
+    taps = TapSet(net, [t for c in consumers for t in c.taps])
+    with taps:
+        for batch in progress(loader, desc=desc):
+            images, targets = batch[0], batch[1]
+            skipped += int(batch[2]) if len(batch) > 2 else 0
+            if len(images) == 0:
+                continue
+            out, feat = net(images.to(device, non_blocking=True), return_feature=True)
+            out = out.float().cpu()
+            targets = torch.as_tensor(targets).long()
+            logits.append(out)
+            feats.append(feat.float().flatten(1).cpu())
+            labels.append(targets)
+            if consumers:
+                reduced = taps.pop()
+                for c in consumers:
+                    c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
     if not logits:
         raise EmptySplit(f"{desc}: none of the split's {skipped} images could be read", skipped)
-    return NetOutputs(torch.cat(logits), torch.cat(feats), torch.cat(labels), last_linear_layer(net),
-                      skipped)
+    outputs = NetOutputs(torch.cat(logits), torch.cat(feats), torch.cat(labels), last_linear_layer(net),
+                         skipped)
+    outputs.tap_results = [c.finish() for c in consumers]
+    outputs.tap_calls = dict(taps.calls)
+    return outputs
 
 
 class EmptySplit(DataError):

@@ -29,9 +29,17 @@ class OutputStore:
         self.memo: dict[str, NetOutputs] = {}
         self.forward_passes = 0
 
-    def get(self, split: Split) -> NetOutputs:
+    def get(self, split: Split, consumers=()) -> NetOutputs:
+        """The split's outputs. With tap ``consumers`` (see :mod:`openood_ext.features`) the network runs
+        even on a cache hit, since tapped layers are not cached; its outputs refresh the cache and the
+        returned object's ``tap_results`` holds the consumers' results."""
+        key = cache_key(**self.base_key, imglist=file_sha256(split.imglist))
+        if consumers:
+            outputs = self._forward(split, consumers)
+            self.cache.save(key, outputs)
+            self.memo[split.name] = outputs
+            return outputs
         if split.name not in self.memo:
-            key = cache_key(**self.base_key, imglist=file_sha256(split.imglist))
             expected = len(read_imglist(split.imglist))
             self.memo[split.name] = self.cache.get_or_compute(key, lambda: self._forward(split), expected)
         return self.memo[split.name]
@@ -41,8 +49,8 @@ class OutputStore:
         return self.bench.loader(self.bench.split(split_name), batch_size=self.batch_size,
                                  num_workers=self.workers)
 
-    def _forward(self, split: Split) -> NetOutputs:
+    def _forward(self, split: Split, consumers=()) -> NetOutputs:
         self.forward_passes += 1
         with self.ctx.timed("forward"):
             return extract_outputs(self.net, self.loader_for(split.name), self.ctx.device,
-                                   desc=f"forward {split.name}")
+                                   desc=f"forward {split.name}", consumers=consumers)
