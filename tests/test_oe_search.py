@@ -1,0 +1,193 @@
+"""EOE's OE-image search (openood_ext/search, pipelines/oe_search): the evolutionary operators against their
+definitions on a toy pool (selection, mating and mutation rates within binomial bounds), resume after a kill
+equal to an uninterrupted run, random search, budget errors; the pipeline end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+
+import numpy as np
+import pytest
+
+from openood_ext.errors import ConfigError
+from openood_ext.search import Search, SearchSettings
+from openood_ext.search.evolution import Node, nearest_pick
+
+# A toy pool: image i is the point X[i] on a line; d(a, c) = (X[a] - X[c])^2 (EOE's squared distance).
+N = 200
+X = np.sort(np.random.default_rng(1).random(N)) * 100
+
+
+def toy_distance(a: int, cand: np.ndarray) -> np.ndarray:
+    return (X[a] - X[np.asarray(cand)]) ** 2
+
+
+def toy_fitness(nodes):
+    return [-(X[n.image] - 70.0) ** 2 / 1e4 for n in nodes]
+
+
+def within(count: int, n: int, p: float, z: float = 5.0) -> bool:
+    """``count`` is within z binomial standard deviations of n*p."""
+    return abs(count - n * p) <= z * np.sqrt(n * p * (1 - p)) + 1
+
+
+def test_tournament_selection_matches_its_distribution():
+    """P(winner = the individual with r worse ones) = C(r, 2) / C(n, 3) for 3 aspirants without replacement."""
+    n, draws = 8, 3000
+    for minimize in (False, True):
+        search = Search(SearchSettings(population=n, minimize=minimize), N, toy_distance)
+        pop = [Node(i, i, 0, "init", fitness=float(i)) for i in range(n)]
+        counts = np.zeros(n, int)
+        rng = np.random.default_rng(0)
+        for _ in range(draws):
+            for winner in search.select(pop, rng):
+                counts[winner.id] += 1
+        total = draws * n
+        for i in range(n):
+            worse = i if not minimize else n - 1 - i
+            p = comb(worse, 2) / comb(n, 3)
+            assert within(counts[i], total, p), (minimize, i, counts[i], total * p)
+        assert counts[0 if not minimize else n - 1] == 0 and counts[1 if not minimize else n - 2] == 0
+
+
+def test_mating_and_mutation_rates_over_many_generations():
+    s = SearchSettings(population=64, mate_prob=0.05, mutation_prob=0.55, one_of_k_best=5, duplicate_distance=0.0)
+    search = Search(s, N, toy_distance)
+    gens, mated, mutated, changed = 150, 0, 0, 0
+    for g in range(gens):
+        pop = [Node(i, int(i % N), 0, "init", fitness=float(i)) for i in range(64)]
+        off, events = search.step(pop, 1, np.random.default_rng([7, g]))
+        mated += len(events["mated_pairs"])
+        mutated += len(events["mutated"])
+        changed += sum(o.op == "mutate" for o in off)
+        for i, o in enumerate(off):  # a mutated slot is a new node whose parent is the slot's selected node
+            if o.op == "mutate":
+                assert i in events["mutated"] and len(o.parents) == 1
+    assert within(mated, gens * 32, 0.05) and within(mutated, gens * 64, 0.55)
+    assert changed == mutated  # distinct points: every mutation finds a non-duplicate neighbour
+
+
+def test_mutation_picks_uniformly_among_the_k_nearest_non_duplicates():
+    a, k, draws = 100, 4, 4000
+    cand = np.arange(N)
+    d = toy_distance(a, cand)
+    order = np.argsort(d)
+    assert order[0] == a  # itself, distance 0: skipped as a near-duplicate (threshold 0)
+    allowed = set(order[1:1 + k].tolist())
+    rng = np.random.default_rng(3)
+    picks = [nearest_pick(d, cand, 0.0, k, rng) for _ in range(draws)]
+    assert set(picks) == allowed
+    for img in allowed:
+        assert within(picks.count(img), draws, 1 / k)
+    # a larger threshold skips more: everything within distance 0.25 (|dx| <= 0.5) is a near-duplicate
+    picks = {nearest_pick(d, cand, 0.25, k, rng) for _ in range(500)}
+    assert all(d[p] > 0.25 for p in picks)
+    assert nearest_pick(np.zeros(3), np.arange(3), 0.0, k, rng) is None  # all duplicates: no change
+
+
+def test_mating_picks_an_image_between_both_parents():
+    s = SearchSettings(population=4, one_of_k_best=3, duplicate_distance=0.0, mutation_pool=10000)
+    search = Search(s, N, toy_distance)
+    a, b = 40, 80
+    mid = (X[a] + X[b]) / 2
+    # d(a, c) + d(b, c) is smallest for the 3 points nearest the midpoint
+    nearest_mid = set(np.argsort(np.abs(X - mid))[:3].tolist())
+    rng = np.random.default_rng(5)
+    kids = [k for _ in range(300) for k in search.mate_images(a, b, rng)]
+    assert set(kids) == nearest_mid
+    for img in nearest_mid:
+        assert within(kids.count(img), len(kids), 1 / 3)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+    s = SearchSettings(population=10, generations=6, mate_prob=0.3, mutation_prob=0.55, one_of_k_best=5,
+                       duplicate_distance=0.0, mutation_pool=50, seed=3)
+    full = Search(s, N, toy_distance, tmp_path / "full.json").run(toy_fitness)
+    assert full.gen == 5 and len(full.history) == 6
+
+    calls = {"n": 0}
+
+    def dies_in_generation_3(nodes):
+        if min(n.gen for n in nodes) == 3:
+            raise Killed
+        calls["n"] += len(nodes)
+        return toy_fitness(nodes)
+
+    path = tmp_path / "resumed.json"
+    with pytest.raises(Killed):
+        Search(s, N, toy_distance, path).run(dies_in_generation_3)
+    saved = json.loads(path.read_text())
+    assert saved["gen"] == 2  # generations 0..2 were written
+    before = calls["n"]
+    seen = []
+
+    def counting(nodes):
+        seen.extend(n.gen for n in nodes)
+        return toy_fitness(nodes)
+
+    resumed = Search(s, N, toy_distance, path).run(counting)
+    assert min(seen) == 3 and before == full.history[2]["evaluations"]  # nothing re-evaluated
+    assert resumed.genealogy() == full.genealogy()
+    assert json.loads(path.read_text())["nodes"] == json.loads((tmp_path / "full.json").read_text())["nodes"]
+
+
+def test_search_improves_and_minimize_finds_the_worst():
+    s = SearchSettings(population=16, generations=8, one_of_k_best=5, duplicate_distance=0.0, seed=0)
+    best = Search(s, N, toy_distance).run(toy_fitness)
+    h = best.history
+    assert h[-1]["max"] >= h[0]["max"] and best.genealogy()["found"]["fitness"] == max(n.fitness for n in best.evaluated())
+    worst = Search(SearchSettings(**{**s.__dict__, "minimize": True}), N, toy_distance).run(toy_fitness)
+    assert worst.history[-1]["min"] <= worst.history[0]["min"]
+    assert worst.genealogy()["found"]["fitness"] == min(n.fitness for n in worst.evaluated())
+    # genealogy: every non-initial node has parents that exist and are older or of the same generation
+    g = best.genealogy()
+    ids = {n["id"]: n for n in g["nodes"]}
+    for n in g["nodes"]:
+        assert (n["op"] == "init") == (not n["parents"])
+        assert all(ids[p]["gen"] <= n["gen"] and p < n["id"] for p in n["parents"])
+    assert "oracle" in g["oracle_note"]
+
+
+def test_random_search_evaluates_distinct_images_and_resumes(tmp_path):
+    s = SearchSettings(mode="random", samples=25, population=10, seed=4)
+    ref = Search(s, N, toy_distance).run(toy_fitness)
+    images = [n.image for n in ref.evaluated()]
+    assert len(images) == 25 and len(set(images)) == 25 and len(ref.history) == 3
+    assert ref.best(1)[0].fitness == max(toy_fitness(ref.evaluated()))
+    path = tmp_path / "state.json"
+
+    def dies(nodes):
+        if nodes[0].gen == 1:
+            raise Killed
+        return toy_fitness(nodes)
+
+    with pytest.raises(Killed):
+        Search(s, N, toy_distance, path).run(dies)
+    assert Search(s, N, toy_distance, path).run(toy_fitness).genealogy() == ref.genealogy()
+    with pytest.raises(ConfigError, match="oe_search.samples: 300 distinct images asked, the candidate pool holds 200"):
+        Search(SearchSettings(mode="random", samples=300), N, toy_distance)
+
+
+def test_budget_errors_and_stops():
+    with pytest.raises(ConfigError, match=r"oe_search.budget: 10 fitness evaluations are less than one generation "
+                                          r"\(population 64\)"):
+        SearchSettings(budget=10).check()
+    with pytest.raises(ConfigError, match="oe_search.mutation_prob"):
+        SearchSettings(mutation_prob=1.5).check()
+    with pytest.raises(ConfigError, match="oe_search.tournament"):
+        SearchSettings(population=2).check()
+    s = SearchSettings(population=10, generations=50, budget=25, one_of_k_best=5, duplicate_distance=0.0)
+    run = Search(s, N, toy_distance).run(toy_fitness)
+    assert run.evaluations <= 25 and run.stopped and run.gen < 49
+
+
+def test_changed_settings_refuse_to_resume(tmp_path):
+    s = SearchSettings(population=6, generations=2, one_of_k_best=5, duplicate_distance=0.0)
+    Search(s, N, toy_distance, tmp_path / "s.json").run(toy_fitness)
+    with pytest.raises(ConfigError, match="saved search state has other settings \\(population\\)"):
+        Search(SearchSettings(population=8, generations=2, one_of_k_best=5, duplicate_distance=0.0), N, toy_distance, tmp_path / "s.json").run(toy_fitness)
