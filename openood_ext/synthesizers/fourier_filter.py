@@ -1,9 +1,20 @@
-"""EOE's frequency filters (Liznerski et al., TMLR 2022, ``utils/transformations.py``) as a function and
-as an outlier source that wraps any image source."""
+"""EOE's frequency filters (Liznerski et al., TMLR 2022, ``src/eoe/utils/transformations.py``
+``GpuDFTLowPassFilter``/``GpuDFTHighPassFilter``) as a function, a per-image transform, an outlier source
+that wraps any image source, and the ``ms_mode`` spec that says which data parts are filtered.
+
+``ms_mode`` (``benchmark.preprocessor.ms_mode``, read by the AD pipelines)::
+
+    ms_mode: {mode: lpf, magnitude: 14, parts: [train_nominal, train_oe, test_nominal, test_anomalous]}
+
+EOE's ``--ms-mode lpf+train_nominal ... --magnitude e``: the same filter on any subset of the four parts.
+EOE clamps a magnitude above half the image to half the image; here that is a config error (the
+clamped value is the same filter, so ask for it)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -13,6 +24,7 @@ from .pixels import PixelSpace
 from .registry import SYNTHESIZERS
 
 MODES = ("lpf", "hpf")
+PARTS = ("train_nominal", "train_oe", "test_nominal", "test_anomalous")
 
 
 def fourier_filter(images01: torch.Tensor, mode: str, magnitude: int) -> torch.Tensor:
@@ -21,8 +33,9 @@ def fourier_filter(images01: torch.Tensor, mode: str, magnitude: int) -> torch.T
     Per image and channel: F = fftshift(fft2(x)). ``lpf`` zeroes the first and last ``magnitude``
     rows and columns of F (the high frequencies at the border of the shifted spectrum); ``hpf`` zeroes
     the central block ``[H/2 - e, H/2 + e) x [W/2 - e, W/2 + e)``. Then x' = real(ifft2(ifftshift(F)))
-    and each image is scaled to [0, 1] by its own min and max (over channels and pixels).
-    ``magnitude`` 0 leaves the spectrum unchanged (only the min-max scaling applies).
+    and each image is scaled to [0, 1] by its own min and max (over channels and pixels: subtract the
+    min, divide by the new max, as EOE's ``MinMaxNorm``). ``magnitude`` 0 returns the images unchanged
+    (EOE's filters are the identity for e <= 0; no min-max scaling either).
     """
     if mode not in MODES:
         raise ConfigError(f"fourier filter mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -30,6 +43,8 @@ def fourier_filter(images01: torch.Tensor, mode: str, magnitude: int) -> torch.T
     e = int(magnitude)
     if e < 0 or e > min(h, w) // 2:
         raise ConfigError(f"fourier filter magnitude: expected 0..{min(h, w) // 2} for {h}x{w} images, got {magnitude}")
+    if e == 0:
+        return images01
     spec = torch.fft.fftshift(torch.fft.fft2(images01.double()), dim=(-2, -1))
     if e > 0:
         if mode == "lpf":
@@ -43,6 +58,57 @@ def fourier_filter(images01: torch.Tensor, mode: str, magnitude: int) -> torch.T
     flat = out.flatten(1)
     lo, hi = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
     return ((out - lo) / (hi - lo).clamp_min(1e-12)).to(images01.dtype)
+
+
+@dataclass(frozen=True)
+class MSMode:
+    """A validated ``ms_mode``: filter ``mode`` with ``magnitude`` on the data ``parts`` (subset of PARTS)."""
+
+    mode: str
+    magnitude: int
+    parts: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, spec: Any, image_size: int, where: str = "benchmark.preprocessor.ms_mode") -> MSMode | None:
+        """None for a null spec; ConfigError (one line naming ``where``) for anything malformed."""
+        if spec is None:
+            return None
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}: expected a mapping {{mode: lpf|hpf, magnitude: E, parts: [...]}}, got {spec!r}")
+        unknown = sorted(set(spec) - {"mode", "magnitude", "parts"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown} (known: mode, magnitude, parts)")
+        mode = spec.get("mode", "lpf")
+        if mode not in MODES:
+            raise ConfigError(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        e = spec.get("magnitude", 14)
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise ConfigError(f"{where}.magnitude: expected an integer >= 0, got {e!r}")
+        if e > image_size // 2:
+            raise ConfigError(f"{where}.magnitude: {e} is larger than half the {image_size}x{image_size} image "
+                              f"({image_size // 2}; EOE would clamp it to {image_size // 2})")
+        parts = spec.get("parts", list(PARTS))
+        if isinstance(parts, str):
+            parts = [parts]
+        if not isinstance(parts, (list, tuple)) or not parts or any(p not in PARTS for p in parts):
+            raise ConfigError(f"{where}.parts: expected a non-empty list of {', '.join(PARTS)}, got {parts!r}")
+        return cls(mode, e, tuple(dict.fromkeys(parts)))
+
+
+class FourierTransform:
+    """Per-image transform on a *normalised* tensor [C, H, W]: back to pixel units, :func:`fourier_filter`,
+    normalised again (EOE filters before its Normalize; this is the same up to float rounding)."""
+
+    def __init__(self, pixels: PixelSpace, mode: str, magnitude: int):
+        self.pixels, self.mode, self.magnitude = pixels, mode, magnitude
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.magnitude == 0:
+            return x
+        return self.pixels.from_unit(fourier_filter(self.pixels.to_unit(x[None]), self.mode, self.magnitude))[0]
+
+    def __repr__(self) -> str:
+        return f"FourierTransform({self.mode}, magnitude={self.magnitude})"
 
 
 @SYNTHESIZERS.register("fourier_filter")
@@ -62,6 +128,13 @@ class FourierFiltered(OutlierSource):
         self.inner = SYNTHESIZERS.build(source or "oe_images")
         if getattr(self.inner, "kind", "images") != "images":
             raise ConfigError("trainer.outliers.source: fourier_filter wraps image sources only")
+
+    @classmethod
+    def around(cls, source: OutlierSource, mode: str, magnitude: int) -> FourierFiltered:
+        """Wrap an already built image source (``ms_mode`` with ``train_oe``)."""
+        wrapped = cls(mode, magnitude, source={"name": "oe_images"})
+        wrapped.inner = source
+        return wrapped
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
