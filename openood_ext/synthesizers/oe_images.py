@@ -38,7 +38,9 @@ class OEImages(OutlierSource):
     Images go through the ID *training* transform (augmentation included unless ``augment: false``)
     and the ID normalisation, converted to the ID channel count. ``limit: N`` draws N distinct images
     once per run (seeded by the run's seed) and cycles them, each copy augmented independently;
-    ``N = 1`` puts the same image in every outlier slot. Per epoch the pool is reshuffled with a
+    ``N = 1`` puts the same image in every outlier slot (the AD pipeline passes the normal class as
+    ``subset_key``, so the subset is drawn anew for every class x seed, as EOE does). Per epoch the pool
+    is reshuffled with a
     generator seeded by (seed, epoch), so a resumed run draws the same outliers. ``batch_size``
     defaults to the ID batch size. Output: float tensor [batch_size, C, H, W] on the device.
     """
@@ -101,7 +103,8 @@ class OEImages(OutlierSource):
         if self.limit is not None and self.limit > len(self.dataset):
             raise ConfigError(f"trainer.outliers.limit: {self.limit} is larger than the outlier set "
                               f"({len(self.dataset)} images in {self._where()})")
-        rng = np.random.default_rng([self.ctx.seed, 0x0E])
+        key = getattr(self.ctx, "subset_key", None)
+        rng = np.random.default_rng([self.ctx.seed, 0x0E] + ([] if key is None else [key]))
         n = len(self.dataset)
         self.pool = np.sort(rng.choice(n, self.limit, replace=False)) if self.limit else np.arange(n)
 

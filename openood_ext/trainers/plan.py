@@ -55,17 +55,23 @@ def validate_trainer_config(spec: Mapping[str, Any] | str) -> TrainingPlan:
 
 
 def plan_training(spec: Mapping[str, Any] | str, benchmark, *, seed: int, device: torch.device,
-                  num_workers: int = 0) -> TrainingPlan:
+                  num_workers: int = 0, subset_key: int | None = None) -> TrainingPlan:
     """:func:`validate_trainer_config`, then set the outlier source up on ``benchmark`` and check that
-    its data is present (DataError naming what is missing and how to provide it)."""
+    its data is present (DataError naming what is missing and how to provide it). ``subset_key``
+    (e.g. the AD pipeline's normal class) joins the seed in drawing an outlier subset (``limit``).
+    A benchmark with ``wrap_outlier_source`` (EOE's ``ms_mode`` on ``train_oe``) wraps the source."""
     plan = validate_trainer_config(spec)
     train_set = benchmark.dataset(benchmark.split("id_train"))
     # a trainer's own batch sampler (e.g. class-balanced) rejects impossible sizes here, not mid-run
     plan.trainer.batch_sampler(train_set.labels(), plan.settings.batch_size, seed)
+    wrap = getattr(benchmark, "wrap_outlier_source", None)
+    if plan.source is not None and wrap is not None:
+        plan.source = wrap(plan.source)
     if plan.source is not None:
         from ..synthesizers import SourceContext
         n_train = len(train_set)
         steps = max(1, math.ceil(n_train / plan.settings.batch_size))
-        plan.source.setup(SourceContext(benchmark, device, seed, plan.settings.batch_size, steps, num_workers))
+        plan.source.setup(SourceContext(benchmark, device, seed, plan.settings.batch_size, steps, num_workers,
+                                        subset_key))
         plan.source.check()
     return plan
