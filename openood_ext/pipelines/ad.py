@@ -61,6 +61,7 @@ from ..trainers.history import write_history
 from ..utils.io import write_json, write_text
 from ..utils.runtime import resolve_device, seed_everything
 from . import ad_folder, ad_mvtec  # noqa: F401  (register the ad_folder and mvtec benchmarks)
+from .ad_data import adapt_benchmark, outlier_record, subset_key
 from .ad_heatmaps import save_heatmap_grids
 from .context import RunContext
 from .registry import PIPELINES
@@ -160,6 +161,7 @@ def cell_benchmark(cfg: DictConfig, settings: ADSettings, cls) -> Any:
         spec["normal_class"] = [c for c in settings.all_classes if c != cls]
     bench = BENCHMARKS.build(spec)
     bench.prepare()
+    adapt_benchmark(bench)  # preprocessor.normalize: normal_class, preprocessor.ms_mode (EOE)
     try:
         bench.split("anomalies")
     except ConfigError:
@@ -279,27 +281,35 @@ class ADPipeline:
     def run(self) -> dict:
         cfg = self.cfg
         settings = ADSettings.from_config(cfg)
-        device = resolve_device(cfg.get("device", "auto"))
-        first = cell_benchmark(cfg, settings, settings.classes[0])  # data and trainer problems: no run directory
+        self.precheck(settings, resolve_device(cfg.get("device", "auto")))
+        with RunContext(cfg) as ctx:
+            metrics = self.run_protocol(ctx, settings)
+            run_dir = ctx.complete({"auroc_mean": metrics["auroc_mean"]})
+        return {"run_dir": str(run_dir), "auroc_mean": metrics["auroc_mean"],
+                "per_class": {str(c): v["auroc_mean"] for c, v in metrics["per_class"].items()}}
+
+    def precheck(self, settings: ADSettings, device) -> None:
+        """Data, trainer and network problems, raised before any run directory exists."""
+        cfg = self.cfg
+        first = cell_benchmark(cfg, settings, settings.classes[0])
         plan_training(to_plain(cfg.trainer), first, seed=settings.seeds[0], device=device,
                       num_workers=int(cfg.get("num_workers", 0)))
         net_spec = to_plain(cfg.network)
         net_spec.pop("checkpoint", None)
-        NETWORKS.build(net_spec)  # e.g. a receptive field larger than the input: no run directory either
-        with RunContext(cfg) as ctx:
-            if settings.note:
-                ctx.log.info("note: %s", settings.note)
-            ctx.log.info("AD protocol %s: classes %s x seeds %s", settings.protocol, settings.classes, settings.seeds)
-            records, cells = [], {}
-            for cls in settings.classes:
-                for seed in settings.seeds:
-                    result, scores, labels = self.run_cell(ctx, settings, cls, seed)
-                    records.append(ADRecord(cls, seed, scores, labels))
-                    cells[(cls, seed)] = result
-            metrics = self.aggregate(ctx, settings, records, cells)
-            run_dir = ctx.complete({"auroc_mean": metrics["auroc_mean"]})
-        return {"run_dir": str(run_dir), "auroc_mean": metrics["auroc_mean"],
-                "per_class": {str(c): v["auroc_mean"] for c, v in metrics["per_class"].items()}}
+        NETWORKS.build(net_spec)  # e.g. a receptive field larger than the input
+
+    def run_protocol(self, ctx, settings: ADSettings) -> dict:
+        """Every class x seed cell under ``ctx.dir``, then the aggregate (metrics.json, csv, plots, report)."""
+        if settings.note:
+            ctx.log.info("note: %s", settings.note)
+        ctx.log.info("AD protocol %s: classes %s x seeds %s", settings.protocol, settings.classes, settings.seeds)
+        records, cells = [], {}
+        for cls in settings.classes:
+            for seed in settings.seeds:
+                result, scores, labels = self.run_cell(ctx, settings, cls, seed)
+                records.append(ADRecord(cls, seed, scores, labels))
+                cells[(cls, seed)] = result
+        return self.aggregate(ctx, settings, records, cells)
 
     # ------------------------------------------------------------------ one class x seed
     def run_cell(self, ctx: RunContext, settings: ADSettings, cls, seed: int):
@@ -316,7 +326,8 @@ class ADPipeline:
         if settings.train_limit:
             limit_train_split(bench, settings.train_limit, seed, cell / "train_subset.txt")
         workers = int(cfg.get("num_workers", 0))
-        plan = plan_training(to_plain(cfg.trainer), bench, seed=seed, device=ctx.device, num_workers=workers)
+        plan = plan_training(to_plain(cfg.trainer), bench, seed=seed, device=ctx.device, num_workers=workers,
+                             subset_key=subset_key(cls))  # an OE-limit subset drawn anew per class x seed
         seed_everything(seed)
         net_spec = to_plain(cfg.network)
         net_spec.pop("checkpoint", None)
@@ -343,6 +354,8 @@ class ADPipeline:
         result = {"class": cls, "seed": seed, "auroc": value, "n_test": int(len(labels)),
                   "n_anomalous": int(labels.sum()), "n_train": len(loader.dataset), "epochs": plan.settings.epochs,
                   "final_loss": history[-1]["loss"] if history else None}
+        if plan.source is not None:
+            result["outliers"] = outlier_record(plan.source)
         if heat is not None and masks is not None:
             result.update(PixelEvaluator().evaluate(heat, masks, method=plan.trainer_name, split=f"normal_{cls}"))
         if heat is not None and settings.heatmaps:
