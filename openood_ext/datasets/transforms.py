@@ -9,6 +9,9 @@ Config keys (``benchmark.preprocessor``)::
     std: [0.2470, 0.2435, 0.2616]
     train_augment: [random_crop, hflip]   # random_crop pads by 4 (crop_padding) like OpenOOD
     crop_padding: 4
+    # EOE's CIFAR-10 augmentation: [color_jitter, hflip, random_crop, gaussian_noise]
+    jitter: 0.01            # color_jitter: brightness = contrast = saturation = hue
+    noise_std: 0.001        # gaussian_noise: x + noise_std * N(0, 1) on the [0, 1] tensor, before Normalize
     interpolation: bilinear
 """
 
@@ -20,7 +23,21 @@ from torchvision import transforms as T
 
 from ..errors import ConfigError
 
-_AUGMENTS = ("random_crop", "hflip")
+_AUGMENTS = ("random_crop", "hflip", "color_jitter", "gaussian_noise")
+
+
+class GaussianNoise:
+    """x + std * N(0, 1) on a tensor (EOE's ``Lambda(lambda x: x + 0.001 * torch.randn_like(x))``)."""
+
+    def __init__(self, std: float):
+        self.std = float(std)
+
+    def __call__(self, x):
+        import torch
+        return x + self.std * torch.randn_like(x)
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(std={self.std})"
 
 
 def image_mode(pre: Mapping[str, Any]) -> str:
@@ -42,14 +59,19 @@ def build_transform(pre: Mapping[str, Any], train: bool = False):
         interp = T.InterpolationMode(pre.get("interpolation", "bilinear"))
     except ValueError:
         raise ConfigError(f"benchmark.preprocessor.interpolation: unknown mode {pre.get('interpolation')!r}") from None
-    steps = [T.Resize(resize, interpolation=interp), T.CenterCrop(size)]
+    steps, tensor_steps = [T.Resize(resize, interpolation=interp), T.CenterCrop(size)], []
     if train:
         for aug in pre.get("train_augment", []) or []:
             if aug == "random_crop":
                 steps.append(T.RandomCrop(size, padding=int(pre.get("crop_padding", 4))))
             elif aug == "hflip":
                 steps.append(T.RandomHorizontalFlip())
+            elif aug == "color_jitter":
+                j = float(pre.get("jitter", 0.01))
+                steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=j))
+            elif aug == "gaussian_noise":
+                tensor_steps.append(GaussianNoise(float(pre.get("noise_std", 0.001))))
             else:
                 raise ConfigError(f"benchmark.preprocessor.train_augment: unknown '{aug}' (known: {', '.join(_AUGMENTS)})")
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    steps += [T.ToTensor(), *tensor_steps, T.Normalize(mean, std)]
     return T.Compose(steps)
