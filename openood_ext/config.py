@@ -33,6 +33,7 @@ TOP_LEVEL_KEYS = {
     "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
     "train_if_missing", "verbose", "resume", "vars", "aps", "report", "overwrite",
     "ad",  # anomaly-detection protocol of the `ad` pipeline (classes, seeds, protocol; issue 12)
+    "ad_sweep",  # values swept by the `ad_sweep` pipeline (oe_limits, magnitudes; issue 13)
 }
 # ``benchmark=cifar10`` / ``network=resnet18_32x32`` on the command line takes that section from
 # ``configs/<dir>/<value>.yml`` (looked up in the working directory, then in the repository).

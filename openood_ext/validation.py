@@ -120,6 +120,9 @@ def check_benchmark(cfg: DictConfig):
     from .datasets import BENCHMARKS
     spec = to_plain(cfg.benchmark)
     BENCHMARKS.check(spec)  # name, argument names, types and ranges, before the constructor runs
+    if isinstance(spec, dict):
+        from .pipelines.ad_data import check_preprocessor
+        check_preprocessor(spec.get("preprocessor"))  # EOE's normalize / ms_mode (e.g. a filter too large)
     bench = BENCHMARKS.build(spec)
     if not isinstance(bench.num_classes, int) or bench.num_classes < 1:
         raise ConfigError(f"benchmark.num_classes: expected an int >= 1, got {bench.num_classes!r}")
