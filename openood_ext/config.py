@@ -33,6 +33,7 @@ TOP_LEVEL_KEYS = {
     "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
     "train_if_missing", "verbose", "resume", "vars", "aps", "report", "overwrite",
     "ad",  # anomaly-detection protocol of the `ad` pipeline (classes, seeds, protocol; issue 12)
+    "oe_search",  # EOE single-OE-image search of the `oe_search` pipeline (issue 13)
     "ad_sweep",  # values swept by the `ad_sweep` pipeline (oe_limits, magnitudes; issue 13)
 }
 # ``benchmark=cifar10`` / ``network=resnet18_32x32`` on the command line takes that section from
@@ -198,6 +199,7 @@ TOP_LEVEL_TYPES = {
     "output_dir": (str,), "cache_dir": (str, type(None)), "plugins": (list, type(None)),
     "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
     "evaluator": (str, dict), "synthesizer": (dict, str, type(None)), "vars": (dict, type(None)), "ad": (dict,),
+    "oe_search": (dict,),
 }
 
 
