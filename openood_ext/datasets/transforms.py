@@ -12,6 +12,8 @@ Config keys (``benchmark.preprocessor``)::
     # EOE's CIFAR-10 augmentation: [color_jitter, hflip, random_crop, gaussian_noise]
     jitter: 0.01            # color_jitter: brightness = contrast = saturation = hue
     noise_std: 0.001        # gaussian_noise: x + noise_std * N(0, 1) on the [0, 1] tensor, before Normalize
+    train_crop: center      # training images: centre crop after resizing, or random (EOE's ImageNet-30:
+                            # Resize 256 + RandomCrop 224)
     interpolation: bilinear
 """
 
@@ -59,7 +61,11 @@ def build_transform(pre: Mapping[str, Any], train: bool = False):
         interp = T.InterpolationMode(pre.get("interpolation", "bilinear"))
     except ValueError:
         raise ConfigError(f"benchmark.preprocessor.interpolation: unknown mode {pre.get('interpolation')!r}") from None
-    steps, tensor_steps = [T.Resize(resize, interpolation=interp), T.CenterCrop(size)], []
+    train_crop = pre.get("train_crop", "center")
+    if train_crop not in ("center", "random"):
+        raise ConfigError(f"benchmark.preprocessor.train_crop: expected center or random, got {train_crop!r}")
+    crop = T.RandomCrop(size) if train and train_crop == "random" else T.CenterCrop(size)
+    steps, tensor_steps = [T.Resize(resize, interpolation=interp), crop], []
     if train:
         for aug in pre.get("train_augment", []) or []:
             if aug == "random_crop":
