@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from math import comb
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,128 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     Search(s, N, toy_distance, tmp_path / "s.json").run(toy_fitness)
     with pytest.raises(ConfigError, match="saved search state has other settings \\(population\\)"):
         Search(SearchSettings(population=8, generations=2, one_of_k_best=5, duplicate_distance=0.0), N, toy_distance, tmp_path / "s.json").run(toy_fitness)
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A 3-class RGB 32x32 set (class c brightens channel c) and 12 candidate OE images."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("oe_search")
+    rng = np.random.default_rng(0)
+    lists = {"train": [], "val": [], "test": []}
+    for split, n in (("train", 12), ("val", 2), ("test", 6)):
+        for c in range(3):
+            for i in range(n):
+                img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
+                img[..., c] += 150
+                path = f"img/{split}/{c}_{i}.png"
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / path)
+                lists[split].append(f"{path} {c}\n")
+    (root / "lists").mkdir()
+    for split, rows in lists.items():
+        (root / "lists" / f"{split}.txt").write_text("".join(rows))
+    for k in range(12):
+        img = (rng.random((40, 40, 3)) * 255 * (k + 1) / 12).astype(np.uint8)
+        (root / "pool").mkdir(exist_ok=True)
+        Image.fromarray(img).save(root / "pool" / f"cand_{k:02d}.png")
+    return root
+
+
+def search_cfg(root: Path, tmp: Path, **search):
+    from omegaconf import OmegaConf
+    pre = {"image_size": 32, "resize": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "train_augment": []}
+    return OmegaConf.create({
+        "pipeline": "oe_search", "experiment": "search", "seed": 0, "device": "cpu", "output_dir": str(tmp / "results"),
+        "num_workers": 0, "batch_size": 64,
+        "benchmark": {"name": "cifar10_ad", "normal_class": 0, "num_classes": 3, "data_root": str(root),
+                      "imglist_dir": str(root / "lists"), "preprocessor": pre,
+                      "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"}},
+        "network": {"name": "eoe_cnn32", "in_channels": 3, "rep_dim": 16, "clf": False},
+        "trainer": {"name": "eoe_hsc", "epochs": 1, "batch_size": 6, "optimizer": {"name": "adam", "lr": 1e-3},
+                    "scheduler": {"name": "constant"}, "outliers": {"name": "oe_images", "limit": 3}},
+        "ad": {"classes": [0], "seeds": 1, "heatmaps": 0},
+        "oe_search": {"candidates": {"folder": str(root / "pool")}, "population": 4, "generations": 2,
+                      "mate_prob": 0.5, "mutation_prob": 0.55, "one_of_k_best": 3, "duplicate_distance": 1.0,
+                      "grid": 4, **search}})
+
+
+def fake_run_ad(calls):
+    """Stands in for a short training: fitness = brightness rank of the one OE image (cand_<k>.png -> k / 11)."""
+    def run(cfg):
+        listing = Path(cfg.trainer.outliers.imglist).read_text().splitlines()
+        assert cfg.pipeline == "ad" and len(listing) == 1 and cfg.trainer.outliers.name == "oe_images"
+        assert "oe_search" not in cfg and cfg.ad.heatmaps == 0 and cfg.output_dir.endswith("evals")
+        calls.append(cfg.experiment)
+        if calls[-1] == "die":
+            raise Killed
+        return int(listing[0].split("_")[1][:2]) / 11
+    return run
+
+
+def test_pipeline_outputs_and_resume_with_a_stand_in_fitness(tiny, tmp_path):
+    from openood_ext.pipelines.oe_search import OESearchPipeline
+    from openood_ext.utils.interrupts import RunInterrupted
+    cfg = search_cfg(tiny, tmp_path, generations=4, population=6, minimize=True)
+    calls = []
+    ref = OESearchPipeline(cfg, run_ad=fake_run_ad(calls)).run()
+    run = Path(ref["run_dir"])
+    evo = json.loads((run / "evolution.json").read_text())
+    assert len(calls) == evo["evaluations"] == len({n["id"] for n in evo["nodes"] if n["fitness"] is not None})
+    assert ref["worst"]["fitness"] == min(int(p[5:7]) for p in [n["path"] for n in evo["nodes"] if n["fitness"] is not None]) / 11
+    assert evo["found"]["fitness"] == ref["worst"]["fitness"] and evo["objective"].startswith("minimise")
+    assert (run / "best.png").is_file() and (run / "worst.png").is_file() and (run / "plots" / "fitness.png").is_file()
+    # interrupted in generation 2, then resumed: same genealogy, no generation evaluated twice
+    cfg2 = search_cfg(tiny, tmp_path, generations=4, population=6, minimize=True)
+    cfg2.experiment = "search2"
+    calls2 = []
+    first = fake_run_ad(calls2)
+
+    def dies_in_gen2(c):
+        if len(calls2) >= evo["history"][1]["evaluations"]:  # generations 0 and 1 done: die in generation 2
+            raise RunInterrupted(15)
+        return first(c)
+
+    with pytest.raises(RunInterrupted):
+        OESearchPipeline(cfg2, run_ad=dies_in_gen2).run()
+    assert json.loads((tmp_path / "results" / "search2.partial" / "search_state.json").read_text())["gen"] == 1
+    cfg2.resume = True
+    n_before = len(calls2)
+    out = OESearchPipeline(cfg2, run_ad=fake_run_ad(calls2)).run()
+    evo2 = json.loads((Path(out["run_dir"]) / "evolution.json").read_text())
+    assert evo2["nodes"] == evo["nodes"] and evo2["history"] == evo["history"]
+    assert len(calls2) - n_before == evo["evaluations"] - evo["history"][1]["evaluations"]
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_tiny_data(tiny, tmp_path):
+    from openood_ext.runner import run_config
+    out = run_config(search_cfg(tiny, tmp_path))
+    run = Path(out["run_dir"])
+    evo = json.loads((run / "evolution.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "oracle analysis" in evo["oracle_note"] and "oracle analysis" in metrics["oracle_note"]
+    assert evo["generations_done"] == 2 and (run / "best.png").is_file() and (run / "worst.png").is_file()
+    evaluated = [n for n in evo["nodes"] if n["fitness"] is not None]
+    assert metrics["best"]["fitness"] == max(n["fitness"] for n in evaluated)
+    assert metrics["worst"]["fitness"] == min(n["fitness"] for n in evaluated)
+    for n in evaluated:  # each fitness is its own ad run's mean AUROC, trained with that one image as OE
+        ev = run / "evals" / f"node_{n['id']:05d}"
+        assert json.loads((ev / "metrics.json").read_text())["auroc_mean"] == n["fitness"]
+        assert (run / "oe_lists" / f"node_{n['id']:05d}.txt").read_text() == f"{n['path']} -1\n"
+        cell = json.loads((ev / "normal_0" / "seed_0" / "result.json").read_text())
+        assert cell["auroc"] == n["fitness"]
+        assert not (ev / "normal_0" / "seed_0" / "checkpoint.pt").exists()  # pruned
+
+
+def test_pipeline_bad_input_fails_before_any_directory(tiny, tmp_path):
+    from openood_ext.runner import run_config
+    with pytest.raises(ConfigError, match="oe_search.budget: 3 fitness evaluations are less than one generation"):
+        run_config(search_cfg(tiny, tmp_path, budget=3))
+    with pytest.raises(ConfigError, match="oe_search: unknown key"):
+        run_config(search_cfg(tiny, tmp_path, populaton=3))
+    from openood_ext.errors import DataError
+    with pytest.raises(DataError, match="oe_search.candidates.folder"):
+        run_config(search_cfg(tiny, tmp_path, candidates={"folder": str(tmp_path / "nope")}))
+    assert not (tmp_path / "results").exists()
