@@ -2,5 +2,6 @@
 
 from .registry import PIPELINES
 from . import ad, ad_sweep, test_ood, train  # noqa: F401  (registration)
+from . import oe_search as _oe_search  # noqa: F401  (registration: EOE OE-image search)
 
 __all__ = ["PIPELINES"]
