@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from ..datasets import Benchmark, Split
 from ..datasets.imglist import read_imglist
-from ..features import FeatureCache, NetOutputs, cache_key, extract_outputs, file_sha256
+from ..features import EmptySplit, FeatureCache, NetOutputs, cache_key, extract_outputs, file_sha256
 from .context import RunContext, network_spec
 
 
@@ -43,6 +43,14 @@ class OutputStore:
             expected = len(read_imglist(split.imglist))
             self.memo[split.name] = self.cache.get_or_compute(key, lambda: self._forward(split), expected)
         return self.memo[split.name]
+
+    def example(self, split_name: str):
+        """A couple of the split's images (to probe layer shapes), without touching the cache."""
+        loader = self.bench.loader(self.bench.split(split_name), batch_size=2, num_workers=0)
+        for batch in loader:
+            if len(batch[0]):
+                return batch[0].to(self.ctx.device)
+        raise EmptySplit(f"{split_name}: no readable image to probe the network's layers with")
 
     def loader_for(self, split_name: str):
         """A fresh (unshuffled) loader over a split, for postprocessors that need the network."""

@@ -1,7 +1,11 @@
 """The ``test_ood`` pipeline: ID accuracy and OOD metrics for every listed postprocessor.
 
 The network runs once per split; every postprocessor that needs only logits/features reads the shared
-(and disk-cached) :class:`~openood_ext.features.NetOutputs`.
+(and disk-cached) :class:`~openood_ext.features.NetOutputs`. Postprocessors that need intermediate
+layers (Gram, MDSEns's fit) declare layer taps, computed in the same pass (the id_train pass fits them,
+each test split's pass scores them), so they add no network pass; only input-gradient methods (ODIN,
+MDSEns's scoring, ...) re-run the network. A postprocessor under APS is built per grid point and runs
+its own passes.
 """
 
 from __future__ import annotations
@@ -114,11 +118,35 @@ class TestOODPipeline:
             else:
                 ood_sets.append(split)
         store = OutputStore(net, bench, ckpt, cfg, ctx)
-        train_out, id_test = store.get(bench.split("id_train")), store.get(bench.split("id_test"))
+        # Postprocessors without APS are built now, so their layer taps ride on the shared passes:
+        # fits on the id_train pass, tap scores on each test split's pass.
+        built = {label: as_postprocessor(POSTPROCESSORS.build(spec)) for label, spec, use_aps, _ in plans
+                 if not use_aps}
+        for pp in built.values():
+            if pp.needs_network or pp.uses_taps:
+                pp.attach_network(net, ctx.device, store.loader_for)
+        layered = [pp for pp in built.values() if pp.needs_network or pp.uses_taps]
+        example = store.example("id_train") if layered else None
+        fitting = [c for c in (pp.fit_taps(net, example) for pp in layered) if c is not None]
+        train_out = store.get(bench.split("id_train"), fitting)
+        val_out = store.get(bench.split("id_val"))
+        tapped = {label: pp for label, pp in built.items() if pp.uses_taps}
+        for pp in tapped.values():
+            pp.fit(train_out, val_outputs=val_out)
+        tap_scores: dict[str, dict[str, np.ndarray]] = {label: {} for label in tapped}
+
+        def split_outputs(split: Split) -> NetOutputs:
+            scorers = [pp.score_taps() for pp in tapped.values()]
+            out = store.get(split, scorers)
+            for label, conf in zip(tapped, out.tap_results if scorers else ()):
+                tap_scores[label][split.name] = conf
+            return out
+
+        id_test = split_outputs(bench.split("id_test"))
         ood_out = {}
         for s in list(ood_sets):
             try:
-                ood_out[s.name] = store.get(s)
+                ood_out[s.name] = split_outputs(s)
             except EmptySplit as exc:  # every image unreadable under on_bad_image=skip: skip the set, say so
                 reason = f"all {exc.skipped} images unreadable (on_bad_image=skip)"
                 ctx.log.warning("skipping OOD set %s (%s): %s", s.name, s.group, reason)
@@ -126,16 +154,17 @@ class TestOODPipeline:
                 ood_sets.remove(s)
 
         rows, summary = [], {"benchmark": bench.name, "checkpoint": str(ckpt), "postprocessors": {}}
-        val_out = store.get(bench.split("id_val"))
         for label, spec, use_aps, grid in plans:
             with ctx.timed(f"postprocessor/{label}"):
                 search = self._search(spec, grid, store, bench, net, ctx) if use_aps else None
-                pp = as_postprocessor(POSTPROCESSORS.build({**spec, **(search["chosen"] if search else {})}))
-                if pp.needs_network:
+                pp = built.get(label) or as_postprocessor(
+                    POSTPROCESSORS.build({**spec, **(search["chosen"] if search else {})}))
+                if (pp.needs_network or pp.uses_taps) and label not in built:
                     pp.attach_network(net, ctx.device, store.loader_for)
                 pp.fit(train_out, val_outputs=val_out)
-                scored = {"id_test": self._scores(pp, id_test, store, bench.split("id_test"))}
-                scored.update({s.name: self._scores(pp, ood_out[s.name], store, s) for s in ood_sets})
+                given = tap_scores.get(label, {})
+                scored = {"id_test": self._scores(pp, id_test, store, bench.split("id_test"), given)}
+                scored.update({s.name: self._scores(pp, ood_out[s.name], store, s, given) for s in ood_sets})
             extra = {"num_classes": bench.num_classes} if "num_classes" in inspect.signature(evaluator.evaluate).parameters else {}
             result = evaluator.evaluate(
                 label, scored["id_test"],
@@ -174,8 +203,8 @@ class TestOODPipeline:
         train_out, id_val = store.get(bench.split("id_train")), store.get(bench.split("id_val"))
         ood_val = store.get(bench.split("ood_val"))
 
-        def fit_and_score(pp):
-            if pp.needs_network:
+        def fit_and_score(pp):  # tap methods under APS run their own passes over the loaders
+            if pp.needs_network or pp.uses_taps:
                 pp.attach_network(net, ctx.device, store.loader_for)
             pp.fit(train_out, val_outputs=id_val)
             return (self._scores(pp, id_val, store, bench.split("id_val")).conf,
@@ -184,9 +213,16 @@ class TestOODPipeline:
         return aps.search(spec, grid, fit_and_score)
 
     @staticmethod
-    def _scores(pp, outputs: NetOutputs, store: "OutputStore", split: Split) -> SplitScores:
+    def _scores(pp, outputs: NetOutputs, store: "OutputStore", split: Split, given=None) -> SplitScores:
+        """The split's scores: from the shared pass's taps (``given``), by re-running the network, or
+        from its outputs."""
         labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
-        conf = pp.score_loader(store.loader_for(split.name)) if pp.needs_network else pp.score(outputs)
+        if given and split.name in given:
+            conf = given[split.name]
+        elif pp.needs_network or pp.uses_taps:
+            conf = pp.score_loader(store.loader_for(split.name))
+        else:
+            conf = pp.score(outputs)
         conf = np.asarray(conf, dtype=np.float64)
         if conf.shape != (len(outputs),):
             raise DataError(f"postprocessor '{pp.name}' returned {conf.shape} scores on '{split.name}', "
