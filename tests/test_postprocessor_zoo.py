@@ -78,11 +78,11 @@ def test_every_registered_postprocessor_scores_finite(tiny_setup):
         pp = POSTPROCESSORS.build(name)
         if not all(callable(getattr(net, m, None)) for m in getattr(pp, "network_methods", ())):
             continue  # e.g. vmdls scores only its own network (tested in test_vmdls.py)
-        if pp.needs_network:
+        if pp.needs_network or pp.uses_taps:
             pp.attach_network(net, torch.device("cpu"), lambda split: loaders[split]())
         pp.fit(o["id_train"], val_outputs=o["id_val"])
         for split in ("id_test", "ood"):
-            conf = pp.score_loader(loaders[split]()) if pp.needs_network else pp.score(o[split])
+            conf = pp.score_loader(loaders[split]()) if pp.needs_network or pp.uses_taps else pp.score(o[split])
             conf = np.asarray(conf)
             assert conf.shape == (len(o[split]),), name
             assert conf.dtype.kind == "f" and np.isfinite(conf).all(), name

@@ -35,7 +35,7 @@ def digits():
 
 def attached(name, net, loaders, **kw):
     pp = POSTPROCESSORS.build({"name": name, **kw})
-    assert pp.needs_network
+    assert pp.needs_network or pp.uses_taps
     pp.attach_network(net, CPU, loaders)
     return pp
 

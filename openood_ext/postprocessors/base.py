@@ -15,6 +15,12 @@ Methods that need more than cached outputs (input perturbation, gradients, inter
 ``(images, labels, n_skipped)`` batches, and scores each split with ``score_loader(loader)`` instead of
 ``score(outputs)``.
 
+Methods that need intermediate layers but no gradient (Gram; MDSEns's fit) read them from the shared
+forward pass instead (layer taps, see :mod:`openood_ext.features`): ``fit_taps(net, example)`` returns a
+consumer that fits the method from the id_train pass, ``score_taps()`` one whose ``finish()`` is a split's
+confidences; ``uses_taps = True`` says the method scores that way. ``needs_network`` is then left for
+what needs input gradients or perturbed inputs (ODIN, MDSEns's scoring).
+
 Plugins need no base class (duck typing): a class with ``score`` (and optionally ``fit``) is enough.
 :func:`as_postprocessor` gives such an object the optional parts of the contract with their defaults
 (``fit`` that does nothing, ``needs_network = False``, ``predict`` = argmax of the logits,
@@ -38,6 +44,14 @@ class Postprocessor:
 
     #: True when scoring needs the network itself (see the module docstring).
     needs_network: bool = False
+    #: True when the method scores from the shared pass's layer taps (``score_taps``).
+    uses_taps: bool = False
+
+    def fit_taps(self, net: torch.nn.Module, example: torch.Tensor):
+        """A tap consumer fitting this method from the id_train forward pass, or None (nothing to tap)."""
+
+    def score_taps(self):
+        """A tap consumer whose ``finish()`` returns a split's confidences, or None."""
 
     def fit(self, train_outputs: NetOutputs | None = None, val_outputs: NetOutputs | None = None,
             **_) -> "Postprocessor":
@@ -99,6 +113,7 @@ class DuckPostprocessor(Postprocessor):
     def __init__(self, inner: Any):
         self._inner = inner
         self.needs_network = bool(getattr(inner, "needs_network", False))
+        self.uses_taps = bool(getattr(inner, "uses_taps", False))
 
     @property
     def name(self) -> str:
@@ -119,6 +134,14 @@ class DuckPostprocessor(Postprocessor):
 
     def score(self, outputs):
         return self._inner.score(outputs)
+
+    def fit_taps(self, net, example):
+        method = getattr(self._inner, "fit_taps", None)
+        return method(net, example) if callable(method) else None
+
+    def score_taps(self):
+        method = getattr(self._inner, "score_taps", None)
+        return method() if callable(method) else None
 
     def score_loader(self, loader):
         method = getattr(self._inner, "score_loader", None)

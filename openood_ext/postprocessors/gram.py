@@ -1,34 +1,45 @@
 """Gram-matrix deviations (Sastry & Oore, "Detecting Out-of-Distribution Examples with Gram Matrices",
 ICML 2020), as OpenOOD v1.5's ``gram`` (row sums of p-th order Gram matrices, min/max per class and
-layer, deviations normalised by held-out ID training deviations)."""
+layer, deviations normalised by held-out ID training deviations).
+
+Gram reads intermediate layers only, without gradients, so it works entirely from the shared forward
+pass's layer taps (:mod:`openood_ext.features`): the fit is a streaming per-class min/max over the
+id_train pass, scoring a per-sample deviation computed in each split's pass. Only the [B, C] Gram row
+sums of a batch are ever formed, never kept feature maps.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..features import NetOutputs, Tap, extract_outputs
 from ..schema import NonNegativeInt, UnitFloat
-from ..features import NetOutputs
 from .base import Postprocessor
-from .layer_features import LayerTaps, first_batch, iter_images, resolve_layers
+from .layer_features import first_batch, resolve_layers
 from .registry import POSTPROCESSORS
 
 
 def gram_features(t: torch.Tensor, powers) -> list[torch.Tensor]:
-    """For each p: ``G_p = sign(S) |S|^(1/p)`` with ``S = rowsum((F^p)(F^p)^T)``, F = [B, C, HW];
-    float64 [B, C] each (a [B, D] input is treated as D channels of one position)."""
-    f = t.detach().double()
+    """For each p: ``G_p = sign(S) |S|^(1/p)`` with ``S = rowsum((F^p)(F^p)^T)``, F = [B, C, HW]; float32
+    [B, C] each (a [B, D] input is treated as D channels of one position).
+
+    The row sum is computed as ``S_c = <F^p_c, sum_c' F^p_c'>`` (O(C HW) rather than the C x C Gram
+    matrix), products in float32 and the sum over positions accumulated in float64.
+    """
+    f = t.detach().float()
     f = f.reshape(f.shape[0], f.shape[1], -1)
     out = []
     for p in powers:
         fp = f.pow(p)
-        s = (fp @ fp.transpose(1, 2)).sum(dim=2)
-        out.append(s.sign() * s.abs().pow(1.0 / p))
+        s = torch.sum(fp * fp.sum(dim=1, keepdim=True), dim=2, dtype=torch.float64)
+        out.append((s.sign() * s.abs().pow(1.0 / p)).float())
     return out
 
 
 def deviation(mins: torch.Tensor, maxs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``sum_j relu(min_j - g_j) / |min_j + 1e-6| + relu(g_j - max_j) / |max_j + 1e-6|``, [B]."""
+    """``sum_j relu(min_j - g_j) / |min_j + 1e-6| + relu(g_j - max_j) / |max_j + 1e-6|``, float64 [B]."""
+    mins, maxs, g = mins.double(), maxs.double(), g.double()
     return ((mins - g).clamp_min(0) / (mins + 1e-6).abs()).sum(dim=1) + \
         ((g - maxs).clamp_min(0) / (maxs + 1e-6).abs()).sum(dim=1)
 
@@ -38,18 +49,25 @@ class GramPostprocessor(Postprocessor):
     """Gram: conf = -sum_{l,p} dev_{l,p}(x) / n_l / MSP(x), deviations from class-wise Gram min/max; higher = more ID.
 
     Fit (ID training set, labels): per layer l, power p and class c the element-wise min and max of
-    the Gram features over a random 90% of the class's samples; n_l = mean deviation (summed over
-    powers) of the held-out 10% at layer l.
+    the Gram features over the training samples not held out; n_l = mean deviation (summed over
+    powers) of the held-out samples at layer l. Scoring uses the predicted class's min/max (a class
+    never seen in training contributes no deviation).
 
     Args:
         powers: Gram orders p (OpenOOD default [1, 2, 3, 4, 5]).
         layers: which layers (default ``conv_relu``: every Conv2d and ReLU module, as OpenOOD);
             ``stages``, module names or stage indices also work (see ``layer_features``).
-        holdout: fraction of each class held out for the normalisers (0.1).
-        seed: seed of the hold-out split.
+        holdout: the held-out fraction (0.1, as OpenOOD). Each training sample is held out
+            independently with this probability from a seeded stream, so the fit streams over the
+            pass; OpenOOD holds out exactly int(0.1 n_c) samples of each class with an unseeded
+            ``random.sample`` (its AUROC moves by ~0.1 point from run to run because of it).
+            ``holdout: 0`` fits min/max on every sample and leaves the layers unnormalised (n_l = 1).
+        seed: seed of the hold-out stream.
+    Works from the shared forward pass (``uses_taps``); ``attach_network`` + ``fit``/``score_loader``
+    run the same streams over loaders (one pass each) for use outside the pipeline.
     """
 
-    needs_network = True
+    uses_taps = True
 
     def __init__(self, powers=(1, 2, 3, 4, 5), layers="conv_relu", holdout: UnitFloat = 0.1, seed: NonNegativeInt = 0):
         powers = [int(p) for p in powers]
@@ -63,96 +81,129 @@ class GramPostprocessor(Postprocessor):
         self._mins = self._maxs = self._norm = None
         self.net = self.device = self.loaders = None
 
-    def _taps(self) -> LayerTaps:
-        return LayerTaps(self.net, self.layer_names, transform=lambda t: gram_features(t, self.powers))
+    # ------------------------------------------------------------------ taps
+    def _taps(self) -> list[Tap]:
+        key = "gram:" + ",".join(map(str, self.powers))
+        return [Tap(name, key, lambda t: gram_features(t, self.powers)) for name in self.layer_names]
 
     def _holdout_mask(self, labels: torch.Tensor) -> torch.Tensor:
-        """True for the held-out samples: int(holdout * n_c) random samples of every class c."""
-        gen = torch.Generator().manual_seed(self.seed)
-        mask = torch.zeros(len(labels), dtype=torch.bool)
-        for c in torch.unique(labels):
-            idx = (labels == c).nonzero().flatten()
-            mask[idx[torch.randperm(len(idx), generator=gen)[:int(self.holdout * len(idx))]]] = True
-        return mask
+        """True for the held-out samples of a training split of ``len(labels)`` samples, in order."""
+        return _HoldoutStream(self.holdout, self.seed).take(len(labels))
 
-    def _train_labels(self, train_outputs: NetOutputs | None, loader) -> torch.Tensor:
-        if train_outputs is not None and train_outputs.labels is not None:
-            return train_outputs.labels.long()
-        return torch.cat([torch.as_tensor(b[1]).long() for b in loader if len(b[0])])
+    def fit_taps(self, net: torch.nn.Module, example: torch.Tensor) -> _GramFit:
+        """A consumer fitting this instance from the id_train pass (see :mod:`openood_ext.features`)."""
+        self.layer_names = resolve_layers(net, self.layers, example)
+        return _GramFit(self)
 
+    def score_taps(self) -> _GramScore:
+        """A consumer whose ``finish()`` is the split's confidences, float64 [N]."""
+        if self._norm is None:
+            raise RuntimeError("gram: call fit() before scoring")
+        return _GramScore(self)
+
+    # ------------------------------------------------------------------ loader fallback
     def fit(self, train_outputs: NetOutputs | None = None, val_outputs: NetOutputs | None = None, **_):
+        if self._norm is not None:  # fitted from the shared pass
+            return self
         if self.net is None or self.loaders is None:
-            raise RuntimeError("gram: attach_network(net, device, loaders) must be called before fit")
-        self.net.eval()
+            raise RuntimeError("gram: fit from the shared forward pass (fit_taps), or attach_network(net, "
+                               "device, loaders) first")
         loader = self.loaders("id_train")
-        self.layer_names = resolve_layers(self.net, self.layers, first_batch(loader).to(self.device))
-        labels = self._train_labels(train_outputs, loader)
-        held = self._holdout_mask(labels)
-        mins: list | None = None
-        maxs: list | None = None
-        held_feats: list[list] = []  # per batch: [layer][power] float32 Gram features of held-out samples
-        held_labels = []
-        seen = 0
-        with self._taps() as taps, torch.no_grad():
-            for images, y in iter_images(loader, self.device, desc="gram fit"):
-                num_classes = max(int(labels.max()) + 1, self.net(images).shape[1])
-                feats = [[g.cpu() for g in layer] for layer in taps.pop()]
-                if len(feats) != len(self.layer_names):
-                    raise ValueError(f"gram: the hooked modules fired {len(feats)} times for "
-                                     f"{len(self.layer_names)} layers (a module used twice?)")
-                batch_held = held[seen:seen + len(y)]
-                if len(batch_held) != len(y) or not torch.equal(labels[seen:seen + len(y)], y):
-                    raise ValueError("gram: the id_train loader does not match the training outputs' labels")
-                seen += len(y)
-                if mins is None:
-                    mins = [[torch.full((num_classes, g.shape[1]), float("inf"), dtype=torch.float64)
-                             for g in layer] for layer in feats]
-                    maxs = [[-m for m in layer] for layer in mins]
-                fit_rows = ~batch_held
-                for l, layer in enumerate(feats):
-                    for p, g in enumerate(layer):
-                        for c in torch.unique(y[fit_rows]):
-                            rows = g[fit_rows & (y == c)]
-                            mins[l][p][c] = torch.minimum(mins[l][p][c], rows.min(dim=0).values)
-                            maxs[l][p][c] = torch.maximum(maxs[l][p][c], rows.max(dim=0).values)
-                held_feats.append([[g[batch_held].float() for g in layer] for layer in feats])
-                held_labels.append(y[batch_held])
-        if seen != len(labels):
-            raise ValueError("gram: the id_train loader does not match the training outputs' labels")
-        self._mins, self._maxs = mins, maxs
-        hy = torch.cat(held_labels)
-        norms = []
-        for l in range(len(self.layer_names)):
-            if len(hy) == 0:
-                norms.append(1.0)
-                continue
-            dev = sum(self._class_deviation(l, p, torch.cat([b[l][p] for b in held_feats]).double(), hy)
-                      for p in range(len(self.powers)))
-            n = float(dev.mean())
-            norms.append(n if n > 0 else 1.0)  # no held-out deviation at this layer: leave it unscaled
-        self._norm = norms
+        consumer = self.fit_taps(self.net, first_batch(loader).to(self.device))
+        extract_outputs(self.net, loader, self.device, desc="gram fit", consumers=[consumer])
         return self
+
+    def score_loader(self, loader) -> np.ndarray:
+        consumer = self.score_taps()
+        return extract_outputs(self.net, loader, self.device, desc="gram", consumers=[consumer]).tap_results[0]
+
+    def score(self, outputs: NetOutputs) -> np.ndarray:
+        raise RuntimeError("gram scores from the shared forward pass's layer taps (score_taps), or "
+                           "score_loader after attach_network, not from cached outputs")
 
     def _class_deviation(self, l: int, p: int, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Deviation of each row of g from the min/max of its class (0 for classes never fitted)."""
-        mins, maxs = self._mins[l][p][classes], self._maxs[l][p][classes]
-        fitted = torch.isfinite(mins).all(dim=1)
+        known = classes < self._mins[l][p].shape[0]
+        idx = torch.where(known, classes, torch.zeros_like(classes))
+        mins, maxs = self._mins[l][p][idx], self._maxs[l][p][idx]
+        fitted = known & torch.isfinite(mins).all(dim=1)
         mins = torch.where(fitted[:, None], mins, g)
         maxs = torch.where(fitted[:, None], maxs, g)
         return deviation(mins, maxs, g)
 
-    def score_loader(self, loader) -> np.ndarray:
-        if self._norm is None:
-            raise RuntimeError("gram: call fit() before scoring")
-        self.net.eval()
-        confs = []
-        with self._taps() as taps, torch.no_grad():
-            for images, _ in iter_images(loader, self.device, desc="gram"):
-                logits = self.net(images).double().cpu()
-                msp, preds = logits.softmax(dim=1).max(dim=1)
-                total = torch.zeros(len(images), dtype=torch.float64)
-                for l, layer in enumerate(taps.pop()):
-                    for p, g in enumerate(layer):
-                        total += self._class_deviation(l, p, g.cpu(), preds) / self._norm[l]
-                confs.append(-total / msp)
-        return torch.cat(confs).numpy() if confs else np.zeros(0)
+
+class _HoldoutStream:
+    """Independent Bernoulli(holdout) draws per sample from a seeded stream, in sample order."""
+
+    def __init__(self, holdout: float, seed: int):
+        self.holdout, self.rng = holdout, np.random.default_rng(seed)
+
+    def take(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self.rng.random(n) < self.holdout)
+
+
+class _GramFit:
+    """Streaming fit: per-class min/max of the non-held-out samples, Gram features of the held-out ones."""
+
+    def __init__(self, pp: GramPostprocessor):
+        self.pp, self.taps = pp, pp._taps()
+        self.held = _HoldoutStream(pp.holdout, pp.seed)
+        self.mins = self.maxs = None
+        self.held_feats: list = []  # per batch: [layer][power] float32 [n_held, C]
+        self.held_labels: list = []
+
+    def update(self, reduced, logits, labels):
+        feats = [reduced[t.key] for t in self.taps]
+        labels = labels.long()
+        if self.mins is None:
+            k = max(int(labels.max()) + 1, logits.shape[1])
+            self.mins = [[torch.full((k, g.shape[1]), float("inf")) for g in layer] for layer in feats]
+            self.maxs = [[-m for m in layer] for layer in self.mins]
+        held = self.held.take(len(labels))
+        fit_rows = ~held & (labels >= 0)
+        for l, layer in enumerate(feats):
+            for p, g in enumerate(layer):
+                g = g.cpu()
+                for c in torch.unique(labels[fit_rows]).tolist():
+                    rows = g[fit_rows & (labels == c)]
+                    self.mins[l][p][c] = torch.minimum(self.mins[l][p][c], rows.min(dim=0).values)
+                    self.maxs[l][p][c] = torch.maximum(self.maxs[l][p][c], rows.max(dim=0).values)
+        keep = held & (labels >= 0)
+        self.held_feats.append([[g.cpu()[keep] for g in layer] for layer in feats])
+        self.held_labels.append(labels[keep])
+
+    def finish(self) -> GramPostprocessor:
+        pp = self.pp
+        if self.mins is None:
+            raise ValueError("gram: the id_train pass had no samples")
+        pp._mins, pp._maxs = self.mins, self.maxs
+        hy = torch.cat(self.held_labels)
+        norms = []
+        for l in range(len(pp.layer_names)):
+            if len(hy) == 0:
+                norms.append(1.0)
+                continue
+            dev = sum(pp._class_deviation(l, p, torch.cat([b[l][p] for b in self.held_feats]), hy)
+                      for p in range(len(pp.powers)))
+            n = float(dev.mean())
+            norms.append(n if n > 0 else 1.0)  # no held-out deviation at this layer: leave it unscaled
+        pp._norm = norms
+        return pp
+
+
+class _GramScore:
+    """Streaming scoring: -sum_l sum_p dev / n_l / MSP per sample, deviations from the predicted class."""
+
+    def __init__(self, pp: GramPostprocessor):
+        self.pp, self.taps, self.confs = pp, pp._taps(), []
+
+    def update(self, reduced, logits, labels):
+        msp, preds = logits.double().softmax(dim=1).max(dim=1)
+        total = torch.zeros(len(logits), dtype=torch.float64)
+        for l, t in enumerate(self.taps):
+            for p, g in enumerate(reduced[t.key]):
+                total += self.pp._class_deviation(l, p, g.cpu(), preds) / self.pp._norm[l]
+        self.confs.append(-total / msp)
+
+    def finish(self) -> np.ndarray:
+        return torch.cat(self.confs).numpy() if self.confs else np.zeros(0)

@@ -8,6 +8,10 @@
     execution order, i.e. the output of each resolution/width stage (ResNet-18: ``layer1`` ..
     ``layer4``, ``avgpool``; DigitsCNN: the ReLUs, the max-pool and the global pool);
   - ``"conv_relu"``: every ``nn.Conv2d`` and ``nn.ReLU`` module, the layers OpenOOD's Gram hooks;
+  - ``"stem"`` (also usable inside a list): the stem output, OpenOOD's ``feature_list[0]``: on networks
+    with a top-level ``layer1`` (the ResNets) the input of ``layer1``, i.e. relu(bn1(conv1(x))), tapped
+    as ``"layer1:input"``; elsewhere the first detected stage (DigitsCNN: the first ReLU);
+  - ``"<module>:input"``: the first input of a module rather than its output;
   - a list of module names (``["layer1", "layer3"]``) or of indices into the ``"stages"`` list;
 
 * :func:`input_std` reads the per-channel normalisation std from a loader's transform (for input
@@ -51,13 +55,15 @@ class LayerTaps:
 
     def __init__(self, net: nn.Module, names: Sequence[str],
                  transform: Callable[[torch.Tensor], object] | None = None, clone: bool = False):
+        from ..features import split_tap_layer
         modules = dict(net.named_modules())
-        missing = [n for n in names if n not in modules]
+        parsed = [split_tap_layer(n) for n in names]
+        missing = [n for n, (m, _) in zip(names, parsed) if m not in modules]
         if missing:
             raise ValueError(f"layer(s) {missing} not found in {type(net).__name__}; "
                              f"modules are: {', '.join(n for n in modules if n)[:500]}")
         self.net, self.names = net, list(names)
-        self._modules = [modules[n] for n in self.names]
+        self._modules = [(modules[m], on_input) for m, on_input in parsed]
         self.transform, self.clone = transform, clone
         self._handles: list = []
         self._kept: list = []
@@ -70,7 +76,8 @@ class LayerTaps:
         self._kept.append(self.transform(output) if self.transform else output)
 
     def __enter__(self) -> "LayerTaps":
-        self._handles = [m.register_forward_hook(self._hook) for m in self._modules]
+        self._handles = [m.register_forward_pre_hook(lambda mod, inputs: self._hook(mod, None, inputs))
+                         if on_input else m.register_forward_hook(self._hook) for m, on_input in self._modules]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -137,15 +144,22 @@ def conv_relu_layers(net: nn.Module) -> list[str]:
     return names
 
 
+def stem_layer(net: nn.Module, example: torch.Tensor) -> str:
+    """The stem output's tap name (see the module docstring)."""
+    if "layer1" in dict(net.named_children()):
+        return "layer1:input"
+    return stage_layers(net, example)[0]
+
+
 def resolve_layers(net: nn.Module, spec, example: torch.Tensor) -> list[str]:
-    """Module names for a layer spec (``stages``/``auto``, ``conv_relu``, names, or stage indices)."""
+    """Tap names for a layer spec (``stages``/``auto``, ``conv_relu``, ``stem``, names, or stage indices)."""
     if isinstance(spec, str):
         if spec in ("stages", "auto"):
             return stage_layers(net, example)
         if spec == "conv_relu":
             return conv_relu_layers(net)
         spec = [spec]
-    spec = list(spec)
+    spec = [stem_layer(net, example) if s == "stem" else s for s in spec]
     if not spec:
         raise ValueError("layers: empty list")
     if all(isinstance(s, int) for s in spec):
@@ -154,10 +168,14 @@ def resolve_layers(net: nn.Module, spec, example: torch.Tensor) -> list[str]:
         if bad:
             raise ValueError(f"layers: indices {bad} out of range for the {len(stages)} stages {stages}")
         return [stages[i] for i in spec]
+    if any(isinstance(s, int) for s in spec):  # mixed names and indices
+        stages = stage_layers(net, example)
+        spec = [stages[s] if isinstance(s, int) and -len(stages) <= s < len(stages) else s for s in spec]
     if not all(isinstance(s, str) for s in spec):
-        raise ValueError(f"layers: expected 'stages', 'conv_relu', module names or stage indices, got {spec}")
+        raise ValueError(f"layers: expected 'stages', 'conv_relu', 'stem', module names or stage indices, got {spec}")
+    from ..features import split_tap_layer
     modules = dict(net.named_modules())
-    missing = [s for s in spec if s not in modules]
+    missing = [s for s in spec if split_tap_layer(s)[0] not in modules]
     if missing:
         raise ValueError(f"layers: {missing} not found in {type(net).__name__}")
     return spec
