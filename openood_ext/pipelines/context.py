@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .. import distributed
 from ..config import config_hash, save_config
 from ..datasets import BENCHMARKS, Benchmark
 from ..errors import ConfigError
@@ -41,11 +42,23 @@ class RunContext:
         self.seed = int(cfg.get("seed", 0))
         seed_everything(self.seed)
         self.device = resolve_device(cfg.get("device", "auto"))
+        distributed.init_from_env(self.device)  # torchrun: join the process group (no-op otherwise)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
         root = Path(cfg.get("output_dir", "results"))
         name = check_experiment_name(cfg.get("experiment", "default"))
         self.final_dir = root / name
         self.dir = root / f"{name}.partial"
         self.resume = bool(cfg.get("resume", False))
+        self._lock = None
+        self.timings: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self.completed = False
+        # only rank 0 touches the run directory; its failure (e.g. the lock) is raised on every rank
+        distributed.run_on_main(lambda: self._make_run_dir(root, name))
+        if self.rank > 0:
+            self.log = setup_logging(None, verbose=bool(cfg.get("verbose", False)), rank=self.rank)
+
+    def _make_run_dir(self, root: Path, name: str) -> None:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -54,18 +67,20 @@ class RunContext:
         if self.dir.exists() and not self.resume:
             shutil.rmtree(self.dir)  # leftovers of an interrupted run that is not being resumed
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.log = setup_logging(self.dir / "log.txt", verbose=bool(cfg.get("verbose", False)))
-        save_config(cfg, self.dir / "config.yaml")
-        self.timings: dict[str, float] = {}
-        self._t0 = time.perf_counter()
-        self.completed = False
+        self.log = setup_logging(self.dir / "log.txt", verbose=bool(self.cfg.get("verbose", False)))
+        save_config(self.cfg, self.dir / "config.yaml")
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and logs to the console (always, outside torchrun)."""
+        return self.rank == 0
 
     def __enter__(self) -> "RunContext":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None and not self.completed:
+            if exc_type is not None and not self.completed and self.is_main:
                 status = "interrupted" if issubclass(exc_type, (RunInterrupted, KeyboardInterrupt)) else "failed"
                 with contextlib.suppress(Exception):
                     self.write_run_record(status, {"error": str(exc).splitlines()[0] if str(exc) else exc_type.__name__})
@@ -73,7 +88,9 @@ class RunContext:
                     self.log.warning("run %s: %s; partial results kept in %s (%s: openood-ext run --resume %s)",
                                      status, exc, self.dir, how, self.dir)
         finally:
-            self._lock.close()
+            if self._lock is not None:
+                self._lock.close()
+            distributed.shutdown()
 
     def timed(self, label: str):
         ctx = self
@@ -88,6 +105,10 @@ class RunContext:
         return _Timer()
 
     def write_run_record(self, status: str, extra: dict | None = None) -> None:
+        if not self.is_main:
+            return
+        if self.world_size > 1:
+            extra = {"processes": self.world_size, **(extra or {})}
         record = {
             "status": status, "seed": self.seed, "config_hash": config_hash(self.cfg),
             "run_identity": run_identity(OmegaConf.to_container(self.cfg, resolve=True)),
@@ -99,7 +120,11 @@ class RunContext:
         write_json(self.dir / "run.json", record)
 
     def complete(self, extra: dict | None = None) -> Path:
-        """Record success and move the run into its final directory; returns that directory."""
+        """Record success and move the run into its final directory; returns that directory (other
+        torchrun ranks only wait for rank 0 to finish its part)."""
+        if not self.is_main:
+            self.dir, self.completed = self.final_dir, True
+            return self.final_dir
         self.write_run_record("complete", extra)
         if complete_result(self.final_dir) is not None:
             why = "overwrite=true" if self.cfg.get("overwrite", False) else "same configuration"

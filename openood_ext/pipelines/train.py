@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from .. import distributed
 from ..config import to_plain
 from ..datasets import Benchmark
 from ..errors import ConfigError
@@ -15,7 +16,7 @@ from ..networks.checkpoint import save_checkpoint
 from ..trainers import Engine, TrainingPlan, plan_training
 from ..trainers.data import build_train_loader
 from ..trainers.history import plot_loss_curves, write_history
-from ..utils.runtime import resolve_device
+from ..utils.runtime import loader_options, resolve_device
 from .context import RunContext, build_benchmark, build_network, network_spec
 from .registry import PIPELINES
 
@@ -52,11 +53,14 @@ def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: Trai
     settings, trainer = plan.settings, plan.trainer
     net = build_network(cfg, ctx.device)
     workers = int(cfg.get("num_workers", 0))
-    train_loader = build_train_loader(bench, trainer, settings.batch_size, ctx.seed, workers)
+    opts = loader_options(cfg, ctx.device)
+    train_loader = build_train_loader(bench, trainer, settings.batch_size, ctx.seed, loader_options=opts)
     if plan.source is not None:
         plan.source.ctx.steps_per_epoch = len(train_loader)
         plan.source.ctx.device = ctx.device
     val_loader = bench.loader(bench.split("id_val"), batch_size=int(cfg.get("batch_size", 256)), num_workers=workers)
+    if ctx.world_size > 1:
+        ctx.log.info("data parallel: %d processes x batch %d", ctx.world_size, settings.batch_size)
     ctx.log.info("training %s on %s (%d images) for %d epochs with trainer '%s'%s", network_spec(cfg)["name"],
                  bench.name, len(train_loader.dataset), settings.epochs, plan.trainer_name,
                  f"; outliers: {plan.source.describe()}" if plan.source is not None else "")
@@ -64,16 +68,20 @@ def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: Trai
                     seed=ctx.seed, benchmark=bench, source=plan.source, state_path=ctx.dir / "last.pt", log=ctx.log)
     with ctx.timed("train"):
         history = engine.fit(resume=ctx.resume)
-    write_history(ctx.dir, history)
-    plot_loss_curves(history, ctx.dir / "plots" / "loss_curves.png")
-    val_acc = evaluate_accuracy(net, val_loader, ctx.device)
     path = checkpoint_path(cfg, ctx)
-    save_checkpoint(path, net, network_spec(cfg),
-                    meta={"benchmark": bench.name, "epochs": settings.epochs, "trainer": plan.trainer_name,
-                          "outliers": plan.source.label() if plan.source is not None else None,
-                          "val_accuracy": val_acc, "final_loss": history[-1]["loss"] if history else None,
-                          "seed": ctx.seed})
-    ctx.log.info("trained: val accuracy %.2f%%, checkpoint written to %s", 100 * val_acc, path)
+
+    def write_outputs() -> None:  # rank 0 only; the other ranks wait for the checkpoint
+        write_history(ctx.dir, history)
+        plot_loss_curves(history, ctx.dir / "plots" / "loss_curves.png")
+        val_acc = evaluate_accuracy(net, val_loader, ctx.device)
+        save_checkpoint(path, net, network_spec(cfg),
+                        meta={"benchmark": bench.name, "epochs": settings.epochs, "trainer": plan.trainer_name,
+                              "outliers": plan.source.label() if plan.source is not None else None,
+                              "val_accuracy": val_acc, "final_loss": history[-1]["loss"] if history else None,
+                              "seed": ctx.seed})
+        ctx.log.info("trained: val accuracy %.2f%%, checkpoint written to %s", 100 * val_acc, path)
+
+    distributed.run_on_main(write_outputs)
     return path
 
 

@@ -19,6 +19,17 @@ Engine keys of ``trainer:`` (everything else goes to the trainer's constructor):
       precision: fp32              # fp32 | bf16 | fp16 (fp16: CUDA only, with loss scaling)
       grad_clip: null              # max global gradient norm
       outliers: {name: oe_images, limit: null}   # SYNTHESIZERS entry (default: the trainer's own)
+      channels_last: false         # network and batches in channels_last memory format (CUDA convnets)
+      compile: false               # true (torch.compile, inductor) or a torch.compile backend name
+      sync_batchnorm: false        # torchrun only: BatchNorm statistics over all ranks (CUDA only)
+      find_unused_parameters: true # torchrun only: DDP tolerates parameters a step does not use
+
+Data parallel (``torchrun --nproc_per_node N``, see :mod:`openood_ext.distributed`): ``batch_size`` is per
+process (the global batch is N x batch_size); the network and the trainable extra modules are wrapped
+together in one ``DistributedDataParallel`` around the trainer's step (so a trainer calling
+``net.features`` or ``net.encode`` is synchronised too); gradients are averaged over the ranks;
+``ctx.gather`` concatenates tensors over the ranks; epoch means of the loss terms are over all ranks;
+only rank 0 logs and writes the training state (with every rank's RNG state); every rank resumes from it.
 """
 
 from __future__ import annotations
@@ -32,15 +43,17 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .. import distributed
 from ..config import to_plain
 from ..errors import CheckpointError, ConfigError, OpenOODError
 from ..utils.io import write_with
-from ..utils.runtime import get_logger, progress
+from ..utils.runtime import autocast, check_compile, get_logger, prepare_module, progress, seed_everything
 from .optim import build_optimizer, build_scheduler, check_optimizer_spec, check_schedule_spec
 from .resume import restore_rng_states, rng_states
 from .trainer import Batch, TrainContext
 
-ENGINE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "accumulate", "precision", "grad_clip", "outliers")
+ENGINE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "accumulate", "precision", "grad_clip", "outliers",
+               "channels_last", "compile", "sync_batchnorm", "find_unused_parameters")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -66,6 +79,10 @@ class EngineSettings:
     precision: str = "fp32"
     grad_clip: float | None = None
     outliers: Any = None
+    channels_last: bool = False
+    compile: str | None = None
+    sync_batchnorm: bool = False
+    find_unused_parameters: bool = True
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any]) -> "EngineSettings":
@@ -81,10 +98,16 @@ class EngineSettings:
         outliers = spec.get("outliers")
         if outliers is not None and not isinstance(outliers, (str, Mapping)):
             raise ConfigError(f"trainer.outliers: expected a source name or mapping, got {outliers!r}")
+        flags = {}
+        for key, default in (("channels_last", False), ("sync_batchnorm", False), ("find_unused_parameters", True)):
+            flags[key] = spec.get(key, default)
+            if not isinstance(flags[key], bool):
+                raise ConfigError(f"trainer.{key}: expected true or false, got {flags[key]!r}")
         sched = spec.get("scheduler", "cosine")
         return cls(epochs, batch_size, check_optimizer_spec(spec.get("optimizer") or {}),
                    check_schedule_spec(sched, epochs), accumulate, precision,
-                   None if clip is None else float(clip), outliers)
+                   None if clip is None else float(clip), outliers,
+                   compile=check_compile("trainer.compile", spec.get("compile", False)), **flags)
 
 
 def split_trainer_config(spec: Mapping[str, Any]) -> tuple[EngineSettings, dict]:
@@ -115,17 +138,36 @@ class TermMeter:
             value = value.detach().float() if torch.is_tensor(value) else float(value)
             self.sums[key] = self.sums.get(key, 0.0) + value * n
 
+    def reduce_over_ranks(self) -> None:
+        """Sum the sums and counts over the torchrun ranks (every rank must call it)."""
+        keys = sorted(self.sums)
+        values = torch.tensor([float(self.sums[k]) for k in keys] + [float(self.count)], dtype=torch.float64)
+        with distributed.guard("averaging the epoch's loss terms"):
+            torch.distributed.all_reduce(values)
+        self.sums = dict(zip(keys, values[:-1].tolist()))
+        self.count = int(values[-1].item())
+
     def means(self) -> dict[str, float]:
         return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
 
 
 def _precision_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("trainer.precision: fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return autocast(precision, device, key="trainer.precision")
+
+
+class TrainingStep(torch.nn.Module):
+    """The network plus the trainable extra modules as one module whose forward is the trainer's step,
+    so that ``DistributedDataParallel`` / ``torch.compile`` see every parameter the step uses, however
+    the trainer calls its network (``net(x)``, ``net.features(x)``, ``net.encode(x)``, ...)."""
+
+    def __init__(self, trainer, net: torch.nn.Module, extras: Mapping[str, torch.nn.Module]):
+        super().__init__()
+        self.net = net
+        self.extras = torch.nn.ModuleDict(dict(extras))
+        self._step = trainer.training_step  # a bound method, not a submodule
+
+    def forward(self, batch: Batch):
+        return self._step(batch)
 
 
 def _first_non_finite(terms: Mapping[str, Any]) -> tuple[str, float]:
@@ -161,7 +203,15 @@ class Engine:
                  on_epoch_end: Callable[[int, dict], None] | None = None):
         self.trainer, self.loader, self.settings = trainer, loader, settings
         self.device = torch.device(device)
+        self.world = distributed.world_size()
+        if settings.sync_batchnorm and self.world > 1:
+            if self.device.type != "cuda":
+                raise ConfigError("trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only "
+                                  "(remove it for a CPU run)")
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         self.net = net.to(self.device)
+        if settings.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.source = source
         self.state_path = Path(state_path) if state_path else None
         self.log = log or get_logger()
@@ -175,6 +225,7 @@ class Engine:
                                 outliers=source, log=self.log, precision=settings.precision)
         self.autocast = _precision_context(settings.precision, self.device)
         trainer.setup(self.net, self.ctx)
+        self.step = self._build_step(seed)
         groups = [dict(g) for g in trainer.parameter_groups()]
         for extra in self.ctx.modules.values():
             if extra.trainable:
@@ -190,6 +241,26 @@ class Engine:
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.history: list[dict] = []
         self.start_epoch = 0
+
+    def _build_step(self, seed: int):
+        """The callable running one training step: the trainer's own ``training_step`` in a single
+        process without compile (bit-identical to a run without this code); otherwise the
+        :class:`TrainingStep` module, compiled and/or DDP-wrapped."""
+        self.ddp = None
+        if self.world == 1 and not self.settings.compile:
+            return self.trainer.training_step
+        extras = {k: m.module for k, m in self.ctx.modules.items() if m.trainable}
+        step = TrainingStep(self.trainer, self.net, extras)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            with distributed.guard("wrapping the network in DistributedDataParallel"):
+                step = self.ddp = DistributedDataParallel(
+                    step, device_ids=ids, find_unused_parameters=self.settings.find_unused_parameters)
+            # rank 0's weights are everywhere now; give every rank its own random stream (noise, augmentation)
+            seed_everything(seed + 7919 * distributed.rank())
+        return prepare_module(step, compile_backend=self.settings.compile)
 
     # ------------------------------------------------------------------ state
     def _generator(self):
@@ -209,13 +280,22 @@ class Engine:
         }
 
     def save_state(self, epoch: int) -> None:
-        if self.state_path is not None:
-            save_training_state(self.state_path, self.state(epoch))
+        """Rank 0 writes the state (with every rank's RNG states under ``rng_ranks`` under torchrun)."""
+        if self.state_path is None:
+            return
+        ranks = distributed.all_gather_object(rng_states(self._generator())) if self.world > 1 else None
+        if distributed.is_main():
+            blob = self.state(epoch)
+            if ranks is not None:
+                blob["rng_ranks"] = ranks
+            save_training_state(self.state_path, blob)
+        distributed.barrier()
 
     def load_state(self, path: str | Path) -> int:
-        """Restore a saved state; returns the number of finished epochs."""
+        """Restore a saved state; returns the number of finished epochs. Under torchrun rank 0 reads the
+        file and hands it to the others (no shared file system needed); each rank takes its own RNG state."""
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
+            blob = distributed.run_on_main(lambda: torch.load(path, map_location="cpu", weights_only=False))
             self.net.load_state_dict(blob["model"])
             for name, sd in blob.get("modules", {}).items():
                 if name not in self.ctx.modules:
@@ -234,7 +314,9 @@ class Engine:
                 self.ctx.states[name].load_state_dict(sd)
         if self.source is not None:
             self.source.load_state_dict(blob.get("source", {}))
-        restore_rng_states(blob["rng"], self._generator())
+        ranks = blob.get("rng_ranks")
+        own = ranks[distributed.rank()] if self.world > 1 and ranks and len(ranks) == self.world else blob["rng"]
+        restore_rng_states(own, self._generator())
         self.history = list(blob.get("history", []))
         self.start_epoch = int(blob["epoch"])
         return self.start_epoch
@@ -281,9 +363,9 @@ class Engine:
         """One pass over the loader; returns the epoch's history record."""
         self._train_mode()
         self.trainer.on_epoch_start(epoch)
-        sampler = getattr(self.loader, "batch_sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        for sampler in (getattr(self.loader, "batch_sampler", None), getattr(self.loader, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
         if self.source is not None:
             self.source.on_epoch_start(epoch)
         wants_images = getattr(self.source, "kind", None) == "images"
@@ -297,17 +379,23 @@ class Engine:
                 continue
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            if self.settings.channels_last and images.ndim == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
             batch = Batch(images, labels, None, epoch, epoch * n_batches + index, index)
             if wants_images:
                 batch.outliers = self.source.draw(batch)
-            with self.autocast:
-                terms = self.trainer.training_step(batch)
-            loss = self._check_terms(terms, epoch, index)
             group_start = (index // accumulate) * accumulate
             group_len = min(accumulate, n_batches - group_start)
-            scaled = loss / group_len if group_len > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            if index + 1 == group_start + group_len:
+            last_of_group = index + 1 == group_start + group_len
+            # DDP averages gradients at the last micro-batch of an accumulation group only
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last_of_group else contextlib.nullcontext()
+            with no_sync:
+                with self.autocast:
+                    terms = self.step(batch)
+                loss = self._check_terms(terms, epoch, index)
+                scaled = loss / group_len if group_len > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            if last_of_group:
                 self._optimizer_step()
             meter.update(terms, len(labels))
             seen += len(labels)
@@ -315,6 +403,9 @@ class Engine:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in meter.means().items()})
         if self.settings.scheduler["interval"] == "epoch":
             self.scheduler.step()
+        if self.world > 1:
+            meter.reduce_over_ranks()
+            seen = meter.count
         elapsed = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **meter.means(), "lr": self.optimizer.param_groups[0]["lr"],
                   "time_s": round(elapsed, 3), "images_per_s": round(seen / max(elapsed, 1e-9), 1)}
@@ -323,7 +414,12 @@ class Engine:
 
     def fit(self, resume: bool = False) -> list[dict]:
         """Train (continuing from ``state_path`` when ``resume`` and it exists); returns the history."""
-        if resume and self.state_path is not None and self.state_path.is_file():
+        with distributed.guard("training"):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> list[dict]:
+        exists = self.state_path is not None and distributed.broadcast_object(self.state_path.is_file())
+        if resume and exists:
             done = self.load_state(self.state_path)
             self.log.info("resuming training from %s after epoch %d", self.state_path, done)
         for epoch in range(self.start_epoch, self.settings.epochs):

@@ -66,8 +66,8 @@ class TrainContext:
     """What a trainer may use besides its network (the engine fills it; trainers read it).
 
     Cross-batch state (queues, prototypes, class statistics) must be kept through what this offers
-    (``add_module`` buffers, ``register_state``, ``gather``) so that data-parallel training can
-    synchronise it in one place later.
+    (``add_module`` buffers, ``register_state``, ``gather``) so that data-parallel training
+    synchronises it in one place (under torchrun ``gather`` is an all-gather over the ranks).
     """
 
     device: torch.device
@@ -109,8 +109,10 @@ class TrainContext:
         return obj
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``tensor`` over all processes along dim 0 (one process: returns it unchanged)."""
-        return tensor
+        """Concatenate ``tensor`` over all processes along dim 0, in rank order (one process: returns it
+        unchanged). Every rank must call it at the same point; row counts may differ; no gradient."""
+        from ..distributed import gather_rows
+        return gather_rows(tensor)
 
 
 class Trainer:

@@ -1,4 +1,5 @@
-"""Seeding, device selection and logging setup."""
+"""Seeding, device selection, logging setup, and the GPU-path options shared by training and evaluation
+(precision, channels_last, torch.compile, DataLoader workers/pinning/prefetch)."""
 
 from __future__ import annotations
 
@@ -23,17 +24,109 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _local_rank() -> int | None:
+    """torchrun's LOCAL_RANK when this process is one of several, else None."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            return int(os.environ.get("LOCAL_RANK", "0") or 0)
+    except ValueError:
+        return None
+    return None
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available else cpu; ``cpu``/``cuda``/``cuda:1`` as given."""
+    """``auto`` -> cuda when available else cpu; ``cpu``/``cuda``/``cuda:1`` as given. Under torchrun
+    (WORLD_SIZE > 1) ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``: one device per process."""
     spec = str(spec or "auto")
+    local = _local_rank()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda" if local is None else f"cuda:{local}")
+    if spec == "cuda" and local is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{local}")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: '{spec}' was asked for but CUDA is not available (use auto or cpu)")
     try:
         return torch.device(spec)
     except RuntimeError as exc:
         raise ConfigError(f"device: '{spec}' is not a device (expected auto, cpu, cuda or cuda:N)") from exc
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(key: str, value, device: torch.device | None = None) -> str:
+    """``value`` if it is one of :data:`PRECISIONS` (and usable on ``device``); ConfigError naming ``key``."""
+    if value not in PRECISIONS:
+        raise ConfigError(f"{key}: expected one of {', '.join(PRECISIONS)}, got {value!r}")
+    if value == "fp16" and device is not None and device.type != "cuda":
+        raise ConfigError(f"{key}: fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    return value
+
+
+def autocast(precision: str, device: torch.device, key: str = "precision"):
+    """Mixed-precision context for ``precision`` on ``device`` (fp32: a no-op context)."""
+    import contextlib
+    check_precision(key, precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def check_compile(key: str, value) -> str | None:
+    """``compile``: false/null (off), true (torch.compile's default backend) or a backend name -> the
+    backend name or None."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "inductor"
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ConfigError(f"{key}: expected true, false or a torch.compile backend name, got {value!r}")
+
+
+def prepare_module(module: torch.nn.Module, channels_last: bool = False, compile_backend: str | None = None):
+    """``module`` in channels_last memory format (in place) and, with a backend, ``torch.compile``-d
+    (the compiled wrapper shares the parameters and forwards attribute access)."""
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if compile_backend:
+        return torch.compile(module, backend=compile_backend)
+    return module
+
+
+def _bool_or(key: str, value, default, allowed=()):
+    if value is None:
+        return default
+    if isinstance(value, bool) or value in allowed:
+        return value
+    raise ConfigError(f"config key '{key}': expected true or false{''.join(f' or {a}' for a in allowed)}, got {value!r}")
+
+
+def loader_options(cfg, device: torch.device) -> dict:
+    """DataLoader options from the top-level config (used for training and evaluation loaders)::
+
+        num_workers: 0              # worker processes
+        pin_memory: auto            # auto: pinned host memory when the device is CUDA
+        persistent_workers: false   # keep workers between epochs (only with num_workers > 0)
+        prefetch_factor: null       # batches prefetched per worker (torch's default 2; num_workers > 0)
+
+    With ``num_workers: 0`` the last two are ignored (torch rejects them there)."""
+    workers = cfg.get("num_workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"config key 'num_workers': expected an int >= 0, got {workers!r}")
+    pin = _bool_or("pin_memory", cfg.get("pin_memory", "auto"), "auto", ("auto",))
+    opts = {"num_workers": workers, "pin_memory": (device.type == "cuda") if pin == "auto" else bool(pin)}
+    persistent = _bool_or("persistent_workers", cfg.get("persistent_workers"), False)
+    prefetch = cfg.get("prefetch_factor")
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
+        raise ConfigError(f"config key 'prefetch_factor': expected an int >= 1 or null, got {prefetch!r}")
+    if workers > 0:
+        opts["persistent_workers"] = persistent
+        if prefetch is not None:
+            opts["prefetch_factor"] = prefetch
+    return opts
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -53,8 +146,9 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
-def setup_logging(log_file: str | os.PathLike | None = None, verbose: bool = False) -> logging.Logger:
-    """Log to stderr (INFO) and, if given, to ``log_file`` (DEBUG). Idempotent."""
+def setup_logging(log_file: str | os.PathLike | None = None, verbose: bool = False, rank: int = 0) -> logging.Logger:
+    """Log to stderr (INFO) and, if given, to ``log_file`` (DEBUG). Idempotent. A torchrun process
+    other than rank 0 (``rank`` > 0) shows only errors, prefixed with its rank."""
     logger = get_logger()
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -62,9 +156,10 @@ def setup_logging(log_file: str | os.PathLike | None = None, verbose: bool = Fal
         logger.removeHandler(handler)
         handler.close()
     console = _StderrHandler()
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setLevel(logging.ERROR if rank > 0 else logging.DEBUG if verbose else logging.INFO)
     console.addFilter(lambda record: not getattr(record, "file_only", False))
-    console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    prefix = f"[rank {rank}] " if rank > 0 else ""
+    console.setFormatter(logging.Formatter(f"[%(asctime)s] {prefix}%(message)s", "%H:%M:%S"))
     logger.addHandler(console)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +180,9 @@ PROGRESS_LOG_EVERY_S = 15.0
 
 def progress(iterable, desc: str, total: int | None = None):
     """tqdm progress bar on stderr; when stderr is not a terminal (logs, CI), a log line every
-    ``PROGRESS_LOG_EVERY_S`` seconds for loops that run that long, so long steps never look stuck."""
-    if sys.stderr.isatty():
+    ``PROGRESS_LOG_EVERY_S`` seconds for loops that run that long, so long steps never look stuck.
+    Under torchrun only rank 0 shows one (the log lines of other ranks are filtered by their logger)."""
+    if sys.stderr.isatty() and os.environ.get("RANK", "0") in ("", "0"):
         from tqdm.auto import tqdm
         return tqdm(iterable, desc=desc, total=total, leave=False)
     if total is None and hasattr(iterable, "__len__"):
