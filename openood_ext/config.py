@@ -35,6 +35,8 @@ TOP_LEVEL_KEYS = {
     "ad",  # anomaly-detection protocol of the `ad` pipeline (classes, seeds, protocol; issue 12)
     "oe_search",  # EOE single-OE-image search of the `oe_search` pipeline (issue 13)
     "ad_sweep",  # values swept by the `ad_sweep` pipeline (oe_limits, magnitudes; issue 13)
+    # GPU paths (issue 17): DataLoader options and the evaluation forward pass (utils/runtime.py)
+    "pin_memory", "persistent_workers", "prefetch_factor", "precision", "channels_last", "compile",
 }
 # ``benchmark=cifar10`` / ``network=resnet18_32x32`` on the command line takes that section from
 # ``configs/<dir>/<value>.yml`` (looked up in the working directory, then in the repository).
@@ -200,6 +202,8 @@ TOP_LEVEL_TYPES = {
     "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
     "evaluator": (str, dict), "synthesizer": (dict, str, type(None)), "vars": (dict, type(None)), "ad": (dict,),
     "oe_search": (dict,),
+    "pin_memory": (bool, str), "persistent_workers": (bool,), "prefetch_factor": (int, type(None)),
+    "precision": (str,), "channels_last": (bool,), "compile": (bool, str, type(None)),
 }
 
 

@@ -37,7 +37,7 @@ from .errors import ConfigError
 
 #: Top-level keys that do not change a run's numbers (where and how it runs, not what it computes).
 NOT_IDENTITY = ("experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
-                "overwrite", "device", "train_if_missing")
+                "overwrite", "device", "train_if_missing", "pin_memory", "persistent_workers", "prefetch_factor")
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 TRAINING_PIPELINES = {"train"}
 
@@ -97,8 +97,14 @@ def check_top_level_ranges(cfg: DictConfig) -> None:
     check_experiment_name(cfg.get("experiment", "default"))
     _check_not_file("output_dir", cfg.get("output_dir", "results"))
     _check_not_file("cache_dir", cfg.get("cache_dir"))
-    from .utils.runtime import resolve_device
-    resolve_device(cfg.get("device", "auto"))
+    from .utils.runtime import check_compile, check_precision, loader_options, resolve_device
+    device = resolve_device(cfg.get("device", "auto"))
+    loader_options(cfg, device)
+    check_precision("precision", cfg.get("precision", "fp32"), device)
+    trainer = to_plain(cfg.get("trainer")) if "trainer" in cfg else None
+    if isinstance(trainer, dict) and trainer.get("precision") is not None:
+        check_precision("trainer.precision", trainer["precision"], device)
+    check_compile("compile", cfg.get("compile"))
 
 
 def check_pipeline(cfg: DictConfig):
