@@ -62,6 +62,7 @@ from ..utils.io import write_json, write_text
 from ..utils.runtime import resolve_device, seed_everything
 from . import ad_folder, ad_mvtec  # noqa: F401  (register the ad_folder and mvtec benchmarks)
 from .ad_data import adapt_benchmark, outlier_record, subset_key
+from .ad_infer import scoring_meta
 from .ad_heatmaps import save_heatmap_grids
 from .context import RunContext
 from .registry import PIPELINES
@@ -346,7 +347,8 @@ class ADPipeline:
         write_history(cell, history)
         save_checkpoint(cell / "checkpoint.pt", net, net_spec,
                         meta={"benchmark": bench.name, "normal_class": cls, "protocol": settings.protocol,
-                              "seed": seed, "epochs": plan.settings.epochs, "trainer": plan.trainer_name})
+                              "seed": seed, "epochs": plan.settings.epochs, "trainer": plan.trainer_name,
+                              **scoring_meta(bench, cfg, engine)})  # what `openood-ext ad-score` needs
         with ctx.timed("test"):
             scores, labels, paths, heat, masks = score_test_set(
                 bench, scorer_of(plan.trainer, net), settings, cell, ctx.device, int(cfg.get("batch_size", 256)), ctx.log)
