@@ -113,6 +113,7 @@ LAZY_COMMANDS = {
     "leaderboard": "openood_ext.leaderboard:main",
     "bench": "openood_ext.bench:main",
     "sweep": "openood_ext.launch.sweep:main",
+    "ad-score": "openood_ext.pipelines.ad_infer:main",  # score an unlabeled folder with an AD cell (EOE)
 }
 
 
