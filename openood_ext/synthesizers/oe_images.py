@@ -50,6 +50,10 @@ class OEImages(OutlierSource):
     def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
                  image_dir: str | None = None, limit: int | None = None, batch_size: int | None = None,
                  augment: bool = True):
+        if limit == 0 and not isinstance(limit, bool):
+            raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
+                              "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
+                              "(e.g. eoe_dsvdd) and remove trainer.outliers")
         for key, value in (("limit", limit), ("batch_size", batch_size)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"trainer.outliers.{key}: expected an integer >= 1, got {value!r}")
