@@ -1,0 +1,164 @@
+"""EOE on the AD pipelines (issue 13): the OE-limit sweep (one row per N, subsets drawn anew per class x
+seed and recorded), EOE trainers on both custom-folder layouts, unlabeled-folder scoring, bad input
+(one line, exit 2, no run directory). Tiny 32x32 folders, eoe_cnn32 for one epoch."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from openood_ext.cli import main as cli_main
+PRE = {"image_size": 32, "resize": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
+       "train_augment": [], "normalize": "normal_class"}
+
+
+def _save(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """``ovr/{train,test}/<c>/`` (3 classes: channel c bright), ``na/`` (normal/anomalous layout of class
+    'a'), ``oe/`` (10 noise images)."""
+    root = tmp_path_factory.mktemp("eoe")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for c in range(3):
+            for i in range(n):
+                img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
+                img[..., c] += 150
+                _save(root / "ovr" / split / f"c{c}" / f"{i}.png", img)
+                if c < 2:
+                    _save(root / "na" / split / "a" / ("normal" if c == 0 else "anomalous") / f"{i}.png", img)
+    for i in range(10):
+        _save(root / "oe" / f"{i}.png", rng.integers(0, 255, (32, 32, 3)).astype(np.uint8))
+    return root
+
+
+def write_cfg(tmp: Path, data: Path, *, layout: str = "ovr", objective: str = "eoe_hsc", **extra) -> Path:
+    cfg = {"pipeline": "ad", "experiment": "eoe", "seed": 0, "device": "cpu", "output_dir": str(tmp / "results"),
+           "num_workers": 0, "batch_size": 16,
+           "benchmark": {"name": "ad_folder", "root": str(data / layout), "derived_dir": str(tmp / "lists"),
+                         "preprocessor": dict(PRE)},
+           "network": {"name": "eoe_cnn32", "clf": objective in ("eoe_bce", "eoe_focal")},
+           "trainer": {"name": objective, "epochs": 1, "batch_size": 4,
+                       "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+                       "scheduler": {"name": "constant"},
+                       "outliers": {"name": "oe_images", "folder": str(data / "oe"), "limit": None}},
+           "ad": {"classes": "all", "seeds": 1, "heatmaps": 0}}
+    for key, value in extra.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = tmp / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """``openood-ext ARGS`` in this process: (exit status, stderr)."""
+    capsys.readouterr()
+    code = cli_main(list(args))
+    return code, capsys.readouterr().err
+
+
+def run(capsys, cfg: Path, *overrides: str) -> tuple[int, str]:
+    return cli(capsys, "run", "--config", str(cfg), *overrides)
+
+
+def test_oe_limit_sweep_one_row_per_n_subsets_per_class_and_seed(capsys, data, tmp_path):
+    cfg = write_cfg(tmp_path, data, pipeline="ad_sweep", ad_sweep={"oe_limits": [2, "all"]},
+                    **{"ad.classes": ["c0", "c1"], "ad.seeds": 2})
+    code, err = run(capsys, cfg)
+    assert code == 0, err
+    run_dir = tmp_path / "results" / "eoe"
+    with open(run_dir / "sweep.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["value"] for r in rows] == ["2", "all"]
+    assert all(r["n_classes"] == "2" and r["n_seeds"] == "2" for r in rows)
+    assert (run_dir / "plots" / "sweep_auroc.png").stat().st_size > 1000
+    for r in rows:  # the sweep row is the value's own ad aggregate
+        metrics = json.loads((run_dir / f"oe_limit_{r['value']}" / "metrics.json").read_text())
+        assert float(r["auroc_mean"]) == pytest.approx(metrics["auroc_mean"])
+    subsets = {}
+    for value, n in (("2", 2),):
+        for c in ("c0", "c1"):
+            for s in (0, 1):
+                oe = json.loads((run_dir / f"oe_limit_{value}" / f"normal_{c}" / f"seed_{s}" / "result.json").read_text())["outliers"]
+                assert oe["limit"] == n and len(set(oe["subset"])) == n
+                subsets[(value, c, s)] = tuple(oe["subset"])
+    # drawn anew for every class x seed: 4 draws of 2 of 10 images are not all equal
+    assert len({subsets[("2", c, s)] for c in ("c0", "c1") for s in (0, 1)}) > 1
+    with open(run_dir / "sweep_cells.csv") as fh:
+        cells = list(csv.DictReader(fh))
+    assert len(cells) == 2 * 2 * 2
+    all_row = [c for c in cells if c["value"] == "all"][0]
+    assert all_row["oe_limit"] == "" and all_row["oe_subset"] == ""
+
+
+def test_normal_anomalous_layout_and_unlabeled_folder_scores(capsys, data, tmp_path):
+    cfg = write_cfg(tmp_path, data, layout="na", objective="eoe_bce")
+    code, err = run(capsys, cfg)
+    assert code == 0, err
+    cell = tmp_path / "results" / "eoe" / "normal_a" / "seed_0"
+    blob = np.load(cell / "scores.npz")
+    assert set(blob["is_anomaly"].tolist()) == {0, 1}
+    folder = data / "na" / "test" / "a"
+    out = tmp_path / "scores.csv"
+    code, err = cli(capsys, "ad-score", "--checkpoint", str(cell / "checkpoint.pt"), "--folder", str(folder), "--out", str(out))
+    assert code == 0, err
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8  # one row per image
+    # the same images scored by the pipeline (paths there are relative to the benchmark root)
+    by_path = {Path(p).relative_to("test/a").as_posix(): s for p, s in zip(blob["paths"], blob["scores"])}
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(by_path[r["path"]], rel=1e-5, abs=1e-6)
+
+
+def test_dsvdd_on_class_folders_scores_with_its_centre(capsys, data, tmp_path):
+    cfg = write_cfg(tmp_path, data, objective="eoe_dsvdd", **{"ad.classes": ["c1"]})
+    text = yaml.safe_load(cfg.read_text())
+    del text["trainer"]["outliers"]
+    cfg.write_text(yaml.safe_dump(text))
+    code, err = run(capsys, cfg)
+    assert code == 0, err
+    cell = tmp_path / "results" / "eoe" / "normal_c1" / "seed_0"
+    blob = np.load(cell / "scores.npz")
+    out = tmp_path / "s.csv"
+    code, err = cli(capsys, "ad-score", "--checkpoint", str(cell / "checkpoint.pt"), "--folder",
+                    str(data / "ovr" / "test"), "--out", str(out))
+    assert code == 0, err
+    with open(out) as fh:
+        got = {r["path"]: float(r["score"]) for r in csv.DictReader(fh)}
+    want = {Path(p).relative_to("test").as_posix(): s for p, s in zip(blob["paths"], blob["scores"])}
+    assert got.keys() == want.keys()
+    assert np.allclose([got[k] for k in want], list(want.values()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"trainer.outliers.limit": 11}, "trainer.outliers.limit: 11 is larger than the outlier set (10 images"),
+    ({"trainer.outliers.limit": 0}, "trainer.outliers.limit: 0 leaves no outlier images"),
+    ({"benchmark.preprocessor.ms_mode": {"mode": "lpf", "magnitude": 17}},
+     "benchmark.preprocessor.ms_mode.magnitude: 17 is larger than half the 32x32 image (16"),
+    ({"pipeline": "ad_sweep", "ad_sweep": {"oe_limits": [2, 11]}},
+     "ad_sweep trainer.outliers.limit=11: trainer.outliers.limit: 11 is larger than the outlier set"),
+    ({"pipeline": "ad_sweep", "ad_sweep": {"magnitudes": [1, 2]}},
+     "ad_sweep: the swept key benchmark.preprocessor.ms_mode.magnitude needs config section"),
+])
+def test_bad_input_is_one_line_exit_2_before_anything_exists(capsys, data, tmp_path, extra, message):
+    cfg = write_cfg(tmp_path, data, **extra)
+    code, err = run(capsys, cfg)
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "results").exists()
