@@ -49,8 +49,11 @@ class OneVsRestBenchmark(PreparedBenchmark):
     ``id`` names the *full* labelled lists (train/val/test with every class). The derived lists (normal
     samples relabelled 0..k-1 in the order of ``normal_class``; anomalies labelled -1) are written to
     ``<data_root>/benchmark_imglist/<title>/normal_<classes>/`` whenever the full lists exist, so runs
-    with different normal classes never share a cache entry.
+    with different normal classes never share a cache entry. ``class_names`` (on the named benchmarks):
+    the name of every label of the full set.
     """
+
+    class_names: tuple[str, ...] | None = None
 
     def __init__(self, normal_class: int | Sequence[int] = 0, id: Mapping[str, Any] | None = None,
                  num_classes: int | None = None, ood: Mapping[str, Any] | None = None,
@@ -101,8 +104,16 @@ class OneVsRestBenchmark(PreparedBenchmark):
                                     f"benchmark.derived_dir to a writable directory") from None
 
 
+#: Class names by label (EOE's ``str_labels``, used verbatim in CLIP prompts, underscores included).
+CLASS_NAMES = {
+    "mnist": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    "fmnist": ("top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"),
+    "cifar10_ad": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
 for _name in ("mnist", "fmnist", "cifar10_ad"):
     BENCHMARKS.register(_name)(type(f"{_name.capitalize()}OneVsRest", (OneVsRestBenchmark,), {
-        "__doc__": f"One-vs-rest anomaly detection on {_name} (normal_class is ID, the other classes anomalies)."}))
+        "__doc__": f"One-vs-rest anomaly detection on {_name} (normal_class is ID, the other classes anomalies).",
+        "class_names": CLASS_NAMES[_name]}))
 
 __all__ = ["PreparedBenchmark", "OneVsRestBenchmark"]
