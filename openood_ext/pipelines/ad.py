@@ -342,8 +342,9 @@ class ADPipeline:
                      f"; outliers: {plan.source.describe()}" if plan.source is not None else "")
         engine = Engine(plan.trainer, net, loader, plan.settings, device=ctx.device, num_classes=bench.num_classes,
                         seed=seed, benchmark=bench, source=plan.source, state_path=cell / "last.pt", log=ctx.log)
+        trains = getattr(plan.trainer, "trains", True)  # False: a zero-shot scorer (EOE CLIP), set up but not trained
         with ctx.timed("train"):
-            history = engine.fit(resume=True)
+            history = engine.fit(resume=True) if trains else []
         write_history(cell, history)
         save_checkpoint(cell / "checkpoint.pt", net, net_spec,
                         meta={"benchmark": bench.name, "normal_class": cls, "protocol": settings.protocol,
@@ -354,7 +355,7 @@ class ADPipeline:
                 bench, scorer_of(plan.trainer, net), settings, cell, ctx.device, int(cfg.get("batch_size", 256)), ctx.log)
         value = auroc(scores, labels)
         result = {"class": cls, "seed": seed, "auroc": value, "n_test": int(len(labels)),
-                  "n_anomalous": int(labels.sum()), "n_train": len(loader.dataset), "epochs": plan.settings.epochs,
+                  "n_anomalous": int(labels.sum()), "n_train": len(loader.dataset), "epochs": plan.settings.epochs if trains else 0,
                   "final_loss": history[-1]["loss"] if history else None}
         if plan.source is not None:
             result["outliers"] = outlier_record(plan.source)
