@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .. import distributed
 from ..datasets import Benchmark, Split
 from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluators import EVALUATORS
@@ -118,6 +119,10 @@ class TestOODPipeline:
             else:
                 ood_sets.append(split)
         store = OutputStore(net, bench, ckpt, cfg, ctx)
+        if distributed.is_distributed():  # torchrun: every rank forwards a shard of each split, then only rank 0 goes on
+            store.prefetch(ood_sets, aps=any(use_aps for _, _, use_aps, _ in plans))
+            if not distributed.is_main():
+                return {"run_dir": None, "rank": distributed.rank(), "forward_passes": store.forward_passes}
         # Postprocessors without APS are built now, so their layer taps ride on the shared passes:
         # fits on the id_train pass, tap scores on each test split's pass.
         built = {label: as_postprocessor(POSTPROCESSORS.build(spec)) for label, spec, use_aps, _ in plans
