@@ -38,9 +38,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from .backends import BACKENDS, run_command
-from .job import Job, JobResult, config_job
+from .job import Job, JobResult, JobsFailed, config_job
 
-__all__ = ["BACKENDS", "Job", "JobResult", "config_job", "launch", "launcher_options", "run_command"]
+__all__ = ["BACKENDS", "Job", "JobResult", "JobsFailed", "config_job", "launch", "launcher_options", "run_command"]
 
 
 def launch(jobs: Sequence[Job], backend: str = "local", max_parallel: int = 1, **options: Any) -> list[JobResult]:

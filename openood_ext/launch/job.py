@@ -14,8 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import OpenOODError
+
 #: Exit statuses of ``openood-ext run`` (cli.main): 0 complete, 2 a user error, 130 interrupted.
 STATUS_OF_EXIT = {0: "complete", 130: "interrupted"}
+
+
+class JobsFailed(OpenOODError):
+    """Some launched jobs did not complete (the message names the first and its log); exit status 1."""
+
+    exit_code = 1
 
 
 @dataclass
