@@ -11,6 +11,7 @@
       heatmap_quantile: 0.85  # FCDD's display quantile (.85 F-MNIST/CIFAR, .97 ImageNet, .99 MVTec)
       keep_heatmaps: false    # keep every test heatmap (heatmaps.npy) in the cell directory
       note: null              # a line written to the log and metrics.json (e.g. the OE substitute)
+      launcher: null          # {backend: local|submitit|ray, jobs: N}: each cell its own job (launch/ad_cells.py)
 
 For every normal class c and seed s, in ``normal_<c>/seed_<s>/``: the network is trained by the one
 training loop (:class:`~openood_ext.trainers.Engine`, its state in ``last.pt`` until the cell is done),
@@ -51,6 +52,8 @@ from ..errors import ConfigError, DataError
 from ..evaluators.ad_ovr import ADRecord, OneVsRestEvaluator
 from ..evaluators.metrics import auroc
 from ..evaluators.pixel import PixelEvaluator
+from ..launch import launcher_options
+from ..launch.ad_cells import run_cells_as_jobs
 from ..networks import NETWORKS
 from ..networks.checkpoint import save_checkpoint
 from ..reports.plots import ad_class_roc_plot
@@ -84,6 +87,7 @@ class ADSettings:
     keep_heatmaps: bool = False
     note: str | None = None
     all_classes: list = field(default_factory=list)
+    launcher: dict | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "ADSettings":
@@ -139,7 +143,8 @@ class ADSettings:
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
             raise ConfigError(f"ad.heatmap_quantile: expected a number in (0, 1], got {q!r}")
         return cls(classes, seeds, protocol, spec.get("train_limit"), spec.get("test_limit"), n_heat, float(q),
-                   bool(spec.get("keep_heatmaps", False)), spec.get("note"), list(all_classes))
+                   bool(spec.get("keep_heatmaps", False)), spec.get("note"), list(all_classes),
+                   launcher_options(spec.get("launcher"), "ad.launcher"))
 
 
 def benchmark_classes(bench_spec: dict) -> list:
@@ -304,6 +309,8 @@ class ADPipeline:
         if settings.note:
             ctx.log.info("note: %s", settings.note)
         ctx.log.info("AD protocol %s: classes %s x seeds %s", settings.protocol, settings.classes, settings.seeds)
+        if settings.launcher:  # cells as separate jobs; the loop below then reads their results
+            run_cells_as_jobs(self, ctx, settings)
         records, cells = [], {}
         for cls in settings.classes:
             for seed in settings.seeds:
