@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from openood_ext.cli import main as cli_main
+
 PRE = {"image_size": 32, "resize": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
        "train_augment": [], "normalize": "normal_class"}
 
@@ -101,7 +102,7 @@ def test_oe_limit_sweep_one_row_per_n_subsets_per_class_and_seed(capsys, data, t
     with open(run_dir / "sweep_cells.csv") as fh:
         cells = list(csv.DictReader(fh))
     assert len(cells) == 2 * 2 * 2
-    all_row = [c for c in cells if c["value"] == "all"][0]
+    all_row = next(c for c in cells if c["value"] == "all")
     assert all_row["oe_limit"] == "" and all_row["oe_subset"] == ""
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def load_scorer(checkpoint: Path, device: torch.device):
         raise CheckpointError(f"{checkpoint}: checkpoint not found (expected RUN/normal_<c>/seed_<s>/checkpoint.pt)")
     try:
         blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{checkpoint}: not a readable checkpoint ({type(exc).__name__})") from None
     meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
     if not isinstance(blob, dict) or not blob.get("network") or "trainer_config" not in meta:
