@@ -1,0 +1,451 @@
+"""Run OpenOOD v1.5's own postprocessors next to ours on the same checkpoint and image lists.
+
+    python scripts/compare_with_openood.py --openood /path/to/OpenOOD --config configs/pipelines/test_ood.yml \
+        [--subset id_train=2000 id_test=1000 ...] [--methods msp gram ...] [--rounds 2] [--out FILE.md] \
+        [key=value ...]
+
+OpenOOD is not a dependency of openood_ext: the checkout's ``openood/postprocessors`` modules are
+imported one by one (the package ``__init__`` files, which pull in every trainer and network, are
+skipped), on the CPU (``.cuda()`` is made a no-op). Each OpenOOD postprocessor gets its default config
+(``configs/postprocessors/<name>.yml``, APS off) and runs as its evaluator does: ``setup(net,
+id_loader_dict, ood_loader_dict)`` then ``inference`` on every test split, each doing its own network
+passes. Ours get the same hyperparameters and run the test_ood way: one pass per split with layer taps,
+network re-runs only for input-gradient methods. The network is wrapped the way OpenOOD's
+postprocessors expect (:class:`OpenOODNet`: ``forward(x, return_feature=True)``,
+``return_feature_list``, ``get_fc``, ``get_fc_layer``, ``forward_threshold``); one-channel images are
+given to OpenOOD as three identical channels (its ODIN/MDSEns step indexes channels 0-2) and the
+network reads channel 0.
+
+Output: a markdown table (per-sample Spearman over all scored samples, max |delta|, AUROC per OOD set
+for OpenOOD / ours and the difference), then the timing: OpenOOD's way and ours alternating, median of
+``--rounds`` rounds each, and their ratio. Agreement is taken from the first round.
+
+Where the two cannot be compared like for like the table says so: OpenMax needs ``libmr`` (it does not
+build on this machine): with ``--libmr-shim`` OpenOOD's OpenMax runs on our Weibull fit
+(openood_ext's TailWeibull, libMR's fit_high/w_score) and is marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+#: (our name, OpenOOD module (without _postprocessor), class, OpenOOD config file)
+METHODS = [
+    ("msp", "base", "BasePostprocessor", "msp"),
+    ("temp_scaling", "temp_scaling", "TemperatureScalingPostprocessor", "temp_scaling"),
+    ("odin", "odin", "ODINPostprocessor", "odin"),
+    ("mds", "mds", "MDSPostprocessor", "mds"),
+    ("mds_ensemble", "mds_ensemble", "MDSEnsemblePostprocessor", "mds_ensemble"),
+    ("rmds", "rmds", "RMDSPostprocessor", "rmds"),
+    ("gram", "gram", "GRAMPostprocessor", "gram"),
+    ("ebo", "ebo", "EBOPostprocessor", "ebo"),
+    ("gradnorm", "gradnorm", "GradNormPostprocessor", "gradnorm"),
+    ("react", "react", "ReactPostprocessor", "react"),
+    ("mls", "maxlogit", "MaxLogitPostprocessor", "mls"),
+    ("klm", "kl_matching", "KLMatchingPostprocessor", "klm"),
+    ("vim", "vim", "VIMPostprocessor", "vim"),
+    ("knn", "knn", "KNNPostprocessor", "knn"),
+    ("dice", "dice", "DICEPostprocessor", "dice"),
+    ("ash", "ash", "ASHPostprocessor", "ash"),
+    ("she", "she", "SHEPostprocessor", "she"),
+    ("gen", "gen", "GENPostprocessor", "gen"),
+    ("nnguide", "nnguide", "NNGuidePostprocessor", "nnguide"),
+    ("relation", "relation", "RelationPostprocessor", "relation"),
+    ("residual", "residual", "ResidualPostprocessor", "residual"),
+    ("openmax", "openmax", "OpenMax", "openmax"),
+]
+
+#: OpenOOD's postprocessor_args -> our constructor arguments (same values)
+ARG_NAMES = {"knn": {"K": "k"}, "odin": {"temperature": "temperature", "noise": "noise"},
+             "mds_ensemble": {"noise": "noise"}, "gram": {"powers": "powers"}, "ebo": {"temperature": "temperature"},
+             "react": {"percentile": "percentile"}, "vim": {"dim": "dim"}, "dice": {"p": "p"},
+             "ash": {"percentile": "percentile"}, "she": {"metric": "metric"}, "gen": {"gamma": "gamma", "M": "M"},
+             "nnguide": {"K": "K", "alpha": "alpha"}, "relation": {"pow": "pow"}, "residual": {"dim": "dim"}}
+
+GRADIENT_METHODS = ("odin", "mds_ensemble")  # input perturbation: the network re-runs with gradients
+OPENOOD_BATCH = 200  # OpenOOD v1.5's evaluator batch size
+
+
+class AttrDict(dict):
+    """Config object as OpenOOD's code reads it (``config.a.b`` and ``config['a']``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @classmethod
+    def wrap(cls, obj):
+        if isinstance(obj, dict):
+            return cls({k: cls.wrap(v) for k, v in obj.items()})
+        if isinstance(obj, list):
+            return [cls.wrap(v) for v in obj]
+        return obj
+
+
+def import_openood(root: Path, libmr_shim: bool):
+    """Import OpenOOD's postprocessor modules from a checkout, without its package __init__ files."""
+    src = root / "openood"
+    if not (src / "postprocessors" / "base_postprocessor.py").is_file():
+        raise SystemExit(f"{root}: not an OpenOOD checkout (no openood/postprocessors/base_postprocessor.py)")
+    for name in ("openood", "openood.postprocessors", "openood.utils", "openood.preprocessors"):
+        module = types.ModuleType(name)
+        module.__path__ = [str(src / name.split(".", 1)[1].replace(".", "/")) if "." in name else str(src)]
+        sys.modules[name] = module
+    # CPU: OpenOOD moves every batch and buffer with .cuda()
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    torch.cuda.FloatTensor = lambda *a, **k: torch.FloatTensor(*a, **k)
+    to = torch.Tensor.to
+
+    def to_cpu(self, *args, **kwargs):
+        args = tuple("cpu" if isinstance(a, str) and a.startswith("cuda") else a for a in args)
+        if isinstance(kwargs.get("device"), str) and kwargs["device"].startswith("cuda"):
+            kwargs["device"] = "cpu"
+        return to(self, *args, **kwargs)
+
+    torch.Tensor.to = to_cpu
+    if libmr_shim and importlib.util.find_spec("libmr") is None:
+        from openood_ext.postprocessors.openmax import TailWeibull
+
+        class MR:
+            def fit_high(self, data, size):
+                self.model = TailWeibull(np.asarray(data)[-int(size):])
+
+            def w_score(self, x):
+                return float(self.model.w_score(np.asarray([x]))[0])
+
+        sys.modules["libmr"] = types.SimpleNamespace(MR=MR)
+    return importlib.import_module
+
+
+def openood_config(root: Path, name: str, dataset: str, overrides: dict) -> AttrDict:
+    data = yaml.safe_load((root / "configs" / "postprocessors" / f"{name}.yml").read_text())["postprocessor"]
+    args = dict(data.get("postprocessor_args") or {})
+    args.update(overrides)
+    data["postprocessor_args"] = args
+    data["APS_mode"] = False
+    return AttrDict.wrap({"postprocessor": data, "dataset": {"name": dataset}, "network": {"name": "ours"}})
+
+
+class OpenOODNet(torch.nn.Module):
+    """Our network as OpenOOD's postprocessors call it."""
+
+    def __init__(self, net: torch.nn.Module, feature_layers: list[str], in_channels: int):
+        super().__init__()
+        self.net, self.feature_layers, self.in_channels = net, feature_layers, in_channels
+
+    def forward(self, x, return_feature=False, return_feature_list=False):
+        from openood_ext.postprocessors.layer_features import LayerTaps
+        x = x[:, : self.in_channels]
+        if return_feature_list:
+            with LayerTaps(self.net, self.feature_layers, clone=True) as taps:
+                logits = self.net(x)
+                return logits, taps.pop()
+        logits, feat = self.net(x, return_feature=True)
+        return (logits, feat) if return_feature else logits
+
+    def forward_threshold(self, x, threshold):
+        _, feat = self.net(x[:, : self.in_channels], return_feature=True)
+        return self.get_fc_layer()(feat.clip(max=threshold))
+
+    def get_fc_layer(self):
+        return self.net.get_fc_layer()
+
+    def get_fc(self):
+        fc = self.get_fc_layer()
+        return fc.weight.detach().cpu().numpy(), fc.bias.detach().cpu().numpy()
+
+
+class DictLoader:
+    """One of our loaders as OpenOOD's: dict batches, ``batch_size``, ``dataset`` with len and name."""
+
+    def __init__(self, make_loader, name: str, channels: int):
+        self.make, self.batch_size, self.channels = make_loader, OPENOOD_BATCH, channels
+        self.loader = make_loader(OPENOOD_BATCH)
+        self.dataset = _Sized(name=name, n=len(self.loader.dataset))
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, *_ in self.loader:
+            if len(images) == 0:
+                continue
+            if self.channels == 1:
+                images = images.repeat(1, 3, 1, 1)
+            yield {"data": images, "data_aux": images, "label": torch.as_tensor(labels).long()}
+
+
+class _Sized(types.SimpleNamespace):
+    def __len__(self):
+        return self.n
+
+
+def write_subset_lists(bench, sizes: dict, out_dir: Path) -> dict:
+    """Evenly spaced subsets of the named splits' image lists (class order kept), written to out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = {}
+    for split in bench.splits():
+        n = sizes.get(split.name) or sizes.get(split.group)
+        if not n or not Path(split.imglist).is_file():
+            continue
+        lines = Path(split.imglist).read_text().splitlines()
+        idx = np.linspace(0, len(lines) - 1, min(int(n), len(lines))).round().astype(int)
+        target = out_dir / Path(split.imglist).name
+        target.write_text("\n".join(lines[i] for i in idx) + "\n")
+        chosen[split.name] = len(idx)
+    return chosen
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).statistic)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--openood", required=True, type=Path, help="path of an OpenOOD checkout")
+    parser.add_argument("--config", nargs="+", default=["configs/pipelines/test_ood.yml"])
+    parser.add_argument("--subset", nargs="*", default=[], help="SPLIT_OR_GROUP=N, e.g. id_train=2000 far=500")
+    parser.add_argument("--methods", nargs="*", help="our names (default: all 22)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--libmr-shim", action="store_true", help="run OpenOOD's OpenMax on our Weibull fit")
+    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    args, rest = parser.parse_known_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from openood_ext.config import cli_overrides, load_config
+    from openood_ext.datasets.benchmark import resolve_path
+    from openood_ext.evaluators.metrics import ood_metrics
+    from openood_ext.networks.checkpoint import load_checkpoint
+    from openood_ext.pipelines.context import build_benchmark, build_network
+    from openood_ext.postprocessors.layer_features import resolve_layers, stage_layers
+    from openood_ext.utils.runtime import get_logger
+
+    cfg = load_config([resolve_path(Path(c)) for c in args.config], cli_overrides(rest))
+    bench = build_benchmark(cfg)
+    subset_sizes = {}
+    if args.subset:
+        sizes = {k: int(v) for k, v in (s.split("=", 1) for s in args.subset)}
+        sub_dir = Path("/tmp") / f"compare_openood_{bench.name}_lists"
+        subset_sizes = write_subset_lists(bench, sizes, sub_dir)
+        dirs = list(cfg.benchmark.imglist_dir) if not isinstance(cfg.benchmark.imglist_dir, str) else [cfg.benchmark.imglist_dir]
+        cfg.benchmark.imglist_dir = [str(sub_dir), *dirs]
+        bench = build_benchmark(cfg)
+    net = build_network(cfg, "cpu")
+    ckpt = Path(cfg.network.checkpoint)
+    load_checkpoint(resolve_path(ckpt) if not ckpt.is_file() else ckpt, net)
+    net.eval()
+    get_logger().setLevel("WARNING")
+
+    splits = {s.name: s for s in bench.splits() if not s.is_ood or bench.missing_reason(s) is None}
+    tests = [s for s in splits.values() if s.group in ("near", "far")]
+    channels = int(cfg.benchmark.preprocessor.channels)
+    example = next(iter(bench.loader(splits["id_train"], batch_size=2)))[0]
+    feature_layers = resolve_layers(net, ["stem"], example) + stage_layers(net, example)
+    feat_dim = net.get_fc_layer().in_features
+
+    our_batch = int(cfg.get("batch_size", 256))
+
+    def loader(name, batch_size=None):
+        return bench.loader(splits[name], batch_size=batch_size or our_batch, num_workers=0)
+
+    importer = import_openood(args.openood.resolve(), args.libmr_shim)
+    info = importer("openood.postprocessors.info")
+    info.num_classes_dict.setdefault(bench.name, bench.num_classes)
+    norm = importer("openood.preprocessors.transform").normalization_dict
+    pre = cfg.benchmark.preprocessor
+    norm.setdefault(bench.name, [list(pre.mean) * (3 if channels == 1 else 1),
+                                 list(pre.std) * (3 if channels == 1 else 1)])
+    adapter = OpenOODNet(net, feature_layers, channels).eval()
+
+    names = args.methods or [m[0] for m in METHODS]
+    plans = []
+    for ours, module, cls, conf in METHODS:
+        if ours not in names:
+            continue
+        overrides, note = {}, ""
+        if ours in ("vim", "residual"):
+            default = yaml.safe_load((args.openood / "configs/postprocessors" / f"{conf}.yml").read_text())
+            dim = default["postprocessor"]["postprocessor_args"]["dim"]
+            if dim >= feat_dim:  # OpenOOD's default leaves an empty residual space on this network
+                overrides["dim"] = feat_dim // 2
+                note = f"dim {dim} >= D={feat_dim}: both use {feat_dim // 2}"
+        config = openood_config(args.openood, conf, bench.name, overrides)
+        our_args = {ARG_NAMES.get(ours, {}).get(k): v for k, v in config.postprocessor.postprocessor_args.items()
+                    if ARG_NAMES.get(ours, {}).get(k)}
+        if ours == "mds_ensemble":
+            our_args["input_std"] = 0.5  # OpenOOD hard-codes 0.5 for the step
+        if ours == "openmax":
+            if importlib.util.find_spec("libmr") is None and "libmr" not in sys.modules:
+                print("openmax: skipped (OpenOOD's needs libmr; pass --libmr-shim)")
+                continue
+            note = "libmr shim (our Weibull fit)" if args.libmr_shim else ""
+        plans.append((ours, our_args, module, cls, config, note))
+        if ours == "nnguide":
+            plans.append(("nnguide", {**our_args, "bank": "first_batch", "bank_batch_size": OPENOOD_BATCH},
+                          None, None, None, "bank: first_batch"))
+
+    def run_openood():
+        id_loaders = {k: DictLoader(lambda b, k=k: loader(k, b), k, channels) for k in ("id_train", "id_val", "id_test")}
+        id_dict = {"train": id_loaders["id_train"], "val": id_loaders["id_val"], "test": id_loaders["id_test"]}
+        ood_dict = {"near": {}, "far": {}}
+        for s in tests:
+            ood_dict[s.group][s.name] = DictLoader(lambda b, n=s.name: loader(n, b), s.name, channels)
+        if "ood_val" in splits:
+            ood_dict["val"] = DictLoader(lambda b: loader("ood_val", b), "ood_val", channels)
+        scores, times = {}, {}
+        for ours, _, module, cls, config, _ in plans:
+            if module is None:
+                continue
+            t0 = time.perf_counter()
+            pp = getattr(importer(f"openood.postprocessors.{module}_postprocessor"), cls)(config)
+            pp.setup(adapter, id_dict, ood_dict)
+            out = {"id_test": pp.inference(adapter, id_dict["test"], progress=False)[1]}
+            for s in tests:
+                out[s.name] = pp.inference(adapter, ood_dict[s.group][s.name], progress=False)[1]
+            times[ours] = time.perf_counter() - t0
+            scores[ours] = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in out.items()}
+        return scores, times
+
+    def run_ours():
+        from openood_ext.features import extract_outputs
+        from openood_ext.postprocessors import POSTPROCESSORS
+        t0 = time.perf_counter()
+        pps = [(label if note != "bank: first_batch" else "nnguide first_batch",
+                POSTPROCESSORS.build({"name": label, **a})) for label, a, *_, note in plans]
+        for _, pp in pps:
+            if pp.needs_network or pp.uses_taps:
+                pp.attach_network(net, "cpu", loader)
+        fitting = [c for c in (pp.fit_taps(net, example) for _, pp in pps if pp.needs_network or pp.uses_taps)
+                   if c is not None]
+        train = extract_outputs(net, loader("id_train"), consumers=fitting)
+        val = extract_outputs(net, loader("id_val"))
+        tapped = [(k, pp) for k, pp in pps if pp.uses_taps]
+        for _, pp in tapped:
+            pp.fit(train, val_outputs=val)
+        outs, scores = {}, {k: {} for k, _ in pps}
+        for name in ["id_test", *[s.name for s in tests]]:
+            outs[name] = extract_outputs(net, loader(name), consumers=[pp.score_taps() for _, pp in tapped])
+            for (k, _), conf in zip(tapped, outs[name].tap_results):
+                scores[k][name] = conf
+        t_grad = 0.0  # time of the input-gradient methods' own passes
+        for k, pp in pps:
+            if pp.uses_taps:
+                continue
+            t1 = time.perf_counter()
+            pp.fit(train, val_outputs=val)
+            for name, out in outs.items():
+                scores[k][name] = np.asarray(pp.score_loader(loader(name)) if pp.needs_network else pp.score(out),
+                                             dtype=np.float64)
+            if pp.needs_network:
+                t_grad += time.perf_counter() - t1
+        return scores, (time.perf_counter() - t0, t_grad), {k: pp.hyperparameters() for k, pp in pps}
+
+    def openood_gram_on_our_holdout():
+        """OpenOOD's Gram with its ``random.sample`` replaced by our hold-out draw (to isolate that cause)."""
+        from openood_ext.datasets.imglist import read_imglist
+        from openood_ext.postprocessors.gram import _HoldoutStream
+        gram_plan = next(p for p in plans if p[0] == "gram")
+        labels = np.array([e.label for e in read_imglist(splits["id_train"].imglist)])
+        mask = _HoldoutStream(float(hparams["gram"]["holdout"]), int(hparams["gram"]["seed"])).take(len(labels)).numpy()
+        order = list(dict.fromkeys(labels.tolist()))  # OpenOOD's Counter order: first appearance
+
+        class OurHoldout:
+            def __init__(self):
+                self.classes = iter(order)
+
+            def sample(self, population, k):
+                c = next(self.classes)
+                return [int(i) for i in np.flatnonzero(mask[labels == c])]
+
+        module = importer("openood.postprocessors.gram_postprocessor")
+        saved, module.random = module.random, OurHoldout()
+        try:
+            pp = getattr(module, gram_plan[3])(gram_plan[4])
+            id_dict = {"train": DictLoader(lambda b: loader("id_train", b), "id_train", channels)}
+            pp.setup(adapter, id_dict, {})
+            out = {"id_test": pp.inference(adapter, DictLoader(lambda b: loader("id_test", b), "id_test", channels),
+                                           progress=False)[1]}
+            for s in tests:
+                out[s.name] = pp.inference(adapter, DictLoader(lambda b, n=s.name: loader(n, b), s.name, channels),
+                                           progress=False)[1]
+        finally:
+            module.random = saved
+        return {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in out.items()}
+
+    rounds_openood, rounds_ours, first = [], [], None
+    grad_free_openood, grad_free_ours = [], []
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        oo_scores, oo_times = run_openood()
+        rounds_openood.append(time.perf_counter() - t)
+        our_scores, (t_ours, t_grad), hparams = run_ours()
+        rounds_ours.append(t_ours)
+        grad_free_ours.append(t_ours - t_grad)
+        grad_free_openood.append(sum(t for k, t in oo_times.items() if k not in GRADIENT_METHODS))
+        print(f"round {r + 1}: OpenOOD way {rounds_openood[-1]:.1f} s, ours {t_ours:.1f} s", flush=True)
+        if first is None:
+            first = (oo_scores, our_scores, oo_times, hparams)
+    oo_scores, our_scores, oo_times, hparams = first
+
+    if "gram" in oo_scores:  # OpenOOD's Gram once more, holding out exactly our held-out samples
+        oo_scores["gram same holdout"] = openood_gram_on_our_holdout()
+        plans.append(("gram", None, "gram", None, None, "OpenOOD run on our hold-out samples"))
+
+    lines = [f"benchmark {bench.name}, checkpoint {cfg.network.checkpoint}, network {cfg.network.name}"
+             f" (features {feat_dim}-d), samples: "
+             + ", ".join(f"{k} {len(loader(k).dataset)}" for k in ["id_train", "id_val", "id_test", *[s.name for s in tests]])
+             + (f" (subsets: {subset_sizes})" if subset_sizes else ""), ""]
+    header = "| method | Spearman | max abs delta | " + " | ".join(
+        f"{s.name} AUROC OpenOOD / ours (diff)" for s in tests) + " | note |"
+    lines += [header, "|" + "---|" * (4 + len(tests))]
+    for ours, _, module, _, _, note in plans:
+        label = ours if note != "bank: first_batch" else "nnguide first_batch"
+        ref = oo_scores[{"bank: first_batch": "nnguide",
+                         "OpenOOD run on our hold-out samples": "gram same holdout"}.get(note, ours)]
+        got = our_scores[ours if note != "bank: first_batch" else label]
+        a = np.concatenate([ref[k] for k in ref])
+        b = np.concatenate([got[k] for k in ref])
+        cells = []
+        for s in tests:
+            x = 100 * ood_metrics(ref["id_test"], ref[s.name])["auroc"]
+            y = 100 * ood_metrics(got["id_test"], got[s.name])["auroc"]
+            cells.append(f"{x:.2f} / {y:.2f} ({y - x:+.2f})")
+        lines.append(f"| {label} | {spearman(a, b):.4f} | {np.max(np.abs(a - b)):.3g} | " + " | ".join(cells)
+                     + f" | {note} |")
+    t_oo, t_us = statistics.median(rounds_openood), statistics.median(rounds_ours)
+    lines += ["", f"timing ({args.rounds} rounds, alternating, {args.threads} thread(s)): OpenOOD way "
+              f"{', '.join(f'{t:.1f}' for t in rounds_openood)} s, ours {', '.join(f'{t:.1f}' for t in rounds_ours)} s; "
+              f"medians {t_oo:.1f} s vs {t_us:.1f} s: ratio {t_oo / t_us:.1f}x",
+              f"without the input-gradient methods {GRADIENT_METHODS} ({len(plans) - 2 - sum(p[0] in GRADIENT_METHODS for p in plans)}"
+              f" methods): OpenOOD way {statistics.median(grad_free_openood):.1f} s vs ours "
+              f"{statistics.median(grad_free_ours):.1f} s (medians): ratio "
+              f"{statistics.median(grad_free_openood) / statistics.median(grad_free_ours):.1f}x",
+              "OpenOOD time per method (round 1, s): " + ", ".join(f"{k} {v:.1f}" for k, v in oo_times.items()),
+              "our hyperparameters: " + "; ".join(f"{k} {v}" for k, v in hparams.items() if v)]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
