@@ -22,7 +22,12 @@ from openood_ext import distributed
 from openood_ext.errors import ConfigError
 from openood_ext.trainers import Engine, Trainer, split_trainer_config
 from openood_ext.trainers.vmdls_sampler import ClassBalancedBatchSampler
-from openood_ext.utils.runtime import autocast, check_compile, loader_options, prepare_module
+from openood_ext.utils.runtime import (
+    autocast,
+    check_compile,
+    loader_options,
+    prepare_module,
+)
 
 
 def free_port() -> int:
