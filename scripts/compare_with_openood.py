@@ -119,7 +119,7 @@ def import_openood(root: Path, libmr_shim: bool):
         return to(self, *args, **kwargs)
 
     torch.Tensor.to = to_cpu
-    if libmr_shim and importlib.util.find_spec("libmr") is None:
+    if libmr_shim and "libmr" not in sys.modules and importlib.util.find_spec("libmr") is None:
         from openood_ext.postprocessors.openmax import TailWeibull
 
         class MR:
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         if ours == "mds_ensemble":
             our_args["input_std"] = 0.5  # OpenOOD hard-codes 0.5 for the step
         if ours == "openmax":
-            if importlib.util.find_spec("libmr") is None and "libmr" not in sys.modules:
+            if "libmr" not in sys.modules and importlib.util.find_spec("libmr") is None:
                 print("openmax: skipped (OpenOOD's needs libmr; pass --libmr-shim)")
                 continue
             note = "libmr shim (our Weibull fit)" if args.libmr_shim else ""
