@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, cli
+from test_ad_pipeline import bench_spec, labelled, make_cfg  # noqa: F401  (labelled: the tiny AD data fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +106,20 @@ def test_killed_rank_leaves_interrupted_run_that_resumes(tmp_path):
     assert "resuming training from" in resumed.stderr
     run = json.loads((tmp_path / "results" / "killed" / "run.json").read_text())
     assert run["status"] == "complete" and run["processes"] == 2
+
+
+def test_torchrun_ad_protocol_trains_on_both_ranks_and_writes_from_rank_0(labelled, tmp_path):
+    from omegaconf import OmegaConf
+    cfg = make_cfg(tmp_path, bench_spec(labelled), {"classes": [0, 1], "train_limit": 6}, experiment="ad_ddp")
+    OmegaConf.save(cfg, tmp_path / "ad.yml")
+    proc = torchrun("--config", str(tmp_path / "ad.yml"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "results" / "ad_ddp"
+    assert json.loads((run_dir / "run.json").read_text())["processes"] == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"0", "1"}
+    for c in (0, 1):
+        cell = run_dir / f"normal_{c}" / "seed_0"
+        assert (cell / "result.json").is_file() and (cell / "train_subset.txt").is_file()
+        assert json.loads((cell / "result.json").read_text())["n_train"] == 6
+    assert proc.stderr.count("class 0 seed 0: AUROC") == 1

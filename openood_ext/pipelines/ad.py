@@ -45,6 +45,7 @@ import torchvision.transforms as T
 from omegaconf import DictConfig
 from PIL import Image
 
+from .. import distributed
 from ..config import to_plain
 from ..datasets import BENCHMARKS
 from ..datasets.imglist import read_imglist
@@ -175,13 +176,15 @@ def cell_benchmark(cfg: DictConfig, settings: ADSettings, cls) -> Any:
     return bench
 
 
-def limit_train_split(bench, n: int, seed: int, out: Path) -> None:
-    """Replace the benchmark's ``id_train`` split by ``n`` of its images (seeded), listed in ``out``."""
+def limit_train_split(bench, n: int, seed: int, out: Path, write: bool = True) -> None:
+    """Replace the benchmark's ``id_train`` split by ``n`` of its images (seeded), listed in ``out``
+    (``write=False``: ``out`` was written by another process, e.g. torchrun's rank 0)."""
     split = bench.split("id_train")
     entries = read_imglist(split.imglist)
     if n < len(entries):
-        keep = np.sort(np.random.default_rng([seed, 0xAD]).choice(len(entries), n, replace=False))
-        write_text(out, "".join(f"{entries[i].path} {entries[i].label}\n" for i in keep))
+        if write:
+            keep = np.sort(np.random.default_rng([seed, 0xAD]).choice(len(entries), n, replace=False))
+            write_text(out, "".join(f"{entries[i].path} {entries[i].label}\n" for i in keep))
         new = dataclasses.replace(split, imglist=out, image_root=bench.image_root_of(split))
         bench._splits = [new if s.name == "id_train" else s for s in bench._splits]
 
@@ -290,6 +293,8 @@ class ADPipeline:
         self.precheck(settings, resolve_device(cfg.get("device", "auto")))
         with RunContext(cfg) as ctx:
             metrics = self.run_protocol(ctx, settings)
+            if metrics is None:  # a torchrun rank other than 0
+                return {"run_dir": None, "rank": ctx.rank}
             run_dir = ctx.complete({"auroc_mean": metrics["auroc_mean"]})
         return {"run_dir": str(run_dir), "auroc_mean": metrics["auroc_mean"],
                 "per_class": {str(c): v["auroc_mean"] for c, v in metrics["per_class"].items()}}
@@ -317,6 +322,8 @@ class ADPipeline:
                 result, scores, labels = self.run_cell(ctx, settings, cls, seed)
                 records.append(ADRecord(cls, seed, scores, labels))
                 cells[(cls, seed)] = result
+        if not distributed.is_main():  # torchrun: the other ranks only helped to train
+            return None
         return self.aggregate(ctx, settings, records, cells)
 
     # ------------------------------------------------------------------ one class x seed
@@ -324,15 +331,20 @@ class ADPipeline:
         cfg = self.cfg
         cell = ctx.dir / f"normal_{cls}" / f"seed_{seed}"
         done = cell / "result.json"
-        if done.is_file() and (cell / "scores.npz").is_file():
+        if distributed.broadcast_object(done.is_file() and (cell / "scores.npz").is_file()):  # rank 0 decides
+            if not distributed.is_main():
+                return None, None, None
             result = json.loads(done.read_text())
             blob = np.load(cell / "scores.npz")
             ctx.log.info("class %s seed %d: already done (AUROC %.4f), skipped", cls, seed, result["auroc"])
             return result, blob["scores"], blob["is_anomaly"]
-        cell.mkdir(parents=True, exist_ok=True)
+        distributed.run_on_main(lambda: cell.mkdir(parents=True, exist_ok=True))  # only rank 0 writes files
         bench = cell_benchmark(cfg, settings, cls)
         if settings.train_limit:
-            limit_train_split(bench, settings.train_limit, seed, cell / "train_subset.txt")
+            subset = cell / "train_subset.txt"
+            distributed.run_on_main(lambda: limit_train_split(bench, settings.train_limit, seed, subset))
+            if not distributed.is_main():
+                limit_train_split(bench, settings.train_limit, seed, subset, write=False)
         workers = int(cfg.get("num_workers", 0))
         plan = plan_training(to_plain(cfg.trainer), bench, seed=seed, device=ctx.device, num_workers=workers,
                              subset_key=subset_key(cls))  # an OE-limit subset drawn anew per class x seed
@@ -352,6 +364,9 @@ class ADPipeline:
         trains = getattr(plan.trainer, "trains", True)  # False: a zero-shot scorer (EOE CLIP), set up but not trained
         with ctx.timed("train"):
             history = engine.fit(resume=True) if trains else []
+        if not distributed.is_main():  # torchrun: rank 0 alone saves, scores and writes the cell
+            distributed.barrier()
+            return None, None, None
         write_history(cell, history)
         save_checkpoint(cell / "checkpoint.pt", net, net_spec,
                         meta={"benchmark": bench.name, "normal_class": cls, "protocol": settings.protocol,
@@ -381,6 +396,7 @@ class ADPipeline:
         (cell / "last.pt").unlink(missing_ok=True)
         ctx.log.info("class %s seed %d: AUROC %.4f%s", cls, seed, value,
                      f", pixel AUROC {result['pixel_auroc']:.4f}" if "pixel_auroc" in result else "")
+        distributed.barrier()  # the other ranks wait for the finished cell
         return result, scores, labels
 
     # ------------------------------------------------------------------ aggregate
