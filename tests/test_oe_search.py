@@ -305,6 +305,12 @@ def test_pipeline_end_to_end_on_tiny_data(tiny, tmp_path):
         cell = json.loads((ev / "normal_0" / "seed_0" / "result.json").read_text())
         assert cell["auroc"] == n["fitness"]
         assert not (ev / "normal_0" / "seed_0" / "checkpoint.pt").exists()  # pruned
+    # the same search with its evaluations as 2 parallel launcher jobs (separate processes): same numbers
+    cfg = search_cfg(tiny, tmp_path, launcher={"backend": "local", "jobs": 2})
+    cfg.experiment = "search_jobs"
+    jobs = json.loads((Path(run_config(cfg)["run_dir"]) / "evolution.json").read_text())
+    assert [n["fitness"] for n in jobs["nodes"]] == [n["fitness"] for n in evo["nodes"]]
+    assert [n["image"] for n in jobs["nodes"]] == [n["image"] for n in evo["nodes"]]
 
 
 def test_pipeline_bad_input_fails_before_any_directory(tiny, tmp_path):

@@ -18,14 +18,16 @@ plus::
       oe_augment: false       # augment the single OE image like the normal images (EOE's search: no)
       keep_eval_runs: false   # keep each evaluation's checkpoints and scores (large)
       grid: 16                # images in best.png / worst.png
+      launcher: null          # {backend: local|submitit|ray, jobs: N}: a generation's evaluations as parallel jobs
 
 Fitness of an image = the ``ad`` pipeline's mean AUROC (over ``ad.classes`` x ``ad.seeds``, EOE: class 0 x
 2 seeds) after training with that image as the only OE image (``oe_images`` with a one-line list, so
 every OE slot of every batch holds it). The same seeds are used for every image, so fitness differences
 come from the image. **Fitness is measured on the test split: an oracle analysis, as in the paper**; every
 output says so. Each evaluation is one ``ad`` run under ``evals/node_<id>/`` (by default pruned to its
-metrics after it finishes); :class:`FitnessEvaluator` runs them in this process one after the other,
-through ``run_ad`` (the hook a job launcher replaces to run a generation's evaluations in parallel).
+metrics after it finishes); :class:`FitnessEvaluator` runs them in this process one after the other, or,
+with ``launcher``, a generation's evaluations as separate ``openood-ext run`` jobs through
+:mod:`openood_ext.launch` (local processes, Slurm via submitit, Ray).
 
 Outputs: ``evolution.json`` (settings, per-generation fitness, every node with image path, generation,
 operation, parents, fitness), ``search_state.json`` (written atomically after every generation; a killed
@@ -44,8 +46,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import to_plain
+from ..config import save_config, to_plain
 from ..errors import ConfigError
+from ..launch import JobsFailed, config_job, launch, launcher_options
 from ..search import ORACLE_NOTE, Node, Search, SearchSettings
 from ..search.candidates import ImagePool
 from ..utils.io import write_json
@@ -54,7 +57,7 @@ from .ad import ADSettings
 from .context import RunContext
 from .registry import PIPELINES
 
-SEARCH_KEYS = {"candidates", "oe_augment", "keep_eval_runs", "grid"}
+SEARCH_KEYS = {"candidates", "oe_augment", "keep_eval_runs", "grid", "launcher"}
 KEEP_IN_CELLS = {"result.json", "history.json"}
 
 
@@ -68,7 +71,8 @@ def search_settings(cfg: DictConfig) -> tuple[SearchSettings, dict]:
     if unknown:
         raise ConfigError(f"oe_search: unknown key(s) {unknown} (known: {', '.join(sorted(known | SEARCH_KEYS))})")
     own = {"candidates": spec.get("candidates"), "oe_augment": spec.get("oe_augment", False),
-           "keep_eval_runs": spec.get("keep_eval_runs", False), "grid": spec.get("grid", 16)}
+           "keep_eval_runs": spec.get("keep_eval_runs", False), "grid": spec.get("grid", 16),
+           "launcher": launcher_options(spec.get("launcher"), "oe_search.launcher")}
     for key in ("oe_augment", "keep_eval_runs"):
         if not isinstance(own[key], bool):
             raise ConfigError(f"oe_search.{key}: expected true or false, got {own[key]!r}")
@@ -134,7 +138,27 @@ class FitnessEvaluator:
                 if f.name not in KEEP_IN_CELLS:
                     shutil.rmtree(f) if f.is_dir() else f.unlink()
 
+    def launch(self, nodes: list[Node]) -> None:
+        """Run the unfinished evaluations of ``nodes`` as launcher jobs (one ``openood-ext run`` each)."""
+        jobs = []
+        for node in nodes:
+            if self.finished(node) is None:
+                path = self.run_dir / "eval_configs" / f"{self.name(node)}.yaml"
+                save_config(self.eval_config(node), path)
+                jobs.append(config_job([path], output_dir=self.run_dir / "evals", experiment=self.name(node)))
+        if not jobs:
+            return
+        self.log.info("launching %d fitness evaluations (%s)", len(jobs), self.own["launcher"])
+        failed = [r for r in launch(jobs, **self.own["launcher"]) if not r.ok]
+        if failed:
+            first = failed[0]
+            raise JobsFailed(f"oe_search.launcher: {len(failed)} of {len(jobs)} fitness evaluations did not complete; "
+                             f"first: {first.job.name} {first.status}: {first.error} (log {first.job.log}); "
+                             f"finished evaluations are kept and reused on resume")
+
     def __call__(self, nodes: list[Node]) -> list[float]:
+        if self.own["launcher"]:
+            self.launch(nodes)
         out = []
         for k, node in enumerate(nodes):
             value = self.finished(node)
@@ -143,7 +167,7 @@ class FitnessEvaluator:
                     value = self.run_ad(self.eval_config(node))
                 finally:  # the evaluation's run directory took the log over
                     setup_logging(self.run_dir / "log.txt", verbose=self.verbose)
-                self.prune(node)
+            self.prune(node)
             self.log.info("node %d (gen %d, %s, image %s): fitness %.4f  [%d/%d]", node.id, node.gen, node.op,
                           self.pool.names[node.image], value, k + 1, len(nodes))
             out.append(value)
