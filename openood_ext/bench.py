@@ -123,7 +123,8 @@ def print_report(r: dict) -> None:
 
 
 # Other benchmarks live in their own modules, each with a main(argv).
-OTHER_BENCHES = {"train": "openood_ext.bench_train", "npos": "openood_ext.bench_npos", "oaml": "openood_ext.bench_oaml"}
+OTHER_BENCHES = {"train": "openood_ext.bench_train", "npos": "openood_ext.bench_npos", "oaml": "openood_ext.bench_oaml",
+                 "ddp": "openood_ext.bench_ddp"}
 
 
 def main(argv) -> int:
