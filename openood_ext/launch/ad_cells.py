@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..config import save_config
+from . import launch
 from .job import Job, JobsFailed
 
 CONFIG_NAME = "cell_jobs.yaml"
@@ -40,7 +41,6 @@ def cell_dir(run_dir: Path, cls, seed: int) -> Path:
 def run_cells_as_jobs(pipeline, ctx, settings) -> None:
     """Run the unfinished cells of ``settings`` under ``ctx.dir`` as launcher jobs (``settings.launcher``)."""
     from ..pipelines.ad import cell_benchmark
-    from . import launch
     run_dir = Path(ctx.dir).resolve()
     save_config(pipeline.cfg, run_dir / CONFIG_NAME)
     todo = [(c, s) for c in settings.classes for s in settings.seeds
