@@ -322,4 +322,8 @@ def test_pipeline_bad_input_fails_before_any_directory(tiny, tmp_path):
     from openood_ext.errors import DataError
     with pytest.raises(DataError, match="oe_search.candidates.folder"):
         run_config(search_cfg(tiny, tmp_path, candidates={"folder": str(tmp_path / "nope")}))
+    bad = search_cfg(tiny, tmp_path)
+    bad.benchmark.data_root = bad.benchmark.imglist_dir = str(tmp_path / "no_data")  # data problems: before the search
+    with pytest.raises(DataError, match="id_train image list"):
+        run_config(bad)
     assert not (tmp_path / "results").exists()

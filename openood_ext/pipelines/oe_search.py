@@ -39,6 +39,7 @@ are reused), ``best.png`` / ``worst.png`` (image grids with fitness), ``plots/fi
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ from ..launch import JobsFailed, config_job, launch, launcher_options
 from ..search import ORACLE_NOTE, Node, Search, SearchSettings
 from ..search.candidates import ImagePool
 from ..utils.io import write_json
-from ..utils.runtime import setup_logging
-from .ad import ADSettings
+from ..utils.runtime import resolve_device, setup_logging
+from .ad import ADPipeline, ADSettings
 from .context import RunContext
 from .registry import PIPELINES
 
@@ -86,7 +87,6 @@ def search_settings(cfg: DictConfig) -> tuple[SearchSettings, dict]:
 
 def run_ad(cfg: DictConfig) -> float:
     """Run one ``ad`` pipeline config in this process; returns its mean AUROC."""
-    from .ad import ADPipeline
     return float(ADPipeline(cfg).run()["auroc_mean"])
 
 
@@ -233,6 +233,9 @@ class OESearchPipeline:
         ADSettings.from_config(cfg)
         pool = ImagePool(own["candidates"], to_plain(cfg.benchmark).get("preprocessor") or {})
         settings.check(len(pool))
+        with tempfile.TemporaryDirectory() as tmp:  # data/trainer/network problems: no run directory
+            probe = FitnessEvaluator(cfg, pool, Path(tmp), own, None).eval_config(Node(0, 0, 0, "check"))
+            ADPipeline(probe).precheck(ADSettings.from_config(probe), resolve_device(cfg.get("device", "auto")))
         with RunContext(cfg) as ctx:
             ctx.log.info("OE search (%s, %s) over %d candidate images from %s; at most %d fitness evaluations",
                          settings.mode, "minimise: worst image" if settings.minimize else "maximise: best image",
