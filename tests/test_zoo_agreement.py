@@ -202,3 +202,25 @@ def test_temp_scaling_reaches_the_nll_minimum_openoods_lbfgs_misses():
     eps = 1e-3  # ours is the minimum: both neighbours are worse
     assert ours <= min(nll_at(logits, labels, pp.temperature * math.exp(eps)),
                        nll_at(logits, labels, pp.temperature * math.exp(-eps)))
+
+
+def test_temp_scaling_without_a_minimum_falls_back_to_t1():
+    # every validation sample right: the NLL decreases all the way to T -> 0, no minimiser
+    val = NetOutputs(torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 0.5]]), torch.zeros(3, 2), torch.tensor([0, 1, 0]))
+    assert POSTPROCESSORS.build("temp_scaling").fit(None, val_outputs=val).temperature == 1.0
+
+
+def test_odin_grid_reuses_the_clean_pass_and_equals_single_settings():
+    torch.manual_seed(0)
+    from openood_ext.networks.small_cnn import DigitsCNN
+    net = DigitsCNN(num_classes=3, in_channels=1, width=2).eval()
+    x = torch.randn(20, 1, 8, 8)
+    loader = lambda: image_loader(x, torch.zeros(20, dtype=torch.long), batch_size=8)
+    settings = [(1.0, 0.0014), (1.0, 0.01), (100.0, 0.01)]
+    grid = POSTPROCESSORS.build({"name": "odin"})
+    grid.attach_network(net, CPU, None)
+    joint = grid.grid_scores(loader(), settings)
+    for (t, eps), conf in zip(settings, joint):
+        single = POSTPROCESSORS.build({"name": "odin", "temperature": t, "noise": eps})
+        single.attach_network(net, CPU, None)
+        np.testing.assert_allclose(conf, single.score_loader(loader()), rtol=1e-12)

@@ -59,7 +59,8 @@ def split_spec(spec: str | dict, aps_default: bool) -> tuple[dict, bool, dict | 
     return spec, use_aps, grid
 
 
-def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[np.ndarray, np.ndarray]]) -> dict:
+def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[np.ndarray, np.ndarray]],
+           fit: Callable[[Any], None] | None = None, loaders: dict | None = None) -> dict:
     """Pick the grid point with the best validation AUROC.
 
     Args:
@@ -67,6 +68,11 @@ def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[n
         grid: ``{param: [values]}``; None -> the method's config file grid.
         fit_and_score: builds nothing; takes a built postprocessor, fits it and returns
             (ID-val confidences, OOD-val confidences).
+        fit, loaders: when given and the method evaluates its whole grid jointly (it has
+            ``aps_scores(combos, loaders)`` and every grid key is in its ``grid_params``, as ODIN's and
+            MDSEns's input perturbation: the clean pass and gradients do not depend on the noise
+            magnitude), one instance is fitted with ``fit`` and scores every combination from
+            ``loaders["id_val"]`` / ``loaders["ood_val"]`` in one set of passes.
     Returns:
         ``{"chosen": {...}, "auroc": best, "trials": [{"params": {...}, "auroc": x}, ...]}``.
     """
@@ -75,10 +81,17 @@ def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[n
     if not grid:
         raise ConfigError(f"postprocessor '{spec['name']}': APS asked for but it has no aps_grid "
                           f"(add one to {GRID_DIR / (spec['name'] + '.yml')} or inline)")
+    combos = grid_combinations(dict(grid))
+    first = as_postprocessor(POSTPROCESSORS.build({**spec, **combos[0]}))
+    joint = getattr(first, "aps_scores", None)
+    if fit is not None and callable(joint) and set(grid) <= set(getattr(first, "grid_params", ())):
+        fit(first)
+        results = joint(combos, loaders)
+    else:
+        results = (fit_and_score(first if i == 0 else as_postprocessor(POSTPROCESSORS.build({**spec, **c})))
+                   for i, c in enumerate(combos))
     trials, best = [], None
-    for combo in grid_combinations(dict(grid)):
-        pp = as_postprocessor(POSTPROCESSORS.build({**spec, **combo}))
-        id_conf, ood_conf = fit_and_score(pp)
+    for combo, (id_conf, ood_conf) in zip(combos, results):
         auroc = ood_metrics(id_conf, ood_conf)["auroc"]
         trials.append({"params": combo, "auroc": auroc})
         if best is None or auroc > best["auroc"]:

@@ -169,42 +169,66 @@ class MDSEnsemblePostprocessor(Postprocessor):
         return alpha
 
     # ------------------------------------------------------------------ scoring
-    def _perturbed_scores(self, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """max_c -1/2 MD_{l,c} after each layer's own input step, float64 [B, L]."""
+    def _perturbed_scores(self, images: torch.Tensor, std: torch.Tensor, noises) -> list[torch.Tensor]:
+        """max_c -1/2 MD_{l,c} after each layer's own input step, float64 [B, L], per noise magnitude.
+
+        One forward pass with every layer tapped, one backward per layer, then per magnitude one forward
+        pass over all layers' perturbed batches stacked (the step's sign does not depend on it)."""
         gauss = [(g.means.to(images.device), g.precision.to(images.device)) for g in self._gauss]
         x = images.detach().clone().requires_grad_(True)
         with LayerTaps(self.net, self.layer_names, transform=self._reduce, clone=True) as taps:
             self.net(x)
             feats = taps.pop()
-        steps = []
+        grads = []
         for l, (feat, (means, prec)) in enumerate(zip(feats, gauss)):
             d2 = mahalanobis_sq(feat.double(), means, prec)
             nearest = d2.detach().argmin(dim=1)
             loss = 0.5 * d2.gather(1, nearest[:, None]).mean()
             (grad,) = torch.autograd.grad(loss, x, retain_graph=l + 1 < len(feats))
-            steps.append(signed_input_step(x, grad, std, self.noise))
-        with LayerTaps(self.net, self.layer_names, transform=self._reduce) as taps, torch.no_grad():
-            self.net(torch.cat(steps))  # every layer's perturbed batch in one pass
-            feats = taps.pop()
-        b = len(images)
-        return torch.stack([(-0.5 * mahalanobis_sq(feats[l][l * b:(l + 1) * b].double(), means, prec)
-                             ).max(dim=1).values.cpu() for l, (means, prec) in enumerate(gauss)], dim=1)
+            grads.append(grad)
+        b, out = len(images), []
+        for noise in noises:
+            steps = torch.cat([signed_input_step(x, g, std, float(noise)) for g in grads])
+            with LayerTaps(self.net, self.layer_names, transform=self._reduce) as taps, torch.no_grad():
+                self.net(steps)  # every layer's perturbed batch in one pass
+                feats = taps.pop()
+            out.append(torch.stack([(-0.5 * mahalanobis_sq(feats[l][l * b:(l + 1) * b].double(), means, prec)
+                                     ).max(dim=1).values.cpu() for l, (means, prec) in enumerate(gauss)], dim=1))
+        return out
 
-    def layer_scores(self, loader) -> np.ndarray:
-        """Per-layer perturbed scores of a split, float64 [N, L]."""
+    def layer_scores(self, loader, noises=None) -> np.ndarray | list[np.ndarray]:
+        """Per-layer perturbed scores of a split, float64 [N, L] (a list of them when ``noises`` is given)."""
         if not self._gauss:
             raise RuntimeError("mds_ensemble: call fit() before scoring")
         self.net.eval()
-        std, out = None, []
+        settings = [self.noise] if noises is None else list(noises)
+        std, out = None, [[] for _ in settings]
         for images, _ in iter_images(loader, self.device, desc="mds_ensemble"):
             if std is None:
                 std = input_std(loader, images.shape[1], self.input_std)
-            out.append(self._perturbed_scores(images, std))
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self._gauss)))
+            for store, scores in zip(out, self._perturbed_scores(images, std, settings)):
+                store.append(scores)
+        result = [torch.cat(o).numpy() if o else np.zeros((0, len(self._gauss))) for o in out]
+        return result[0] if noises is None else result
+
+    def _weights(self) -> np.ndarray:
+        return np.asarray(self.alpha or [1.0] * len(self.layer_names), dtype=np.float64)
 
     def score_loader(self, loader) -> np.ndarray:
-        alpha = np.asarray(self.alpha or [1.0] * len(self.layer_names), dtype=np.float64)
-        return self.layer_scores(loader) @ alpha
+        return self.layer_scores(loader) @ self._weights()
+
+    @property
+    def grid_params(self) -> tuple[str, ...]:
+        """APS: the grid parameters :meth:`aps_scores` evaluates together (none when alpha is fitted,
+        since the weights then depend on the magnitude)."""
+        return () if self.fit_alpha else ("noise",)
+
+    def aps_scores(self, combos: list[dict], loaders: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ID-val, OOD-val) confidences per noise magnitude: one fit, one gradient pass per split."""
+        noises = [c.get("noise", self.noise) for c in combos]
+        w = self._weights()
+        id_val, ood_val = self.layer_scores(loaders["id_val"], noises), self.layer_scores(loaders["ood_val"], noises)
+        return [(a @ w, b @ w) for a, b in zip(id_val, ood_val)]
 
 
 class _MDSFit:

@@ -37,25 +37,54 @@ class ODINPostprocessor(Postprocessor):
         self.input_std = input_std
         self.net = self.device = None
 
-    def score_batch(self, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """ODIN confidences of one batch (on the attached network), float64 [B]."""
+    def grid_batch(self, images: torch.Tensor, std: torch.Tensor, settings) -> list[torch.Tensor]:
+        """ODIN confidences of one batch for every ``(temperature, noise)`` in ``settings``, float64 [B] each.
+
+        One forward pass with gradients, one backward per distinct temperature (the step's sign depends
+        on T, not on the noise magnitude) and one forward pass per setting over the perturbed batch.
+        """
         x = images.detach().clone().requires_grad_(True)
         logits = self.net(x)
-        loss = F.cross_entropy(logits / self.temperature, logits.detach().argmax(dim=1))
-        (grad,) = torch.autograd.grad(loss, x)
-        perturbed = signed_input_step(x, grad, std, self.noise)
+        target = logits.detach().argmax(dim=1)
+        temps = list(dict.fromkeys(float(t) for t, _ in settings))
+        grads = {}
+        for i, t in enumerate(temps):
+            loss = F.cross_entropy(logits / t, target)
+            (grads[t],) = torch.autograd.grad(loss, x, retain_graph=i + 1 < len(temps))
+        out = []
         with torch.no_grad():
-            out = self.net(perturbed).double() / self.temperature
-        return out.softmax(dim=1).max(dim=1).values.cpu()
+            for t, eps in settings:
+                perturbed = signed_input_step(x, grads[float(t)], std, float(eps))
+                out.append((self.net(perturbed).double() / float(t)).softmax(dim=1).max(dim=1).values.cpu())
+        return out
 
-    def score_loader(self, loader) -> np.ndarray:
+    def score_batch(self, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """ODIN confidences of one batch (on the attached network), float64 [B]."""
+        return self.grid_batch(images, std, [(self.temperature, self.noise)])[0]
+
+    def grid_scores(self, loader, settings) -> list[np.ndarray]:
+        """Confidences of a whole split for every ``(temperature, noise)`` setting (APS over ODIN's
+        grid re-uses the clean pass and each temperature's gradient across noise magnitudes)."""
         if self.net is None:
             raise RuntimeError("odin: attach_network() must be called before scoring")
         self.net.eval()
-        std, confs = None, []
+        std, confs = None, [[] for _ in settings]
         for images, _ in iter_images(loader, self.device, desc="odin"):
             if std is None:
                 std = input_std(loader, images.shape[1], self.input_std)
                 get_logger().debug("odin: input std %s", std.tolist())
-            confs.append(self.score_batch(images, std))
-        return torch.cat(confs).numpy() if confs else np.zeros(0)
+            for store, conf in zip(confs, self.grid_batch(images, std, settings)):
+                store.append(conf)
+        return [torch.cat(c).numpy() if c else np.zeros(0) for c in confs]
+
+    def score_loader(self, loader) -> np.ndarray:
+        return self.grid_scores(loader, [(self.temperature, self.noise)])[0]
+
+    #: APS: the grid parameters :meth:`grid_scores` evaluates together
+    grid_params = ("temperature", "noise")
+
+    def aps_scores(self, combos: list[dict], loaders: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ID-val, OOD-val) confidences per grid combination, all from one pass set per split."""
+        settings = [(c.get("temperature", self.temperature), c.get("noise", self.noise)) for c in combos]
+        id_val, ood_val = self.grid_scores(loaders["id_val"], settings), self.grid_scores(loaders["ood_val"], settings)
+        return list(zip(id_val, ood_val))

@@ -20,8 +20,11 @@ def nll_at(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> fl
     return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels))
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, t_min: float = 1e-3,
-                    t_max: float = 1e3) -> float:
+T_MIN, T_MAX = 1e-3, 1e3
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, t_min: float = T_MIN,
+                    t_max: float = T_MAX) -> float:
     """The T in [t_min, t_max] minimising the NLL of ``softmax(logits / T)``.
 
     The NLL is convex in beta = 1/T, hence unimodal in log T; a bounded scalar search on log T finds
@@ -46,6 +49,10 @@ class TemperatureScalingPostprocessor(Postprocessor):
     little from 1.5 and does not reach the minimum; its fitted temperature can have a higher
     validation NLL than T = 1. The method is defined by the NLL minimiser, which this finds; to
     reproduce OpenOOD's numbers, score with ``msp`` on logits divided by OpenOOD's printed T.
+
+    When every validation sample is classified correctly, the NLL decreases monotonically as T -> 0
+    and has no minimiser; the search would end at the bound T = 1e-3, where the max-softmax saturates
+    to 1.0 for almost every sample and ranks nothing. Then T = 1 (plain MSP) is used, with a warning.
     """
 
     def __init__(self):
@@ -57,7 +64,12 @@ class TemperatureScalingPostprocessor(Postprocessor):
             raise ValueError("temp_scaling needs labelled ID validation outputs")
         keep = out.labels >= 0
         logits, labels = out.logits[keep], out.labels[keep]
-        self.temperature = fit_temperature(logits, labels)
+        if bool((logits.argmax(dim=1) == labels).all()):  # NLL falls all the way to 0 as T -> 0
+            get_logger().warning("temp_scaling: the validation NLL has no minimum (it decreases as T -> 0, "
+                                 "every validation sample is classified correctly); using T = 1")
+            self.temperature = 1.0
+        else:
+            self.temperature = fit_temperature(logits, labels)
         get_logger().info("temp_scaling: T = %.4f (NLL %.4f -> %.4f)", self.temperature,
                           nll_at(logits, labels, 1.0), nll_at(logits, labels, self.temperature))
         return self
