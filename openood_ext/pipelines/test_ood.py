@@ -215,7 +215,13 @@ class TestOODPipeline:
             return (self._scores(pp, id_val, store, bench.split("id_val")).conf,
                     self._scores(pp, ood_val, store, bench.split("ood_val")).conf)
 
-        return aps.search(spec, grid, fit_and_score)
+        def fit(pp):
+            if pp.needs_network or pp.uses_taps:
+                pp.attach_network(net, ctx.device, store.loader_for)
+            pp.fit(train_out, val_outputs=id_val)
+
+        loaders = {"id_val": store.loader_for("id_val"), "ood_val": store.loader_for("ood_val")}
+        return aps.search(spec, grid, fit_and_score, fit=fit, loaders=loaders)
 
     @staticmethod
     def _scores(pp, outputs: NetOutputs, store: "OutputStore", split: Split, given=None) -> SplitScores:
