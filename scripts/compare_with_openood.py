@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import statistics
 import sys
 import time
@@ -129,8 +130,35 @@ def import_openood(root: Path, libmr_shim: bool):
             def w_score(self, x):
                 return float(self.model.w_score(np.asarray([x]))[0])
 
-        sys.modules["libmr"] = types.SimpleNamespace(MR=MR)
-    return importlib.import_module
+        shim = types.ModuleType("libmr")
+        shim.__spec__ = importlib.machinery.ModuleSpec("libmr", None)
+        shim.MR = MR
+        sys.modules["libmr"] = shim
+    def import_module(name: str):
+        module = importlib.import_module(name)
+        if getattr(module, "torch", None) is torch:
+            module.torch = _TorchOnCPU()
+        return module
+
+    return import_module
+
+
+class _TorchOnCPU:
+    """``torch`` for OpenOOD's modules, with tensor factories' ``device='cuda'`` turned into the CPU."""
+
+    FACTORIES = ("ones", "zeros", "tensor", "empty", "full", "arange", "rand", "randn", "as_tensor")
+
+    def __getattr__(self, name):
+        attr = getattr(torch, name)
+        if name not in self.FACTORIES:
+            return attr
+
+        def on_cpu(*args, **kwargs):
+            if str(kwargs.get("device", "")).startswith("cuda"):
+                kwargs["device"] = "cpu"
+            return attr(*args, **kwargs)
+
+        return on_cpu
 
 
 def openood_config(root: Path, name: str, dataset: str, overrides: dict) -> AttrDict:
@@ -182,13 +210,30 @@ class DictLoader:
     def __len__(self):
         return len(self.loader)
 
-    def __iter__(self):
+    def _batches(self):
         for images, labels, *_ in self.loader:
             if len(images) == 0:
                 continue
             if self.channels == 1:
                 images = images.repeat(1, 3, 1, 1)
             yield {"data": images, "data_aux": images, "label": torch.as_tensor(labels).long()}
+
+    def __iter__(self):
+        return _SizedIter(self._batches(), len(self.loader))  # OpenMax takes len(iter(loader))
+
+
+class _SizedIter:
+    def __init__(self, it, n):
+        self.it, self.n = it, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.it)
+
+    def __len__(self):
+        return self.n
 
 
 class _Sized(types.SimpleNamespace):
@@ -297,6 +342,7 @@ def main(argv=None) -> int:
                 print("openmax: skipped (OpenOOD's needs libmr; pass --libmr-shim)")
                 continue
             note = "libmr shim (our Weibull fit)" if args.libmr_shim else ""
+            our_args["backend"] = "scipy"
         plans.append((ours, our_args, module, cls, config, note))
         if ours == "nnguide":
             plans.append(("nnguide", {**our_args, "bank": "first_batch", "bank_batch_size": OPENOOD_BATCH},
