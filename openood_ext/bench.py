@@ -124,7 +124,10 @@ def print_report(r: dict) -> None:
 
 # Other benchmarks live in their own modules, each with a main(argv).
 OTHER_BENCHES = {"train": "openood_ext.bench_train", "npos": "openood_ext.bench_npos", "oaml": "openood_ext.bench_oaml",
-                 "ddp": "openood_ext.bench_ddp"}
+                 "ddp": "openood_ext.bench_ddp",
+                 # issue 17's suite (BENCHMARKS.md, "Bench suite (issue 17)")
+                 "forward": "openood_ext.bench_forward", "imglist": "openood_ext.bench_imglist",
+                 "knn": "openood_ext.bench_knn", "zoo-scaling": "openood_ext.bench_zoo_scaling"}
 
 
 def main(argv) -> int:
