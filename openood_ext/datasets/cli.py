@@ -53,7 +53,8 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="openood-ext data prepare",
                                      description="Download (or take from --from) a benchmark's images and "
                                                  "write its image lists.")
-    parser.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARK_LISTS)}")
+    parser.add_argument("benchmark", help=f"one of: {', '.join([*BENCHMARK_LISTS, 'mvtec'])} (mvtec: --from "
+                                          f"its archive(s) or extracted folder)")
     parser.add_argument("--root", type=Path, default=None, help="data root (default $OPENOOD_EXT_DATA or ./data)")
     parser.add_argument("--from", dest="sources", action="append", default=[], metavar="PATH",
                         help="local archive or folder to use instead of downloading (repeatable)")
@@ -75,13 +76,15 @@ def cmd_prepare(argv: Sequence[str]) -> int:
                              allow_download=not (args.no_download or args.sources),
                              imglist_dir=args.imglist_dir, timeout=args.timeout)
     except (RunInterrupted, KeyboardInterrupt) as exc:
-        unfinished = ", ".join(unfinished_extractions(root / IMAGE_DIR)) or "nothing"
+        unfinished = ", ".join([*unfinished_extractions(root / IMAGE_DIR),
+                                *unfinished_extractions(root / "mvtec_anomaly_detection")]) or "nothing"
         print(f"openood-ext data prepare: {exc or 'interrupted'}; finished files are kept under {root} "
               f"(unfinished: {unfinished}); to continue, run the same command again: openood-ext data prepare "
               f"{' '.join(argv)}", file=sys.stderr)
         return 130
+    images_root = root / ("mvtec_anomaly_detection" if args.benchmark == "mvtec" else "images_classic")
     for set_name, n in report.ingested.items():
-        print(f"{set_name}: {n} images under {root / 'images_classic' / set_name}")
+        print(f"{set_name}: {n} images under {images_root / set_name}")
     for fname, n in report.lists.items():
         if n is not None:
             print(f"  {fname}: {n} images")

@@ -663,8 +663,11 @@ def prepare(benchmark: str, root: str | os.PathLike, sources: Iterable[str | os.
     built; OOD sets that stay absent are reported in ``PrepareReport.absent`` and skipped by test_ood.
     """
     t0 = time.perf_counter()
+    if benchmark == "mvtec":  # not downloadable; its own layout and lists (prepare_mvtec.py)
+        from .prepare_mvtec import prepare_mvtec
+        return prepare_mvtec(root, sources)
     if benchmark not in BENCHMARK_LISTS:
-        raise DataError(f"unknown benchmark '{benchmark}' (known: {', '.join(sorted(BENCHMARK_LISTS))})")
+        raise DataError(f"unknown benchmark '{benchmark}' (known: {', '.join(sorted([*BENCHMARK_LISTS, 'mvtec']))})")
     root = Path(root)
     try:
         (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
