@@ -663,6 +663,10 @@ def prepare(benchmark: str, root: str | os.PathLike, sources: Iterable[str | os.
     built; OOD sets that stay absent are reported in ``PrepareReport.absent`` and skipped by test_ood.
     """
     t0 = time.perf_counter()
+    if benchmark == "imagenet30":  # read in place from the extracted ss-ood archives (pipelines/ad_imagenet30.py)
+        from ..pipelines.ad_imagenet30 import WHERE
+        raise DataError(f"cannot prepare imagenet30: {WHERE}; the imagenet30 benchmark reads the extracted folders "
+                        f"directly (nothing to prepare)")
     if benchmark == "mvtec":  # not downloadable; its own layout and lists (prepare_mvtec.py)
         from .prepare_mvtec import prepare_mvtec
         return prepare_mvtec(root, sources)
