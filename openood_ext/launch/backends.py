@@ -19,7 +19,7 @@ from .job import Job, JobResult, result_of
 
 def _open_log(job: Job):
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-    return open(job.log, "w")
+    return open(job.log, "a")  # a resumed job appends to its earlier output
 
 
 def run_command(argv: list[str], log: str, cwd: str | None = None, env: dict | None = None) -> tuple[int, float]:

@@ -34,7 +34,7 @@ class Job:
     * ``run_dir``: the directory the job writes its results to (for ``openood-ext run``:
       ``<output_dir>/<experiment>``); the launcher does not create it.
     * ``name``: a label for summaries and the log file; defaults to ``run_dir``'s name.
-    * ``log``: the job's stdout + stderr; defaults to ``<run_dir>.out`` next to the run directory (not inside
+    * ``log``: the job's stdout + stderr (appended); defaults to ``<run_dir>.out`` next to the run directory (not inside
       it: a run directory is swapped in atomically when the run completes).
     * ``cwd`` / ``env``: working directory and extra environment variables of the process.
     """
