@@ -163,3 +163,26 @@ def test_bad_input_is_one_line_exit_2_before_anything_exists(capsys, data, tmp_p
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], err
     assert not (tmp_path / "results").exists()
+
+
+def test_subset_key_redraws_the_oe_subset_and_keeps_it_reproducible(data, tmp_path):
+    """The source-level rule behind the per-class x seed redraw: (seed, subset_key) picks the subset."""
+    import torch
+
+    import openood_ext.pipelines  # noqa: F401  (registers ad_folder)
+    from openood_ext.datasets import BENCHMARKS
+    from openood_ext.synthesizers import SYNTHESIZERS, SourceContext
+    bench = BENCHMARKS.build({"name": "ad_folder", "root": str(data / "ovr"), "derived_dir": str(tmp_path / "l"),
+                              "preprocessor": {k: v for k, v in PRE.items() if k != "normalize"}})
+
+    def pool(seed, key):
+        src = SYNTHESIZERS.build({"name": "oe_images", "folder": str(data / "oe"), "limit": 3})
+        src.setup(SourceContext(bench, torch.device("cpu"), seed, 4, 2, 0, key))
+        src.check()
+        return tuple(src.pool.tolist())
+
+    draws = {(s, k): pool(s, k) for s in range(3) for k in range(3)}
+    assert all(len(set(p)) == 3 for p in draws.values())
+    assert pool(1, 2) == draws[(1, 2)]                       # reproducible
+    assert len(set(draws.values())) >= 6                      # 9 draws of 3 of 10 images: mostly distinct
+    assert pool(0, None) == pool(0, None) and SourceContext(bench, None, 0, 1, 1).subset_key is None
