@@ -9,7 +9,7 @@ class mean plus Gaussian noise through a ReLU; logits from one random linear lay
 ``fc_weight``/``fc_bias`` the methods read). The forward pass is not part of the cost (the shared cache
 computes it once for the whole zoo); only the methods' own fit + score is timed per size, after one
 untimed warm-up at the smallest size: the minimum of up to ``--repeats`` runs (fewer once they add up to
-2 s), the least disturbed one on a shared machine. Every feature-space postprocessor (``needs_network`` false, no
+``--repeat-cap`` seconds), the least disturbed one on a shared machine. Every feature-space postprocessor (``needs_network`` false, no
 layer taps) runs at its defaults; one that fails on these outputs is listed with its error.
 
 Per method: seconds per size, and the growth exponent ``b`` of ``time ~ N^b`` fitted (least squares in
@@ -57,7 +57,7 @@ def growth_exponent(sizes, seconds, min_size: int = 5000) -> float | None:
 
 
 def bench_zoo_scaling(sizes=(1000, 2000, 5000, 10000, 20000, 50000), dim: int = 512, classes: int = 10,
-                      test: int = 2000, only=None, repeats: int = 3) -> dict:
+                      test: int = 2000, only=None, repeats: int = 3, repeat_cap_s: float = 2.0) -> dict:
     from .postprocessors import POSTPROCESSORS
     g = torch.Generator().manual_seed(7)
     fc = (torch.randn(classes, dim, generator=g) / math.sqrt(dim), torch.randn(classes, generator=g) * 0.1)
@@ -71,7 +71,7 @@ def bench_zoo_scaling(sizes=(1000, 2000, 5000, 10000, 20000, 50000), dim: int = 
             POSTPROCESSORS.build({"name": name}).fit(trains[sizes[0]], val_outputs=val).score(test_out)  # warm-up
             for n in sizes:
                 runs = []
-                while len(runs) < repeats and sum(runs) < 2.0:  # short ones repeated: min of up to `repeats`
+                while len(runs) < repeats and sum(runs) < repeat_cap_s:  # min of up to `repeats` runs
                     t0 = time.perf_counter()
                     POSTPROCESSORS.build({"name": name}).fit(trains[n], val_outputs=val).score(test_out)
                     runs.append(time.perf_counter() - t0)
@@ -82,6 +82,7 @@ def bench_zoo_scaling(sizes=(1000, 2000, 5000, 10000, 20000, 50000), dim: int = 
         rows.append(row)
         print(f"  {name}: " + (", ".join(f"{n}: {s:.3f}s" for n, s in row["seconds"].items()) or row["error"]), flush=True)
     return {"sizes": list(sizes), "dim": dim, "classes": classes, "test": test, "val": 1000, "rows": rows,
+            "repeats": repeats, "repeat_cap_s": repeat_cap_s,
             "threads": torch.get_num_threads()}
 
 
@@ -147,10 +148,12 @@ def main(argv) -> int:
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--only", nargs="+")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeat-cap", type=float, default=2.0, help="stop repeating a point after this many seconds")
     parser.add_argument("--png", default="docs/bench/zoo_scaling.png")
     parser.add_argument("-o", "--output", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
-    r = bench_zoo_scaling(sorted(args.sizes), args.dim, args.classes, args.test, args.only, args.repeats)
+    r = bench_zoo_scaling(sorted(args.sizes), args.dim, args.classes, args.test, args.only, args.repeats,
+                          args.repeat_cap)
     print(markdown_table(r))
     print(f"plot: {plot(r, Path(args.png))}")
     if args.output:
