@@ -64,3 +64,51 @@ def test_distance_and_metric_on_bad_input():
     with pytest.raises(ConfigError, match="trainer.distance is 'euclidean' but network.distance is 'normalized'"):
         trainer.setup(net, TrainContext(device=torch.device("cpu"), num_classes=2, epochs=1, steps_per_epoch=1))
     _step("z", 0, distance="euclidean")  # agreeing settings are accepted
+
+
+# ---------------------------------------------------------------- fine-tuning
+def _engine(tmp_path, epochs, **method):
+    from openood_ext.trainers import Engine, split_trainer_config
+    torch.manual_seed(0)
+    images, labels = torch.randn(24, 1, 8, 8), torch.arange(24) % 2
+    settings, kw = split_trainer_config({"name": "vmdls", "epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.1},
+                                         "scheduler": "constant", "batch_classes": 2, "sample_count": 4, **method})
+    kw.pop("name")
+    trainer = TRAINERS.get("vmdls")(**kw)
+    net = NETWORKS.build({"name": "vmdls", "num_classes": 2, "image_size": 8, "latent_dim": 4})
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels),
+                                         batch_sampler=trainer.batch_sampler(labels, 8, 0))
+    return Engine(trainer, net, loader, settings, num_classes=2, state_path=tmp_path / f"s{epochs}.pt"), net
+
+
+def test_finetune_loads_the_encoder_freezes_it_then_trains_it(tmp_path):
+    from openood_ext.networks.checkpoint import save_checkpoint
+    torch.manual_seed(1)
+    source = NETWORKS.build({"name": "vmdls", "num_classes": 2, "image_size": 8, "latent_dim": 4})
+    save_checkpoint(tmp_path / "pre.pt", source, {"name": "vmdls"})
+    torch.save(source.encoder.state_dict(), tmp_path / "enc.pt")
+    for weights in ("pre.pt", "enc.pt"):
+        engine, net = _engine(tmp_path, 1, init_weights=str(tmp_path / weights), freeze_encoder_epochs=1, head_lr=0.5)
+        assert all(torch.equal(a, b) for a, b in zip(net.encoder.state_dict().values(),
+                                                     source.encoder.state_dict().values()))
+        assert not torch.equal(net.fc_mu.weight, source.fc_mu.weight)  # heads are not loaded
+        assert [g["lr"] for g in engine.optimizer.param_groups] == [0.1, 0.5]
+        head0 = net.fc_mu.weight.detach().clone()
+        engine.fit()
+        assert all(torch.equal(a, b) for a, b in zip(net.encoder.state_dict().values(),
+                                                     source.encoder.state_dict().values()))  # frozen epoch
+        assert not torch.equal(net.fc_mu.weight, head0)
+    engine, net = _engine(tmp_path, 2, init_weights=str(tmp_path / "enc.pt"), freeze_encoder_epochs=1)
+    engine.fit()
+    assert not torch.equal(net.encoder.conv1.weight, source.encoder.conv1.weight)  # unfrozen in epoch 2
+
+
+def test_finetune_bad_weights_are_one_line_errors(tmp_path):
+    from openood_ext.errors import CheckpointError
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    for name, match in (("bad.pt", "does not fit the mnist_conv encoder"), ("junk.pt", "not a readable checkpoint"),
+                        ("absent.pt", "not a readable checkpoint")):
+        with pytest.raises(CheckpointError, match=match) as exc:
+            _engine(tmp_path, 1, init_weights=str(tmp_path / name))
+        assert "\n" not in str(exc.value) and name in str(exc.value)

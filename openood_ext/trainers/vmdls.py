@@ -30,6 +30,16 @@ triplet term flat at ~0.13, nearest-class-mean accuracy at chance; with ``metric
 ``distance: euclidean`` does not help there: raw distances grow with the noise, so a large sigma satisfies the
 distancing margin.
 
+Fine-tuning (the README's WRN and CIFAR-100 commands, ``--finetune``): ``init_weights`` loads a checkpoint
+into the encoder (an encoder state dict, or a whole network's whose ``encoder.*`` keys are taken);
+``freeze_encoder_epochs: N`` keeps the encoder's weights fixed during epochs < N (BatchNorm statistics still
+update, as published; N = 22 is the code's switch at the end of epoch 21) and ``head_lr`` gives fc_mu/fc_var
+their own learning rate (``finetune_lr``). Departure: the code then rebuilds its optimizer and StepLR for all
+parameters at ``lr``; the engine builds one optimizer per run, so here the heads keep ``head_lr`` and the
+schedule runs on. For the code's exact schedule run two stages: N epochs with ``freeze_encoder_epochs: N``,
+then a run with ``init_weights`` = the first stage's network checkpoint (``generation_epoch: 1``, so the KL
+does not pull every class to zero while the class means are rebuilt).
+
 Batches are class balanced (:class:`~.vmdls_sampler.ClassBalancedBatchSampler`): ``batch_classes`` x
 ``sample_count`` images; ``trainer.batch_size`` is not used. The published README calls ``sample_count``
 the *starting* B_s, but the code never grows it; neither does this trainer.
@@ -39,6 +49,8 @@ copied into the network's ``class_means`` buffer (used by its nearest-mean logit
 """
 
 from __future__ import annotations
+
+import pickle
 
 import torch
 
@@ -79,6 +91,29 @@ class ClassMeanTracker:
             getattr(self, key).copy_(state[key])
 
 
+def load_encoder_weights(net, path) -> None:
+    """Load ``path`` into ``net.encoder``: an encoder state dict, or a network checkpoint (ours, a training
+    state's ``model``, or a plain state dict) whose ``encoder.*`` entries are used. CheckpointError (one line)
+    naming the file when it is unreadable or does not fit."""
+    from ..errors import CheckpointError
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"trainer.init_weights: {path}: not a readable checkpoint ({type(exc).__name__})") from None
+    state = blob.get("state_dict", blob.get("model", blob)) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"trainer.init_weights: {path}: expected a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    try:
+        net.encoder.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise CheckpointError(f"trainer.init_weights: {path} does not fit the {net.encoder_name} encoder "
+                              f"({first})") from None
+
+
 def _check(name: str, value, ok: bool, expected: str):
     if not ok:
         raise ValueError(f"vmdls: {name} must be {expected}, got {value!r}")
@@ -98,12 +133,14 @@ class VMDLSTrainer(Trainer):
         distance: ``normalized`` (published code) | ``euclidean`` (paper's latent distance); must equal the
             network's ``distance`` (its nearest-class-mean logits measure the same way).
         metric_on: ``z`` (published: the sampled latent) | ``mu`` (the latent mean; see the module docstring).
+        init_weights, freeze_encoder_epochs, head_lr: fine-tuning (module docstring).
     """
 
     def __init__(self, batch_classes: int = 10, sample_count: int = 40, margin: float = 0.1,
                  neg_margin: float = 0.15, margin_jump: float = 1.0, margins_epoch: int = 0,
                  margin_max_distance: float = 32.0, kl_coeff: float = 0.1, prior_std: float = 0.1,
-                 generation_epoch: int = 0, distance: str = "normalized", metric_on: str = "z"):
+                 generation_epoch: int = 0, distance: str = "normalized", metric_on: str = "z",
+                 init_weights: str | None = None, freeze_encoder_epochs: int = 0, head_lr: float | None = None):
         _check("batch_classes", batch_classes, isinstance(batch_classes, int) and batch_classes >= 2, "an integer >= 2")
         _check("sample_count", sample_count, isinstance(sample_count, int) and sample_count >= 2, "an integer >= 2")
         for name, v in (("margin", margin), ("neg_margin", neg_margin), ("margin_jump", margin_jump),
@@ -114,6 +151,11 @@ class VMDLSTrainer(Trainer):
             _check(name, v, isinstance(v, int) and v >= 0, "an integer >= 0")
         _check("distance", distance, distance in DISTANCES, f"one of {', '.join(DISTANCES)}")
         _check("metric_on", metric_on, metric_on in ("z", "mu"), "z or mu")
+        _check("freeze_encoder_epochs", freeze_encoder_epochs,
+               isinstance(freeze_encoder_epochs, int) and freeze_encoder_epochs >= 0, "an integer >= 0")
+        _check("head_lr", head_lr, head_lr is None or (isinstance(head_lr, (int, float)) and head_lr > 0),
+               "null or a number > 0")
+        self.init_weights, self.freeze_encoder_epochs, self.head_lr = init_weights, freeze_encoder_epochs, head_lr
         self.batch_classes, self.sample_count = batch_classes, sample_count
         self.margin, self.neg_margin0, self.margin_jump = float(margin), float(neg_margin), float(margin_jump)
         self.margins_epoch, self.margin_max_distance = margins_epoch, float(margin_max_distance)
@@ -131,14 +173,26 @@ class VMDLSTrainer(Trainer):
         if net_distance != self.distance:
             raise ConfigError(f"trainer.distance is {self.distance!r} but network.distance is {net_distance!r}: "
                               f"set both to the same value (the network's nearest-class-mean logits use it)")
+        if self.init_weights:
+            load_encoder_weights(net, self.init_weights)
         self.stats = ctx.register_state("vmdls_class_means",
                                         ClassMeanTracker(ctx.num_classes, net.latent_dim, ctx.device))
 
     def batch_sampler(self, labels, batch_size, seed):
         return ClassBalancedBatchSampler(labels, self.batch_classes, self.sample_count, seed)
 
+    def parameter_groups(self):
+        if self.head_lr is None:
+            return super().parameter_groups()
+        heads = [*self.net.fc_mu.parameters(), *self.net.fc_var.parameters()]
+        ids = {id(p) for p in heads}
+        return [{"params": [p for p in self.net.parameters() if id(p) not in ids]},
+                {"params": heads, "lr": self.head_lr}]
+
     def on_epoch_start(self, epoch):
         self.epoch = epoch
+        if self.freeze_encoder_epochs:  # no gradient = no update (optimizers skip params without .grad)
+            self.net.encoder.requires_grad_(epoch >= self.freeze_encoder_epochs)
         self.neg_margin = margin_schedule(epoch, self.neg_margin0, self.margin_jump, self.margins_epoch,
                                           self.margin_max_distance)
 
