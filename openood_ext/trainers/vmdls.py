@@ -155,6 +155,8 @@ class VMDLSTrainer(Trainer):
                isinstance(freeze_encoder_epochs, int) and freeze_encoder_epochs >= 0, "an integer >= 0")
         _check("head_lr", head_lr, head_lr is None or (isinstance(head_lr, (int, float)) and head_lr > 0),
                "null or a number > 0")
+        _check("init_weights", init_weights, bool(init_weights) or not freeze_encoder_epochs,
+               "the pretrained encoder checkpoint when freeze_encoder_epochs > 0 (a frozen random encoder)")
         self.init_weights, self.freeze_encoder_epochs, self.head_lr = init_weights, freeze_encoder_epochs, head_lr
         self.batch_classes, self.sample_count = batch_classes, sample_count
         self.margin, self.neg_margin0, self.margin_jump = float(margin), float(neg_margin), float(margin_jump)
