@@ -192,6 +192,8 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     Search(s, N, toy_distance, tmp_path / "s.json").run(toy_fitness)
     with pytest.raises(ConfigError, match="saved search state has other settings \\(population\\)"):
         Search(SearchSettings(population=8, generations=2, one_of_k_best=5, duplicate_distance=0.0), N, toy_distance, tmp_path / "s.json").run(toy_fitness)
+    with pytest.raises(ConfigError, match="saved search state is over another candidate pool"):
+        Search(s, N, toy_distance, tmp_path / "s.json", fingerprint="other").run(toy_fitness)
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline

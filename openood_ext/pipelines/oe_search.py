@@ -242,7 +242,7 @@ class OESearchPipeline:
                          len(pool), pool.root, settings.max_evaluations)
             ctx.log.info("note: %s", ORACLE_NOTE)
             evaluator = FitnessEvaluator(cfg, pool, ctx.dir, own, ctx.log, self.run_ad)
-            search = Search(settings, len(pool), pool.distance, ctx.dir / "search_state.json")
+            search = Search(settings, len(pool), pool.distance, ctx.dir / "search_state.json", pool.fingerprint())
             with ctx.timed("search"):
                 search.run(evaluator, log=ctx.log.info)
             metrics = self.write_outputs(ctx.dir, search, pool, own["grid"])

@@ -73,6 +73,11 @@ class ImagePool:
         x = self.pixels([image])[0]
         return ((self.pixels(candidates) - x) ** 2).sum(1)
 
+    def fingerprint(self) -> str:
+        """A hash of the pool's image names (in order): a resumed search must use the same pool."""
+        import hashlib
+        return hashlib.sha1("\n".join(self.names).encode()).hexdigest()[:16]
+
     def write_list(self, image: int, path: Path) -> Path:
         """A one-line OpenOOD image list holding image ``image`` (the OE set of a fitness evaluation)."""
         write_text(path, f"{self.names[int(image)]} -1\n")

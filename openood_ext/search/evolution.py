@@ -140,14 +140,18 @@ class Search:
         pool_size: number of candidate images.
         distance: ``(image, candidates [m]) -> squared distances [m]`` (numpy), d(image, c) in the module doc.
         state_path: JSON file written atomically after every generation (None: not saved).
+        fingerprint: identifies the candidate pool (e.g. a hash of its file names); a saved state with
+            another fingerprint is not resumed (its image indices would point at other images).
     """
 
     def __init__(self, settings: SearchSettings, pool_size: int,
-                 distance: Callable[[int, np.ndarray], np.ndarray], state_path: str | Path | None = None):
+                 distance: Callable[[int, np.ndarray], np.ndarray], state_path: str | Path | None = None,
+                 fingerprint: str | None = None):
         self.s = settings.check(pool_size)
         self.n = int(pool_size)
         self.distance = distance
         self.state_path = Path(state_path) if state_path else None
+        self.fingerprint = fingerprint
         self.nodes: dict[int, Node] = {}
         self.population: list[int] = []
         self.history: list[dict] = []
@@ -169,7 +173,8 @@ class Search:
         return -node.fitness if self.s.minimize else node.fitness
 
     def state(self) -> dict:
-        return {"version": 1, "settings": asdict(self.s), "pool_size": self.n, "gen": self.gen,
+        return {"version": 1, "settings": asdict(self.s), "pool_size": self.n, "fingerprint": self.fingerprint,
+                "gen": self.gen,
                 "evaluations": self.evaluations, "population": list(self.population), "history": self.history,
                 "stopped": self.stopped, "nodes": [asdict(n) for n in self.nodes.values()]}
 
@@ -189,6 +194,9 @@ class Search:
             diff = sorted(k for k in now if saved.get(k) != now[k]) or ["pool_size"]
             raise ConfigError(f"{self.state_path}: saved search state has other settings ({', '.join(diff)}); "
                               f"resume with the same oe_search settings (only budget may change)")
+        if blob.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{self.state_path}: saved search state is over another candidate pool; resume with "
+                              f"the same oe_search.candidates")
         self.nodes = {d["id"]: Node(**d) for d in blob["nodes"]}
         self.population, self.history = list(blob["population"]), list(blob["history"])
         self.evaluations, self.gen, self.stopped = int(blob["evaluations"]), int(blob["gen"]), None
