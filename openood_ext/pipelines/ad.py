@@ -356,12 +356,12 @@ class ADPipeline:
         if plan.source is not None:
             plan.source.ctx.steps_per_epoch = len(loader)
             plan.source.ctx.device = ctx.device
+        trains = getattr(plan.trainer, "trains", True)  # False: a zero-shot scorer (EOE CLIP), set up but not trained
         ctx.log.info("class %s seed %d: training %s on %d normal images for %d epochs (trainer %s%s)", cls, seed,
-                     net_spec["name"], len(loader.dataset), plan.settings.epochs, plan.trainer_name,
+                     net_spec["name"], len(loader.dataset), plan.settings.epochs if trains else 0, plan.trainer_name,
                      f"; outliers: {plan.source.describe()}" if plan.source is not None else "")
         engine = Engine(plan.trainer, net, loader, plan.settings, device=ctx.device, num_classes=bench.num_classes,
                         seed=seed, benchmark=bench, source=plan.source, state_path=cell / "last.pt", log=ctx.log)
-        trains = getattr(plan.trainer, "trains", True)  # False: a zero-shot scorer (EOE CLIP), set up but not trained
         with ctx.timed("train"):
             history = engine.fit(resume=True) if trains else []
         if not distributed.is_main():  # torchrun: rank 0 alone saves, scores and writes the cell
