@@ -224,3 +224,16 @@ def test_engine_compile_and_channels_last_train_like_plain():
     engine.fit()
     for k, v in net.state_dict().items():
         assert torch.allclose(v, plain[f"net.{k}"], atol=1e-6), k
+
+
+@pytest.mark.parametrize("override, key", [("+trainer.precision=fp16", "trainer.precision"),
+                                           ("+precision=fp16", "precision")])
+def test_fp16_on_cpu_is_rejected_before_any_run_directory(tmp_path, override, key):
+    from conftest import REPO
+    from openood_ext.config import load_config
+    from openood_ext.validation import validate_run
+    cfg = load_config([REPO / "configs" / "pipelines" / "train.yml"],
+                      ["device=cpu", f"output_dir={tmp_path / 'results'}", override])
+    with pytest.raises(ConfigError, match=rf"^{key}: fp16 needs a CUDA device"):
+        validate_run(cfg)
+    assert not (tmp_path / "results").exists()
