@@ -161,13 +161,13 @@ class _GramFit:
             self.maxs = [[-m for m in layer] for layer in self.mins]
         held = self.held.take(len(labels))
         fit_rows = ~held & (labels >= 0)
+        y = labels[fit_rows]
         for l, layer in enumerate(feats):
             for p, g in enumerate(layer):
-                g = g.cpu()
-                for c in torch.unique(labels[fit_rows]).tolist():
-                    rows = g[fit_rows & (labels == c)]
-                    self.mins[l][p][c] = torch.minimum(self.mins[l][p][c], rows.min(dim=0).values)
-                    self.maxs[l][p][c] = torch.maximum(self.maxs[l][p][c], rows.max(dim=0).values)
+                g = g.cpu()[fit_rows]
+                idx = y[:, None].expand_as(g)
+                self.mins[l][p].scatter_reduce_(0, idx, g, "amin")
+                self.maxs[l][p].scatter_reduce_(0, idx, g, "amax")
         keep = held & (labels >= 0)
         self.held_feats.append([[g.cpu()[keep] for g in layer] for layer in feats])
         self.held_labels.append(labels[keep])
