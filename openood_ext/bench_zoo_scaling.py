@@ -120,11 +120,13 @@ def plot(r: dict, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for row in r["rows"]:
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colors, styles = plt.get_cmap("tab20").colors, ["-", "--", ":"]
+    for i, row in enumerate(sorted(r["rows"], key=lambda x: -max(x["seconds"].values(), default=0))):
         if row["seconds"]:
-            ns = list(row["seconds"])
-            ax.plot(ns, list(row["seconds"].values()), marker="o", ms=3, label=row["postprocessor"])
+            ns = [int(n) for n in row["seconds"]]
+            ax.plot(ns, list(row["seconds"].values()), marker="o", ms=3, color=colors[i % 20],
+                    linestyle=styles[i % 3], label=row["postprocessor"])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("ID-train samples N")
@@ -132,7 +134,7 @@ def plot(r: dict, path: Path) -> Path:
     ax.set_title(f"postprocessor cost vs ID-train size ({r['dim']}-d features, {r['classes']} classes, "
                  f"{r['test']} test)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
