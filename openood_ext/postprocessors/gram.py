@@ -24,15 +24,17 @@ def gram_features(t: torch.Tensor, powers) -> list[torch.Tensor]:
     """For each p: ``G_p = sign(S) |S|^(1/p)`` with ``S = rowsum((F^p)(F^p)^T)``, F = [B, C, HW]; float32
     [B, C] each (a [B, D] input is treated as D channels of one position).
 
-    The row sum is computed as ``S_c = <F^p_c, sum_c' F^p_c'>`` (O(C HW) rather than the C x C Gram
-    matrix), products in float32 and the sum over positions accumulated in float64.
+    The row sum is computed as ``S_c = <F^p_c, sum_c' F^p_c'>`` (a [C, HW] x [HW] product per sample
+    instead of the C x C Gram matrix), in float32 like OpenOOD (relative difference to a float64
+    computation ~1e-6); the root is taken in float64. Consecutive powers reuse the previous one.
     """
     f = t.detach().float()
     f = f.reshape(f.shape[0], f.shape[1], -1)
-    out = []
+    out, fp, prev = [], None, None
     for p in powers:
-        fp = f.pow(p)
-        s = torch.sum(fp * fp.sum(dim=1, keepdim=True), dim=2, dtype=torch.float64)
+        fp = fp * f if prev is not None and p == prev + 1 else f.pow(p)
+        prev = p
+        s = torch.bmm(fp, fp.sum(dim=1).unsqueeze(2)).squeeze(2).double()
         out.append((s.sign() * s.abs().pow(1.0 / p)).float())
     return out
 
