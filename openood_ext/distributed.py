@@ -131,7 +131,8 @@ def guard(what: str):
         except (RuntimeError, OSError) as exc:
             if is_distributed() and is_peer_failure(exc):
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise PeerLost(f"{what}: another process of the torchrun job stopped or timed out ({first[:160]})") from None
+                first = first.split(". ")[0][:200]
+                raise PeerLost(f"{what}: another process of the torchrun job stopped or timed out ({first})") from None
             raise
     return _guard()
 

@@ -85,8 +85,10 @@ class RunContext:
                 with contextlib.suppress(Exception):
                     self.write_run_record(status, {"error": str(exc).splitlines()[0] if str(exc) else exc_type.__name__})
                     how = "resume with" if status == "interrupted" else "after fixing the cause, resume with"
-                    self.log.warning("run %s: %s; partial results kept in %s (%s: openood-ext run --resume %s)",
-                                     status, exc, self.dir, how, self.dir)
+                    command = ("openood-ext run" if self.world_size == 1 else
+                               f"the same torchrun command (--nproc_per_node {self.world_size}) with main.py")
+                    self.log.warning("run %s: %s; partial results kept in %s (%s: %s --resume %s)",
+                                     status, exc, self.dir, how, command, self.dir)
         finally:
             if self._lock is not None:
                 self._lock.close()
