@@ -191,9 +191,10 @@ def print_report(r: dict) -> None:
     print(f"T_zoo ({len(r['postprocessors'])} postprocessors {how}): {r['t_zoo_s']:.2f} s")
     print(f"(T_fwd + T_zoo) / T_fwd = {r['ratio_ours_over_fwd']:.3f}")
     print("performance goals (issue 18), ratios measured in this run:")
+    n = len(r["postprocessors"])
     labels = {"gradient_free_over_fwd": "gradient-free methods (Gram included) / T_fwd",
-              "all_over_fwd": "all methods, one noise setting each / T_fwd",
-              "all_aps_over_fwd": "all methods with APS over every grid / T_fwd"}
+              "all_over_fwd": f"all {n} methods run, one noise setting each / T_fwd",
+              "all_aps_over_fwd": f"all {n} methods run, APS over every grid / T_fwd"}
     for key, goal in r["goals"].items():
         value = r["goal_ratios"][key]
         if value is None:
