@@ -13,6 +13,10 @@
 # Extra arguments are config overrides. A short CPU run (what the README reports):
 #   scripts/fmnist_train_fcdd.sh trainer.epochs=5 ad.seeds=1 ad.train_limit=1000 ad.test_limit=3000 \
 #       experiment=fmnist_fcdd_ovr_cpu
+# Longer, on run B's three weakest classes (README 'Anomaly detection', run C; 28 min on the busy 2-core box):
+#   scripts/fmnist_train_fcdd.sh trainer.epochs=15 ad.seeds=1 ad.train_limit=1000 ad.test_limit=3000 \
+#       "ad.classes=[8,9,2]" experiment=fmnist_fcdd_ovr_cpu_lcn_e15
+# FCDD's HSC baseline with the same settings: configs/pipelines/ad_fmnist_hsc.yml (same overrides).
 # A killed run continues at the first unfinished class x seed with: ... resume=true
 set -euo pipefail
 cd "$(dirname "$0")/.."
