@@ -35,8 +35,8 @@ from torch import nn
 from ..errors import ConfigError
 from .registry import NETWORKS
 from .resnet import ResNet18_32x32
-from .vmdls_backbones import DenseNetEncoder, VGGEncoder, WideResNetEncoder
 from .small_cnn import Classifier
+from .vmdls_backbones import DenseNetEncoder, VGGEncoder, WideResNetEncoder
 
 DISTANCES = ("normalized", "euclidean")
 
@@ -197,4 +197,4 @@ class MnistConvClassifier(Classifier):
     def features(self, x):
         return self.encoder(x)[1]
 
-from . import vmdls_ae as _vmdls_ae  # noqa: E402,F401  (registration of the VMDLS autoencoders)
+from . import vmdls_ae as _vmdls_ae  # noqa: F401  (registration of the VMDLS autoencoders)

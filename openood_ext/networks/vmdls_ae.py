@@ -15,7 +15,6 @@ Train with the ``autoencoder`` trainer (:mod:`openood_ext.trainers.autoencoder`)
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
