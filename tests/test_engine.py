@@ -316,7 +316,7 @@ def test_bad_trainer_config_is_one_line_and_creates_nothing(digits_env, capsys, 
 @pytest.mark.parametrize("override, fragment", [
     ("+trainer.outliers={name: oe_images, limit: 301}", "trainer.outliers.limit: 301 is larger than the outlier set (300 images"),
     ("+trainer.outliers={name: oe_images, imglist: nowhere/list.txt}", "outlier-exposure set (image list nowhere/list.txt) is absent"),
-    ("+trainer.outliers={name: oe_images, limit: 0}", "trainer.outliers.limit: expected an integer >= 1, got 0"),
+    ("+trainer.outliers={name: oe_images, limit: 0}", "trainer.outliers.limit: 0 leaves no outlier images"),
     ("+trainer.outliers={name: fourier_filter, magnitude: 5}", "magnitude: 5 is larger than half the 8x8 image (4)"),
 ])
 def test_bad_outlier_sources_stop_before_training(digits_env, capsys, override, fragment):
