@@ -24,10 +24,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from ..config import save_config
+from ..utils.timing import add_elapsed
 from . import launch
 from .job import Job, JobsFailed
 
@@ -73,16 +73,8 @@ class CellContext:
         self.timings: dict[str, float] = {}
 
     def timed(self, label: str):
-        ctx = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                ctx.timings[label] = ctx.timings.get(label, 0.0) + time.perf_counter() - self.t
-
-        return _Timer()
+        """Context manager adding the block's wall time to ``self.timings[label]``."""
+        return add_elapsed(self.timings, label)
 
 
 def run_one_cell(run_dir: Path, cls, seed: int) -> dict:

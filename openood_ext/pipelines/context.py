@@ -23,6 +23,7 @@ from ..networks import NETWORKS
 from ..utils.interrupts import RunInterrupted, critical
 from ..utils.io import write_json
 from ..utils.runtime import resolve_device, seed_everything, setup_logging
+from ..utils.timing import add_elapsed
 from ..validation import check_experiment_name, complete_result, run_identity
 
 
@@ -95,16 +96,8 @@ class RunContext:
             distributed.shutdown()
 
     def timed(self, label: str):
-        ctx = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                ctx.timings[label] = ctx.timings.get(label, 0.0) + time.perf_counter() - self.t
-
-        return _Timer()
+        """Context manager adding the block's wall time to ``self.timings[label]``."""
+        return add_elapsed(self.timings, label)
 
     def write_run_record(self, status: str, extra: dict | None = None) -> None:
         if not self.is_main:

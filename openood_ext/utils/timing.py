@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -32,3 +33,13 @@ def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tu
             out_b.append(b())
             out_a.append(a())
     return out_a, out_b
+
+
+@contextmanager
+def add_elapsed(timings: dict[str, float], label: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``timings[label]`` (seconds; repeated labels add up)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[label] = timings.get(label, 0.0) + time.perf_counter() - start
