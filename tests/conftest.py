@@ -82,3 +82,32 @@ def digits_run(tmp_path_factory):
 def digits_checkpoint(digits_run) -> Path:
     work, _ = digits_run
     return work / "checkpoints" / "digits_cnn_s0.pt"
+
+
+def write_class_set(root: Path, style: str, counts, rng) -> None:
+    """Write a 3-class toy image set under ``root``: ``img/<split>/<c>_<i>.png`` and ``lists/<split>.txt``.
+
+    ``style`` "band": 28x28 grayscale noise with a bright vertical band at position c;
+    "channel": 32x32 RGB noise with channel c brightened. ``counts`` = ((split, images per class), ...);
+    ``rng`` is a numpy Generator, consumed in a fixed order so fixtures stay reproducible.
+    """
+    import numpy as np
+    from PIL import Image
+    lists: dict[str, list[str]] = {}
+    for split, n in counts:
+        lists[split] = []
+        for c in range(3):
+            for i in range(n):
+                if style == "band":
+                    img = rng.integers(0, 60, (28, 28)).astype(np.uint8)
+                    img[:, c * 9:(c + 1) * 9] += 150
+                else:
+                    img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
+                    img[..., c] += 150
+                path = f"img/{split}/{c}_{i}.png"
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / path)
+                lists[split].append(f"{path} {c}\n")
+    (root / "lists").mkdir()
+    for split, rows in lists.items():
+        (root / "lists" / f"{split}.txt").write_text("".join(rows))

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import write_class_set
 from omegaconf import OmegaConf
 from PIL import Image
 from scipy.special import log_softmax, softmax
@@ -104,19 +105,7 @@ def tiny(tmp_path_factory) -> Path:
     """A 3-class RGB 32x32 set (class c brightens channel c) and 6 OE images."""
     root = tmp_path_factory.mktemp("clip")
     rng = np.random.default_rng(0)
-    lists = {"train": [], "val": [], "test": []}
-    for split, n in (("train", 8), ("val", 2), ("test", 5)):
-        for c in range(3):
-            for i in range(n):
-                img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
-                img[..., c] += 150
-                path = f"img/{split}/{c}_{i}.png"
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(root / path)
-                lists[split].append(f"{path} {c}\n")
-    (root / "lists").mkdir()
-    for split, rows in lists.items():
-        (root / "lists" / f"{split}.txt").write_text("".join(rows))
+    write_class_set(root, "channel", (("train", 8), ("val", 2), ("test", 5)), rng)
     (root / "oe").mkdir()
     for k in range(6):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)).save(root / "oe" / f"{k}.png")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_class_set
 from omegaconf import OmegaConf
-from PIL import Image
 
 from openood_ext.errors import ConfigError
 from openood_ext.launch import Job, JobsFailed, launch, launcher_options
@@ -95,19 +95,7 @@ def three_classes(tmp_path_factory) -> Path:
     """28x28 images, class c = a bright vertical band at position c; train/val/test lists."""
     root = tmp_path_factory.mktemp("ad3")
     rng = np.random.default_rng(0)
-    lists = {"train": [], "val": [], "test": []}
-    for split, n in (("train", 8), ("val", 2), ("test", 6)):
-        for c in range(3):
-            for i in range(n):
-                img = rng.integers(0, 60, (28, 28)).astype(np.uint8)
-                img[:, c * 9:(c + 1) * 9] += 150
-                path = f"img/{split}/{c}_{i}.png"
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(root / path)
-                lists[split].append(f"{path} {c}\n")
-    (root / "lists").mkdir()
-    for split, rows in lists.items():
-        (root / "lists" / f"{split}.txt").write_text("".join(rows))
+    write_class_set(root, "band", (("train", 8), ("val", 2), ("test", 6)), rng)
     return root
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_class_set
 
 from openood_ext.errors import ConfigError
 from openood_ext.search import Search, SearchSettings
@@ -203,19 +204,7 @@ def tiny(tmp_path_factory) -> Path:
     from PIL import Image
     root = tmp_path_factory.mktemp("oe_search")
     rng = np.random.default_rng(0)
-    lists = {"train": [], "val": [], "test": []}
-    for split, n in (("train", 12), ("val", 2), ("test", 6)):
-        for c in range(3):
-            for i in range(n):
-                img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
-                img[..., c] += 150
-                path = f"img/{split}/{c}_{i}.png"
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(root / path)
-                lists[split].append(f"{path} {c}\n")
-    (root / "lists").mkdir()
-    for split, rows in lists.items():
-        (root / "lists" / f"{split}.txt").write_text("".join(rows))
+    write_class_set(root, "channel", (("train", 12), ("val", 2), ("test", 6)), rng)
     for k in range(12):
         img = (rng.random((40, 40, 3)) * 255 * (k + 1) / 12).astype(np.uint8)
         (root / "pool").mkdir(exist_ok=True)
