@@ -10,7 +10,7 @@ import torch
 
 from openood_ext.features import NetOutputs
 from openood_ext.postprocessors import POSTPROCESSORS
-from openood_ext.postprocessors.knn_search import KNNIndex, faiss_available
+from openood_ext.postprocessors.knn_search import KNNIndex, choose_backend, faiss_available
 
 
 def outputs(logits=None, features=None):
@@ -70,6 +70,16 @@ def test_faiss_and_torch_backends_agree():
     torch.testing.assert_close(d_faiss, d_torch, atol=1e-4, rtol=1e-4)
     brute = torch.cdist(queries.double(), bank.double()).topk(10, largest=False).values.float()
     torch.testing.assert_close(d_torch, brute, atol=1e-4, rtol=1e-4)
+
+
+def test_knn_auto_backend_keeps_the_search_where_the_data_is():
+    assert choose_backend(faiss_ok=True, faiss_gpu=False, cuda=False) == "faiss"  # faster on CPU (BENCHMARKS.md)
+    assert choose_backend(faiss_ok=True, faiss_gpu=True, cuda=True) == "faiss"
+    assert choose_backend(faiss_ok=True, faiss_gpu=False, cuda=True) == "torch"  # CPU faiss would copy to host
+    assert choose_backend(faiss_ok=False, faiss_gpu=False, cuda=False) == "torch"
+    index = KNNIndex(torch.eye(3), backend="torch", device="cpu")
+    assert index.bank.device.type == "cpu"
+    torch.testing.assert_close(index.search(torch.eye(3)[:1], 2), torch.tensor([[0.0, 2 ** 0.5]]))
 
 
 def test_hsc_hand_cases():
