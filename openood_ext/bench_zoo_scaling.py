@@ -42,9 +42,10 @@ def zoo_methods(only=None) -> list[str]:
     import openood_ext.builtin  # noqa: F401
 
     from .postprocessors import POSTPROCESSORS
-    names = [n for n in POSTPROCESSORS.names() if not POSTPROCESSORS.get(n).needs_network
-             and not getattr(POSTPROCESSORS.get(n), "uses_taps", False)
-             and POSTPROCESSORS.get(n).__module__.startswith("openood_ext.")]
+    # only the toolkit's own methods; a duck-typed plugin need not define needs_network / uses_taps
+    names = [n for n in POSTPROCESSORS.names() if POSTPROCESSORS.get(n).__module__.startswith("openood_ext.")
+             and not getattr(POSTPROCESSORS.get(n), "needs_network", False)
+             and not getattr(POSTPROCESSORS.get(n), "uses_taps", False)]
     return [n for n in names if n in only] if only else names
 
 

@@ -30,6 +30,24 @@ def test_zoo_scaling_runs_the_feature_space_zoo():
     assert table.count("\n") == 4 and "| knn |" in table
 
 
+def test_zoo_scaling_skips_plugins_and_tolerates_duck_typed_ones():
+    """A duck-typed plugin (no needs_network / uses_taps attributes) registered by anyone must not break
+    the method list; only the toolkit's own feature-space methods are timed."""
+    from openood_ext.bench_zoo_scaling import zoo_methods
+    from openood_ext.postprocessors import POSTPROCESSORS
+
+    @POSTPROCESSORS.register("test_bench_duck", force=True)
+    class Duck:
+        def fit(self, train_outputs):
+            return self
+
+        def score(self, outputs):
+            return outputs.logits.max(dim=1).values.numpy()
+
+    names = zoo_methods()
+    assert "test_bench_duck" not in names and {"msp", "knn"} <= set(names) and "odin" not in names
+
+
 def test_knn_bench_compares_equal_searches():
     pytest.importorskip("faiss")
     from openood_ext.bench_knn import bench_knn
