@@ -214,7 +214,7 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     if backend_cpu and work.device.type != "cpu":
         work = work.cpu()
     elif not backend_cpu and work.device.type == "cpu":
-        work = work.cuda()
+        work = work.to(torch.device("cuda", torch.cuda.current_device()))  # nccl: this rank's GPU
     with guard("gathering a tensor"):
         sizes = torch.tensor([len(work)], device=work.device, dtype=torch.long)
         all_sizes = [torch.zeros_like(sizes) for _ in range(world_size())]

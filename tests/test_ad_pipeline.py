@@ -212,3 +212,15 @@ def test_mvtec_benchmark_on_a_fake_tree(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "bottle" / "ground_truth" / "contamination" / "001_mask.png")
     with pytest.raises(DataError, match=r"001_mask.png is 20x20 but its image .*001.png is 40x40"):
         b.load_mask("bottle/test/contamination/001.png", True)
+
+
+def test_normal_class_by_index_or_name_with_one_line_errors():
+    from openood_ext.datasets.benchmark import named_class
+    classes = ("bottle", "cable", "capsule")
+    assert named_class(1, classes, "MVTec-AD") == "cable" and named_class("capsule", classes, "MVTec-AD") == "capsule"
+    with pytest.raises(ConfigError, match=r"3 is not an MVTec-AD class index \(0\.\.2\)"):
+        named_class(3, classes, "MVTec-AD")
+    with pytest.raises(ConfigError, match="'wood' is not an MVTec-AD class .bottle, cable, capsule."):
+        named_class("wood", classes, "MVTec-AD")
+    with pytest.raises(ConfigError, match="True is not"):  # a bool is not an index
+        named_class(True, classes, "MVTec-AD")

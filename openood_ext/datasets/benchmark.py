@@ -53,6 +53,18 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return REPO_ROOT / p
 
 
+def named_class(value: Any, classes: list[str] | tuple[str, ...], dataset: str) -> str:
+    """``benchmark.normal_class`` as a class name of ``dataset``: an index into ``classes`` or a name in it;
+    anything else is a one-line ConfigError listing the valid choices."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < len(classes):
+            raise ConfigError(f"benchmark.normal_class: {value} is not an {dataset} class index (0..{len(classes) - 1})")
+        value = classes[value]
+    if value not in classes:
+        raise ConfigError(f"benchmark.normal_class: {value!r} is not an {dataset} class ({', '.join(classes)})")
+    return str(value)
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("OPENOOD_EXT_DATA") or "data")
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..datasets.benchmark import Benchmark
+from ..datasets.benchmark import Benchmark, named_class
 from ..datasets.imglist import write_imglist_if_changed
 from ..datasets.registry import BENCHMARKS
 from ..errors import ConfigError, DataError
@@ -47,14 +47,7 @@ class ImageNet30Benchmark(Benchmark):
                  title: str | None = None, on_bad_image: str = "error"):
         if isinstance(normal_class, (list, tuple)):
             raise ConfigError("benchmark.normal_class: imagenet30 takes one normal class (use ad.protocol: one_vs_rest)")
-        if isinstance(normal_class, int) and not isinstance(normal_class, bool):
-            if not 0 <= normal_class < len(IMAGENET30_CLASSES):
-                raise ConfigError(f"benchmark.normal_class: {normal_class} is not an ImageNet-30 class index (0..29)")
-            normal_class = IMAGENET30_CLASSES[normal_class]
-        if normal_class not in IMAGENET30_CLASSES:
-            raise ConfigError(f"benchmark.normal_class: {normal_class!r} is not an ImageNet-30 class "
-                              f"({', '.join(IMAGENET30_CLASSES)})")
-        self.root, self.normal = Path(root), str(normal_class)
+        self.root, self.normal = Path(root), named_class(normal_class, IMAGENET30_CLASSES, "ImageNet-30")
         train_root, test_root = self.root / train_dir, self.root / test_dir
         for folder in (train_root / self.normal, test_root / self.normal):
             if not folder.is_dir():

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..datasets.benchmark import Benchmark
+from ..datasets.benchmark import Benchmark, named_class
 from ..datasets.imglist import write_imglist_if_changed
 from ..datasets.registry import BENCHMARKS
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 
 MVTEC_CLASSES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                  "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
@@ -103,14 +103,7 @@ class MVTecBenchmark(Benchmark):
                  derived_dir: str | None = None, preprocessor: Mapping[str, Any] | None = None,
                  oe_defects: int | None = None, seed: int = 0, num_classes: int | None = None,
                  title: str | None = None, on_bad_image: str = "error"):
-        if isinstance(normal_class, int) and not isinstance(normal_class, bool):
-            if not 0 <= normal_class < len(MVTEC_CLASSES):
-                raise ConfigError(f"benchmark.normal_class: {normal_class} is not an MVTec-AD class index (0..14)")
-            normal_class = MVTEC_CLASSES[normal_class]
-        if normal_class not in MVTEC_CLASSES:
-            raise ConfigError(f"benchmark.normal_class: {normal_class!r} is not an MVTec-AD class "
-                              f"({', '.join(MVTEC_CLASSES)})")
-        self.root, self.normal = Path(root), str(normal_class)
+        self.root, self.normal = Path(root), named_class(normal_class, MVTEC_CLASSES, "MVTec-AD")
         base = self.root / self.normal
         lists, defects = class_lists(self.root, self.normal)
         out = Path(derived_dir) if derived_dir else default_list_dir(self.root, self.normal)
