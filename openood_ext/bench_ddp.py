@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .distributed import free_port
 from .errors import ConfigError
 from .utils.io import write_json
 
@@ -36,18 +36,12 @@ TRAIN_CONFIG = REPO / "configs" / "pipelines" / "train.yml"
 TEST_CONFIG = REPO / "configs" / "pipelines" / "test_ood.yml"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(nproc: int, args: list[str], threads: int, cwd: Path) -> tuple[dict, float]:
     """Run main.py with ``args`` in 1 or ``nproc`` processes; returns (its run.json, wall seconds)."""
     main = [str(REPO / "main.py"), *args]
     cmd = [sys.executable, *main] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *main]
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *main]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     t0 = time.perf_counter()

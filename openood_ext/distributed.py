@@ -27,6 +27,7 @@ import datetime
 import math
 import os
 import pickle
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -56,6 +57,13 @@ def env_world() -> tuple[int, int, int]:
         except ValueError:
             raise ConfigError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
     return read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now, for a single-node rendezvous (tests, benches)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def is_distributed() -> bool:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -28,12 +27,6 @@ from openood_ext.utils.runtime import (
     loader_options,
     prepare_module,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def join_group(rank: int, world: int, port: int) -> None:
@@ -128,7 +121,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp") / "result")
-    mp.start_processes(_ddp_worker, args=(2, free_port(), out), nprocs=2, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, distributed.free_port(), out), nprocs=2, start_method="spawn")
     return [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
 
 

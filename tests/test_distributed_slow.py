@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,12 @@ import pytest
 from conftest import REPO, cli
 from test_ad_pipeline import bench_spec, labelled, make_cfg  # noqa: F401  (labelled: the tiny AD data fixture)
 
+from openood_ext.distributed import free_port
+
 pytestmark = pytest.mark.slow
 
 TRAIN = REPO / "configs" / "pipelines" / "train.yml"
 TEST_OOD = REPO / "configs" / "pipelines" / "test_ood.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_cmd(*args: str, nproc: int = 2) -> list[str]:
