@@ -111,3 +111,11 @@ def write_class_set(root: Path, style: str, counts, rng) -> None:
     (root / "lists").mkdir()
     for split, rows in lists.items():
         (root / "lists" / f"{split}.txt").write_text("".join(rows))
+
+
+def toy_benchmark(root: Path, name: str, preprocessor: dict) -> dict:
+    """``benchmark:`` config of a set written by :func:`write_class_set` (3 classes, normal class 0), read
+    through the registered benchmark ``name`` (e.g. mnist, cifar10_ad) with its image lists replaced."""
+    return {"name": name, "normal_class": 0, "num_classes": 3, "data_root": str(root),
+            "imglist_dir": str(root / "lists"), "preprocessor": preprocessor,
+            "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"}}

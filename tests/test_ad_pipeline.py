@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_class_set
+from conftest import toy_benchmark, write_class_set
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -32,9 +32,7 @@ def labelled(tmp_path_factory) -> Path:
 
 
 def bench_spec(root: Path) -> dict:
-    return {"name": "mnist", "normal_class": 0, "num_classes": 3, "data_root": str(root),
-            "imglist_dir": str(root / "lists"), "preprocessor": PRE,
-            "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"}}
+    return toy_benchmark(root, "mnist", PRE)
 
 
 def make_cfg(tmp: Path, bench: dict, ad: dict, **top) -> OmegaConf:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import write_class_set
+from conftest import toy_benchmark, write_class_set
 from omegaconf import OmegaConf
 from PIL import Image
 from scipy.special import log_softmax, softmax
@@ -117,9 +117,7 @@ def clip_cfg(root: Path, tmp: Path, trainer: dict, protocol: str = "one_vs_rest"
     return OmegaConf.create({
         "pipeline": "ad", "experiment": "clip", "seed": 0, "device": "cpu", "output_dir": str(tmp / "results"),
         "num_workers": 0, "batch_size": 16,
-        "benchmark": {"name": "cifar10_ad", "normal_class": 0, "num_classes": 3, "data_root": str(root),
-                      "imglist_dir": str(root / "lists"), "preprocessor": pre,
-                      "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"}},
+        "benchmark": toy_benchmark(root, "cifar10_ad", pre),
         "network": {"name": "clip", "model": "tiny-random"},
         "trainer": {"epochs": 1, "batch_size": 8, "scheduler": {"name": "constant"}, **trainer},
         "ad": {"classes": [1], "seeds": 1, "heatmaps": 0, "protocol": protocol}})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_class_set
 from omegaconf import OmegaConf
+from test_ad_pipeline import bench_spec, labelled  # noqa: F401  (labelled: the tiny 3-class AD set fixture)
 
 from openood_ext.errors import ConfigError
 from openood_ext.launch import Job, JobsFailed, launch, launcher_options
@@ -87,25 +87,11 @@ def test_bad_launcher_settings_are_config_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- AD cells
-PRE = {"image_size": 28, "resize": 28, "channels": 1, "mean": [0.5], "std": [0.5], "train_augment": []}
-
-
-@pytest.fixture(scope="module")
-def three_classes(tmp_path_factory) -> Path:
-    """28x28 images, class c = a bright vertical band at position c; train/val/test lists."""
-    root = tmp_path_factory.mktemp("ad3")
-    rng = np.random.default_rng(0)
-    write_class_set(root, "band", (("train", 8), ("val", 2), ("test", 6)), rng)
-    return root
-
-
 def ad_config(tmp: Path, root: Path, experiment: str, **ad) -> OmegaConf:
     return OmegaConf.create({
         "pipeline": "ad", "experiment": experiment, "seed": 0, "device": "cpu", "output_dir": str(tmp / "results"),
         "num_workers": 0, "batch_size": 64,
-        "benchmark": {"name": "mnist", "normal_class": 0, "num_classes": 3, "data_root": str(root),
-                      "imglist_dir": str(root / "lists"), "preprocessor": PRE,
-                      "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"}},
+        "benchmark": bench_spec(root),
         "network": {"name": "fcdd_cnn28", "in_channels": 1, "image_size": 28},
         "trainer": {"name": "fcdd", "supervise_mode": "noise", "epochs": 1, "batch_size": 16,
                     "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True},
@@ -113,10 +99,10 @@ def ad_config(tmp: Path, root: Path, experiment: str, **ad) -> OmegaConf:
         "ad": {"heatmaps": 0, "classes": [0, 1], "seeds": 1, **ad}})
 
 
-def test_ad_cells_as_two_local_jobs_equal_the_in_process_loop(tmp_path, three_classes):
+def test_ad_cells_as_two_local_jobs_equal_the_in_process_loop(tmp_path, labelled):
     from openood_ext.runner import run_config
-    inline = run_config(ad_config(tmp_path, three_classes, "inline"))
-    jobs = run_config(ad_config(tmp_path, three_classes, "jobs", launcher={"backend": "local", "jobs": 2}))
+    inline = run_config(ad_config(tmp_path, labelled, "inline"))
+    jobs = run_config(ad_config(tmp_path, labelled, "jobs", launcher={"backend": "local", "jobs": 2}))
     assert jobs["per_class"] == inline["per_class"] and jobs["auroc_mean"] == inline["auroc_mean"]
     run = Path(jobs["run_dir"])
     for cls in (0, 1):
@@ -129,7 +115,7 @@ def test_ad_cells_as_two_local_jobs_equal_the_in_process_loop(tmp_path, three_cl
 
 
 @pytest.mark.slow  # three more cell processes
-def test_a_failed_cell_job_stops_the_run_and_resume_runs_only_the_rest(tmp_path, three_classes, monkeypatch):
+def test_a_failed_cell_job_stops_the_run_and_resume_runs_only_the_rest(tmp_path, labelled, monkeypatch):
     from openood_ext.launch import ad_cells
     from openood_ext.runner import resume_config, run_config
     real = ad_cells.launch
@@ -141,7 +127,7 @@ def test_a_failed_cell_job_stops_the_run_and_resume_runs_only_the_rest(tmp_path,
         return real(jobs, **opts)
 
     monkeypatch.setattr(ad_cells, "launch", fail_class_1)
-    cfg = ad_config(tmp_path, three_classes, "failing", launcher={"backend": "local", "jobs": 2})
+    cfg = ad_config(tmp_path, labelled, "failing", launcher={"backend": "local", "jobs": 2})
     with pytest.raises(JobsFailed, match=r"1 of 2 cell jobs did not complete; first: normal_1/seed_0 failed: openood-ext: error: boom"):
         run_config(cfg)
     partial = tmp_path / "results" / "failing.partial"

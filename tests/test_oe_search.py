@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_class_set
+from conftest import toy_benchmark, write_class_set
 
 from openood_ext.errors import ConfigError
 from openood_ext.search import Search, SearchSettings
@@ -218,9 +218,7 @@ def search_cfg(root: Path, tmp: Path, **search):
     return OmegaConf.create({
         "pipeline": "oe_search", "experiment": "search", "seed": 0, "device": "cpu", "output_dir": str(tmp / "results"),
         "num_workers": 0, "batch_size": 64,
-        "benchmark": {"name": "cifar10_ad", "normal_class": 0, "num_classes": 3, "data_root": str(root),
-                      "imglist_dir": str(root / "lists"), "preprocessor": pre,
-                      "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"}},
+        "benchmark": toy_benchmark(root, "cifar10_ad", pre),
         "network": {"name": "eoe_cnn32", "in_channels": 3, "rep_dim": 16, "clf": False},
         "trainer": {"name": "eoe_hsc", "epochs": 1, "batch_size": 6, "optimizer": {"name": "adam", "lr": 1e-3},
                     "scheduler": {"name": "constant"}, "outliers": {"name": "oe_images", "limit": 3}},
