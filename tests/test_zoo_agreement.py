@@ -224,3 +224,32 @@ def test_odin_grid_reuses_the_clean_pass_and_equals_single_settings():
         single = POSTPROCESSORS.build({"name": "odin", "temperature": t, "noise": eps})
         single.attach_network(net, CPU, None)
         np.testing.assert_allclose(conf, single.score_loader(loader()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("shape", [(5, 7, 6, 5), (4, 9)])
+def test_gram_row_sum_backends_equal_the_full_gram_matrix(backend, shape):
+    from openood_ext.postprocessors.gram import gram_features
+    from openood_ext.postprocessors.gram_rowsums import CPU_CHUNK_BYTES, gram_row_sums
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randn(*shape, generator=gen) * 1.5  # signed, like conv outputs
+    powers = [3, 1, 5, 2]  # unsorted, with a gap
+    got = gram_features(t, powers, backend)
+    for g, p in zip(got, powers):
+        torch.testing.assert_close(g.double(), _openood_gram(t, p), rtol=1e-4, atol=1e-5)
+    # the raw sums, also when the CPU torch path needs several chunks, against float64
+    big = torch.randn(3, 64, 32, 32, generator=gen)
+    assert big[0].numel() * 4 * 2 > CPU_CHUNK_BYTES
+    for s, p in zip(gram_row_sums(big, [1, 4], backend), [1, 4]):
+        fp = big.double().pow(p).flatten(2)
+        torch.testing.assert_close(s.double(), (fp @ fp.sum(dim=1).unsqueeze(2)).squeeze(2), rtol=1e-4, atol=1e-2)
+
+
+def test_gram_row_sums_rejects_an_unknown_backend():
+    from openood_ext.postprocessors.gram_rowsums import gram_row_sums
+
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gram_row_sums(torch.ones(2, 3), [1], "cuda-fast")

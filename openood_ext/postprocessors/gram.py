@@ -16,27 +16,20 @@ import torch
 from ..features import NetOutputs, Tap, extract_outputs
 from ..schema import NonNegativeInt, UnitFloat
 from .base import Postprocessor
+from .gram_rowsums import gram_row_sums
 from .layer_features import first_batch, resolve_layers
 from .registry import POSTPROCESSORS
 
 
-def gram_features(t: torch.Tensor, powers) -> list[torch.Tensor]:
+def gram_features(t: torch.Tensor, powers, backend: str = "auto") -> list[torch.Tensor]:
     """For each p: ``G_p = sign(S) |S|^(1/p)`` with ``S = rowsum((F^p)(F^p)^T)``, F = [B, C, HW]; float32
-    [B, C] each (a [B, D] input is treated as D channels of one position).
+    [B, C] each, on CPU (a [B, D] input is treated as D channels of one position).
 
-    The row sum is computed as ``S_c = <F^p_c, sum_c' F^p_c'>`` (a [C, HW] x [HW] product per sample
-    instead of the C x C Gram matrix), in float32 like OpenOOD (relative difference to a float64
-    computation ~1e-6); the root is taken in float64. Consecutive powers reuse the previous one.
+    S is computed in float32 like OpenOOD (relative difference to a float64 computation ~1e-6) by
+    :func:`~.gram_rowsums.gram_row_sums` (``backend``: see there); the root is taken in float64.
     """
-    f = t.detach().float()
-    f = f.reshape(f.shape[0], f.shape[1], -1)
-    out, fp, prev = [], None, None
-    for p in powers:
-        fp = fp * f if prev is not None and p == prev + 1 else f.pow(p)
-        prev = p
-        s = torch.bmm(fp, fp.sum(dim=1).unsqueeze(2)).squeeze(2).double()
-        out.append((s.sign() * s.abs().pow(1.0 / p)).float())
-    return out
+    sums = gram_row_sums(t, powers, backend).cpu().double()
+    return [(s.sign() * s.abs().pow(1.0 / p)).float() for s, p in zip(sums, powers)]
 
 
 def deviation(mins: torch.Tensor, maxs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""Row sums of p-th order Gram matrices, the one heavy computation of the Gram method.
+
+For a feature map F of one sample, flattened to [C, HW], and an order p:
+``S_c = sum_c' (F^p (F^p)^T)_{c c'} = <F^p_c, s>`` with ``s = sum_c F^p_c`` (an [HW] vector), so the
+C x C Gram matrix is never formed. The work is elementwise and memory-bound (ResNet-18 on CIFAR-10:
+20 tapped conv outputs, 614k values per image, 5 orders), so how often each value crosses the memory
+bus decides the time. Two backends give the same numbers (float32 arithmetic, as OpenOOD):
+
+* ``numba`` (CPU default when numba is installed): one compiled loop per sample keeps that sample's
+  [C, HW] powers in cache while it walks the orders (one read of the map from memory instead of about
+  three per order); about 10x less time than whole-batch tensor ops, 3x less than the chunked ones.
+* ``torch``: tensor ops; on CPU in chunks of samples small enough to stay in cache, on a GPU the whole
+  batch at once.
+
+``auto`` picks ``numba`` for CPU tensors when it imports, else ``torch``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+BACKENDS = ("auto", "numba", "torch")
+#: bytes of one chunk of samples for the CPU torch backend (a few chunks fit in a core's L2 cache)
+CPU_CHUNK_BYTES = 1 << 18
+
+
+def gram_row_sums(t: torch.Tensor, powers, backend: str = "auto") -> torch.Tensor:
+    """``S[j, b, c] = rowsum_c((F_b^p)(F_b^p)^T)`` for ``p = powers[j]``; float32 [P, B, C] on t's device.
+
+    ``t`` is [B, C, *spatial] (any float dtype; a [B, D] input is D channels of one position);
+    ``powers`` are positive integers in any order.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"gram: backend must be one of {BACKENDS}, got {backend!r}")
+    powers = [int(p) for p in powers]
+    f = t.detach().float().reshape(t.shape[0], t.shape[1], -1)
+    if backend == "auto":
+        backend = "numba" if f.device.type == "cpu" and _numba_kernel() is not None else "torch"
+    if backend == "numba":
+        kernel = _numba_kernel()
+        if kernel is None:
+            raise RuntimeError("gram: backend 'numba' needs the numba package (pip install numba)")
+        if f.device.type != "cpu":
+            raise ValueError("gram: backend 'numba' runs on CPU tensors only")
+        out = np.empty((len(powers), f.shape[0], f.shape[1]), dtype=np.float32)
+        kernel(f.contiguous().numpy(), np.asarray(powers, dtype=np.int64), out)
+        return torch.from_numpy(out)
+    return _torch_row_sums(f, powers)
+
+
+def _torch_row_sums(f: torch.Tensor, powers: list[int]) -> torch.Tensor:
+    b_total, c, hw = f.shape
+    out = torch.empty(len(powers), b_total, c, dtype=torch.float32, device=f.device)
+    per = b_total if f.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // max(1, c * hw * 4))
+    order = sorted(range(len(powers)), key=lambda j: powers[j])
+    for i in range(0, b_total, per):
+        chunk = f[i:i + per]
+        fp, prev = chunk, 1
+        for j in order:
+            for _ in range(powers[j] - prev):  # the first product allocates, later ones are in place
+                fp = fp * chunk if fp is chunk else fp.mul_(chunk)
+            prev = powers[j]
+            out[j, i:i + per] = torch.bmm(fp, fp.sum(dim=1).unsqueeze(2)).squeeze(2)
+    return out
+
+
+@functools.cache
+def _numba_kernel():
+    """The compiled per-sample kernel, or None when numba is not installed."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    # reassociation lets the reductions vectorise; no nnan/ninf so overflow to inf behaves like torch
+    fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+    @numba.njit(cache=True, fastmath=fast, nogil=True)
+    def row_sums(f, powers, out):  # f [B, C, HW] float32, powers int64 [P], out [P, B, C] float32
+        n, c_dim, hw = f.shape
+        order = np.argsort(powers)
+        fp = np.empty((c_dim, hw), dtype=np.float32)
+        s = np.empty(hw, dtype=np.float32)
+        for b in range(n):
+            fb = f[b]
+            fp[:] = fb
+            prev = 1
+            for j in order:
+                for _ in range(powers[j] - prev):
+                    for ci in range(c_dim):
+                        for k in range(hw):
+                            fp[ci, k] *= fb[ci, k]
+                prev = powers[j]
+                s[:] = 0
+                for ci in range(c_dim):
+                    for k in range(hw):
+                        s[k] += fp[ci, k]
+                for ci in range(c_dim):
+                    acc = np.float32(0)
+                    for k in range(hw):
+                        acc += fp[ci, k] * s[k]
+                    out[j, b, ci] = acc
+
+    return row_sums
