@@ -126,7 +126,9 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
             grid = aps.load_method_config(name).get("aps_grid") if (aps_on and has_val) else None
             combos = aps.grid_combinations(dict(grid)) if grid else []
             searched = 0.0
-            if grid:
+            if len(combos) == 1:  # nothing to search: the pipeline runs it as without APS
+                searched = plain
+            elif grid:
                 ood_val = store.get(bench.split("ood_val"))
                 t0 = now()
 
@@ -155,7 +157,7 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
                 openood = split_time["id_train"] + len(combos) * val_pass + test_pass + own
             rows.append({"postprocessor": name, "gradient": bool(pp.needs_network), "taps": bool(pp.uses_taps),
                          "combinations": len(combos), "ours_s": plain, "ours_aps_s": searched,
-                         "openood_way_s": openood, "chosen": result["chosen"] if grid else {}})
+                         "openood_way_s": openood, "chosen": result["chosen"] if len(combos) > 1 else (combos[0] if combos else {})})
         grad_free = sum(r["ours_s"] for r in rows if not r["gradient"]) + t_taps
         all_methods = sum(r["ours_s"] for r in rows) + t_taps
         all_aps = sum(r["ours_aps_s"] if r["combinations"] else r["ours_s"] for r in rows) + t_taps

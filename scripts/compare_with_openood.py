@@ -277,6 +277,9 @@ def main(argv=None) -> int:
     parser.add_argument("--libmr-shim", action="store_true", help="run OpenOOD's OpenMax on our Weibull fit")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args, rest = parser.parse_known_args(argv)
+    # --subset takes SPLIT=N items; config overrides (dotted keys) written after it belong to the config
+    rest += [s for s in args.subset if "." in s.split("=", 1)[0]]
+    args.subset = [s for s in args.subset if "." not in s.split("=", 1)[0]]
     torch.set_num_threads(args.threads)
 
     from openood_ext.config import cli_overrides, load_config

@@ -105,3 +105,24 @@ def test_cache_hit_does_no_forward_pass_and_truncation_is_healed(tmp_path):
     assert cache.load("k1", expected_samples=11) is None  # stale: image list changed size
     path.rename(cache.path("k2"))
     assert cache.load("k2") is None  # an entry written under another key is not trusted
+
+
+def test_a_one_point_grid_is_not_searched_and_rides_the_shared_passes(digits_checkpoint, tmp_path, monkeypatch):
+    """Gram's grid has one point: under APS it must neither search nor run passes of its own."""
+    from openood_ext.cli import main as cli_main
+    from openood_ext.postprocessors.gram import GramPostprocessor
+
+    def no_own_pass(*_a, **_k):
+        raise AssertionError("gram ran its own pass over a loader")
+
+    monkeypatch.setattr(GramPostprocessor, "score_loader", no_own_pass)
+    monkeypatch.setattr(aps, "search", lambda *a, **k: (_ for _ in ()).throw(AssertionError("searched")))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["run", "--config", str(MAIN_CONFIG), f"network.checkpoint={digits_checkpoint}",
+                     "postprocessors=[{name: gram, APS: true}]", "experiment=one_point"]) == 0
+    run = tmp_path / "results/one_point"
+    entry = json.loads((run / "metrics.json").read_text())["postprocessors"]["gram"]
+    assert entry["aps"] == {"chosen": {"powers": [1, 2, 3, 4, 5]}, "auroc": None, "trials": []}
+    assert json.loads((run / "run.json").read_text())["forward_passes"] == 6
+    assert "the grid&#x27;s only point" in (run / "report.html").read_text() or \
+        "the grid's only point" in (run / "report.html").read_text()

@@ -59,6 +59,18 @@ def split_spec(spec: str | dict, aps_default: bool) -> tuple[dict, bool, dict | 
     return spec, use_aps, grid
 
 
+def single_point(spec: dict, grid: dict | None) -> dict | None:
+    """The only combination of a one-point grid (inline, else the method's config file), else None.
+
+    There is nothing to search over such a grid, so the pipeline builds the method with that point and
+    lets it ride the shared passes (a layer-tap method such as Gram then needs no passes of its own).
+    """
+    if grid is None:
+        grid = load_method_config(spec["name"]).get("aps_grid")
+    combos = grid_combinations(dict(grid)) if grid else []
+    return combos[0] if len(combos) == 1 else None
+
+
 def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[np.ndarray, np.ndarray]],
            fit: Callable[[Any], None] | None = None, loaders: dict | None = None) -> dict:
     """Pick the grid point with the best validation AUROC.

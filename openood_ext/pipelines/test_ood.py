@@ -96,9 +96,14 @@ class TestOODPipeline:
         specs = postprocessor_specs(cfg)
         aps_default = bool(cfg.get("aps", False))
         plans = []  # (label, build spec, APS?, inline grid); built once up front so typos fail fast
+        fixed = {}  # label -> the point of a one-point APS grid (nothing to search)
         for s in specs:
             spec, use_aps, grid = aps.split_spec(s, aps_default)
             as_postprocessor(POSTPROCESSORS.build(spec))
+            point = aps.single_point(spec, grid) if use_aps else None
+            if point is not None:
+                fixed[spec_label(s)] = point
+                spec, use_aps = {**spec, **point}, False
             plans.append((spec_label(s), spec, use_aps, grid))
         evaluator = EVALUATORS.build(cfg.get("evaluator", "ood"))
         bench = build_benchmark(cfg)
@@ -176,6 +181,9 @@ class TestOODPipeline:
                 {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped, **extra)
             rows += result.rows
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
+            if label in fixed:
+                summary["postprocessors"][label]["aps"] = {"chosen": fixed[label], "auroc": None, "trials": []}
+                ctx.log.info("APS %s: its grid has one point %s, nothing to search", label, fixed[label])
             if search:
                 summary["postprocessors"][label]["aps"] = search
                 ctx.log.info("APS %s: chose %s (val AUROC %.2f%%, %d combinations)", label, search["chosen"],

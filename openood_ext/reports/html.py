@@ -70,8 +70,13 @@ def _postprocessor_table(summary: dict) -> str:
             continue
         params = ", ".join(f"{k}={v}" for k, v in (entry.get("hyperparameters") or {}).items()) or "none"
         search = entry.get("aps")
-        aps = (f"chosen {search.get('chosen')} of {len(search.get('trials', []))} (val AUROC "
-               f"{100 * search.get('auroc', float('nan')):.2f}%)") if isinstance(search, dict) else "no"
+        if not isinstance(search, dict):
+            aps = "no"
+        elif search.get("auroc") is None:
+            aps = f"{search.get('chosen')} (the grid's only point, no search)"
+        else:
+            aps = (f"chosen {search.get('chosen')} of {len(search.get('trials', []))} (val AUROC "
+                   f"{100 * search['auroc']:.2f}%)")
         counts = ", ".join(f"{name} {s.get('n')}" for name, s in (entry.get("sets") or {}).items()
                            if isinstance(s, dict) and s.get("n") is not None)
         rows.append({"postprocessor": pp, "hyperparameters": params, "APS": aps, "OOD samples": counts})
