@@ -261,6 +261,14 @@ def write_subset_lists(bench, sizes: dict, out_dir: Path) -> dict:
     return chosen
 
 
+def _auroc(id_conf: np.ndarray, ood_conf: np.ndarray) -> float:
+    """AUROC in % (ID positive), NaN when either side has non-finite scores."""
+    from openood_ext.evaluators.metrics import ood_metrics
+    if not (np.isfinite(id_conf).all() and np.isfinite(ood_conf).all()):
+        return float("nan")
+    return 100 * ood_metrics(id_conf, ood_conf)["auroc"]
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
     return float(spearmanr(a, b).statistic)
@@ -284,7 +292,6 @@ def main(argv=None) -> int:
 
     from openood_ext.config import cli_overrides, load_config
     from openood_ext.datasets.benchmark import resolve_path
-    from openood_ext.evaluators.metrics import ood_metrics
     from openood_ext.networks.checkpoint import load_checkpoint
     from openood_ext.pipelines.context import build_benchmark, build_network
     from openood_ext.postprocessors.layer_features import resolve_layers, stage_layers
@@ -401,6 +408,7 @@ def main(argv=None) -> int:
             outs[name] = extract_outputs(net, loader(name), consumers=[pp.score_taps() for _, pp in tapped])
             for (k, _), conf in zip(tapped, outs[name].tap_results):
                 scores[k][name] = conf
+        parts = {"shared passes (taps included)": time.perf_counter() - t0}
         t_grad = 0.0  # time of the input-gradient methods' own passes
         for k, pp in pps:
             if pp.uses_taps:
@@ -410,8 +418,10 @@ def main(argv=None) -> int:
             for name, out in outs.items():
                 scores[k][name] = np.asarray(pp.score_loader(loader(name)) if pp.needs_network else pp.score(out),
                                              dtype=np.float64)
+            parts[k] = time.perf_counter() - t1
             if pp.needs_network:
-                t_grad += time.perf_counter() - t1
+                t_grad += parts[k]
+        our_parts.append(parts)
         return scores, (time.perf_counter() - t0, t_grad), {k: pp.hyperparameters() for k, pp in pps}
 
     def openood_gram_on_our_holdout():
@@ -446,7 +456,7 @@ def main(argv=None) -> int:
             module.random = saved
         return {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in out.items()}
 
-    rounds_openood, rounds_ours, first = [], [], None
+    rounds_openood, rounds_ours, first, our_parts = [], [], None, []
     grad_free_openood, grad_free_ours = [], []
     cpu_openood, cpu_ours = [], []
     for r in range(args.rounds):
@@ -464,6 +474,23 @@ def main(argv=None) -> int:
         if first is None:
             first = (oo_scores, our_scores, oo_times, hparams)
     oo_scores, our_scores, oo_times, hparams = first
+
+    t_oo, t_us = statistics.median(rounds_openood), statistics.median(rounds_ours)
+    free = len([k for k in oo_times if k not in GRADIENT_METHODS])
+    gf_oo, gf_us = statistics.median(grad_free_openood), statistics.median(grad_free_ours)
+    timing = [(f"timing ({args.rounds} rounds, alternating, {args.threads} thread(s)): OpenOOD way "
+               f"{', '.join(f'{t:.1f}' for t in rounds_openood)} s, ours "
+               f"{', '.join(f'{t:.1f}' for t in rounds_ours)} s; medians {t_oo:.1f} s vs {t_us:.1f} s: "
+               f"ratio {t_oo / t_us:.1f}x"),
+              (f"without the input-gradient methods {GRADIENT_METHODS} ({free} methods): OpenOOD way "
+               f"{gf_oo:.1f} s vs ours {gf_us:.1f} s (medians): ratio {gf_oo / gf_us:.1f}x"),
+              (f"process CPU time (robust on a shared machine): OpenOOD way "
+               f"{', '.join(f'{t:.1f}' for t in cpu_openood)} s, ours {', '.join(f'{t:.1f}' for t in cpu_ours)} s; "
+               f"medians ratio {statistics.median(cpu_openood) / statistics.median(cpu_ours):.1f}x"),
+              "OpenOOD time per method (round 1, s): " + ", ".join(f"{k} {v:.1f}" for k, v in oo_times.items()),
+              "our time per part (round 1, s): " + ", ".join(f"{k} {v:.2f}" for k, v in our_parts[0].items()),
+              "our hyperparameters: " + "; ".join(f"{k} {v}" for k, v in hparams.items() if v)]
+    print("\n".join(timing), flush=True)  # before the table, so a failure there loses no timing
 
     if "gram" in oo_scores:  # OpenOOD's Gram once more, holding out exactly our held-out samples
         oo_scores["gram same holdout"] = openood_gram_on_our_holdout()
@@ -483,28 +510,17 @@ def main(argv=None) -> int:
         got = our_scores[ours if note != "bank: first_batch" else label]
         a = np.concatenate([ref[k] for k in ref])
         b = np.concatenate([got[k] for k in ref])
+        finite = np.isfinite(a) & np.isfinite(b)
+        if not finite.all():  # e.g. a random network's overflow; compare the rest and say so
+            note = (note + "; " if note else "") + (f"non-finite scores: OpenOOD {int((~np.isfinite(a)).sum())}, "
+                                                    f"ours {int((~np.isfinite(b)).sum())} of {len(a)}")
         cells = []
         for s in tests:
-            x = 100 * ood_metrics(ref["id_test"], ref[s.name])["auroc"]
-            y = 100 * ood_metrics(got["id_test"], got[s.name])["auroc"]
+            x, y = (_auroc(sc["id_test"], sc[s.name]) for sc in (ref, got))
             cells.append(f"{x:.2f} / {y:.2f} ({y - x:+.2f})")
-        lines.append(f"| {label} | {spearman(a, b):.4f} | {np.max(np.abs(a - b)):.3g} | " + " | ".join(cells)
-                     + f" | {note} |")
-    t_oo, t_us = statistics.median(rounds_openood), statistics.median(rounds_ours)
-    free = len([k for k in oo_times if k not in GRADIENT_METHODS])
-    gf_oo, gf_us = statistics.median(grad_free_openood), statistics.median(grad_free_ours)
-    lines += ["",
-              (f"timing ({args.rounds} rounds, alternating, {args.threads} thread(s)): OpenOOD way "
-               f"{', '.join(f'{t:.1f}' for t in rounds_openood)} s, ours "
-               f"{', '.join(f'{t:.1f}' for t in rounds_ours)} s; medians {t_oo:.1f} s vs {t_us:.1f} s: "
-               f"ratio {t_oo / t_us:.1f}x"),
-              (f"without the input-gradient methods {GRADIENT_METHODS} ({free} methods): OpenOOD way "
-               f"{gf_oo:.1f} s vs ours {gf_us:.1f} s (medians): ratio {gf_oo / gf_us:.1f}x"),
-              (f"process CPU time (robust on a shared machine): OpenOOD way "
-               f"{', '.join(f'{t:.1f}' for t in cpu_openood)} s, ours {', '.join(f'{t:.1f}' for t in cpu_ours)} s; "
-               f"medians ratio {statistics.median(cpu_openood) / statistics.median(cpu_ours):.1f}x"),
-              "OpenOOD time per method (round 1, s): " + ", ".join(f"{k} {v:.1f}" for k, v in oo_times.items()),
-              "our hyperparameters: " + "; ".join(f"{k} {v}" for k, v in hparams.items() if v)]
+        lines.append(f"| {label} | {spearman(a[finite], b[finite]):.4f} | {np.max(np.abs(a - b)[finite]):.3g} | "
+                     + " | ".join(cells) + f" | {note} |")
+    lines += ["", *timing]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -143,6 +143,7 @@ def test_mds_ensemble_scores_follow_openood_definition(resnet):
                                rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the reference call uses scikit-learn's moving defaults
 def test_mds_ensemble_alpha_fit_is_logistic_regression_on_layer_scores(resnet):
     from sklearn.linear_model import LogisticRegressionCV
     net, loaders, data = resnet

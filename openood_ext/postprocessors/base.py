@@ -24,7 +24,7 @@ what needs input gradients or perturbed inputs (ODIN, MDSEns's scoring).
 Plugins need no base class (duck typing): a class with ``score`` (and optionally ``fit``) is enough.
 :func:`as_postprocessor` gives such an object the optional parts of the contract with their defaults
 (``fit`` that does nothing, ``needs_network = False``, ``predict`` = argmax of the logits,
-``hyperparameters()`` = its public scalar attributes, ``name`` = its registry name). The registry rejects
+``hyperparameters()`` = its public scalar and list-of-scalar attributes, ``name`` = its registry name). The registry rejects
 a class without ``score`` when it is built.
 """
 
@@ -79,9 +79,25 @@ class Postprocessor:
         return getattr(type(self), "_registry_name", type(self).__name__)
 
     def hyperparameters(self) -> dict:
-        """The public scalar attributes that define this instance (recorded in metrics.json)."""
-        return {k: v for k, v in vars(self).items()
-                if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}
+        """The public attributes that define this instance, scalars and lists of scalars (Gram's powers,
+        MDSEns's fitted layer weights); recorded in metrics.json."""
+        return public_settings(self)
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def public_settings(obj: Any) -> dict:
+    """``obj``'s public attributes that are scalars or lists/tuples of scalars (lists as lists)."""
+    out = {}
+    for k, v in vars(obj).items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, _SCALARS):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, _SCALARS) for x in v):
+            out[k] = list(v)
+    return out
 
 
 def as_numpy(conf: torch.Tensor) -> np.ndarray:
@@ -162,5 +178,4 @@ class DuckPostprocessor(Postprocessor):
         method = getattr(self._inner, "hyperparameters", None)
         if callable(method):
             return dict(method())
-        return {k: v for k, v in vars(self._inner).items()
-                if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}
+        return public_settings(self._inner)

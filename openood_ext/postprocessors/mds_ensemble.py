@@ -44,6 +44,19 @@ def reduce_feature_map(t: torch.Tensor, feature_type: str) -> torch.Tensor:
     return torch.cat([flat.mean(dim=2), flat.var(dim=2)], dim=1)
 
 
+def _pinned_logistic_cv_args() -> dict:
+    """OpenOOD's ``LogisticRegressionCV()`` defaults (L2, accuracy scoring), pinned explicitly:
+    scikit-learn 1.10/1.11 change the defaults of ``l1_ratios`` and ``scoring``, which would move the
+    fitted weights silently; the new API's arguments are passed only where they exist."""
+    import inspect
+
+    from sklearn.linear_model import LogisticRegressionCV
+    args = {"scoring": "accuracy"}
+    if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
+        args.update(l1_ratios=(0.0,), use_legacy_attributes=False)
+    return args
+
+
 class ClassGaussianStream:
     """Class means and shared (biased) within-class covariance accumulated batch by batch in float64.
 
@@ -164,7 +177,7 @@ class MDSEnsemblePostprocessor(Postprocessor):
         s_in, s_out = self.layer_scores(id_val), self.layer_scores(ood_val)
         data = np.concatenate([s_in, s_out]).astype(np.float32)
         target = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
-        alpha = LogisticRegressionCV().fit(data, target).coef_.reshape(-1).tolist()
+        alpha = LogisticRegressionCV(**_pinned_logistic_cv_args()).fit(data, target).coef_.reshape(-1).tolist()
         get_logger().info("mds_ensemble: fitted layer weights %s", alpha)
         return alpha
 
