@@ -123,6 +123,7 @@ def test_a_one_point_grid_is_not_searched_and_rides_the_shared_passes(digits_che
     run = tmp_path / "results/one_point"
     entry = json.loads((run / "metrics.json").read_text())["postprocessors"]["gram"]
     assert entry["aps"] == {"chosen": {"powers": [1, 2, 3, 4, 5]}, "auroc": None, "trials": []}
+    assert entry["hyperparameters"]["powers"] == [1, 2, 3, 4, 5]  # list-valued settings are recorded too
     assert json.loads((run / "run.json").read_text())["forward_passes"] == 6
     assert "the grid&#x27;s only point" in (run / "report.html").read_text() or \
         "the grid's only point" in (run / "report.html").read_text()

@@ -254,3 +254,24 @@ def test_gram_row_sums_rejects_an_unknown_backend():
 
     with pytest.raises(ValueError, match="backend must be one of"):
         gram_row_sums(torch.ones(2, 3), [1], "cuda-fast")
+
+
+def test_layer_taps_run_stops_at_the_deepest_tapped_layer(resnet):
+    from openood_ext.postprocessors.layer_features import LayerTaps
+
+    net, _, data = resnet
+    later = []
+    handle = net.layer3.register_forward_hook(lambda *a: later.append(1))
+    x = data["test"][0][:4].clone().requires_grad_(True)
+    with LayerTaps(net, ["layer1:input", "layer2"], transform=lambda t: t.mean((2, 3)), clone=True) as taps:
+        early = taps.run(x)
+        assert later == []  # layer3 onwards never ran
+        net(x)
+        full = taps.pop()
+    handle.remove()
+    assert len(later) == 1 and len(early) == len(full) == 2
+    for a, b in zip(early, full):
+        torch.testing.assert_close(a, b)
+    (g_early,) = torch.autograd.grad(early[1].sum(), x)
+    (g_full,) = torch.autograd.grad(full[1].sum(), x)
+    torch.testing.assert_close(g_early, g_full)

@@ -51,6 +51,9 @@ class LayerTaps:
     ``transform`` runs inside the hook, i.e. before a later in-place operation (``ReLU(inplace=True)``)
     can modify the tensor. With ``clone=True`` the raw output is copied first (use it when gradients
     flow through the kept tensors).
+
+    :meth:`run` is a forward pass that stops as soon as every tapped layer has fired: when only early
+    layers are needed (Mahalanobis on the stem), the rest of the network is never computed.
     """
 
     def __init__(self, net: nn.Module, names: Sequence[str],
@@ -67,6 +70,7 @@ class LayerTaps:
         self.transform, self.clone = transform, clone
         self._handles: list = []
         self._kept: list = []
+        self._stop_when_all_fired = False
 
     def _hook(self, _module, _inputs, output):
         if isinstance(output, (tuple, list)):
@@ -74,6 +78,23 @@ class LayerTaps:
         if self.clone:
             output = output.clone()
         self._kept.append(self.transform(output) if self.transform else output)
+        if self._stop_when_all_fired and len(self._kept) >= len(self._modules):
+            raise _AllLayersTapped
+
+    def run(self, x: torch.Tensor) -> list:
+        """Forward ``x`` until every tapped layer has fired once; the kept outputs in firing order.
+
+        The network's later layers are skipped (gradients through the kept outputs still reach ``x``).
+        """
+        self.pop()
+        self._stop_when_all_fired = True
+        try:
+            self.net(x)
+        except _AllLayersTapped:
+            pass
+        finally:
+            self._stop_when_all_fired = False
+        return self.pop()
 
     def __enter__(self) -> "LayerTaps":
         self._handles = [m.register_forward_pre_hook(lambda mod, inputs: self._hook(mod, None, inputs))
@@ -89,6 +110,10 @@ class LayerTaps:
         """The kept outputs since the last ``pop`` (in firing order), and forget them."""
         kept, self._kept = self._kept, []
         return kept
+
+
+class _AllLayersTapped(Exception):
+    """Raised inside a hook to end a forward pass early (:meth:`LayerTaps.run`)."""
 
 
 def _firing_order(net: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple]]:

@@ -186,12 +186,13 @@ class MDSEnsemblePostprocessor(Postprocessor):
         """max_c -1/2 MD_{l,c} after each layer's own input step, float64 [B, L], per noise magnitude.
 
         One forward pass with every layer tapped, one backward per layer, then per magnitude one forward
-        pass over all layers' perturbed batches stacked (the step's sign does not depend on it)."""
+        pass over all layers' perturbed batches stacked (the step's sign does not depend on it). Both
+        passes stop at the deepest tapped layer (on the default stem layer: after conv1, bn1, relu), as
+        OpenOOD's ``intermediate_forward`` does; the scores do not depend on later layers."""
         gauss = [(g.means.to(images.device), g.precision.to(images.device)) for g in self._gauss]
         x = images.detach().clone().requires_grad_(True)
         with LayerTaps(self.net, self.layer_names, transform=self._reduce, clone=True) as taps:
-            self.net(x)
-            feats = taps.pop()
+            feats = taps.run(x)
         grads = []
         for l, (feat, (means, prec)) in enumerate(zip(feats, gauss)):
             d2 = mahalanobis_sq(feat.double(), means, prec)
@@ -203,8 +204,7 @@ class MDSEnsemblePostprocessor(Postprocessor):
         for noise in noises:
             steps = torch.cat([signed_input_step(x, g, std, float(noise)) for g in grads])
             with LayerTaps(self.net, self.layer_names, transform=self._reduce) as taps, torch.no_grad():
-                self.net(steps)  # every layer's perturbed batch in one pass
-                feats = taps.pop()
+                feats = taps.run(steps)  # every layer's perturbed batch in one pass
             out.append(torch.stack([(-0.5 * mahalanobis_sq(feats[l][l * b:(l + 1) * b].double(), means, prec)
                                      ).max(dim=1).values.cpu() for l, (means, prec) in enumerate(gauss)], dim=1))
         return out
