@@ -31,6 +31,7 @@ import argparse
 import importlib
 import importlib.machinery
 import statistics
+import tempfile
 import sys
 import time
 import types
@@ -302,7 +303,8 @@ def main(argv=None) -> int:
     subset_sizes = {}
     if args.subset:
         sizes = {k: int(v) for k, v in (s.split("=", 1) for s in args.subset)}
-        sub_dir = Path("/tmp") / f"compare_openood_{bench.name}_lists"
+        tag = "_".join(f"{k}{v}" for k, v in sorted(sizes.items()))  # concurrent runs of other sizes don't clash
+        sub_dir = Path(tempfile.gettempdir()) / f"compare_openood_{bench.name}_{tag}"
         subset_sizes = write_subset_lists(bench, sizes, sub_dir)
         dirs = list(cfg.benchmark.imglist_dir) if not isinstance(cfg.benchmark.imglist_dir, str) else [cfg.benchmark.imglist_dir]
         cfg.benchmark.imglist_dir = [str(sub_dir), *dirs]

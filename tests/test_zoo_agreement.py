@@ -275,3 +275,17 @@ def test_layer_taps_run_stops_at_the_deepest_tapped_layer(resnet):
     (g_early,) = torch.autograd.grad(early[1].sum(), x)
     (g_full,) = torch.autograd.grad(full[1].sum(), x)
     torch.testing.assert_close(g_early, g_full)
+
+
+def test_gradient_methods_score_the_same_in_micro_batches(resnet):
+    net, loaders, _ = resnet
+    for name, extra in (("odin", {}), ("mds_ensemble", {"layers": ["stem", "layer2"]})):
+        scores = []
+        for size in (3, 64):
+            pp = POSTPROCESSORS.build({"name": name, "grad_batch_size": size, **extra})
+            pp.attach_network(net, CPU, loaders)
+            pp.fit(extract_outputs(net, loaders("id_train")))
+            scores.append(pp.score_loader(loaders("test")))
+        np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="grad_batch_size must be a positive integer"):
+        POSTPROCESSORS.build({"name": "odin", "grad_batch_size": 0})

@@ -19,10 +19,12 @@ from ..utils.runtime import get_logger
 from .base import Postprocessor
 from .common import ClassGaussians, _pinvh, mahalanobis_sq
 from .layer_features import (
+    GRAD_BATCH_SIZE,
     LayerTaps,
     first_batch,
     input_std,
     iter_images,
+    positive_batch_size,
     resolve_layers,
     signed_input_step,
 )
@@ -123,12 +125,13 @@ class MDSEnsemblePostprocessor(Postprocessor):
         input_std: per-channel input std (default: from the loader's Normalize, else 1). OpenOOD
             hard-codes 0.5 here; the loader's true std makes eps a pixel-unit step as in ODIN (pass
             ``input_std: 0.5`` for OpenOOD's scores).
+        grad_batch_size: samples per forward-backward pass (bounds memory; not a hyperparameter).
     """
 
     needs_network = True
 
     def __init__(self, noise: float = 0.0014, layers=("stem",), feature_type: str = "mean", alpha=None,
-                 input_std=None):
+                 input_std=None, grad_batch_size: int = GRAD_BATCH_SIZE):
         if noise < 0:
             raise ValueError(f"mds_ensemble: noise must be >= 0, got {noise}")
         if feature_type not in _FEATURE_TYPES:
@@ -140,6 +143,7 @@ class MDSEnsemblePostprocessor(Postprocessor):
         self.fit_alpha = alpha == "fit"
         self.alpha = None if alpha is None or self.fit_alpha else [float(a) for a in alpha]
         self.input_std = input_std
+        self._grad_batch_size = positive_batch_size("mds_ensemble", grad_batch_size)
         self.layer_names: list[str] | None = None
         self._gauss: list[ClassGaussians] = []
         self.net = self.device = self.loaders = None
@@ -216,7 +220,7 @@ class MDSEnsemblePostprocessor(Postprocessor):
         self.net.eval()
         settings = [self.noise] if noises is None else list(noises)
         std, out = None, [[] for _ in settings]
-        for images, _ in iter_images(loader, self.device, desc="mds_ensemble"):
+        for images, _ in iter_images(loader, self.device, desc="mds_ensemble", chunk=self._grad_batch_size):
             if std is None:
                 std = input_std(loader, images.shape[1], self.input_std)
             for store, scores in zip(out, self._perturbed_scores(images, std, settings)):

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from ..schema import NonNegativeFloat, PositiveFloat
 from ..utils.runtime import get_logger
 from .base import Postprocessor
-from .layer_features import input_std, iter_images, signed_input_step
+from .layer_features import (
+    GRAD_BATCH_SIZE,
+    input_std,
+    iter_images,
+    positive_batch_size,
+    signed_input_step,
+)
 from .registry import POSTPROCESSORS
 
 
@@ -23,18 +29,22 @@ class ODINPostprocessor(Postprocessor):
         noise: eps, the perturbation magnitude in pixel units (OpenOOD default 0.0014).
         input_std: per-channel std of the input normalisation, to turn the pixel step into the
             network's input space; default: read from the loader's ``Normalize`` transform, else 1.
+        grad_batch_size: samples per forward-backward pass (bounds memory; not a hyperparameter:
+            scores do not depend on it beyond float rounding).
     Needs the network (input gradients); scores whole splits with ``score_loader``.
     """
 
     needs_network = True
 
-    def __init__(self, temperature: PositiveFloat = 1000.0, noise: NonNegativeFloat = 0.0014, input_std=None):
+    def __init__(self, temperature: PositiveFloat = 1000.0, noise: NonNegativeFloat = 0.0014, input_std=None,
+                 grad_batch_size: int = GRAD_BATCH_SIZE):
         if temperature <= 0:
             raise ValueError(f"odin: temperature must be > 0, got {temperature}")
         if noise < 0:
             raise ValueError(f"odin: noise must be >= 0, got {noise}")
         self.temperature, self.noise = float(temperature), float(noise)
         self.input_std = input_std
+        self._grad_batch_size = positive_batch_size("odin", grad_batch_size)
         self.net = self.device = None
 
     def grid_batch(self, images: torch.Tensor, std: torch.Tensor, settings) -> list[torch.Tensor]:
@@ -69,7 +79,7 @@ class ODINPostprocessor(Postprocessor):
             raise RuntimeError("odin: attach_network() must be called before scoring")
         self.net.eval()
         std, confs = None, [[] for _ in settings]
-        for images, _ in iter_images(loader, self.device, desc="odin"):
+        for images, _ in iter_images(loader, self.device, desc="odin", chunk=self._grad_batch_size):
             if std is None:
                 std = input_std(loader, images.shape[1], self.input_std)
                 get_logger().debug("odin: input std %s", std.tolist())
