@@ -93,7 +93,7 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
         # 2. layer taps riding on the shared passes
         pps = {name: attach(build(name)) for name in candidates}
         layered = [pp for pp in pps.values() if pp.needs_network or pp.uses_taps]
-        t_taps, t_libraries = 0.0, 0.0
+        t_taps = 0.0
         tap_scores: dict[str, dict] = {}
         t = now()  # one-time costs per process, reported apart from the per-split figures
         _load_libraries(candidates)
@@ -160,7 +160,8 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
                 openood = split_time["id_train"] + len(combos) * val_pass + test_pass + own
             rows.append({"postprocessor": name, "gradient": bool(pp.needs_network), "taps": bool(pp.uses_taps),
                          "combinations": len(combos), "ours_s": plain, "ours_aps_s": searched,
-                         "openood_way_s": openood, "chosen": result["chosen"] if len(combos) > 1 else (combos[0] if combos else {})})
+                         "openood_way_s": openood,
+                         "chosen": result["chosen"] if len(combos) > 1 else (combos[0] if combos else {})})
         grad_free = sum(r["ours_s"] for r in rows if not r["gradient"]) + t_taps
         all_methods = sum(r["ours_s"] for r in rows) + t_taps
         all_aps = sum(r["ours_aps_s"] if r["combinations"] else r["ours_s"] for r in rows) + t_taps
@@ -171,7 +172,8 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
                   "all_aps_over_fwd": (all_aps / t_fwd) if (aps_on and has_val) else None}
         result = {"benchmark": bench.name, "aps": bool(aps_on and has_val), "device": str(ctx.device), "clock": clock,
                   "samples": {k: len(v) for k, v in store.memo.items()},
-                  "forward_s_per_split": split_time, "t_fwd_s": t_fwd, "t_taps_s": t_taps, "t_libraries_s": t_libraries, "t_zoo_s": t_zoo,
+                  "forward_s_per_split": split_time, "t_fwd_s": t_fwd, "t_taps_s": t_taps,
+                  "t_libraries_s": t_libraries, "t_zoo_s": t_zoo,
                   "zoo_gradient_free_s": grad_free, "zoo_all_s": all_methods, "zoo_all_aps_s": all_aps,
                   "goal_ratios": ratios, "goals": GOALS,
                   "ratio_ours_over_fwd": ours / t_fwd, "openood_way_s": openood_total,
