@@ -287,5 +287,5 @@ def test_gradient_methods_score_the_same_in_micro_batches(resnet):
             pp.fit(extract_outputs(net, loaders("id_train")))
             scores.append(pp.score_loader(loaders("test")))
         np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-7)
-    with pytest.raises(ConfigError, match="grad_batch_size must be a positive integer"):
+    with pytest.raises(ConfigError, match="argument 'grad_batch_size': expected int >= 1, got 0"):
         POSTPROCESSORS.build({"name": "odin", "grad_batch_size": 0})

@@ -35,13 +35,6 @@ from ..utils.runtime import progress
 GRAD_BATCH_SIZE = 64
 
 
-def positive_batch_size(method: str, value) -> int:
-    """``value`` as a positive int, else a one-line ValueError naming ``method``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{method}: grad_batch_size must be a positive integer, got {value!r}")
-    return value
-
-
 def iter_images(loader, device: torch.device | str, desc: str = "batches", chunk: int | None = None):
     """Yield ``(images on device, labels)`` for each non-empty batch of ``loader``, split into pieces of
     at most ``chunk`` samples when given."""

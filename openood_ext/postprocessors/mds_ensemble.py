@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..features import NetOutputs, Tap, extract_outputs
+from ..schema import PositiveInt
 from ..utils.runtime import get_logger
 from .base import Postprocessor
 from .common import ClassGaussians, _pinvh, mahalanobis_sq
@@ -24,7 +25,6 @@ from .layer_features import (
     first_batch,
     input_std,
     iter_images,
-    positive_batch_size,
     resolve_layers,
     signed_input_step,
 )
@@ -131,7 +131,7 @@ class MDSEnsemblePostprocessor(Postprocessor):
     needs_network = True
 
     def __init__(self, noise: float = 0.0014, layers=("stem",), feature_type: str = "mean", alpha=None,
-                 input_std=None, grad_batch_size: int = GRAD_BATCH_SIZE):
+                 input_std=None, grad_batch_size: PositiveInt = GRAD_BATCH_SIZE):
         if noise < 0:
             raise ValueError(f"mds_ensemble: noise must be >= 0, got {noise}")
         if feature_type not in _FEATURE_TYPES:
@@ -143,7 +143,7 @@ class MDSEnsemblePostprocessor(Postprocessor):
         self.fit_alpha = alpha == "fit"
         self.alpha = None if alpha is None or self.fit_alpha else [float(a) for a in alpha]
         self.input_std = input_std
-        self._grad_batch_size = positive_batch_size("mds_ensemble", grad_batch_size)
+        self._grad_batch_size = int(grad_batch_size)
         self.layer_names: list[str] | None = None
         self._gauss: list[ClassGaussians] = []
         self.net = self.device = self.loaders = None

@@ -7,16 +7,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..schema import NonNegativeFloat, PositiveFloat
+from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from ..utils.runtime import get_logger
 from .base import Postprocessor
-from .layer_features import (
-    GRAD_BATCH_SIZE,
-    input_std,
-    iter_images,
-    positive_batch_size,
-    signed_input_step,
-)
+from .layer_features import GRAD_BATCH_SIZE, input_std, iter_images, signed_input_step
 from .registry import POSTPROCESSORS
 
 
@@ -37,14 +31,14 @@ class ODINPostprocessor(Postprocessor):
     needs_network = True
 
     def __init__(self, temperature: PositiveFloat = 1000.0, noise: NonNegativeFloat = 0.0014, input_std=None,
-                 grad_batch_size: int = GRAD_BATCH_SIZE):
+                 grad_batch_size: PositiveInt = GRAD_BATCH_SIZE):
         if temperature <= 0:
             raise ValueError(f"odin: temperature must be > 0, got {temperature}")
         if noise < 0:
             raise ValueError(f"odin: noise must be >= 0, got {noise}")
         self.temperature, self.noise = float(temperature), float(noise)
         self.input_std = input_std
-        self._grad_batch_size = positive_batch_size("odin", grad_batch_size)
+        self._grad_batch_size = int(grad_batch_size)
         self.net = self.device = None
 
     def grid_batch(self, images: torch.Tensor, std: torch.Tensor, settings) -> list[torch.Tensor]:
