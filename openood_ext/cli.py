@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError, OpenOODError
@@ -25,59 +24,26 @@ USAGE = """usage: openood-ext run --config FILE.yml [FILE.yml ...] [key=value ..
        openood-ext data | leaderboard | bench ...  (see --help of each)"""
 
 
-def _split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], str | None]:
-    """(config files, override tokens, resume dir) from ``run``'s arguments."""
-    configs, rest, resume, i = [], [], None, 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok == "--debug":
-            pass
-        elif tok == "--resume":
-            if i + 1 >= len(argv):
-                raise ConfigError("--resume needs the run directory of an interrupted run")
-            resume = argv[i + 1]
-            i += 1
-        elif tok in ("--config", "-c"):
-            i += 1
-            while i < len(argv) and not argv[i].startswith("-") and "=" not in argv[i]:
-                configs.append(argv[i])
-                i += 1
-            continue
-        elif tok.startswith("--config="):
-            configs.append(tok.split("=", 1)[1])
-        else:
-            rest.append(tok)
-        i += 1
-    return configs, rest, resume
-
-
-def _check_config_paths(configs: Sequence[str]) -> None:
-    """A token after ``--config`` that is no file and looks like a mistyped override gets a hint."""
-    from .config import override_hint
-    for token in configs:
-        path = Path(token)
-        if path.exists() or path.suffix.lower() in (".yml", ".yaml"):
-            continue  # a directory or a missing YAML file is reported by the loader
-        raise ConfigError(f"argument '{token}' is neither a config file nor key=value{override_hint(token)}")
-
-
 def cmd_run(argv: Sequence[str]) -> int:
-    from .config import cli_overrides, load_config
+    from .config import check_config_paths, cli_overrides, load_config, split_run_args
     from .runner import resume_config, run_config
-    configs, rest, resume = _split_run_args(argv)
+    configs, rest, resume = split_run_args(argv)
     if resume and configs:
         raise ConfigError("give either --config FILES or --resume RUN_DIR, not both")
-    _check_config_paths(configs)
+    check_config_paths(configs)
     cfg = resume_config(resume, cli_overrides(rest)) if resume else load_config(configs, cli_overrides(rest))
     run_config(cfg)
     return 0
 
 
 def all_registries() -> dict:
-    """Every registry, with the built-in parts imported (for listing; the registry module knows no part)."""
-    import openood_ext.builtin  # noqa: F401  (registers the built-in parts)
+    """Every registry of the toolkit, each with its built-in parts loaded (for listing)."""
+    from . import datasets, evaluators, networks, pipelines, postprocessors, synthesizers, trainers  # noqa: F401
     from .registry import registries
-    return registries()
+    found = registries()
+    for registry in found.values():
+        registry.load_home()
+    return found
 
 
 def cmd_list(argv: Sequence[str]) -> int:
@@ -112,8 +78,8 @@ LAZY_COMMANDS = {
     "data": "openood_ext.datasets.cli:main",
     "leaderboard": "openood_ext.leaderboard:main",
     "bench": "openood_ext.bench:main",
-    "sweep": "openood_ext.launch.sweep:main",
-    "ad-score": "openood_ext.pipelines.ad_infer:main",  # score an unlabeled folder with an AD cell (EOE)
+    "sweep": "openood_ext.sweep:main",
+    "ad-score": "openood_ext.pipelines.ad.infer:main",  # score an unlabeled folder with an AD cell (EOE)
 }
 
 

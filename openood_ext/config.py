@@ -258,3 +258,39 @@ def to_plain(node: Any) -> Any:
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def split_run_args(argv: Sequence[str]) -> tuple[list[str], list[str], str | None]:
+    """(config files, override tokens, resume dir) from the arguments of ``run`` (and ``sweep``)."""
+    configs, rest, resume, i = [], [], None, 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--debug":
+            pass
+        elif tok == "--resume":
+            if i + 1 >= len(argv):
+                raise ConfigError("--resume needs the run directory of an interrupted run")
+            resume = argv[i + 1]
+            i += 1
+        elif tok in ("--config", "-c"):
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-") and "=" not in argv[i]:
+                configs.append(argv[i])
+                i += 1
+            continue
+        elif tok.startswith("--config="):
+            configs.append(tok.split("=", 1)[1])
+        else:
+            rest.append(tok)
+        i += 1
+    return configs, rest, resume
+
+
+def check_config_paths(configs: Sequence[str]) -> None:
+    """A token after ``--config`` that is no file and looks like a mistyped override gets a hint."""
+    for token in configs:
+        path = Path(token)
+        if path.exists() or path.suffix.lower() in (".yml", ".yaml"):
+            continue  # a directory or a missing YAML file is reported by the loader
+        raise ConfigError(f"argument '{token}' is neither a config file nor key=value{override_hint(token)}")

@@ -17,8 +17,9 @@ Entry points are loaded lazily: the first time a name is missing or a listing is
 against the entry's signature and type hints (see :mod:`openood_ext.schema`), and the methods every
 entry of the kind must have (``Registry("postprocessors", required=("score",))``). ``build`` checks first.
 
-This module knows no part: the listing of every built-in part lives next to the CLI
-(:func:`openood_ext.cli.all_registries`).
+This module knows no part. Each registry names its *home*, the package whose ``__init__`` registers the
+built-in parts of its kind; the home is imported on the first lookup or listing, so a registry is complete
+whoever asks first, and no module has to import every part "for registration".
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ class Registry:
         kind: plural name of the kind ("postprocessors"); also the entry-point group suffix.
         required: methods a class entry must have (checked when it is built); optional ones get
             defaults from whoever uses the part (duck typing: no base class is needed).
+        home: dotted name of the package that registers the built-in entries (imported lazily).
     """
 
-    def __init__(self, kind: str, required: Iterable[str] = ()):
+    def __init__(self, kind: str, required: Iterable[str] = (), home: str | None = None):
         if kind in _ALL_REGISTRIES:
             raise RegistryError(f"a registry for '{kind}' already exists")
         self.kind = kind
@@ -54,6 +56,8 @@ class Registry:
         self._entries: dict[str, Callable] = {}
         self._aliases: dict[str, str] = {}
         self._entry_points_loaded = False
+        self.home = home
+        self._home_loaded = home is None
         _ALL_REGISTRIES[kind] = self
 
     # ------------------------------------------------------------------ registration
@@ -176,8 +180,15 @@ class Registry:
             raise ConfigError(f"{self.kind} '{name}': {exc}") from exc
 
     # ------------------------------------------------------------------ plugins
+    def load_home(self) -> None:
+        """Import the package that registers the built-in entries, once."""
+        if not self._home_loaded:
+            self._home_loaded = True
+            importlib.import_module(self.home)
+
     def load_entry_points(self) -> None:
-        """Import the parts advertised in the entry-point group, once."""
+        """Import the built-in parts, then the parts advertised in the entry-point group, once."""
+        self.load_home()
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True

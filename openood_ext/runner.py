@@ -15,21 +15,20 @@ from .utils.interrupts import graceful_interrupts
 def run_config(cfg: DictConfig) -> dict:
     """Run the pipeline named by ``cfg.pipeline``; SIGINT/SIGTERM stop it cleanly (RunInterrupted).
 
-    Everything in ``cfg`` is validated (:func:`openood_ext.validation.validate_run`) before the pipeline
+    Everything in ``cfg`` is validated (:func:`openood_ext.pipelines.validation.validate_run`) before the pipeline
     is built, so a bad value raises before any run directory, lock or ``.partial`` directory exists.
     """
     with graceful_interrupts():
         import_plugins(to_plain(cfg.get("plugins")) or [])
         from .pipelines import PIPELINES
-        import openood_ext.builtin  # noqa: F401
-        from .validation import validate_run
+        from .pipelines.validation import validate_run
         validate_run(cfg)
         return PIPELINES.get(cfg.pipeline)(cfg).run()
 
 
 def resume_config(run_dir: str | Path, overrides=()) -> DictConfig:
     """The saved config of an interrupted run, with ``resume: true`` (and any overrides) applied."""
-    from .validation import complete_result
+    from .pipelines.validation import complete_result
     run_dir = Path(run_dir)
     partial = run_dir if run_dir.name.endswith(".partial") else run_dir.with_name(run_dir.name + ".partial")
     if not (partial / "config.yaml").is_file() and complete_result(run_dir) is not None:

@@ -93,13 +93,13 @@ fi
 if [[ ! -f "$ID_FEATURES" && ! -f "$OUT_ROOT/text_outliers.pt" ]]; then
   ANCHORS="${ID_FEATURES%.pt}_anchors.pt"; ANCHOR_CKPT="${ID_FEATURES%.pt}_model.pt"
   echo "== Dream-OOD ID feature model: anchors -> $ANCHORS, model -> $ANCHOR_CKPT, features -> $ID_FEATURES"
-  "$PY" -m openood_ext.synthesizers.dream_features anchors --config configs/pipelines/train_oaml_cifar10.yml \
+  "$PY" -m openood_ext.pipelines.dream_features anchors --config configs/pipelines/train_oaml_cifar10.yml \
     "${COMMON[@]}" "${SD[@]}" -o "$ANCHORS"
   AW=(network.anchors="$ANCHORS" network.width="$WIDTH" trainer.epochs="${ANCHOR_EPOCHS:-200}")
   [[ "$SMOKE" == 1 ]] && AW+=(trainer.batch_size=16)
   [[ -f "$ANCHOR_CKPT" ]] || "$PY" main.py --config configs/pipelines/train_dream_anchor_cifar10.yml "${COMMON[@]}" \
     "${AW[@]}" network.checkpoint="$ANCHOR_CKPT" experiment="dream_anchor_s${SEED}$([[ $SMOKE == 1 ]] && echo _smoke)" overwrite=true
-  "$PY" -m openood_ext.synthesizers.dream_features features --config configs/pipelines/train_dream_anchor_cifar10.yml \
+  "$PY" -m openood_ext.pipelines.dream_features features --config configs/pipelines/train_dream_anchor_cifar10.yml \
     "${COMMON[@]}" "${AW[@]}" --checkpoint "$ANCHOR_CKPT" --per-class "${PER_CLASS:-500}" -o "$ID_FEATURES"
 fi
 

@@ -224,7 +224,7 @@ def test_engine_compile_and_channels_last_train_like_plain():
 def test_fp16_on_cpu_is_rejected_before_any_run_directory(tmp_path, override, key):
     from conftest import REPO
     from openood_ext.config import load_config
-    from openood_ext.validation import validate_run
+    from openood_ext.pipelines.validation import validate_run
     cfg = load_config([REPO / "configs" / "pipelines" / "train.yml"],
                       ["device=cpu", f"output_dir={tmp_path / 'results'}", override])
     with pytest.raises(ConfigError, match=rf"^{key}: fp16 needs a CUDA device"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO, cli
-from test_ad_pipeline import bench_spec, labelled, make_cfg  # noqa: F401  (labelled: the tiny AD data fixture)
+from ad_helpers import bench_spec, labelled, make_cfg  # noqa: F401  (labelled: the tiny AD data fixture)
 
 from openood_ext.distributed import free_port
 

@@ -203,7 +203,3 @@ class Benchmark:
             key["split_image_roots"] = split_roots
         return key
 
-
-# Named benchmarks prepared by `openood-ext data prepare` (cifar10, cifar100, imagenet200, imagenet, and the
-# one-vs-rest mnist, fmnist, cifar10_ad); imported here so that importing the datasets package registers them.
-from . import openood_benchmarks  # noqa: E402,F401

@@ -2,4 +2,4 @@
 
 from ..registry import Registry
 
-BENCHMARKS = Registry("benchmarks")
+BENCHMARKS = Registry("benchmarks", home="openood_ext.datasets")

@@ -2,4 +2,4 @@
 
 from ..registry import Registry
 
-EVALUATORS = Registry("evaluators")
+EVALUATORS = Registry("evaluators", home="openood_ext.evaluators")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .clip_vocab import write_tiny_clip_vocab
 from .registry import NETWORKS
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,7 +40,6 @@ def tiny_random_clip():
     """(CLIPModel, tokenizer, (mean, std, crop size)) of a small random CLIP (see the module doc)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from ..synthesizers.sd_pipeline import write_tiny_clip_vocab
     with tempfile.TemporaryDirectory() as tmp:
         vocab, merges = write_tiny_clip_vocab(Path(tmp), list(TINY_WORDS))
         tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)

@@ -18,7 +18,7 @@ OpenOOD network      benchmarks                      here
 
 Both presets here are :class:`~openood_ext.networks.timm_backbone.TimmBackbone` with a fixed timm
 architecture (timm's ``resnet18`` / ``resnet50`` compute the same function as torchvision's for the same
-weights; tests/test_openood_checkpoints.py checks this against OpenOOD's own class definitions).
+weights; tests/networks/test_openood_compat.py checks this against OpenOOD's own class definitions).
 """
 
 from __future__ import annotations

@@ -2,4 +2,4 @@
 
 from ..registry import Registry
 
-NETWORKS = Registry("networks")
+NETWORKS = Registry("networks", home="openood_ext.networks")

@@ -196,5 +196,3 @@ class MnistConvClassifier(Classifier):
 
     def features(self, x):
         return self.encoder(x)[1]
-
-from . import vmdls_ae as _vmdls_ae  # noqa: F401  (registration of the VMDLS autoencoders)

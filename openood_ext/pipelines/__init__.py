@@ -1,7 +1,7 @@
-"""Pipelines: ``train`` and ``test_ood`` (more register here)."""
+"""Pipelines: a run's whole protocol, built from the parts below them (``train``, ``test_ood``, and the
+anomaly-detection protocols of :mod:`.ad`). Each registers itself in :data:`PIPELINES` on import."""
 
 from .registry import PIPELINES
-from . import ad, ad_imagenet30, ad_sweep, test_ood, train  # noqa: F401  (registration)
-from . import oe_search as _oe_search  # noqa: F401  (registration: EOE OE-image search)
+from . import ad, test_ood, train  # noqa: F401  (registration)
 
 __all__ = ["PIPELINES"]

@@ -2,4 +2,4 @@
 
 from ..registry import Registry
 
-PIPELINES = Registry("pipelines")
+PIPELINES = Registry("pipelines", home="openood_ext.pipelines")

@@ -5,4 +5,4 @@ Every entry must have ``score``; the other methods of the contract have defaults
 
 from ..registry import Registry
 
-POSTPROCESSORS = Registry("postprocessors", required=("score",))
+POSTPROCESSORS = Registry("postprocessors", required=("score",), home="openood_ext.postprocessors")

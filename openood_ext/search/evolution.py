@@ -1,7 +1,7 @@
 """Search for the best (or worst) single OE image: EOE's evolutionary search and its random-search baseline
 (Liznerski et al., TMLR 2022; ``liznerski/eoe`` ``src/eoe/evolve/__init__.py``, ``main/evolve_oe_*.py``,
 ``main/random_oe_*.py``). This module is the algorithm only; what an image's fitness is (a short AD training,
-see :mod:`openood_ext.pipelines.oe_search`) and how images are compared (:mod:`.candidates`) come from outside.
+see :mod:`openood_ext.pipelines.ad.oe_search`) and how images are compared (:mod:`.candidates`) come from outside.
 
 An individual is one candidate image (an index into a pool of ``n`` images). Evolutionary search:
 

@@ -2,4 +2,4 @@
 
 from ..registry import Registry
 
-SYNTHESIZERS = Registry("synthesizers")
+SYNTHESIZERS = Registry("synthesizers", home="openood_ext.synthesizers")

@@ -3,4 +3,4 @@ defaults (:func:`openood_ext.trainers.trainer.as_trainer`)."""
 
 from ..registry import Registry
 
-TRAINERS = Registry("trainers", required=("training_step",))
+TRAINERS = Registry("trainers", required=("training_step",), home="openood_ext.trainers")

@@ -1,0 +1,140 @@
+"""Per-cell data settings of the AD pipelines that EOE (Liznerski et al., TMLR 2022) needs.
+
+Both are keys of ``benchmark.preprocessor`` and act on the benchmark of one (normal class, seed) cell:
+
+* ``normalize: normal_class`` -- the per-channel mean/std of the cell's *normal training images*
+  (resized/cropped, no augmentation, pixel values in [0, 1]) replace ``mean``/``std``. Every dataset of
+  the cell is then normalised with them: the normal training images, the test images and -- because
+  image outlier sources read ``benchmark.preprocessor`` -- the OE images (EOE's ``'normalize'``, whose
+  statistics are cached in ``stats_cache.json``). EOE accumulates them with a running approximation
+  (``RunningStats`` over batches of 2); here they are exact (float64 sums over all pixels). The cache is
+  ``stats_cache.json`` next to the cell's training image list. ``normalize: fixed`` (default) keeps the
+  configured constants.
+* ``ms_mode: {mode, magnitude, parts}`` (:class:`~openood_ext.synthesizers.fourier_filter.MSMode`) --
+  EOE's frequency filters on any of the normal training images (``train_nominal``), the OE images
+  (``train_oe``; the outlier source is wrapped in ``fourier_filter``), the normal test images
+  (``test_nominal``) and the anomalous test images (``test_anomalous``).
+
+:func:`check_preprocessor` validates both keys without data (the run validation calls it);
+:func:`adapt_benchmark` applies them to a built, prepared benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+
+from ...errors import ConfigError, DataError
+from ...synthesizers.fourier_filter import FourierFiltered, FourierTransform, MSMode
+from ...synthesizers.pixels import PixelSpace
+from ...utils.io import write_text
+
+NORMALIZE = ("fixed", "normal_class")
+#: ms_mode part -> the benchmark split it filters (train_oe is the outlier source, not a split)
+PART_SPLITS = {"train_nominal": "id_train", "test_nominal": "id_test", "test_anomalous": "anomalies"}
+
+
+def check_preprocessor(pre: Mapping[str, Any] | None) -> MSMode | None:
+    """Validate ``normalize`` and ``ms_mode`` of ``benchmark.preprocessor``; the parsed ms_mode or None."""
+    pre = pre or {}
+    norm = pre.get("normalize", "fixed")
+    if norm not in NORMALIZE:
+        raise ConfigError(f"benchmark.preprocessor.normalize: expected one of {', '.join(NORMALIZE)}, got {norm!r}")
+    return MSMode.from_config(pre.get("ms_mode"), int(pre.get("image_size", 32)))
+
+
+def adapt_benchmark(bench) -> None:
+    """Apply ``normalize: normal_class`` and ``ms_mode`` to ``bench`` (a prepared cell benchmark), in place."""
+    ms = check_preprocessor(bench.preprocessor)
+    if bench.preprocessor.get("normalize", "fixed") == "normal_class":
+        mean, std = normal_class_stats(bench)
+        bench.preprocessor = {**bench.preprocessor, "mean": mean, "std": std}
+    if ms is None or ms.magnitude == 0:
+        return
+    pixels = PixelSpace(bench.preprocessor)
+    filtered = {PART_SPLITS[p] for p in ms.parts if p in PART_SPLITS}
+    plain_dataset = bench.dataset
+
+    def dataset(split, train: bool = False):
+        ds = plain_dataset(split, train)
+        if split.name in filtered:
+            ds.transform = T.Compose([ds.transform, FourierTransform(pixels, ms.mode, ms.magnitude)])
+        return ds
+
+    bench.dataset = dataset
+    if "train_oe" in ms.parts:
+        bench.wrap_outlier_source = lambda source: FourierFiltered.around(source, ms.mode, ms.magnitude)
+
+
+def normal_class_stats(bench, batch_size: int = 500) -> tuple[list[float], list[float]]:
+    """Exact per-channel (mean, std) of ``bench``'s ``id_train`` images in [0, 1] (no augmentation), cached."""
+    pre = bench.preprocessor
+    split = bench.split("id_train")
+    channels = int(pre.get("channels", 3))
+    geometry = {k: pre.get(k) for k in ("image_size", "resize", "channels", "interpolation")}
+    stat = split.imglist.stat() if split.imglist.is_file() else None
+    key = json.dumps({"list": split.imglist.name, "size": stat.st_size if stat else None,
+                      "mtime": stat.st_mtime_ns if stat else None, **geometry}, sort_keys=True)
+    cache = split.imglist.parent / "stats_cache.json"
+    try:
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return cached[key]["mean"], cached[key]["std"]
+    raw = {**pre, "mean": [0.0] * channels, "std": [1.0] * channels, "ms_mode": None}
+    saved = bench.preprocessor
+    bench.preprocessor = raw
+    try:
+        ds = bench.dataset(split, train=False)
+    finally:
+        bench.preprocessor = saved
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=lambda b: torch.stack([x[0] for x in b]))
+    total, sq, count = np.zeros(channels), np.zeros(channels), 0
+    for images in loader:
+        x = images.double().transpose(0, 1).flatten(1)  # [C, B*H*W]
+        total += x.sum(1).numpy()
+        sq += x.pow(2).sum(1).numpy()
+        count += x.shape[1]
+    if count == 0:
+        raise DataError(f"benchmark {bench.name}: no normal training images to compute the normalisation from")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
+    if (std <= 0).any():
+        raise DataError(f"benchmark {bench.name}: the normal training images have a constant channel "
+                        f"(std {std.tolist()}); use benchmark.preprocessor.normalize: fixed")
+    out = (mean.tolist(), std.tolist())
+    cached[key] = {"mean": out[0], "std": out[1]}
+    try:
+        write_text(cache, json.dumps(cached, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only data directory only costs the recomputation
+    return out
+
+
+def subset_key(cls) -> int:
+    """An integer naming a normal class (index or folder name) for seeding per-class draws."""
+    if isinstance(cls, int) and not isinstance(cls, bool):
+        return cls
+    if isinstance(cls, (list, tuple)):
+        return zlib.crc32(",".join(map(str, cls)).encode())
+    return zlib.crc32(str(cls).encode())
+
+
+def outlier_record(source) -> dict:
+    """What a cell trained against, for ``result.json``: the source's description, its limit and, for a
+    limited pool, the paths of the drawn subset."""
+    inner = source
+    while getattr(inner, "inner", None) is not None:
+        inner = inner.inner
+    record = {"source": source.describe(), "limit": getattr(inner, "limit", None)}
+    pool, dataset = getattr(inner, "pool", None), getattr(inner, "dataset", None)
+    if record["limit"] and pool is not None and dataset is not None:
+        record["subset"] = [dataset.entries[int(i)].path for i in pool]
+    return record

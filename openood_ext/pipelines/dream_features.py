@@ -1,0 +1,91 @@
+"""Inputs of Dream-OOD's text-space sampler: the class anchors and the ID class features.
+
+    python -m openood_ext.pipelines.dream_features anchors  --config <train_oaml config> [overrides] -o anchors.pt
+    python -m openood_ext.pipelines.dream_features features --config <anchor-model train config> [overrides] \\
+        --checkpoint model.pt --per-class 500 -o features.pt
+
+``anchors``: [C, D] class-token input embeddings of ``trainer.outliers.classes`` from ``trainer.outliers.model``
+(:func:`~.sd_pipeline.class_anchors`). ``features``: the trained ``anchor_cosine`` network's projected
+features of the first ``per_class`` training images of each class (benchmark order, test-time transform),
+saved as [C, N, D] -- the ``id_features`` file of ``sd_text_outliers``. The published code saves the first
+500 per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from ..utils.io import write_with
+
+
+def write_anchors(sd_cfg, path: str | Path) -> torch.Tensor:
+    from ..synthesizers.sd_pipeline import class_anchors, load_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = load_pipeline(sd_cfg, Path(tmp))
+        anchors = class_anchors(pipe, sd_cfg.classes)
+    write_with(path, lambda t: torch.save({"anchors": anchors, "classes": list(sd_cfg.classes),
+                                           "model": sd_cfg.model}, t))
+    return anchors
+
+
+def class_features(features: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int) -> torch.Tensor:
+    """[C, N, D]: the first ``per_class`` rows of each class (N = the smallest class count if fewer)."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    n = min(per_class, int(counts.min()))
+    if n < 1:
+        raise DataError(f"dream features: class {int(counts.argmin())} has no training image")
+    if n < per_class:
+        logging.getLogger("openood_ext").warning("dream features: %d per class (fewer than %d images in a class)", n, per_class)
+    return torch.stack([features[labels == c][:n] for c in range(num_classes)])
+
+
+def extract_features(cfg, checkpoint: str, per_class: int, device: str = "cpu") -> torch.Tensor:
+    from ..features import extract_outputs
+    from ..networks.checkpoint import load_checkpoint
+    from .context import build_benchmark, build_network
+
+    bench = build_benchmark(cfg)
+    net = build_network(cfg, torch.device(device))
+    load_checkpoint(checkpoint, net)
+    out = extract_outputs(net, bench.loader(bench.split("id_train"), batch_size=int(cfg.get("batch_size", 128))),
+                          device, desc="dream features")
+    return class_features(out.features, out.labels, bench.num_classes, per_class)
+
+
+def main(argv=None) -> int:
+    from ..config import cli_overrides, load_config
+    from ..synthesizers.sd_pipeline import SDConfig
+
+    p = argparse.ArgumentParser(prog="python -m openood_ext.pipelines.dream_features")
+    p.add_argument("what", choices=["anchors", "features"])
+    p.add_argument("--config", action="append", required=True, help="a config file (repeat for several)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--output", required=True)
+    args, rest = p.parse_known_args(argv)
+    cfg = load_config(args.config, cli_overrides(rest))
+    if args.what == "anchors":
+        from ..config import to_plain
+        o = to_plain(cfg.trainer.outliers)
+        sd = SDConfig(**{k: v for k, v in o.items() if k in SDConfig.__dataclass_fields__})
+        a = write_anchors(sd, args.output)
+        print(f"anchors {tuple(a.shape)} (norms {a.norm(dim=1).min():.3f}-{a.norm(dim=1).max():.3f}) -> {args.output}")
+    else:
+        if not args.checkpoint:
+            p.error("features needs --checkpoint")
+        f = extract_features(cfg, args.checkpoint, args.per_class, args.device)
+        write_with(args.output, lambda t: torch.save(f, t))
+        print(f"ID features {tuple(f.shape)} -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""Validate a whole run's config before anything is created.
+
+:func:`validate_run` is called by the runner after plugins are imported and before a pipeline makes its
+run directory, lock or ``.partial`` directory, so a bad value leaves no trace on disk and the user sees
+exactly one line. It checks, in this order:
+
+* top-level values: types (:func:`openood_ext.config.validate`) and ranges (``batch_size >= 1``,
+  ``num_workers >= 0``, a seed numpy accepts, a usable ``device``), the experiment name (one plain
+  directory name), ``output_dir``/``cache_dir`` that are not files;
+* the pipeline name;
+* ``benchmark``: a registered name, its constructor arguments, and every ID image-list label inside
+  ``0 .. num_classes - 1`` (file:line named);
+* ``network``: its arguments, and ``num_classes`` equal to the benchmark's;
+* ``trainer`` when the run trains (a training pipeline, or ``train_if_missing`` with no checkpoint):
+  ``openood_ext.trainers.validate_trainer_config`` when the trainers package provides it, else the
+  registry check, and ``epochs``/``batch_size >= 1`` either way;
+* ``synthesizer``, ``evaluator`` and every postprocessor (its APS grid included) against the part's
+  signature and type hints (:mod:`openood_ext.schema`);
+* run identity: a complete result under the same experiment name is replaced only by a run of the
+  same configuration (see :func:`run_identity`) or with ``overwrite: true``.
+
+Every failure is a ConfigError/RegistryError/DataError with one self-contained line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import to_plain, validate as validate_top_level
+from ..datasets import BENCHMARKS
+from ..datasets.imglist import read_imglist
+from ..errors import ConfigError
+from ..evaluators import EVALUATORS
+from ..networks import NETWORKS
+from ..postprocessors import POSTPROCESSORS
+from ..synthesizers import SYNTHESIZERS
+from ..utils.runtime import check_compile, check_precision, loader_options, resolve_device
+from . import aps
+from .registry import PIPELINES
+
+#: Top-level keys that do not change a run's numbers (where and how it runs, not what it computes).
+NOT_IDENTITY = ("experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
+                "overwrite", "device", "train_if_missing", "pin_memory", "persistent_workers", "prefetch_factor")
+SEED_MAX = 2**32 - 1  # numpy.random.seed's range
+TRAINING_PIPELINES = {"train"}
+
+
+def validate_run(cfg: DictConfig) -> None:
+    """Check everything a run reads from ``cfg`` (see the module docstring); raise on the first problem."""
+    validate_top_level(cfg)
+    check_top_level_ranges(cfg)
+    pipeline = check_pipeline(cfg)
+    bench = check_benchmark(cfg, pipeline)
+    check_network(cfg, bench)
+    if needs_training(cfg, pipeline):
+        check_trainer(cfg)
+    check_parts(cfg)
+    check_run_identity(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- top level
+def check_experiment_name(name: Any) -> str:
+    """The experiment name if it is one plain directory name; ConfigError otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"experiment: expected a non-empty name, got {name!r}")
+    if name != name.strip() or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"experiment '{name}': must be one directory name (no '/', no surrounding spaces); "
+                          f"use output_dir=... to choose where results go")
+    if name.startswith(".") or name.endswith(".partial"):
+        raise ConfigError(f"experiment '{name}': may not start with '.' or end with '.partial' "
+                          f"(those names are reserved for hidden and unfinished runs)")
+    if len(name.encode()) > 200:
+        raise ConfigError(f"experiment: name longer than 200 bytes ({name[:40]}...)")
+    return name
+
+
+def _check_int(key: str, value: Any, low: int, high: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"config key '{key}': expected int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"config key '{key}': expected an int {bound}, got {value}")
+
+
+def _check_not_file(key: str, value: Any) -> None:
+    if value is None:
+        return
+    path = Path(str(value))
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"{key} {path}: {p} is a file, expected a directory")
+
+
+def check_top_level_ranges(cfg: DictConfig) -> None:
+    _check_int("batch_size", cfg.get("batch_size"), 1)
+    _check_int("num_workers", cfg.get("num_workers"), 0)
+    _check_int("seed", cfg.get("seed"), 0, SEED_MAX)
+    check_experiment_name(cfg.get("experiment", "default"))
+    _check_not_file("output_dir", cfg.get("output_dir", "results"))
+    _check_not_file("cache_dir", cfg.get("cache_dir"))
+    device = resolve_device(cfg.get("device", "auto"))
+    loader_options(cfg, device)
+    check_precision("precision", cfg.get("precision", "fp32"), device)
+    trainer = to_plain(cfg.get("trainer")) if "trainer" in cfg else None
+    if isinstance(trainer, dict) and trainer.get("precision") is not None:
+        check_precision("trainer.precision", trainer["precision"], device)
+    check_compile("compile", cfg.get("compile"))
+
+
+def check_pipeline(cfg: DictConfig):
+    name = cfg.get("pipeline")
+    if not name:
+        raise ConfigError("config has no 'pipeline' key (e.g. pipeline: test_ood)")
+    if not isinstance(name, str):
+        raise ConfigError(f"config key 'pipeline': expected a name, got {name!r}")
+    PIPELINES.get(name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def check_benchmark(cfg: DictConfig, pipeline: str | None = None):
+    """Build (without preparing) the benchmark; check ID labels against ``num_classes``. None if absent.
+
+    A pipeline class with ``check_benchmark_spec(spec)`` checks the keys only it reads (the AD pipelines:
+    EOE's ``preprocessor.normalize`` / ``ms_mode``) before the benchmark is built."""
+    if "benchmark" not in cfg:
+        return None
+    spec = to_plain(cfg.benchmark)
+    BENCHMARKS.check(spec)  # name, argument names, types and ranges, before the constructor runs
+    check_own_keys = getattr(PIPELINES.get(pipeline), "check_benchmark_spec", None) if pipeline else None
+    if isinstance(spec, dict) and check_own_keys is not None:
+        check_own_keys(spec)
+    bench = BENCHMARKS.build(spec)
+    if not isinstance(bench.num_classes, int) or bench.num_classes < 1:
+        raise ConfigError(f"benchmark.num_classes: expected an int >= 1, got {bench.num_classes!r}")
+    for split in bench.splits(("id_train", "id_val", "id_test")):
+        if split.imglist.is_file():
+            check_labels(split.imglist, bench.num_classes)
+    return bench
+
+
+def check_labels(imglist: Path, num_classes: int) -> None:
+    """DataError naming ``file:line`` of the first label outside ``0 .. num_classes - 1``."""
+    read_imglist(imglist, num_classes)
+
+
+def check_network(cfg: DictConfig, bench) -> None:
+    if "network" not in cfg:
+        return
+    spec = to_plain(cfg.network)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"config key 'network': expected a mapping, got {spec!r}")
+    spec.pop("checkpoint", None)
+    _, kwargs = NETWORKS.check(spec)
+    classes = kwargs.get("num_classes")
+    one_vs_rest = hasattr(bench, "normal")  # its config's num_classes counts the source set's classes
+    if bench is not None and not one_vs_rest and classes is not None and classes != bench.num_classes:
+        raise ConfigError(f"network.num_classes ({classes}) differs from benchmark.num_classes "
+                          f"({bench.num_classes}); the network must have one output per class")
+
+
+def checkpoint_of(cfg: DictConfig) -> Path:
+    """Where the run reads (or writes) its checkpoint: ``network.checkpoint`` or checkpoints/<experiment>.pt."""
+    path = cfg.network.get("checkpoint") if "network" in cfg and hasattr(cfg.network, "get") else None
+    return Path(str(path)) if path else Path("checkpoints") / f"{cfg.get('experiment', 'default')}.pt"
+
+
+def needs_training(cfg: DictConfig, pipeline: str) -> bool:
+    if pipeline in TRAINING_PIPELINES or getattr(PIPELINES.get(pipeline), "trains", False):
+        return True
+    return bool(cfg.get("train_if_missing", False)) and "network" in cfg and not checkpoint_of(cfg).is_file()
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    if "trainer" not in cfg:
+        raise ConfigError("config has no 'trainer' section (needed to train the network)")
+    section = to_plain(cfg.trainer)
+    if isinstance(section, dict):
+        for key in ("epochs", "batch_size"):
+            if key in section:
+                _check_int(f"trainer.{key}", section[key], 1)
+    trainers = importlib.import_module("openood_ext.trainers")
+    validate = getattr(trainers, "validate_trainer_config", None)
+    if validate is not None:
+        validate(cfg.trainer)
+    else:
+        trainers.TRAINERS.check(section)
+
+
+def check_parts(cfg: DictConfig) -> None:
+    """Synthesizer, evaluator and postprocessors (with their APS grids) against their schemas."""
+    if cfg.get("synthesizer") is not None:
+        SYNTHESIZERS.check(to_plain(cfg.synthesizer))
+    if cfg.get("evaluator") is not None:
+        EVALUATORS.check(to_plain(cfg.evaluator))
+    if "postprocessors" in cfg:
+        check_postprocessors(cfg)
+
+
+def check_postprocessors(cfg: DictConfig) -> None:
+    specs = to_plain(cfg.get("postprocessors"))
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise ConfigError("postprocessors: list at least one postprocessor (e.g. postprocessors=[msp,ebo])")
+    labels = []
+    for i, raw in enumerate(specs):
+        if not isinstance(raw, (str, dict)):
+            raise ConfigError(f"postprocessors[{i}]: expected a name or a mapping with 'name', got {raw!r}")
+        if isinstance(raw, dict) and "name" not in raw:
+            raise ConfigError(f"postprocessors[{i}]: {raw} has no 'name' key")
+        spec, use_aps, grid = aps.split_spec(raw, bool(cfg.get("aps", False)))
+        POSTPROCESSORS.check(spec)
+        if use_aps and grid is None:
+            grid = aps.load_method_config(spec["name"]).get("aps_grid")
+        if use_aps and grid is not None:
+            if not isinstance(grid, dict):
+                raise ConfigError(f"postprocessors[{i}].aps_grid: expected a mapping of lists, got {grid!r}")
+            for combo in aps.grid_combinations(grid):
+                POSTPROCESSORS.check({**spec, **combo})
+        label = raw if isinstance(raw, str) else raw.get("label") or raw["name"]
+        if label in labels:
+            raise ConfigError(f"postprocessors: '{label}' is listed twice; give one of them a 'label:' "
+                              f"so their results do not overwrite each other")
+        labels.append(label)
+
+
+# ---------------------------------------------------------------------------------------------- identity
+def run_identity(config: dict) -> str:
+    """Short hash of what changes a run's numbers: the resolved config minus :data:`NOT_IDENTITY`."""
+    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    blob = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys (outside :data:`NOT_IDENTITY`) whose values differ between two plain configs."""
+    a = _flat({k: v for k, v in old.items() if k not in NOT_IDENTITY})
+    b = _flat({k: v for k, v in new.items() if k not in NOT_IDENTITY})
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def complete_result(run_dir: Path) -> dict | None:
+    """run.json of a complete run in ``run_dir``, else None."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "complete" else None
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    except Exception:  # unreadable: treated as a different configuration
+        return None
+
+
+def check_run_identity(cfg: DictConfig) -> None:
+    """Refuse to replace a complete result of a different configuration unless ``overwrite: true``."""
+    final = Path(str(cfg.get("output_dir", "results"))) / str(cfg.get("experiment", "default"))
+    if complete_result(final) is None or cfg.get("overwrite", False):
+        return
+    new = OmegaConf.to_container(cfg, resolve=True)
+    old = saved_config(final)
+    if old is not None and run_identity(old) == run_identity(new):
+        return
+    changed = changed_keys(old, new) if old is not None else ["config.yaml unreadable"]
+    shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+    raise ConfigError(f"{final} holds a complete result of another configuration (differs in: {shown}); "
+                      f"give experiment=<new name>, or overwrite=true to replace it")
