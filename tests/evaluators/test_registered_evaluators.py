@@ -6,16 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openood_ext.cli import all_registries
 from openood_ext.evaluators import EVALUATORS
-
-all_registries()  # imports every built-in part
+from sweep_helpers import builtin_names
 
 FRACTION_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "f1_95")
-
-
-def _builtin(registry) -> list[str]:
-    return [n for n in registry.names() if registry.get(n).__module__.startswith("openood_ext.")]
 
 
 def _in_unit(value) -> bool:
@@ -83,7 +77,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", _builtin(EVALUATORS))
+@pytest.mark.parametrize("name", builtin_names(EVALUATORS))
 def test_registered_evaluator_metrics_in_range(name):
     assert name in CASES, f"evaluator {name!r} is registered but has no case in CASES"
     overrides, case = CASES[name]

@@ -8,15 +8,8 @@ import inspect
 import pytest
 import torch
 
-from openood_ext.cli import all_registries
 from openood_ext.networks import NETWORKS
-
-all_registries()  # imports every built-in part
-
-
-def _builtin(registry) -> list[str]:
-    """Registered names whose factory lives in the package (not ones added by test plugins)."""
-    return [n for n in registry.names() if registry.get(n).__module__.startswith("openood_ext.")]
+from sweep_helpers import builtin_names
 
 
 def _anchors(tmp_path):
@@ -69,7 +62,7 @@ def _default(factory, key):
     return inspect.signature(factory).parameters[key].default
 
 
-@pytest.mark.parametrize("name", _builtin(NETWORKS))
+@pytest.mark.parametrize("name", builtin_names(NETWORKS))
 def test_registered_network_forward(name, tmp_path):
     assert name in SPECS, f"network {name!r} is registered but has no entry in SPECS (add its tiny config)"
     overrides, shape, kind = SPECS[name]

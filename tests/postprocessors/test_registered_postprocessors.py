@@ -12,16 +12,10 @@ import torch
 
 from conftest import image_loader
 
-from openood_ext.cli import all_registries
 from openood_ext.features import extract_outputs
 from openood_ext.networks import NETWORKS
 from openood_ext.postprocessors import POSTPROCESSORS
-
-all_registries()  # imports every built-in part
-
-
-def _builtin(registry) -> list[str]:
-    return [n for n in registry.names() if registry.get(n).__module__.startswith("openood_ext.")]
+from sweep_helpers import builtin_names
 
 
 # the tiny network each postprocessor is tried on (default: a DigitsCNN with 8-d features)
@@ -69,7 +63,7 @@ def setups():
     return get
 
 
-@pytest.mark.parametrize("name", _builtin(POSTPROCESSORS))
+@pytest.mark.parametrize("name", builtin_names(POSTPROCESSORS))
 def test_registered_postprocessor_fits_and_scores(name, setups):
     overrides, net_key = OVERRIDES.get(name, ({}, "default"))
     net, loaders, outputs = setups(net_key)
