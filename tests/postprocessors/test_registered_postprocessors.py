@@ -1,0 +1,86 @@
+"""Every registered postprocessor, built from its default config, fits on tiny ID outputs of a tiny random network
+and scores ID and OOD samples: one finite float confidence per sample (one test id per postprocessor).
+
+Methods that score from images (``needs_network``) or from the shared pass's layer taps (``uses_taps``) get the
+network and pipeline-style loaders through ``attach_network``, as in the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import image_loader
+
+from openood_ext.features import extract_outputs
+from openood_ext.networks import NETWORKS
+from openood_ext.postprocessors import POSTPROCESSORS
+from sweep_helpers import builtin_names
+
+
+# the tiny network each postprocessor is tried on (default: a DigitsCNN with 8-d features)
+NETWORK_SPECS = {
+    "default": {"name": "digits_cnn", "num_classes": 4, "in_channels": 1, "width": 2},
+    # vmdls scores only networks with ensemble()/first_layer() (its own VMDLS network)
+    "vmdls": {"name": "vmdls", "encoder": "mnist_conv", "num_classes": 4, "in_channels": 1, "image_size": 8,
+              "latent_dim": 4},
+}
+# name -> (config overrides, network spec key); anything not listed: defaults on the default network
+OVERRIDES = {
+    "knn": ({"k": 5}, "default"),
+    "npos": ({"k": 5}, "default"),
+    "nnguide": ({"K": 5}, "default"),
+    "openmax": ({"tailsize": 5, "backend": "scipy"}, "default"),  # libmr is optional; scipy is the fallback
+    "vim": ({"dim": 4}, "default"),
+    "residual": ({"dim": 4}, "default"),
+    "mds_ensemble": ({"grad_batch_size": 16}, "default"),
+    "odin": ({"grad_batch_size": 16}, "default"),
+    "vmdls": ({}, "vmdls"),
+}
+SPLITS = (("id_train", 64), ("id_val", 24), ("id_test", 20), ("ood", 20))
+
+
+@pytest.fixture(scope="module")
+def setups():
+    """Per network spec: (net, loaders, NetOutputs per split), built once for the module."""
+    cache = {}
+
+    def get(key):
+        if key not in cache:
+            torch.manual_seed(0)
+            net = NETWORKS.build(NETWORK_SPECS[key]).eval()
+            gen = torch.Generator().manual_seed(1)
+            splits = {}
+            for name, n in SPLITS:
+                x = torch.randn(n, 1, 8, 8, generator=gen) + (2.0 if name == "ood" else 0.0)
+                y = torch.arange(n) % 4 if name != "ood" else torch.full((n,), -1)
+                splits[name] = (x, y)
+            loaders = {k: (lambda k=k: image_loader(*splits[k], batch_size=16)) for k in splits}
+            outputs = {k: extract_outputs(net, loaders[k](), "cpu") for k in splits}
+            cache[key] = (net, loaders, outputs)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("name", builtin_names(POSTPROCESSORS))
+def test_registered_postprocessor_fits_and_scores(name, setups):
+    overrides, net_key = OVERRIDES.get(name, ({}, "default"))
+    net, loaders, outputs = setups(net_key)
+    pp = POSTPROCESSORS.build({"name": name, **overrides})
+    assert POSTPROCESSORS.describe(name), f"{name} has no docstring summary"
+    from_images = bool(pp.needs_network or pp.uses_taps)
+    if from_images:
+        pp.attach_network(net, torch.device("cpu"), lambda split: loaders[split]())
+    pp.fit(outputs["id_train"], val_outputs=outputs["id_val"])
+    confs = {}
+    for split in ("id_test", "ood"):
+        conf = pp.score_loader(loaders[split]()) if from_images else pp.score(outputs[split])
+        conf = np.asarray(conf)
+        assert conf.shape == (len(outputs[split]),), (name, split, conf.shape)
+        assert conf.dtype.kind == "f" and np.isfinite(conf).all(), (name, split)
+        confs[split] = conf
+    both = np.concatenate(list(confs.values()))
+    assert np.ptp(both) > 0, f"{name} gives every sample the same confidence"
+    preds = np.asarray(pp.predict(outputs["id_test"]))
+    assert preds.shape == (len(outputs["id_test"]),) and preds.dtype.kind in "iu"
