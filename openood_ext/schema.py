@@ -12,7 +12,8 @@ A part declares what it accepts the ordinary Python way; nothing else is needed:
   2 and 1), ``float`` takes integers and floats, ``bool`` only booleans, ``str`` only text,
   ``Literal[...]`` only the listed values, ``list[X]``/``tuple[X, ...]`` lists of X, ``dict`` mappings,
   ``X | None`` also null;
-* values outside a declared range: ``Annotated[int, Range(1)]`` (see the aliases below).
+* values outside a declared range: ``Annotated[int, Range(1)]`` (see the aliases below), and lists
+  shorter or longer than ``Annotated[list[int], Length(1)]`` allows.
 
 Parameters without a hint (or with a hint this module does not understand, such as a class) are not
 checked. Hints are resolved with :func:`typing.get_type_hints`, so ``from __future__ import
@@ -30,17 +31,18 @@ from typing import Annotated, Any, Callable, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["Range", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "UnitFloat", "Percentile",
-           "check_arguments", "check_value"]
+__all__ = ["Range", "Length", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "UnitFloat",
+           "Probability", "Percentile", "check_arguments", "check_value"]
 
 
 @dataclass(frozen=True)
 class Range:
-    """Inclusive bounds for a number (``None``: unbounded); ``open_low`` excludes ``low`` itself."""
+    """Inclusive bounds for a number (``None``: unbounded); ``open_low``/``open_high`` exclude the bound itself."""
 
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
 
     def check(self, value: float) -> str | None:
         """None when ``value`` is inside the range, else what was expected."""
@@ -48,14 +50,33 @@ class Range:
             return "a number, got nan"
         if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
             return self.describe()
-        if self.high is not None and value > self.high:
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
             return self.describe()
         return None
 
     def describe(self) -> str:
         low = None if self.low is None else (f"> {self.low}" if self.open_low else f">= {self.low}")
-        high = None if self.high is None else f"<= {self.high}"
+        high = None if self.high is None else (f"< {self.high}" if self.open_high else f"<= {self.high}")
         return " and ".join(p for p in (low, high) if p) or "any number"
+
+
+@dataclass(frozen=True)
+class Length:
+    """Inclusive bounds for the number of items of a list (``None``: unbounded)."""
+
+    low: int = 0
+    high: int | None = None
+
+    def check(self, value: Any) -> str | None:
+        """None when ``len(value)`` is inside the bounds, else what was expected."""
+        n = len(value)
+        if n < self.low or (self.high is not None and n > self.high):
+            if self.high == self.low:
+                return f"exactly {self.low} item(s)"
+            if self.high is None:
+                return "a non-empty list" if self.low == 1 else f"at least {self.low} items"
+            return f"{self.low} to {self.high} items"
+        return None
 
 
 PositiveInt = Annotated[int, Range(1)]
@@ -63,6 +84,7 @@ NonNegativeInt = Annotated[int, Range(0)]
 PositiveFloat = Annotated[float, Range(0, open_low=True)]
 NonNegativeFloat = Annotated[float, Range(0)]
 UnitFloat = Annotated[float, Range(0, 1)]
+Probability = UnitFloat
 Percentile = Annotated[float, Range(0, 100)]
 
 
@@ -104,6 +126,10 @@ def _mismatch(value: Any, hint: Any) -> str | None:
                 bad = meta.check(value)
                 if bad:
                     return f"{_type_name(args[0])} {bad}"
+            if isinstance(meta, Length) and isinstance(value, (list, tuple)):
+                bad = meta.check(value)
+                if bad:
+                    return bad if bad.startswith("a ") else f"a list of {bad}"
         return None
     if origin in (Union, types.UnionType):
         problems = [_mismatch(value, a) for a in args]
