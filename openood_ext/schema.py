@@ -23,6 +23,7 @@ annotations`` is fine.
 from __future__ import annotations
 
 import inspect
+from collections import abc
 import math
 import types
 import typing
@@ -126,7 +127,7 @@ def _mismatch(value: Any, hint: Any) -> str | None:
                 bad = meta.check(value)
                 if bad:
                     return f"{_type_name(args[0])} {bad}"
-            if isinstance(meta, Length) and isinstance(value, (list, tuple)):
+            if isinstance(meta, Length) and _is_list(value):
                 bad = meta.check(value)
                 if bad:
                     return bad if bad.startswith("a ") else f"a list of {bad}"
@@ -151,7 +152,7 @@ def _mismatch(value: Any, hint: Any) -> str | None:
     if hint is str:
         return None if isinstance(value, str) else "str"
     if origin in (list, tuple) or hint in (list, tuple) or origin is typing.get_origin(typing.Sequence[int]):
-        if not isinstance(value, (list, tuple)):
+        if not _is_list(value):
             return "a list"
         item_hints = [a for a in args if a is not Ellipsis]
         if len(item_hints) == 1:
@@ -161,13 +162,27 @@ def _mismatch(value: Any, hint: Any) -> str | None:
                     return f"a list of {problem}"
         return None
     if origin is dict or hint is dict or origin is typing.get_origin(typing.Mapping[str, int]):
-        return None if isinstance(value, dict) else "a mapping"
+        return None if isinstance(value, abc.Mapping) else "a mapping"  # config nodes (DictConfig) too
     return None  # classes, callables, ...: not checked here
 
 
+def _is_list(value: Any) -> bool:
+    """A list, tuple or other sequence that is not text (config nodes such as ListConfig too)."""
+    return isinstance(value, abc.Sequence) and not isinstance(value, (str, bytes))
+
+
 def _base_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the outer type of ``hint`` (a number for a ranged number, a list for a list of
+    X), so that a union reports that member's finer problem (its range, a bad item)."""
     if typing.get_origin(hint) is Annotated:
-        return _mismatch(value, typing.get_args(hint)[0]) is None
+        hint = typing.get_args(hint)[0]
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple) or hint in (list, tuple) or origin is typing.get_origin(typing.Sequence[int]):
+        return _is_list(value)
+    if origin is dict or hint is dict:
+        return isinstance(value, abc.Mapping)
+    if hint in (int, float):
+        return _mismatch(value, hint) is None
     return False
 
 
