@@ -23,17 +23,29 @@ annotations`` is fine.
 from __future__ import annotations
 
 import inspect
-from collections import abc
 import math
 import types
 import typing
+from collections import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["Range", "Length", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "UnitFloat",
-           "Probability", "Percentile", "check_arguments", "check_value"]
+__all__ = [
+    "Length",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "Percentile",
+    "PositiveFloat",
+    "PositiveInt",
+    "Probability",
+    "Range",
+    "UnitFloat",
+    "check_arguments",
+    "check_value",
+]
 
 
 @dataclass(frozen=True)
