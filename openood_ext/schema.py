@@ -12,7 +12,8 @@ A part declares what it accepts the ordinary Python way; nothing else is needed:
   2 and 1), ``float`` takes integers and floats, ``bool`` only booleans, ``str`` only text,
   ``Literal[...]`` only the listed values, ``list[X]``/``tuple[X, ...]`` lists of X, ``dict`` mappings,
   ``X | None`` also null;
-* values outside a declared range: ``Annotated[int, Range(1)]`` (see the aliases below).
+* values outside a declared range: ``Annotated[int, Range(1)]`` (see the aliases below), and lists
+  shorter or longer than ``Annotated[list[int], Length(1)]`` allows.
 
 Parameters without a hint (or with a hint this module does not understand, such as a class) are not
 checked. Hints are resolved with :func:`typing.get_type_hints`, so ``from __future__ import
@@ -25,22 +26,36 @@ import inspect
 import math
 import types
 import typing
+from collections import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["Range", "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "UnitFloat", "Percentile",
-           "check_arguments", "check_value"]
+__all__ = [
+    "Length",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "Percentile",
+    "PositiveFloat",
+    "PositiveInt",
+    "Probability",
+    "Range",
+    "UnitFloat",
+    "check_arguments",
+    "check_value",
+]
 
 
 @dataclass(frozen=True)
 class Range:
-    """Inclusive bounds for a number (``None``: unbounded); ``open_low`` excludes ``low`` itself."""
+    """Inclusive bounds for a number (``None``: unbounded); ``open_low``/``open_high`` exclude the bound itself."""
 
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
 
     def check(self, value: float) -> str | None:
         """None when ``value`` is inside the range, else what was expected."""
@@ -48,14 +63,33 @@ class Range:
             return "a number, got nan"
         if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
             return self.describe()
-        if self.high is not None and value > self.high:
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
             return self.describe()
         return None
 
     def describe(self) -> str:
         low = None if self.low is None else (f"> {self.low}" if self.open_low else f">= {self.low}")
-        high = None if self.high is None else f"<= {self.high}"
+        high = None if self.high is None else (f"< {self.high}" if self.open_high else f"<= {self.high}")
         return " and ".join(p for p in (low, high) if p) or "any number"
+
+
+@dataclass(frozen=True)
+class Length:
+    """Inclusive bounds for the number of items of a list (``None``: unbounded)."""
+
+    low: int = 0
+    high: int | None = None
+
+    def check(self, value: Any) -> str | None:
+        """None when ``len(value)`` is inside the bounds, else what was expected."""
+        n = len(value)
+        if n < self.low or (self.high is not None and n > self.high):
+            if self.high == self.low:
+                return f"exactly {self.low} item(s)"
+            if self.high is None:
+                return "a non-empty list" if self.low == 1 else f"at least {self.low} items"
+            return f"{self.low} to {self.high} items"
+        return None
 
 
 PositiveInt = Annotated[int, Range(1)]
@@ -63,6 +97,7 @@ NonNegativeInt = Annotated[int, Range(0)]
 PositiveFloat = Annotated[float, Range(0, open_low=True)]
 NonNegativeFloat = Annotated[float, Range(0)]
 UnitFloat = Annotated[float, Range(0, 1)]
+Probability = UnitFloat
 Percentile = Annotated[float, Range(0, 100)]
 
 
@@ -104,6 +139,10 @@ def _mismatch(value: Any, hint: Any) -> str | None:
                 bad = meta.check(value)
                 if bad:
                     return f"{_type_name(args[0])} {bad}"
+            if isinstance(meta, Length) and _is_list(value):
+                bad = meta.check(value)
+                if bad:
+                    return bad if bad.startswith("a ") else f"a list of {bad}"
         return None
     if origin in (Union, types.UnionType):
         problems = [_mismatch(value, a) for a in args]
@@ -125,7 +164,7 @@ def _mismatch(value: Any, hint: Any) -> str | None:
     if hint is str:
         return None if isinstance(value, str) else "str"
     if origin in (list, tuple) or hint in (list, tuple) or origin is typing.get_origin(typing.Sequence[int]):
-        if not isinstance(value, (list, tuple)):
+        if not _is_list(value):
             return "a list"
         item_hints = [a for a in args if a is not Ellipsis]
         if len(item_hints) == 1:
@@ -135,13 +174,27 @@ def _mismatch(value: Any, hint: Any) -> str | None:
                     return f"a list of {problem}"
         return None
     if origin is dict or hint is dict or origin is typing.get_origin(typing.Mapping[str, int]):
-        return None if isinstance(value, dict) else "a mapping"
+        return None if isinstance(value, abc.Mapping) else "a mapping"  # config nodes (DictConfig) too
     return None  # classes, callables, ...: not checked here
 
 
+def _is_list(value: Any) -> bool:
+    """A list, tuple or other sequence that is not text (config nodes such as ListConfig too)."""
+    return isinstance(value, abc.Sequence) and not isinstance(value, (str, bytes))
+
+
 def _base_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the outer type of ``hint`` (a number for a ranged number, a list for a list of
+    X), so that a union reports that member's finer problem (its range, a bad item)."""
     if typing.get_origin(hint) is Annotated:
-        return _mismatch(value, typing.get_args(hint)[0]) is None
+        hint = typing.get_args(hint)[0]
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple) or hint in (list, tuple) or origin is typing.get_origin(typing.Sequence[int]):
+        return _is_list(value)
+    if origin is dict or hint is dict:
+        return isinstance(value, abc.Mapping)
+    if hint in (int, float):
+        return _mismatch(value, hint) is None
     return False
 
 

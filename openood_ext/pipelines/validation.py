@@ -183,15 +183,15 @@ def check_trainer(cfg: DictConfig) -> None:
     if "trainer" not in cfg:
         raise ConfigError("config has no 'trainer' section (needed to train the network)")
     section = to_plain(cfg.trainer)
-    if isinstance(section, dict):
-        for key in ("epochs", "batch_size"):
-            if key in section:
-                _check_int(f"trainer.{key}", section[key], 1)
     trainers = importlib.import_module("openood_ext.trainers")
     validate = getattr(trainers, "validate_trainer_config", None)
     if validate is not None:
-        validate(cfg.trainer)
+        validate(section)  # checks epochs/batch_size too; the pipeline reuses this check
     else:
+        if isinstance(section, dict):
+            for key in ("epochs", "batch_size"):
+                if key in section:
+                    _check_int(f"trainer.{key}", section[key], 1)
         trainers.TRAINERS.check(section)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
 from ..errors import ConfigError
+from ..schema import Length, PositiveInt, Probability
 from .base import OutlierSource
 from .pixels import PixelSpace
 from .registry import SYNTHESIZERS
@@ -103,15 +105,12 @@ class Confetti(OutlierSource):
 
     kind = "images"
 
-    def __init__(self, mode: str = "malformed_normal", prob: float = 1.8e-5, prob_dark: float = 1.2e-5,
-                 side_range: list[int] | tuple[int, int] = (8, 54), blur_kernel: int = 25, blur_sigma: float = 5.0):
-        if mode not in ("malformed_normal", "noise"):
-            raise ConfigError(f"trainer.outliers.mode: expected malformed_normal or noise, got {mode!r}")
+    def __init__(self, mode: Literal["malformed_normal", "noise"] = "malformed_normal", prob: Probability = 1.8e-5,
+                 prob_dark: Probability = 1.2e-5, side_range: Annotated[list[PositiveInt], Length(2, 2)] = (8, 54),
+                 blur_kernel: int = 25, blur_sigma: float = 5.0):
         side_range = tuple(side_range)
-        if len(side_range) != 2 or not 1 <= side_range[0] <= side_range[1]:
+        if side_range[0] > side_range[1]:
             raise ConfigError(f"trainer.outliers.side_range: expected [min, max] with 1 <= min <= max, got {list(side_range)}")
-        if not (0 <= prob <= 1 and 0 <= prob_dark <= 1):
-            raise ConfigError("trainer.outliers.prob / prob_dark: expected probabilities in [0, 1]")
         self.mode, self.prob, self.prob_dark, self.side_range = mode, float(prob), float(prob_dark), side_range
         self.blur_kernel, self.blur_sigma = int(blur_kernel), float(blur_sigma)
         self.last_changed = None

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from ..errors import ConfigError
+from ..schema import NonNegativeInt, check_value
 from .base import OutlierSource
 from .pixels import PixelSpace
 from .registry import SYNTHESIZERS
 
-MODES = ("lpf", "hpf")
+Mode = Literal["lpf", "hpf"]
+MODES = get_args(Mode)
 PARTS = ("train_nominal", "train_oe", "test_nominal", "test_anomalous")
 
 
@@ -79,11 +81,9 @@ class MSMode:
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown} (known: mode, magnitude, parts)")
         mode = spec.get("mode", "lpf")
-        if mode not in MODES:
-            raise ConfigError(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        check_value(f"{where}.mode", mode, Mode)
         e = spec.get("magnitude", 14)
-        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            raise ConfigError(f"{where}.magnitude: expected an integer >= 0, got {e!r}")
+        check_value(f"{where}.magnitude", e, NonNegativeInt)
         if e > image_size // 2:
             raise ConfigError(f"{where}.magnitude: {e} is larger than half the {image_size}x{image_size} image "
                               f"({image_size // 2}; EOE would clamp it to {image_size // 2})")
@@ -119,11 +119,7 @@ class FourierFiltered(OutlierSource):
 
     kind = "images"
 
-    def __init__(self, mode: str = "lpf", magnitude: int = 14, source: Mapping[str, Any] | str | None = None):
-        if mode not in MODES:
-            raise ConfigError(f"trainer.outliers.mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if not isinstance(magnitude, int) or isinstance(magnitude, bool) or magnitude < 0:
-            raise ConfigError(f"trainer.outliers.magnitude: expected an integer >= 0, got {magnitude!r}")
+    def __init__(self, mode: Mode = "lpf", magnitude: NonNegativeInt = 14, source: Mapping[str, Any] | str | None = None):
         self.mode, self.magnitude = mode, magnitude
         self.inner = SYNTHESIZERS.build(source or "oe_images")
         if getattr(self.inner, "kind", "images") != "images":

@@ -45,17 +45,21 @@ import importlib.util
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Annotated, Literal, get_args, get_type_hints
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..schema import NonNegativeInt, PositiveFloat, PositiveInt, Range, check_value
 from .base import OutlierSource
 from .registry import SYNTHESIZERS
 
-BACKENDS = ("auto", "faiss", "torch")
-RANKINGS = ("intended", "published")
+Backend = Literal["auto", "faiss", "torch"]
+Ranking = Literal["intended", "published"]
+BACKENDS = get_args(Backend)
+RANKINGS = get_args(Ranking)
 
 
 def faiss_available() -> bool:
@@ -78,20 +82,17 @@ class NPOSParams:
     sigma: standard deviation of the Gaussian added to the raw boundary point.
     """
 
-    K: int = 300
-    select: int = 200
-    pick: int = 2
-    candidates: int = 600
-    keep: int = 200
-    sigma: float = 0.1
+    K: PositiveInt = 300
+    select: PositiveInt = 200
+    pick: PositiveInt = 2
+    candidates: PositiveInt = 600
+    keep: PositiveInt = 200
+    sigma: PositiveFloat = 0.1
 
     def check(self, queue_size: int | None = None, where: str = "npos") -> "NPOSParams":
-        for key in ("K", "select", "pick", "candidates", "keep"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{where}.{key}: expected an integer >= 1, got {value!r}")
-        if not isinstance(self.sigma, (int, float)) or isinstance(self.sigma, bool) or not self.sigma > 0:
-            raise ConfigError(f"{where}.sigma: expected a number > 0, got {self.sigma!r}")
+        hints = get_type_hints(NPOSParams, include_extras=True)
+        for f in fields(self):
+            check_value(f"{where}.{f.name}", getattr(self, f.name), hints[f.name])
         if self.keep > self.candidates:
             raise ConfigError(f"{where}.keep: {self.keep} exceeds candidates ({self.candidates}); "
                               f"keep at most the candidates drawn per boundary point")
@@ -315,17 +316,10 @@ class NPOSSynthesizer(OutlierSource):
 
     kind = "features"
 
-    def __init__(self, queue_size: int = 1000, K: int = 300, select: int = 200, pick: int = 2,
-                 candidates: int = 600, keep: int = 200, sigma: float = 0.1, start_epoch: int = 200,
-                 backend: str = "auto", ranking: str = "intended", num_classes: int | None = None):
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 2:
-            raise ValueError(f"queue_size must be an integer >= 2, got {queue_size!r}")
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}")
-        if ranking not in RANKINGS:
-            raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    def __init__(self, queue_size: Annotated[int, Range(2)] = 1000, K: PositiveInt = 300, select: PositiveInt = 200,
+                 pick: PositiveInt = 2, candidates: PositiveInt = 600, keep: PositiveInt = 200,
+                 sigma: PositiveFloat = 0.1, start_epoch: NonNegativeInt = 200, backend: Backend = "auto",
+                 ranking: Ranking = "intended", num_classes: PositiveInt | None = None):
         try:
             self.params = NPOSParams(K, select, pick, candidates, keep, sigma).check(queue_size, where="outliers")
         except ConfigError as exc:

@@ -10,6 +10,7 @@ import torch
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
 from ..datasets.transforms import build_transform, image_mode
 from ..errors import ConfigError, DataError
+from ..schema import NonNegativeInt, PositiveInt
 from .base import OutlierSource
 from .registry import SYNTHESIZERS
 
@@ -48,15 +49,12 @@ class OEImages(OutlierSource):
     kind = "images"
 
     def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
-                 image_dir: str | None = None, limit: int | None = None, batch_size: int | None = None,
-                 augment: bool = True):
-        if limit == 0 and not isinstance(limit, bool):
+                 image_dir: str | None = None, limit: NonNegativeInt | None = None,
+                 batch_size: PositiveInt | None = None, augment: bool = True):
+        if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
                               "(e.g. eoe_dsvdd) and remove trainer.outliers")
-        for key, value in (("limit", limit), ("batch_size", batch_size)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"trainer.outliers.{key}: expected an integer >= 1, got {value!r}")
         self.imglist, self.folder, self.split_name = imglist, folder, split
         self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
         self._iter = None

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..schema import Range
 from .base import OutlierSource
 from .registry import SYNTHESIZERS
 from .sd_pipeline import SDConfig, ensure_generated, entry_paths, expected_entries, status
 
-MODES = ("denoised", "forward_noised")
+Mode = Literal["denoised", "forward_noised"]
+MODES = get_args(Mode)
 
 
 def _draw(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -105,11 +108,8 @@ class SDLatentOutliers(OutlierSource):
 
     kind = "features"
 
-    def __init__(self, root: str = "outliers/sd_cifar10", mode: str = "denoised", timestep: int = 500):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not 0 <= int(timestep) < 1000:
-            raise ValueError(f"timestep must be in [0, 999], got {timestep}")
+    def __init__(self, root: str = "outliers/sd_cifar10", mode: Mode = "denoised",
+                 timestep: Annotated[int, Range(0, 999)] = 500):
         self.root, self.mode, self.timestep = Path(root), mode, int(timestep)
         self.pool: torch.Tensor | None = None
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..networks.clip_vocab import write_tiny_clip_vocab
+from ..schema import PositiveInt, check_value
 from ..utils.io import write_json, write_text, write_with
 
 PROMPT = "A high-quality image of the {}"
@@ -55,27 +56,27 @@ class SDConfig:
     model: str = "CompVis/stable-diffusion-v1-4"
     classes: list[str] = field(default_factory=lambda: list(CIFAR10_CLASSES))
     id_features: str = "synthetic"
-    K: int = 300
-    select: int = 50
-    candidates: int = 1500
-    keep: int = 2
+    K: PositiveInt = 300
+    select: PositiveInt = 50
+    candidates: PositiveInt = 1500
+    keep: PositiveInt = 2
     sigma: float = 0.07
-    repeats: int = 100
-    images_per_class: int = 150
-    chunk: int = 3
-    steps: int = 50
+    repeats: PositiveInt = 100
+    images_per_class: PositiveInt = 150
+    chunk: PositiveInt = 3
+    steps: PositiveInt = 50
     guidance: float = 7.5
-    size: int = 512
-    save_size: int = 256
+    size: PositiveInt = 512
+    save_size: PositiveInt = 256
     seed: int = 42
     prompt: str = PROMPT
 
     def check(self) -> "SDConfig":
-        for key in ("K", "select", "candidates", "keep", "repeats", "images_per_class", "chunk", "steps",
-                    "size", "save_size"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"outliers.{key}: expected an integer >= 1, got {v!r}")
+        import typing
+        hints = typing.get_type_hints(SDConfig, include_extras=True)
+        for f in fields(self):
+            if typing.get_origin(hints[f.name]) is typing.Annotated:  # the ranged counts
+                check_value(f"outliers.{f.name}", getattr(self, f.name), hints[f.name])
         if not self.classes:
             raise ConfigError("outliers.classes: expected the ID class names")
         if "{}" not in self.prompt:

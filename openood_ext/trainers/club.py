@@ -26,12 +26,13 @@ E[y^2] - 2 mu E[y] + mu^2) instead of the N x N x D tensor of the reference code
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from torch import nn
 
-CLUB_UPDATES = ("alternate", "joint")
+ClubUpdate = Literal["alternate", "joint"]
+CLUB_UPDATES = get_args(ClubUpdate)
 
 
 def _mlp(sizes: Sequence[int], final: nn.Module | None = None) -> nn.Sequential:

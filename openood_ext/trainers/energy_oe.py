@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..schema import NonNegativeFloat
 from .oe import forward_joint
 from .registry import TRAINERS
 from .trainer import Trainer
@@ -32,9 +33,7 @@ class EnergyOETrainer(Trainer):
     needs_outliers = "images"
     default_outliers = {"name": "oe_images"}
 
-    def __init__(self, lambda_energy: float = 0.1, m_in: float = -25.0, m_out: float = -7.0):
-        if lambda_energy < 0:
-            raise ValueError(f"lambda_energy must be >= 0, got {lambda_energy}")
+    def __init__(self, lambda_energy: NonNegativeFloat = 0.1, m_in: float = -25.0, m_out: float = -7.0):
         if m_in >= m_out:
             raise ValueError(f"m_in ({m_in}) must be below m_out ({m_out}): ID energies are pushed lower")
         self.lambda_energy, self.m_in, self.m_out = float(lambda_energy), float(m_in), float(m_out)

@@ -39,13 +39,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping, get_args
 
 import torch
 
 from .. import distributed
 from ..config import to_plain
 from ..errors import CheckpointError, ConfigError, OpenOODError
+from ..schema import PositiveFloat, PositiveInt, check_value
 from ..utils.io import write_with
 from ..utils.runtime import autocast, check_compile, get_logger, prepare_module, progress, seed_everything
 from .optim import build_optimizer, build_scheduler, check_optimizer_spec, check_schedule_spec
@@ -54,16 +55,17 @@ from .trainer import Batch, TrainContext
 
 ENGINE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "accumulate", "precision", "grad_clip", "outliers",
                "channels_last", "compile", "sync_batchnorm", "find_unused_parameters")
-PRECISIONS = ("fp32", "bf16", "fp16")
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = get_args(Precision)
 
 
 class TrainingError(OpenOODError):
     """Training cannot go on (a missing or non-finite loss); the last good training state is kept."""
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key}: expected an integer >= 1, got {value!r}")
+def _checked(spec: Mapping[str, Any], key: str, default: Any, hint: Any) -> Any:
+    value = spec.get(key, default)
+    check_value(f"trainer.{key}", value, hint)
     return value
 
 
@@ -86,23 +88,17 @@ class EngineSettings:
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any]) -> "EngineSettings":
-        epochs = _positive_int("trainer.epochs", spec.get("epochs", 100))
-        batch_size = _positive_int("trainer.batch_size", spec.get("batch_size", 128))
-        accumulate = _positive_int("trainer.accumulate", spec.get("accumulate", 1))
-        precision = spec.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-        clip = spec.get("grad_clip")
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
-            raise ConfigError(f"trainer.grad_clip: expected a positive number or null, got {clip!r}")
+        epochs = _checked(spec, "epochs", 100, PositiveInt)
+        batch_size = _checked(spec, "batch_size", 128, PositiveInt)
+        accumulate = _checked(spec, "accumulate", 1, PositiveInt)
+        precision = _checked(spec, "precision", "fp32", Precision)
+        clip = _checked(spec, "grad_clip", None, PositiveFloat | None)
         outliers = spec.get("outliers")
         if outliers is not None and not isinstance(outliers, (str, Mapping)):
             raise ConfigError(f"trainer.outliers: expected a source name or mapping, got {outliers!r}")
-        flags = {}
-        for key, default in (("channels_last", False), ("sync_batchnorm", False), ("find_unused_parameters", True)):
-            flags[key] = spec.get(key, default)
-            if not isinstance(flags[key], bool):
-                raise ConfigError(f"trainer.{key}: expected true or false, got {flags[key]!r}")
+        flags = {key: _checked(spec, key, default, bool)
+                 for key, default in (("channels_last", False), ("sync_batchnorm", False),
+                                      ("find_unused_parameters", True))}
         sched = spec.get("scheduler", "cosine")
         return cls(epochs, batch_size, check_optimizer_spec(spec.get("optimizer") or {}),
                    check_schedule_spec(sched, epochs), accumulate, precision,

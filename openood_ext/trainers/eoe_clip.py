@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..schema import PositiveFloat
 from ..synthesizers.pixels import PixelSpace
 from .registry import TRAINERS
 from .trainer import Trainer
@@ -85,10 +86,8 @@ class EOECLIPTrainer(Trainer):
     default_outliers: ClassVar[dict | None] = {"name": "oe_images"}
     trains = True
 
-    def __init__(self, temperature: float = 100.0, template: str = TEMPLATE, anomaly_prompt: str = ANOMALY_PROMPT,
+    def __init__(self, temperature: PositiveFloat = 100.0, template: str = TEMPLATE, anomaly_prompt: str = ANOMALY_PROMPT,
                  class_names: list[str] | None = None):
-        if not temperature > 0:
-            raise ConfigError(f"trainer.temperature: expected a number > 0, got {temperature!r}")
         if "{}" not in template:
             raise ConfigError(f"trainer.template: expected a '{{}}' for the class name, got {template!r}")
         self.temperature, self.template, self.anomaly_prompt = float(temperature), template, anomaly_prompt

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..datasets.imglist import SkipCounter
+from ..schema import PositiveFloat, PositiveInt
 from .eoe_base import EOEObjective
 from .registry import TRAINERS
 
@@ -50,11 +51,7 @@ class EOEDSVDDTrainer(EOEObjective):
     needs_outliers = None
     default_outliers = None
 
-    def __init__(self, eps: float = 0.1, centre_batch_size: int = 128):
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if centre_batch_size < 1:
-            raise ValueError(f"centre_batch_size must be >= 1, got {centre_batch_size}")
+    def __init__(self, eps: PositiveFloat = 0.1, centre_batch_size: PositiveInt = 128):
         self.eps, self.centre_batch_size = float(eps), int(centre_batch_size)
 
     def setup(self, net, ctx):

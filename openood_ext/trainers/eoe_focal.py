@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..schema import NonNegativeFloat
 from .eoe_base import EOEObjective
 from .registry import TRAINERS
 
@@ -24,9 +25,7 @@ class EOEFocalTrainer(EOEObjective):
 
     needs_logit = True
 
-    def __init__(self, gamma: float = 2.0):
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+    def __init__(self, gamma: NonNegativeFloat = 2.0):
         self.gamma = float(gamma)
 
     def loss(self, outputs, labels):

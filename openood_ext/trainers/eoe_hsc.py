@@ -4,8 +4,11 @@ score 1 - exp(-d) in [0, 1), higher = more anomalous. Network: ``eoe_cnn32``/``e
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
+from ..schema import Range
 from .eoe_base import EOEObjective
 from .registry import TRAINERS
 
@@ -28,9 +31,7 @@ def hsc_score(features: torch.Tensor) -> torch.Tensor:
 class EOEHSCTrainer(EOEObjective):
     """EOE HSC (see the module doc)."""
 
-    def __init__(self, eps: float = 1e-9):
-        if not 0 <= eps < 1:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
+    def __init__(self, eps: Annotated[float, Range(0, 1, open_high=True)] = 1e-9):
         self.eps = float(eps)
 
     def loss(self, outputs, labels):

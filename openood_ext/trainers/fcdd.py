@@ -29,13 +29,17 @@ Anomaly score (:meth:`anomaly_scores`): the mean of A (higher = more anomalous),
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 
+from ..schema import Probability
 from .registry import TRAINERS
 from .trainer import Trainer
 
-SUPERVISE_MODES = ("noise", "malformed_normal", "malformed_normal_gt", "other", "unsupervised")
+SuperviseMode = Literal["noise", "malformed_normal", "malformed_normal_gt", "other", "unsupervised"]
+SUPERVISE_MODES = get_args(SuperviseMode)
 EPS = 1e-31
 
 
@@ -83,12 +87,8 @@ class OnlineSupervision(Trainer):
     :meth:`supervised_batch` returns (images [B, ...], labels [B] 0/1, gt maps [B, 1, H, W] or None).
     """
 
-    def __init__(self, supervise_mode: str = "noise", p_outlier: float = 0.5, gt_path: bool = False,
+    def __init__(self, supervise_mode: SuperviseMode = "noise", p_outlier: Probability = 0.5, gt_path: bool = False,
                  published_other_quirk: bool = False):
-        if supervise_mode not in SUPERVISE_MODES:
-            raise ValueError(f"supervise_mode must be one of {', '.join(SUPERVISE_MODES)}, got {supervise_mode!r}")
-        if not 0.0 <= float(p_outlier) <= 1.0:
-            raise ValueError(f"p_outlier must be in [0, 1], got {p_outlier}")
         self.supervise_mode, self.p_outlier, self.gt_path = supervise_mode, float(p_outlier), bool(gt_path)
         self.published_other_quirk = bool(published_other_quirk)
         unsupervised = supervise_mode == "unsupervised" or (supervise_mode == "other" and published_other_quirk)
@@ -133,7 +133,7 @@ class FCDDTrainer(OnlineSupervision):
     ``fcdd_vgg11_224``): ``net(x)`` -> [B, 1, n, n], ``net.upsample``; logs ``loss``, ``frac_anomalous``,
     ``score_normal`` and ``score_anomalous`` (mean a_i of each group in the batch)."""
 
-    def __init__(self, supervise_mode: str = "noise", p_outlier: float = 0.5, gt_path: bool = False,
+    def __init__(self, supervise_mode: SuperviseMode = "noise", p_outlier: Probability = 0.5, gt_path: bool = False,
                  published_other_quirk: bool = False, published_single_label_quirk: bool = False):
         super().__init__(supervise_mode, p_outlier, gt_path, published_other_quirk)
         self.single_label_quirk = bool(published_single_label_quirk)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torchvision.transforms.functional as TF
 
-from .fcdd import OnlineSupervision, anomaly_term, pseudo_huber
+from ..schema import Probability
+from .fcdd import OnlineSupervision, SuperviseMode, anomaly_term, pseudo_huber
 from .registry import TRAINERS
 
 
@@ -35,7 +36,8 @@ def field_size(net) -> int:
 class HSCTrainer(OnlineSupervision):
     """HSC with online supervision (see the module doc); networks ``hsc_cnn28`` / ``hsc_cnn32``."""
 
-    def __init__(self, supervise_mode: str = "noise", p_outlier: float = 0.5, published_other_quirk: bool = False):
+    def __init__(self, supervise_mode: SuperviseMode = "noise", p_outlier: Probability = 0.5,
+                 published_other_quirk: bool = False):
         super().__init__(supervise_mode, p_outlier, False, published_other_quirk)
 
     def training_step(self, batch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..schema import PositiveFloat
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -19,9 +20,7 @@ class LogitNormTrainer(Trainer):
     """Cross-entropy on L2-normalised logits scaled by 1 / ``temperature`` (tau = 0.04, the paper's
     CIFAR-10 value). The network is unchanged: test with raw logits (MSP/EBO/...)."""
 
-    def __init__(self, temperature: float = 0.04):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+    def __init__(self, temperature: PositiveFloat = 0.04):
         self.temperature = float(temperature)
 
     def training_step(self, batch):

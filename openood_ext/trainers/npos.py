@@ -26,11 +26,14 @@ Test time: KNN on normalised penultimate features (postprocessor ``npos`` = ``kn
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
 from ..errors import ConfigError
+from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -121,22 +124,12 @@ class NPOSTrainer(Trainer):
     needs_outliers = "features"
     default_outliers = {"name": "npos"}
 
-    def __init__(self, proto_m: float = 0.95, temperature: float = 0.1, base_temperature: float = 0.07,
-                 w_disp: float = 0.5, w_comp: float = 1.0, w_reg: float = 0.1, views: int = 2,
-                 crop_min: float = 0.2, prototype_init: str = "val"):
-        if not 0 <= proto_m < 1:
-            raise ValueError(f"proto_m must be in [0, 1), got {proto_m}")
-        if temperature <= 0 or base_temperature <= 0:
-            raise ValueError(f"temperature and base_temperature must be > 0, got {temperature}, {base_temperature}")
-        if min(w_disp, w_comp, w_reg) < 0:
-            raise ValueError(f"loss weights must be >= 0, got {w_disp}, {w_comp}, {w_reg}")
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-            raise ValueError(f"views must be an integer >= 1, got {views!r}")
-        if not 0 < crop_min <= 1:
-            raise ValueError(f"crop_min must be in (0, 1], got {crop_min}")
+    def __init__(self, proto_m: Annotated[float, Range(0, 1, open_high=True)] = 0.95,
+                 temperature: PositiveFloat = 0.1, base_temperature: PositiveFloat = 0.07,
+                 w_disp: NonNegativeFloat = 0.5, w_comp: NonNegativeFloat = 1.0, w_reg: NonNegativeFloat = 0.1,
+                 views: PositiveInt = 2, crop_min: Annotated[float, Range(0, 1, open_low=True)] = 0.2,
+                 prototype_init: Literal["val", "batch"] = "val"):
         crop_scale = (float(crop_min), 1.0)
-        if prototype_init not in ("val", "batch"):
-            raise ValueError(f"prototype_init must be 'val' or 'batch', got {prototype_init!r}")
         self.proto_m, self.temperature, self.base_temperature = float(proto_m), float(temperature), float(base_temperature)
         self.w_disp, self.w_comp, self.w_reg = float(w_disp), float(w_comp), float(w_reg)
         self.views, self.crop_scale, self.prototype_init = views, crop_scale, prototype_init

@@ -27,14 +27,15 @@ crashes); CLUB's default update is the paper's, ``joint`` reproduces the code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .club import CLUB, CLUB_UPDATES, club_terms
+from ..schema import Length, NonNegativeFloat, PositiveFloat, PositiveInt, Range
+from .club import CLUB, ClubUpdate, club_terms
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -67,6 +68,9 @@ def build_teacher(spec: dict, num_classes: int) -> nn.Module:
     return teacher
 
 
+HiddenSizes = Annotated[list[PositiveInt], Length(1)]
+
+
 @TRAINERS.register("oaml")
 class OAMLTrainer(Trainer):
     """OAML (module docstring). ``teacher``: {model, checkpoint (local file), img_size, ...};
@@ -76,32 +80,18 @@ class OAMLTrainer(Trainer):
     needs_outliers = "features"
     default_outliers = {"name": "sd_text_outliers"}
 
-    # teacher / latent_outliers / latent_*_hidden carry no type hints: the train pipeline passes nested
-    # config nodes (DictConfig/ListConfig), which the schema's dict/list checks reject; they are
-    # converted and checked here instead.
-    def __init__(self, teacher=None, student_init: str | None = None, latent_outliers=None,
-                 w_kd: float = 4.0, w_feat: float = 8.0, w_text: float = 0.1, w_latent: float = 0.2,
-                 temperature: float = 1.0, club_update: str = "alternate", club_lr: float = 1e-4,
-                 club_hidden: int = 512, latent_mu_hidden=None, latent_logvar_hidden=None):
+    # nested config nodes (DictConfig/ListConfig) pass the schema's mapping/list checks and are made
+    # plain here
+    def __init__(self, teacher: dict | None = None, student_init: str | None = None,
+                 latent_outliers: dict | str | None = None, w_kd: NonNegativeFloat = 4.0, w_feat: NonNegativeFloat = 8.0,
+                 w_text: NonNegativeFloat = 0.1, w_latent: NonNegativeFloat = 0.2, temperature: PositiveFloat = 1.0,
+                 club_update: ClubUpdate = "alternate", club_lr: PositiveFloat = 1e-4,
+                 club_hidden: Annotated[int, Range(2)] = 512, latent_mu_hidden: HiddenSizes | None = None,
+                 latent_logvar_hidden: HiddenSizes | None = None):
         from ..config import to_plain
 
         teacher, latent_outliers = to_plain(teacher), to_plain(latent_outliers)
         latent_mu_hidden, latent_logvar_hidden = to_plain(latent_mu_hidden), to_plain(latent_logvar_hidden)
-        for name, v in dict(latent_mu_hidden=latent_mu_hidden, latent_logvar_hidden=latent_logvar_hidden).items():
-            if v is not None and (not isinstance(v, (list, tuple)) or not v
-                                  or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)):
-                raise ValueError(f"{name} must be a non-empty list of integers >= 1, got {v!r}")
-        if latent_outliers is not None and not isinstance(latent_outliers, (dict, str)):
-            raise ValueError(f"latent_outliers must be a SYNTHESIZERS mapping, got {latent_outliers!r}")
-        for name, v in dict(w_kd=w_kd, w_feat=w_feat, w_text=w_text, w_latent=w_latent).items():
-            if v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if club_update not in CLUB_UPDATES:
-            raise ValueError(f"club_update must be one of {', '.join(CLUB_UPDATES)}, got {club_update!r}")
-        if not club_lr > 0 or club_hidden < 2:
-            raise ValueError(f"club_lr must be > 0 and club_hidden >= 2, got {club_lr}, {club_hidden}")
         if not isinstance(teacher, dict) or not teacher.get("checkpoint"):
             raise ValueError("teacher: expected a mapping with 'checkpoint' (a local timm ViT state dict, "
                              "e.g. {model: vit_base_patch16_224, checkpoint: teachers/vit_cifar10.bin})")

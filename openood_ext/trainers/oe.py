@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..schema import NonNegativeFloat
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -34,9 +35,7 @@ class OutlierExposureTrainer(Trainer):
     needs_outliers = "images"
     default_outliers = {"name": "oe_images"}
 
-    def __init__(self, lambda_oe: float = 0.5):
-        if lambda_oe < 0:
-            raise ValueError(f"lambda_oe must be >= 0, got {lambda_oe}")
+    def __init__(self, lambda_oe: NonNegativeFloat = 0.5):
         self.lambda_oe = float(lambda_oe)
 
     def training_step(self, batch):

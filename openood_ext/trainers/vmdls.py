@@ -51,14 +51,16 @@ copied into the network's ``class_means`` buffer (used by its nearest-mean logit
 from __future__ import annotations
 
 import pickle
+from typing import Annotated, Literal
 
 import torch
 
 from ..errors import ConfigError
+from ..schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, Range
 from .engine import TrainingError
 from .registry import TRAINERS
 from .trainer import Trainer
-from .vmdls_losses import DISTANCES, class_kl, margin_schedule, triplet_distancing_loss
+from .vmdls_losses import Distance, class_kl, margin_schedule, triplet_distancing_loss
 from .vmdls_sampler import ClassBalancedBatchSampler
 
 
@@ -114,6 +116,9 @@ def load_encoder_weights(net, path) -> None:
                               f"({first})") from None
 
 
+AtLeastTwo = Annotated[int, Range(2)]  # a class-balanced batch needs two classes, and two images of each
+
+
 def _check(name: str, value, ok: bool, expected: str):
     if not ok:
         raise ValueError(f"vmdls: {name} must be {expected}, got {value!r}")
@@ -136,25 +141,13 @@ class VMDLSTrainer(Trainer):
         init_weights, freeze_encoder_epochs, head_lr: fine-tuning (module docstring).
     """
 
-    def __init__(self, batch_classes: int = 10, sample_count: int = 40, margin: float = 0.1,
-                 neg_margin: float = 0.15, margin_jump: float = 1.0, margins_epoch: int = 0,
-                 margin_max_distance: float = 32.0, kl_coeff: float = 0.1, prior_std: float = 0.1,
-                 generation_epoch: int = 0, distance: str = "normalized", metric_on: str = "z",
-                 init_weights: str | None = None, freeze_encoder_epochs: int = 0, head_lr: float | None = None):
-        _check("batch_classes", batch_classes, isinstance(batch_classes, int) and batch_classes >= 2, "an integer >= 2")
-        _check("sample_count", sample_count, isinstance(sample_count, int) and sample_count >= 2, "an integer >= 2")
-        for name, v in (("margin", margin), ("neg_margin", neg_margin), ("margin_jump", margin_jump),
-                        ("margin_max_distance", margin_max_distance), ("kl_coeff", kl_coeff)):
-            _check(name, v, isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0")
-        _check("prior_std", prior_std, isinstance(prior_std, (int, float)) and prior_std > 0, "a number > 0")
-        for name, v in (("margins_epoch", margins_epoch), ("generation_epoch", generation_epoch)):
-            _check(name, v, isinstance(v, int) and v >= 0, "an integer >= 0")
-        _check("distance", distance, distance in DISTANCES, f"one of {', '.join(DISTANCES)}")
-        _check("metric_on", metric_on, metric_on in ("z", "mu"), "z or mu")
-        _check("freeze_encoder_epochs", freeze_encoder_epochs,
-               isinstance(freeze_encoder_epochs, int) and freeze_encoder_epochs >= 0, "an integer >= 0")
-        _check("head_lr", head_lr, head_lr is None or (isinstance(head_lr, (int, float)) and head_lr > 0),
-               "null or a number > 0")
+    def __init__(self, batch_classes: AtLeastTwo = 10, sample_count: AtLeastTwo = 40, margin: NonNegativeFloat = 0.1,
+                 neg_margin: NonNegativeFloat = 0.15, margin_jump: NonNegativeFloat = 1.0,
+                 margins_epoch: NonNegativeInt = 0, margin_max_distance: NonNegativeFloat = 32.0,
+                 kl_coeff: NonNegativeFloat = 0.1, prior_std: PositiveFloat = 0.1, generation_epoch: NonNegativeInt = 0,
+                 distance: Distance = "normalized", metric_on: Literal["z", "mu"] = "z",
+                 init_weights: str | None = None, freeze_encoder_epochs: NonNegativeInt = 0,
+                 head_lr: PositiveFloat | None = None):
         _check("init_weights", init_weights, bool(init_weights) or not freeze_encoder_epochs,
                "the pretrained encoder checkpoint when freeze_encoder_epochs > 0 (a frozen random encoder)")
         self.init_weights, self.freeze_encoder_epochs, self.head_lr = init_weights, freeze_encoder_epochs, head_lr

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 
-DISTANCES = ("normalized", "euclidean")
+Distance = Literal["normalized", "euclidean"]
+DISTANCES = get_args(Distance)
 
 
 def pairwise_distances(z: torch.Tensor, distance: str = "normalized") -> torch.Tensor:

@@ -57,8 +57,8 @@ def test_sample_noise_swamps_small_means_on_normalised_distances():
 
 
 def test_distance_and_metric_on_bad_input():
-    with pytest.raises(ValueError, match="metric_on"):
-        TRAINERS.get("vmdls")(metric_on="sample")
+    with pytest.raises(ConfigError, match="'metric_on': expected one of 'z', 'mu'"):
+        TRAINERS.build({"name": "vmdls", "metric_on": "sample"})
     net = NETWORKS.build({"name": "vmdls", "num_classes": 2, "image_size": 8, "latent_dim": 4})  # normalized
     trainer = TRAINERS.get("vmdls")(distance="euclidean")
     with pytest.raises(ConfigError, match="trainer.distance is 'euclidean' but network.distance is 'normalized'"):

@@ -21,7 +21,7 @@ from openood_ext.synthesizers.fourier_filter import (
     fourier_filter,
 )
 from openood_ext.synthesizers.pixels import PixelSpace
-from tests.test_eoe_sweep import cli, data, write_cfg  # noqa: F401  (shared fixture and helpers)
+from eoe_helpers import cli, data, write_cfg  # noqa: F401  (shared fixture and helpers)
 
 N = 8
 J = np.arange(N)

@@ -203,17 +203,17 @@ def test_missing_and_non_finite_loss_stop_with_epoch_step_and_term(tmp_path):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ({"epochs": 0}, "trainer.epochs: expected an integer >= 1, got 0"),
-    ({"epochs": -3}, "trainer.epochs: expected an integer >= 1, got -3"),
-    ({"batch_size": 0}, "trainer.batch_size: expected an integer >= 1, got 0"),
-    ({"epochs": 2.5}, "trainer.epochs: expected an integer >= 1, got 2.5"),
-    ({"accumulate": True}, "trainer.accumulate: expected an integer >= 1, got True"),
+    ({"epochs": 0}, "trainer.epochs: expected int >= 1, got 0"),
+    ({"epochs": -3}, "trainer.epochs: expected int >= 1, got -3"),
+    ({"batch_size": 0}, "trainer.batch_size: expected int >= 1, got 0"),
+    ({"epochs": 2.5}, "trainer.epochs: expected int, got 2.5"),
+    ({"accumulate": True}, "trainer.accumulate: expected int, got True"),
     ({"optimizer": {"name": "lion"}}, "trainer.optimizer.name: unknown optimizer 'lion'"),
     ({"optimizer": {"name": "adam", "momentum": 0.9}}, "adam does not take 'momentum'"),
     ({"scheduler": {"name": "warmcos"}}, "trainer.scheduler.name: unknown scheduler 'warmcos'"),
     ({"scheduler": {"name": "multistep"}}, "multistep needs milestones"),
-    ({"precision": "fp8"}, "trainer.precision: expected one of fp32, bf16, fp16"),
-    ({"grad_clip": -1}, "trainer.grad_clip: expected a positive number"),
+    ({"precision": "fp8"}, "trainer.precision: expected one of 'fp32', 'bf16', 'fp16'"),
+    ({"grad_clip": -1}, "trainer.grad_clip: expected float > 0"),
 ])
 def test_engine_settings_reject_bad_values(override, fragment):
     with pytest.raises(ConfigError, match=None) as info:

@@ -112,8 +112,8 @@ def test_head_mismatch_is_config_error():
         TRAINERS.get("eoe_bce")().setup(Flat(False), ctx())
     with pytest.raises(ConfigError, match="no classifier head"):
         TRAINERS.get("eoe_hsc")().setup(Flat(True), ctx())
-    with pytest.raises(ValueError):
-        TRAINERS.get("eoe_focal")(gamma=-1)
+    with pytest.raises(ConfigError, match="'gamma': expected float >= 0"):
+        TRAINERS.build({"name": "eoe_focal", "gamma": -1})
 
 
 def test_eoe_networks_shapes():

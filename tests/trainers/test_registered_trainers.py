@@ -5,7 +5,6 @@ tiny batch: the loss is a finite scalar and its gradient reaches the parameters 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

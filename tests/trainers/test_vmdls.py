@@ -120,10 +120,10 @@ def test_sampler_bad_input():
 
 
 def test_trainer_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="distance"):
-        TRAINERS.get("vmdls")(distance="cosine")
-    with pytest.raises(ValueError, match="prior_std"):
-        TRAINERS.get("vmdls")(prior_std=0)
+    with pytest.raises(ConfigError, match="'distance': expected one of 'normalized', 'euclidean'"):
+        TRAINERS.build({"name": "vmdls", "distance": "cosine"})
+    with pytest.raises(ConfigError, match="'prior_std': expected float > 0"):
+        TRAINERS.build({"name": "vmdls", "prior_std": 0})
 
 
 # ---------------------------------------------------------------- Gaussian score
