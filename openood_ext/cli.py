@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from .errors import ConfigError, OpenOODError
+from .registry import registries, registry_of
 from .utils.interrupts import RunInterrupted
 
 USAGE = """usage: openood-ext run --config FILE.yml [FILE.yml ...] [key=value ...] [--debug]
@@ -39,7 +40,6 @@ def cmd_run(argv: Sequence[str]) -> int:
 def all_registries() -> dict:
     """Every registry of the toolkit, each with its built-in parts loaded (for listing)."""
     from . import datasets, evaluators, networks, pipelines, postprocessors, synthesizers, trainers  # noqa: F401
-    from .registry import registries
     found = registries()
     for registry in found.values():
         registry.load_home()
@@ -52,6 +52,9 @@ def cmd_list(argv: Sequence[str]) -> int:
     parser.add_argument("pattern", nargs="?", default="*", help="shell wildcard on names, e.g. '*knn*'")
     args = parser.parse_args(argv)
     registries = all_registries()
+    former = registry_of(args.kind) if args.kind else None
+    if former is not None:  # an earlier name of a kind (synthesizers -> outlier_sources)
+        args.kind = former.kind
     if args.kind and args.kind not in registries:
         from .errors import RegistryError
         close = difflib.get_close_matches(args.kind, sorted(registries), n=1, cutoff=0.6)

@@ -35,6 +35,7 @@ from .errors import ConfigError, PluginError, RegistryError
 from .schema import check_arguments
 
 _ALL_REGISTRIES: dict[str, "Registry"] = {}
+_KIND_ALIASES: dict[str, str] = {}  # an older kind name -> the registry's kind
 
 
 class Registry:
@@ -45,13 +46,17 @@ class Registry:
         required: methods a class entry must have (checked when it is built); optional ones get
             defaults from whoever uses the part (duck typing: no base class is needed).
         home: dotted name of the package that registers the built-in entries (imported lazily).
+        former_kinds: earlier names of the kind: still accepted by :func:`registry_of` and still read as
+            entry-point groups (``openood_ext.<former kind>``), so renaming a kind breaks no plugin.
     """
 
-    def __init__(self, kind: str, required: Iterable[str] = (), home: str | None = None):
+    def __init__(self, kind: str, required: Iterable[str] = (), home: str | None = None,
+                 former_kinds: Iterable[str] = ()):
         if kind in _ALL_REGISTRIES:
             raise RegistryError(f"a registry for '{kind}' already exists")
         self.kind = kind
         self.entry_point_group = f"openood_ext.{kind}"
+        self.entry_point_groups = (self.entry_point_group, *(f"openood_ext.{k}" for k in former_kinds))
         self.required = tuple(required)
         self._entries: dict[str, Callable] = {}
         self._aliases: dict[str, str] = {}
@@ -59,6 +64,10 @@ class Registry:
         self.home = home
         self._home_loaded = home is None
         _ALL_REGISTRIES[kind] = self
+        for old in former_kinds:
+            _KIND_ALIASES[old] = kind
+        for old in former_kinds:
+            _KIND_ALIASES[old] = kind
 
     # ------------------------------------------------------------------ registration
     def register(self, name: str | Callable | None = None, *, aliases: Iterable[str] = (),
@@ -192,14 +201,14 @@ class Registry:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
-        for ep in metadata.entry_points(group=self.entry_point_group):
+        for ep in (ep for group in self.entry_point_groups for ep in metadata.entry_points(group=group)):
             if self._canonical(ep.name) is not None:
                 continue
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must say so, not vanish
                 raise PluginError(
-                    f"entry point '{ep.name} = {ep.value}' (group {self.entry_point_group}) "
+                    f"entry point '{ep.name} = {ep.value}' (group {ep.group}) "
                     f"failed to import: {type(exc).__name__}: {exc}") from exc
             if inspect.ismodule(obj):
                 continue  # importing the module registered its parts
@@ -229,3 +238,8 @@ def import_plugins(modules: Iterable[str]) -> None:
 def registries() -> dict[str, Registry]:
     """Every registry created so far (without importing any part)."""
     return dict(_ALL_REGISTRIES)
+
+
+def registry_of(kind: str) -> Registry | None:
+    """The registry of ``kind`` (or of an earlier name of it, e.g. ``synthesizers``), if it exists yet."""
+    return _ALL_REGISTRIES.get(_KIND_ALIASES.get(kind, kind))

@@ -44,6 +44,7 @@ __all__ = [
     "Range",
     "UnitFloat",
     "check_arguments",
+    "check_section",
     "check_value",
 ]
 
@@ -231,3 +232,21 @@ def check_arguments(where: str, factory: Callable, kwargs: dict) -> None:
     for key, value in kwargs.items():
         if key in params and key in hints:
             check_value(f"{where} argument '{key}'", value, hints[key])
+
+
+def check_section(section: str, settings: Callable, values: abc.Mapping) -> None:
+    """Check the keys of config section ``section`` against the typed fields (or keyword parameters) of
+    ``settings``, usually a dataclass; ConfigError names ``section.key`` and what was expected.
+
+    The same rules as :func:`check_arguments`; a key the settings do not declare is an error that lists
+    the declared ones.
+    """
+    params, hints, var_kw = parameter_hints(settings)
+    if not var_kw:
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise ConfigError(f"{section}: unknown key(s) {', '.join(repr(u) for u in unknown)} "
+                              f"(known: {', '.join(sorted(params))})")
+    for key, value in values.items():
+        if key in hints:
+            check_value(f"{section}.{key}", value, hints[key])

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from ..schema import PositiveInt, check_value
 from .backends import BACKENDS, run_command
 from .job import Job, JobResult, JobsFailed, config_job
 
@@ -47,8 +48,7 @@ def launch(jobs: Sequence[Job], backend: str = "local", max_parallel: int = 1, *
     """Run ``jobs`` on ``backend`` with at most ``max_parallel`` at once; one JobResult per job, same order."""
     jobs = list(jobs)
     check_backend(backend, options, "launcher")
-    if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
-        raise ConfigError(f"launcher: jobs (max parallel) must be an integer >= 1, got {max_parallel!r}")
+    check_value("launcher: jobs (max parallel)", max_parallel, PositiveInt)
     seen: dict = {}
     for job in jobs:
         key = job.run_dir.resolve()
@@ -80,7 +80,6 @@ def launcher_options(spec: Any, where: str) -> dict | None:
     options = dict(spec)
     backend = options.pop("backend", "local")
     jobs = options.pop("jobs", 1)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"{where}.jobs: expected an integer >= 1, got {jobs!r}")
+    check_value(f"{where}.jobs", jobs, PositiveInt)
     check_backend(backend, options, where)
     return {"backend": backend, "max_parallel": jobs, **options}

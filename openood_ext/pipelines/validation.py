@@ -14,7 +14,7 @@ exactly one line. It checks, in this order:
 * ``trainer`` when the run trains (a training pipeline, or ``train_if_missing`` with no checkpoint):
   ``openood_ext.trainers.validate_trainer_config`` when the trainers package provides it, else the
   registry check, and ``epochs``/``batch_size >= 1`` either way;
-* ``synthesizer``, ``evaluator`` and every postprocessor (its APS grid included) against the part's
+* ``evaluator`` and every postprocessor (its APS grid included) against the part's
   signature and type hints (:mod:`openood_ext.schema`);
 * run identity: a complete result under the same experiment name is replaced only by a run of the
   same configuration (see :func:`run_identity`) or with ``overwrite: true``.
@@ -39,7 +39,6 @@ from ..errors import ConfigError
 from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
 from ..postprocessors import POSTPROCESSORS
-from ..synthesizers import SYNTHESIZERS
 from ..utils.runtime import check_compile, check_precision, loader_options, resolve_device
 from . import aps
 from .registry import PIPELINES
@@ -196,9 +195,7 @@ def check_trainer(cfg: DictConfig) -> None:
 
 
 def check_parts(cfg: DictConfig) -> None:
-    """Synthesizer, evaluator and postprocessors (with their APS grids) against their schemas."""
-    if cfg.get("synthesizer") is not None:
-        SYNTHESIZERS.check(to_plain(cfg.synthesizer))
+    """Evaluator and postprocessors (with their APS grids) against their schemas."""
     if cfg.get("evaluator") is not None:
         EVALUATORS.check(to_plain(cfg.evaluator))
     if "postprocessors" in cfg:

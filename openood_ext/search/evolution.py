@@ -37,16 +37,20 @@ population, evaluations) is written atomically after every generation (:meth:`Se
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..schema import NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, check_section
 from ..utils.io import write_json
 
-MODES = ("evolve", "random")
+SearchMode = Literal["evolve", "random"]
+MODES = typing.get_args(SearchMode)
 #: What every output of the search says (the paper's fitness is a test-split AUROC as well).
 ORACLE_NOTE = ("fitness = mean test AUROC of short trainings with that single OE image: measured on the test "
                "split, this is an oracle analysis (as in the EOE paper), not a model-selection procedure")
@@ -56,42 +60,26 @@ ORACLE_NOTE = ("fitness = mean test AUROC of short trainings with that single OE
 class SearchSettings:
     """The ``oe_search:`` keys of the algorithm (EOE's defaults), validated by :meth:`check`."""
 
-    mode: str = "evolve"
-    population: int = 64
-    generations: int = 50
-    tournament: int = 3
-    mate_prob: float = 0.05
-    mutation_prob: float = 0.55
-    mutation_pool: int = 10000
-    one_of_k_best: int = 50
-    duplicate_distance: float = 100.0
-    samples: int = 2000
-    budget: int | None = None
+    mode: SearchMode = "evolve"
+    population: PositiveInt = 64
+    generations: PositiveInt = 50
+    tournament: PositiveInt = 3
+    mate_prob: Probability = 0.05
+    mutation_prob: Probability = 0.55
+    mutation_pool: PositiveInt = 10000
+    one_of_k_best: PositiveInt = 50
+    duplicate_distance: NonNegativeFloat = 100.0
+    samples: PositiveInt = 2000
+    budget: PositiveInt | None = None  # fitness evaluations
     minimize: bool = False
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
     def check(self, pool_size: int | None = None) -> SearchSettings:
-        if self.mode not in MODES:
-            raise ConfigError(f"oe_search.mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
-        for key in ("population", "generations", "tournament", "mutation_pool", "one_of_k_best", "samples"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"oe_search.{key}: expected an integer >= 1, got {v!r}")
-        for key in ("mate_prob", "mutation_prob"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ConfigError(f"oe_search.{key}: expected a probability in [0, 1], got {v!r}")
-        d = self.duplicate_distance
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0:
-            raise ConfigError(f"oe_search.duplicate_distance: expected a number >= 0, got {d!r}")
+        check_section("oe_search", SearchSettings, vars(self))  # types and ranges of the fields above
         if self.tournament > self.population:
             raise ConfigError(f"oe_search.tournament: {self.tournament} aspirants drawn without replacement need a "
                               f"population of at least {self.tournament}, got population {self.population}")
-        if not isinstance(self.minimize, bool):
-            raise ConfigError(f"oe_search.minimize: expected true or false, got {self.minimize!r}")
         b = self.budget
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise ConfigError(f"oe_search.budget: expected an integer >= 1 (fitness evaluations) or null, got {b!r}")
         if self.mode == "evolve" and b is not None and b < self.population:
             raise ConfigError(f"oe_search.budget: {b} fitness evaluations are less than one generation "
                               f"(population {self.population}); give budget >= population or null")

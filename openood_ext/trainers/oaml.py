@@ -75,7 +75,7 @@ HiddenSizes = Annotated[list[PositiveInt], Length(1)]
 class OAMLTrainer(Trainer):
     """OAML (module docstring). ``teacher``: {model, checkpoint (local file), img_size, ...};
     ``student_init``: a cross-entropy checkpoint of the student (or null); ``latent_outliers``: the
-    SYNTHESIZERS mapping of the latent pool (default: ``sd_latent_outliers`` over the text source's root)."""
+    OUTLIER_SOURCES mapping of the latent pool (default: ``sd_latent_outliers`` over the text source's root)."""
 
     needs_outliers = "features"
     default_outliers = {"name": "sd_text_outliers"}
@@ -121,12 +121,12 @@ class OAMLTrainer(Trainer):
                                 self.latent_logvar_hidden), lr=self.club_lr)
 
     def _latent_source(self, ctx):
-        from ..synthesizers import SYNTHESIZERS
+        from ..synthesizers import OUTLIER_SOURCES
 
         spec = dict(self.latent_spec)
         if "root" not in spec and getattr(self.text, "root", None) is not None:
             spec["root"] = str(self.text.root)
-        source = SYNTHESIZERS.build(spec)
+        source = OUTLIER_SOURCES.build(spec)
         source.setup(self.text.ctx)
         source.check()
         ctx.register_state("latent_outliers", source)

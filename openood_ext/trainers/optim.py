@@ -23,11 +23,12 @@ Multistep milestones are given in epochs whatever the interval.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
 
 import torch
 
 from ..errors import ConfigError
+from ..schema import Range, check_value
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep", "exponential")
@@ -41,11 +42,8 @@ _SCHEDULE_KEYS = {"name", "interval", "warmup_epochs", "min_lr_ratio", "mileston
 
 def _number(where: str, value: Any, low: float | None = None, *, integer: bool = False,
             strict_low: bool = False) -> float:
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}")
-    if low is not None and (value <= low if strict_low else value < low):
-        raise ConfigError(f"{where}: expected a value {'>' if strict_low else '>='} {low}, got {value!r}")
+    """``value`` if it is a number (an int when ``integer``) at or above ``low`` (above, when ``strict_low``)."""
+    check_value(where, value, Annotated[int if integer else float, Range(low, open_low=strict_low)])
     return value
 
 

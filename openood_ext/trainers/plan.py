@@ -14,6 +14,7 @@ import torch
 
 from ..config import to_plain
 from ..errors import ConfigError
+from ..synthesizers import OUTLIER_SOURCES
 from .engine import EngineSettings, split_trainer_config
 from .registry import TRAINERS
 from .trainer import as_trainer
@@ -45,7 +46,7 @@ class CheckedTrainerConfig:
         source = None
         if self.source_factory is not None:
             name = getattr(self.source_factory, "_registry_name", "?")
-            source = _call(_synthesizers(), name, self.source_factory, self.source_kwargs)
+            source = _call(OUTLIER_SOURCES, name, self.source_factory, self.source_kwargs)
         return TrainingPlan(copy.deepcopy(self.settings), trainer, self.trainer_name, source)
 
     def current(self) -> bool:
@@ -54,12 +55,7 @@ class CheckedTrainerConfig:
             return False
         if self.source_factory is None:
             return True
-        return _synthesizers().get(self.source_factory._registry_name) is self.source_factory
-
-
-def _synthesizers():
-    from ..synthesizers import SYNTHESIZERS
-    return SYNTHESIZERS
+        return OUTLIER_SOURCES.get(self.source_factory._registry_name) is self.source_factory
 
 
 def _call(registry, name: str, factory, kwargs: dict):
@@ -127,8 +123,8 @@ def check_trainer_config(spec: Mapping[str, Any] | str) -> tuple[CheckedTrainerC
     source_spec = _source_spec(settings, trainer, name)
     source = source_factory = source_kwargs = None
     if source_spec is not None:
-        source_factory, source_kwargs = _synthesizers().check(source_spec)
-        source = _call(_synthesizers(), getattr(source_factory, "_registry_name", "?"), source_factory, source_kwargs)
+        source_factory, source_kwargs = OUTLIER_SOURCES.check(source_spec)
+        source = _call(OUTLIER_SOURCES, getattr(source_factory, "_registry_name", "?"), source_factory, source_kwargs)
         _check_source_kind(source, trainer, name)
     checked = CheckedTrainerConfig(settings, name, factory, kwargs, source_factory, source_kwargs)
     if key is not None:

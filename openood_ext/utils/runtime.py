@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..schema import NonNegativeInt, PositiveInt, check_value
 
 LOGGER_NAME = "openood_ext"
 
@@ -114,14 +115,12 @@ def loader_options(cfg, device: torch.device) -> dict:
 
     With ``num_workers: 0`` the last two are ignored (torch rejects them there)."""
     workers = cfg.get("num_workers", 0)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"config key 'num_workers': expected an int >= 0, got {workers!r}")
+    check_value("config key 'num_workers'", workers, NonNegativeInt)
     pin = _bool_or("pin_memory", cfg.get("pin_memory", "auto"), "auto", ("auto",))
     opts = {"num_workers": workers, "pin_memory": (device.type == "cuda") if pin == "auto" else bool(pin)}
     persistent = _bool_or("persistent_workers", cfg.get("persistent_workers"), False)
     prefetch = cfg.get("prefetch_factor")
-    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
-        raise ConfigError(f"config key 'prefetch_factor': expected an int >= 1 or null, got {prefetch!r}")
+    check_value("config key 'prefetch_factor'", prefetch, PositiveInt | None)
     if workers > 0:
         opts["persistent_workers"] = persistent
         if prefetch is not None:

@@ -74,7 +74,7 @@ def test_ray_backend(tmp_path):
 def test_bad_launcher_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="ad.launcher.backend: expected one of local, submitit, ray, got 'slurm'"):
         launcher_options({"backend": "slurm"}, "ad.launcher")
-    with pytest.raises(ConfigError, match=r"ad.launcher.jobs: expected an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"ad.launcher.jobs: expected int >= 1, got 0"):
         launcher_options({"jobs": 0}, "ad.launcher")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['cluster'\] for backend local"):
         launcher_options({"backend": "local", "cluster": "debug"}, "ad.launcher")

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from openood_ext.errors import ConfigError, DataError
 from openood_ext.pipelines.ad import protocol as ad_mod
-from openood_ext.pipelines.ad.protocol import ADSettings, cell_benchmark, collect_test_set
+from openood_ext.pipelines.ad.settings import ADSettings, cell_benchmark, collect_test_set
 from openood_ext.runner import run_config
 from openood_ext.synthesizers.defects import make_defect_set
 
@@ -37,7 +37,7 @@ def test_bad_protocol_settings(labelled, tmp_path):
     spec = bench_spec(labelled)
     with pytest.raises(ConfigError, match=r"ad.classes: 7 is not a class"):
         ADSettings.from_config(make_cfg(tmp_path, spec, {"classes": [7]}))
-    with pytest.raises(ConfigError, match=r"ad.seeds: expected a number of seeds >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"ad.seeds: expected int >= 1, got 0"):
         ADSettings.from_config(make_cfg(tmp_path, spec, {"seeds": 0}))
     with pytest.raises(ConfigError, match="ad.protocol"):
         ADSettings.from_config(make_cfg(tmp_path, spec, {"protocol": "ovr"}))
@@ -49,15 +49,15 @@ def test_resume_mid_protocol(labelled, tmp_path, monkeypatch):
     ad = {"classes": [0, 1], "seeds": 1, "heatmaps": 0}
     ref = run_config(make_cfg(tmp_path, spec, ad, experiment="ref"))
     calls = []
-    original = ad_mod.ADPipeline.run_cell
+    original = ad_mod.run_cell
 
-    def flaky(self, ctx, settings, cls, seed):
+    def flaky(cfg, settings, ctx, cls, seed):
         calls.append(cls)
         if cls == 1 and calls.count(1) == 1:
             raise KeyboardInterrupt  # killed during the second class
-        return original(self, ctx, settings, cls, seed)
+        return original(cfg, settings, ctx, cls, seed)
 
-    monkeypatch.setattr(ad_mod.ADPipeline, "run_cell", flaky)
+    monkeypatch.setattr(ad_mod, "run_cell", flaky)  # the protocol's loop calls the cell function through its module
     with pytest.raises(KeyboardInterrupt):
         run_config(make_cfg(tmp_path, spec, ad, experiment="killed"))
     partial = tmp_path / "results" / "killed.partial"
