@@ -1,6 +1,6 @@
 """The outlier-source contract shared by image-space and feature-space sources.
 
-An outlier source is built from ``trainer.outliers`` (a SYNTHESIZERS entry) and set up once per run:
+An outlier source is built from ``trainer.outliers`` (a OUTLIER_SOURCES entry) and set up once per run:
 
     source.setup(SourceContext(...))        # benchmark, device, seed, ID batch size, steps per epoch
     source.check()                          # before training: DataError if its data is absent

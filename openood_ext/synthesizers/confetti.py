@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..schema import Length, PositiveInt, Probability
 from .base import OutlierSource
 from .pixels import PixelSpace
-from .registry import SYNTHESIZERS
+from .registry import OUTLIER_SOURCES
 
 
 @dataclass
@@ -91,7 +91,7 @@ def apply_confetti(images255: torch.Tensor, noise: torch.Tensor) -> tuple[torch.
     return out, changed
 
 
-@SYNTHESIZERS.register("confetti")
+@OUTLIER_SOURCES.register("confetti")
 class Confetti(OutlierSource):
     """Confetti outliers, aligned with the ID batch (outlier i is made from ID image i).
 

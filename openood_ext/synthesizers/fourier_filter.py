@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..schema import NonNegativeInt, check_value
 from .base import OutlierSource
 from .pixels import PixelSpace
-from .registry import SYNTHESIZERS
+from .registry import OUTLIER_SOURCES
 
 Mode = Literal["lpf", "hpf"]
 MODES = get_args(Mode)
@@ -111,9 +111,9 @@ class FourierTransform:
         return f"FourierTransform({self.mode}, magnitude={self.magnitude})"
 
 
-@SYNTHESIZERS.register("fourier_filter")
+@OUTLIER_SOURCES.register("fourier_filter")
 class FourierFiltered(OutlierSource):
-    """Wraps an image source (``source``: a SYNTHESIZERS mapping, default ``oe_images``) and filters
+    """Wraps an image source (``source``: a OUTLIER_SOURCES mapping, default ``oe_images``) and filters
     its images with :func:`fourier_filter` (``mode`` lpf/hpf, ``magnitude`` e), in pixel space before
     the benchmark's normalisation, as EOE does."""
 
@@ -121,7 +121,7 @@ class FourierFiltered(OutlierSource):
 
     def __init__(self, mode: Mode = "lpf", magnitude: NonNegativeInt = 14, source: Mapping[str, Any] | str | None = None):
         self.mode, self.magnitude = mode, magnitude
-        self.inner = SYNTHESIZERS.build(source or "oe_images")
+        self.inner = OUTLIER_SOURCES.build(source or "oe_images")
         if getattr(self.inner, "kind", "images") != "images":
             raise ConfigError("trainer.outliers.source: fourier_filter wraps image sources only")
 

@@ -6,7 +6,7 @@ Three standalone pieces, usable on any embedding tensor (OAML reuses them on tex
 
 * :class:`ClassQueues` -- class-wise FIFO queues of raw (unnormalised) embeddings, with ``state_dict``;
 * :func:`npos_sample` -- the vectorised sampler on a [C, Q, D] stack of full queues;
-* :class:`NPOSSynthesizer` -- the SYNTHESIZERS entry ``npos`` (``kind = "features"``) tying both to a
+* :class:`NPOSSynthesizer` -- the OUTLIER_SOURCES entry ``npos`` (``kind = "features"``) tying both to a
   training run: its trainer pushes embeddings with :meth:`~NPOSSynthesizer.update` and asks for outliers
   with :meth:`~NPOSSynthesizer.synthesize`.
 
@@ -54,7 +54,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveFloat, PositiveInt, Range, check_value
 from .base import OutlierSource
-from .registry import SYNTHESIZERS
+from .registry import OUTLIER_SOURCES
 
 Backend = Literal["auto", "faiss", "torch"]
 Ranking = Literal["intended", "published"]
@@ -297,9 +297,9 @@ def npos_sample(queues: torch.Tensor, params: NPOSParams = NPOSParams(), *,
 
 
 # ---------------------------------------------------------------------------------------------- source
-@SYNTHESIZERS.register("npos")
+@OUTLIER_SOURCES.register("npos")
 class NPOSSynthesizer(OutlierSource):
-    """SYNTHESIZERS ``npos``: class queues + :func:`npos_sample` for a training run (``kind = "features"``).
+    """OUTLIER_SOURCES ``npos``: class queues + :func:`npos_sample` for a training run (``kind = "features"``).
 
     Args (``configs/synthesizers/npos.yml``; the paper's CIFAR values as defaults):
         queue_size: embeddings kept per class (1000). K, select, pick, candidates, keep, sigma: the sampler

@@ -12,7 +12,7 @@ from ..datasets.transforms import build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
 from .base import OutlierSource
-from .registry import SYNTHESIZERS
+from .registry import OUTLIER_SOURCES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -28,7 +28,7 @@ class FolderDataset(ImglistDataset):
         self.on_bad_image, self.label_override = on_bad_image, -1
 
 
-@SYNTHESIZERS.register("oe_images", aliases=["oe"])
+@OUTLIER_SOURCES.register("oe_images", aliases=["oe"])
 class OEImages(OutlierSource):
     """Outlier exposure (Hendrycks et al., 2019) from real images, one batch of outliers per ID batch.
 

@@ -1,4 +1,4 @@
-"""SYNTHESIZERS ``sd_text_outliers`` and ``sd_latent_outliers`` (feature-space sources for OAML).
+"""OUTLIER_SOURCES ``sd_text_outliers`` and ``sd_latent_outliers`` (feature-space sources for OAML).
 
 Both read one generation folder ``root`` (see :mod:`.sd_pipeline`, which writes it once and resumes):
 
@@ -28,7 +28,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..schema import Range
 from .base import OutlierSource
-from .registry import SYNTHESIZERS
+from .registry import OUTLIER_SOURCES
 from .sd_pipeline import SDConfig, ensure_generated, entry_paths, expected_entries, status
 
 Mode = Literal["denoised", "forward_noised"]
@@ -50,7 +50,7 @@ def _require_batch(source, n: int, what: str, fix: str) -> None:
         raise ConfigError(f"{what.format(n=n)}, fewer than the image batch ({bs}); {fix} or lower the batch size")
 
 
-@SYNTHESIZERS.register("sd_text_outliers")
+@OUTLIER_SOURCES.register("sd_text_outliers")
 class SDTextOutliers(OutlierSource):
     """Text-embedding outliers (module docstring). Keys: ``root`` (folder), ``generate`` (bool), ``device``
     (for generation; default the run's device) and the :class:`~.sd_pipeline.SDConfig` fields
@@ -102,7 +102,7 @@ class SDTextOutliers(OutlierSource):
         return f"sd_text_outliers: {tuple(self.pool.shape) if self.pool is not None else '?'} from {self.root}"
 
 
-@SYNTHESIZERS.register("sd_latent_outliers")
+@OUTLIER_SOURCES.register("sd_latent_outliers")
 class SDLatentOutliers(OutlierSource):
     """Latent outliers (module docstring): ``root`` (the generation folder), ``mode``, ``timestep``."""
 

@@ -18,7 +18,7 @@ Engine keys of ``trainer:`` (everything else goes to the trainer's constructor):
       accumulate: 1                # optimizer step every N batches (gradient of an N-times larger batch)
       precision: fp32              # fp32 | bf16 | fp16 (fp16: CUDA only, with loss scaling)
       grad_clip: null              # max global gradient norm
-      outliers: {name: oe_images, limit: null}   # SYNTHESIZERS entry (default: the trainer's own)
+      outliers: {name: oe_images, limit: null}   # OUTLIER_SOURCES entry (default: the trainer's own)
       channels_last: false         # network and batches in channels_last memory format (CUDA convnets)
       compile: false               # true (torch.compile, inductor) or a torch.compile backend name
       sync_batchnorm: false        # torchrun only: BatchNorm statistics over all ranks (CUDA only)
