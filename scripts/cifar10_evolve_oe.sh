@@ -31,4 +31,4 @@ for f in benchmark_imglist/cifar10/train_cifar10.txt benchmark_imglist/cifar10/t
 done
 echo "OE candidate pool: DTD Textures ($OPENOOD_EXT_DATA/benchmark_imglist/cifar10/test_texture.txt); EOE's 80MTI is not available"
 echo "fitness = test AUROC: an oracle analysis, as in the paper"
-exec python main.py --config configs/pipelines/oe_search_cifar10.yml "$@"
+exec python main.py --config configs/experiments/eoe/oe_search_cifar10.yml "$@"

@@ -31,12 +31,12 @@ time "$PY" -m openood_ext.cli data prepare cifar10 "${FROM[@]}"
 echo "== train resnet18_32x32 width $WIDTH, $EPOCHS epochs"
 CKPT="checkpoints/cifar10_resnet18_32x32_w${WIDTH}_e${EPOCHS}_s${SEED}.pt"
 if [[ ! -f "$CKPT" ]]; then
-  time "$PY" main.py --config configs/pipelines/train_cifar10.yml network.width="$WIDTH" \
+  time "$PY" main.py --config configs/experiments/openood/train_cifar10.yml network.width="$WIDTH" \
     trainer.epochs="$EPOCHS" seed="$SEED" num_workers="$WORKERS" network.checkpoint="$CKPT" \
     experiment="cifar10_resnet18_32x32_w${WIDTH}_e${EPOCHS}_train_s${SEED}"
 fi
 
 echo "== test_ood: MSP, EBO, KNN"
-time "$PY" main.py --config configs/pipelines/test_ood_cifar10.yml network.width="$WIDTH" seed="$SEED" \
+time "$PY" main.py --config configs/experiments/openood/test_ood_cifar10.yml network.width="$WIDTH" seed="$SEED" \
   num_workers="$WORKERS" network.checkpoint="$CKPT" \
   experiment="cifar10_resnet18_32x32_w${WIDTH}_e${EPOCHS}_test_ood_s${SEED}"

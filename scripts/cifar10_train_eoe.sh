@@ -39,7 +39,7 @@ if [ -n "${OE_LIMITS:-}" ]; then
   clf=false
   case "$objective" in bce|focal) clf=true ;; esac
   limits="[$(echo $OE_LIMITS | tr ' ' ',')]"
-  exec python main.py --config configs/pipelines/ad_cifar10_eoe_oe_limits.yml trainer.name="eoe_$objective" \
+  exec python main.py --config configs/experiments/eoe/ad_cifar10_eoe_oe_limits.yml trainer.name="eoe_$objective" \
       network.clf=$clf "ad_sweep.oe_limits=$limits" experiment="cifar10_eoe_${objective}_oe_limits" "$@"
 fi
-exec python main.py --config "configs/pipelines/ad_cifar10_eoe_$objective.yml" "$@"
+exec python main.py --config "configs/experiments/eoe/ad_cifar10_eoe_$objective.yml" "$@"

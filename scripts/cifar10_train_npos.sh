@@ -22,8 +22,8 @@ export OPENOOD_EXT_DATA="${OPENOOD_EXT_DATA:-data}"
 PY="${PYTHON:-python}"
 
 case "$RECIPE" in
-  paper) CONFIGS=(configs/pipelines/train_npos_cifar10.yml); DEFAULT_EPOCHS=500 ;;
-  openood_v15) CONFIGS=(configs/pipelines/train_npos_cifar10.yml configs/trainers/npos_openood_v15.yml); DEFAULT_EPOCHS=100 ;;
+  paper) CONFIGS=(configs/experiments/npos/train_npos_cifar10.yml); DEFAULT_EPOCHS=500 ;;
+  openood_v15) CONFIGS=(configs/experiments/npos/train_npos_cifar10.yml configs/trainers/npos_openood_v15.yml); DEFAULT_EPOCHS=100 ;;
   *) echo "RECIPE must be paper or openood_v15, got '$RECIPE'" >&2; exit 2 ;;
 esac
 EPOCHS="${EPOCHS:-$DEFAULT_EPOCHS}"
@@ -51,7 +51,7 @@ if [[ ! -f "$CKPT" ]]; then
 fi
 
 echo "== test_ood: KNN (npos, K=300) on normalised penultimate features"
-time "$PY" main.py --config configs/pipelines/test_ood_npos_cifar10.yml "${CONFIGS[@]:1}" "${OVR[@]}" \
+time "$PY" main.py --config configs/experiments/npos/test_ood_npos_cifar10.yml "${CONFIGS[@]:1}" "${OVR[@]}" \
   network.checkpoint="$CKPT" experiment="${TAG}_test_ood"
 
 echo "== leaderboard vs OpenOOD v1.5 (NPOS + KNN row)"

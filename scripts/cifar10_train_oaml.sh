@@ -11,7 +11,7 @@
 #
 # Inputs (env): SD_MODEL (local diffusers dir or a hub id in the local HF cache), ID_FEATURES ([10, N, 768]
 # features of Dream-OOD's anchor-aligned ID model; TRAIN_ANCHOR_MODEL=1 trains it here: anchors from the
-# SD text encoder, configs/pipelines/train_dream_anchor_cifar10.yml, first 500 features per class), TEACHER (fine-tuned teacher checkpoint; fine-tuned from
+# SD text encoder, configs/experiments/oaml/train_dream_anchor_cifar10.yml, first 500 features per class), TEACHER (fine-tuned teacher checkpoint; fine-tuned from
 # TEACHER_INIT when missing), BASE (cross-entropy student checkpoint), EPOCHS, WIDTH, CLUB_UPDATE
 # (alternate|joint), WORK (smoke work folder). Data: OPENOOD_EXT_DATA (default data/), prepared with
 # `openood-ext data prepare cifar10`. Anything missing stops the script before any training.
@@ -68,7 +68,7 @@ else
   fi
   [[ -f "$TEACHER" || -f "${TEACHER_INIT:-/nonexistent}" ]] || \
     missing+=("teacher $TEACHER (or TEACHER_INIT=<local timm ViT-B/16 ImageNet weights> to fine-tune it)")
-  [[ -f "$BASE" ]] || missing+=("base checkpoint $BASE (train it: python main.py --config configs/pipelines/train_cifar10.yml network.width=$WIDTH)")
+  [[ -f "$BASE" ]] || missing+=("base checkpoint $BASE (train it: python main.py --config configs/experiments/openood/train_cifar10.yml network.width=$WIDTH)")
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "cifar10_train_oaml.sh: missing inputs, nothing was trained:" >&2
@@ -79,27 +79,27 @@ fi
 COMMON=(seed="$SEED" "${EXTRA[@]}")
 if [[ "$SMOKE" == 1 && ! -f "$BASE" ]]; then
   echo "== smoke: cross-entropy student (width $WIDTH, 1 epoch)"
-  "$PY" main.py --config configs/pipelines/train_cifar10.yml "${COMMON[@]}" network.width="$WIDTH" trainer.epochs=1 \
+  "$PY" main.py --config configs/experiments/openood/train_cifar10.yml "${COMMON[@]}" network.width="$WIDTH" trainer.epochs=1 \
     network.checkpoint="$BASE" experiment=oaml_smoke_base overwrite=true
 fi
 if [[ ! -f "$TEACHER" ]]; then
   echo "== fine-tune the teacher -> $TEACHER"
   INIT=(); [[ -n "${TEACHER_INIT:-}" ]] && INIT=(network.pretrained_file="$TEACHER_INIT")
   TE=1; [[ "$SMOKE" != 1 ]] && TE="${TEACHER_EPOCHS:-10}"
-  "$PY" main.py --config configs/pipelines/train_oaml_teacher_cifar10.yml "${COMMON[@]}" "${TEACHER_NET[@]}" "${INIT[@]}" \
+  "$PY" main.py --config configs/experiments/oaml/train_oaml_teacher_cifar10.yml "${COMMON[@]}" "${TEACHER_NET[@]}" "${INIT[@]}" \
     trainer.epochs="$TE" network.checkpoint="$TEACHER" experiment="oaml_teacher_s${SEED}$([[ $SMOKE == 1 ]] && echo _smoke)" overwrite=true
 fi
 
 if [[ ! -f "$ID_FEATURES" && ! -f "$OUT_ROOT/text_outliers.pt" ]]; then
   ANCHORS="${ID_FEATURES%.pt}_anchors.pt"; ANCHOR_CKPT="${ID_FEATURES%.pt}_model.pt"
   echo "== Dream-OOD ID feature model: anchors -> $ANCHORS, model -> $ANCHOR_CKPT, features -> $ID_FEATURES"
-  "$PY" -m openood_ext.pipelines.dream_features anchors --config configs/pipelines/train_oaml_cifar10.yml \
+  "$PY" -m openood_ext.pipelines.dream_features anchors --config configs/experiments/oaml/train_oaml_cifar10.yml \
     "${COMMON[@]}" "${SD[@]}" -o "$ANCHORS"
   AW=(network.anchors="$ANCHORS" network.width="$WIDTH" trainer.epochs="${ANCHOR_EPOCHS:-200}")
   [[ "$SMOKE" == 1 ]] && AW+=(trainer.batch_size=16)
-  [[ -f "$ANCHOR_CKPT" ]] || "$PY" main.py --config configs/pipelines/train_dream_anchor_cifar10.yml "${COMMON[@]}" \
+  [[ -f "$ANCHOR_CKPT" ]] || "$PY" main.py --config configs/experiments/oaml/train_dream_anchor_cifar10.yml "${COMMON[@]}" \
     "${AW[@]}" network.checkpoint="$ANCHOR_CKPT" experiment="dream_anchor_s${SEED}$([[ $SMOKE == 1 ]] && echo _smoke)" overwrite=true
-  "$PY" -m openood_ext.pipelines.dream_features features --config configs/pipelines/train_dream_anchor_cifar10.yml \
+  "$PY" -m openood_ext.pipelines.dream_features features --config configs/experiments/oaml/train_dream_anchor_cifar10.yml \
     "${COMMON[@]}" "${AW[@]}" --checkpoint "$ANCHOR_CKPT" --per-class "${PER_CLASS:-500}" -o "$ID_FEATURES"
 fi
 
@@ -109,8 +109,8 @@ OAML=("${COMMON[@]}" "${OAML_EXTRA[@]}" "${SD[@]}" "${TEACHER_TR[@]}" network.wi
       trainer.teacher.checkpoint="$TEACHER" trainer.student_init="$BASE" trainer.club_update="$CLUB_UPDATE"
       network.checkpoint="$CKPT")
 echo "== OAML (outliers under $OUT_ROOT are generated at set-up if missing, then reused)"
-time "$PY" main.py --config configs/pipelines/train_oaml_cifar10.yml "${OAML[@]}" experiment="${TAG}_train" overwrite=true
+time "$PY" main.py --config configs/experiments/oaml/train_oaml_cifar10.yml "${OAML[@]}" experiment="${TAG}_train" overwrite=true
 echo "== test_ood: EBO (T=1), MSP, KNN"
-time "$PY" main.py --config configs/pipelines/test_ood_oaml_cifar10.yml "${OAML[@]}" experiment="${TAG}_test_ood" overwrite=true
+time "$PY" main.py --config configs/experiments/oaml/test_ood_oaml_cifar10.yml "${OAML[@]}" experiment="${TAG}_test_ood" overwrite=true
 echo "== leaderboard"
 "$PY" -m openood_ext.cli leaderboard results -o "results/leaderboard_${TAG}.csv"

@@ -16,7 +16,7 @@
 # Longer, on run B's three weakest classes (README 'Anomaly detection', run C; 28 min on the busy 2-core box):
 #   scripts/fmnist_train_fcdd.sh trainer.epochs=15 ad.seeds=1 ad.train_limit=1000 ad.test_limit=3000 \
 #       "ad.classes=[8,9,2]" experiment=fmnist_fcdd_ovr_cpu_lcn_e15
-# FCDD's HSC baseline with the same settings: configs/pipelines/ad_fmnist_hsc.yml (same overrides).
+# FCDD's HSC baseline with the same settings: configs/experiments/fcdd/ad_fmnist_hsc.yml (same overrides).
 # A killed run continues at the first unfinished class x seed with: ... resume=true
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +26,4 @@ if [ ! -f "$OPENOOD_EXT_DATA/benchmark_imglist/cifar10/train_cifar10.txt" ]; the
   exit 2
 fi
 echo "OE: CIFAR-100 is not available; substitute = CIFAR-10 train images in grayscale ($OPENOOD_EXT_DATA/benchmark_imglist/cifar10/train_cifar10.txt)"
-exec python main.py --config configs/pipelines/ad_fmnist_fcdd.yml "$@"
+exec python main.py --config configs/experiments/fcdd/ad_fmnist_fcdd.yml "$@"

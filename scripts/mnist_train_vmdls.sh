@@ -12,7 +12,7 @@
 # with the same loss settings, 6 classes x 16 per batch, Adam 1e-3 and 100 epochs
 # (configs/trainers/vmdls_digits.yml), next to a cross-entropy network with the same mnist_conv encoder
 # scored by MSP / EBO / MDS / KNN. Both print AUROC/FPR tables; the last step adds macro-F1 at 95 % TPR.
-# Fashion-MNIST check (1,000 training images): configs/pipelines/test_ood_vmdls_fmnist_small.yml, which sets
+# Fashion-MNIST check (1,000 training images): configs/experiments/vmdls/test_ood_vmdls_fmnist_small.yml, which sets
 # trainer.metric_on=mu -- with the published metric loss on sampled z that latent does not separate (README
 # '### VMDLS'); the digits run keeps the published form.
 set -euo pipefail
@@ -48,6 +48,6 @@ YAML
 fi
 
 EPOCHS="${EPOCHS:-100}"
-time "$PY" main.py --config configs/pipelines/test_ood_vmdls_digits.yml trainer.epochs="$EPOCHS" seed="$SEED" output_dir="$OUT" "$@"
-time "$PY" main.py --config configs/pipelines/test_ood_mnist_conv_digits.yml seed="$SEED" output_dir="$OUT" "$@"
+time "$PY" main.py --config configs/experiments/vmdls/test_ood_vmdls_digits.yml trainer.epochs="$EPOCHS" seed="$SEED" output_dir="$OUT" "$@"
+time "$PY" main.py --config configs/experiments/vmdls/test_ood_mnist_conv_digits.yml seed="$SEED" output_dir="$OUT" "$@"
 "$PY" scripts/f1_at_tpr95.py "$OUT/digits_vmdls_test_ood_s$SEED" "$OUT/digits_mnist_conv_test_ood_s$SEED"

@@ -1,4 +1,4 @@
-"""Subset image lists for the VMDLS CPU check (configs/pipelines/test_ood_vmdls_fmnist_small.yml).
+"""Subset image lists for the VMDLS CPU check (configs/experiments/vmdls/test_ood_vmdls_fmnist_small.yml).
 
 Writes <root>/benchmark_imglist/vmdls_fmnist_small/: Fashion-MNIST train 1,000 / val 200 / test 1,000 images
 (class-balanced), MNIST test, Fashion-MNIST+noise and noise 1,000 each (random), all with random.Random(0).

@@ -40,11 +40,12 @@ def _config_for(args) -> list[Path]:
     from ..datasets.benchmark import resolve_path
     if args.config:
         return [Path(c) for c in args.config]
-    if args.benchmark:
-        path = resolve_path(Path("configs") / "pipelines" / f"test_ood_{args.benchmark}.yml")
-        if not path.is_file():
-            raise ConfigError(f"no pipeline config {path} for benchmark '{args.benchmark}' (pass --config)")
-        return [path]
+    if args.benchmark:  # a method's recipe for that benchmark, e.g. configs/experiments/openood/test_ood_cifar10.yml
+        found = sorted(resolve_path(Path("configs") / "experiments").glob(f"*/test_ood_{args.benchmark}.yml"))
+        if not found:
+            raise ConfigError(f"no config configs/experiments/*/test_ood_{args.benchmark}.yml for benchmark "
+                              f"'{args.benchmark}' (pass --config)")
+        return found[:1]
     return [resolve_path(DEFAULT_CONFIG)]
 
 
@@ -234,7 +235,7 @@ def print_report(r: dict) -> None:
 def main(argv) -> int:
     parser = argparse.ArgumentParser(prog="openood-ext bench postprocessors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", help="pipeline config(s); default configs/pipelines/test_ood.yml")
-    parser.add_argument("--benchmark", help="use configs/pipelines/test_ood_<benchmark>.yml")
+    parser.add_argument("--benchmark", help="use configs/experiments/*/test_ood_<benchmark>.yml")
     parser.add_argument("--only", nargs="+", help="restrict to these postprocessors")
     parser.add_argument("--no-aps", action="store_true", help="skip the parameter search")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",

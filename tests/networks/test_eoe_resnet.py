@@ -58,7 +58,7 @@ def test_published_init_switch():
 
 @pytest.mark.parametrize("obj, clf", [("hsc", False), ("bce", True)])
 def test_imagenet30_configs_have_eoe_settings(obj, clf):
-    cfg = load_config([f"configs/pipelines/ad_imagenet30_eoe_{obj}.yml"])
+    cfg = load_config([f"configs/experiments/eoe/ad_imagenet30_eoe_{obj}.yml"])
     tr = to_plain(cfg.trainer)
     assert tr["name"] == f"eoe_{obj}" and tr["epochs"] == 150 and tr["scheduler"]["milestones"] == [100, 125]
     assert tr["optimizer"] == {"name": "adam", "lr": 1e-3, "weight_decay": 0.0} and tr["batch_size"] == 128

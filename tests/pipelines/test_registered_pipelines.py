@@ -18,11 +18,11 @@ from sweep_helpers import builtin_names
 
 # name -> a shipped config that runs it (the smallest / most basic one)
 CONFIGS = {
-    "ad": "ad_fmnist_fcdd.yml",
-    "ad_sweep": "ad_cifar10_eoe_oe_limits.yml",
-    "oe_search": "oe_search_cifar10.yml",
-    "test_ood": "test_ood.yml",
-    "train": "train.yml",
+    "ad": "experiments/fcdd/ad_fmnist_fcdd.yml",
+    "ad_sweep": "experiments/eoe/ad_cifar10_eoe_oe_limits.yml",
+    "oe_search": "experiments/eoe/oe_search_cifar10.yml",
+    "test_ood": "pipelines/test_ood.yml",
+    "train": "pipelines/train.yml",
 }
 
 
@@ -34,7 +34,7 @@ def test_registered_pipeline_accepts_its_config(name, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENOOD_EXT_DATA", str(empty))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "results"
-    path = REPO / "configs" / "pipelines" / CONFIGS[name]
+    path = REPO / "configs" / CONFIGS[name]
     cfg = load_config([path], [f"output_dir={out}"])
     assert PIPELINES.get(cfg.pipeline) is PIPELINES.get(name), f"{path.name} runs {cfg.pipeline!r}"
     validate_run(cfg)

@@ -346,12 +346,12 @@ def test_trainer_rejects_plain_networks_and_bad_args():
 
 def test_configs_load_with_the_papers_values():
     from openood_ext.config import load_config
-    cfg = load_config(["configs/pipelines/train_npos_cifar10.yml"])
+    cfg = load_config(["configs/experiments/npos/train_npos_cifar10.yml"])
     t = cfg.trainer
     assert (t.outliers.queue_size, t.outliers.K, t.outliers.select, t.outliers.pick, t.outliers.candidates,
             t.outliers.keep, t.outliers.sigma, t.outliers.start_epoch) == (1000, 300, 200, 2, 600, 200, 0.1, 200)
     assert (t.epochs, t.batch_size, t.optimizer.lr, t.optimizer.weight_decay) == (500, 256, 0.5, 1e-4)
-    v15 = load_config(["configs/pipelines/train_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"])
+    v15 = load_config(["configs/experiments/npos/train_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"])
     assert (v15.trainer.epochs, v15.trainer.optimizer.lr, v15.trainer.outliers.start_epoch) == (100, 0.1, 40)
     assert v15.trainer.outliers.K == 300
 

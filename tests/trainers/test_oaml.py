@@ -232,7 +232,7 @@ def test_bad_trainer_input(tmp_path):
 def test_config_has_the_papers_weights_and_sizes():
     from openood_ext.config import load_config, to_plain
     from openood_ext.trainers import validate_trainer_config
-    t = load_config(["configs/pipelines/train_oaml_cifar10.yml"]).trainer
+    t = load_config(["configs/experiments/oaml/train_oaml_cifar10.yml"]).trainer
     assert (t.w_kd, t.w_feat, t.w_text, t.w_latent, t.temperature) == (4.0, 8.0, 0.1, 0.2, 1.0)
     assert (t.batch_size, t.epochs, t.optimizer.lr, t.optimizer.weight_decay, t.optimizer.nesterov) == (128, 500, 0.01, 5e-4, True)
     assert (t.club_lr, t.club_hidden, list(t.latent_mu_hidden)) == (1e-4, 512, [8192, 4096, 256])

@@ -10,7 +10,7 @@ from openood_ext.trainers import TRAINERS, split_trainer_config
 
 @pytest.mark.parametrize("obj", ["hsc", "bce", "focal", "dsad", "dsvdd"])
 def test_cifar10_eoe_config(obj):
-    cfg = load_config([f"configs/pipelines/ad_cifar10_eoe_{obj}.yml"])
+    cfg = load_config([f"configs/experiments/eoe/ad_cifar10_eoe_{obj}.yml"])
     tr = to_plain(cfg.trainer)
     assert tr["name"] == f"eoe_{obj}" and tr["epochs"] == 200 and tr["batch_size"] == 128
     assert tr["optimizer"] == {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}
