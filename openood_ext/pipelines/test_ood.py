@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import distributed
 from ..datasets import Benchmark
 from ..errors import CheckpointError, ConfigError
-from ..evaluators import EVALUATORS
+from ..evaluators import EVALUATORS, family_of
 from ..networks.checkpoint import load_checkpoint
 from ..postprocessors import POSTPROCESSORS
 from ..postprocessors.base import as_postprocessor
@@ -102,6 +102,10 @@ class TestOODPipeline:
                 spec, use_aps = {**spec, **point}, False
             plans.append((spec_label(s), spec, use_aps, grid))
         evaluator = EVALUATORS.build(cfg.get("evaluator", "ood"))
+        if family_of(evaluator) != "splits":
+            raise ConfigError(f"evaluator: test_ood scores postprocessors per split and needs an evaluator of the "
+                              f"'splits' family (e.g. ood); {cfg.get('evaluator')!r} is of the "
+                              f"'{family_of(evaluator)}' family")
         bench = build_benchmark(cfg)
         ckpt = ensure_checkpoint(cfg, ctx, bench)
         net = build_network(cfg, ctx.device)
