@@ -5,7 +5,8 @@ The network runs once per split; every postprocessor that needs only logits/feat
 layers (Gram, MDSEns's fit) declare layer taps, computed in the same pass (the id_train pass fits them,
 each test split's pass scores them), so they add no network pass; only input-gradient methods (ODIN,
 MDSEns's scoring, ...) re-run the network. A postprocessor under APS is built per grid point and runs
-its own passes.
+its own passes. Which pass each postprocessor takes is decided by the postprocessor scheduler
+(:mod:`openood_ext.postprocessors.schedule`), not here.
 """
 
 from __future__ import annotations
