@@ -165,8 +165,8 @@ class TapSet:
                              f"twice?); tap another module")
         self.calls[layer] += 1
         with torch.no_grad():
-            for reduce, fn in self.by_layer[layer].items():
-                self._batch[(layer, reduce)] = fn(t.detach())
+            for reduce, fn in self.by_layer[layer].items():  # a module may return a list (VMDLS's encoder)
+                self._batch[(layer, reduce)] = fn(t.detach() if isinstance(t, torch.Tensor) else t)
 
     def __enter__(self) -> TapSet:  # noqa: PYI034
         for layer in self.by_layer:

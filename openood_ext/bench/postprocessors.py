@@ -55,7 +55,6 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
     ``clock``: ``wall`` (time.perf_counter) or ``cpu`` (this process's CPU time, time.process_time:
     steadier on a shared machine; use it with ``num_workers=0``, as loader workers are other processes).
     """
-    from ..features import extract_outputs
     from ..networks.checkpoint import load_checkpoint
     from ..pipelines import aps
     from ..pipelines.context import RunContext, build_benchmark, build_network
@@ -63,6 +62,7 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
     from ..pipelines.test_ood import ensure_checkpoint
     from ..postprocessors import POSTPROCESSORS
     from ..postprocessors.base import as_postprocessor
+    from ..postprocessors.schedule import Scheduler, fit_alone, fit_and_score
 
     now = time.process_time if clock == "cpu" else time.perf_counter
     cfg.cache_dir = None  # measure real forward passes
@@ -80,86 +80,53 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
             split_time[split.name] = now() - t
         t_fwd = sum(split_time.values())
         test_splits = [s for s in splits if s.group in ("id_test", "near", "far")]
+        test_names = [s.name for s in test_splits]
         has_val = "ood_val" in split_time
-        train, id_val = store.get(bench.split("id_train")), store.get(bench.split("id_val"))
 
         candidates = list(names or ZOO)
         build = lambda name, **kw: as_postprocessor(POSTPROCESSORS.build({"name": name, **kw}))
-
-        def attach(pp):
-            if pp.needs_network or pp.uses_taps:
-                pp.attach_network(net, ctx.device, store.loader_for)
-            return pp
-
-        # 2. layer taps riding on the shared passes
-        pps = {name: attach(build(name)) for name in candidates}
-        layered = [pp for pp in pps.values() if pp.needs_network or pp.uses_taps]
-        t_taps = 0.0
-        tap_scores: dict[str, dict] = {}
         t = now()  # one-time costs per process, reported apart from the per-split figures
         _load_libraries(candidates)
         t_libraries = now() - t
-        if layered:
-            example = store.example("id_train")
-            fitting = [c for c in (pp.fit_taps(net, example) for pp in layered) if c is not None]
-            t = now()
-            extract_outputs(net, store.loader_for("id_train"), ctx.device, consumers=fitting)
-            t_taps += now() - t - split_time["id_train"]
-            tapped = {n: pp for n, pp in pps.items() if pp.uses_taps}
-            for pp in tapped.values():
-                pp.fit(train, val_outputs=id_val)
-            if tapped:
-                for split in test_splits:
-                    t = now()
-                    out = extract_outputs(net, store.loader_for(split.name), ctx.device,
-                                          consumers=[pp.score_taps() for pp in tapped.values()])
-                    t_taps += now() - t - split_time[split.name]
-                    for n, conf in zip(tapped, out.tap_results):
-                        tap_scores.setdefault(n, {})[split.name] = conf
 
-        # 3. every method with its defaults, then with APS
+        # 2. the scheduler's shared passes: layer taps ride on the id_train pass (fits) and each test
+        # split's pass (scores); their cost is the time over the plain passes of step 1
+        sched = Scheduler({name: build(name) for name in candidates}, store, net, ctx.device, clock=now)
+        sched.prepare(test_names)
+        t_taps = sum(sec - split_time[split] for split, sec in sched.result.pass_seconds.items())
+
+        # 3. every method with its defaults (its own fit + scoring), then with APS
         rows = []
         for name in candidates:
-            pp = pps[name]
-            t0 = now()
-            if not pp.uses_taps:
-                pp.fit(train, val_outputs=id_val)
-                for split in test_splits:
-                    pp.score_loader(store.loader_for(split.name)) if pp.needs_network else pp.score(store.get(split))
-            plain = now() - t0
+            sched.score(name)
+            how = sched.routes[name]
+            plain = sched.result.seconds[name]
             grid = aps.load_method_config(name).get("aps_grid") if (aps_on and has_val) else None
             combos = aps.grid_combinations(dict(grid)) if grid else []
             searched = 0.0
             if len(combos) == 1:  # nothing to search: the pipeline runs it as without APS
                 searched = plain
             elif grid:
-                ood_val = store.get(bench.split("ood_val"))
                 t0 = now()
 
-                def fit_and_score(p, ood_val=ood_val):
-                    attach(p).fit(train, val_outputs=id_val)
-                    if p.needs_network or p.uses_taps:
-                        return (p.score_loader(store.loader_for("id_val")), p.score_loader(store.loader_for("ood_val")))
-                    return p.score(id_val), p.score(ood_val)
+                def scores(p):
+                    conf = fit_and_score(p, store, ["id_val", "ood_val"], net, ctx.device)
+                    return conf["id_val"], conf["ood_val"]
 
-                result = aps.search({"name": name}, dict(grid), fit_and_score,
-                                    fit=lambda p: attach(p).fit(train, val_outputs=id_val),
+                result = aps.search({"name": name}, dict(grid), scores,
+                                    fit=lambda p: fit_alone(p, store, net, ctx.device),
                                     loaders={"id_val": store.loader_for("id_val"),
                                              "ood_val": store.loader_for("ood_val")})
-                chosen = attach(build(name, **result["chosen"]))
-                chosen.fit(train, val_outputs=id_val)
-                for split in test_splits:
-                    (chosen.score_loader(store.loader_for(split.name)) if chosen.needs_network or chosen.uses_taps
-                     else chosen.score(store.get(split)))
+                fit_and_score(build(name, **result["chosen"]), store, test_names, net, ctx.device)
                 searched = now() - t0
             val_pass = split_time["id_val"] + split_time.get("ood_val", 0.0)
             test_pass = sum(split_time[s.name] for s in test_splits)
-            if pp.needs_network:  # its measured time holds its own passes; a grid point costs ~3 passes
+            if how == "network":  # its measured time holds its own passes; a grid point costs ~3 passes
                 openood = split_time["id_train"] + plain + 3 * len(combos) * val_pass
             else:  # setup pass, val passes per grid point, test passes, plus its compute
-                own = t_taps if pp.uses_taps else plain
+                own = t_taps if how == "taps" else plain
                 openood = split_time["id_train"] + len(combos) * val_pass + test_pass + own
-            rows.append({"postprocessor": name, "gradient": bool(pp.needs_network), "taps": bool(pp.uses_taps),
+            rows.append({"postprocessor": name, "gradient": how == "network", "taps": how == "taps",
                          "combinations": len(combos), "ours_s": plain, "ours_aps_s": searched,
                          "openood_way_s": openood,
                          "chosen": result["chosen"] if len(combos) > 1 else (combos[0] if combos else {})})

@@ -56,21 +56,25 @@ def as_records(results: Iterable[ADRecord] | Mapping) -> list[ADRecord]:
 class OneVsRestEvaluator:
     """AD AUROC per class (mean ± std over seeds) and over classes, one-vs-rest or leave-one-out."""
 
+    family = "arrays"  # the contract of the evaluators package docstring
+
     def __init__(self, mode: str = "one_vs_rest"):
         if mode not in MODES:
             raise ValueError(f"ad_ovr: mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
 
-    def evaluate(self, records: Iterable[ADRecord] | Mapping, method: str = "ad", dataset: str = "test") -> dict:
+    def evaluate(self, records: Iterable[ADRecord] | Mapping, method: str = "ad", split: str = "test", *,
+                 dataset: str | None = None) -> dict:
         """Aggregate per-(class, seed) results (see the module doc for the keys).
 
         Args:
             records: ADRecords, or ``{(class, seed): (scores [N], is_anomaly [N])}``.
             method: the postprocessor/method, named in errors.
-            dataset: the benchmark/split, named in errors.
+            split: the benchmark/split, named in errors (``dataset``: its older name, still accepted).
         Raises DataError naming method, dataset, class and seed for NaN/Inf scores, labels that are not
         binary, mismatched lengths, a test set with only one class, or a repeated (class, seed).
         """
+        dataset = split if dataset is None else dataset
         records = as_records(records)
         if not records:
             raise DataError(f"ad_ovr: no results to evaluate for '{method}' on '{dataset}'")

@@ -21,6 +21,8 @@ from .registry import EVALUATORS
 class OpenSetEvaluator:
     """OSR: AUROC of known (positive) vs unknown classes by confidence, and closed-set accuracy on knowns."""
 
+    family = "arrays"  # the contract of the evaluators package docstring
+
     def evaluate(self, conf: np.ndarray, preds: np.ndarray, labels: np.ndarray, known: np.ndarray,
                  method: str = "osr", split: str = "test") -> dict:
         """

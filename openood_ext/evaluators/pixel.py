@@ -37,6 +37,8 @@ class PixelEvaluator:
         seed: seed of the subsample.
     """
 
+    family = "arrays"  # the contract of the evaluators package docstring
+
     def __init__(self, max_pixels: int = 50_000_000, chunk_pixels: int = 4_000_000, seed: int = 0):
         if int(max_pixels) < 1 or int(chunk_pixels) < 1:
             raise ValueError(f"max_pixels and chunk_pixels must be positive, got {max_pixels}, {chunk_pixels}")

@@ -56,3 +56,17 @@ def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
             f"network expects {want} (different architecture or number of classes?)")
     net.load_state_dict(state)
     return meta
+
+
+def load_network(spec: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A frozen network in eval mode from a NETWORKS spec whose ``checkpoint`` key names its weights
+    (e.g. VMDLS's autoencoder: ``{name: ae_mnist_conv, checkpoint: path, ...}``)."""
+    from ..errors import ConfigError
+    from . import NETWORKS
+    spec = dict(spec)
+    ckpt = spec.pop("checkpoint", None)
+    if not ckpt:
+        raise ConfigError(f"network {spec.get('name')!r}: a checkpoint is needed ({{name: ..., checkpoint: path}})")
+    net = NETWORKS.build(spec)
+    load_checkpoint(ckpt, net)
+    return net.to(device).eval().requires_grad_(False)

@@ -77,6 +77,10 @@ class OutputStore:
                 self.memo[split.name] = self.cache.get_or_compute(key, lambda: self._forward(split), expected)
         return self.memo[split.name]
 
+    def outputs(self, split_name: str, consumers=()) -> NetOutputs:
+        """``get`` by split name: the source protocol of :mod:`openood_ext.postprocessors.schedule`."""
+        return self.get(self.bench.split(split_name), consumers)
+
     def prefetch(self, ood_sets, aps: bool = False) -> None:
         """Outputs of id_train, id_val, id_test, ``ood_sets`` (and ood_val with ``aps``) in this order, so
         that under torchrun all ranks take part in every split's pass before rank 0 goes on alone. A

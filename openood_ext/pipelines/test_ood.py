@@ -5,27 +5,24 @@ The network runs once per split; every postprocessor that needs only logits/feat
 layers (Gram, MDSEns's fit) declare layer taps, computed in the same pass (the id_train pass fits them,
 each test split's pass scores them), so they add no network pass; only input-gradient methods (ODIN,
 MDSEns's scoring, ...) re-run the network. A postprocessor under APS is built per grid point and runs
-its own passes.
+its own passes. Which pass each postprocessor takes is decided by the postprocessor scheduler
+(:mod:`openood_ext.postprocessors.schedule`), not here.
 """
 
 from __future__ import annotations
 
-import inspect
-
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
-from ..datasets import Benchmark, Split
-from ..errors import CheckpointError, ConfigError, DataError
-from ..evaluators import EVALUATORS
-from ..evaluators.ood import SplitScores
-from ..features import EmptySplit, NetOutputs
+from ..datasets import Benchmark
+from ..errors import CheckpointError, ConfigError
+from ..evaluators import EVALUATORS, family_of
 from ..networks.checkpoint import load_checkpoint
 from ..postprocessors import POSTPROCESSORS
 from ..postprocessors.base import as_postprocessor
+from ..postprocessors.schedule import Scheduler, fit_alone, fit_and_score
 from ..utils.runtime import log_to_file
 from .context import RunContext, build_benchmark, build_network
 from .outputs import OutputStore
@@ -106,6 +103,10 @@ class TestOODPipeline:
                 spec, use_aps = {**spec, **point}, False
             plans.append((spec_label(s), spec, use_aps, grid))
         evaluator = EVALUATORS.build(cfg.get("evaluator", "ood"))
+        if family_of(evaluator) != "splits":
+            raise ConfigError(f"evaluator: test_ood scores postprocessors per split and needs an evaluator of the "
+                              f"'splits' family (e.g. ood); {cfg.get('evaluator')!r} is of the "
+                              f"'{family_of(evaluator)}' family")
         bench = build_benchmark(cfg)
         ckpt = ensure_checkpoint(cfg, ctx, bench)
         net = build_network(cfg, ctx.device)
@@ -128,37 +129,16 @@ class TestOODPipeline:
             store.prefetch(ood_sets, aps=any(use_aps for _, _, use_aps, _ in plans))
             if not distributed.is_main():
                 return {"run_dir": None, "rank": distributed.rank(), "forward_passes": store.forward_passes}
-        # Postprocessors without APS are built now, so their layer taps ride on the shared passes:
-        # fits on the id_train pass, tap scores on each test split's pass.
+        # Postprocessors without APS are built now and share the scheduler's passes (layer taps ride on
+        # them); one under APS is built per grid point, then with its choice, and runs on its own.
         built = {label: as_postprocessor(POSTPROCESSORS.build(spec)) for label, spec, use_aps, _ in plans
                  if not use_aps}
-        for pp in built.values():
-            if pp.needs_network or pp.uses_taps:
-                pp.attach_network(net, ctx.device, store.loader_for)
-        layered = [pp for pp in built.values() if pp.needs_network or pp.uses_taps]
-        example = store.example("id_train") if layered else None
-        fitting = [c for c in (pp.fit_taps(net, example) for pp in layered) if c is not None]
-        train_out = store.get(bench.split("id_train"), fitting)
-        val_out = store.get(bench.split("id_val"))
-        tapped = {label: pp for label, pp in built.items() if pp.uses_taps}
-        for pp in tapped.values():
-            pp.fit(train_out, val_outputs=val_out)
-        tap_scores: dict[str, dict[str, np.ndarray]] = {label: {} for label in tapped}
-
-        def split_outputs(split: Split) -> NetOutputs:
-            scorers = [pp.score_taps() for pp in tapped.values()]
-            out = store.get(split, scorers)
-            for label, conf in zip(tapped, out.tap_results if scorers else ()):
-                tap_scores[label][split.name] = conf
-            return out
-
-        id_test = split_outputs(bench.split("id_test"))
-        ood_out = {}
-        for s in list(ood_sets):
-            try:
-                ood_out[s.name] = split_outputs(s)
-            except EmptySplit as exc:  # every image unreadable under on_bad_image=skip: skip the set, say so
-                reason = f"all {exc.skipped} images unreadable (on_bad_image=skip)"
+        shared = Scheduler(built, store, net, ctx.device)
+        test_names = ["id_test"] + [s.name for s in ood_sets]
+        shared.prepare(test_names, optional=test_names[1:])
+        for s in list(ood_sets):  # every image unreadable under on_bad_image=skip: skip the set, say so
+            if s.name in shared.result.skipped:
+                reason = f"all {shared.result.skipped[s.name].skipped} images unreadable (on_bad_image=skip)"
                 ctx.log.warning("skipping OOD set %s (%s): %s", s.name, s.group, reason)
                 skipped[s.name] = (s.group, reason)
                 ood_sets.remove(s)
@@ -166,19 +146,18 @@ class TestOODPipeline:
         rows, summary = [], {"benchmark": bench.name, "checkpoint": str(ckpt), "postprocessors": {}}
         for label, spec, use_aps, grid in plans:
             with ctx.timed(f"postprocessor/{label}"):
-                search = self._search(spec, grid, store, bench, net, ctx) if use_aps else None
-                pp = built.get(label) or as_postprocessor(
-                    POSTPROCESSORS.build({**spec, **(search["chosen"] if search else {})}))
-                if (pp.needs_network or pp.uses_taps) and label not in built:
-                    pp.attach_network(net, ctx.device, store.loader_for)
-                pp.fit(train_out, val_outputs=val_out)
-                given = tap_scores.get(label, {})
-                scored = {"id_test": self._scores(pp, id_test, store, bench.split("id_test"), given)}
-                scored.update({s.name: self._scores(pp, ood_out[s.name], store, s, given) for s in ood_sets})
-            extra = {"num_classes": bench.num_classes} if "num_classes" in inspect.signature(evaluator.evaluate).parameters else {}
+                if use_aps:
+                    search = self._search(spec, grid, store, bench, net, ctx)
+                    pp = as_postprocessor(POSTPROCESSORS.build({**spec, **search["chosen"]}))
+                    alone = Scheduler({label: pp}, store, net, ctx.device, share_taps=False)
+                    alone.prepare(shared.splits)
+                    scored = alone.score(label)
+                else:
+                    search, pp, scored = None, built[label], shared.score(label)
+            # one evaluator contract (evaluators package docstring): num_classes is always given
             result = evaluator.evaluate(
                 label, scored["id_test"],
-                {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped, **extra)
+                {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped, num_classes=bench.num_classes)
             rows += result.rows
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
             if label in fixed:
@@ -208,45 +187,18 @@ class TestOODPipeline:
                 "forward_passes": store.forward_passes}
 
     def _search(self, spec: dict, grid, store: OutputStore, bench, net, ctx) -> dict:
-        """APS on (ID val, OOD val) from cached outputs (network methods score from loaders)."""
+        """APS on (ID val, OOD val): each grid point fitted and scored on its own by the scheduler."""
         names = {s.name for s in bench.splits()}
         if "ood_val" not in names:
             raise ConfigError(f"APS needs an OOD validation split, and benchmark '{bench.name}' has none "
                               f"(add benchmark.ood.val)")
-        train_out, id_val = store.get(bench.split("id_train")), store.get(bench.split("id_val"))
-        ood_val = store.get(bench.split("ood_val"))
 
-        def fit_and_score(pp):  # tap methods under APS run their own passes over the loaders
-            if pp.needs_network or pp.uses_taps:
-                pp.attach_network(net, ctx.device, store.loader_for)
-            pp.fit(train_out, val_outputs=id_val)
-            return (self._scores(pp, id_val, store, bench.split("id_val")).conf,
-                    self._scores(pp, ood_val, store, bench.split("ood_val")).conf)
-
-        def fit(pp):
-            if pp.needs_network or pp.uses_taps:
-                pp.attach_network(net, ctx.device, store.loader_for)
-            pp.fit(train_out, val_outputs=id_val)
+        def scores(pp):
+            conf = fit_and_score(pp, store, ["id_val", "ood_val"], net, ctx.device)
+            return conf["id_val"], conf["ood_val"]
 
         loaders = {"id_val": store.loader_for("id_val"), "ood_val": store.loader_for("ood_val")}
-        return aps.search(spec, grid, fit_and_score, fit=fit, loaders=loaders)
-
-    @staticmethod
-    def _scores(pp, outputs: NetOutputs, store: "OutputStore", split: Split, given=None) -> SplitScores:
-        """The split's scores: from the shared pass's taps (``given``), by re-running the network, or
-        from its outputs."""
-        labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
-        if given and split.name in given:
-            conf = given[split.name]
-        elif pp.needs_network or pp.uses_taps:
-            conf = pp.score_loader(store.loader_for(split.name))
-        else:
-            conf = pp.score(outputs)
-        conf = np.asarray(conf, dtype=np.float64)
-        if conf.shape != (len(outputs),):
-            raise DataError(f"postprocessor '{pp.name}' returned {conf.shape} scores on '{split.name}', "
-                            f"expected ({len(outputs)},)")
-        return SplitScores(conf, pp.predict(outputs), labels)
+        return aps.search(spec, grid, scores, fit=lambda pp: fit_alone(pp, store, net, ctx.device), loaders=loaders)
 
     @staticmethod
     def _print(bench, table, per_set, skipped, skipped_images) -> None:

@@ -19,7 +19,12 @@ Methods that need intermediate layers but no gradient (Gram; MDSEns's fit) read 
 forward pass instead (layer taps, see :mod:`openood_ext.features`): ``fit_taps(net, example)`` returns a
 consumer that fits the method from the id_train pass, ``score_taps()`` one whose ``finish()`` is a split's
 confidences; ``uses_taps = True`` says the method scores that way. ``needs_network`` is then left for
-what needs input gradients or perturbed inputs (ODIN, MDSEns's scoring).
+what needs input gradients or perturbed inputs (ODIN, MDSEns's scoring). A score consumer's ``finish()``
+returns conf float64 [N], or ``(conf [N], preds [N])`` from a method that predicts classes its own way
+(VMDLS); then ``predict`` is not called for that split.
+
+Callers do not choose among these paths themselves: :class:`openood_ext.postprocessors.schedule.Scheduler`
+routes every postprocessor (cached outputs, shared layer taps, or the network) and returns its scores.
 
 Plugins need no base class (duck typing): a class with ``score`` (and optionally ``fit``) is enough.
 :func:`as_postprocessor` gives such an object the optional parts of the contract with their defaults

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..features import Tap, extract_outputs
 from .base import Postprocessor
-from .layer_features import iter_images
 from .registry import POSTPROCESSORS
 
 SHIFTS = ("fit", "scored")
@@ -136,17 +136,26 @@ def vmdls_scores(max_loglik: np.ndarray, recon: np.ndarray | None = None, shift:
 
 @POSTPROCESSORS.register("vmdls")
 class VMDLSPostprocessor(Postprocessor):
-    """See the module docstring. Needs a ``vmdls`` network (``ensemble``, ``first_layer``).
+    """See the module docstring. Needs a ``vmdls`` network (``encoder`` returning ``(pooled list, output)``,
+    ``fc_mu``, ``first_layer``).
+
+    Works from the shared forward pass's layer taps (``uses_taps``): the id_train pass fits the Gaussians
+    (``fit_taps``), each scored split's pass gives ``(conf [N] float64, preds [N])`` (``score_taps``;
+    preds = the class of the best Gaussian). The ensemble feature is read off the network's own forward
+    (the encoder's pooled layers and output, and mu = ``fc_mu``'s output), so the method adds no pass;
+    with ``ae`` the encoder's input (the images) is tapped too, to measure the reconstruction distance.
+    ``attach_network`` + ``fit``/``score_loader`` run the same consumers over loaders instead.
 
     Args:
         jitter_step: the jitter unit (1e-6, as published). jitter_offset: steps added to k* (2).
         max_jitter: largest jitter tried before failing (1.0).
         shift: ``fit`` | ``scored`` (see the module docstring).
-        ae: optional frozen autoencoder for the reconstruction weight: a NETWORKS spec with a
-            ``checkpoint`` (``{name: ..., checkpoint: path, ...}``), or an ``nn.Module`` (tests).
+        ae: optional frozen autoencoder for the reconstruction weight: an ``nn.Module``, or a NETWORKS
+            spec with a ``checkpoint`` (``{name: ..., checkpoint: path, ...}``), loaded by
+            :func:`openood_ext.networks.checkpoint.load_network` when the first pass is set up.
     """
 
-    needs_network = True
+    uses_taps = True
     network_methods = ("ensemble", "first_layer")  # only networks with these can be scored
 
     def __init__(self, jitter_step: float = 1e-6, jitter_offset: int = 2, max_jitter: float = 1.0,
@@ -162,92 +171,65 @@ class VMDLSPostprocessor(Postprocessor):
         self.jitter_step, self.jitter_offset, self.max_jitter = float(jitter_step), jitter_offset, float(max_jitter)
         self.shift = shift
         self._ae_spec = ae
+        # fitted state (set by the fit consumer's finish, i.e. by fit): nothing else persists between calls
         self.jitter: float | None = None
         self.m_fit: float | None = None
         self.r_fit_max: float | None = None
         self.classes = self.means = self.chol = None
+        self._net = self._ae = None
         self.net = self.device = self.loaders = None
-        self._ae = None
-        self._last_pred = None
 
-    # ------------------------------------------------------------------ network side
-    def _check_net(self):
-        if self.net is None:
+    # ------------------------------------------------------------------ taps
+    def _check_net(self, net) -> None:
+        if net is None:
             raise RuntimeError("vmdls: attach_network(net, device, loaders) must be called before fit/score")
-        if not callable(getattr(self.net, "ensemble", None)):
-            raise ConfigError(f"postprocessor vmdls: network {type(self.net).__name__} has no ensemble(x); "
+        if not callable(getattr(net, "ensemble", None)):
+            raise ConfigError(f"postprocessor vmdls: network {type(net).__name__} has no ensemble(x); "
                               f"use network.name: vmdls")
 
-    def _autoencoder(self):
+    def _autoencoder(self, device):
+        """The frozen autoencoder (None without ``ae``); resolved once, with the network it is used on."""
         if self._ae is None and self._ae_spec is not None:
             if isinstance(self._ae_spec, torch.nn.Module):
-                ae = self._ae_spec
+                self._ae = self._ae_spec.to(device or "cpu").eval().requires_grad_(False)
             else:
-                from ..networks import NETWORKS
-                from ..networks.checkpoint import load_checkpoint
-                spec = dict(self._ae_spec)
-                ckpt = spec.pop("checkpoint", None)
-                if not ckpt:
-                    raise ConfigError("postprocessor vmdls: ae needs a checkpoint (ae: {name: ..., checkpoint: path})")
-                ae = NETWORKS.build(spec)
-                load_checkpoint(ckpt, ae)
-            self._ae = ae.to(self.device or "cpu").eval().requires_grad_(False)
+                from ..networks.checkpoint import load_network
+                self._ae = load_network(self._ae_spec, device or "cpu")
         return self._ae
 
-    @staticmethod
-    def _reconstruct(ae, images):
-        fn = getattr(ae, "reconstruct", None)
-        return fn(images) if callable(fn) else ae(images)
+    def _taps(self) -> list[Tap]:
+        # the pieces of net.ensemble(x) = [l1, l2, l3, encoder output, mu] as the plain forward computes them
+        taps = [Tap("encoder", "vmdls:pooled", lambda pooled: torch.cat(list(pooled), dim=1)),
+                Tap("fc_mu:input", "identity", _identity), Tap("fc_mu", "identity", _identity)]
+        if self._ae_spec is not None:  # the images, for the reconstruction distance
+            taps.append(Tap("encoder:input", "identity", _identity))
+        return taps
 
-    @torch.no_grad()
-    def _features(self, loader, desc: str):
-        """(ensemble features float64 [N, D], labels [N], recon r [N] or None)."""
-        self.net.eval()
-        ae = self._autoencoder()
-        feats, labels, recon = [], [], []
-        for images, y in iter_images(loader, self.device, desc=desc):
-            f = self.net.ensemble(images)
-            feats.append(f.double().cpu())
-            labels.append(y)
-            if ae is not None:
-                a, b = self.net.first_layer(images), self.net.first_layer(self._reconstruct(ae, images))
-                recon.append((a - b).pow(2).mean(1).double().cpu())
-        if not feats:
-            return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), None
-        return torch.cat(feats), torch.cat(labels), (torch.cat(recon) if recon else None)
+    def fit_taps(self, net: torch.nn.Module, example: torch.Tensor | None = None) -> _VMDLSFit:
+        """A consumer fitting the class Gaussians from the id_train pass; ``finish()`` sets the fit."""
+        self._check_net(net)
+        self._net = net
+        return _VMDLSFit(self, net, self._autoencoder(_device_of(net)))
 
-    def _fit_stats(self, loader):
-        """One pass: per-class sums accumulated over batches (the published code overwrote them)."""
-        self.net.eval()
-        ae = self._autoencoder()
-        stats, recon_max = None, 0.0
-        with torch.no_grad():
-            for images, y in iter_images(loader, self.device, desc="vmdls fit"):
-                f = self.net.ensemble(images)
-                if stats is None:
-                    k = int(getattr(self.net, "class_means", torch.zeros(0)).shape[0]) or int(y.max()) + 1
-                    stats = GaussianStats(max(k, int(y.max()) + 1), f.shape[1])
-                if not torch.isfinite(f).all():
-                    raise ConfigError("vmdls: non-finite ensemble features on the training split "
-                                      "(NaN latent or encoder output; the network diverged)")
-                stats.add(f, y)
-                if ae is not None:
-                    a, b = self.net.first_layer(images), self.net.first_layer(self._reconstruct(ae, images))
-                    recon_max = max(recon_max, float((a - b).pow(2).mean(1).max()))
-        if stats is None:
-            raise ConfigError("vmdls: the ID training split yielded no images to fit on")
-        return stats, recon_max
+    def score_taps(self) -> _VMDLSStream:
+        """A consumer whose ``finish()`` is a split's ``(conf float64 [N], preds [N])`` on the training
+        set's scale (``shift: fit``); higher conf = more in-distribution."""
+        if self.shift != "fit":
+            raise ConfigError("postprocessor vmdls: shift 'scored' needs the ID and OOD sets scored together "
+                              "(VMDLSPostprocessor.score_sets); the per-split pipeline needs shift: fit")
+        if self.chol is None:
+            raise RuntimeError("vmdls: call fit() before scoring")
+        return _VMDLSStream(self, self._net, self._ae, finish=self._conf_and_preds)
 
     # ------------------------------------------------------------------ contract
     def fit(self, train_outputs=None, val_outputs=None, **_):
-        self._check_net()
-        stats, recon_max = self._fit_stats(self.loaders("id_train"))
-        self.fit_gaussians(stats)
-        self.r_fit_max = recon_max if self._ae_spec is not None else None
-        self.m_fit = None
-        if self._ae_spec is not None and self.shift == "fit":
-            lp, _, _ = self.loglik_loader(self.loaders("id_train"))
-            self.m_fit = float(lp.max(1).values.max()) + 1.0
+        """Fitted already from the shared pass (``fit_taps``), else one pass of the fit consumer over
+        ``loaders("id_train")`` (after ``attach_network``)."""
+        if self.chol is not None:
+            return self
+        self._check_net(self.net)
+        extract_outputs(self.net, self.loaders("id_train"), self.device, desc="vmdls fit",
+                        consumers=[self.fit_taps(self.net)])
         return self
 
     def fit_gaussians(self, stats: GaussianStats) -> None:
@@ -265,24 +247,34 @@ class VMDLSPostprocessor(Postprocessor):
             raise RuntimeError("vmdls: call fit() before scoring")
         return gaussian_loglik(feats, self.means, self.chol)
 
+    def _loglik_of(self, stream: _VMDLSStream):
+        feats, labels, recon = stream.arrays()
+        lp = self.loglik(feats) if len(feats) else torch.zeros(0, len(self.means), dtype=torch.float64)
+        return lp, labels, recon
+
+    def _conf_and_preds(self, stream: _VMDLSStream) -> tuple[np.ndarray, np.ndarray]:
+        lp, _, recon = self._loglik_of(stream)
+        if len(lp) == 0:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        best = lp.max(1).values.numpy()
+        preds = self.classes[lp.argmax(1)].numpy()
+        if recon is None:
+            return best, preds  # M is a constant here: max_c lp_c - M ranks like max_c lp_c
+        return vmdls_scores(best, recon.numpy(), shift=self.m_fit, recon_max=self.r_fit_max), preds
+
+    def _run(self, loader, finish):
+        self._check_net(self.net)
+        stream = _VMDLSStream(self, self.net, self._autoencoder(self.device), finish=finish)
+        return extract_outputs(self.net, loader, self.device, desc="vmdls", consumers=[stream]).tap_results[0]
+
     def loglik_loader(self, loader):
-        """(lp [N, K], labels [N], r [N] or None) for a split."""
-        feats, labels, recon = self._features(loader, "vmdls")
-        return self.loglik(feats) if len(feats) else torch.zeros(0, len(self.means), dtype=torch.float64), labels, recon
+        """(lp [N, K], labels [N], r [N] or None) for a split (after ``attach_network``)."""
+        return self._run(loader, self._loglik_of)
 
     def score_loader(self, loader) -> np.ndarray:
-        """Per-split score on the training-set scale (``shift: fit``)."""
-        if self.shift != "fit":
-            raise ConfigError("postprocessor vmdls: shift 'scored' needs the ID and OOD sets scored together "
-                              "(VMDLSPostprocessor.score_sets); the per-split pipeline needs shift: fit")
-        lp, _, recon = self.loglik_loader(loader)
-        if len(lp) == 0:
-            return np.zeros(0)
-        best = lp.max(1).values.numpy()
-        self._last_pred = self.classes[lp.argmax(1)].numpy()
-        if recon is None:
-            return best  # M is a constant here: max_c lp_c - M ranks like max_c lp_c
-        return vmdls_scores(best, recon.numpy(), shift=self.m_fit, recon_max=self.r_fit_max)
+        """Per-split confidences on the training-set scale (``shift: fit``), float64 [N]."""
+        self.score_taps()  # the same checks
+        return self._run(loader, self._conf_and_preds)[0]
 
     def score_sets(self, loaders: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Score several splits as one evaluated set (the published rule: M and max r over all of them)."""
@@ -296,18 +288,98 @@ class VMDLSPostprocessor(Postprocessor):
         rmax = float(np.concatenate(list(recon.values())).max())
         return {n: vmdls_scores(best[n], recon[n], shift=m, recon_max=rmax) for n in best}
 
-    def predict(self, outputs) -> np.ndarray:
-        """argmax_c lp_c of the split just scored by :meth:`score_loader` (the pipeline calls ``predict``
-        right after it for the same split); otherwise the network's nearest-class-mean argmax."""
-        pred, self._last_pred = self._last_pred, None
-        if pred is not None and len(pred) == len(outputs):
-            return pred
-        return super().predict(outputs)
-
     def score(self, outputs):
-        raise ConfigError("postprocessor vmdls scores from images (needs_network); it cannot score cached outputs")
+        raise ConfigError("postprocessor vmdls scores from the shared pass's layer taps (score_taps) or from "
+                          "images (score_loader); it cannot score cached outputs")
 
     def hyperparameters(self) -> dict:
         return {"jitter_step": self.jitter_step, "jitter_offset": self.jitter_offset, "max_jitter": self.max_jitter,
                 "shift": self.shift, "ae": None if self._ae_spec is None else str(self._ae_spec),
                 "jitter": self.jitter}
+
+
+def _identity(t):
+    return t
+
+
+def _device_of(net: torch.nn.Module):
+    param = next(net.parameters(), None)
+    return param.device if param is not None else "cpu"
+
+
+def _reconstruct(ae, images):
+    fn = getattr(ae, "reconstruct", None)
+    return fn(images) if callable(fn) else ae(images)
+
+
+class _VMDLSStream:
+    """Per batch: the ensemble feature [f(x)] (float64, cpu) from the taps, and with an autoencoder the
+    reconstruction distance r(x) = mean_j (l1(x) - l1(AE(x)))_j^2; ``finish()`` hands them to ``finish``."""
+
+    def __init__(self, pp: VMDLSPostprocessor, net, ae, finish=None):
+        self.pp, self.net, self.ae, self._finish = pp, net, ae, finish
+        self.taps = pp._taps()
+        self.feats, self.labels, self.recon = [], [], []
+
+    def ensemble(self, reduced) -> torch.Tensor:
+        keys = [t.key for t in self.taps[:3]]
+        return torch.cat([reduced[k] for k in keys], dim=1)  # float32 on the device, as net.ensemble(x)
+
+    def distance(self, reduced) -> torch.Tensor | None:
+        if self.ae is None:
+            return None
+        images = reduced[self.taps[3].key]
+        a, b = self.net.first_layer(images), self.net.first_layer(_reconstruct(self.ae, images))
+        return (a - b).pow(2).mean(1)
+
+    def update(self, reduced, logits, labels) -> None:
+        f, r = self.ensemble(reduced), self.distance(reduced)
+        self.feats.append(f.double().cpu())
+        self.labels.append(labels)
+        if r is not None:
+            self.recon.append(r.double().cpu())
+
+    def arrays(self):
+        """(features float64 [N, D], labels [N], r [N] or None)."""
+        if not self.feats:
+            return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), None
+        return torch.cat(self.feats), torch.cat(self.labels), (torch.cat(self.recon) if self.recon else None)
+
+    def finish(self):
+        return self._finish(self)
+
+
+class _VMDLSFit(_VMDLSStream):
+    """Streaming fit: per-class sums accumulated over batches (the published code overwrote them), the
+    largest r; the training features kept only when ``m_fit`` needs them (``ae`` with ``shift: fit``)."""
+
+    def __init__(self, pp: VMDLSPostprocessor, net, ae):
+        super().__init__(pp, net, ae)
+        self.stats, self.recon_max = None, 0.0
+        self.keep = pp._ae_spec is not None and pp.shift == "fit"
+
+    def update(self, reduced, logits, labels) -> None:
+        f = self.ensemble(reduced)
+        if self.stats is None:
+            k = int(getattr(self.net, "class_means", torch.zeros(0)).shape[0]) or int(labels.max()) + 1
+            self.stats = GaussianStats(max(k, int(labels.max()) + 1), f.shape[1])
+        if not torch.isfinite(f).all():
+            raise ConfigError("vmdls: non-finite ensemble features on the training split "
+                              "(NaN latent or encoder output; the network diverged)")
+        self.stats.add(f, labels)
+        if self.keep:
+            self.feats.append(f.double().cpu())
+        r = self.distance(reduced)
+        if r is not None:
+            self.recon_max = max(self.recon_max, float(r.max()))
+
+    def finish(self) -> VMDLSPostprocessor:
+        pp = self.pp
+        if self.stats is None:
+            raise ConfigError("vmdls: the ID training split yielded no images to fit on")
+        pp.fit_gaussians(self.stats)
+        pp.r_fit_max = self.recon_max if pp._ae_spec is not None else None
+        pp.m_fit = None
+        if self.keep:  # the training set's max_c lp_c + 1, the shift every split is scored with
+            pp.m_fit = float(pp.loglik(torch.cat(self.feats)).max(1).values.max()) + 1.0
+        return pp

@@ -1,0 +1,267 @@
+"""The postprocessor scheduler: which split needs which pass, then fit and score every postprocessor.
+
+Plain objects in, arrays out (no run context, no YAML), so pipelines, benchmarks and notebooks share it::
+
+    sched = Scheduler({"msp": msp, "gram": gram, "odin": odin}, source, net, device)
+    result = sched.run(["id_test", "near_a", "far_b"], optional=["near_a", "far_b"])
+    result.scores["gram"]["id_test"].conf     # float64 [N], higher = more in-distribution
+
+Each postprocessor takes one *route* (:func:`route`):
+
+* ``outputs``: fitted and scored from the cached :class:`~openood_ext.features.NetOutputs` only;
+* ``taps``: fitted from the layer taps of the fit split's shared pass and scored from the taps of each
+  scored split's shared pass (``uses_taps``); no pass of its own;
+* ``network``: re-runs the network on each scored split's loader (``needs_network``: input gradients,
+  perturbed inputs), after ``attach_network``.
+
+With ``share_taps=False`` (one postprocessor under APS, whose grid points are built one by one) a tap
+method runs its own passes over the loaders instead, like a ``network`` one; the shared passes are
+then never re-run. Under ``share_taps=True`` the fit split and every scored split go through the network
+once more with the tap consumers attached (tapped layers are not cached), and only when some
+postprocessor taps them.
+
+``source`` is anything with ``outputs(split, consumers=())`` (a split's NetOutputs; with tap
+consumers it runs the network and the outputs' ``tap_results`` hold their results), ``loader_for(split)``
+(a fresh unshuffled loader yielding ``(images, labels[, n_skipped])``) and ``example(split)`` (a couple of
+images on the device, to probe layer shapes): :class:`~openood_ext.pipelines.outputs.OutputStore`, or
+:class:`LoaderSource` / :class:`FixedSource` here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..evaluators.ood import SplitScores
+from ..features import EmptySplit, NetOutputs, extract_outputs
+from .base import Postprocessor, as_postprocessor
+
+ROUTES = ("outputs", "taps", "network")
+
+
+def route(pp: Postprocessor, share_taps: bool = True) -> str:
+    """The pass a postprocessor needs: ``outputs``, ``taps`` or ``network`` (see the module docstring)."""
+    if getattr(pp, "uses_taps", False):
+        return "taps" if share_taps else "network"
+    return "network" if getattr(pp, "needs_network", False) else "outputs"
+
+
+def split_result(result) -> tuple[np.ndarray, np.ndarray | None]:
+    """(conf, preds or None) from what a score consumer or ``score_loader`` returned: conf [N], or
+    ``(conf [N], preds [N])`` from a method that predicts classes its own way (VMDLS)."""
+    if isinstance(result, tuple) and len(result) == 2:
+        return result[0], result[1]
+    return result, None
+
+
+@dataclass
+class ScheduleResult:
+    """What :meth:`Scheduler.run` returns.
+
+    Attributes:
+        scores: label -> split -> :class:`SplitScores` (conf float64 [N], higher = more ID; preds int64
+            [N]; labels [N], -1 where unknown).
+        seconds: label -> seconds of its own fit and scoring (its share of the shared passes excluded).
+        pass_seconds: split -> seconds of the shared pass that carried tap consumers (fit split included).
+        skipped: optional splits of which no image could be read -> their EmptySplit.
+    """
+
+    scores: dict[str, dict[str, SplitScores]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    pass_seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, EmptySplit] = field(default_factory=dict)
+
+    def conf(self, label: str) -> dict[str, np.ndarray]:
+        """split -> confidences of one postprocessor."""
+        return {split: s.conf for split, s in self.scores[label].items()}
+
+
+class Scheduler:
+    """Fit and score built postprocessors on a source's splits with the fewest network passes.
+
+    Args:
+        postprocessors: label -> built postprocessor (any object with ``score``; wrapped by
+            :func:`as_postprocessor`). Fitted and scored in this order.
+        source: see the module docstring.
+        net, device: the network (attached to ``taps``/``network`` postprocessors); None when every
+            postprocessor takes the ``outputs`` route.
+        share_taps: tap methods ride the shared passes (True) or run their own (False, APS).
+        fit_split, val_split: the ID training split (fit, and the tap fit pass) and the ID validation split.
+        clock: the timer of ``seconds``/``pass_seconds`` (``time.process_time`` for CPU time).
+
+    Use :meth:`run`, or :meth:`prepare` once and then :meth:`score` per label (to interleave other work,
+    as the test_ood pipeline does with APS searches, in the configured order).
+    """
+
+    def __init__(self, postprocessors: Mapping[str, object], source, net: torch.nn.Module | None = None,
+                 device: torch.device | str | None = None, *, share_taps: bool = True,
+                 fit_split: str = "id_train", val_split: str = "id_val",
+                 clock: Callable[[], float] = time.perf_counter):
+        self.pps = {label: as_postprocessor(pp) for label, pp in postprocessors.items()}
+        self.source, self.net, self.device = source, net, device
+        self.share_taps, self.fit_split, self.val_split, self.clock = share_taps, fit_split, val_split, clock
+        self.routes = {label: route(pp, share_taps) for label, pp in self.pps.items()}
+        self.outputs: dict[str, NetOutputs] = {}
+        self.result = ScheduleResult()
+        self._tap_conf: dict[str, dict[str, object]] = {}
+        self._splits: list[str] = []
+        self._prepared = False
+
+    # ------------------------------------------------------------------ passes
+    def prepare(self, splits: Sequence[str], optional: Iterable[str] = ()) -> ScheduleResult:
+        """Attach the network where needed, run the fit split's pass (with the tap methods' fitting
+        consumers), fit the tap methods, and get every split's outputs (with their scoring consumers).
+
+        A split in ``optional`` of which no image can be read is left out (``result.skipped``); any other
+        split's EmptySplit is raised.
+        """
+        optional = set(optional)
+        for label, pp in self.pps.items():
+            if self.routes[label] != "outputs":
+                pp.attach_network(self.net, self.device, self.source.loader_for)
+        tapped = {label: pp for label, pp in self.pps.items() if self.routes[label] == "taps"}
+        layered = [pp for label, pp in self.pps.items() if self.routes[label] != "outputs"]
+        fitting = []
+        if layered and self.share_taps:
+            example = self.source.example(self.fit_split)
+            fitting = [c for c in (pp.fit_taps(self.net, example) for pp in layered) if c is not None]
+        self.outputs[self.fit_split] = self._pass(self.fit_split, fitting)
+        self.outputs[self.val_split] = self.source.outputs(self.val_split)
+        for pp in tapped.values():  # fitted before the scored splits' passes, which score them
+            pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+        self._tap_conf = {label: {} for label in tapped}
+        for split in splits:
+            scorers = [pp.score_taps() for pp in tapped.values()]
+            try:
+                out = self._pass(split, scorers)
+            except EmptySplit as exc:
+                if split not in optional:
+                    raise
+                self.result.skipped[split] = exc
+                continue
+            self.outputs[split] = out
+            self._splits.append(split)
+            for label, result in zip(tapped, out.tap_results if scorers else ()):
+                self._tap_conf[label][split] = result
+        self._prepared = True
+        return self.result
+
+    def _pass(self, split: str, consumers: list) -> NetOutputs:
+        if not consumers:
+            return self.source.outputs(split)
+        t = self.clock()
+        out = self.source.outputs(split, consumers)
+        self.result.pass_seconds[split] = self.clock() - t
+        return out
+
+    @property
+    def splits(self) -> list[str]:
+        """The scored splits that were read (optional empty ones left out), in order."""
+        return list(self._splits)
+
+    # ------------------------------------------------------------------ fit and score
+    def score(self, label: str) -> dict[str, SplitScores]:
+        """Fit one postprocessor (tap methods were fitted by :meth:`prepare`) and score it on every split."""
+        if not self._prepared:
+            raise RuntimeError("Scheduler.score: call prepare(splits) first")
+        pp, how = self.pps[label], self.routes[label]
+        t = self.clock()
+        if how != "taps":
+            pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+        scored = {}
+        for split in self._splits:
+            outputs = self.outputs[split]
+            if how == "taps":
+                result = self._tap_conf[label][split]
+            elif how == "network":
+                result = pp.score_loader(self.source.loader_for(split))
+            else:
+                result = pp.score(outputs)
+            conf, preds = split_result(result)
+            conf = np.asarray(conf, dtype=np.float64)
+            if conf.shape != (len(outputs),):
+                raise DataError(f"postprocessor '{pp.name}' returned {conf.shape} scores on '{split}', "
+                                f"expected ({len(outputs)},)")
+            preds = pp.predict(outputs) if preds is None else np.asarray(preds)
+            labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
+            scored[split] = SplitScores(conf, preds, labels)
+        self.result.seconds[label] = self.clock() - t
+        self.result.scores[label] = scored
+        return scored
+
+    def run(self, splits: Sequence[str], optional: Iterable[str] = ()) -> ScheduleResult:
+        """:meth:`prepare`, then :meth:`score` every postprocessor in order."""
+        self.prepare(splits, optional)
+        for label in self.pps:
+            self.score(label)
+        return self.result
+
+
+
+def fit_alone(pp, source, net=None, device=None, fit_split: str = "id_train", val_split: str = "id_val"):
+    """Attach the network where needed and fit one postprocessor without scoring it, tap methods on
+    their own passes (an APS grid that the method scores jointly, see ``pipelines/aps.py``)."""
+    if route(pp, share_taps=False) != "outputs":
+        pp.attach_network(net, device, source.loader_for)
+    pp.fit(source.outputs(fit_split), val_outputs=source.outputs(val_split))
+    return pp
+
+
+def fit_and_score(pp, source, splits: Sequence[str], net=None, device=None, **kw) -> dict[str, np.ndarray]:
+    """split -> confidences (float64 [N]) of one postprocessor fitted on its own, tap methods on their
+    own passes (one APS grid point)."""
+    sched = Scheduler({"pp": pp}, source, net, device, share_taps=False, **kw)
+    sched.prepare(splits)
+    return {split: s.conf for split, s in sched.score("pp").items()}
+
+
+# ---------------------------------------------------------------------- sources
+class LoaderSource:
+    """A source over plain loaders (``{split: DataLoader}``): each split's outputs computed once, in memory."""
+
+    def __init__(self, net: torch.nn.Module, loaders: Mapping[str, object], device: torch.device | str = "cpu"):
+        self.net, self.loaders, self.device = net, dict(loaders), device
+        self.memo: dict[str, NetOutputs] = {}
+        self.forward_passes = 0
+
+    def outputs(self, split: str, consumers: Sequence = ()) -> NetOutputs:
+        if consumers or split not in self.memo:
+            self.forward_passes += 1
+            self.memo[split] = extract_outputs(self.net, self.loader_for(split), self.device,
+                                               desc=f"forward {split}", consumers=consumers)
+        return self.memo[split]
+
+    def loader_for(self, split: str):
+        if split not in self.loaders:
+            raise KeyError(f"no loader for split '{split}' (have {', '.join(self.loaders)})")
+        return self.loaders[split]
+
+    def example(self, split: str) -> torch.Tensor:
+        for batch in self.loader_for(split):
+            if len(batch[0]):
+                return batch[0][:2].to(self.device)
+        raise EmptySplit(f"{split}: no readable image to probe the network's layers with")
+
+
+class FixedSource:
+    """A source of given outputs only (``{split: NetOutputs}``, e.g. synthetic): every postprocessor must
+    take the ``outputs`` route."""
+
+    def __init__(self, outputs: Mapping[str, NetOutputs]):
+        self.memo = dict(outputs)
+
+    def outputs(self, split: str, consumers: Sequence = ()) -> NetOutputs:
+        if consumers:
+            raise ValueError("FixedSource has no network to run layer taps on")
+        return self.memo[split]
+
+    def loader_for(self, split: str):
+        raise ValueError("FixedSource has no images: only postprocessors on the 'outputs' route can run")
+
+    def example(self, split: str):
+        return self.loader_for(split)
