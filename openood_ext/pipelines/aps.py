@@ -3,12 +3,12 @@
 For a postprocessor spec with ``APS: true`` (or the top-level ``aps: true``), every combination of its
 grid is fitted on ID train (+ ID val) outputs and scored on the benchmark's ID validation split against
 its OOD validation split; the combination with the highest AUROC wins (the first one on ties). The grid
-comes from the spec's ``aps_grid`` or from ``configs/postprocessors/<name>.yml``::
+comes from the spec's ``aps_grid`` or from ``configs/postprocessors/<name>.yml``, which has the same flat
+form as an entry of a run config's ``postprocessors`` list (the method's defaults, then its grid)::
 
-    postprocessor:
-      name: knn
-      args: {k: 50}
-      aps_grid: {k: [1, 10, 20, 50, 100, 200, 500, 1000]}
+    name: knn
+    k: 50
+    aps_grid: {k: [50, 100, 200, 500, 1000]}
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ GRID_DIR = Path("configs") / "postprocessors"
 
 
 def load_method_config(name: str) -> dict:
-    """``configs/postprocessors/<name>.yml``'s ``postprocessor`` mapping, or {} when there is none."""
+    """``configs/postprocessors/<name>.yml`` as a mapping (``name``, defaults, ``aps_grid``), or {} when absent."""
     path = resolve_path(GRID_DIR / f"{name}.yml")
     if not path.is_file():
         return {}
@@ -38,7 +38,9 @@ def load_method_config(name: str) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    return data.get("postprocessor", {}) or {}
+    if not isinstance(data, dict) or data.get("name", name) != name:
+        raise ConfigError(f"{path}: expected a mapping with name: {name}, its default arguments and aps_grid")
+    return data
 
 
 def grid_combinations(grid: dict[str, list]) -> list[dict[str, Any]]:

@@ -333,13 +333,13 @@ def test_postprocessor_configs_build_and_grids_name_constructor_arguments():
     files = sorted((REPO / "configs" / "postprocessors").glob("*.yml"))
     assert {f.stem for f in files} >= {"knn", "ebo", "odin", "react", "vim", "ash", "gen", "mds_ensemble", "gram"}
     for f in files:
-        spec = OmegaConf.to_container(OmegaConf.load(f), resolve=True)["postprocessor"]
+        spec = OmegaConf.to_container(OmegaConf.load(f), resolve=True)
         assert spec["name"] == f.stem, f
-        pp = POSTPROCESSORS.build({"name": spec["name"], **spec["args"]})
+        grid = spec.pop("aps_grid", {})  # a method may have nothing to search
+        pp = POSTPROCESSORS.build(spec)
         accepted = set(inspect.signature(type(pp).__init__).parameters)
-        grid = spec.get("aps_grid", {})  # a method may have nothing to search
         assert set(grid) <= accepted, f
         for key, values in grid.items():
             assert isinstance(values, list) and values, f
             for v in values:  # every grid point is a valid constructor argument
-                POSTPROCESSORS.build({"name": spec["name"], **spec["args"], key: v})
+                POSTPROCESSORS.build({**spec, key: v})
