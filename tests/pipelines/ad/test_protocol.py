@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from openood_ext.errors import ConfigError, DataError
 from openood_ext.pipelines.ad import protocol as ad_mod
-from openood_ext.pipelines.ad.protocol import ADSettings, cell_benchmark, collect_test_set
+from openood_ext.pipelines.ad.settings import ADSettings, cell_benchmark, collect_test_set
 from openood_ext.runner import run_config
 from openood_ext.synthesizers.defects import make_defect_set
 
@@ -37,11 +37,36 @@ def test_bad_protocol_settings(labelled, tmp_path):
     spec = bench_spec(labelled)
     with pytest.raises(ConfigError, match=r"ad.classes: 7 is not a class"):
         ADSettings.from_config(make_cfg(tmp_path, spec, {"classes": [7]}))
-    with pytest.raises(ConfigError, match=r"ad.seeds: expected a number of seeds >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"ad.seeds: expected int >= 1, got 0"):
         ADSettings.from_config(make_cfg(tmp_path, spec, {"seeds": 0}))
     with pytest.raises(ConfigError, match="ad.protocol"):
         ADSettings.from_config(make_cfg(tmp_path, spec, {"protocol": "ovr"}))
     assert ADSettings.from_config(make_cfg(tmp_path, spec, {"seeds": 3}, seed=4)).seeds == [4, 5, 6]
+
+
+
+@pytest.mark.parametrize("section, key", [
+    ({"seeds": 0}, "seeds"), ({"seeds": [1, -1]}, "seeds"), ({"protocol": "ovr"}, "protocol"),
+    ({"train_limit": True}, "train_limit"), ({"test_limit": 0}, "test_limit"), ({"heatmaps": -1}, "heatmaps"),
+    ({"heatmap_quantile": 0}, "heatmap_quantile"), ({"keep_heatmaps": "yes"}, "keep_heatmaps"),
+    ({"note": 3}, "note"), ({"launcher": "local"}, "launcher"), ({"clases": [0]}, "clases")])
+def test_the_ad_section_is_schema_checked_without_data(labelled, tmp_path, section, key):
+    """The typed fields reject a bad value before any benchmark is read: through the generic schema
+    check (what run validation calls, via ``config_sections``) and through ``from_config``, naming the key."""
+    from openood_ext.pipelines.ad import ADPipeline
+    from openood_ext.pipelines.ad.oe_search import OESearchPipeline
+    from openood_ext.pipelines.ad.sweep import ADSweepPipeline
+    from openood_ext.schema import check_arguments
+    for pipe in (ADPipeline, ADSweepPipeline, OESearchPipeline):
+        assert pipe.config_sections["ad"] is ADSettings
+    with pytest.raises(ConfigError, match=f"'{key}'") as exc:
+        check_arguments("ad", ADSettings, section)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match=f"ad(: unknown key.*|.){key}") as exc:
+        ADSettings.from_config(make_cfg(tmp_path, {"name": "no_such_benchmark"}, section))
+    assert "\n" not in str(exc.value)
+    check_arguments("ad", ADSettings, {"classes": "all", "seeds": [3, 4], "protocol": "leave_one_out",
+                                       "heatmap_quantile": 1, "launcher": {"backend": "local"}})
 
 
 def test_resume_mid_protocol(labelled, tmp_path, monkeypatch):
@@ -49,15 +74,15 @@ def test_resume_mid_protocol(labelled, tmp_path, monkeypatch):
     ad = {"classes": [0, 1], "seeds": 1, "heatmaps": 0}
     ref = run_config(make_cfg(tmp_path, spec, ad, experiment="ref"))
     calls = []
-    original = ad_mod.ADPipeline.run_cell
+    original = ad_mod.run_cell
 
-    def flaky(self, ctx, settings, cls, seed):
+    def flaky(cfg, settings, ctx, cls, seed):
         calls.append(cls)
         if cls == 1 and calls.count(1) == 1:
             raise KeyboardInterrupt  # killed during the second class
-        return original(self, ctx, settings, cls, seed)
+        return original(cfg, settings, ctx, cls, seed)
 
-    monkeypatch.setattr(ad_mod.ADPipeline, "run_cell", flaky)
+    monkeypatch.setattr(ad_mod, "run_cell", flaky)  # the protocol's loop calls the cell function through its module
     with pytest.raises(KeyboardInterrupt):
         run_config(make_cfg(tmp_path, spec, ad, experiment="killed"))
     partial = tmp_path / "results" / "killed.partial"
