@@ -13,7 +13,7 @@ from conftest import REPO
 from openood_ext.config import load_config
 from openood_ext.errors import ConfigError, RegistryError
 from openood_ext.pipelines import PIPELINES
-from openood_ext.validation import validate_run
+from openood_ext.pipelines.validation import validate_run
 from sweep_helpers import builtin_names
 
 # name -> a shipped config that runs it (the smallest / most basic one)
