@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import distributed
+from .. import __version__, distributed
 from ..config import config_hash, save_config
 from ..datasets import BENCHMARKS, Benchmark
 from ..errors import ConfigError
@@ -180,10 +181,8 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    import numpy
-    import sklearn
-    import openood_ext
-    return {"python": platform.python_version(), "openood_ext": openood_ext.__version__,
+    import sklearn  # only here: its import is slow and only run records need its version
+    return {"python": platform.python_version(), "openood_ext": __version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 
+from ..config import cli_overrides, load_config, to_plain
 from ..errors import DataError
+from ..features import extract_outputs
+from ..networks.checkpoint import load_checkpoint
+from ..synthesizers.sd_pipeline import SDConfig, class_anchors, load_pipeline
 from ..utils.io import write_with
+from .context import build_benchmark, build_network
 
 
 def write_anchors(sd_cfg, path: str | Path) -> torch.Tensor:
-    from ..synthesizers.sd_pipeline import class_anchors, load_pipeline
-
     with tempfile.TemporaryDirectory() as tmp:
         pipe = load_pipeline(sd_cfg, Path(tmp))
         anchors = class_anchors(pipe, sd_cfg.classes)
@@ -47,10 +50,6 @@ def class_features(features: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 def extract_features(cfg, checkpoint: str, per_class: int, device: str = "cpu") -> torch.Tensor:
-    from ..features import extract_outputs
-    from ..networks.checkpoint import load_checkpoint
-    from .context import build_benchmark, build_network
-
     bench = build_benchmark(cfg)
     net = build_network(cfg, torch.device(device))
     load_checkpoint(checkpoint, net)
@@ -60,9 +59,6 @@ def extract_features(cfg, checkpoint: str, per_class: int, device: str = "cpu") 
 
 
 def main(argv=None) -> int:
-    from ..config import cli_overrides, load_config
-    from ..synthesizers.sd_pipeline import SDConfig
-
     p = argparse.ArgumentParser(prog="python -m openood_ext.pipelines.dream_features")
     p.add_argument("what", choices=["anchors", "features"])
     p.add_argument("--config", action="append", required=True, help="a config file (repeat for several)")
@@ -73,7 +69,6 @@ def main(argv=None) -> int:
     args, rest = p.parse_known_args(argv)
     cfg = load_config(args.config, cli_overrides(rest))
     if args.what == "anchors":
-        from ..config import to_plain
         o = to_plain(cfg.trainer.outliers)
         sd = SDConfig(**{k: v for k, v in o.items() if k in SDConfig.__dataclass_fields__})
         a = write_anchors(sd, args.output)

@@ -1,5 +1,5 @@
 """The ``train`` pipeline: fit a network on a benchmark's ID training split with a registered trainer
-(through the one training loop, :class:`~openood_ext.trainers.Engine`) and save a checkpoint."""
+(:func:`~openood_ext.pipelines.training.fit_network`, the training shared with the AD cells) and save a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from ..config import to_plain
 from ..datasets import Benchmark
 from ..errors import ConfigError
 from ..networks.checkpoint import save_checkpoint
-from ..trainers import Engine, TrainingPlan, plan_training
-from ..trainers.data import build_train_loader
-from ..trainers.history import plot_loss_curves, write_history
+from ..trainers import TrainingPlan, plan_training
+from ..trainers.history import plot_loss_curves
 from ..utils.runtime import loader_options, resolve_device
-from .context import RunContext, build_benchmark, build_network, network_spec
+from .context import RunContext, build_benchmark, network_spec
 from .registry import PIPELINES
+from .training import fit_network
 
 
 def checkpoint_path(cfg: DictConfig, ctx: RunContext) -> Path:
@@ -48,34 +48,23 @@ def plan_from_config(cfg: DictConfig, bench: Benchmark) -> TrainingPlan:
 
 
 def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: TrainingPlan | None = None) -> Path:
-    """Train ``cfg.network`` with ``cfg.trainer`` and write the checkpoint; return its path."""
+    """Train ``cfg.network`` with ``cfg.trainer`` (:func:`~.training.fit_network`, state in ``ctx.dir/last.pt``),
+    then, on rank 0, write the loss curves and the checkpoint (with its validation accuracy); return its path.
+    The RNGs are as ``ctx`` seeded them (``seed``)."""
     plan = plan or plan_from_config(cfg, bench)
-    settings, trainer = plan.settings, plan.trainer
-    net = build_network(cfg, ctx.device)
-    workers = int(cfg.get("num_workers", 0))
-    opts = loader_options(cfg, ctx.device)
-    train_loader = build_train_loader(bench, trainer, settings.batch_size, ctx.seed, loader_options=opts)
-    if plan.source is not None:
-        plan.source.ctx.steps_per_epoch = len(train_loader)
-        plan.source.ctx.device = ctx.device
-    val_loader = bench.loader(bench.split("id_val"), batch_size=int(cfg.get("batch_size", 256)), num_workers=workers)
-    if ctx.world_size > 1:
-        ctx.log.info("data parallel: %d processes x batch %d", ctx.world_size, settings.batch_size)
-    ctx.log.info("training %s on %s (%d images) for %d epochs with trainer '%s'%s", network_spec(cfg)["name"],
-                 bench.name, len(train_loader.dataset), settings.epochs, plan.trainer_name,
-                 f"; outliers: {plan.source.describe()}" if plan.source is not None else "")
-    engine = Engine(trainer, net, train_loader, settings, device=ctx.device, num_classes=bench.num_classes,
-                    seed=ctx.seed, benchmark=bench, source=plan.source, state_path=ctx.dir / "last.pt", log=ctx.log)
-    with ctx.timed("train"):
-        history = engine.fit(resume=ctx.resume)
+    fit = fit_network(plan, bench, network_spec(cfg), device=ctx.device, seed=ctx.seed,
+                      loader_options=loader_options(cfg, ctx.device), state_path=ctx.dir / "last.pt",
+                      resume=ctx.resume, out_dir=ctx.dir, log=ctx.log, timed=ctx.timed)
     path = checkpoint_path(cfg, ctx)
 
     def write_outputs() -> None:  # rank 0 only; the other ranks wait for the checkpoint
-        write_history(ctx.dir, history)
+        history = fit.history
         plot_loss_curves(history, ctx.dir / "plots" / "loss_curves.png")
-        val_acc = evaluate_accuracy(net, val_loader, ctx.device)
-        save_checkpoint(path, net, network_spec(cfg),
-                        meta={"benchmark": bench.name, "epochs": settings.epochs, "trainer": plan.trainer_name,
+        val_loader = bench.loader(bench.split("id_val"), batch_size=int(cfg.get("batch_size", 256)),
+                                  num_workers=int(cfg.get("num_workers", 0)))
+        val_acc = evaluate_accuracy(fit.net, val_loader, ctx.device)
+        save_checkpoint(path, fit.net, network_spec(cfg),
+                        meta={"benchmark": bench.name, "epochs": plan.settings.epochs, "trainer": plan.trainer_name,
                               "outliers": plan.source.label() if plan.source is not None else None,
                               "val_accuracy": val_acc, "final_loss": history[-1]["loss"] if history else None,
                               "seed": ctx.seed})

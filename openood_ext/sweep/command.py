@@ -152,7 +152,7 @@ def prepare_data(cfgs) -> None:
             continue
         seen.add(key)
         if cfg.get("pipeline") in ("ad", "train_ad", "ad_sweep"):
-            from ..pipelines.ad.protocol import ADSettings, cell_benchmark
+            from ..pipelines.ad.settings import ADSettings, cell_benchmark
             settings = ADSettings.from_config(cfg)
             for cls in settings.classes:
                 cell_benchmark(cfg, settings, cls)

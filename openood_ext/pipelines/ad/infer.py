@@ -28,7 +28,15 @@ from ...config import to_plain
 from ...datasets.imglist import SkipCounter
 from ...datasets.transforms import build_transform, image_mode
 from ...errors import CheckpointError, ConfigError, DataError
+from ...networks import NETWORKS
+from ...networks.checkpoint import load_checkpoint
+from ...synthesizers.fourier_filter import FourierTransform, MSMode
+from ...synthesizers.oe_images import FolderDataset
+from ...synthesizers.pixels import PixelSpace
+from ...trainers import TRAINERS, split_trainer_config
+from ...trainers.trainer import TrainContext, as_trainer
 from ...utils.io import write_with
+from ...utils.runtime import resolve_device
 
 
 def scoring_meta(bench, cfg, engine) -> dict:
@@ -51,10 +59,6 @@ def scorer_of(trainer, net):
 
 def load_scorer(checkpoint: Path, device: torch.device):
     """(scorer images -> (scores, heatmaps), preprocessor, meta) rebuilt from an AD cell's checkpoint."""
-    from ...networks import NETWORKS
-    from ...networks.checkpoint import load_checkpoint
-    from ...trainers import TRAINERS, split_trainer_config
-    from ...trainers.trainer import TrainContext, as_trainer
     if not checkpoint.is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint not found (expected RUN/normal_<c>/seed_<s>/checkpoint.pt)")
     try:
@@ -83,8 +87,6 @@ def load_scorer(checkpoint: Path, device: torch.device):
 
 def folder_transform(pre: dict[str, Any]):
     """The cell's test transform, with its ms_mode filter when it covers both test parts."""
-    from ...synthesizers.fourier_filter import FourierTransform, MSMode
-    from ...synthesizers.pixels import PixelSpace
     transform = build_transform(pre, train=False)
     ms = MSMode.from_config(pre.get("ms_mode"), int(pre.get("image_size", 32)))
     if ms is None or ms.magnitude == 0:
@@ -101,8 +103,6 @@ def folder_transform(pre: dict[str, Any]):
 def score_folder(checkpoint: str | Path, folder: str | Path, out: str | Path | None = None,
                  batch_size: int = 256, device: str = "auto") -> Path:
     """Write ``path,score`` for every image below ``folder``; returns the CSV path (see the module doc)."""
-    from ...synthesizers.oe_images import FolderDataset
-    from ...utils.runtime import resolve_device
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"ad-score --folder: {folder} is not a directory")

@@ -5,15 +5,15 @@
       seeds: 5
       launcher: {backend: local, jobs: 2}     # or {backend: submitit, jobs: 50, timeout_min: 120, ...}
 
-:func:`run_cells_as_jobs` (called by the ``ad`` pipeline before its cell loop) saves the pipeline's config as
+:func:`run_cells_as_jobs` (called by the protocol before its cell loop) saves the pipeline's config as
 ``<run>/cell_jobs.yaml``, prepares every class's benchmark once (parallel jobs must not write the same
 data at the same time), and launches one job per unfinished cell::
 
     python -m openood_ext.pipelines.ad.cell_process RUN_DIR CLASS_JSON SEED
 
-Each job is exactly the cell of the in-process loop (``ADPipeline.run_cell``: training with its
+Each job runs the cell function of the in-process loop (:func:`.cell.run_cell`: training with its
 ``last.pt``, ``checkpoint.pt``, ``scores.npz``, ``result.json``...) in ``<run>/normal_<c>/seed_<s>/``,
-its console output in ``seed_<s>.out`` next to it and its log in the cell's ``log.txt``. The pipeline's
+its console output in ``seed_<s>.out`` next to it and its log in the cell's ``log.txt``. The protocol's
 loop then finds every cell finished and aggregates as without a launcher (identical metrics). When a job
 fails the run stops with :class:`~openood_ext.launch.job.JobsFailed` naming the first failed cell and its
 log; finished cells are kept and ``openood-ext run --resume RUN_DIR`` launches only the rest.
@@ -26,29 +26,29 @@ import os
 import sys
 from pathlib import Path
 
-from ...config import save_config
-from ...utils.timing import add_elapsed
+from omegaconf import DictConfig
+
+from ...config import load_config, save_config, to_plain
 from ...launch import launch
 from ...launch.job import Job, JobsFailed
+from ...registry import import_plugins
+from ...utils.runtime import resolve_device, setup_logging
+from .cell import ADContext, cell_dir, is_done, run_cell
+from .settings import ADSettings, cell_benchmark
 
 CONFIG_NAME = "cell_jobs.yaml"
 
 
-def cell_dir(run_dir: Path, cls, seed: int) -> Path:
-    return Path(run_dir) / f"normal_{cls}" / f"seed_{seed}"
-
-
-def run_cells_as_jobs(pipeline, ctx, settings) -> None:
-    """Run the unfinished cells of ``settings`` under ``ctx.dir`` as launcher jobs (``settings.launcher``)."""
-    from .protocol import cell_benchmark
+def run_cells_as_jobs(cfg: DictConfig, settings: ADSettings, ctx: ADContext) -> None:
+    """Run the unfinished cells of ``settings`` under ``ctx.dir`` as launcher jobs (``settings.launcher``);
+    JobsFailed when one did not complete (the finished ones are kept)."""
     run_dir = Path(ctx.dir).resolve()
-    save_config(pipeline.cfg, run_dir / CONFIG_NAME)
-    todo = [(c, s) for c in settings.classes for s in settings.seeds
-            if not (cell_dir(run_dir, c, s) / "result.json").is_file()]
+    save_config(cfg, run_dir / CONFIG_NAME)
+    todo = [(c, s) for c in settings.classes for s in settings.seeds if not is_done(cell_dir(run_dir, c, s))]
     if not todo:
         return
     for cls in dict.fromkeys(c for c, _ in todo):
-        cell_benchmark(pipeline.cfg, settings, cls)  # data prepared here, once, not by parallel jobs
+        cell_benchmark(cfg, settings, cls)  # data prepared here, once: parallel jobs must not write the same files
     jobs = [Job([sys.executable, "-m", "openood_ext.pipelines.ad.cell_process", str(run_dir), json.dumps(c), str(s)],
                 cell_dir(run_dir, c, s), name=f"normal_{c}/seed_{s}", cwd=os.getcwd()) for c, s in todo]
     opts = dict(settings.launcher)
@@ -65,28 +65,13 @@ def run_cells_as_jobs(pipeline, ctx, settings) -> None:
                          f"{first.status}: {first.error} (log {first.job.log}); finished cells are kept")
 
 
-class CellContext:
-    """What ``ADPipeline.run_cell`` reads from a run context, for a cell run as its own process."""
-
-    def __init__(self, run_dir: Path, device, log):
-        self.dir, self.device, self.log = run_dir, device, log
-        self.timings: dict[str, float] = {}
-
-    def timed(self, label: str):
-        """Context manager adding the block's wall time to ``self.timings[label]``."""
-        return add_elapsed(self.timings, label)
-
-
 def run_one_cell(run_dir: Path, cls, seed: int) -> dict:
-    """Run cell (cls, seed) of the AD run in ``run_dir`` (its ``cell_jobs.yaml``); returns its result."""
-    from ...config import load_config, to_plain
-    from .protocol import ADPipeline, ADSettings
-    from ...registry import import_plugins
-    from ...utils.runtime import resolve_device, setup_logging
+    """Run cell (cls, seed) of the AD run in ``run_dir`` (its ``cell_jobs.yaml``), logging to the cell's
+    ``log.txt``; returns its result."""
     cfg = load_config([run_dir / CONFIG_NAME])
     import_plugins(to_plain(cfg.get("plugins")) or [])
     settings = ADSettings.from_config(cfg)
     log = setup_logging(cell_dir(run_dir, cls, seed) / "log.txt", verbose=bool(cfg.get("verbose", False)))
-    ctx = CellContext(run_dir, resolve_device(cfg.get("device", "auto")), log)
-    result, _, _ = ADPipeline(cfg).run_cell(ctx, settings, cls, seed)
+    ctx = ADContext(run_dir, resolve_device(cfg.get("device", "auto")), log)
+    result, _, _ = run_cell(cfg, settings, ctx, cls, seed)
     return result

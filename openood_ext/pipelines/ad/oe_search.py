@@ -24,10 +24,11 @@ Fitness of an image = the ``ad`` pipeline's mean AUROC (over ``ad.classes`` x ``
 2 seeds) after training with that image as the only OE image (``oe_images`` with a one-line list, so
 every OE slot of every batch holds it). The same seeds are used for every image, so fitness differences
 come from the image. **Fitness is measured on the test split: an oracle analysis, as in the paper**; every
-output says so. Each evaluation is one ``ad`` run under ``evals/node_<id>/`` (by default pruned to its
-metrics after it finishes); :class:`FitnessEvaluator` runs them in this process one after the other, or,
-with ``launcher``, a generation's evaluations as separate ``openood-ext run`` jobs through
-:mod:`openood_ext.launch` (local processes, Slurm via submitit, Ray).
+output says so. Each evaluation is the ``ad`` protocol under ``evals/node_<id>/`` (its cells, ``metrics.json``;
+by default pruned to its metrics after it finishes); :class:`FitnessEvaluator` runs them in this process
+one after the other (:func:`.protocol.run_protocol`, logging to the search's log), or, with ``launcher``, a
+generation's evaluations as separate ``openood-ext run`` jobs through :mod:`openood_ext.launch` (local
+processes, Slurm via submitit, Ray).
 
 Outputs: ``evolution.json`` (settings, per-generation fitness, every node with image path, generation,
 operation, parents, fitness), ``search_state.json`` (written atomically after every generation; a killed
@@ -38,11 +39,13 @@ are reused), ``best.png`` / ``worst.png`` (image grids with fitness), ``plots/fi
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -52,14 +55,42 @@ from ...errors import ConfigError
 from ...launch import JobsFailed, config_job, launch, launcher_options
 from ...search import ORACLE_NOTE, Node, Search, SearchSettings
 from ...search.candidates import ImagePool
+from ...schema import NonNegativeFloat, PositiveInt, UnitFloat, check_value, parameter_hints
 from ...utils.io import write_json
-from ...utils.runtime import resolve_device, setup_logging
-from .protocol import ADPipeline, ADSettings
+from ...utils.runtime import resolve_device
 from ..context import RunContext
 from ..registry import PIPELINES
+from .cell import ADContext
+from .protocol import ADPipeline, precheck, run_protocol
+from .settings import ADSettings
 
-SEARCH_KEYS = {"candidates", "oe_augment", "keep_eval_runs", "grid", "launcher"}
 KEEP_IN_CELLS = {"result.json", "history.json"}
+_ALGORITHM = SearchSettings()  # the algorithm's defaults (EOE's): one source for both classes
+
+
+@dataclass
+class OESearchSettings:
+    """The ``oe_search:`` section as given, typed for ``schema.check_arguments``: the algorithm's keys
+    (:class:`~openood_ext.search.SearchSettings`, whose ``check`` adds the checks that relate keys) and the
+    pipeline's own (candidates, oe_augment, keep_eval_runs, grid, launcher)."""
+
+    candidates: dict  # {folder: DIR} or {imglist: FILE, image_dir: DIR}
+    mode: Literal["evolve", "random"] = _ALGORITHM.mode
+    population: PositiveInt = _ALGORITHM.population
+    generations: PositiveInt = _ALGORITHM.generations
+    tournament: PositiveInt = _ALGORITHM.tournament
+    mate_prob: UnitFloat = _ALGORITHM.mate_prob
+    mutation_prob: UnitFloat = _ALGORITHM.mutation_prob
+    mutation_pool: PositiveInt = _ALGORITHM.mutation_pool
+    one_of_k_best: PositiveInt = _ALGORITHM.one_of_k_best
+    duplicate_distance: NonNegativeFloat = _ALGORITHM.duplicate_distance
+    samples: PositiveInt = _ALGORITHM.samples
+    budget: PositiveInt | None = _ALGORITHM.budget
+    minimize: bool = _ALGORITHM.minimize
+    oe_augment: bool = False
+    keep_eval_runs: bool = False
+    grid: PositiveInt = 16
+    launcher: dict | None = None
 
 
 def search_settings(cfg: DictConfig) -> tuple[SearchSettings, dict]:
@@ -67,40 +98,43 @@ def search_settings(cfg: DictConfig) -> tuple[SearchSettings, dict]:
     spec = to_plain(cfg.get("oe_search")) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"config key 'oe_search': expected a mapping, got {spec!r}")
-    known = set(SearchSettings.__dataclass_fields__) - {"seed"}
-    unknown = sorted(set(spec) - known - SEARCH_KEYS)
+    params, hints, _ = parameter_hints(OESearchSettings)
+    unknown = sorted(set(spec) - set(params))
     if unknown:
-        raise ConfigError(f"oe_search: unknown key(s) {unknown} (known: {', '.join(sorted(known | SEARCH_KEYS))})")
-    own = {"candidates": spec.get("candidates"), "oe_augment": spec.get("oe_augment", False),
-           "keep_eval_runs": spec.get("keep_eval_runs", False), "grid": spec.get("grid", 16),
-           "launcher": launcher_options(spec.get("launcher"), "oe_search.launcher")}
-    for key in ("oe_augment", "keep_eval_runs"):
-        if not isinstance(own[key], bool):
-            raise ConfigError(f"oe_search.{key}: expected true or false, got {own[key]!r}")
-    if isinstance(own["grid"], bool) or not isinstance(own["grid"], int) or own["grid"] < 1:
-        raise ConfigError(f"oe_search.grid: expected an integer >= 1, got {own['grid']!r}")
-    if not own["candidates"]:
+        raise ConfigError(f"oe_search: unknown key(s) {unknown} (known: {', '.join(sorted(params))})")
+    if not spec.get("candidates"):
         raise ConfigError("oe_search.candidates: missing (the candidate images: {folder: DIR} or {imglist: FILE, image_dir: DIR})")
-    settings = SearchSettings(**{k: v for k, v in spec.items() if k in known}, seed=int(cfg.get("seed", 0)))
+    for key, value in spec.items():  # the hints check_arguments reads, with oe_search.<key> in the message
+        check_value(f"oe_search.{key}", value, hints[key])
+    s = OESearchSettings(**spec)
+    algorithm = {f.name for f in fields(SearchSettings)} - {"seed"}
+    settings = SearchSettings(**{k: getattr(s, k) for k in algorithm}, seed=int(cfg.get("seed", 0)))
+    own = {"candidates": s.candidates, "oe_augment": s.oe_augment, "keep_eval_runs": s.keep_eval_runs, "grid": s.grid,
+           "launcher": launcher_options(s.launcher, "oe_search.launcher")}
     return settings.check(), own
 
 
-def run_ad(cfg: DictConfig) -> float:
-    """Run one ``ad`` pipeline config in this process; returns its mean AUROC."""
-    return float(ADPipeline(cfg).run()["auroc_mean"])
-
-
 class FitnessEvaluator:
-    """``nodes -> fitness``: one ``ad`` run per node under ``<run_dir>/evals`` (see the module doc).
+    """``nodes -> fitness``: one ``ad`` protocol per node under ``<run_dir>/evals`` (see the module doc).
 
-    ``run_ad(config) -> mean AUROC`` runs one evaluation; replace it (or :meth:`__call__`) to send a
-    generation's evaluations to a job launcher.
+    ``run_ad(config) -> mean AUROC`` runs one evaluation (default :meth:`evaluate`, in this process);
+    replace it (or :meth:`__call__`) to send a generation's evaluations elsewhere.
     """
 
     def __init__(self, cfg: DictConfig, pool: ImagePool, run_dir: Path, own: dict, log,
-                 run_ad: Callable[[DictConfig], float] = run_ad):
-        self.cfg, self.pool, self.run_dir, self.own, self.log, self.run_ad = cfg, pool, run_dir, own, log, run_ad
-        self.verbose = bool(cfg.get("verbose", False))
+                 run_ad: Callable[[DictConfig], float] | None = None, timings: dict | None = None):
+        self.cfg, self.pool, self.run_dir, self.own, self.log = cfg, pool, run_dir, own, log
+        self.run_ad = run_ad or self.evaluate
+        self.timings = {} if timings is None else timings
+
+    def evaluate(self, cfg: DictConfig) -> float:
+        """The mean AUROC of the ``ad`` protocol of ``cfg`` (an :meth:`eval_config`), run here in
+        ``<output_dir>/<experiment>`` with the search's log; cells an interruption finished are reused."""
+        settings = ADSettings.from_config(cfg)
+        ctx = ADContext(self.run_dir, resolve_device(cfg.get("device", "auto")), self.log, self.timings)
+        ctx = ctx.under(Path(cfg.output_dir) / str(cfg.experiment))
+        save_config(cfg, ctx.dir / "config.yaml")
+        return float(run_protocol(cfg, settings, ctx)["auroc_mean"])
 
     def name(self, node: Node) -> str:
         return f"node_{node.id:05d}"
@@ -118,15 +152,18 @@ class FitnessEvaluator:
         return OmegaConf.create(c)
 
     def finished(self, node: Node) -> float | None:
-        """The fitness of an evaluation finished before an interruption (same image), else None."""
-        import json
+        """The fitness of an evaluation finished before an interruption (same image), else None.
+
+        Finished = its ``metrics.json`` exists: the protocol writes it after every cell, and a launched
+        run's directory only takes its final name once complete. A launched run that says otherwise in
+        ``run.json`` is not finished."""
         done = self.run_dir / "evals" / self.name(node)
         listing = self.run_dir / "oe_lists" / f"{self.name(node)}.txt"
         try:
-            run = json.loads((done / "run.json").read_text())
+            if (done / "run.json").is_file() and json.loads((done / "run.json").read_text()).get("status") != "complete":
+                return None
             same = listing.read_text() == f"{self.pool.names[node.image]} -1\n"
-            return float(json.loads((done / "metrics.json").read_text())["auroc_mean"]) \
-                if run.get("status") == "complete" and same else None
+            return float(json.loads((done / "metrics.json").read_text())["auroc_mean"]) if same else None
         except (OSError, ValueError, KeyError):
             return None
 
@@ -163,10 +200,7 @@ class FitnessEvaluator:
         for k, node in enumerate(nodes):
             value = self.finished(node)
             if value is None:
-                try:
-                    value = self.run_ad(self.eval_config(node))
-                finally:  # the evaluation's run directory took the log over
-                    setup_logging(self.run_dir / "log.txt", verbose=self.verbose)
+                value = self.run_ad(self.eval_config(node))
             self.prune(node)
             self.log.info("node %d (gen %d, %s, image %s): fitness %.4f  [%d/%d]", node.id, node.gen, node.op,
                           self.pool.names[node.image], value, k + 1, len(nodes))
@@ -224,9 +258,10 @@ class OESearchPipeline:
 
     trains = True
     check_benchmark_spec = ADPipeline.check_benchmark_spec
+    config_sections = {**ADPipeline.config_sections, "oe_search": OESearchSettings}
 
-    def __init__(self, cfg: DictConfig, run_ad: Callable[[DictConfig], float] = run_ad):
-        self.cfg, self.run_ad = cfg, run_ad
+    def __init__(self, cfg: DictConfig, run_ad: Callable[[DictConfig], float] | None = None):
+        self.cfg, self.run_ad = cfg, run_ad  # run_ad: see FitnessEvaluator (None: in this process)
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -236,13 +271,13 @@ class OESearchPipeline:
         settings.check(len(pool))
         with tempfile.TemporaryDirectory() as tmp:  # data/trainer/network problems: no run directory
             probe = FitnessEvaluator(cfg, pool, Path(tmp), own, None).eval_config(Node(0, 0, 0, "check"))
-            ADPipeline(probe).precheck(ADSettings.from_config(probe), resolve_device(cfg.get("device", "auto")))
+            precheck(probe, ADSettings.from_config(probe), resolve_device(cfg.get("device", "auto")))
         with RunContext(cfg) as ctx:
             ctx.log.info("OE search (%s, %s) over %d candidate images from %s; at most %d fitness evaluations",
                          settings.mode, "minimise: worst image" if settings.minimize else "maximise: best image",
                          len(pool), pool.root, settings.max_evaluations)
             ctx.log.info("note: %s", ORACLE_NOTE)
-            evaluator = FitnessEvaluator(cfg, pool, ctx.dir, own, ctx.log, self.run_ad)
+            evaluator = FitnessEvaluator(cfg, pool, ctx.dir, own, ctx.log, self.run_ad, ctx.timings)
             search = Search(settings, len(pool), pool.distance, ctx.dir / "search_state.json", pool.fingerprint())
             with ctx.timed("search"):
                 search.run(evaluator, log=ctx.log.info)

@@ -10,8 +10,8 @@ OE samples" and its multiscale filter curves).
       # values: [5, 10]                   # ... with its values
       # label: epochs                     # x-axis label (default: the key)
 
-Everything else (``ad:``, benchmark, network, trainer) is the ``ad`` pipeline's config. Value v runs
-``ADPipeline.run_protocol`` in ``<run>/<name>_<v>/`` (cells ``normal_<c>/seed_<s>/`` with their
+Everything else (``ad:``, benchmark, network, trainer) is the ``ad`` pipeline's config. Value v runs the
+``ad`` protocol (:func:`.protocol.run_protocol`, in this run's process and log) in ``<run>/<name>_<v>/`` (cells ``normal_<c>/seed_<s>/`` with their
 ``result.json`` -- for an OE limit including the drawn subset, drawn anew per class x seed --, the value's
 ``metrics.json``/``metrics.csv``/``report.html`` and its ``config.yaml``). The run directory gets
 ``sweep.csv`` (one row per value: mean AUROC over classes of the seed means, std over classes, per-class
@@ -26,7 +26,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,16 +34,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from ...config import save_config, to_plain
 from ...errors import ConfigError
+from ...schema import NonNegativeInt, PositiveInt, check_value, parameter_hints
 from ...utils.io import write_json, write_text
 from ...utils.runtime import resolve_device
-from .protocol import ADPipeline, ADSettings
 from ..context import RunContext
 from ..registry import PIPELINES
+from .cell import ADContext
+from .protocol import ADPipeline, precheck, run_protocol
+from .settings import ADSettings
 
 SHORTHANDS = {  # ad_sweep key -> (config key, directory prefix, x label)
     "oe_limits": ("trainer.outliers.limit", "oe_limit", "number of OE samples"),
     "magnitudes": ("benchmark.preprocessor.ms_mode.magnitude", "magnitude", "filter magnitude"),
 }
+
+
+@dataclass
+class ADSweepSettings:
+    """The ``ad_sweep:`` section as given (its keys, typed for ``schema.check_arguments``); exactly one of
+    ``oe_limits``, ``magnitudes`` or ``values`` (with ``key``) is set, :class:`SweepSpec` resolves it."""
+
+    # None as a default means "not given"; a given value must fit the hint (null is no list)
+    oe_limits: list[PositiveInt | Literal["all"] | None] = None  # 'all'/null: the whole OE pool
+    magnitudes: list[NonNegativeInt] = None
+    key: str = None
+    values: list = None
+    label: str = None
 
 
 @dataclass
@@ -64,9 +80,17 @@ class SweepSpec:
         given = [k for k in (*SHORTHANDS, "values") if k in spec]
         if len(given) != 1:
             raise ConfigError(f"ad_sweep: give exactly one of oe_limits, magnitudes or key + values (got {given or 'none'})")
-        unknown = sorted(set(spec) - {*SHORTHANDS, "key", "values", "label"})
+        params, hints, _ = parameter_hints(ADSweepSettings)
+        unknown = sorted(set(spec) - set(params))
         if unknown:
             raise ConfigError(f"ad_sweep: unknown key(s) {unknown} (known: oe_limits, magnitudes, key, values, label)")
+        for key, value in spec.items():  # the hints check_arguments reads, with ad_sweep.<key> in the message
+            try:
+                check_value(f"ad_sweep.{key}", value, hints[key])
+            except ConfigError as exc:
+                zero = key == "oe_limits" and isinstance(value, list) and any(type(v) is int and v == 0 for v in value)
+                hint = " (an objective without outliers is eoe_dsvdd, not limit 0)" if zero else ""
+                raise ConfigError(f"{exc}{hint}") from None
         name = given[0]
         if name in SHORTHANDS:
             key, prefix, xlabel = SHORTHANDS[name]
@@ -76,18 +100,12 @@ class SweepSpec:
                 raise ConfigError("ad_sweep.key: expected a dotted config key (e.g. trainer.epochs) next to values")
             prefix, xlabel = key.rsplit(".", 1)[-1], key
         raw = spec[name]
-        if not isinstance(raw, list) or not raw:
+        if not raw:
             raise ConfigError(f"ad_sweep.{name}: expected a non-empty list, got {raw!r}")
         values, labels = [], []
         for v in raw:
-            if name == "oe_limits":
-                if v == "all" or v is None:
-                    v = None
-                elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ConfigError(f"ad_sweep.oe_limits: expected integers >= 1 or 'all', got {v!r} "
-                                      f"(an objective without outliers is eoe_dsvdd, not limit 0)")
-            elif name == "magnitudes" and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ConfigError(f"ad_sweep.magnitudes: expected integers >= 0, got {v!r}")
+            if name == "oe_limits" and v == "all":
+                v = None
             values.append(v)
             labels.append("all" if v is None else str(v))
         if len(set(labels)) != len(labels):
@@ -109,22 +127,13 @@ class SweepSpec:
         return sub
 
 
-class SubContext:
-    """A run context whose ``dir`` is a sub-directory of the run's (log, device, timers shared)."""
-
-    def __init__(self, ctx: RunContext, sub: Path):
-        self._ctx, self.dir = ctx, sub
-
-    def __getattr__(self, name: str):
-        return getattr(self._ctx, name)
-
-
 @PIPELINES.register("ad_sweep")
 class ADSweepPipeline:
     """The ``ad`` protocol for every value of one key (see the module doc)."""
 
     trains = True
     check_benchmark_spec = ADPipeline.check_benchmark_spec
+    config_sections = {**ADPipeline.config_sections, "ad_sweep": ADSweepSettings}
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -137,23 +146,21 @@ class ADSweepPipeline:
         for label, value in zip(spec.labels, spec.values):
             sub = spec.config_for(cfg, value)
             settings = ADSettings.from_config(sub)
-            pipe = ADPipeline(sub)
             try:
-                pipe.precheck(settings, device)  # every value's problems before the run directory exists
+                precheck(sub, settings, device)  # every value's problems before the run directory exists
             except ConfigError as exc:
                 raise ConfigError(f"ad_sweep {spec.key}={label}: {exc}") from None
-            runs.append((label, value, sub, settings, pipe))
+            runs.append((label, sub, settings))
         with RunContext(cfg) as ctx:
             ctx.log.info("AD sweep over %s: %s", spec.key, ", ".join(spec.labels))
             rows, cell_rows = [], []
-            for label, value, sub, settings, pipe in runs:
-                sub_ctx = SubContext(ctx, ctx.dir / f"{spec.prefix}_{label}")
-                sub_ctx.dir.mkdir(parents=True, exist_ok=True)
-                save_config(sub, sub_ctx.dir / "config.yaml")
+            for label, sub, settings in runs:
+                value_ctx = ADContext.of(ctx).under(ctx.dir / f"{spec.prefix}_{label}")
+                save_config(sub, value_ctx.dir / "config.yaml")
                 ctx.log.info("sweep %s = %s", spec.key, label)
-                metrics = pipe.run_protocol(sub_ctx, settings)
+                metrics = run_protocol(sub, settings, value_ctx)
                 rows.append(sweep_row(spec, label, metrics))
-                cell_rows += cell_records(spec, label, sub_ctx.dir, settings)
+                cell_rows += cell_records(spec, label, value_ctx.dir, settings)
             frame, cells = pd.DataFrame(rows), pd.DataFrame(cell_rows)
             write_text(ctx.dir / "sweep.csv", frame.to_csv(index=False))
             write_text(ctx.dir / "sweep_cells.csv", cells.to_csv(index=False))

@@ -44,6 +44,31 @@ def test_bad_protocol_settings(labelled, tmp_path):
     assert ADSettings.from_config(make_cfg(tmp_path, spec, {"seeds": 3}, seed=4)).seeds == [4, 5, 6]
 
 
+
+@pytest.mark.parametrize("section, key", [
+    ({"seeds": 0}, "seeds"), ({"seeds": [1, -1]}, "seeds"), ({"protocol": "ovr"}, "protocol"),
+    ({"train_limit": True}, "train_limit"), ({"test_limit": 0}, "test_limit"), ({"heatmaps": -1}, "heatmaps"),
+    ({"heatmap_quantile": 0}, "heatmap_quantile"), ({"keep_heatmaps": "yes"}, "keep_heatmaps"),
+    ({"note": 3}, "note"), ({"launcher": "local"}, "launcher"), ({"clases": [0]}, "clases")])
+def test_the_ad_section_is_schema_checked_without_data(labelled, tmp_path, section, key):
+    """The typed fields reject a bad value before any benchmark is read: through the generic schema
+    check (what run validation calls, via ``config_sections``) and through ``from_config``, naming the key."""
+    from openood_ext.pipelines.ad import ADPipeline
+    from openood_ext.pipelines.ad.oe_search import OESearchPipeline
+    from openood_ext.pipelines.ad.sweep import ADSweepPipeline
+    from openood_ext.schema import check_arguments
+    for pipe in (ADPipeline, ADSweepPipeline, OESearchPipeline):
+        assert pipe.config_sections["ad"] is ADSettings
+    with pytest.raises(ConfigError, match=f"'{key}'") as exc:
+        check_arguments("ad", ADSettings, section)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match=f"ad(: unknown key.*|.){key}") as exc:
+        ADSettings.from_config(make_cfg(tmp_path, {"name": "no_such_benchmark"}, section))
+    assert "\n" not in str(exc.value)
+    check_arguments("ad", ADSettings, {"classes": "all", "seeds": [3, 4], "protocol": "leave_one_out",
+                                       "heatmap_quantile": 1, "launcher": {"backend": "local"}})
+
+
 def test_resume_mid_protocol(labelled, tmp_path, monkeypatch):
     spec = bench_spec(labelled)
     ad = {"classes": [0, 1], "seeds": 1, "heatmaps": 0}
