@@ -7,37 +7,97 @@
   that does not exist is an error naming the closest keys; ``+key=value`` adds a new key. ``--key value`` and ``--key=value`` are the same as ``key=value``.
 * Values are parsed as YAML (``[a,b]`` is a list, ``5`` an int); a value of the wrong type for the key
   it replaces (text for a number, say) is an error.
-* Top-level keys are checked against the known ones (see ``TOP_LEVEL_KEYS``); put your own
-  variables under ``vars:``.
+* Top-level keys are checked against the known ones (:func:`top_level_keys`: the keys of every run,
+  declared with their types by :class:`RunSettings`, plus the sections the registered pipelines declare
+  as their own); put your own variables under ``vars:``.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 import re
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable, Literal, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .registry import registry_of
+from .schema import NonNegativeInt, PositiveInt, Range, check_value
 from .utils.io import write_text
 
 BASE_KEY = "_base_"
-TOP_LEVEL_KEYS = {
-    "pipeline", "experiment", "seed", "device", "output_dir", "cache_dir", "num_workers", "batch_size",
-    "plugins", "benchmark", "network", "trainer", "synthesizer", "postprocessors", "evaluator",
-    "train_if_missing", "verbose", "resume", "vars", "aps", "report", "overwrite",
-    "ad",  # anomaly-detection protocol of the `ad` pipeline (classes, seeds, protocol; issue 12)
-    "oe_search",  # EOE single-OE-image search of the `oe_search` pipeline (issue 13)
-    "ad_sweep",  # values swept by the `ad_sweep` pipeline (oe_limits, magnitudes; issue 13)
-    # GPU paths (issue 17): DataLoader options and the evaluation forward pass (utils/runtime.py)
-    "pin_memory", "persistent_workers", "prefetch_factor", "precision", "channels_last", "compile",
-}
+SEED_MAX = 2**32 - 1  # numpy.random.seed's range
+#: the package whose registry lists the pipelines: the sections a config may hold beyond the run keys are
+#: declared by the pipelines, so it is imported on first use (the lazy loading of every registry's home)
+PIPELINES_HOME = "openood_ext.pipelines"
+
+
+@dataclass
+class RunSettings:
+    """The top-level keys every run may set, with their types and ranges: the one place these rules are
+    written (the schema reads them). Parts are sections checked by their own registries; a pipeline's
+    own sections (``ad:``, ``oe_search:``, ...) are declared by the pipeline (``config_sections``)."""
+
+    pipeline: str
+    experiment: str
+    seed: Annotated[int, Range(0, SEED_MAX)]
+    device: str
+    output_dir: str
+    cache_dir: str | None
+    num_workers: NonNegativeInt
+    batch_size: PositiveInt
+    plugins: list | None
+    vars: dict | None
+    # the parts (each checked by its registry)
+    benchmark: dict
+    network: dict
+    trainer: dict
+    postprocessors: list | str
+    evaluator: str | dict
+    # how the run behaves (none of these changes its numbers, see pipelines/validation.NOT_IDENTITY)
+    train_if_missing: bool
+    verbose: bool
+    resume: bool
+    report: bool
+    overwrite: bool
+    aps: bool
+    # data loading and the evaluation forward pass on GPUs (utils/runtime.py)
+    pin_memory: bool | Literal["auto"]
+    persistent_workers: bool
+    prefetch_factor: PositiveInt | None
+    precision: str
+    channels_last: bool
+    compile: bool | str | None
+
+
+RUN_KEYS = frozenset(field.name for field in fields(RunSettings))
+
+
+def pipeline_sections() -> dict[str, Any]:
+    """``{section: settings class or None}`` declared by the registered pipelines (``config_sections``)."""
+    pipelines = registry_of("pipelines")
+    if pipelines is None:
+        importlib.import_module(PIPELINES_HOME)
+        pipelines = registry_of("pipelines")
+    sections: dict[str, Any] = {}
+    for name in pipelines.names():
+        sections.update(getattr(pipelines.get(name), "config_sections", None) or {})
+    return sections
+
+
+def top_level_keys() -> frozenset[str]:
+    """Every key a config may hold at its top level: the run keys and the pipelines' own sections."""
+    return RUN_KEYS | frozenset(pipeline_sections())
+
+
 # ``benchmark=cifar10`` / ``network=resnet18_32x32`` on the command line takes that section from
 # ``configs/<dir>/<value>.yml`` (looked up in the working directory, then in the repository).
 SECTION_DIRS = {"benchmark": "benchmarks", "network": "networks"}
@@ -107,9 +167,9 @@ def override_hint(token: str) -> str:
     if "=" in token or "/" in token or token.endswith((".yml", ".yaml")):
         return ""
     match = re.fullmatch(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*?)[:]?(-?\d[\w.]*|true|false|null)", token)
-    if match and (match.group(1).split(".")[0] in TOP_LEVEL_KEYS or "." in match.group(1)):
+    if match and (match.group(1).split(".")[0] in RUN_KEYS or "." in match.group(1)):
         return f"; did you mean {match.group(1)}={match.group(2)}?"
-    for key in sorted(TOP_LEVEL_KEYS, key=len, reverse=True):
+    for key in sorted(RUN_KEYS, key=len, reverse=True):
         if token.startswith(key) and len(token) > len(key):
             return f"; did you mean {key}={token[len(key):].lstrip(':')}?"
     return ""
@@ -179,7 +239,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             old = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override '{item}': {str(exc).splitlines()[0]}") from None
-        if old is _ABSENT and not add and key not in TOP_LEVEL_KEYS:  # known top-level keys need no '+'
+        if old is _ABSENT and not add and key not in top_level_keys():  # known top-level keys need no '+'
             close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(f"override '{key}': no such key in the config{hint} (use +{key}=... to add it)")
@@ -194,38 +254,24 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return cfg
 
 
-# Expected types of top-level values (checked after merging and overrides).
-TOP_LEVEL_TYPES = {
-    "seed": (int,), "num_workers": (int,), "batch_size": (int,), "train_if_missing": (bool,),
-    "verbose": (bool,), "resume": (bool,), "report": (bool,), "overwrite": (bool,), "aps": (bool,), "device": (str,), "experiment": (str,), "pipeline": (str,),
-    "output_dir": (str,), "cache_dir": (str, type(None)), "plugins": (list, type(None)),
-    "postprocessors": (list, str), "benchmark": (dict,), "network": (dict,), "trainer": (dict,),
-    "evaluator": (str, dict), "synthesizer": (dict, str, type(None)), "vars": (dict, type(None)), "ad": (dict,),
-    "oe_search": (dict,),
-    "pin_memory": (bool, str), "persistent_workers": (bool,), "prefetch_factor": (int, type(None)),
-    "precision": (str,), "channels_last": (bool,), "compile": (bool, str, type(None)),
-}
-
-
 def validate(cfg: DictConfig) -> None:
-    """Reject unknown top-level keys (typos) and values of the wrong type, naming the key."""
+    """Reject unknown top-level keys (typos) and values of the wrong type or range, naming the key."""
+    known = top_level_keys()
     for key in cfg.keys():
-        if key not in TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL_KEYS), n=1, cutoff=0.6)
+        if key == "synthesizer":  # an earlier layout's key, now read nowhere: say where it went
+            raise ConfigError("config key 'synthesizer' is no longer read: outlier sources are configured under "
+                              "trainer.outliers (e.g. trainer.outliers: {name: npos})")
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else " (put your own variables under 'vars:')"
             raise ConfigError(f"config key '{key}' is not known{hint}")
-    for key, types in TOP_LEVEL_TYPES.items():
-        if key not in cfg:
-            continue
+    hints = typing.get_type_hints(RunSettings, include_extras=True)
+    for key in cfg.keys():
         value = to_plain(cfg.get(key))
-        if isinstance(value, bool) and bool not in types:
-            ok = False
-        else:
-            ok = isinstance(value, types)
-        if not ok:
-            names = " or ".join("null" if t is type(None) else {"dict": "a mapping", "list": "a list"}.get(t.__name__, t.__name__)
-                                for t in types)
-            raise ConfigError(f"config key '{key}': expected {names}, got {value!r}")
+        if key in hints:
+            check_value(f"config key '{key}'", value, hints[key])
+        elif value is not None and not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping (the section of pipeline settings), got {value!r}")
 
 
 def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> DictConfig:

@@ -78,6 +78,8 @@ def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: Trai
 class TrainPipeline:
     """Train a network on the benchmark's ID train split with a registered trainer."""
 
+    needs_trainer = True  # validation checks the trainer section
+
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
 

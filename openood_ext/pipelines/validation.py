@@ -4,16 +4,16 @@
 run directory, lock or ``.partial`` directory, so a bad value leaves no trace on disk and the user sees
 exactly one line. It checks, in this order:
 
-* top-level values: types (:func:`openood_ext.config.validate`) and ranges (``batch_size >= 1``,
-  ``num_workers >= 0``, a seed numpy accepts, a usable ``device``), the experiment name (one plain
-  directory name), ``output_dir``/``cache_dir`` that are not files;
-* the pipeline name;
+* top-level values: their declared types and ranges (:class:`openood_ext.config.RunSettings`, checked by
+  :func:`openood_ext.config.validate`), a usable ``device``, the experiment name (one plain directory
+  name), ``output_dir``/``cache_dir`` that are not files;
+* the pipeline name, and the sections it declares as its own (``config_sections``: ``ad:``, ...)
+  against their settings classes' typed fields;
 * ``benchmark``: a registered name, its constructor arguments, and every ID image-list label inside
   ``0 .. num_classes - 1`` (file:line named);
 * ``network``: its arguments, and ``num_classes`` equal to the benchmark's;
 * ``trainer`` when the run trains (a training pipeline, or ``train_if_missing`` with no checkpoint):
-  ``openood_ext.trainers.validate_trainer_config`` when the trainers package provides it, else the
-  registry check, and ``epochs``/``batch_size >= 1`` either way;
+  :func:`openood_ext.trainers.validate_trainer_config`, once: the pipeline reuses the checked plan;
 * ``evaluator`` and every postprocessor (its APS grid included) against the part's
   signature and type hints (:mod:`openood_ext.schema`);
 * run identity: a complete result under the same experiment name is replaced only by a run of the
@@ -25,7 +25,6 @@ Every failure is a ConfigError/RegistryError/DataError with one self-contained l
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,11 @@ from ..config import to_plain, validate as validate_top_level
 from ..datasets import BENCHMARKS
 from ..datasets.imglist import read_imglist
 from ..errors import ConfigError
+from ..schema import check_section
 from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
 from ..postprocessors import POSTPROCESSORS
+from ..trainers import validate_trainer_config
 from ..utils.runtime import check_compile, check_precision, loader_options, resolve_device
 from . import aps
 from .registry import PIPELINES
@@ -46,8 +47,6 @@ from .registry import PIPELINES
 #: Top-level keys that do not change a run's numbers (where and how it runs, not what it computes).
 NOT_IDENTITY = ("experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
                 "overwrite", "device", "train_if_missing", "pin_memory", "persistent_workers", "prefetch_factor")
-SEED_MAX = 2**32 - 1  # numpy.random.seed's range
-TRAINING_PIPELINES = {"train"}
 
 
 def validate_run(cfg: DictConfig) -> None:
@@ -55,6 +54,7 @@ def validate_run(cfg: DictConfig) -> None:
     validate_top_level(cfg)
     check_top_level_ranges(cfg)
     pipeline = check_pipeline(cfg)
+    check_pipeline_sections(cfg, pipeline)
     bench = check_benchmark(cfg, pipeline)
     check_network(cfg, bench)
     if needs_training(cfg, pipeline):
@@ -79,16 +79,6 @@ def check_experiment_name(name: Any) -> str:
     return name
 
 
-def _check_int(key: str, value: Any, low: int, high: int | None = None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config key '{key}': expected int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ConfigError(f"config key '{key}': expected an int {bound}, got {value}")
-
-
 def _check_not_file(key: str, value: Any) -> None:
     if value is None:
         return
@@ -99,9 +89,7 @@ def _check_not_file(key: str, value: Any) -> None:
 
 
 def check_top_level_ranges(cfg: DictConfig) -> None:
-    _check_int("batch_size", cfg.get("batch_size"), 1)
-    _check_int("num_workers", cfg.get("num_workers"), 0)
-    _check_int("seed", cfg.get("seed"), 0, SEED_MAX)
+    """What the run keys' declared types cannot say (config.RunSettings): names, paths, the device."""
     check_experiment_name(cfg.get("experiment", "default"))
     _check_not_file("output_dir", cfg.get("output_dir", "results"))
     _check_not_file("cache_dir", cfg.get("cache_dir"))
@@ -122,6 +110,14 @@ def check_pipeline(cfg: DictConfig):
         raise ConfigError(f"config key 'pipeline': expected a name, got {name!r}")
     PIPELINES.get(name)
     return name
+
+
+def check_pipeline_sections(cfg: DictConfig, pipeline: str) -> None:
+    """The pipeline's own sections against the typed fields of the settings classes it declares."""
+    for key, settings in (getattr(PIPELINES.get(pipeline), "config_sections", None) or {}).items():
+        section = to_plain(cfg.get(key)) if key in cfg else None
+        if settings is not None and isinstance(section, dict):
+            check_section(key, settings, section)
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -173,7 +169,7 @@ def checkpoint_of(cfg: DictConfig) -> Path:
 
 
 def needs_training(cfg: DictConfig, pipeline: str) -> bool:
-    if pipeline in TRAINING_PIPELINES or getattr(PIPELINES.get(pipeline), "trains", False):
+    if getattr(PIPELINES.get(pipeline), "needs_trainer", False):
         return True
     return bool(cfg.get("train_if_missing", False)) and "network" in cfg and not checkpoint_of(cfg).is_file()
 
@@ -181,17 +177,7 @@ def needs_training(cfg: DictConfig, pipeline: str) -> bool:
 def check_trainer(cfg: DictConfig) -> None:
     if "trainer" not in cfg:
         raise ConfigError("config has no 'trainer' section (needed to train the network)")
-    section = to_plain(cfg.trainer)
-    trainers = importlib.import_module("openood_ext.trainers")
-    validate = getattr(trainers, "validate_trainer_config", None)
-    if validate is not None:
-        validate(section)  # checks epochs/batch_size too; the pipeline reuses this check
-    else:
-        if isinstance(section, dict):
-            for key in ("epochs", "batch_size"):
-                if key in section:
-                    _check_int(f"trainer.{key}", section[key], 1)
-        trainers.TRAINERS.check(section)
+    validate_trainer_config(to_plain(cfg.trainer))  # engine keys, trainer, outlier source; reused by the pipeline
 
 
 def check_parts(cfg: DictConfig) -> None:

@@ -17,7 +17,7 @@ from openood_ext import cli as cli_module
 from openood_ext.config import load_config
 from openood_ext.errors import ConfigError
 from openood_ext.runner import run_config
-from openood_ext.trainers import TRAINERS, Engine, EngineSettings, Trainer, TrainingError, split_trainer_config
+from openood_ext.trainers import TRAINERS, Engine, Trainer, TrainingError, split_trainer_config
 from openood_ext.trainers.optim import build_scheduler, check_schedule_spec, schedule_factor
 
 TRAIN_CONFIG = REPO / "configs" / "pipelines" / "train.yml"

@@ -10,7 +10,7 @@ import torch
 
 from openood_ext.errors import ConfigError
 from openood_ext.networks import NETWORKS
-from openood_ext.networks.receptive import ReceptiveField, check_field_fits, gkern, receptive_field, receptive_upsample
+from openood_ext.networks.receptive import ReceptiveField, check_field_fits, gkern, receptive_upsample
 from openood_ext.trainers import TRAINERS, Batch, TrainContext
 from openood_ext.trainers.fcdd import anomaly_term, fcdd_loss, pseudo_huber
 

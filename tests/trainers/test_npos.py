@@ -4,7 +4,6 @@ cases, gradient flow, one trainer step, configs and bad input."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -55,7 +55,7 @@ from ...errors import ConfigError
 from ...launch import JobsFailed, config_job, launch, launcher_options
 from ...search import ORACLE_NOTE, Node, Search, SearchSettings
 from ...search.candidates import ImagePool
-from ...schema import NonNegativeFloat, PositiveInt, UnitFloat, check_value, parameter_hints
+from ...schema import PositiveInt, check_section
 from ...utils.io import write_json
 from ...utils.runtime import resolve_device
 from ..context import RunContext
@@ -65,32 +65,22 @@ from .protocol import ADPipeline, precheck, run_protocol
 from .settings import ADSettings
 
 KEEP_IN_CELLS = {"result.json", "history.json"}
-_ALGORITHM = SearchSettings()  # the algorithm's defaults (EOE's): one source for both classes
 
 
 @dataclass
-class OESearchSettings:
-    """The ``oe_search:`` section as given, typed for ``schema.check_arguments``: the algorithm's keys
-    (:class:`~openood_ext.search.SearchSettings`, whose ``check`` adds the checks that relate keys) and the
-    pipeline's own (candidates, oe_augment, keep_eval_runs, grid, launcher)."""
+class OESearchSettings(SearchSettings):
+    """The ``oe_search:`` section: the algorithm's keys, typed once in
+    :class:`~openood_ext.search.SearchSettings` (whose ``check`` adds the checks that relate keys), and the
+    pipeline's own. The search's ``seed`` is the run's top-level ``seed``, not a key of this section."""
 
-    candidates: dict  # {folder: DIR} or {imglist: FILE, image_dir: DIR}
-    mode: Literal["evolve", "random"] = _ALGORITHM.mode
-    population: PositiveInt = _ALGORITHM.population
-    generations: PositiveInt = _ALGORITHM.generations
-    tournament: PositiveInt = _ALGORITHM.tournament
-    mate_prob: UnitFloat = _ALGORITHM.mate_prob
-    mutation_prob: UnitFloat = _ALGORITHM.mutation_prob
-    mutation_pool: PositiveInt = _ALGORITHM.mutation_pool
-    one_of_k_best: PositiveInt = _ALGORITHM.one_of_k_best
-    duplicate_distance: NonNegativeFloat = _ALGORITHM.duplicate_distance
-    samples: PositiveInt = _ALGORITHM.samples
-    budget: PositiveInt | None = _ALGORITHM.budget
-    minimize: bool = _ALGORITHM.minimize
+    candidates: dict | None = None  # {folder: DIR} or {imglist: FILE, image_dir: DIR}; required
     oe_augment: bool = False
     keep_eval_runs: bool = False
     grid: PositiveInt = 16
     launcher: dict | None = None
+
+
+OWN_KEYS = ("candidates", "oe_augment", "keep_eval_runs", "grid", "launcher")
 
 
 def search_settings(cfg: DictConfig) -> tuple[SearchSettings, dict]:
@@ -98,19 +88,16 @@ def search_settings(cfg: DictConfig) -> tuple[SearchSettings, dict]:
     spec = to_plain(cfg.get("oe_search")) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"config key 'oe_search': expected a mapping, got {spec!r}")
-    params, hints, _ = parameter_hints(OESearchSettings)
-    unknown = sorted(set(spec) - set(params))
-    if unknown:
-        raise ConfigError(f"oe_search: unknown key(s) {unknown} (known: {', '.join(sorted(params))})")
+    if "seed" in spec:
+        raise ConfigError("oe_search.seed: not a key of this section; the search draws from the run's seed")
+    check_section("oe_search", OESearchSettings, spec)
     if not spec.get("candidates"):
         raise ConfigError("oe_search.candidates: missing (the candidate images: {folder: DIR} or {imglist: FILE, image_dir: DIR})")
-    for key, value in spec.items():  # the hints check_arguments reads, with oe_search.<key> in the message
-        check_value(f"oe_search.{key}", value, hints[key])
     s = OESearchSettings(**spec)
     algorithm = {f.name for f in fields(SearchSettings)} - {"seed"}
     settings = SearchSettings(**{k: getattr(s, k) for k in algorithm}, seed=int(cfg.get("seed", 0)))
-    own = {"candidates": s.candidates, "oe_augment": s.oe_augment, "keep_eval_runs": s.keep_eval_runs, "grid": s.grid,
-           "launcher": launcher_options(s.launcher, "oe_search.launcher")}
+    own = {key: getattr(s, key) for key in OWN_KEYS}
+    own["launcher"] = launcher_options(s.launcher, "oe_search.launcher")
     return settings.check(), own
 
 
@@ -256,7 +243,7 @@ def fitness_plot(history: list[dict], path: Path) -> Path | None:
 class OESearchPipeline:
     """EOE's single-OE-image search (see the module doc)."""
 
-    trains = True
+    needs_trainer = True  # it trains networks: validation checks the trainer section
     check_benchmark_spec = ADPipeline.check_benchmark_spec
     config_sections = {**ADPipeline.config_sections, "oe_search": OESearchSettings}
 

@@ -57,7 +57,7 @@ from .settings import ADSettings, benchmark_classes, cell_benchmark, collect_tes
 class ADPipeline:
     """Train and test one network per (normal class, seed); aggregate with ``ad_ovr`` (see the module doc)."""
 
-    trains = True
+    needs_trainer = True  # it trains networks: validation checks the trainer section
     config_sections = {"ad": ADSettings}
 
     def __init__(self, cfg: DictConfig):

@@ -8,6 +8,7 @@ path-hashed subset in every cell and every run, so cells of one run are scored o
 from __future__ import annotations
 
 import dataclasses
+import typing
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +22,18 @@ from ...datasets import BENCHMARKS
 from ...datasets.imglist import read_imglist
 from ...errors import ConfigError, DataError
 from ...launch import launcher_options
-from ...schema import NonNegativeInt, PositiveInt, Range, check_value, parameter_hints
+from ...schema import NonNegativeInt, PositiveInt, Range, check_section
 from ...utils.io import write_text
 from .data import adapt_benchmark
 
 Protocol = Literal["one_vs_rest", "leave_one_out"]
-PROTOCOLS = ("one_vs_rest", "leave_one_out")
+PROTOCOLS = typing.get_args(Protocol)
 
 
 @dataclass
 class ADSettings:
     """The ``ad:`` section. The fields are the section's keys, typed so that
-    ``openood_ext.schema.check_arguments("ad", ADSettings, section)`` rejects a wrong type or range without
+    ``openood_ext.schema.check_section("ad", ADSettings, section)`` rejects a wrong type or range without
     data; :meth:`from_config` adds what needs the benchmark (which classes exist) and returns the resolved
     settings: ``classes`` a list of classes, ``seeds`` a list of seeds, ``launcher`` the checked options.
     """
@@ -56,12 +57,7 @@ class ADSettings:
         spec = to_plain(cfg.get("ad")) or {}
         if not isinstance(spec, dict):
             raise ConfigError(f"config key 'ad': expected a mapping, got {spec!r}")
-        params, hints, _ = parameter_hints(cls)
-        unknown = sorted(set(spec) - set(params))
-        if unknown:
-            raise ConfigError(f"ad: unknown key(s) {unknown} (known: {', '.join(sorted(params))})")
-        for key, value in spec.items():  # the same hints check_arguments reads, with ad.<key> in the message
-            check_value(f"ad.{key}", value, hints[key])
+        check_section("ad", cls, spec)  # unknown keys, types and ranges, from the fields above
         if "benchmark" not in cfg:
             raise ConfigError("config has no 'benchmark' section (e.g. configs/benchmarks/fmnist.yml)")
         s = cls(**spec)

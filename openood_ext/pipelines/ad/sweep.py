@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ...config import save_config, to_plain
 from ...errors import ConfigError
-from ...schema import NonNegativeInt, PositiveInt, check_value, parameter_hints
+from ...schema import NonNegativeInt, PositiveInt, check_section
 from ...utils.io import write_json, write_text
 from ...utils.runtime import resolve_device
 from ..context import RunContext
@@ -80,17 +80,13 @@ class SweepSpec:
         given = [k for k in (*SHORTHANDS, "values") if k in spec]
         if len(given) != 1:
             raise ConfigError(f"ad_sweep: give exactly one of oe_limits, magnitudes or key + values (got {given or 'none'})")
-        params, hints, _ = parameter_hints(ADSweepSettings)
-        unknown = sorted(set(spec) - set(params))
-        if unknown:
-            raise ConfigError(f"ad_sweep: unknown key(s) {unknown} (known: oe_limits, magnitudes, key, values, label)")
-        for key, value in spec.items():  # the hints check_arguments reads, with ad_sweep.<key> in the message
-            try:
-                check_value(f"ad_sweep.{key}", value, hints[key])
-            except ConfigError as exc:
-                zero = key == "oe_limits" and isinstance(value, list) and any(type(v) is int and v == 0 for v in value)
-                hint = " (an objective without outliers is eoe_dsvdd, not limit 0)" if zero else ""
-                raise ConfigError(f"{exc}{hint}") from None
+        try:
+            check_section("ad_sweep", ADSweepSettings, spec)  # unknown keys, types and ranges
+        except ConfigError as exc:
+            limits = spec.get("oe_limits")
+            zero = isinstance(limits, list) and any(type(v) is int and v == 0 for v in limits)
+            hint = " (an objective without outliers is eoe_dsvdd, not limit 0)" if zero else ""
+            raise ConfigError(f"{exc}{hint}") from None
         name = given[0]
         if name in SHORTHANDS:
             key, prefix, xlabel = SHORTHANDS[name]
@@ -131,7 +127,7 @@ class SweepSpec:
 class ADSweepPipeline:
     """The ``ad`` protocol for every value of one key (see the module doc)."""
 
-    trains = True
+    needs_trainer = True  # it trains networks: validation checks the trainer section
     check_benchmark_spec = ADPipeline.check_benchmark_spec
     config_sections = {**ADPipeline.config_sections, "ad_sweep": ADSweepSettings}
 
