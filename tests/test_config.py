@@ -120,3 +120,51 @@ def test_shipped_main_config_resolves():
     assert cfg.pipeline == "test_ood" and cfg.network.num_classes == cfg.benchmark.num_classes == 6
     assert cfg.experiment.endswith("_s2") and cfg.network.checkpoint.endswith("_s2.pt")
     assert OmegaConf.is_list(cfg.postprocessors)
+
+
+def test_top_level_keys_are_the_run_keys_plus_every_pipelines_own_sections(tmp_path):
+    from dataclasses import dataclass
+
+    from openood_ext.config import RUN_KEYS, top_level_keys
+    from openood_ext.pipelines import PIPELINES
+
+    assert {"ad", "ad_sweep", "oe_search"} <= top_level_keys() and RUN_KEYS <= top_level_keys()
+    assert not {"ad", "ad_sweep", "oe_search"} & RUN_KEYS  # declared by the AD pipelines, not by config.py
+    cfg = write(tmp_path / "c.yml", "pipeline: test_ood\nmy_section: {depth: 3}\n")
+    with pytest.raises(ConfigError, match="config key 'my_section' is not known"):
+        load_config([cfg])
+
+    @dataclass
+    class MySettings:
+        depth: int = 1
+
+    @PIPELINES.register("pipeline_with_a_section_for_this_test", force=True)
+    class WithSection:
+        config_sections = {"my_section": MySettings}
+
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def run(self):
+            return {}
+
+    assert load_config([cfg]).my_section.depth == 3  # a plugin pipeline's section is known once registered
+    bad = write(tmp_path / "d.yml", "pipeline: test_ood\nmy_section: 5\n")
+    with pytest.raises(ConfigError, match="config key 'my_section': expected a mapping"):
+        load_config([bad])
+
+
+def test_run_keys_are_checked_against_their_declared_types_and_ranges(tmp_path):
+    for text, message in (("seed: -1", "config key 'seed': expected int >= 0 and <= 4294967295, got -1"),
+                          ("batch_size: 0", "config key 'batch_size': expected int >= 1, got 0"),
+                          ("num_workers: 1.5", "config key 'num_workers': expected int, got 1.5"),
+                          ("overwrite: 1", "config key 'overwrite': expected bool"),
+                          ("pin_memory: sometimes", "config key 'pin_memory': expected bool")):
+        with pytest.raises(ConfigError, match=message):
+            load_config([write(tmp_path / "c.yml", f"pipeline: test_ood\n{text}\n")])
+
+
+def test_the_old_synthesizer_key_says_where_outlier_sources_went(tmp_path):
+    cfg = write(tmp_path / "c.yml", "pipeline: train\nsynthesizer: {name: npos}\n")
+    with pytest.raises(ConfigError, match=r"'synthesizer' is no longer read: .*trainer\.outliers"):
+        load_config([cfg])

@@ -151,3 +151,23 @@ def test_plugins_key_imports_modules(monkeypatch):
     with pytest.raises(PluginError, match="no_such_module_xyz"):
         import_plugins(["no_such_module_xyz"])
     sys.modules.pop("openood_ext_demo_plugin.broken", None)
+
+
+def test_outlier_sources_have_one_registry_under_its_old_name_too(capsys):
+    from openood_ext import cli
+    from openood_ext.registry import registry_of
+    from openood_ext.synthesizers import OUTLIER_SOURCES, SYNTHESIZERS
+
+    assert SYNTHESIZERS is OUTLIER_SOURCES and OUTLIER_SOURCES.kind == "outlier_sources"
+    assert registry_of("synthesizers") is OUTLIER_SOURCES is registry_of("outlier_sources")
+    assert OUTLIER_SOURCES.entry_point_groups == ("openood_ext.outlier_sources", "openood_ext.synthesizers")
+    assert cli.main(["list", "synthesizers"]) == 0  # the old kind name still lists them
+    listed = {line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert {"npos", "confetti", "oe_images"} <= listed
+
+
+def test_a_registry_loads_its_home_package_on_first_lookup():
+    reg = Registry(f"widgets_{uuid.uuid4().hex[:8]}", home="openood_ext.postprocessors")
+    assert not reg._home_loaded
+    assert reg.names() == []  # the home registers into its own registries, not this one
+    assert reg._home_loaded and "openood_ext.postprocessors" in sys.modules
