@@ -62,7 +62,7 @@ class RunSettings:
     trainer: dict
     postprocessors: list | str
     evaluator: str | dict
-    # how the run behaves (none of these changes its numbers, see pipelines/validation.NOT_IDENTITY)
+    # how the run behaves (none of these changes its numbers, see pipelines/run_identity.NOT_IDENTITY)
     train_if_missing: bool
     verbose: bool
     resume: bool

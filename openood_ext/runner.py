@@ -28,7 +28,7 @@ def run_config(cfg: DictConfig) -> dict:
 
 def resume_config(run_dir: str | Path, overrides=()) -> DictConfig:
     """The saved config of an interrupted run, with ``resume: true`` (and any overrides) applied."""
-    from .pipelines.validation import complete_result
+    from .pipelines.run_identity import complete_result
     run_dir = Path(run_dir)
     partial = run_dir if run_dir.name.endswith(".partial") else run_dir.with_name(run_dir.name + ".partial")
     if not (partial / "config.yaml").is_file() and complete_result(run_dir) is not None:

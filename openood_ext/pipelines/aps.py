@@ -112,3 +112,31 @@ def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[n
             best = trials[-1]
     return {"chosen": best["params"], "auroc": best["auroc"], "trials": trials}
 
+
+def check_specs(specs: Any, aps_default: bool = False) -> None:
+    """A run's ``postprocessors:`` list: each entry against its method's typed arguments, every point of an
+    APS grid too, and no label twice; ConfigError naming ``postprocessors[i]`` otherwise."""
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise ConfigError("postprocessors: list at least one postprocessor (e.g. postprocessors=[msp,ebo])")
+    labels = []
+    for i, raw in enumerate(specs):
+        if not isinstance(raw, (str, dict)):
+            raise ConfigError(f"postprocessors[{i}]: expected a name or a mapping with 'name', got {raw!r}")
+        if isinstance(raw, dict) and "name" not in raw:
+            raise ConfigError(f"postprocessors[{i}]: {raw} has no 'name' key")
+        spec, use_aps, grid = split_spec(raw, aps_default)
+        POSTPROCESSORS.check(spec)
+        if use_aps and grid is None:
+            grid = load_method_config(spec["name"]).get("aps_grid")
+        if use_aps and grid is not None:
+            if not isinstance(grid, dict):
+                raise ConfigError(f"postprocessors[{i}].aps_grid: expected a mapping of lists, got {grid!r}")
+            for combo in grid_combinations(grid):
+                POSTPROCESSORS.check({**spec, **combo})
+        label = raw if isinstance(raw, str) else raw.get("label") or raw["name"]
+        if label in labels:
+            raise ConfigError(f"postprocessors: '{label}' is listed twice; give one of them a 'label:' "
+                              f"so their results do not overwrite each other")
+        labels.append(label)

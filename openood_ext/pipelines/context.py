@@ -25,7 +25,7 @@ from ..utils.interrupts import RunInterrupted, critical
 from ..utils.io import write_json
 from ..utils.runtime import resolve_device, seed_everything, setup_logging
 from ..utils.timing import add_elapsed
-from .validation import check_experiment_name, complete_result, run_identity
+from .run_identity import check_experiment_name, complete_result, run_identity
 
 
 class RunContext:

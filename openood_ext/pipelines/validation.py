@@ -17,15 +17,16 @@ exactly one line. It checks, in this order:
 * ``evaluator`` and every postprocessor (its APS grid included) against the part's
   signature and type hints (:mod:`openood_ext.schema`);
 * run identity: a complete result under the same experiment name is replaced only by a run of the
-  same configuration (see :func:`run_identity`) or with ``overwrite: true``.
+  same configuration (:mod:`.run_identity`) or with ``overwrite: true``.
+
+Each rule lives with what it is about (a part's typed arguments, a settings class, the run keys in
+``config.RunSettings``, the postprocessor list in :mod:`.aps`); this module only walks the config in order.
 
 Every failure is a ConfigError/RegistryError/DataError with one self-contained line.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +36,20 @@ from ..config import to_plain, validate as validate_top_level
 from ..datasets import BENCHMARKS
 from ..datasets.imglist import read_imglist
 from ..errors import ConfigError
-from ..schema import check_section
 from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
-from ..postprocessors import POSTPROCESSORS
+from ..schema import check_section
 from ..trainers import validate_trainer_config
 from ..utils.runtime import check_compile, check_precision, loader_options, resolve_device
 from . import aps
 from .registry import PIPELINES
-
-#: Top-level keys that do not change a run's numbers (where and how it runs, not what it computes).
-NOT_IDENTITY = ("experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
-                "overwrite", "device", "train_if_missing", "pin_memory", "persistent_workers", "prefetch_factor")
+from .run_identity import changed_keys, check_experiment_name, complete_result, run_identity, saved_config
 
 
 def validate_run(cfg: DictConfig) -> None:
     """Check everything a run reads from ``cfg`` (see the module docstring); raise on the first problem."""
     validate_top_level(cfg)
-    check_top_level_ranges(cfg)
+    check_run_keys(cfg)
     pipeline = check_pipeline(cfg)
     check_pipeline_sections(cfg, pipeline)
     bench = check_benchmark(cfg, pipeline)
@@ -64,21 +61,6 @@ def validate_run(cfg: DictConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- top level
-def check_experiment_name(name: Any) -> str:
-    """The experiment name if it is one plain directory name; ConfigError otherwise."""
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"experiment: expected a non-empty name, got {name!r}")
-    if name != name.strip() or "/" in name or "\\" in name or "\0" in name:
-        raise ConfigError(f"experiment '{name}': must be one directory name (no '/', no surrounding spaces); "
-                          f"use output_dir=... to choose where results go")
-    if name.startswith(".") or name.endswith(".partial"):
-        raise ConfigError(f"experiment '{name}': may not start with '.' or end with '.partial' "
-                          f"(those names are reserved for hidden and unfinished runs)")
-    if len(name.encode()) > 200:
-        raise ConfigError(f"experiment: name longer than 200 bytes ({name[:40]}...)")
-    return name
-
-
 def _check_not_file(key: str, value: Any) -> None:
     if value is None:
         return
@@ -88,7 +70,7 @@ def _check_not_file(key: str, value: Any) -> None:
             raise ConfigError(f"{key} {path}: {p} is a file, expected a directory")
 
 
-def check_top_level_ranges(cfg: DictConfig) -> None:
+def check_run_keys(cfg: DictConfig) -> None:
     """What the run keys' declared types cannot say (config.RunSettings): names, paths, the device."""
     check_experiment_name(cfg.get("experiment", "default"))
     _check_not_file("output_dir", cfg.get("output_dir", "results"))
@@ -189,71 +171,7 @@ def check_parts(cfg: DictConfig) -> None:
 
 
 def check_postprocessors(cfg: DictConfig) -> None:
-    specs = to_plain(cfg.get("postprocessors"))
-    if isinstance(specs, str):
-        specs = [specs]
-    if not specs:
-        raise ConfigError("postprocessors: list at least one postprocessor (e.g. postprocessors=[msp,ebo])")
-    labels = []
-    for i, raw in enumerate(specs):
-        if not isinstance(raw, (str, dict)):
-            raise ConfigError(f"postprocessors[{i}]: expected a name or a mapping with 'name', got {raw!r}")
-        if isinstance(raw, dict) and "name" not in raw:
-            raise ConfigError(f"postprocessors[{i}]: {raw} has no 'name' key")
-        spec, use_aps, grid = aps.split_spec(raw, bool(cfg.get("aps", False)))
-        POSTPROCESSORS.check(spec)
-        if use_aps and grid is None:
-            grid = aps.load_method_config(spec["name"]).get("aps_grid")
-        if use_aps and grid is not None:
-            if not isinstance(grid, dict):
-                raise ConfigError(f"postprocessors[{i}].aps_grid: expected a mapping of lists, got {grid!r}")
-            for combo in aps.grid_combinations(grid):
-                POSTPROCESSORS.check({**spec, **combo})
-        label = raw if isinstance(raw, str) else raw.get("label") or raw["name"]
-        if label in labels:
-            raise ConfigError(f"postprocessors: '{label}' is listed twice; give one of them a 'label:' "
-                              f"so their results do not overwrite each other")
-        labels.append(label)
-
-
-# ---------------------------------------------------------------------------------------------- identity
-def run_identity(config: dict) -> str:
-    """Short hash of what changes a run's numbers: the resolved config minus :data:`NOT_IDENTITY`."""
-    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    blob = json.dumps(kept, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): obj}
-
-
-def changed_keys(old: dict, new: dict) -> list[str]:
-    """Dotted keys (outside :data:`NOT_IDENTITY`) whose values differ between two plain configs."""
-    a = _flat({k: v for k, v in old.items() if k not in NOT_IDENTITY})
-    b = _flat({k: v for k, v in new.items() if k not in NOT_IDENTITY})
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def complete_result(run_dir: Path) -> dict | None:
-    """run.json of a complete run in ``run_dir``, else None."""
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("status") == "complete" else None
-
-
-def saved_config(run_dir: Path) -> dict | None:
-    try:
-        return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
-    except Exception:  # unreadable: treated as a different configuration
-        return None
+    aps.check_specs(to_plain(cfg.get("postprocessors")), bool(cfg.get("aps", False)))
 
 
 def check_run_identity(cfg: DictConfig) -> None:

@@ -1,0 +1,72 @@
+"""What makes a run directory what it is: its name, whether it holds a complete result, and the identity of
+the configuration that produced it (a short hash of what changes the numbers), so that a finished result
+is never replaced by a run of another configuration without ``overwrite: true``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ..errors import ConfigError
+
+#: Top-level keys that do not change a run's numbers (where and how it runs, not what it computes).
+NOT_IDENTITY = ("experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
+                "overwrite", "device", "train_if_missing", "pin_memory", "persistent_workers", "prefetch_factor")
+
+
+def check_experiment_name(name: Any) -> str:
+    """The experiment name if it is one plain directory name; ConfigError otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"experiment: expected a non-empty name, got {name!r}")
+    if name != name.strip() or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"experiment '{name}': must be one directory name (no '/', no surrounding spaces); "
+                          f"use output_dir=... to choose where results go")
+    if name.startswith(".") or name.endswith(".partial"):
+        raise ConfigError(f"experiment '{name}': may not start with '.' or end with '.partial' "
+                          f"(those names are reserved for hidden and unfinished runs)")
+    if len(name.encode()) > 200:
+        raise ConfigError(f"experiment: name longer than 200 bytes ({name[:40]}...)")
+    return name
+
+
+def run_identity(config: dict) -> str:
+    """Short hash of what changes a run's numbers: the resolved config minus :data:`NOT_IDENTITY`."""
+    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    blob = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys (outside :data:`NOT_IDENTITY`) whose values differ between two plain configs."""
+    a = _flat({k: v for k, v in old.items() if k not in NOT_IDENTITY})
+    b = _flat({k: v for k, v in new.items() if k not in NOT_IDENTITY})
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def complete_result(run_dir: Path) -> dict | None:
+    """run.json of a complete run in ``run_dir``, else None."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "complete" else None
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    except Exception:  # unreadable: treated as a different configuration
+        return None
