@@ -8,6 +8,9 @@ from omegaconf import DictConfig
 
 from .config import load_config, to_plain
 from .errors import ConfigError
+from .pipelines import PIPELINES
+from .pipelines.run_identity import complete_result
+from .pipelines.validation import validate_run
 from .registry import import_plugins
 from .utils.interrupts import graceful_interrupts
 
@@ -20,15 +23,12 @@ def run_config(cfg: DictConfig) -> dict:
     """
     with graceful_interrupts():
         import_plugins(to_plain(cfg.get("plugins")) or [])
-        from .pipelines import PIPELINES
-        from .pipelines.validation import validate_run
         validate_run(cfg)
         return PIPELINES.get(cfg.pipeline)(cfg).run()
 
 
 def resume_config(run_dir: str | Path, overrides=()) -> DictConfig:
     """The saved config of an interrupted run, with ``resume: true`` (and any overrides) applied."""
-    from .pipelines.run_identity import complete_result
     run_dir = Path(run_dir)
     partial = run_dir if run_dir.name.endswith(".partial") else run_dir.with_name(run_dir.name + ".partial")
     if not (partial / "config.yaml").is_file() and complete_result(run_dir) is not None:

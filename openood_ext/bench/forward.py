@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .imglist import benchmark_subset
 from ..networks import NETWORKS
 from ..networks.checkpoint import save_checkpoint
+from ..pipelines.outputs import OutputStore
 from ..utils.runtime import resolve_device
 from ..utils.timing import alternate
+from .imglist import benchmark_subset
 
 
 class _BenchContext:
@@ -45,7 +46,6 @@ class _BenchContext:
 def bench_forward(benchmark: str = "cifar10", split: str = "id_test", images: int = 2000,
                   network: str = "resnet18_32x32", width: int = 64, batch_size: int = 256, rounds: int = 4,
                   device: str = "auto") -> dict:
-    from ..pipelines.outputs import OutputStore
     dev = resolve_device(device)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

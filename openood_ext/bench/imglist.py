@@ -23,17 +23,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..config import load_yaml, to_plain
 from ..datasets import BENCHMARKS
+from ..datasets.benchmark import resolve_path
 from ..datasets.imglist import read_imglist
 from ..utils.timing import alternate
 
 
 def benchmark_subset(name: str, split_name: str, images: int, out_dir: Path):
     """(benchmark, split) where the split holds the first ``images`` entries of ``split_name``'s list."""
-    from ..config import load_yaml
-    from ..datasets.benchmark import resolve_path
     spec = load_yaml(resolve_path(Path("configs") / "benchmarks" / f"{name}.yml")).benchmark
-    from ..config import to_plain
     bench = BENCHMARKS.build(to_plain(spec))
     bench.prepare()
     split = bench.split(split_name)

@@ -21,12 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..networks import NETWORKS
+from ..synthesizers.sd_pipeline import SDConfig, ensure_generated
+from ..trainers import TRAINERS, Batch, TrainContext
+from ..trainers.oaml import OAMLTrainer
 from ..utils.timing import median_time
 
 
 def bench_generation(model="tiny-random", images_per_class=2, classes=("cat", "dog"), steps=3, size=16,
                      device="cpu") -> dict:
-    from ..synthesizers.sd_pipeline import SDConfig, ensure_generated
 
     cfg = SDConfig(model=model, classes=list(classes), id_features="synthetic", K=5, select=4, candidates=20,
                    keep=2, repeats=2, images_per_class=images_per_class, chunk=min(3, images_per_class),
@@ -52,9 +55,6 @@ class _Pool:
 
 def bench_step(width=16, batch=32, repeats=3, text_dim=768, latent_dim=16384, latent_hidden=(8192, 4096, 256),
                teacher="tiny", device="cpu") -> dict:
-    from ..networks import NETWORKS
-    from ..trainers import TRAINERS, Batch, TrainContext
-    from ..trainers.oaml import OAMLTrainer
 
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)

@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 
 from ..config import cli_overrides, load_config
+from ..datasets.benchmark import resolve_path
 from ..errors import ConfigError
+from ..networks.checkpoint import load_checkpoint
+from ..pipelines import aps
+from ..pipelines.context import RunContext, build_benchmark, build_network
+from ..pipelines.outputs import OutputStore
+from ..pipelines.test_ood import ensure_checkpoint
+from ..postprocessors import POSTPROCESSORS
+from ..postprocessors.base import as_postprocessor
+from ..postprocessors.gram_rowsums import load_kernel
+from ..postprocessors.schedule import Scheduler, fit_alone, fit_and_score
 from ..utils.io import write_json
 
 DEFAULT_CONFIG = Path("configs") / "pipelines" / "test_ood.yml"
@@ -37,7 +47,6 @@ GOALS = {"gradient_free_over_fwd": 0.2, "all_over_fwd": 8.0, "all_aps_over_fwd":
 
 
 def _config_for(args) -> list[Path]:
-    from ..datasets.benchmark import resolve_path
     if args.config:
         return [Path(c) for c in args.config]
     if args.benchmark:  # a method's recipe for that benchmark, e.g. configs/experiments/openood/test_ood_cifar10.yml
@@ -55,14 +64,6 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
     ``clock``: ``wall`` (time.perf_counter) or ``cpu`` (this process's CPU time, time.process_time:
     steadier on a shared machine; use it with ``num_workers=0``, as loader workers are other processes).
     """
-    from ..networks.checkpoint import load_checkpoint
-    from ..pipelines import aps
-    from ..pipelines.context import RunContext, build_benchmark, build_network
-    from ..pipelines.outputs import OutputStore
-    from ..pipelines.test_ood import ensure_checkpoint
-    from ..postprocessors import POSTPROCESSORS
-    from ..postprocessors.base import as_postprocessor
-    from ..postprocessors.schedule import Scheduler, fit_alone, fit_and_score
 
     now = time.process_time if clock == "cpu" else time.perf_counter
     cfg.cache_dir = None  # measure real forward passes
@@ -162,7 +163,6 @@ def _load_libraries(names) -> None:
         except ImportError:
             pass
     if "gram" in names:
-        from ..postprocessors.gram_rowsums import load_kernel
         load_kernel()
 
 

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 from ..features import NetOutputs
+from ..postprocessors import POSTPROCESSORS
+from ..postprocessors.schedule import FixedSource, Scheduler, route
+from ..utils.io import write_json
 
 
 def synthetic_outputs(n: int, dim: int, classes: int, fc: tuple, seed: int) -> NetOutputs:
@@ -40,8 +43,6 @@ def synthetic_outputs(n: int, dim: int, classes: int, fc: tuple, seed: int) -> N
 def zoo_methods(only=None) -> list[str]:
     """The toolkit's own postprocessors that the scheduler runs from cached outputs alone (a duck-typed
     plugin may lack needs_network / uses_taps, so only ``openood_ext`` methods are considered)."""
-    from ..postprocessors import POSTPROCESSORS
-    from ..postprocessors.schedule import route
     names = [n for n in POSTPROCESSORS.names() if POSTPROCESSORS.get(n).__module__.startswith("openood_ext.")
              and route(POSTPROCESSORS.get(n)) == "outputs"]
     return [n for n in names if n in only] if only else names
@@ -57,8 +58,6 @@ def growth_exponent(sizes, seconds, min_size: int = 5000) -> float | None:
 
 def bench_zoo_scaling(sizes=(1000, 2000, 5000, 10000, 20000, 50000), dim: int = 512, classes: int = 10,
                       test: int = 2000, only=None, repeats: int = 3, repeat_cap_s: float = 2.0) -> dict:
-    from ..postprocessors import POSTPROCESSORS
-    from ..postprocessors.schedule import FixedSource, Scheduler
     g = torch.Generator().manual_seed(7)
     fc = (torch.randn(classes, dim, generator=g) / math.sqrt(dim), torch.randn(classes, generator=g) * 0.1)
     val = synthetic_outputs(1000, dim, classes, fc, seed=1)
@@ -162,6 +161,5 @@ def main(argv) -> int:
     print(markdown_table(r))
     print(f"plot: {plot(r, Path(args.png))}")
     if args.output:
-        from ..utils.io import write_json
         write_json(args.output, r)
     return 0

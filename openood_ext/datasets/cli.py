@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..config import load_config
 from ..errors import ConfigError, DataError
+from ..utils.interrupts import RunInterrupted, graceful_interrupts
+from ..utils.runtime import setup_logging
+from .benchmark import resolve_path
+from .from_folder import from_folder
+from .imglist import read_imglist
+from .prepare import BENCHMARK_LISTS, IMAGE_DIR, prepare, unfinished_extractions
+from .registry import BENCHMARKS
 
 BENCHMARK_CONFIG_DIR = Path("configs") / "benchmarks"
 STATUS_BENCHMARKS = ("digits", "cifar10", "cifar100", "imagenet200", "imagenet", "mnist", "fmnist", "cifar10_ad")
@@ -27,7 +35,6 @@ def default_root() -> Path:
 
 def benchmark_config_path(name: str) -> Path:
     """``configs/benchmarks/<name>.yml`` (from the working directory, else the repository), or a path."""
-    from .benchmark import resolve_path
     if name.endswith((".yml", ".yaml")):
         path = Path(name)
     else:
@@ -40,8 +47,6 @@ def benchmark_config_path(name: str) -> Path:
 
 def load_benchmark(name: str, root: Path | None):
     """Build the benchmark of ``configs/benchmarks/<name>.yml``, with ``data_root`` replaced by ``root``."""
-    from ..config import load_config
-    from .registry import BENCHMARKS
     overrides = [f"benchmark.data_root={root}"] if root is not None else []
     cfg = load_config([benchmark_config_path(name)], overrides)
     return BENCHMARKS.build(cfg.benchmark)
@@ -49,7 +54,6 @@ def load_benchmark(name: str, root: Path | None):
 
 # ---------------------------------------------------------------------------------------------- prepare
 def cmd_prepare(argv: Sequence[str]) -> int:
-    from .prepare import BENCHMARK_LISTS, prepare
     parser = argparse.ArgumentParser(prog="openood-ext data prepare",
                                      description="Download (or take from --from) a benchmark's images and "
                                                  "write its image lists.")
@@ -65,11 +69,8 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from ..utils.runtime import setup_logging
     setup_logging()
     root = args.root or default_root()
-    from ..utils.interrupts import RunInterrupted, graceful_interrupts
-    from .prepare import IMAGE_DIR, unfinished_extractions
     try:
         with graceful_interrupts():
             report = prepare(args.benchmark, root, args.sources,
@@ -97,7 +98,6 @@ def cmd_prepare(argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------------------- status
 def split_status(bench, split) -> dict:
     """present/expected image counts of one split, and which image list was used."""
-    from .imglist import read_imglist
     row = {"split": split.name, "group": split.group, "imglist": str(split.imglist), "expected": None,
            "present": 0}
     if not split.imglist.is_file():
@@ -139,7 +139,6 @@ def cmd_status(argv: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------- from-folder
 def cmd_from_folder(argv: Sequence[str]) -> int:
-    from .from_folder import from_folder
     parser = argparse.ArgumentParser(
         prog="openood-ext data from-folder",
         description="A class-per-folder tree (ID) plus folders of OOD images -> image lists + benchmark config.")

@@ -23,10 +23,11 @@ from ..networks.checkpoint import load_checkpoint
 from ..postprocessors import POSTPROCESSORS
 from ..postprocessors.base import as_postprocessor
 from ..postprocessors.schedule import Scheduler, fit_alone, fit_and_score
+from ..reports import write_report
 from ..utils.runtime import log_to_file
-from .context import RunContext, build_benchmark, build_network
-from .outputs import OutputStore
 from . import aps
+from .context import RunContext, _git_commit, build_benchmark, build_network
+from .outputs import OutputStore
 from .registry import PIPELINES
 from .results import per_set_table, save_scores, summary_table, write_metrics
 from .train import checkpoint_path, train_network
@@ -61,7 +62,6 @@ def spec_label(spec) -> str:
 def report_facts(bench: Benchmark, store: OutputStore) -> dict:
     """Header lines of report.html: date, git commit, ID sample counts."""
     import datetime
-    from .context import _git_commit
     counts = {name: len(store.memo[name]) for name in ("id_train", "id_val", "id_test") if name in store.memo}
     return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "git commit": (_git_commit() or "unknown")[:12],
@@ -178,7 +178,6 @@ class TestOODPipeline:
         self._print(bench, table, per_set_table(frame), skipped, skipped_images)
         if cfg.get("report", True):
             with ctx.timed("report"):
-                from ..reports import write_report
                 write_report(ctx.dir, report_facts(bench, store))
         run_dir = ctx.complete({"forward_passes": store.forward_passes, "cache_hits": store.cache.hits,
                                 "checkpoint": str(ckpt), "checkpoint_meta": ckpt_meta})

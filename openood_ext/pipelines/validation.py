@@ -32,7 +32,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import to_plain, validate as validate_top_level
+from ..config import to_plain
+from ..config import validate as validate_top_level
 from ..datasets import BENCHMARKS
 from ..datasets.imglist import read_imglist
 from ..errors import ConfigError
@@ -40,10 +41,21 @@ from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
 from ..schema import check_section
 from ..trainers import validate_trainer_config
-from ..utils.runtime import check_compile, check_precision, loader_options, resolve_device
+from ..utils.runtime import (
+    check_compile,
+    check_precision,
+    loader_options,
+    resolve_device,
+)
 from . import aps
 from .registry import PIPELINES
-from .run_identity import changed_keys, check_experiment_name, complete_result, run_identity, saved_config
+from .run_identity import (
+    changed_keys,
+    check_experiment_name,
+    complete_result,
+    run_identity,
+    saved_config,
+)
 
 
 def validate_run(cfg: DictConfig) -> None:

@@ -34,7 +34,21 @@ from pathlib import Path
 
 import yaml
 
+from ..config import (
+    check_config_paths,
+    cli_overrides,
+    load_config,
+    split_run_args,
+    to_plain,
+)
+from ..datasets import BENCHMARKS
 from ..errors import ConfigError
+from ..launch import launch, launcher_options
+from ..launch.job import config_job
+from ..pipelines.ad.settings import ADSettings, cell_benchmark
+from ..pipelines.validation import checkpoint_of, validate_run
+from ..registry import import_plugins
+from ..utils.io import write_json
 
 SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -89,17 +103,12 @@ def point_name(base: str, point: Sequence[tuple[str, str]]) -> str:
 
 def default_sweep_dir(configs: Sequence[str], fixed: Sequence[str]) -> Path:
     """``<output_dir>/sweep_<stem of the last config file>``."""
-    from ..config import load_config
     root = Path(str(load_config(configs, fixed).get("output_dir", "results")))
     return root / f"sweep_{SAFE.sub('-', Path(configs[-1]).stem)}"
 
 
 def plan_sweep(configs: Sequence[str], overrides: Sequence[str], output_dir: str | None = None):
     """(jobs, axes, sweep dir, configs): every grid point's config loaded and validated; nothing is written."""
-    from ..config import load_config, to_plain
-    from ..registry import import_plugins
-    from ..pipelines.validation import validate_run
-    from ..launch.job import config_job
     axes, fixed = parse_grid(overrides)
     if not axes:
         raise ConfigError("sweep: no axis to sweep (give at least one key=[v1,v2,...])")
@@ -129,7 +138,6 @@ def plan_sweep(configs: Sequence[str], overrides: Sequence[str], output_dir: str
 
 def check_shared_checkpoints(cfgs) -> None:
     """Two jobs must not both train the same missing checkpoint (``train_if_missing``) at once."""
-    from ..pipelines.validation import checkpoint_of
     owners: dict = {}
     for cfg in cfgs:
         path = checkpoint_of(cfg)
@@ -143,8 +151,6 @@ def check_shared_checkpoints(cfgs) -> None:
 
 def prepare_data(cfgs) -> None:
     """Prepare every benchmark the jobs read, once, here: parallel jobs must not write the same data at once."""
-    from ..config import to_plain
-    from ..datasets import BENCHMARKS
     seen = set()
     for cfg in cfgs:
         key = repr(to_plain(cfg.benchmark))
@@ -152,7 +158,6 @@ def prepare_data(cfgs) -> None:
             continue
         seen.add(key)
         if cfg.get("pipeline") in ("ad", "train_ad", "ad_sweep"):
-            from ..pipelines.ad.settings import ADSettings, cell_benchmark
             settings = ADSettings.from_config(cfg)
             for cls in settings.classes:
                 cell_benchmark(cfg, settings, cls)
@@ -168,9 +173,6 @@ def summary_table(results) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    from ..config import check_config_paths, cli_overrides, split_run_args
-    from ..utils.io import write_json
-    from ..launch import launch, launcher_options
     configs, rest, resume = split_run_args(argv)
     if resume:
         raise ConfigError("sweep: --resume is not a sweep option (resume one job with openood-ext run --resume RUN_DIR; "

@@ -403,13 +403,13 @@ def test_known_set_sizes_catch_an_incomplete_copy():
 
 def test_sigterm_during_prepare_says_what_was_done_and_how_to_continue(tmp_path, capsys, monkeypatch):
     import signal
-    from openood_ext.datasets import prepare as prep
+    from openood_ext.datasets import cli as data_cli
     from openood_ext.utils.interrupts import RunInterrupted
 
     def interrupted(*args, **kwargs):
         raise RunInterrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(prep, "prepare", interrupted)
+    monkeypatch.setattr(data_cli, "prepare", interrupted)  # the name `openood-ext data prepare` calls
     code = cli_module.main(["data", "prepare", "cifar10", "--root", str(tmp_path), "--from", "x.tar"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and len(err) == 1 and "interrupted by SIGTERM" in err[0]
