@@ -1,4 +1,4 @@
-"""Data parallelism (issue 17) on the CPU with gloo: 2 processes started by torch.multiprocessing spawn.
+"""Data parallelism on the CPU with gloo: 2 processes started by torch.multiprocessing spawn.
 
 * one training step with 2 ranks x batch B equals 1 process x batch 2B (parameters, loss terms), with
   an extra trainable module, a trainer that calls a network method other than forward, and ctx.gather;

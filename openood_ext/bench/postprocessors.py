@@ -11,7 +11,7 @@
    input-gradient methods (ODIN, MDSEns) re-running the network once per split; then again with
    automatic parameter search over its grid (configs/postprocessors/<name>.yml) when the benchmark
    has an OOD validation split (grids of ODIN/MDSEns scored jointly, see ``pipelines/aps.py``).
-4. The issue-18 performance goals as ratios of this run's times: gradient-free zoo / T_fwd (goal <= 0.2),
+4. The zoo's performance goals as ratios of this run's times: gradient-free zoo / T_fwd (goal <= 0.2),
    all methods / T_fwd (<= 8), all methods with APS / T_fwd (<= 12).
 5. An ESTIMATE of OpenOOD's way (every postprocessor and APS combination re-running the network),
    computed from the per-split forward times of step 1 plus each method's own compute; it is not run.
@@ -40,7 +40,7 @@ from ..utils.io import write_json
 
 DEFAULT_CONFIG = Path("configs") / "pipelines" / "test_ood.yml"
 
-#: the 22 OpenOOD v1.5 postprocessors of the zoo (issue 18's performance goals are stated for these)
+#: the 22 OpenOOD v1.5 postprocessors of the zoo (the performance goals are stated for these)
 ZOO = ("msp", "temp_scaling", "odin", "mds", "mds_ensemble", "rmds", "gram", "ebo", "gradnorm", "react", "mls",
        "klm", "vim", "knn", "dice", "ash", "she", "gen", "nnguide", "relation", "residual", "openmax")
 GOALS = {"gradient_free_over_fwd": 0.2, "all_over_fwd": 8.0, "all_aps_over_fwd": 12.0}
@@ -183,7 +183,7 @@ def print_report(r: dict) -> None:
     how = "with APS" if r["aps"] else "without APS (no OOD validation split, or --no-aps)"
     print(f"T_zoo ({len(r['postprocessors'])} postprocessors {how}): {r['t_zoo_s']:.2f} s")
     print(f"(T_fwd + T_zoo) / T_fwd = {r['ratio_ours_over_fwd']:.3f}")
-    print("performance goals (issue 18), ratios measured in this run:")
+    print("performance goals, ratios measured in this run:")
     n = len(r["postprocessors"])
     labels = {"gradient_free_over_fwd": "gradient-free methods (Gram included) / T_fwd",
               "all_over_fwd": f"all {n} methods run, one noise setting each / T_fwd",

@@ -1,4 +1,4 @@
-"""The issue-17 bench commands on tiny sizes: their figures are consistent and their helpers exact."""
+"""The forward / imglist / knn / zoo-scaling bench commands on tiny sizes: their figures are consistent and their helpers exact."""
 
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Issue 10: everything is validated before anything is created; results are never hidden, replaced or mixed.
+# Everything is validated before anything is created; results are never hidden, replaced or mixed.
 DEFAULT_RUN = "results/digits_digits_cnn_test_ood_s0"
 
 

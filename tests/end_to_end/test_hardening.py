@@ -1,4 +1,4 @@
-"""Issue 10: duck-typed plugins, a leaderboard that never mixes hyperparameters, a registry that knows no part."""
+"""Duck-typed plugins, a leaderboard that never mixes hyperparameters, a registry that knows no part."""
 
 from __future__ import annotations
 

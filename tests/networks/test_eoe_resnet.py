@@ -1,4 +1,4 @@
-"""EOE's ImageNet-30 network (issue 13): the backbone equals torchvision's resnet18 in names and shapes,
+"""EOE's ImageNet-30 network: the backbone equals torchvision's resnet18 in names and shapes,
 CBAM sits in every block with the published module names, heads and the published init switch."""
 
 from __future__ import annotations

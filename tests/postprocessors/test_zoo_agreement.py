@@ -1,4 +1,4 @@
-"""Issue 18: streaming tap fits equal the whole-split computation; NNGuide / MDSEns / TempScale against
+"""Streaming tap fits equal the whole-split computation; NNGuide / MDSEns / TempScale against
 small cases written from OpenOOD v1.5's definitions."""
 
 from __future__ import annotations

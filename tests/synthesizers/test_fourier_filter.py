@@ -1,4 +1,4 @@
-"""EOE's frequency filters (issue 13): against hand-computed spectra (numpy), EOE's magnitude-0 identity,
+"""EOE's frequency filters: against hand-computed spectra (numpy), EOE's magnitude-0 identity,
 ms_mode on chosen data parts of an AD cell, normal-class normalisation against numpy, and the multiscale
 sweep (one row per magnitude) on a tiny folder set."""
 

@@ -1,4 +1,4 @@
-"""EOE objectives (issue 13): losses and scores on hand-computed cases; anomalous = higher score."""
+"""EOE objectives: losses and scores on hand-computed cases; anomalous = higher score."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""EOE configs (issue 13): each pipeline config loads with EOE's settings and builds its network and trainer."""
+"""EOE configs: each pipeline config loads with EOE's settings and builds its network and trainer."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""EOE on the AD pipelines (issue 13): the OE-limit sweep (one row per N, subsets drawn anew per class x
+"""EOE on the AD pipelines: the OE-limit sweep (one row per N, subsets drawn anew per class x
 seed and recorded), EOE trainers on both custom-folder layouts, unlabeled-folder scoring, bad input
 (one line, exit 2, no run directory). Tiny 32x32 folders, eoe_cnn32 for one epoch."""
 
