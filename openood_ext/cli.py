@@ -80,7 +80,7 @@ COMMANDS = {"run": cmd_run, "list": cmd_list}
 LAZY_COMMANDS = {
     "data": "openood_ext.datasets.cli:main",
     "leaderboard": "openood_ext.leaderboard:main",
-    "bench": "openood_ext.bench:main",
+    "bench": "openood_ext.bench.dispatch:main",
     "sweep": "openood_ext.sweep:main",
     "ad-score": "openood_ext.pipelines.ad.infer:main",  # score an unlabeled folder with an AD cell (EOE)
 }
