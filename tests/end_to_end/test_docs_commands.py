@@ -324,12 +324,14 @@ def test_doc_python_block(where, code, tmp_path, monkeypatch):
 
 
 def digits_runs() -> list[Command]:
-    out = []
+    """The docs' single-process runs on ``digits`` (torchrun runs: tests/test_distributed_slow.py), once each."""
+    out, seen = [], set()
     for cmd in doc_shell_commands():
         tokens = strip_prefix(shlex.split(cmd.text))
-        run = run_args(tokens) if tokens else None
-        if run and run[0] == "run" and "--resume" not in run[1] and (
+        run = run_args(tokens) if tokens and tokens[0] != "torchrun" else None
+        if run and run[0] == "run" and "--resume" not in run[1] and tuple(run[1]) not in seen and (
                 "configs/pipelines/test_ood.yml" in run[1] or "configs/pipelines/train.yml" in run[1]):
+            seen.add(tuple(run[1]))
             out.append(cmd)
     return out
 
