@@ -22,8 +22,8 @@ How each shell command is checked (the default part, fast; no data, no training)
   test suite itself (``python -m pytest``) are not run.
 
 A command that matches none of these rules fails the test: a new kind of command needs a rule here.
-The slow part (``-m slow``) runs the ``digits`` runs of runnable blocks for real, with 1 training epoch
-into a temporary directory.
+The slow part (``-m slow``) runs the ``digits`` runs of runnable blocks and the custom-folder (``ad_folder``)
+commands for real, with 1 training epoch (1 class, 1 seed) into a temporary directory.
 """
 
 from __future__ import annotations
@@ -352,3 +352,18 @@ def test_digits_run_for_real(cmd, tmp_path, placeholders):
     proc = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", [c for c in doc_shell_commands() if "ad_folder" in c.text], ids=str)
+def test_ad_folder_command_for_real(cmd, tmp_path, placeholders):
+    """The custom-folder commands of the FCDD and EOE pages, for real on the synthetic defect set:
+    1 epoch, 1 seed, 1 class."""
+    tokens = strip_prefix(substitute(shlex.split(cmd.text), placeholders))
+    _, args = run_args(tokens)
+    args += ["trainer.epochs=1", "ad.seeds=1", "ad.classes=[dots]", f"output_dir={tmp_path}/results"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-2000:]}"
+    assert list((tmp_path / "results").rglob("metrics.json")), "no metrics written"
