@@ -292,11 +292,17 @@ def test_markers_are_known():
                     f"{path.relative_to(REPO)}:{line}: unknown marker <!-- {marker} -->"
 
 
-def test_readme_shell_blocks_are_all_marked():
-    """Every shell block of README is runnable (or says why not)."""
-    for line, marker, lang, _ in fenced_blocks(REPO / "README.md"):
-        if lang in ("bash", "sh", "shell"):
-            assert marker is not None, f"README.md:{line}: shell block without <!-- runnable --> marker"
+def test_every_code_block_says_whether_it_runs():
+    """Every shell or python block of README and the docs is marked runnable, or says why not; output and
+    listings are ``text`` blocks."""
+    for path in doc_files():
+        if path.name == "architecture.md":
+            continue
+        for line, marker, lang, _ in fenced_blocks(path):
+            if lang in ("bash", "sh", "shell", "python", ""):
+                assert marker is not None, \
+                    f"{path.relative_to(REPO)}:{line}: {lang or 'unlabelled'} block without <!-- runnable --> " \
+                    "or <!-- not runnable: REASON --> (output: use ```text)"
 
 
 def test_collection_finds_the_commands():
