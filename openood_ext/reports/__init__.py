@@ -1,4 +1,4 @@
-"""Pictures and the one-file HTML report of a run directory."""
+"""Pictures and the HTML report (one page; plots as PNG files beside it) of a run directory."""
 
 from .html import write_report
 from .plots import ad_class_roc_plot, heatmap_grid, histogram_plot, roc_plot, roc_points

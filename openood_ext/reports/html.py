@@ -1,4 +1,4 @@
-"""``report.html``: a run's metrics tables and plots in one file that opens offline.
+"""``report.html``: a run's metrics tables and plots as one HTML page that opens offline.
 
 Plots are PNG files under ``<run>/plots/`` referenced by relative paths (no network access, no
 JavaScript), so the run directory can be copied or zipped as a whole and the report still shows them.
