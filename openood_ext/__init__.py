@@ -11,9 +11,9 @@ _API = ("Evaluator", "Detector", "ModelAdapter")
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from . import api
-        return getattr(api, name)
+    if name in _API:  # imported by name: the root sits below every layer and must not import the top one
+        import importlib
+        return getattr(importlib.import_module("openood_ext.api"), name)
     raise AttributeError(f"module 'openood_ext' has no attribute {name!r}")
 
 
