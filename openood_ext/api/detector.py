@@ -33,7 +33,7 @@ from ..postprocessors.base import as_postprocessor
 from ..postprocessors.knn_search import KNNIndex
 from ..postprocessors.schedule import Scheduler, route, split_result
 from ..utils.io import write_with
-from .model import ModelAdapter, adapt, architecture_fingerprint, probe
+from .model import ModelAdapter, adapt, architecture_fingerprint, is_toolkit_network, last_linear_name, probe
 
 FORMAT = "openood_ext.Detector"
 FORMAT_VERSION = 1
@@ -244,19 +244,24 @@ class Detector:
         if blob.get("version") != FORMAT_VERSION:
             raise ConfigError(f"Detector.load: {path} was written in detector format version {blob.get('version')}, "
                               f"this openood_ext reads version {FORMAT_VERSION}; fit and save it again")
+        inner = net.inner if isinstance(net, ModelAdapter) else net
+        if is_toolkit_network(inner):
+            fc = inner.get_fc_layer()
+        else:
+            last = last_linear_name(inner)
+            fc = dict(inner.named_modules())[last] if last else None
+        outputs = getattr(fc, "out_features", None)
+        if isinstance(outputs, int) and blob.get("num_classes") is not None and outputs != blob["num_classes"]:
+            raise ConfigError(f"Detector.load: {path} was fitted on a network with {blob['num_classes']} outputs; "
+                              f"this {type(inner).__name__} has {outputs}")
+        if architecture_fingerprint(inner) != blob["architecture"]:
+            raise ConfigError(f"Detector.load: {path} was fitted on another architecture ({blob['network']}) than "
+                              f"this {type(inner).__name__}")
         layer = blob.get("feature_layer")
         if layer and blob.get("on_output"):
             layer = f"{layer}:output"
         det = cls(blob["spec"], net, feature_layer=kwargs.pop("feature_layer", layer),
                   output_key=kwargs.pop("output_key", blob.get("output_key")), **kwargs)
-        fc = det.net.classifier
-        outputs = getattr(fc, "out_features", None)
-        if isinstance(outputs, int) and blob.get("num_classes") is not None and outputs != blob["num_classes"]:
-            raise ConfigError(f"Detector.load: {path} was fitted on a network with {blob['num_classes']} outputs; "
-                              f"this {det.net.name} has {outputs}")
-        if architecture_fingerprint(det.net) != blob["architecture"]:
-            raise ConfigError(f"Detector.load: {path} was fitted on another architecture ({blob['network']}) than "
-                              f"this {det.net.name}")
         vars(det.pp).update({k: _unpack(v) for k, v in blob["state"].items()})
         if det.route != "outputs":
             det.pp.attach_network(det.net, det.device, None)
