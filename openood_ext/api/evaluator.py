@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,12 +62,17 @@ def quiet(enabled: bool):
         yield
         return
     log = get_logger()
-    level = log.level
+    level, bars = log.level, os.environ.get("TQDM_DISABLE")
     log.setLevel(logging.WARNING)
+    os.environ["TQDM_DISABLE"] = "1"  # the terminal's progress bars (tqdm reads it)
     try:
         yield
     finally:
         log.setLevel(level)
+        if bars is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = bars
 
 
 def build_transform_from(preprocess: Any, net: nn.Module):
