@@ -209,10 +209,10 @@ def read_metrics_json(run_dir: Path) -> dict:
         return {}
     try:
         summary = json.loads(path.read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise CorruptRun(f"metrics.json unreadable ({str(exc).splitlines()[0]}; truncated?)") from None
+    if not isinstance(summary, dict):
+        raise CorruptRun("metrics.json unreadable (not a JSON object)")
     return summary
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import REPO
 from omegaconf import OmegaConf
 from PIL import Image
 
 from openood_ext.config import load_config
 from openood_ext.datasets import BENCHMARKS
-from openood_ext.datasets.imglist import read_imglist
+from openood_ext.datasets.image_modes import convert_image
+from openood_ext.datasets.imglist import ImglistDataset, read_imglist
 from openood_ext.errors import ConfigError, DataError
-
-from conftest import REPO
 
 # Verbatim lines of OpenOOD v1.5's benchmark_imglist files (cifar10/ and cifar100/ lists of its
 # benchmark_imglist.zip), one per format OpenOOD uses: ID with class index, OOD with -1, nested folders,
@@ -183,8 +184,6 @@ def test_ad_benchmark_configs(name, lists, tmp_path):
 # ---------------------------------------------------------------- image modes (datasets/image_modes.py)
 def _dataset_of(tmp_path, images: dict, mode: str):
     """An ImglistDataset over ``images`` (file name -> PIL image, saved as given) that returns raw pixels."""
-    import numpy as np
-    from openood_ext.datasets.imglist import ImglistDataset
     for name, img in images.items():
         img.save(tmp_path / name)
     (tmp_path / "list.txt").write_text("".join(f"{name} 0\n" for name in images))
@@ -194,7 +193,6 @@ def _dataset_of(tmp_path, images: dict, mode: str):
 def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
     """v -> round(v * 255 / 65535): 0, 128, 129, 257, 1000, 32896, 65535 -> 0, 0, 1, 1, 4, 128, 255 (Pillow's
     own conversion gives 0, 128, 129, 255, 255, 255, 255)."""
-    import numpy as np
     values = np.array([[0, 128, 129, 257, 1000, 32896, 65535]], np.uint16)
     ds = _dataset_of(tmp_path, {"grey16.png": Image.fromarray(values)}, "L")
     assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
@@ -206,7 +204,6 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
 def test_cmyk_palette_and_opaque_alpha_are_converted_by_hand_values(tmp_path):
     """CMYK (100, 50, 0, 60) -> RGB ((255-C)(255-K)/255, ...) = (119, 157, 195) and L = round(.299R+.587G+.114B)
     = 150; a palette with a transparent entry that no pixel uses, LA and RGBA fully opaque lose only alpha."""
-    import numpy as np
     pal = Image.new("P", (2, 1))
     pal.putpalette([10, 20, 30, 200, 100, 0] + [0] * 762)
     pal.putpixel((1, 0), 1)
@@ -218,7 +215,6 @@ def test_cmyk_palette_and_opaque_alpha_are_converted_by_hand_values(tmp_path):
     assert ds[0][0].tolist() == [[[10, 20, 30], [200, 100, 0]]]
     assert ds[1][0].tolist() == [[[7, 7, 7], [9, 9, 9]]]
     assert ds[2][0].tolist() == [[[1, 2, 3]]]
-    from openood_ext.datasets.image_modes import convert_image
     assert np.asarray(convert_image(images["cmyk.jpg"], "RGB", "x")).tolist() == [[[119, 157, 195]]]
     assert np.asarray(convert_image(images["cmyk.jpg"], "L", "x")).tolist() == [[150]]
     assert np.asarray(convert_image(Image.new("CMYK", (1, 1), (0, 0, 0, 255)), "RGB", "x")).tolist() == [[[0, 0, 0]]]
@@ -231,7 +227,6 @@ def test_cmyk_palette_and_opaque_alpha_are_converted_by_hand_values(tmp_path):
     ("int32.tif", lambda np: Image.fromarray(np.array([[-5, 70000]], np.int32))),
 ])
 def test_modes_without_a_defined_8_bit_image_are_refused_naming_the_file(tmp_path, name, make):
-    import numpy as np
     ds = _dataset_of(tmp_path, {name: make(np)}, "RGB")
     with pytest.raises(DataError) as exc:
         ds[0]
@@ -245,7 +240,6 @@ def test_palette_with_a_used_transparent_entry_is_refused(tmp_path):
     pal.putpixel((1, 0), 1)
     pal.save(tmp_path / "pal.png", transparency=1)
     (tmp_path / "list.txt").write_text("pal.png 0\n")
-    from openood_ext.datasets.imglist import ImglistDataset
     with pytest.raises(DataError, match=r"pal.png: image mode P has transparent pixels"):
         ImglistDataset(tmp_path / "list.txt", tmp_path, transform=lambda x: x, mode="L")[0]
 
@@ -253,7 +247,6 @@ def test_palette_with_a_used_transparent_entry_is_refused(tmp_path):
 def test_ad_score_tells_16_bit_images_apart(tmp_path):
     """The folder loader of ``openood-ext ad-score`` reads two different 16-bit images as different pixels
     (Pillow's clipping made both all-255)."""
-    import numpy as np
     from openood_ext.pipelines.ad.infer import FolderDataset
     (tmp_path / "f").mkdir()
     for name, v in (("a.png", 20000), ("b.png", 40000)):

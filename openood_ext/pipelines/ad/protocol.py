@@ -50,7 +50,13 @@ from ..registry import PIPELINES
 from .cell import ADContext, run_cell
 from .data import check_preprocessor
 from .jobs import run_cells_as_jobs
-from .settings import ADSettings, benchmark_classes, cell_benchmark, check_cell_data, collect_test_set  # noqa: F401  (older import path)
+from .settings import (  # noqa: F401  (older import path)
+    ADSettings,
+    benchmark_classes,
+    cell_benchmark,
+    check_cell_data,
+    collect_test_set,
+)
 
 
 @PIPELINES.register("ad", aliases=["train_ad"])
