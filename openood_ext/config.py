@@ -129,7 +129,13 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     try:
         # Re-load through OmegaConf so its YAML dialect (1e-4 as a float, ...) applies.
         cfg = OmegaConf.load(path)
-    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:  # e.g. a duplicate key, which PyYAML's safe_load accepts silently
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = re.sub(r"^found duplicate key (.*)$", r"duplicate key '\1'", problem)
+        raise ConfigError(f"{where}: {problem}") from None
+    except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
     bases = cfg.pop(BASE_KEY, None) or []
     if isinstance(bases, str):
@@ -208,8 +214,19 @@ def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
 _ABSENT = object()
 
 
+def declared_type(key: str) -> bool:
+    """Whether ``key``'s type is declared (a top-level run key, or a field of a pipeline section such as
+    ``ad.seeds``): the schema then checks the new value against the declaration, not against the type of
+    the value it replaces (``ad.seeds: 1`` may become ``ad.seeds=[0,3]``)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return head in RUN_KEYS
+    settings = pipeline_sections().get(head)
+    return "." not in rest and settings is not None and rest in {f.name for f in fields(settings)}
+
+
 def _check_type(key: str, old: Any, new: Any) -> None:
-    if old is None or new is None:
+    if old is None or new is None or declared_type(key):
         return
     if isinstance(old, bool):
         ok = isinstance(new, bool)
@@ -226,6 +243,7 @@ def _check_type(key: str, old: Any, new: Any) -> None:
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Apply ``key=value`` / ``+key=value`` overrides in place (see module docstring)."""
+    replaced: dict[str, str] = {}  # sections taken from a file by an earlier ``benchmark=NAME`` override
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
@@ -239,12 +257,16 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             old = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override '{item}': {str(exc).splitlines()[0]}") from None
+        head = key.split(".")[0]
+        if old is _ABSENT and "." in key and head in replaced:  # benchmark=cifar10 benchmark.oe=...: the
+            add = True  # new section's keys are set like its file's; its registry checks their names
         if old is _ABSENT and not add and key not in top_level_keys():  # known top-level keys need no '+'
             close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(f"override '{key}': no such key in the config{hint} (use +{key}=... to add it)")
         if key in SECTION_DIRS and isinstance(value, str) and isinstance(old, DictConfig):
             value = section_from_file(key, value)
+            replaced[key] = value_text
         if old is not _ABSENT:
             _check_type(key, old, value)
         try:

@@ -26,12 +26,19 @@ name, output and cache directories, device, checkpoint path). Everything else th
   (no ``± 0.00``, which would claim a spread that was never measured); ``Seeds`` says how many runs were
   averaged. ``*_FPR95`` is the ODIN/Hendrycks FPR@95 (OOD accepted when 95% of ID is kept; metrics.csv's
   ``fpr95``).
-* Rows are sorted by Near-OOD AUROC, best first (then Far-OOD AUROC); rows without a near-OOD value last.
+* Runs of one row that share a seed (reruns, or experiments that differ only in name) count as one seed:
+  their values are averaged into that seed's value, ``Seeds`` counts distinct seeds, and the row's notes
+  and a warning name the repeated seeds.
+* ``ad`` runs (metrics.csv with one row per normal class) are rows too: ``Postprocessor`` ``ad:<protocol>``,
+  the mean AUROC over classes in an ``AD_AUROC`` column (present only then), ``Seeds`` the runs' ``ad.seeds``.
+* Rows are sorted by Near-OOD AUROC, best first (then Far-OOD AUROC, then AD AUROC); rows without a
+  near-OOD value last.
 
 Directories that look like runs but are not complete (no or unreadable run.json, status other than
-``complete``, ``<experiment>.partial`` work directories, unreadable config.yaml / metrics.csv, non-numeric
-metric values) are skipped with a warning naming them. Complete runs without metrics.csv (training runs)
-are skipped silently.
+``complete``, ``<experiment>.partial`` work directories, unreadable config.yaml / metrics.csv / metrics.json,
+a metrics.csv with a header and no rows, non-numeric metric values) are skipped with a warning naming them,
+never regrouped or silently dropped; so are ``ad_sweep`` and ``oe_search`` runs, which have their own
+reports. Complete runs without metrics.csv (training runs) are skipped silently.
 
 ``--reference`` joins published numbers (e.g. configs/reference/openood_v1.5_cifar10.csv) matched on
 Training + Postprocessor, and on Benchmark when the reference file has that column (so a digits run is
@@ -62,11 +69,17 @@ COLUMNS = ["Benchmark", "Training", "Postprocessor", "Hyperparameters", "Near-OO
 #: Config keys that do not make runs different (where they ran, which seed, which checkpoint file).
 NOT_COMPARED = ("seed", "experiment", "output_dir", "cache_dir", "verbose", "resume", "report", "num_workers",
                 "overwrite", "device", "train_if_missing", "postprocessors", "aps", "network.checkpoint")
+AD_COLUMN = "AD_AUROC"
 METRIC_COLUMNS = {  # column -> (dataset row in metrics.csv, metric)
     "Near-OOD_AUROC": ("nearood", "auroc"), "Far-OOD_AUROC": ("farood", "auroc"),
     "ID_Accuracy": ("id_test", "accuracy"), "Near-OOD_FPR95": ("nearood", "fpr95"),
-    "Far-OOD_FPR95": ("farood", "fpr95"),
+    "Far-OOD_FPR95": ("farood", "fpr95"), AD_COLUMN: ("ad", "auroc"),
 }
+#: An ``ad`` run's metrics.csv (one row per normal class); its mean AUROC goes to the ``AD_AUROC`` column,
+#: present only when some row has it.
+AD_COLUMNS = {"class", "auroc_mean"}
+#: Pipelines whose metrics.csv is neither a test run's nor an ``ad`` run's: skipped with a note saying so.
+NOT_RANKED = ("ad_sweep", "oe_search")
 REF_COLUMNS = ["Near-OOD_AUROC", "Far-OOD_AUROC", "ID_Accuracy"]
 RUN_FILES = ("run.json", "config.yaml", "metrics.csv")
 FORMATS = {".csv": "csv", ".md": "md", ".html": "html", ".htm": "html"}  # output suffix -> format
@@ -125,7 +138,17 @@ def describe_run(run_dir: Path) -> dict | None:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         if not isinstance(cfg, dict):
             raise ValueError("config.yaml is not a mapping")
+        summary = read_metrics_json(run_dir)
         metrics = pd.read_csv(run_dir / "metrics.csv")
+        if metrics.empty:
+            raise CorruptRun("metrics.csv has a header but no rows (truncated or never filled)")
+        if AD_COLUMNS <= set(metrics.columns):
+            metrics, ad_seeds = ad_metrics(metrics, cfg, summary)
+        else:
+            ad_seeds = None
+            if cfg.get("pipeline") in NOT_RANKED:
+                warn(f"skipping {run_dir}: a {cfg['pipeline']} run (compare its values with its own report)")
+                return None
         missing = {"postprocessor", "dataset", "metric", "value"} - set(metrics.columns)
         if missing:
             raise ValueError(f"metrics.csv lacks column(s) {sorted(missing)}")
@@ -133,6 +156,9 @@ def describe_run(run_dir: Path) -> dict | None:
         if not np.isfinite(metrics["value"].to_numpy(dtype=float)).all():
             raise ValueError("metrics.csv holds NaN or infinite values")
         metrics["postprocessor"] = metrics["postprocessor"].astype(str)
+    except CorruptRun as exc:
+        warn(f"skipping {run_dir}: {exc}")
+        return None
     except (OSError, ValueError, TypeError, yaml.YAMLError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         warn(f"skipping {run_dir}: config.yaml or metrics.csv unreadable ({str(exc).splitlines()[0]})")
@@ -147,7 +173,8 @@ def describe_run(run_dir: Path) -> dict | None:
     if network.get("width") is not None:
         arch = f"{arch} (width {network['width']})"
     bench = _as_mapping(cfg.get("benchmark"))
-    return {"dir": run_dir, "seed": record.get("seed", cfg.get("seed")), "metrics": metrics,
+    seed = record.get("seed", cfg.get("seed")) if ad_seeds is None else ad_seeds
+    return {"dir": run_dir, "seed": seed, "metrics": metrics,
             "Benchmark": str(bench.get("name", "?")), "Training": str(meta.get("trainer") or trainer_cfg.get("name") or "pretrained"),
             "Arch": arch, "Outlier_Data": str(outlier or "none"), "Epochs": meta.get("epochs"),
             "config": compared_config(cfg), "hyperparameters": postprocessor_hyperparameters(run_dir, cfg)}
@@ -170,12 +197,43 @@ def compared_config(cfg: dict) -> dict[str, str]:
     return flat
 
 
+class CorruptRun(ValueError):
+    """A run file that exists but cannot be read: the run is reported, never quietly regrouped."""
+
+
+def read_metrics_json(run_dir: Path) -> dict:
+    """``metrics.json`` of a run ({} when absent); CorruptRun when it exists but is not a JSON object
+    (e.g. truncated: its effective hyperparameters would otherwise silently fall back to the config's)."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptRun(f"metrics.json unreadable ({str(exc).splitlines()[0]}; truncated?)") from None
+    if not isinstance(summary, dict):
+        raise CorruptRun("metrics.json unreadable (not a JSON object)")
+    return summary
+
+
+def ad_metrics(metrics: pd.DataFrame, cfg: dict, summary: dict) -> tuple[pd.DataFrame, str]:
+    """An ``ad`` run's ``metrics.csv`` (one row per class and ``mean``) as one leaderboard entry: the
+    mean AUROC over classes under the postprocessor label ``ad:<protocol>``; and the run's seeds (its
+    identity for repeated-seed checks)."""
+    mean = metrics[metrics["class"].astype(str) == "mean"]
+    if len(mean) != 1:
+        raise CorruptRun("metrics.csv of an AD run has no 'mean' row (truncated?)")
+    ad = _as_mapping(cfg.get("ad")) if isinstance(cfg.get("ad"), dict) else {}
+    protocol = summary.get("protocol") or ad.get("protocol") or "one_vs_rest"
+    seeds = summary.get("seeds", ad.get("seeds"))
+    rows = pd.DataFrame([{"postprocessor": f"ad:{protocol}", "dataset": "ad", "metric": "auroc",
+                          "value": mean["auroc_mean"].iloc[0]}])
+    return rows, json.dumps(seeds)
+
+
 def postprocessor_hyperparameters(run_dir: Path, cfg: dict) -> dict[str, dict]:
     """Label -> hyperparameters used: metrics.json's (effective values), else the config's spec."""
-    try:
-        summary = json.loads((run_dir / "metrics.json").read_text()).get("postprocessors", {})
-    except (OSError, ValueError, AttributeError):
-        summary = {}
+    summary = read_metrics_json(run_dir).get("postprocessors", {})
     out = {}
     for label, entry in (summary.items() if isinstance(summary, dict) else ()):
         if isinstance(entry, dict) and isinstance(entry.get("hyperparameters"), dict):
@@ -264,26 +322,52 @@ def build_leaderboard(results_dir: str | Path, reference: str | Path | None = No
         notes = [f"{epochs} epochs"] if epochs is not None else []
         if g["partial"]:
             notes.append("partial: some OOD sets absent")
-        if len(set(map(str, g["seeds"]))) < len(g["seeds"]):
-            notes.append("repeated seeds")
+        seeds = list(map(str, g["seeds"]))
+        distinct = list(dict.fromkeys(seeds))
+        if len(distinct) < len(seeds):
+            repeated = [f"seed {sd} in {seeds.count(sd)} runs" for sd in distinct if seeds.count(sd) > 1]
+            notes.append(f"repeated seeds ({', '.join(repeated)}, counted once)")
             if tuple(g["dirs"]) not in warned:  # once per set of runs, not once per postprocessor
                 warned.add(tuple(g["dirs"]))
-                warn(f"runs share a seed, so they are averaged but are not independent seeds (different "
-                     f"experiments or reruns?): {', '.join(g['dirs'])}")
+                warn(f"runs share a seed ({', '.join(repeated)}): each seed counts once, its runs averaged "
+                     f"(different experiments or reruns?): {', '.join(g['dirs'])}")
+        values = {c: per_seed_means(v, seeds, distinct) for c, v in g["values"].items()}
         records.append({"Benchmark": bench, "Training": training, "Postprocessor": pp, "Hyperparameters": label,
-                        **{c: format_mean_std(v) for c, v in g["values"].items()},
+                        **{c: format_mean_std(v) for c, v in values.items()},
                         "Outlier_Data": outlier, "Arch": arch, "Additional_Description": "; ".join(notes),
-                        "Seeds": len(g["seeds"]), "Runs": RUN_SEPARATOR.join(g["dirs"])})
-    table = pd.DataFrame(records, columns=COLUMNS)
+                        "Seeds": n_seeds(pp, distinct), "Runs": RUN_SEPARATOR.join(g["dirs"])})
+    columns = list(COLUMNS)
+    if any(r[AD_COLUMN] for r in records):  # ad runs present: their column after the far-OOD AUROC
+        columns.insert(columns.index("Far-OOD_AUROC") + 1, AD_COLUMN)
+    table = pd.DataFrame(records, columns=columns)
     if not table.empty:
         keys = pd.DataFrame({"near": table["Near-OOD_AUROC"].map(parse_mean).fillna(-np.inf),
-                             "far": table["Far-OOD_AUROC"].map(parse_mean).fillna(-np.inf)})
-        order = keys.sort_values(["near", "far"], ascending=False, kind="stable").index
+                             "far": table["Far-OOD_AUROC"].map(parse_mean).fillna(-np.inf),
+                             "ad": [parse_mean(r[AD_COLUMN]) for r in records]}).fillna(-np.inf)
+        order = keys.sort_values(["near", "far", "ad"], ascending=False, kind="stable").index
         table = table.loc[order].reset_index(drop=True)
     table["Seeds"] = table["Seeds"].astype(int)
     if reference is not None:
         table = add_reference(table, Path(reference))
     return table
+
+
+def n_seeds(pp: str, distinct: list[str]) -> int:
+    """Distinct seeds of a row: one per run of a test row, the runs' ``ad.seeds`` for an ``ad:`` row."""
+    if pp.startswith("ad:"):
+        lists = [json.loads(sd) for sd in distinct]
+        return sum(len(v) if isinstance(v, list) else 1 for v in lists)
+    return len(distinct)
+
+
+def per_seed_means(values: list, seeds: list[str], distinct: list[str]) -> list:
+    """One value per distinct seed (the mean of that seed's runs), so that reruns of one seed never count
+    as independent seeds (no "Seeds 2, ± 0.00" from one seed run twice)."""
+    out = []
+    for sd in distinct:
+        got = [v for v, s in zip(values, seeds) if s == sd and v is not None and np.isfinite(v)]
+        out.append(float(np.mean(got)) if got else None)
+    return out
 
 
 def _differing_keys(groups: dict[tuple, dict]) -> dict[tuple, list[str]]:

@@ -168,3 +168,36 @@ def test_the_old_synthesizer_key_says_where_outlier_sources_went(tmp_path):
     cfg = write(tmp_path / "c.yml", "pipeline: train\nsynthesizer: {name: npos}\n")
     with pytest.raises(ConfigError, match=r"'synthesizer' is no longer read: .*trainer\.outliers"):
         load_config([cfg])
+
+
+def test_duplicate_yaml_key_names_the_key_and_line(tmp_path):
+    """PyYAML's safe_load takes the last of two equal keys silently; OmegaConf refuses, and the message
+    used to stop at 'while constructing a mapping'."""
+    cfg = write(tmp_path / "dup.yml", "seed: 1\ntrainer:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(cfg)
+    assert str(exc.value) == f"{cfg}:5: duplicate key 'epochs'"
+
+
+def test_declared_section_keys_take_values_of_their_declared_type():
+    """``ad.seeds: 1`` may become a list on the command line (ADSettings declares int | list); the type is
+    checked against the declaration (by the section's schema), not against the value it replaces."""
+    from openood_ext.pipelines.ad.settings import ADSettings
+    from openood_ext.schema import check_section
+    cfg = load_config(["configs/experiments/fcdd/ad_fmnist_fcdd.yml"], ["ad.seeds=[0,3]"])
+    assert list(cfg.ad.seeds) == [0, 3]
+    bad = load_config(["configs/experiments/fcdd/ad_fmnist_fcdd.yml"], ["ad.seeds=abc"])
+    with pytest.raises(ConfigError, match="ad.seeds: expected int or a list, got 'abc'"):
+        check_section("ad", ADSettings, OmegaConf.to_container(bad.ad))
+    with pytest.raises(ConfigError, match="override 'trainer.epochs': expected int"):  # parts keep the check
+        load_config(["configs/experiments/fcdd/ad_fmnist_fcdd.yml"], ["trainer.epochs=abc"])
+
+
+def test_keys_of_a_section_taken_from_a_file_can_be_set_after_it(tmp_path):
+    """``benchmark=cifar10`` replaces the section; the keys given after it (an OE set, a normal class) are
+    set on the new section, not refused as unknown with a list of look-alikes."""
+    cfg = load_config(["configs/experiments/eoe/ad_cifar10_eoe_bce.yml"],
+                      ["benchmark=cifar10", "benchmark.normal_class=3", "benchmark.oe=other_oe.txt"])
+    assert cfg.benchmark.normal_class == 3 and cfg.benchmark.oe == "other_oe.txt" and cfg.benchmark.name == "cifar10"
+    with pytest.raises(ConfigError, match="no such key"):  # without the replacement the rule stands
+        load_config(["configs/pipelines/train.yml"], ["benchmark.normal_clas=3"])

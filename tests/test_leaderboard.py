@@ -84,8 +84,9 @@ def test_single_seed_shows_mean_only_and_partial_is_flagged(tmp_path, capsys):
     assert row["Near-OOD_AUROC"] == "80.00" and "partial" in row["Additional_Description"]
     assert capsys.readouterr().err == ""
     make_run(tmp_path, "again", 0, {"ebo": (0.9, 0.8, 0.85), "msp": (0.9, 0.7, 0.8)})
-    row = build_leaderboard(tmp_path).iloc[0]
-    assert row["Near-OOD_AUROC"] == "80.00 ± 0.00" and "repeated seeds" in row["Additional_Description"]
+    row = build_leaderboard(tmp_path).iloc[0]  # one seed run twice: still one seed, no "± 0.00"
+    assert row["Near-OOD_AUROC"] == "80.00" and row["Seeds"] == 1
+    assert "repeated seeds (seed 0 in 2 runs, counted once)" in row["Additional_Description"]
     err = capsys.readouterr().err
     assert err.count("share a seed") == 1 and "again" in err and "only" in err  # once, naming both runs
 
@@ -191,3 +192,65 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert "results directory not found" in err and "\n" not in err
     assert cli_main(["leaderboard", str(tmp_path), "--format", "xls"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_repeated_seed_counts_once_among_other_seeds(tmp_path, capsys):
+    """Seeds 0, 0, 1 with near AUROC 80, 82, 90: seed 0 is (80+82)/2 = 81, then mean of 81 and 90 = 85.50,
+    population std 4.50, over 2 seeds (not 3)."""
+    make_run(tmp_path, "a", 0, {"msp": (0.9, 0.80, 0.8)})
+    make_run(tmp_path, "b", 0, {"msp": (0.9, 0.82, 0.8)})
+    make_run(tmp_path, "c", 1, {"msp": (0.9, 0.90, 0.8)})
+    row = build_leaderboard(tmp_path).iloc[0]
+    assert row["Near-OOD_AUROC"] == "85.50 ± 4.50" and row["Seeds"] == 2
+    assert "seed 0 in 2 runs" in capsys.readouterr().err
+
+
+def test_truncated_metrics_json_is_reported_not_a_bogus_row(tmp_path, capsys):
+    """A run whose metrics.json is cut off would lose its effective hyperparameters and land in a row
+    of its own; it is skipped with a warning naming the file instead."""
+    for name, seed in (("s0", 0), ("s1", 1)):
+        run = make_run(tmp_path, name, seed, {"knn": (0.9, 0.8 + seed / 100, 0.8)})
+        (run / "metrics.json").write_text(json.dumps({"postprocessors": {"knn": {"hyperparameters": {"k": 50}}}}))
+    (tmp_path / "s1" / "metrics.json").write_text('{"postprocessors": {"knn": {"hyperpar')
+    table = build_leaderboard(tmp_path)
+    err = capsys.readouterr().err
+    assert len(table) == 1 and table.iloc[0]["Hyperparameters"] == "k=50" and table.iloc[0]["Seeds"] == 1
+    assert f"skipping {tmp_path / 's1'}: metrics.json unreadable" in err and err.count("\n") == 1
+
+
+def test_header_only_metrics_csv_is_reported(tmp_path, capsys):
+    make_run(tmp_path, "s0", 0, {"msp": (0.9, 0.8, 0.8)})
+    empty = make_run(tmp_path, "s1", 1, {"msp": (0.9, 0.9, 0.8)})
+    (empty / "metrics.csv").write_text("postprocessor,dataset,group,metric,value,partial\n")
+    table = build_leaderboard(tmp_path)
+    err = capsys.readouterr().err
+    assert len(table) == 1 and table.iloc[0]["Seeds"] == 1
+    assert f"skipping {empty}: metrics.csv has a header but no rows" in err
+
+
+def _ad_run(root: Path, name: str, seed: int, seeds: list, mean: float) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"pipeline: ad\nseed: {seed}\nbenchmark: {{name: mvtec}}\n"
+                                     f"network: {{name: fcdd_cnn224}}\ntrainer: {{name: fcdd}}\n"
+                                     f"ad: {{seeds: {len(seeds)}}}\n")
+    (run / "run.json").write_text(json.dumps({"status": "complete", "seed": seed}))
+    (run / "metrics.json").write_text(json.dumps({"auroc_mean": mean, "protocol": "one_vs_rest", "seeds": seeds}))
+    (run / "metrics.csv").write_text(f"class,auroc_mean,auroc_std,n_seeds,aurocs\nbottle,{mean},0.0,{len(seeds)},\n"
+                                     f"mean,{mean},0.0,{len(seeds)},\n")
+    return run
+
+
+def test_ad_runs_next_to_test_runs_are_read(tmp_path, capsys):
+    make_run(tmp_path, "ood", 0, {"msp": (0.9, 0.8, 0.8)})
+    _ad_run(tmp_path, "ad0", 0, [0, 1], 0.90)
+    _ad_run(tmp_path, "ad2", 2, [2, 3], 0.80)
+    table = build_leaderboard(tmp_path)
+    assert capsys.readouterr().err == ""
+    assert "AD_AUROC" in table.columns and len(table) == 2
+    ad = table[table.Postprocessor == "ad:one_vs_rest"].iloc[0]
+    assert ad["AD_AUROC"] == "85.00 ± 5.00" and ad["Seeds"] == 4 and ad["Training"] == "fcdd"
+    assert table[table.Postprocessor == "msp"].iloc[0]["AD_AUROC"] == ""
+    only_ood = tmp_path / "only"
+    make_run(only_ood, "ood", 0, {"msp": (0.9, 0.8, 0.8)})
+    assert "AD_AUROC" not in build_leaderboard(only_ood).columns  # test-run tables keep their columns

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
 from ..utils.io import write_text
+from .image_modes import convert_image
 from .prepare import format_imglist, images_under
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -84,10 +85,10 @@ def _image_stats(paths: list[Path], image_size: int) -> tuple[int, list[float], 
         try:
             with Image.open(p) as img:
                 modes.add(img.mode)
-                arrays.append(np.asarray(prep(img.convert("RGB")), dtype=np.float64) / 255.0)
+                arrays.append(np.asarray(prep(convert_image(img, "RGB", p)), dtype=np.float64) / 255.0)
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{p}: unreadable image ({exc})") from None
-    gray = modes <= {"L", "1", "I;16", "I"}
+    gray = modes <= {"L", "1", "LA", "I;16", "I;16B", "I;16L", "I"}
     data = np.stack(arrays)
     if gray:
         data = data[..., :1]

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .image_modes import convert_image
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class ImglistDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as img:
                 img.load()
-                return img.convert(self.mode)
+                return convert_image(img, self.mode, path)
+        except DataError as exc:  # a mode that cannot be brought to 8 bits (image_modes)
+            raise DataError(f"{exc} (listed at {self.imglist}:{entry.line})") from None
         except FileNotFoundError:
             problem = "missing image"
         except Image.DecompressionBombError as exc:  # not an OSError: would otherwise be a traceback

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
+from .image_modes import convert_image
 from .imglist import read_imglist
 
 KINDS = ("noisy", "uniform")
@@ -114,7 +115,7 @@ def write_noise_set(kind: str, data_root: str | os.PathLike, benchmark: str, nam
             if not p.is_file():
                 raise DataError(f"{source_list}:{e.line}: image {p} not found")
             with Image.open(p) as im:
-                a = np.asarray(im.convert(mode))
+                a = np.asarray(convert_image(im, mode, p))
             arrays.append(add_noise(a.reshape(a.shape[0], a.shape[1], channels)[None], rng, std)[0])
     else:
         name = name or "noise"

@@ -87,7 +87,10 @@ def parse_grid(overrides: Sequence[str]) -> tuple[list[tuple[str, list[str]]], l
     axes, fixed = [], []
     for item in overrides:
         key, _, value = item.partition("=")
-        if value.strip().startswith("[") and value.strip().endswith("]"):
+        opens, closes = value.strip().startswith("["), value.strip().endswith("]")
+        if opens != closes:  # 'seed=[0,1' is no fixed value either: not "no axis to sweep"
+            raise ConfigError(f"sweep: '{item}': unbalanced brackets (an axis is key=[v1,v2,...])")
+        if opens and closes:
             if key in (k for k, _ in axes):
                 raise ConfigError(f"sweep: key '{key}' is swept twice")
             axes.append((key, split_list(value, item)))

@@ -104,6 +104,12 @@ class OAMLTrainer(Trainer):
         self.latent_logvar_hidden = list(latent_logvar_hidden or [256])
 
     # ------------------------------------------------------------------------------------------ setup
+    def check_weights(self, net) -> None:
+        """``student_init`` read and fitted into a fresh ``net`` before anything runs (CheckpointError)."""
+        from ..networks.checkpoint import load_checkpoint
+        if self.student_init:
+            load_checkpoint(self.student_init, net)
+
     def setup(self, net, ctx) -> None:
         super().setup(net, ctx)
         from ..networks.checkpoint import load_checkpoint

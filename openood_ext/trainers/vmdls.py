@@ -159,6 +159,11 @@ class VMDLSTrainer(Trainer):
         self.neg_margin = self.neg_margin0
         self.epoch = 0
 
+    def check_weights(self, net) -> None:
+        """``init_weights`` read and fitted into a fresh ``net`` before anything runs (CheckpointError)."""
+        if self.init_weights:
+            load_encoder_weights(net, self.init_weights)
+
     def setup(self, net, ctx):
         super().setup(net, ctx)
         if not callable(getattr(net, "encode", None)):

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import REPO
 from omegaconf import OmegaConf
 from PIL import Image
 
 from openood_ext.config import load_config
 from openood_ext.datasets import BENCHMARKS
-from openood_ext.datasets.imglist import read_imglist
+from openood_ext.datasets.image_modes import convert_image
+from openood_ext.datasets.imglist import ImglistDataset, read_imglist
 from openood_ext.errors import ConfigError, DataError
-
-from conftest import REPO
 
 # Verbatim lines of OpenOOD v1.5's benchmark_imglist files (cifar10/ and cifar100/ lists of its
 # benchmark_imglist.zip), one per format OpenOOD uses: ID with class index, OOD with -1, nested folders,
@@ -178,3 +179,77 @@ def test_ad_benchmark_configs(name, lists, tmp_path):
     assert cfg.benchmark.imglist_dir[1] == lists
     if bench.split("id_test").imglist.is_file():  # committed full lists present: derived ones were written
         assert {e.label for e in read_imglist(bench.split("id_test").imglist)} == {0}
+
+
+# ---------------------------------------------------------------- image modes (datasets/image_modes.py)
+def _dataset_of(tmp_path, images: dict, mode: str):
+    """An ImglistDataset over ``images`` (file name -> PIL image, saved as given) that returns raw pixels."""
+    for name, img in images.items():
+        img.save(tmp_path / name)
+    (tmp_path / "list.txt").write_text("".join(f"{name} 0\n" for name in images))
+    return ImglistDataset(tmp_path / "list.txt", tmp_path, transform=np.asarray, mode=mode)
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    """v -> round(v * 255 / 65535): 0, 128, 129, 257, 1000, 32896, 65535 -> 0, 0, 1, 1, 4, 128, 255 (Pillow's
+    own conversion gives 0, 128, 129, 255, 255, 255, 255)."""
+    values = np.array([[0, 128, 129, 257, 1000, 32896, 65535]], np.uint16)
+    ds = _dataset_of(tmp_path, {"grey16.png": Image.fromarray(values)}, "L")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    assert ds[0][0].tolist() == [[0, 0, 1, 1, 4, 128, 255]]
+    rgb = _dataset_of(tmp_path, {"grey16.png": Image.fromarray(values)}, "RGB")[0][0]
+    assert rgb.shape == (1, 7, 3) and (rgb == np.array([0, 0, 1, 1, 4, 128, 255])[None, :, None]).all()
+
+
+def test_cmyk_palette_and_opaque_alpha_are_converted_by_hand_values(tmp_path):
+    """CMYK (100, 50, 0, 60) -> RGB ((255-C)(255-K)/255, ...) = (119, 157, 195) and L = round(.299R+.587G+.114B)
+    = 150; a palette with a transparent entry that no pixel uses, LA and RGBA fully opaque lose only alpha."""
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([10, 20, 30, 200, 100, 0] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    pal.info["transparency"] = 5
+    images = {"cmyk.jpg": Image.new("CMYK", (1, 1), (100, 50, 0, 60)), "pal.png": pal,
+              "la.png": Image.fromarray(np.array([[[7, 255], [9, 255]]], np.uint8), "LA"),
+              "rgba.png": Image.fromarray(np.array([[[1, 2, 3, 255]]], np.uint8), "RGBA")}
+    ds = _dataset_of(tmp_path, {k: v for k, v in images.items() if k != "cmyk.jpg"}, "RGB")
+    assert ds[0][0].tolist() == [[[10, 20, 30], [200, 100, 0]]]
+    assert ds[1][0].tolist() == [[[7, 7, 7], [9, 9, 9]]]
+    assert ds[2][0].tolist() == [[[1, 2, 3]]]
+    assert np.asarray(convert_image(images["cmyk.jpg"], "RGB", "x")).tolist() == [[[119, 157, 195]]]
+    assert np.asarray(convert_image(images["cmyk.jpg"], "L", "x")).tolist() == [[150]]
+    assert np.asarray(convert_image(Image.new("CMYK", (1, 1), (0, 0, 0, 255)), "RGB", "x")).tolist() == [[[0, 0, 0]]]
+
+
+@pytest.mark.parametrize("name, make", [
+    ("rgba.png", lambda np: Image.fromarray(np.array([[[1, 2, 3, 255], [4, 5, 6, 0]]], np.uint8), "RGBA")),
+    ("la.png", lambda np: Image.fromarray(np.array([[[7, 128]]], np.uint8), "LA")),
+    ("float.tif", lambda np: Image.fromarray(np.array([[0.5, 2.0]], np.float32))),
+    ("int32.tif", lambda np: Image.fromarray(np.array([[-5, 70000]], np.int32))),
+])
+def test_modes_without_a_defined_8_bit_image_are_refused_naming_the_file(tmp_path, name, make):
+    ds = _dataset_of(tmp_path, {name: make(np)}, "RGB")
+    with pytest.raises(DataError) as exc:
+        ds[0]
+    msg = str(exc.value)
+    assert "\n" not in msg and str(tmp_path / name) in msg and "list.txt:1" in msg
+
+
+def test_palette_with_a_used_transparent_entry_is_refused(tmp_path):
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([10, 20, 30, 200, 100, 0] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    pal.save(tmp_path / "pal.png", transparency=1)
+    (tmp_path / "list.txt").write_text("pal.png 0\n")
+    with pytest.raises(DataError, match=r"pal.png: image mode P has transparent pixels"):
+        ImglistDataset(tmp_path / "list.txt", tmp_path, transform=lambda x: x, mode="L")[0]
+
+
+def test_ad_score_tells_16_bit_images_apart(tmp_path):
+    """The folder loader of ``openood-ext ad-score`` reads two different 16-bit images as different pixels
+    (Pillow's clipping made both all-255)."""
+    from openood_ext.pipelines.ad.infer import FolderDataset
+    (tmp_path / "f").mkdir()
+    for name, v in (("a.png", 20000), ("b.png", 40000)):
+        Image.fromarray(np.full((4, 4), v, np.uint16)).save(tmp_path / "f" / name)
+    ds = FolderDataset(tmp_path / "f", np.asarray, "L")
+    assert [int(ds[i][0][0, 0]) for i in range(2)] == [78, 156]  # round(20000/257), round(40000/257)

@@ -324,3 +324,39 @@ def test_openood_data_directory_is_linked_and_its_lists_are_kept(tmp_path):
     bench = load_benchmark("cifar10", root)
     assert bench.missing_reason(bench.split("tin")) is None
     assert split_status(bench, bench.split("id_train"))["present"] == 30
+
+
+def _one_line_exit_2(capsys, argv) -> str:
+    code = cli_module.main(argv)
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("openood-ext:")]
+    assert code == 2 and len(err) == 1 and "Traceback" not in stderr, stderr
+    return err[0]
+
+
+def test_archive_of_a_set_the_benchmark_does_not_read_is_refused_before_extracting(tmp_path, capsys):
+    """``data prepare mnist --from cifar10_test.tar`` used to extract CIFAR-10 into the data root first."""
+    _, test = cifar_like_tars(tmp_path, n_test=2)
+    root = tmp_path / "data"
+    err = _one_line_exit_2(capsys, ["data", "prepare", "mnist", "--root", str(root), "--from", str(test), "--no-download"])
+    assert f"{test}: holds cifar10 (20 images), which mnist does not use (it reads mnist)" in err
+    assert not (root / "images_classic" / "cifar10").exists()
+    assert not (root / "images_classic" / prep.archives.JOURNAL).exists()
+    mixed = make_tar(tmp_path / "mixed.tar", {"cifar10/test/cat/0001.png": png_bytes(1),
+                                              "mnist/test/3/0001.png": png_bytes(2, mode="L")})
+    assert prep.ingest(mixed, root, wanted=("mnist", frozenset({"mnist"}))) == {"mnist": 1}
+    assert not (root / "images_classic" / "cifar10").exists()  # only the sets the benchmark reads
+
+
+def test_truncated_archive_is_named_as_truncated(tmp_path, capsys):
+    _, test = cifar_like_tars(tmp_path, n_test=4)
+    data = test.read_bytes()
+    for name, cut in (("cut_mid.tar", len(data) // 2), ("cut_head.tar", 300)):
+        (tmp_path / name).write_bytes(data[:cut])
+        err = _one_line_exit_2(capsys, ["data", "prepare", "cifar10", "--root", str(tmp_path / "data"),
+                                        "--from", str(tmp_path / name), "--no-download"])
+        assert str(tmp_path / name) in err and "truncated" in err, err
+    gz = make_tar(tmp_path / "c.tar.gz", {f"cifar10/test/cat/{i:04d}.png": png_bytes(i, size=32) for i in range(20)}, "gz")
+    (tmp_path / "cut.tar.gz").write_bytes(gz.read_bytes()[:gz.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cut.tar.gz: the archive ends early: truncated"):
+        prep.ingest(tmp_path / "cut.tar.gz", tmp_path / "data2")

@@ -26,6 +26,9 @@ def test_value_lists_split_at_top_level_commas_only():
     ("seed=[ ]", r"empty value list"),
     ("seed=[0,,1]", r"empty element"),
     ("seed=[[0,1]", r"unbalanced"),
+    ("seed=[0,1", r"sweep: 'seed=\[0,1': unbalanced brackets"),  # was "no axis to sweep"
+    ("seed=0,1]", r"sweep: 'seed=0,1\]': unbalanced brackets"),
+    ("seed=[0,1]]", r"unbalanced"),
 ])
 def test_bad_value_lists_are_one_line_and_create_nothing(tmp_path, monkeypatch, capsys, token, message):
     monkeypatch.chdir(tmp_path)

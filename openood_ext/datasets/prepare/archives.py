@@ -33,6 +33,8 @@ MARKER_DIR = ".prepared"
 JOURNAL = ".extracting.json"  # under images_classic: archives whose extraction started and has not finished
 #: Images per class of the published sets. A class with fewer images next to one with the full count is an
 #: incomplete copy (an interrupted prepare); smaller subsets with no full class (tests, samples) pass.
+#: (benchmark name, the image sets it reads): what ``data prepare BENCHMARK --from ...`` may extract
+Wanted = tuple[str, frozenset[str]]
 KNOWN_PER_CLASS = {"cifar10/train": 5000, "cifar10/test": 1000, "cifar100/train": 500, "cifar100/test": 100}
 
 
@@ -106,6 +108,21 @@ def write_marker(images_root: Path, set_name: str, source: str, info: dict) -> N
 # ============================================================================================ ingestion
 # Each ingester writes images under <root>/images_classic and returns {set name: images written or kept}.
 
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def _check_tar_end(archive: Path, offset: int) -> None:
+    """EOFError unless an uncompressed tar has its end-of-archive marker (two zero blocks) at ``offset``,
+    where its last member ended: tarfile takes a file cut at a member boundary for a complete archive.
+    (A cut compressed tar already fails in its decompressor.)"""
+    with open(archive, "rb") as fh:
+        if fh.read(6).startswith(COMPRESSED_MAGIC):
+            return
+        fh.seek(offset)
+        if fh.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise EOFError(f"no end-of-archive marker after the last member at byte {offset}")
+
+
 def _tar_destination(name: str) -> str | None:
     """Where an image member of a ``<set>/...`` tar goes under images_classic (None: not an image)."""
     if not is_image_name(name):
@@ -120,16 +137,23 @@ def _tar_destination(name: str) -> str | None:
 
 
 def extract_image_archive(archive: Path, images_root: Path, limit: int | None = None,
-                          desc: str | None = None) -> dict[str, int]:
+                          desc: str | None = None, wanted: Wanted | None = None) -> dict[str, int]:
     """Stream the image members of a tar or zip to ``images_root``; no decoding, no re-encoding.
 
     A file already on disk with the member's size is kept (a re-run is cheap and resumes a partial one).
-    ``limit`` stops after that many image members (tests use small subsets). Returns images per set.
+    ``limit`` stops after that many image members (tests use small subsets). ``wanted``: (benchmark, the
+    sets it reads); members of other sets are not extracted, and an archive holding none of them is a
+    DataError with nothing written. Returns images per set.
     """
     counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     made: set[Path] = set()
 
     def put(dest_rel: str, size: int, read: Callable[[], bytes]) -> None:
+        top = PurePosixPath(dest_rel).parts[0]
+        if wanted is not None and top not in wanted[1]:
+            skipped[top] = skipped.get(top, 0) + 1
+            return
         dest = images_root / dest_rel
         if dest.parent not in made:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +162,6 @@ def extract_image_archive(archive: Path, images_root: Path, limit: int | None = 
             tmp = dest.with_name(f".{dest.name}.tmp")
             tmp.write_bytes(read())
             os.replace(tmp, dest)
-        top = PurePosixPath(dest_rel).parts[0]
         counts[top] = counts.get(top, 0) + 1
 
     label = desc or archive.name
@@ -165,8 +188,20 @@ def extract_image_archive(archive: Path, images_root: Path, limit: int | None = 
                     put(dest_rel, member.size, fh.read)
                     if limit is not None and sum(counts.values()) >= limit:
                         break
+                else:
+                    _check_tar_end(archive, tf.offset)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise DataError(f"{archive}: cannot read the archive ({exc})") from None
+        early = isinstance(exc, EOFError) or "end of data" in str(exc) or "truncated" in str(exc).lower()
+        why = "the archive ends early: truncated or an incomplete download" if early else "cannot read the archive"
+        raise DataError(f"{archive}: {why} ({exc})") from None
+    if not counts and skipped:
+        _journal(images_root, archive, done=True)  # nothing was written
+        raise DataError(f"{archive}: holds {', '.join(f'{k} ({n} images)' for k, n in sorted(skipped.items()))}, "
+                        f"which {wanted[0]} does not use (it reads {', '.join(sorted(wanted[1]))}); "
+                        f"nothing was extracted")
+    if skipped:
+        get_logger().info("%s: not extracted (not used by %s): %s", archive.name, wanted[0],
+                          ", ".join(f"{k} {n} images" for k, n in sorted(skipped.items())))
     if not counts:
         raise DataError(f"{archive}: no image files in the archive (expected <set>/<split>/<class>/<file>)")
     if limit is None:
@@ -313,8 +348,17 @@ KNOWN_ARCHIVES = {r.filename: name for name, src in SOURCES.items() for r in src
 KNOWN_SETS = set(SOURCES) | set(MANUAL_HINTS)
 
 
-def ingest(path: Path, root: Path, benchmark: str | None = None, limit: int | None = None) -> dict[str, int]:
-    """Bring one ``--from`` path into ``root``; returns images per set."""
+def _refuse_unused(path: Path, set_name: str, wanted: Wanted | None) -> None:
+    """DataError before anything is written when ``path`` holds a set the benchmark does not read."""
+    if wanted is not None and set_name not in wanted[1]:
+        raise DataError(f"--from {path}: holds {set_name}, which {wanted[0]} does not use (it reads "
+                        f"{', '.join(sorted(wanted[1]))}); nothing was extracted")
+
+
+def ingest(path: Path, root: Path, benchmark: str | None = None, limit: int | None = None,
+           wanted: Wanted | None = None) -> dict[str, int]:
+    """Bring one ``--from`` path into ``root``; returns images per set. ``wanted``: (benchmark name, the
+    sets it reads): a source of other sets only is refused before anything is written."""
     path = Path(path).expanduser()
     images_root = root / IMAGE_DIR
     log = get_logger()
@@ -323,10 +367,12 @@ def ingest(path: Path, root: Path, benchmark: str | None = None, limit: int | No
     if path.is_dir():
         if any(_idx_path(path, stem) for stems in IDX_FILES.values() for stem in stems):
             set_name = identify_idx_dir(path)
+            _refuse_unused(path, set_name, wanted)
             return convert_idx_dir(path, images_root, set_name)
         if (path / IMAGE_DIR).is_dir() or (path / "benchmark_imglist").is_dir():
             return ingest_openood_dir(path, root, benchmark)
         if path.name in KNOWN_SETS:
+            _refuse_unused(path, path.name, wanted)
             target_root = root / LARGE_IMAGE_DIR if path.name in LARGESCALE_SETS else images_root
             return link_set(path, target_root, path.name)
         subsets = [d for d in sorted(path.iterdir()) if d.is_dir() and d.name in KNOWN_SETS]
@@ -341,6 +387,7 @@ def ingest(path: Path, root: Path, benchmark: str | None = None, limit: int | No
     set_name = KNOWN_ARCHIVES.get(path.name)
     if set_name is not None:
         remote = next(r for r in SOURCES[set_name].files if r.filename == path.name)
+        _refuse_unused(path, set_name, wanted)
         problem = verify(path, remote)
         if problem is not None:
             raise DataError(f"{path}: {problem}; not the published {path.name}")
@@ -355,12 +402,15 @@ def ingest(path: Path, root: Path, benchmark: str | None = None, limit: int | No
     if path.suffix == ".mat":
         return convert_svhn_mat(path, images_root)
     if tarfile.is_tarfile(path) or zipfile.is_zipfile(path):
-        counts = extract_image_archive(path, images_root, limit)
+        counts = extract_image_archive(path, images_root, limit, wanted=wanted)
         st = path.stat()
         for set_name, n in counts.items():
             write_marker(images_root, set_name, path.name, {"archive": str(path.resolve()), "bytes": st.st_size,
                                                               "images": n, "complete": limit is None})
         return counts
+    if path.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")):
+        raise DataError(f"--from {path}: not a readable {path.suffix.lstrip('.')} archive (truncated, or an "
+                        f"incomplete download?)")
     raise DataError(f"--from {path}: not an archive or directory this command knows (tar/zip of "
                     f"<set>/<split>/<class>/<file> images, {', '.join(sorted(KNOWN_ARCHIVES))})")
 

@@ -68,8 +68,9 @@ def prepare(benchmark: str, root: str | os.PathLike, sources: Iterable[str | os.
                         f"OPENOOD_EXT_DATA") from None
     report = PrepareReport(benchmark, root)
     log = get_logger()
+    wanted = (benchmark, frozenset(s for spec in BENCHMARK_LISTS[benchmark] for s in spec.sets))
     for src in sources:
-        counts = ingest(Path(src), root, LIST_DIR_OF.get(benchmark, benchmark), limit=limit)
+        counts = ingest(Path(src), root, LIST_DIR_OF.get(benchmark, benchmark), limit=limit, wanted=wanted)
         log.info("%s: %s", src, ", ".join(f"{k} {v} images" for k, v in counts.items()))
         for k, v in counts.items():
             report.ingested[k] = report.ingested.get(k, 0) + v

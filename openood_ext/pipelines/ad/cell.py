@@ -23,6 +23,7 @@ from PIL import Image
 
 from ... import distributed
 from ...config import to_plain
+from ...datasets.image_modes import convert_image
 from ...errors import DataError
 from ...evaluators.metrics import auroc
 from ...evaluators.pixel import PixelEvaluator
@@ -203,5 +204,5 @@ def load_test_images(bench, paths: list[str], rows: np.ndarray) -> np.ndarray:
         p = Path(paths[r])
         root = next((root for root in roots.values() if (root / p).exists()), roots[0])
         with Image.open(root / p) as img:
-            out.append(tf(img.convert(mode)))
+            out.append(tf(convert_image(img, mode, root / p)))
     return pixels.to_unit(torch.stack(out)).clamp(0, 1).numpy()

@@ -50,7 +50,13 @@ from ..registry import PIPELINES
 from .cell import ADContext, run_cell
 from .data import check_preprocessor
 from .jobs import run_cells_as_jobs
-from .settings import ADSettings, benchmark_classes, cell_benchmark, collect_test_set  # noqa: F401  (older import path)
+from .settings import (  # noqa: F401  (older import path)
+    ADSettings,
+    benchmark_classes,
+    cell_benchmark,
+    check_cell_data,
+    collect_test_set,
+)
 
 
 @PIPELINES.register("ad", aliases=["train_ad"])
@@ -82,13 +88,23 @@ class ADPipeline:
 
 
 def precheck(cfg: DictConfig, settings: ADSettings, device) -> None:
-    """Data, trainer and network problems of ``cfg``, raised before any run directory exists."""
-    first = cell_benchmark(cfg, settings, settings.classes[0])
-    plan_training(to_plain(cfg.trainer), first, seed=settings.seeds[0], device=device,
-                  num_workers=int(cfg.get("num_workers", 0)))
+    """Data, trainer and network problems of ``cfg``, raised before any run directory exists: every
+    class's data (:func:`~.settings.check_cell_data`: training and test images, ``ad.test_limit``,
+    ground-truth masks), the training plan, the network, and the weights the trainer reads
+    (its ``check_weights(net)``, e.g. a truncated checkpoint or one of another architecture)."""
+    benches = {}
+    for cls in settings.classes:
+        benches[cls] = cell_benchmark(cfg, settings, cls)
+        check_cell_data(benches[cls], settings, cls)
+    first = benches[settings.classes[0]]
+    plan = plan_training(to_plain(cfg.trainer), first, seed=settings.seeds[0], device=device,
+                         num_workers=int(cfg.get("num_workers", 0)))
     net_spec = to_plain(cfg.network)
     net_spec.pop("checkpoint", None)
-    NETWORKS.build(net_spec)  # e.g. a receptive field larger than the input
+    net = NETWORKS.build(net_spec)  # e.g. a receptive field larger than the input
+    check_weights = getattr(plan.trainer, "check_weights", None)
+    if callable(check_weights):
+        check_weights(net)
 
 
 def run_protocol(cfg: DictConfig, settings: ADSettings, ctx: ADContext) -> dict | None:

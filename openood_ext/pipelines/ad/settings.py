@@ -67,6 +67,9 @@ class ADSettings:
             s.classes = list(s.all_classes)
         elif not isinstance(s.classes, list):
             s.classes = [s.classes]
+        if not s.classes:
+            raise ConfigError(f"ad.classes: empty list; give the normal classes to run, or 'all' "
+                              f"(classes: {', '.join(map(str, s.all_classes))})")
         for c in s.classes:
             if c not in s.all_classes:
                 raise ConfigError(f"ad.classes: {c!r} is not a class of benchmark {bench_spec.get('name')} "
@@ -135,15 +138,44 @@ def keep_fraction(path: str, fraction: float) -> bool:
     return zlib.crc32(path.encode()) / 2**32 < fraction
 
 
+def test_fraction(bench, test_limit: int | None) -> float:
+    """The path-hashed fraction of the test set that ``ad.test_limit`` keeps (1: all of it)."""
+    total = sum(len(read_imglist(bench.split(name).imglist)) for name in ("id_test", "anomalies"))
+    return 1.0 if not test_limit else min(1.0, test_limit / max(total, 1))
+
+
+def kept_test_indices(entries, frac: float) -> list[int]:
+    return [i for i, e in enumerate(entries) if frac >= 1 or keep_fraction(e.path, frac)]
+
+
+def check_cell_data(bench, settings: ADSettings, cls) -> None:
+    """What a cell of class ``cls`` reads, checked without training: training images, normal test images and
+    anomalies present, ``ad.test_limit`` leaving every test split non-empty, and every kept anomaly's
+    ground-truth mask present and of its image's size (benchmarks with masks). DataError naming the class."""
+    where = f"ad.classes: class {cls!r} of benchmark {bench.name}"
+    for name, what in (("id_train", "training images"), ("id_test", "normal test images"), ("anomalies", "test anomalies")):
+        if not read_imglist(bench.split(name).imglist):
+            raise DataError(f"{where}: no {what} ({bench.split(name).imglist} is empty)")
+    frac = test_fraction(bench, settings.test_limit)
+    for name in ("id_test", "anomalies"):
+        entries = read_imglist(bench.split(name).imglist)
+        kept = kept_test_indices(entries, frac)
+        if not kept:
+            raise DataError(f"{where}: ad.test_limit={settings.test_limit} leaves split '{name}' empty "
+                            f"(of {len(entries)} images; raise the limit)")
+        if name == "anomalies" and getattr(bench, "has_masks", False):
+            for i in kept:
+                bench.load_mask(entries[i].path, True)  # DataError: missing, or another size than its image
+
+
 def collect_test_set(bench, test_limit: int | None) -> tuple[list, list[str], np.ndarray]:
     """(datasets with their kept indices, paths, is_anomaly) of the test set: normal ``id_test`` + ``anomalies``."""
     parts, paths, labels = [], [], []
     splits = [(bench.split("id_test"), 0), (bench.split("anomalies"), 1)]
-    total = sum(len(read_imglist(s.imglist)) for s, _ in splits)
-    frac = 1.0 if not test_limit else min(1.0, test_limit / max(total, 1))
+    frac = test_fraction(bench, test_limit)
     for split, lab in splits:
         ds = bench.dataset(split, train=False)
-        idx = [i for i, e in enumerate(ds.entries) if frac >= 1 or keep_fraction(e.path, frac)]
+        idx = kept_test_indices(ds.entries, frac)
         if not idx:
             raise DataError(f"benchmark {bench.name}: ad.test_limit={test_limit} leaves split '{split.name}' empty")
         parts.append((ds, idx))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ad_helpers import PRE, bench_spec, labelled, make_cfg  # noqa: F401  (labelled: fixture)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -219,3 +220,102 @@ def test_normal_class_by_index_or_name_with_one_line_errors():
         named_class("wood", classes, "MVTec-AD")
     with pytest.raises(ConfigError, match="True is not"):  # a bool is not an index
         named_class(True, classes, "MVTec-AD")
+
+
+# ------------------------------------------------------- the whole protocol checked before anything exists
+def _folder_set(root: Path, classes=("a", "b", "c"), empty_train=(), no_normal_test=(), layout="one_vs_rest",
+                mask_size=None) -> dict:
+    """An ``ad_folder`` tree of 28x28 grey images; returns its benchmark block."""
+    rng = np.random.default_rng(0)
+
+    def put(folder: Path, n: int, size=(28, 28)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, size[::-1], dtype=np.uint8)).save(folder / f"{i}.png")
+
+    for c in classes:
+        if layout == "one_vs_rest":
+            put(root / "train" / c, 0 if c in empty_train else 4)
+            put(root / "test" / c, 0 if c in no_normal_test else 3)
+        else:
+            put(root / "train" / c / "normal", 4)
+            put(root / "test" / c / "normal", 3)
+            put(root / "test" / c / "anomalous", 2)
+            put(root / "test" / c / "anomalous_gt", 2, size=mask_size.get(c, (28, 28)))
+    return {"name": "ad_folder", "root": str(root), "preprocessor": PRE}
+
+
+def _refused_before_anything(tmp_path, cfg, error, *fragments):
+    with pytest.raises(error) as exc:
+        run_config(cfg)
+    msg = str(exc.value)
+    assert "\n" not in msg and all(f in msg for f in fragments), msg
+    assert not (tmp_path / "results").exists()  # no run directory, nothing trained
+    return msg
+
+
+def test_empty_classes_list_is_one_line(labelled, tmp_path):
+    with pytest.raises(ConfigError, match=r"ad.classes: empty list; give the normal classes to run, or 'all' "
+                                          r"\(classes: 0, 1, 2\)"):
+        ADSettings.from_config(make_cfg(tmp_path, bench_spec(labelled), {"classes": []}))
+
+
+def test_seeds_list_on_the_command_line_is_accepted(labelled, tmp_path):
+    """``ad.seeds=[0,3]`` replaces ``seeds: 1`` (documented: N or a list); it used to say "expected int"."""
+    from openood_ext.config import apply_overrides
+    cfg = apply_overrides(make_cfg(tmp_path, bench_spec(labelled), {"seeds": 1}), ["ad.seeds=[0,3]"])
+    assert ADSettings.from_config(cfg).seeds == [0, 3]
+
+
+@pytest.mark.parametrize("kind", ["empty_train", "no_normal_test"])
+def test_a_later_class_without_data_is_refused_before_training(tmp_path, kind):
+    spec = _folder_set(tmp_path / "set", **{kind: ("c",)})
+    cfg = make_cfg(tmp_path, spec, {"classes": "all"})
+    what = "no training images" if kind == "empty_train" else "no normal test images"
+    _refused_before_anything(tmp_path, cfg, DataError, "class c", what)
+
+
+def test_masks_of_another_size_than_their_images_are_refused_before_training(tmp_path):
+    spec = _folder_set(tmp_path / "set", classes=("a", "b"), layout="normal_anomalous", mask_size={"b": (20, 28)})
+    cfg = make_cfg(tmp_path, spec, {"classes": "all"})
+    _refused_before_anything(tmp_path, cfg, DataError, "ground-truth mask", "test/b/anomalous_gt/0.png",
+                             "is 20x28 but its image", "is 28x28")
+
+
+def test_test_limit_too_small_for_a_split_is_refused_before_training(labelled, tmp_path):
+    cfg = make_cfg(tmp_path, bench_spec(labelled), {"classes": [0, 1], "test_limit": 1})
+    _refused_before_anything(tmp_path, cfg, DataError, "ad.test_limit=1 leaves split", "raise the limit")
+
+
+def test_weights_a_trainer_reads_are_checked_before_anything(labelled, tmp_path, monkeypatch):
+    """A trainer's ``check_weights(net)`` runs in the precheck: a truncated checkpoint (or one of another
+    architecture) is refused before the run directory exists, not after the first cell."""
+    from openood_ext.errors import CheckpointError
+    from openood_ext.networks import NETWORKS
+    from openood_ext.networks.checkpoint import load_checkpoint, save_checkpoint
+    from openood_ext.trainers import TRAINERS
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, NETWORKS.build({"name": "fcdd_cnn28", "in_channels": 1, "image_size": 28}), {"name": "fcdd_cnn28"})
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, NETWORKS.build({"name": "lenet", "num_classes": 3}), {"name": "lenet"})
+    fcdd = TRAINERS.get("fcdd")
+    for path, fragment in ((tmp_path / "cut.pt", "not a readable checkpoint"), (other, "does not fit network")):
+        monkeypatch.setattr(fcdd, "check_weights", lambda self, net, path=path: load_checkpoint(path, net), raising=False)
+        _refused_before_anything(tmp_path, make_cfg(tmp_path, bench_spec(labelled), {"classes": [0]}),
+                                 CheckpointError, str(path), fragment)
+
+
+def test_vmdls_and_oaml_check_the_weights_they_read(tmp_path):
+    from openood_ext.errors import CheckpointError
+    from openood_ext.trainers.oaml import OAMLTrainer
+    from openood_ext.trainers.vmdls import VMDLSTrainer
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
+    vm = VMDLSTrainer.__new__(VMDLSTrainer)
+    vm.init_weights = str(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match=r"trainer.init_weights: .*cut.pt: not a readable checkpoint"):
+        vm.check_weights(object())
+    oaml = OAMLTrainer.__new__(OAMLTrainer)
+    oaml.student_init = str(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable checkpoint"):
+        oaml.check_weights(torch.nn.Linear(2, 2))
