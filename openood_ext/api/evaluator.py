@@ -36,7 +36,6 @@ from .. import __version__
 from ..datasets import Benchmark
 from ..datasets.cli import load_benchmark
 from ..datasets.imglist import SkipCounter, read_imglist
-from ..datasets.transforms import image_mode
 from ..errors import ConfigError
 from ..evaluators import EVALUATORS
 from ..features import EmptySplit, FeatureCache, NetOutputs, cache_key, extract_outputs, file_sha256
