@@ -78,11 +78,16 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
+#: What every run directory holds from its start: an unfinished run with nothing else did no work yet.
+BOOKKEEPING = frozenset({"config.yaml", "log.txt", "run.json"})
+
+
 def check_unfinished(cfg) -> None:
     """Refuse to discard or mix the finished parts of an interrupted run (``<experiment>.partial``).
 
     * without ``resume``: ConfigError asking for ``--resume`` (continue it) or ``overwrite=true`` (discard
-      it), unless ``overwrite`` is given;
+      it), unless ``overwrite`` is given or the directory holds nothing but :data:`BOOKKEEPING` (a run that
+      failed before it saved any work, e.g. on a bad checkpoint: it is started afresh);
     * with ``resume``: the stored resolved config (``.partial/config.yaml``) and ``cfg`` must agree on every
       key outside :data:`NOT_IDENTITY`; ConfigError naming the keys that differ otherwise.
 
@@ -93,14 +98,16 @@ def check_unfinished(cfg) -> None:
     if not partial.is_dir():
         return
     if not cfg.get("resume", False):
-        if cfg.get("overwrite", False):
-            return
+        work = sorted(p.name for p in partial.iterdir() if p.name not in BOOKKEEPING)
+        if cfg.get("overwrite", False) or not work:
+            return  # discarded on purpose, or nothing finished to lose (it failed before any work was saved)
         try:
             status = json.loads((partial / "run.json").read_text()).get("status", "unfinished")
         except (OSError, ValueError, AttributeError):
             status = "unfinished"
-        raise ConfigError(f"{partial} holds an {status} run; continue it with: openood-ext run --resume {final} "
-                          f"(same settings), or give overwrite=true to discard it")
+        shown = ", ".join(work[:3]) + (", ..." if len(work) > 3 else "")
+        raise ConfigError(f"{partial} holds the finished work of an {status} run ({shown}); continue it with: "
+                          f"openood-ext run --resume {final} (same settings), or give overwrite=true to discard it")
     old_file = partial / "config.yaml"
     if not old_file.exists():
         return  # stopped before it saved its config: nothing finished to mix

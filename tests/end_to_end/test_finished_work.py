@@ -27,6 +27,7 @@ from openood_ext.errors import ConfigError, OpenOODError
 from openood_ext.networks import NETWORKS
 from openood_ext.networks.checkpoint import save_checkpoint
 from openood_ext.pipelines.ad import protocol as ad_mod
+from openood_ext.pipelines.run_identity import check_unfinished
 from openood_ext.runner import run_config
 from openood_ext.sweep.command import plan_sweep, summary_path
 from openood_ext.utils.io import write_json, write_stream, write_text, write_with
@@ -210,7 +211,7 @@ def test_interrupted_ad_run_is_neither_discarded_nor_resumed_under_other_setting
     assert (partial / "normal_0" / "seed_0" / "result.json").is_file()
     before = snapshot(tmp_path)
 
-    one_line_error(capsys, ["run", "--config", str(config)], f"{partial} holds an interrupted run",
+    one_line_error(capsys, ["run", "--config", str(config)], f"{partial} holds the finished work of an interrupted run (normal_0",
                    f"--resume {results / 'killed'}", "overwrite=true")
     one_line_error(capsys, ["run", "--resume", str(results / "killed"), "trainer.epochs=2", "ad.heatmaps=1"],
                    "settings differ", "ad.heatmaps, trainer.epochs", "overwrite=true")
@@ -224,16 +225,18 @@ def test_interrupted_ad_run_is_neither_discarded_nor_resumed_under_other_setting
     assert {str(c): v["auroc_mean"] for c, v in per_class.items()} == pytest.approx(ref["per_class"])  # uninterrupted
 
 
-def test_overwrite_discards_an_interrupted_run_on_purpose(tmp_path):
+def test_only_overwrite_discards_the_finished_work_of_an_unfinished_run(tmp_path):
     cfg = make_cfg(tmp_path, {"name": "x"}, {}, experiment="again")
     partial = tmp_path / "results" / "again.partial"
     partial.mkdir(parents=True)
     (partial / "config.yaml").write_text("seed: 0\n")
-    from openood_ext.pipelines.run_identity import check_unfinished
-    with pytest.raises(ConfigError, match="holds an unfinished run"):
+    (partial / "log.txt").write_text("failed on a bad checkpoint\n")
+    check_unfinished(cfg)  # nothing but bookkeeping: a run that failed before any work is started afresh
+    (partial / "last.pt").write_bytes(b"state")
+    with pytest.raises(ConfigError, match=r"holds the finished work of an unfinished run \(last.pt\)"):
         check_unfinished(cfg)
     cfg.overwrite = True
-    check_unfinished(cfg)  # allowed: the run will discard it
+    check_unfinished(cfg)  # allowed: the run discards it on purpose
 
 
 def test_a_second_sweep_keeps_the_first_summary(tmp_path):
