@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from .errors import DataError
-from .utils.io import write_with
+from .utils.io import write_stream
 from .utils.runtime import get_logger, progress
 
 
@@ -292,7 +292,7 @@ class FeatureCache:
     def save(self, key: str, outputs: NetOutputs) -> None:
         if self.root is None:
             return
-        write_with(self.path(key), lambda tmp: torch.save({**outputs.to_dict(), "key": key}, tmp))
+        write_stream(self.path(key), lambda fh: torch.save({**outputs.to_dict(), "key": key}, fh))
 
     def get_or_compute(self, key: str, compute, expected_samples: int | None = None) -> NetOutputs:
         """Load ``key`` or run ``compute()`` (and store its result)."""

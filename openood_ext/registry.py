@@ -206,10 +206,10 @@ class Registry:
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must say so, not vanish
+            except (Exception, SystemExit) as exc:  # a broken plugin must say so, not vanish
                 raise PluginError(
                     f"entry point '{ep.name} = {ep.value}' (group {ep.group}) "
-                    f"failed to import: {type(exc).__name__}: {exc}") from exc
+                    f"failed to import: {_import_failure(exc)}") from exc
             if inspect.ismodule(obj):
                 continue  # importing the module registered its parts
             if self._canonical(ep.name) is None:
@@ -231,8 +231,14 @@ def import_plugins(modules: Iterable[str]) -> None:
     for mod in modules or ():
         try:
             importlib.import_module(mod)
-        except Exception as exc:
-            raise PluginError(f"plugin module '{mod}' failed to import: {type(exc).__name__}: {exc}") from exc
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin must not end the run without a word
+            raise PluginError(f"plugin module '{mod}' failed to import: {_import_failure(exc)}") from exc
+
+
+def _import_failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) (a plugin module may only define and register parts)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def registries() -> dict[str, Registry]:

@@ -27,6 +27,7 @@ from ..config import load_yaml, to_plain
 from ..datasets import BENCHMARKS
 from ..datasets.benchmark import resolve_path
 from ..datasets.imglist import read_imglist
+from ..utils.io import write_text
 from ..utils.timing import alternate
 
 
@@ -38,7 +39,7 @@ def benchmark_subset(name: str, split_name: str, images: int, out_dir: Path):
     split = bench.split(split_name)
     lines = Path(split.imglist).read_text().splitlines()[:images]
     sub = out_dir / f"{split_name}_{len(lines)}.txt"
-    sub.write_text("\n".join(lines) + "\n")
+    write_text(sub, "\n".join(lines) + "\n")
     new = dataclasses.replace(split, imglist=sub, image_root=bench.image_root_of(split))
     bench._splits = [new if s.name == split_name else s for s in bench._splits]  # as ad.limit_train_split
     return bench, new

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..synthesizers.npos import NPOSParams, faiss_available, npos_sample
+from ..utils.io import write_text
 from ..utils.timing import median_time
 
 
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
         print(f"  {k:6s} {sec:8.3f} s/call  {r['outliers_per_s'][k]:10.0f} outliers/s")
     print("  ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in r["ratios"].items()))
     if output:
-        with open(output, "w") as fh:
-            json.dump(r, fh, indent=2)
+        write_text(output, json.dumps(r, indent=2))
     return 0
 
 

@@ -25,6 +25,7 @@ from ..networks import NETWORKS
 from ..synthesizers.sd_pipeline import SDConfig, ensure_generated
 from ..trainers import TRAINERS, Batch, TrainContext
 from ..trainers.oaml import OAMLTrainer
+from ..utils.io import write_text
 from ..utils.timing import median_time
 
 
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
               f"{s['latent_dim']} -> {s['latent_hidden']}, {s['device']}): base {s['base_step_s'] * 1e3:.1f} ms, "
               f"oaml {s['oaml_step_s'] * 1e3:.1f} ms, ratio {s['ratio']:.2f}")
     if a.output:
-        Path(a.output).write_text(json.dumps(out, indent=2))
+        write_text(a.output, json.dumps(out, indent=2))
     return 0
 
 

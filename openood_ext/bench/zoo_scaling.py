@@ -28,7 +28,7 @@ import torch
 from ..features import NetOutputs
 from ..postprocessors import POSTPROCESSORS
 from ..postprocessors.schedule import FixedSource, Scheduler, route
-from ..utils.io import write_json
+from ..utils.io import write_json, write_with
 
 
 def synthetic_outputs(n: int, dim: int, classes: int, fc: tuple, seed: int) -> NetOutputs:
@@ -139,7 +139,7 @@ def plot(r: dict, path: Path) -> Path:
     ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
 

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
+from ..utils.io import write_stream, write_text
 from .image_modes import convert_image
 from .imglist import read_imglist
 
@@ -73,7 +74,8 @@ def add_noise(images: np.ndarray, rng: np.random.Generator, std: float | list[fl
 
 def _save(arr: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+    image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    write_stream(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def write_noise_set(kind: str, data_root: str | os.PathLike, benchmark: str, name: str | None = None, *,
@@ -125,7 +127,7 @@ def write_noise_set(kind: str, data_root: str | os.PathLike, benchmark: str, nam
         _save(a, images_root / r)
     imglist = root / "benchmark_imglist" / benchmark / f"test_{name}.txt"
     imglist.parent.mkdir(parents=True, exist_ok=True)
-    imglist.write_text("".join(f"{r} 0\n" for r in rel))
+    write_text(imglist, "".join(f"{r} 0\n" for r in rel))
     return imglist
 
 

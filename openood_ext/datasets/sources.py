@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..utils.io import check_replaceable
 
 CHUNK = 1 << 20
 USER_AGENT = "openood-ext-data/1"
@@ -244,6 +245,7 @@ def download(remote: RemoteFile, dest_dir: str | os.PathLike, timeout: float = 6
             continue
         problem = verify(part, remote)
         if problem is None:
+            check_replaceable(target)  # a rename would replace a directory, link or device there
             os.replace(part, target)
             return target
         part.unlink(missing_ok=True)  # a complete but wrong file: never resume from it

@@ -7,6 +7,7 @@ goes to the job's log file; no backend runs a server of ours.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..utils.interrupts import RunInterrupted, critical
 from .job import Job, JobResult, result_of
 
 
@@ -60,14 +62,16 @@ def run_local(jobs: list[Job], max_parallel: int = 1, poll_s: float = 0.05) -> l
                     del running[i]
             time.sleep(poll_s)
     except BaseException:
-        for proc, _, fh in running.values():
-            proc.terminate()
-        for i, (proc, t0, fh) in running.items():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            fh.close()
+        with critical():  # a second SIGINT/SIGTERM waits: the children must not be left running
+            for proc, _, fh in running.values():
+                proc.terminate()
+            for i, (proc, t0, fh) in running.items():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                fh.close()
         raise
     return results  # type: ignore[return-value]
 
@@ -97,12 +101,24 @@ def run_submitit(jobs: list[Job], max_parallel: int = 1, folder: str | os.PathLi
     results = []
     for job, handle in zip(jobs, handles):
         try:
-            code, wall = handle.result()
+            code, wall = _wait_or_cancel(handle, handles)
         except Exception as exc:  # noqa: BLE001  the scheduler lost the task (timeout, node failure, cancelled)
             results.append(result_of(job, None, time.perf_counter() - t0, f"submitit: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
             continue
         results.append(result_of(job, code, wall))
     return results
+
+
+def _wait_or_cancel(handle, handles):
+    """``handle.result()``; on Ctrl-C / SIGTERM every submitted job is cancelled before it propagates."""
+    try:
+        return handle.result()
+    except (KeyboardInterrupt, RunInterrupted):
+        with critical():
+            for h in handles:
+                with contextlib.suppress(Exception):
+                    h.cancel(check=False)
+        raise
 
 
 def run_ray(jobs: list[Job], max_parallel: int = 1, address: str | None = None, num_cpus_per_job: float = 1,
@@ -131,7 +147,14 @@ def run_ray(jobs: list[Job], max_parallel: int = 1, address: str | None = None, 
             i = pending.pop(0)
             job = jobs[i]
             in_flight[task.remote(job.argv, str(job.log), job.cwd, dict(job.env))] = i
-        done, _ = ray.wait(list(in_flight), num_returns=1)
+        try:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+        except (KeyboardInterrupt, RunInterrupted):
+            with critical():  # stop the running tasks before the interrupt propagates
+                for ref in in_flight:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)
+            raise
         for ref in done:
             i = in_flight.pop(ref)
             try:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import CheckpointError
-from ..utils.io import write_with
+from ..utils.io import write_stream
 
 FORMAT = "openood_ext/1"
 
@@ -21,7 +21,7 @@ def save_checkpoint(path: str | Path, net: torch.nn.Module, network_cfg: Mapping
                     meta: Mapping[str, Any] | None = None) -> None:
     blob = {"format": FORMAT, "network": dict(network_cfg), "state_dict": net.state_dict(),
             "meta": dict(meta or {})}
-    write_with(path, lambda tmp: torch.save(blob, tmp))
+    write_stream(path, lambda fh: torch.save(blob, fh))
 
 
 def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:

@@ -25,7 +25,12 @@ from ..utils.interrupts import RunInterrupted, critical
 from ..utils.io import write_json
 from ..utils.runtime import resolve_device, seed_everything, setup_logging
 from ..utils.timing import add_elapsed
-from .run_identity import check_experiment_name, complete_result, run_identity
+from .run_identity import (
+    check_experiment_name,
+    check_unfinished,
+    complete_result,
+    run_identity,
+)
 
 
 class RunContext:
@@ -66,11 +71,16 @@ class RunContext:
         except OSError as exc:
             raise ConfigError(f"output_dir {root} cannot be created: {exc.strerror or exc}") from None
         self._lock = _acquire_lock(root / f".{name}.lock", name)
-        if self.dir.exists() and not self.resume:
-            shutil.rmtree(self.dir)  # leftovers of an interrupted run that is not being resumed
-        self.dir.mkdir(parents=True, exist_ok=True)
+        check_unfinished(self.cfg)  # again under the lock: validate_run checked before anything was created
+        try:
+            if self.dir.exists() and not self.resume:
+                shutil.rmtree(self.dir)  # an unfinished run discarded on purpose (overwrite: true)
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"output_dir {root}: cannot create {self.dir}: {exc.strerror or exc}") from None
         self.log = setup_logging(self.dir / "log.txt", verbose=bool(self.cfg.get("verbose", False)))
-        save_config(self.cfg, self.dir / "config.yaml")
+        if not (self.resume and (self.dir / "config.yaml").is_file()):
+            save_config(self.cfg, self.dir / "config.yaml")  # a resumed run keeps the record of its start
 
     @property
     def is_main(self) -> bool:
@@ -140,7 +150,11 @@ class RunContext:
 
 
 def _acquire_lock(path: Path, name: str):
-    fh = open(path, "a+")
+    try:
+        fh = open(path, "a+")
+    except OSError as exc:
+        raise ConfigError(f"output_dir {path.parent} is not writable ({exc.strerror or exc}: {path}); "
+                          f"give output_dir=<a writable folder>") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -25,7 +25,7 @@ from ..errors import DataError
 from ..features import extract_outputs
 from ..networks.checkpoint import load_checkpoint
 from ..synthesizers.sd_pipeline import SDConfig, class_anchors, load_pipeline
-from ..utils.io import write_with
+from ..utils.io import write_stream
 from .context import build_benchmark, build_network
 
 
@@ -33,8 +33,8 @@ def write_anchors(sd_cfg, path: str | Path) -> torch.Tensor:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = load_pipeline(sd_cfg, Path(tmp))
         anchors = class_anchors(pipe, sd_cfg.classes)
-    write_with(path, lambda t: torch.save({"anchors": anchors, "classes": list(sd_cfg.classes),
-                                           "model": sd_cfg.model}, t))
+    write_stream(path, lambda fh: torch.save({"anchors": anchors, "classes": list(sd_cfg.classes),
+                                              "model": sd_cfg.model}, fh))
     return anchors
 
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         if not args.checkpoint:
             p.error("features needs --checkpoint")
         f = extract_features(cfg, args.checkpoint, args.per_class, args.device)
-        write_with(args.output, lambda t: torch.save(f, t))
+        write_stream(args.output, lambda fh: torch.save(f, fh))
         print(f"ID features {tuple(f.shape)} -> {args.output}")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..utils.io import write_json, write_text, write_with
+from ..utils.io import write_json, write_stream, write_text
 
 TABLE_COLUMNS = [("id", "id_test", "accuracy", "ID acc"),
                  ("near", "nearood", "auroc", "Near AUROC"), ("near", "nearood", "fpr95", "Near FPR95"),
@@ -17,7 +17,7 @@ TABLE_COLUMNS = [("id", "id_test", "accuracy", "ID acc"),
 def save_scores(run_dir: Path, postprocessor: str, splits: dict[str, dict[str, np.ndarray]]) -> None:
     """``scores/<postprocessor>.npz`` with arrays ``<split>__conf``, ``<split>__pred``, ``<split>__label``."""
     arrays = {f"{split}__{k}": v for split, d in splits.items() for k, v in d.items()}
-    write_with(run_dir / "scores" / f"{postprocessor}.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    write_stream(run_dir / "scores" / f"{postprocessor}.npz", lambda fh: np.savez(fh, **arrays))
 
 
 def write_metrics(run_dir: Path, rows: list[dict], summary: dict) -> pd.DataFrame:

@@ -1,6 +1,8 @@
 """What makes a run directory what it is: its name, whether it holds a complete result, and the identity of
 the configuration that produced it (a short hash of what changes the numbers), so that a finished result
-is never replaced by a run of another configuration without ``overwrite: true``."""
+is never replaced by a run of another configuration without ``overwrite: true``, and an unfinished one
+(``<experiment>.partial``) is neither deleted without ``overwrite: true`` nor resumed under settings that
+change its numbers (:func:`check_unfinished`)."""
 
 from __future__ import annotations
 
@@ -70,3 +72,49 @@ def saved_config(run_dir: Path) -> dict | None:
         return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
     except Exception:  # unreadable: treated as a different configuration
         return None
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+#: What every run directory holds from its start: an unfinished run with nothing else did no work yet.
+BOOKKEEPING = frozenset({"config.yaml", "log.txt", "run.json"})
+
+
+def check_unfinished(cfg) -> None:
+    """Refuse to discard or mix the finished parts of an interrupted run (``<experiment>.partial``).
+
+    * without ``resume``: ConfigError asking for ``--resume`` (continue it) or ``overwrite=true`` (discard
+      it), unless ``overwrite`` is given or the directory holds nothing but :data:`BOOKKEEPING` (a run that
+      failed before it saved any work, e.g. on a bad checkpoint: it is started afresh);
+    * with ``resume``: the stored resolved config (``.partial/config.yaml``) and ``cfg`` must agree on every
+      key outside :data:`NOT_IDENTITY`; ConfigError naming the keys that differ otherwise.
+
+    Reads only: called before anything is created or rewritten (config.yaml included)."""
+    root = Path(str(cfg.get("output_dir", "results")))
+    name = str(cfg.get("experiment", "default"))
+    final, partial = root / name, root / f"{name}.partial"
+    if not partial.is_dir():
+        return
+    if not cfg.get("resume", False):
+        work = sorted(p.name for p in partial.iterdir() if p.name not in BOOKKEEPING)
+        if cfg.get("overwrite", False) or not work:
+            return  # discarded on purpose, or nothing finished to lose (it failed before any work was saved)
+        try:
+            status = json.loads((partial / "run.json").read_text()).get("status", "unfinished")
+        except (OSError, ValueError, AttributeError):
+            status = "unfinished"
+        shown = ", ".join(work[:3]) + (", ..." if len(work) > 3 else "")
+        raise ConfigError(f"{partial} holds the finished work of an {status} run ({shown}); continue it with: "
+                          f"openood-ext run --resume {final} (same settings), or give overwrite=true to discard it")
+    old_file = partial / "config.yaml"
+    if not old_file.exists():
+        return  # stopped before it saved its config: nothing finished to mix
+    old = saved_config(partial)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    changed = changed_keys(old, new) if old is not None else [f"{old_file} unreadable"]
+    if changed:
+        raise ConfigError(f"--resume {final}: the settings differ from the interrupted run's in {_shown(changed)}, "
+                          f"which would mix results of two configurations; resume with the same settings, or "
+                          f"start over with overwrite=true (discards {partial})")

@@ -12,12 +12,17 @@ exactly one line. It checks, in this order:
 * ``benchmark``: a registered name, its constructor arguments, and every ID image-list label inside
   ``0 .. num_classes - 1`` (file:line named);
 * ``network``: its arguments, and ``num_classes`` equal to the benchmark's;
+* ``network.checkpoint`` (or ``checkpoints/<experiment>.pt``): when something is there, a regular file (a
+  directory or a device node is an error, not a "missing" checkpoint to train); a run that writes it
+  (training) also refuses a symbolic link, which the atomic write would replace;
 * ``trainer`` when the run trains (a training pipeline, or ``train_if_missing`` with no checkpoint):
   :func:`openood_ext.trainers.validate_trainer_config`, once: the pipeline reuses the checked plan;
 * ``evaluator`` and every postprocessor (its APS grid included) against the part's
   signature and type hints (:mod:`openood_ext.schema`);
 * run identity: a complete result under the same experiment name is replaced only by a run of the
-  same configuration (:mod:`.run_identity`) or with ``overwrite: true``.
+  same configuration (:mod:`.run_identity`) or with ``overwrite: true``; an unfinished one
+  (``<experiment>.partial``) is continued only with ``--resume`` under the same configuration, or
+  discarded with ``overwrite: true`` (:func:`.run_identity.check_unfinished`).
 
 Each rule lives with what it is about (a part's typed arguments, a settings class, the run keys in
 ``config.RunSettings``, the postprocessor list in :mod:`.aps`); this module only walks the config in order.
@@ -36,11 +41,12 @@ from ..config import to_plain
 from ..config import validate as validate_top_level
 from ..datasets import BENCHMARKS
 from ..datasets.imglist import read_imglist
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
 from ..schema import check_section
 from ..trainers import validate_trainer_config
+from ..utils.io import non_regular_kind
 from ..utils.runtime import (
     check_compile,
     check_precision,
@@ -52,6 +58,7 @@ from .registry import PIPELINES
 from .run_identity import (
     changed_keys,
     check_experiment_name,
+    check_unfinished,
     complete_result,
     run_identity,
     saved_config,
@@ -66,10 +73,12 @@ def validate_run(cfg: DictConfig) -> None:
     check_pipeline_sections(cfg, pipeline)
     bench = check_benchmark(cfg, pipeline)
     check_network(cfg, bench)
+    check_checkpoint_path(cfg, pipeline)
     if needs_training(cfg, pipeline):
         check_trainer(cfg)
     check_parts(cfg)
     check_run_identity(cfg)
+    check_unfinished(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- top level
@@ -160,6 +169,20 @@ def checkpoint_of(cfg: DictConfig) -> Path:
     """Where the run reads (or writes) its checkpoint: ``network.checkpoint`` or checkpoints/<experiment>.pt."""
     path = cfg.network.get("checkpoint") if "network" in cfg and hasattr(cfg.network, "get") else None
     return Path(str(path)) if path else Path("checkpoints") / f"{cfg.get('experiment', 'default')}.pt"
+
+
+def check_checkpoint_path(cfg: DictConfig, pipeline: str) -> None:
+    """CheckpointError when the checkpoint path exists but is no regular file (one that the run would
+    write: no link either, see :func:`openood_ext.utils.io.check_replaceable`)."""
+    if "network" not in cfg or not hasattr(cfg.network, "get"):
+        return
+    path = checkpoint_of(cfg)
+    kind = non_regular_kind(path)
+    if kind is None or (path.is_file() and not needs_training(cfg, pipeline)):
+        return  # absent, a regular file, or a link to one that is only read
+    key = "network.checkpoint" if cfg.network.get("checkpoint") else "checkpoint"
+    raise CheckpointError(f"{key} {path} is {kind}, not a checkpoint file; give the path of a checkpoint file "
+                          f"(or of an absent one to train)")
 
 
 def needs_training(cfg: DictConfig, pipeline: str) -> bool:

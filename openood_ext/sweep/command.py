@@ -14,10 +14,16 @@
   a grid whose jobs would all train the same missing checkpoint (``train_if_missing``) at once.
 * The benchmarks' data are prepared once by the sweep before the jobs start (jobs preparing the same
   data in parallel would race).
-* At the end: a status table (job, status, wall time, error), ``DIR/sweep.json`` with the same, and the
+* A point whose run was interrupted (``DIR/NAME.partial`` exists, e.g. from an earlier interrupted sweep)
+  is resumed (``resume=true``): its stored config must agree with the point's on everything that changes
+  results, or the sweep stops before any job with one line naming the keys. Finished cells are never
+  discarded; to start such a point over, remove its ``.partial`` directory or give ``overwrite=true``.
+* At the end: a status table (job, status, wall time, error), ``DIR/sweep.json`` with the same (a later
+  sweep into the same folder keeps it and writes ``sweep-2.json``, ``sweep-3.json``, ...), and the
   command that collects the runs: ``openood-ext leaderboard DIR`` (seeds of one point are averaged there,
   other axes become separate rows with ``key=value`` in ``Hyperparameters``).
-* Exit status 0 when every job completed, 1 when one failed, 130 when interrupted.
+* Exit status 0 when every job completed, 1 when one failed, 130 when interrupted (SIGINT or SIGTERM to the
+  sweep: the running jobs are stopped first, and stop cleanly, so that the next sweep resumes them).
 * ``--backend-option KEY=VALUE`` (value parsed as YAML) goes to the backend, e.g. ``cluster=debug``,
   ``timeout_min=120``, ``slurm_partition=gpu`` for submitit, ``address=auto`` for ray.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import sys
 import time
@@ -48,6 +55,7 @@ from ..launch.job import config_job
 from ..pipelines.ad.settings import ADSettings, cell_benchmark
 from ..pipelines.validation import checkpoint_of, validate_run
 from ..registry import import_plugins
+from ..utils.interrupts import graceful_interrupts
 from ..utils.io import write_json
 
 SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -129,6 +137,8 @@ def plan_sweep(configs: Sequence[str], overrides: Sequence[str], output_dir: str
             raise ConfigError(f"sweep: two grid points get the same run directory name '{name}' (values that "
                               f"differ only in punctuation); use distinct values")
         names.add(name)
+        if (sweep_dir / f"{name}.partial").is_dir() and not _given(point_overrides, "overwrite"):
+            point_overrides.append("resume=true")  # an interrupted point: continue it, never discard it
         job = config_job(configs, point_overrides, output_dir=sweep_dir, experiment=name)
         cfg = load_config(configs, [*point_overrides, f"output_dir={sweep_dir}", f"experiment={name}"])
         import_plugins(to_plain(cfg.get("plugins")) or [])
@@ -137,6 +147,19 @@ def plan_sweep(configs: Sequence[str], overrides: Sequence[str], output_dir: str
         cfgs.append(cfg)
     check_shared_checkpoints(cfgs)
     return jobs, axes, sweep_dir, cfgs
+
+
+def _given(overrides: Sequence[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+") == key for o in overrides)
+
+
+def summary_path(sweep_dir: Path) -> Path:
+    """``sweep.json``, or the first free ``sweep-N.json`` when an earlier sweep wrote into this folder."""
+    path, n = sweep_dir / "sweep.json", 1
+    while os.path.lexists(path):
+        n += 1
+        path = sweep_dir / f"sweep-{n}.json"
+    return path
 
 
 def check_shared_checkpoints(cfgs) -> None:
@@ -176,6 +199,11 @@ def summary_table(results) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
+    with graceful_interrupts():  # SIGTERM as SIGINT: the jobs are stopped, exit status 130 (cli.main)
+        return _main(argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     configs, rest, resume = split_run_args(argv)
     if resume:
         raise ConfigError("sweep: --resume is not a sweep option (resume one job with openood-ext run --resume RUN_DIR; "
@@ -210,13 +238,15 @@ def main(argv: Sequence[str]) -> int:
     results = launch(jobs, **launch_kwargs)
     wall = time.perf_counter() - t0
     print(summary_table(results))
-    write_json(sweep_dir / "sweep.json", {
+    summary = summary_path(sweep_dir)
+    write_json(summary, {
         "configs": list(configs), "axes": {k: v for k, v in axes}, "backend": args.backend, "jobs": args.jobs,
         "wall_s": round(wall, 3),
         "runs": [{"name": r.job.name, "run_dir": str(r.run_dir), "status": r.status, "returncode": r.returncode,
                   "wall_s": round(r.wall_s, 3), "error": r.error, "log": str(r.job.log)} for r in results]})
     done = sum(r.ok for r in results)
-    print(f"sweep: {done}/{len(results)} complete in {wall:.1f} s; collect them with: openood-ext leaderboard {sweep_dir}",
+    print(f"sweep: {done}/{len(results)} complete in {wall:.1f} s (summary {summary}); collect them with: "
+          f"openood-ext leaderboard {sweep_dir}",
           file=sys.stderr)
     if any(r.status == "interrupted" for r in results):
         return 130

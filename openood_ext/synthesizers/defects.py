@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..utils.io import write_stream
+
 TEXTURES = ("stripes", "dots")
 
 
@@ -67,7 +69,8 @@ def _save(arr: np.ndarray, path: Path, channels: int) -> None:
     u8 = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
     if channels == 3:
         u8 = np.repeat(u8[..., None], 3, axis=2)
-    Image.fromarray(u8).save(path)
+    image = Image.fromarray(u8)
+    write_stream(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def make_defect_set(root: str | Path, size: int = 28, channels: int = 1, n_train: int = 40, n_train_anomalous: int = 4,

@@ -43,7 +43,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..networks.clip_vocab import write_tiny_clip_vocab
 from ..schema import PositiveInt, check_value
-from ..utils.io import write_json, write_text, write_with
+from ..utils.io import write_json, write_stream, write_text
 
 PROMPT = "A high-quality image of the {}"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -291,8 +291,8 @@ def ensure_generated(root: str | Path, cfg: SDConfig, device: str | torch.device
         anchors = class_anchors(pipe, cfg.classes)
         feats = load_id_features(cfg, anchors, g)
         pool = sample_text_outliers(feats, anchors, cfg, g)
-        write_with(pool_path, lambda tmp: torch.save({"outliers": pool, "anchors": anchors,
-                                                      "classes": list(cfg.classes)}, tmp))
+        write_stream(pool_path, lambda fh: torch.save({"outliers": pool, "anchors": anchors,
+                                                         "classes": list(cfg.classes)}, fh))
     pool = torch.load(pool_path, weights_only=True)["outliers"]
     lines = set(read_list(root))
     uncond = encode_prompt(pipe, "")
@@ -322,8 +322,9 @@ def ensure_generated(root: str | Path, cfg: SDConfig, device: str | torch.device
             rel, lat = entry_paths(root, cfg, c, k)
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             lat.parent.mkdir(parents=True, exist_ok=True)
-            im.resize((cfg.save_size, cfg.save_size)).save(root / rel)
-            np.save(lat, zi.float().cpu().numpy())
+            small, latent = im.resize((cfg.save_size, cfg.save_size)), zi.float().cpu().numpy()
+            write_stream(root / rel, lambda fh, small=small: small.save(fh, format="PNG"))
+            write_stream(lat, lambda fh, latent=latent: np.save(fh, latent))
             lines.add(f"{rel} {c}")
         write_text(root / "images.txt", "\n".join(sorted(lines)) + "\n")
         n += len(ks)

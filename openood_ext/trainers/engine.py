@@ -47,7 +47,7 @@ from .. import distributed
 from ..config import to_plain
 from ..errors import CheckpointError, ConfigError, OpenOODError
 from ..schema import PositiveFloat, PositiveInt, check_value
-from ..utils.io import write_with
+from ..utils.io import write_stream
 from ..utils.runtime import autocast, check_compile, get_logger, prepare_module, progress, seed_everything
 from .optim import build_optimizer, build_scheduler, check_optimizer_spec, check_schedule_spec
 from .resume import restore_rng_states, rng_states
@@ -432,4 +432,4 @@ class Engine:
 
 def save_training_state(path: Path, blob: dict) -> None:
     """Write a training state atomically (a killed process leaves the previous one intact)."""
-    write_with(path, lambda tmp: torch.save(blob, tmp))
+    write_stream(path, lambda fh: torch.save(blob, fh))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DataError
-from ...utils.io import write_json
+from ...utils.io import write_json, write_stream, write_with
 from ...utils.runtime import get_logger, progress
 from ..sources import LARGESCALE_SETS, MANUAL_HINTS, SOURCES, verify
 
@@ -36,6 +36,11 @@ JOURNAL = ".extracting.json"  # under images_classic: archives whose extraction 
 #: (benchmark name, the image sets it reads): what ``data prepare BENCHMARK --from ...`` may extract
 Wanted = tuple[str, frozenset[str]]
 KNOWN_PER_CLASS = {"cifar10/train": 5000, "cifar10/test": 1000, "cifar100/train": 500, "cifar100/test": 100}
+
+
+def _save_png(image: Image.Image, dest: Path) -> None:
+    """One converted image, written atomically (an interrupted conversion leaves no truncated PNG)."""
+    write_stream(dest, lambda fh: image.save(fh, format="PNG"))
 
 
 def journal_path(images_root: Path) -> Path:
@@ -159,9 +164,8 @@ def extract_image_archive(archive: Path, images_root: Path, limit: int | None = 
             dest.parent.mkdir(parents=True, exist_ok=True)
             made.add(dest.parent)
         if not (dest.is_file() and dest.stat().st_size == size):
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            tmp.write_bytes(read())
-            os.replace(tmp, dest)
+            data = read()
+            write_with(dest, lambda tmp: tmp.write_bytes(data))
         counts[top] = counts.get(top, 0) + 1
 
     label = desc or archive.name
@@ -239,7 +243,7 @@ def convert_cifar_python(archive: Path, images_root: Path, set_name: str) -> dic
                     dest = images_root / set_name / split / names[lab] / f"{per_class[lab]:04d}.png"
                     if not dest.is_file():
                         dest.parent.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(img, "RGB").save(dest)
+                        _save_png(Image.fromarray(img, "RGB"), dest)
                     counts += 1
     return {set_name: counts}
 
@@ -305,7 +309,7 @@ def convert_idx_dir(directory: Path, images_root: Path, set_name: str) -> dict[s
         for i, (img, lab) in enumerate(zip(progress(images, desc=f"{set_name} {split}"), labels)):
             dest = images_root / set_name / split / str(int(lab)) / f"{i:05d}.png"
             if not dest.is_file():
-                Image.fromarray(img, "L").save(dest)
+                _save_png(Image.fromarray(img, "L"), dest)
         total += len(images)
     if total == 0:
         raise DataError(f"{directory}: no complete pair of idx files "
@@ -327,7 +331,7 @@ def convert_svhn_mat(path: Path, images_root: Path) -> dict[str, int]:
     for i in progress(range(X.shape[3]), desc=f"svhn {split}"):
         dest = out / f"{i:06d}_{int(y[i]) % 10}.png"
         if not dest.is_file():
-            Image.fromarray(np.ascontiguousarray(X[:, :, :, i]), "RGB").save(dest)
+            _save_png(Image.fromarray(np.ascontiguousarray(X[:, :, :, i]), "RGB"), dest)
     return {"svhn": int(X.shape[3])}
 
 
@@ -428,7 +432,7 @@ def ingest_openood_dir(path: Path, root: Path, benchmark: str | None) -> dict[st
             dest = root / "benchmark_imglist" / benchmark / f.name
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dest)
+                write_with(dest, lambda tmp, f=f: shutil.copyfile(f, tmp))
     return counts
 
 

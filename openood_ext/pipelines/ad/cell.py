@@ -31,7 +31,7 @@ from ...networks.checkpoint import save_checkpoint
 from ...reports.plots import ad_class_roc_plot
 from ...synthesizers.pixels import PixelSpace
 from ...trainers import plan_training
-from ...utils.io import write_json
+from ...utils.io import write_json, write_stream
 from ...utils.runtime import loader_options, seed_everything
 from ...utils.timing import add_elapsed
 from ..context import RunContext
@@ -136,7 +136,7 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
         save_heatmap_grids(cell, heat, scores, labels, lambda rows: load_test_images(bench, paths, rows),
                            settings.heatmaps, settings.heatmap_quantile, title=f"normal {cls}")
     ad_class_roc_plot({cls: (scores, labels)}, cell / "roc.png", title=f"normal class {cls}, seed {seed}")
-    np.savez(cell / "scores.npz", scores=scores, is_anomaly=labels, paths=np.asarray(paths))
+    write_stream(cell / "scores.npz", lambda fh: np.savez(fh, scores=scores, is_anomaly=labels, paths=np.asarray(paths)))
     del heat, masks  # close the memory maps before their files are deleted
     if not settings.keep_heatmaps:
         for name in ("heatmaps.npy", "masks.npy"):

@@ -35,7 +35,7 @@ from ...synthesizers.oe_images import FolderDataset
 from ...synthesizers.pixels import PixelSpace
 from ...trainers import TRAINERS, split_trainer_config
 from ...trainers.trainer import TrainContext, as_trainer
-from ...utils.io import write_with
+from ...utils.io import check_replaceable, write_with
 from ...utils.runtime import resolve_device
 
 
@@ -106,12 +106,13 @@ def score_folder(checkpoint: str | Path, folder: str | Path, out: str | Path | N
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"ad-score --folder: {folder} is not a directory")
+    out = Path(out) if out else folder.parent / f"{folder.name}_scores.csv"
+    check_replaceable(out, "ad-score --out")  # before the scoring, not after it
     dev = resolve_device(device)
     scorer, pre, _ = load_scorer(Path(checkpoint), dev)
     ds = FolderDataset(folder, folder_transform(pre), image_mode(pre))
     if len(ds) == 0:
         raise DataError(f"ad-score --folder: no image files below {folder}")
-    out = Path(out) if out else folder.parent / f"{folder.name}_scores.csv"
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=SkipCounter())
     scores = []
     with torch.no_grad():

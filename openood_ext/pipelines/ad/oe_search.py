@@ -56,7 +56,7 @@ from ...launch import JobsFailed, config_job, launch, launcher_options
 from ...search import ORACLE_NOTE, Node, Search, SearchSettings
 from ...search.candidates import ImagePool
 from ...schema import PositiveInt, check_section
-from ...utils.io import write_json
+from ...utils.io import write_json, write_with
 from ...utils.runtime import resolve_device
 from ..context import RunContext
 from ..registry import PIPELINES
@@ -214,7 +214,7 @@ def save_grid(pool: ImagePool, nodes: list[Node], path: Path, title: str) -> Pat
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
 
@@ -234,7 +234,7 @@ def fitness_plot(history: list[dict], path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
 

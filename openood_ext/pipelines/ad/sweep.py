@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from ...config import save_config, to_plain
 from ...errors import ConfigError
 from ...schema import NonNegativeInt, PositiveInt, check_section
-from ...utils.io import write_json, write_text
+from ...utils.io import write_json, write_text, write_with
 from ...utils.runtime import resolve_device
 from ..context import RunContext
 from ..registry import PIPELINES
@@ -212,6 +212,6 @@ def sweep_plot(frame: pd.DataFrame, spec: SweepSpec, out: Path, title: str = "")
     ax.legend(fontsize=7, ncol=2, title="normal class", title_fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    write_with(out, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ...utils.io import write_text
+from ...utils.io import write_text, write_with
 
 
 def compare_sweeps(run_dirs: list[Path], out_png: Path, out_csv: Path | None = None) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def compare_sweeps(run_dirs: list[Path], out_png: Path, out_csv: Path | None = N
     ax.legend(fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    write_with(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     table = pd.DataFrame(frames)
     if out_csv is not None:
