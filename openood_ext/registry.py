@@ -28,6 +28,8 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import os
+import sys
 from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
 
@@ -227,12 +229,33 @@ def _to_plain_dict(cfg: Any) -> dict:
 
 
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import the modules named in a config's ``plugins:`` list so that they register parts."""
+    """Import the modules named in a config's ``plugins:`` list so that they register parts.
+
+    A module not found on ``sys.path`` is looked for in the working directory too, so that
+    ``openood-ext run`` finds a local plugin exactly as ``python main.py`` / ``python -m`` do; the working
+    directory is on the path only while that import runs, so it never shadows an installed package.
+    """
     for mod in modules or ():
         try:
-            importlib.import_module(mod)
+            _import_from_path_or_cwd(mod)
         except (Exception, SystemExit) as exc:  # sys.exit() in a plugin must not end the run without a word
             raise PluginError(f"plugin module '{mod}' failed to import: {_import_failure(exc)}") from exc
+
+
+def _import_from_path_or_cwd(module: str) -> None:
+    try:
+        importlib.import_module(module)
+        return
+    except ModuleNotFoundError as exc:
+        top = module.split(".")[0]
+        cwd = os.getcwd()
+        if exc.name not in (module, top) or cwd in sys.path or "" in sys.path:
+            raise
+    sys.path.insert(0, cwd)
+    try:
+        importlib.import_module(module)
+    finally:
+        sys.path.remove(cwd)
 
 
 def _import_failure(exc: BaseException) -> str:

@@ -171,3 +171,15 @@ def test_a_registry_loads_its_home_package_on_first_lookup():
     assert not reg._home_loaded
     assert reg.names() == []  # the home registers into its own registries, not this one
     assert reg._home_loaded and "openood_ext.postprocessors" in sys.modules
+
+
+def test_a_plugin_module_in_the_working_directory_is_found_without_shadowing(tmp_path, monkeypatch):
+    name = f"local_plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    import_plugins([name])  # as `openood-ext run` does: its script folder, not the working directory, is on the path
+    assert sys.modules[name].LOADED
+    assert str(tmp_path) not in sys.path  # only during that import
+    with pytest.raises(PluginError, match=r"plugin module 'no_such_module_here' failed to import: ModuleNotFoundError"):
+        import_plugins(["no_such_module_here"])
