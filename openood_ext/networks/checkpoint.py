@@ -32,7 +32,8 @@ def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        why = str(exc).splitlines()[0].split(". ")[0]  # torch's advice paragraph is not the cause
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {why})") from None
     if isinstance(blob, Mapping) and "state_dict" in blob:
         state, meta = blob["state_dict"], dict(blob.get("meta", {}))
         meta["network"] = blob.get("network")

@@ -44,6 +44,7 @@ from ..datasets.imglist import read_imglist
 from ..errors import CheckpointError, ConfigError
 from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
+from ..networks.checkpoint import load_checkpoint
 from ..schema import check_section
 from ..trainers import validate_trainer_config
 from ..utils.io import non_regular_kind
@@ -74,6 +75,7 @@ def validate_run(cfg: DictConfig) -> None:
     bench = check_benchmark(cfg, pipeline)
     check_network(cfg, bench)
     check_checkpoint_path(cfg, pipeline)
+    check_checkpoint_fits(cfg, pipeline)
     if needs_training(cfg, pipeline):
         check_trainer(cfg)
     check_parts(cfg)
@@ -183,6 +185,16 @@ def check_checkpoint_path(cfg: DictConfig, pipeline: str) -> None:
     key = "network.checkpoint" if cfg.network.get("checkpoint") else "checkpoint"
     raise CheckpointError(f"{key} {path} is {kind}, not a checkpoint file; give the path of a checkpoint file "
                           f"(or of an absent one to train)")
+
+
+def check_checkpoint_fits(cfg: DictConfig, pipeline: str) -> None:
+    """A checkpoint the run will read (it does not train one) is readable and fits the configured network:
+    a truncated file or another architecture is one line now, not after the run directory exists."""
+    if "network" not in cfg or needs_training(cfg, pipeline) or not checkpoint_of(cfg).is_file():
+        return
+    spec = to_plain(cfg.network)
+    spec.pop("checkpoint", None)
+    load_checkpoint(checkpoint_of(cfg), NETWORKS.build(spec))
 
 
 def needs_training(cfg: DictConfig, pipeline: str) -> bool:

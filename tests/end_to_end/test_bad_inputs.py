@@ -414,3 +414,13 @@ def test_sigterm_during_prepare_says_what_was_done_and_how_to_continue(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and len(err) == 1 and "interrupted by SIGTERM" in err[0]
     assert "run the same command again: openood-ext data prepare cifar10 --root" in err[0]
+
+
+def test_a_checkpoint_that_is_truncated_or_of_another_network_is_refused_before_the_run(env, earlier, capsys):
+    truncated = env["tmp"] / "truncated.pt"
+    truncated.write_bytes(env["ckpt"].read_bytes()[:2000])
+    before = snapshot(env["tmp"])
+    assert_rejected_without_trace(capsys, env, before, ["--config", str(MAIN_CONFIG), f"network.checkpoint={truncated}",
+                                                        "cache_dir=null"], "truncated.pt", "not a readable checkpoint")
+    assert_rejected_without_trace(capsys, env, before, with_ckpt(env, "network.width=8"),
+                                  "does not fit network", "different architecture")

@@ -1,7 +1,6 @@
-"""The examples run as a user runs them (a subprocess from the repository), on the embedded digits set.
-
-The two model-zoo examples push a ResNet-18 over every digits split (12-20 s of CPU, longer on a loaded
-machine) and are marked slow; the deployment example runs with the default tests."""
+"""The examples run as a user runs them (a subprocess from the repository), on the embedded digits set,
+in the default suite so that CI runs every one of them (the two model-zoo examples push a ResNet-18 over
+every digits split at 8x8: 12-20 s of CPU each)."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ def test_deploy_detector_example(digits_run, tmp_path):
     assert "keeps 95 % of ID validation images" in out and "photos" in out
 
 
-@pytest.mark.slow
 def test_evaluate_torchvision_model_example(digits_run, tmp_path):
     out = run_example("evaluate_torchvision_model.py", "--data-root", str(digits_run[0] / "data"), "--image-size",
                       "8", "--postprocessors", "msp,knn", "--skip-cifar10", "--out", str(tmp_path / "run"))
@@ -36,7 +34,6 @@ def test_evaluate_torchvision_model_example(digits_run, tmp_path):
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "report.html").is_file()
 
 
-@pytest.mark.slow
 def test_evaluate_timm_model_example(digits_run):
     pytest.importorskip("timm")
     out = run_example("evaluate_timm_model.py", "--data-root", str(digits_run[0] / "data"), "--image-size", "8",
