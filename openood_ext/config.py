@@ -69,6 +69,8 @@ class RunSettings:
     report: bool
     overwrite: bool
     aps: bool
+    # the full-spectrum setting (test_ood): covariate-shifted ID sets join the ID side; changes the numbers
+    fsood: bool
     # data loading and the evaluation forward pass on GPUs (utils/runtime.py)
     pin_memory: bool | Literal["auto"]
     persistent_workers: bool

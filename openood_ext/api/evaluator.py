@@ -41,6 +41,7 @@ from ..evaluators import EVALUATORS
 from ..features import EmptySplit, FeatureCache, NetOutputs, cache_key, extract_outputs, file_sha256
 from ..pipelines import aps as aps_search
 from ..pipelines.results import save_scores, write_metrics
+from ..pipelines.test_ood import check_fsood
 from ..postprocessors import POSTPROCESSORS
 from ..postprocessors.base import as_postprocessor
 from ..postprocessors.schedule import Scheduler, fit_alone, fit_and_score, route
@@ -211,39 +212,51 @@ class Evaluator:
 
     # ------------------------------------------------------------------ evaluation
     def eval_ood(self, fsood: bool = False) -> pd.DataFrame:
-        """Fit and score every postprocessor, evaluate every available OOD set; the table (see :meth:`table`)."""
-        if fsood:
-            raise NotImplementedError("fsood: the full-spectrum setting (covariate-shifted ID sets) is not "
-                                      "implemented yet")
-        with quiet(not self.verbose):
-            return self._eval()
+        """Fit and score every postprocessor, evaluate every available OOD set; the table (see :meth:`table`).
 
-    def _eval(self) -> pd.DataFrame:
+        ``fsood=True``: OpenOOD v1.5's full-spectrum setting. The benchmark's covariate-shifted ID sets
+        (``csid``: CIFAR-10-C, ImageNet-V2/-C/-R, ...) that are present are scored too; the ID side of every
+        OOD metric is the ID test set plus all of them (confidences concatenated), and ACC is the accuracy
+        over that pool, as OpenOOD's ``eval_ood(fsood=True)``. Absent csid sets are skipped and listed
+        (``summary["skipped_sets"]``), where OpenOOD would fail on them. Deviation: OpenOOD scores
+        ImageNet-C with a preprocessor without resize and crop (its images are stored at 224 px); here
+        every split uses the benchmark's preprocessing, which leaves 224 px images unchanged up to the
+        resize-to-256-then-crop round trip."""
+        with quiet(not self.verbose):
+            return self._eval(fsood)
+
+    def _eval(self, fsood: bool = False) -> pd.DataFrame:
         bench, log = self.bench, get_logger()
         with torch.no_grad():
             probe(self.net, self.source.example("id_test"), bench.num_classes, f"benchmark {bench.name}")
-        ood_sets, skipped = [], {}
-        for split in bench.splits(("near", "far")):
+        ood_sets, csid_sets, skipped = [], [], {}
+        for split in bench.splits(("near", "far", "csid") if fsood else ("near", "far")):
             reason = bench.missing_reason(split)
             if reason:
-                log.warning("skipping OOD set %s (%s): %s", split.name, split.group, reason)
+                log.warning("skipping %s set %s (%s): %s", "csid" if split.group == "csid" else "OOD", split.name,
+                            split.group, reason)
                 skipped[split.name] = (split.group, reason)
             else:
-                ood_sets.append(split)
+                (csid_sets if split.group == "csid" else ood_sets).append(split)
+        if fsood:
+            check_fsood(bench, csid_sets, log)
         built = {label: as_postprocessor(POSTPROCESSORS.build(spec)) for label, spec, use_aps, _ in self.plans
                  if not use_aps}
         self._check_routes(built)
         shared = Scheduler(built, self.source, self.net, self.device)
-        test_names = ["id_test"] + [s.name for s in ood_sets]
+        test_names = ["id_test"] + [s.name for s in ood_sets + csid_sets]
         shared.prepare(test_names, optional=test_names[1:])
-        for s in list(ood_sets):
-            if s.name in shared.result.skipped:
-                reason = f"all {shared.result.skipped[s.name].skipped} images unreadable (on_bad_image=skip)"
-                log.warning("skipping OOD set %s (%s): %s", s.name, s.group, reason)
-                skipped[s.name] = (s.group, reason)
-                ood_sets.remove(s)
+        for sets in (ood_sets, csid_sets):
+            for s in list(sets):
+                if s.name in shared.result.skipped:
+                    reason = f"all {shared.result.skipped[s.name].skipped} images unreadable (on_bad_image=skip)"
+                    log.warning("skipping %s set %s (%s): %s", s.group, s.name, s.group, reason)
+                    skipped[s.name] = (s.group, reason)
+                    sets.remove(s)
         evaluator = EVALUATORS.build("ood")
         rows, summary = [], {"benchmark": bench.name, "network": self.net.describe(), "postprocessors": {}}
+        if fsood:
+            summary["fsood"] = {"csid_sets": [s.name for s in csid_sets]}
         self.scores, self._scored = {}, {}
         for label, spec, use_aps, grid in self.plans:
             search = None
@@ -256,7 +269,8 @@ class Evaluator:
             else:
                 pp, scored = built[label], shared.score(label)
             result = evaluator.evaluate(label, scored["id_test"], {s.name: (s.group, scored[s.name]) for s in ood_sets},
-                                        skipped, num_classes=bench.num_classes)
+                                        skipped, num_classes=bench.num_classes,
+                                        **({"csid": {s.name: scored[s.name] for s in csid_sets}} if fsood else {}))
             rows += result.rows
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
             if search:
@@ -291,7 +305,7 @@ class Evaluator:
     def table(self) -> pd.DataFrame:
         """OpenOOD's table: index (postprocessor, dataset), each near set then ``nearood`` (their mean),
         each far set then ``farood``; columns FPR@95, AUROC, AUPR_IN, AUPR_OUT, ACC in percent (ACC is the
-        ID test accuracy, repeated on each row as OpenOOD does). A group mean over fewer sets than the
+        ID test accuracy, over ID test + the csid sets under ``fsood``, repeated on each row as OpenOOD does). A group mean over fewer sets than the
         benchmark defines (absent sets) has ``partial`` True."""
         if not self._rows:
             raise RuntimeError("Evaluator.table: call eval_ood() first")

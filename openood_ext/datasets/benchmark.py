@@ -13,6 +13,12 @@ A benchmark is configured like this (``configs/benchmarks/<name>.yml``)::
         val: val_ood.txt                # OOD split for parameter search (optional)
         near: {digits6to9: test_near_digits6to9.txt}
         far: {textures: test_far_textures.txt}
+      csid: {digits_noisy: test_csid_noisy.txt}   # covariate-shifted ID sets (optional, see below)
+
+``csid`` lists OpenOOD v1.5's covariate-shifted ID sets (CIFAR-10-C, ImageNet-V2/-C/-R, ...): images of
+the ID classes, labelled with their class, under another distribution. They are scored only in the
+full-spectrum setting (``fsood: true`` / ``Evaluator.eval_ood(fsood=True)``), where they join the ID
+side of every OOD metric; like OOD sets, absent ones are skipped and listed (``missing_reason``).
 
 OpenOOD-style data roots (``configs/benchmarks/cifar10.yml``) use three optional extensions:
 
@@ -43,6 +49,7 @@ from .transforms import build_transform, image_mode
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ID_SPLITS = ("train", "val", "test")
 OOD_GROUPS = ("near", "far")
+CSID_GROUP = "csid"  # covariate-shifted ID sets: ID labels, evaluated only in the full-spectrum setting
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -71,7 +78,7 @@ def default_data_root() -> Path:
 
 @dataclass(frozen=True)
 class Split:
-    """One image list of a benchmark. ``group`` is id_train/id_val/id_test/ood_val/near/far.
+    """One image list of a benchmark. ``group`` is id_train/id_val/id_test/ood_val/near/far/csid/oe.
 
     ``image_root``: directory the list's paths are relative to (None: the benchmark's default).
     """
@@ -93,7 +100,8 @@ class Benchmark:
     def __init__(self, num_classes: int, id: Mapping[str, Any], ood: Mapping[str, Any] | None = None,
                  imglist_dir: str | list[str] = ".", data_root: str | None = None,
                  preprocessor: Mapping[str, Any] | None = None, title: str | None = None,
-                 on_bad_image: str = "error", image_dir: str | None = None, oe: Any = None):
+                 on_bad_image: str = "error", image_dir: str | None = None, oe: Any = None,
+                 csid: Mapping[str, Any] | None = None):
         self.title = title or getattr(type(self), "_registry_name", "imglist")
         self.num_classes = int(num_classes)
         dirs = [imglist_dir] if isinstance(imglist_dir, (str, os.PathLike)) else list(imglist_dir or ["."])
@@ -118,6 +126,10 @@ class Benchmark:
         for group in OOD_GROUPS:
             for set_name, entry in (ood.get(group) or {}).items():
                 self._splits.append(self._make_split(set_name, group, entry))
+        for set_name, entry in (csid or {}).items():  # covariate-shifted ID sets (full-spectrum setting)
+            if any(s.name == set_name for s in self._splits):
+                raise ConfigError(f"benchmark.csid: '{set_name}' is already the name of another split")
+            self._splits.append(self._make_split(set_name, CSID_GROUP, entry))
         # Outlier-exposure images for training (never evaluated): benchmark.oe
         self.oe_split = self._make_split("oe", "oe", oe) if oe else None
 
@@ -165,12 +177,15 @@ class Benchmark:
 
     # ------------------------------------------------------------------ availability
     def missing_reason(self, split: Split) -> str | None:
-        """Why a split cannot be evaluated (image list or all of its images absent), or None."""
+        """Why a split cannot be evaluated (image list or all of its images absent), or None.
+
+        Asked of the optional splits (OOD sets, covariate-shifted ID sets), which are skipped and listed
+        when absent, never downloaded."""
         if not split.imglist.is_file():
             return f"image list {split.imglist} not found"
         entries = read_imglist(split.imglist)
         if not entries:  # an empty list is a broken benchmark, not an absent dataset
-            raise DataError(f"{split.imglist}: image list of OOD set '{split.name}' is empty "
+            raise DataError(f"{split.imglist}: image list of {'csid' if split.group == CSID_GROUP else 'OOD'} set '{split.name}' is empty "
                             f"(expected '<path> <label>' lines)")
         root = self.image_root_of(split)
         present = sum((root / e.path).exists() for e in entries)

@@ -140,7 +140,7 @@ SOURCES: dict[str, SetSource] = {
 _OPENOOD_DRIVE = ("OpenOOD distributes it as images_{kind}/{name}.zip through the Google Drive links in its "
                   "scripts/download/download.py (github Jingkang50/OpenOOD); unzip it and pass "
                   "--from DIR/{name}, or point --root at an OpenOOD data directory")
-CLASSIC_MANUAL = ("tin", "places365")
+CLASSIC_MANUAL = ("tin", "places365", "cifar10c", "cifar100c")
 LARGESCALE_SETS = ("imagenet_1k", "ssb_hard", "ninco", "inaturalist", "openimage_o", "species_sub", "places",
                    "sun", "imagenet_v2", "imagenet_c", "imagenet_r")
 MANUAL_HINTS: dict[str, str] = {

@@ -44,20 +44,41 @@ class OODEvaluator:
     metric_names = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "f1_95")
 
     def evaluate(self, postprocessor: str, id_test: SplitScores, ood: dict[str, tuple[str, SplitScores]],
-                 skipped: dict[str, tuple[str, str]] | None = None, num_classes: int | None = None) -> EvalResult:
+                 skipped: dict[str, tuple[str, str]] | None = None, num_classes: int | None = None,
+                 csid: dict[str, SplitScores] | None = None) -> EvalResult:
         """
         Args:
             postprocessor: name used in rows and error messages.
             id_test: scores of the ID test split (labels are class indices).
             ood: set name -> (group, scores) for every evaluated OOD set.
-            skipped: set name -> (group, reason) for OOD sets that could not be evaluated.
+            skipped: set name -> (group, reason) for OOD / csid sets that could not be evaluated.
             num_classes: K for the F1 metric (default: largest ID label + 1).
+            csid: None for the standard setting; the full-spectrum setting (OpenOOD v1.5's ``fsood``) gives
+                set name -> scores of every evaluated covariate-shifted ID set (possibly none).
+
+        Full-spectrum setting, as OpenOOD v1.5's ``Evaluator.eval_ood(fsood=True)``: the ID side of every
+        OOD metric is the ID test set followed by the csid sets in order (confidences, predictions and
+        labels concatenated), and the accuracy row ``id_test``/``accuracy`` is over that same pool (correct
+        / total over ID test + csid, OpenOOD's ``csid_acc``). Added here: one ``accuracy`` row per csid set
+        (group ``csid``) and, in the summary, ``fsood``, ``csid_sets``, ``id_test_accuracy`` (ID test alone)
+        and ``csid_accuracy`` per set.
         """
         skipped = skipped or {}
         self._check(postprocessor, "id_test", id_test.conf)
         result = EvalResult()
+        extra: dict = {}
+        if csid is not None:
+            for name, scores in csid.items():
+                self._check(postprocessor, name, scores.conf)
+            extra = {"fsood": True, "csid_sets": list(csid), "id_test_accuracy": accuracy(id_test.preds, id_test.labels),
+                     "csid_accuracy": {name: accuracy(s.preds, s.labels) for name, s in csid.items()}}
+            pool = [id_test, *csid.values()]
+            id_test = SplitScores(np.concatenate([s.conf for s in pool]), np.concatenate([s.preds for s in pool]),
+                                  np.concatenate([s.labels for s in pool]))
         acc = accuracy(id_test.preds, id_test.labels)
         result.rows.append(_row(postprocessor, "id_test", "id", "accuracy", acc))
+        for name, value in extra.get("csid_accuracy", {}).items():
+            result.rows.append(_row(postprocessor, name, "csid", "accuracy", value))
         per_set = {}
         for set_name, (group, scores) in ood.items():
             self._check(postprocessor, set_name, scores.conf)
@@ -76,7 +97,7 @@ class OODEvaluator:
             partial = bool(absent)
             groups[group] = {**means, "sets": present, "skipped_sets": absent, "partial": partial}
             result.rows += [_row(postprocessor, dataset, group, m, means[m], partial) for m in self.metric_names]
-        result.summary = {"id_accuracy": acc, "sets": per_set, "groups": groups,
+        result.summary = {"id_accuracy": acc, **extra, "sets": per_set, "groups": groups,
                           "skipped": {s: {"group": g, "reason": r} for s, (g, r) in skipped.items()}}
         return result
 

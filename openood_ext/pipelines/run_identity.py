@@ -35,9 +35,19 @@ def check_experiment_name(name: Any) -> str:
     return name
 
 
+def _identity_view(config: dict) -> dict:
+    """The config minus :data:`NOT_IDENTITY`; ``benchmark.csid`` counts only when ``fsood`` is on (the
+    covariate-shifted ID sets are not read otherwise, so adding them to a benchmark keeps earlier runs)."""
+    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    bench = kept.get("benchmark")
+    if not kept.get("fsood") and isinstance(bench, dict) and "csid" in bench:
+        kept["benchmark"] = {k: v for k, v in bench.items() if k != "csid"}
+    return kept
+
+
 def run_identity(config: dict) -> str:
     """Short hash of what changes a run's numbers: the resolved config minus :data:`NOT_IDENTITY`."""
-    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    kept = _identity_view(config)
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -53,8 +63,8 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def changed_keys(old: dict, new: dict) -> list[str]:
     """Dotted keys (outside :data:`NOT_IDENTITY`) whose values differ between two plain configs."""
-    a = _flat({k: v for k, v in old.items() if k not in NOT_IDENTITY})
-    b = _flat({k: v for k, v in new.items() if k not in NOT_IDENTITY})
+    a = _flat(_identity_view(old))
+    b = _flat(_identity_view(new))
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 

@@ -1,5 +1,9 @@
 """The ``test_ood`` pipeline: ID accuracy and OOD metrics for every listed postprocessor.
 
+``fsood: true`` runs OpenOOD v1.5's full-spectrum setting: the benchmark's covariate-shifted ID sets
+(``benchmark.csid``, those present) are scored too and join the ID side of every metric (see the ``ood``
+evaluator).
+
 The network runs once per split; every postprocessor that needs only logits/features reads the shared
 (and disk-cached) :class:`~openood_ext.features.NetOutputs`. Postprocessors that need intermediate
 layers (Gram, MDSEns's fit) declare layer taps, computed in the same pass (the id_train pass fits them,
@@ -77,6 +81,16 @@ def check_outputs_match_classes(net, bench: Benchmark) -> None:
                           f"{bench.num_classes} classes (benchmark.num_classes)")
 
 
+def check_fsood(bench: Benchmark, csid_sets: list, log) -> None:
+    """The full-spectrum setting needs covariate-shifted ID sets: ConfigError when the benchmark defines
+    none, a warning when every one it defines is absent (the numbers are then the standard setting's)."""
+    if not bench.splits(("csid",)):
+        raise ConfigError(f"fsood: benchmark {bench.name} defines no covariate-shifted ID sets (benchmark.csid)")
+    if not csid_sets:
+        log.warning("fsood: none of the covariate-shifted ID sets of %s is present; the ID side is the ID test "
+                    "set alone", bench.name)
+
+
 @PIPELINES.register("test_ood")
 class TestOODPipeline:
     """Evaluate postprocessors on a benchmark: ID accuracy + AUROC/AUPR/FPR@95 per OOD set and group."""
@@ -116,17 +130,21 @@ class TestOODPipeline:
                      bench.name, bench.num_classes, cfg.network.get("name"), ckpt,
                      ", ".join(label for label, *_ in plans), cfg.get("evaluator", "ood"))
 
-        ood_sets, skipped = [], {}
-        for split in bench.splits(("near", "far")):
+        fsood = bool(cfg.get("fsood", False))
+        ood_sets, csid_sets, skipped = [], [], {}
+        for split in bench.splits(("near", "far", "csid") if fsood else ("near", "far")):
             reason = bench.missing_reason(split)
+            kind = "csid" if split.group == "csid" else "OOD"
             if reason:
-                ctx.log.warning("skipping OOD set %s (%s): %s", split.name, split.group, reason)
+                ctx.log.warning("skipping %s set %s (%s): %s", kind, split.name, split.group, reason)
                 skipped[split.name] = (split.group, reason)
             else:
-                ood_sets.append(split)
+                (csid_sets if split.group == "csid" else ood_sets).append(split)
+        if fsood:
+            check_fsood(bench, csid_sets, ctx.log)
         store = OutputStore(net, bench, ckpt, cfg, ctx)
         if distributed.is_distributed():  # torchrun: every rank forwards a shard of each split, then only rank 0 goes on
-            store.prefetch(ood_sets, aps=any(use_aps for _, _, use_aps, _ in plans))
+            store.prefetch(ood_sets + csid_sets, aps=any(use_aps for _, _, use_aps, _ in plans))
             if not distributed.is_main():
                 return {"run_dir": None, "rank": distributed.rank(), "forward_passes": store.forward_passes}
         # Postprocessors without APS are built now and share the scheduler's passes (layer taps ride on
@@ -134,16 +152,19 @@ class TestOODPipeline:
         built = {label: as_postprocessor(POSTPROCESSORS.build(spec)) for label, spec, use_aps, _ in plans
                  if not use_aps}
         shared = Scheduler(built, store, net, ctx.device)
-        test_names = ["id_test"] + [s.name for s in ood_sets]
+        test_names = ["id_test"] + [s.name for s in ood_sets + csid_sets]
         shared.prepare(test_names, optional=test_names[1:])
-        for s in list(ood_sets):  # every image unreadable under on_bad_image=skip: skip the set, say so
-            if s.name in shared.result.skipped:
-                reason = f"all {shared.result.skipped[s.name].skipped} images unreadable (on_bad_image=skip)"
-                ctx.log.warning("skipping OOD set %s (%s): %s", s.name, s.group, reason)
-                skipped[s.name] = (s.group, reason)
-                ood_sets.remove(s)
+        for sets in (ood_sets, csid_sets):
+            for s in list(sets):  # every image unreadable under on_bad_image=skip: skip the set, say so
+                if s.name in shared.result.skipped:
+                    reason = f"all {shared.result.skipped[s.name].skipped} images unreadable (on_bad_image=skip)"
+                    ctx.log.warning("skipping %s set %s (%s): %s", s.group, s.name, s.group, reason)
+                    skipped[s.name] = (s.group, reason)
+                    sets.remove(s)
 
         rows, summary = [], {"benchmark": bench.name, "checkpoint": str(ckpt), "postprocessors": {}}
+        if fsood:
+            summary["fsood"] = {"csid_sets": [s.name for s in csid_sets]}
         for label, spec, use_aps, grid in plans:
             with ctx.timed(f"postprocessor/{label}"):
                 if use_aps:
@@ -157,7 +178,8 @@ class TestOODPipeline:
             # one evaluator contract (evaluators package docstring): num_classes is always given
             result = evaluator.evaluate(
                 label, scored["id_test"],
-                {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped, num_classes=bench.num_classes)
+                {s.name: (s.group, scored[s.name]) for s in ood_sets}, skipped, num_classes=bench.num_classes,
+                **({"csid": {s.name: scored[s.name] for s in csid_sets}} if fsood else {}))
             rows += result.rows
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
             if label in fixed:

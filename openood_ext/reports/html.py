@@ -108,6 +108,8 @@ def write_report(run_dir: str | Path, facts: dict | None = None) -> Path:
         pp = npz.stem
         confs = load_scores(npz)
         id_conf = confs.pop("id_test", None)
+        for name in [n for n in confs if groups.get(n) == "csid"]:  # covariate-shifted ID sets (fsood) are not OOD
+            confs.pop(name)
         if id_conf is None or not confs:
             sections.append(f"<h2>{html.escape(pp)}</h2><p class='note'>no ID test / OOD scores to plot</p>")
             continue

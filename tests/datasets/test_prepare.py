@@ -100,8 +100,10 @@ def test_prepare_from_local_archives_writes_deterministic_lists(tmp_path):
     assert report.lists["val_cifar10.txt"] == 1000 and report.lists["test_cifar10.txt"] == 50  # 100/class held out
     assert report.lists["test_texture.txt"] == 8
     assert set(report.absent) == {"test_cifar100.txt", "test_mnist.txt", "test_svhn.txt", "test_places365.txt",
-                                  "val_tin.txt", "test_tin.txt"}
+                                  "val_tin.txt", "test_tin.txt", "test_cifar10c.txt"}
     assert "OpenOOD" in report.absent["test_tin.txt"] and "tin" in report.absent["test_tin.txt"]
+    # the covariate-shifted ID list (fsood) needs OpenOOD's data directory, like its filtered TIN
+    assert "OpenOOD's test_cifar10c.txt" in report.absent["test_cifar10c.txt"]
     assert f"{root}/downloads/svhn" in report.absent["test_svhn.txt"]
     first = {f.name: f.read_text() for f in lists.glob("*.txt")}
     for p, label in read_list(lists / "train_cifar10.txt"):

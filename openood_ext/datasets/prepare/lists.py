@@ -146,6 +146,7 @@ BENCHMARK_LISTS: dict[str, list[ListSpec]] = {
         # OpenOOD holds CIFAR-100's validation images out of this near-OOD set: 9,000 of 10,000.
         ListSpec("test_cifar100.txt", ("cifar100",), lambda r: as_ood(_c100_test(r))),
         *_ood_sets(),
+        *_openood_only([("test_cifar10c.txt", "cifar10c")]),  # covariate-shifted ID (fsood)
     ],
     "cifar100": [
         ListSpec("train_cifar100.txt", ("cifar100",), _c100_train, True, ("train",)),
@@ -153,19 +154,26 @@ BENCHMARK_LISTS: dict[str, list[ListSpec]] = {
         ListSpec("test_cifar100.txt", ("cifar100",), _c100_test, True, ("test",)),
         ListSpec("test_cifar10.txt", ("cifar10",), lambda r: all_images(r, "cifar10/test")),
         *_ood_sets(),
+        *_openood_only([("test_cifar100c.txt", "cifar100c")]),  # covariate-shifted ID (fsood)
     ],
     "imagenet200": [
         *_openood_only([("train_imagenet200.txt", "imagenet_1k"), ("val_imagenet200.txt", "imagenet_1k"),
                         ("test_imagenet200.txt", "imagenet_1k"), ("val_openimage_o.txt", "openimage_o"),
                         ("test_ssb_hard.txt", "ssb_hard"), ("test_ninco.txt", "ninco"),
-                        ("test_inaturalist.txt", "inaturalist"), ("test_openimage_o.txt", "openimage_o")]),
+                        ("test_inaturalist.txt", "inaturalist"), ("test_openimage_o.txt", "openimage_o"),
+                        # covariate-shifted ID (fsood)
+                        ("test_imagenet200_v2.txt", "imagenet_v2"), ("test_imagenet200_c.txt", "imagenet_c"),
+                        ("test_imagenet200_r.txt", "imagenet_r")]),
         ListSpec("test_textures.txt", ("texture",), lambda r: all_images(r, "texture")),
     ],
     "imagenet": [
         *_openood_only([("train_imagenet.txt", "imagenet_1k"), ("val_imagenet.txt", "imagenet_1k"),
                         ("test_imagenet.txt", "imagenet_1k"), ("val_openimage_o.txt", "openimage_o"),
                         ("test_ssb_hard.txt", "ssb_hard"), ("test_ninco.txt", "ninco"),
-                        ("test_inaturalist.txt", "inaturalist"), ("test_openimage_o.txt", "openimage_o")]),
+                        ("test_inaturalist.txt", "inaturalist"), ("test_openimage_o.txt", "openimage_o"),
+                        # covariate-shifted ID (fsood)
+                        ("test_imagenet_v2.txt", "imagenet_v2"), ("test_imagenet_c.txt", "imagenet_c"),
+                        ("test_imagenet_r.txt", "imagenet_r")]),
         ListSpec("test_textures.txt", ("texture",), lambda r: all_images(r, "texture")),
     ],
     "mnist": _ad_lists("mnist"),
