@@ -4,6 +4,8 @@ standard setting is unchanged by a benchmark's csid sets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,35 @@ def test_openood_benchmarks_define_their_csid_sets(tmp_path, name, lists):
     csid = b.splits(("csid",))
     assert [s.imglist.name for s in csid] == lists
     assert all(b.missing_reason(s) for s in csid)  # absent here: skipped, never downloaded
+
+
+def test_the_command_line_computes_fsood_as_the_evaluator_does(toy, tmp_path):
+    """``fsood: true`` in a test_ood run: the same concatenated ID side, read back from the run's files."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from openood_ext.runner import run_config
+    spec = {"name": "imglist", "num_classes": 3, "data_root": str(toy), "imglist_dir": str(toy / "lists"),
+            "preprocessor": PRE, "id": {"train": "train.txt", "val": "val.txt", "test": "test.txt"},
+            "ood": {"far": {"junk": "far.txt"}}, "csid": {"shifted": "shifted.txt", "gone": "test_absent.txt"}}
+    cfg = OmegaConf.create({
+        "pipeline": "test_ood", "experiment": "fsood_cli", "seed": 0, "device": "cpu", "num_workers": 0,
+        "output_dir": str(tmp_path / "results"), "cache_dir": None, "batch_size": 64, "fsood": True,
+        "train_if_missing": True, "benchmark": spec, "evaluator": "ood", "postprocessors": ["msp"],
+        "network": {"name": "digits_cnn", "num_classes": 3, "in_channels": 1, "width": 8,
+                    "checkpoint": str(tmp_path / "net.pt")},
+        "trainer": {"name": "base", "epochs": 1, "batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.05},
+                    "scheduler": {"name": "constant"}}})
+    run_dir = Path(run_config(cfg)["run_dir"])
+    scores = np.load(run_dir / "scores" / "msp.npz")
+    id_conf = np.concatenate([scores["id_test__conf"], scores["shifted__conf"]])
+    junk = scores["junk__conf"]
+    expected = roc_auc_score(np.r_[np.ones(len(id_conf)), np.zeros(len(junk))], np.concatenate([id_conf, junk]))
+    text = json.dumps(json.loads((run_dir / "metrics.json").read_text()))
+    assert '"fsood": true' in text and '"shifted"' in text and "gone" not in scores
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    header = rows[0]
+    auroc = [r for r in rows[1:] if dict(zip(header, r)).get("dataset") == "junk"
+             and dict(zip(header, r)).get("metric") == "auroc"]
+    assert auroc and float(dict(zip(header, auroc[0]))["value"]) == pytest.approx(expected)
