@@ -158,7 +158,8 @@ class TestOODPipeline:
             for s in list(sets):  # every image unreadable under on_bad_image=skip: skip the set, say so
                 if s.name in shared.result.skipped:
                     reason = f"all {shared.result.skipped[s.name].skipped} images unreadable (on_bad_image=skip)"
-                    ctx.log.warning("skipping %s set %s (%s): %s", s.group, s.name, s.group, reason)
+                    ctx.log.warning("skipping %s set %s (%s): %s", "csid" if s.group == "csid" else "OOD", s.name,
+                                    s.group, reason)
                     skipped[s.name] = (s.group, reason)
                     sets.remove(s)
 
