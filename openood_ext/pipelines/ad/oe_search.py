@@ -61,7 +61,7 @@ from ...utils.runtime import resolve_device
 from ..context import RunContext
 from ..registry import PIPELINES
 from .cell import ADContext
-from .protocol import ADPipeline, precheck, run_protocol
+from .protocol import ADPipelineBase, precheck, run_protocol
 from .settings import ADSettings
 
 KEEP_IN_CELLS = {"result.json", "history.json"}
@@ -240,12 +240,10 @@ def fitness_plot(history: list[dict], path: Path) -> Path | None:
 
 
 @PIPELINES.register("oe_search")
-class OESearchPipeline:
+class OESearchPipeline(ADPipelineBase):
     """EOE's single-OE-image search (see the module doc)."""
 
-    needs_trainer = True  # it trains networks: validation checks the trainer section
-    check_benchmark_spec = ADPipeline.check_benchmark_spec
-    config_sections = {**ADPipeline.config_sections, "oe_search": OESearchSettings}
+    config_sections = {**ADPipelineBase.config_sections, "oe_search": OESearchSettings}
 
     def __init__(self, cfg: DictConfig, run_ad: Callable[[DictConfig], float] | None = None):
         self.cfg, self.run_ad = cfg, run_ad  # run_ad: see FitnessEvaluator (None: in this process)

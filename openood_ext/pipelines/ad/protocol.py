@@ -59,9 +59,9 @@ from .settings import (  # noqa: F401  (older import path)
 )
 
 
-@PIPELINES.register("ad", aliases=["train_ad"])
-class ADPipeline:
-    """Train and test one network per (normal class, seed); aggregate with ``ad_ovr`` (see the module doc)."""
+class ADPipelineBase:
+    """What every AD pipeline (``ad``, ``ad_sweep``, ``oe_search``) declares: it trains networks, reads the
+    ``ad:`` section, and checks EOE's preprocessing keys of its benchmark. Each adds its own sections."""
 
     needs_trainer = True  # it trains networks: validation checks the trainer section
     config_sections = {"ad": ADSettings}
@@ -73,6 +73,11 @@ class ADPipeline:
     def check_benchmark_spec(spec: dict) -> None:
         """EOE's ``preprocessor.normalize`` / ``ms_mode`` (e.g. a filter too large), checked without data."""
         check_preprocessor(spec.get("preprocessor"))
+
+
+@PIPELINES.register("ad", aliases=["train_ad"])
+class ADPipeline(ADPipelineBase):
+    """Train and test one network per (normal class, seed); aggregate with ``ad_ovr`` (see the module doc)."""
 
     def run(self) -> dict:
         cfg = self.cfg

@@ -40,7 +40,7 @@ from ...utils.runtime import resolve_device
 from ..context import RunContext
 from ..registry import PIPELINES
 from .cell import ADContext
-from .protocol import ADPipeline, precheck, run_protocol
+from .protocol import ADPipelineBase, precheck, run_protocol
 from .settings import ADSettings
 
 SHORTHANDS = {  # ad_sweep key -> (config key, directory prefix, x label)
@@ -124,15 +124,10 @@ class SweepSpec:
 
 
 @PIPELINES.register("ad_sweep")
-class ADSweepPipeline:
+class ADSweepPipeline(ADPipelineBase):
     """The ``ad`` protocol for every value of one key (see the module doc)."""
 
-    needs_trainer = True  # it trains networks: validation checks the trainer section
-    check_benchmark_spec = ADPipeline.check_benchmark_spec
-    config_sections = {**ADPipeline.config_sections, "ad_sweep": ADSweepSettings}
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+    config_sections = {**ADPipelineBase.config_sections, "ad_sweep": ADSweepSettings}
 
     def run(self) -> dict:
         cfg = self.cfg
