@@ -25,6 +25,7 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import ConfigError, DataError
 from ..schema import Range
 from .base import OutlierSource
@@ -77,9 +78,10 @@ class SDTextOutliers(OutlierSource):
         if isinstance(classes, int) and classes != len(self.cfg.classes):
             raise ConfigError(f"trainer.outliers.classes: {len(self.cfg.classes)} class names, the benchmark "
                               f"has {classes} classes")
-        if self.generate:
+        if self.generate:  # torchrun: rank 0 generates into the shared folder, the others wait, then read
             import logging
-            ensure_generated(self.root, self.cfg, self.device or ctx.device, logging.getLogger("openood_ext"))
+            log = logging.getLogger("openood_ext")
+            distributed.run_on_main(lambda: ensure_generated(self.root, self.cfg, self.device or ctx.device, log))
 
     def check(self) -> None:
         ok, problems = status(self.root, self.cfg)

@@ -1,0 +1,54 @@
+"""faiss is optional: one place that finds it, says how to install it, and keeps its GPU resources.
+
+``pip install 'openood_ext[faiss]'`` installs faiss-cpu, ``'openood_ext[gpu]'`` faiss-gpu; never both (the
+two wheels write the same ``site-packages/faiss`` folder). Without either, every KNN search runs on the
+torch backend (same distances; on the data's device).
+
+A faiss-gpu index borrows a ``StandardGpuResources`` (scratch memory, streams) that must outlive it;
+:func:`gpu_resources` creates one per GPU on first use and keeps it for the process, so an index never
+holds a dangling pointer and repeated searches (NPOS every training step) reuse the same allocation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from ..errors import ConfigError
+
+INSTALL_HINT = "pip install 'openood_ext[faiss]' (CPU) or 'openood_ext[gpu]' (faiss-gpu), or use backend: torch"
+
+_RESOURCES: dict[int, Any] = {}
+
+
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def import_faiss(key: str = "backend"):
+    """The faiss module, or a one-line ConfigError naming ``key`` and how to install it."""
+    if not faiss_available():
+        raise ConfigError(f"{key}: faiss is not installed ({INSTALL_HINT})")
+    return importlib.import_module("faiss")
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed faiss is a GPU build (faiss-gpu); False without faiss."""
+    return faiss_available() and hasattr(importlib.import_module("faiss"), "StandardGpuResources")
+
+
+def gpu_resources(device_index: int):
+    """This process's ``StandardGpuResources`` for GPU ``device_index`` (created once, then reused)."""
+    if device_index not in _RESOURCES:
+        _RESOURCES[device_index] = import_faiss().StandardGpuResources()
+    return _RESOURCES[device_index]
+
+
+def flat_l2_index(dim: int, device_index: int | None = None):
+    """An exact ``IndexFlatL2`` of ``dim``-vectors: on GPU ``device_index`` (faiss-gpu), else on the host."""
+    faiss = import_faiss()
+    index = faiss.IndexFlatL2(int(dim))
+    if device_index is not None:
+        index = faiss.index_cpu_to_gpu(gpu_resources(device_index), int(device_index), index)
+    return index
