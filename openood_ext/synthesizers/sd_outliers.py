@@ -88,7 +88,7 @@ class SDTextOutliers(OutlierSource):
         if not ok:
             raise DataError(f"sd outliers under {self.root} are incomplete ({problems[0]}); generate them with "
                             f"trainer.outliers.generate=true")
-        self.pool = torch.load(self.root / "text_outliers.pt", weights_only=True)["outliers"].float()
+        self.pool = torch.load(self.root / "text_outliers.pt", map_location="cpu", weights_only=True)["outliers"].float()
         self.pool_flat = self.pool.reshape(-1, self.pool.shape[-1])
         _require_batch(self, len(self.pool_flat), "trainer.outliers: the text outlier pool has {n} rows",
                        "raise repeats/keep")
