@@ -12,6 +12,7 @@ holds a dangling pointer and repeated searches (NPOS every training step) reuse 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 from typing import Any
 
@@ -19,7 +20,21 @@ from ..errors import ConfigError
 
 INSTALL_HINT = "pip install 'openood_ext[faiss]' (CPU) or 'openood_ext[gpu]' (faiss-gpu), or use backend: torch"
 
+FAISS_WHEELS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12")
+
 _RESOURCES: dict[int, Any] = {}
+
+
+def installed_faiss_wheels() -> list[str]:
+    """The faiss distributions pip has installed (more than one: they overwrote each other's files)."""
+    found = []
+    for name in FAISS_WHEELS:
+        try:
+            importlib.metadata.distribution(name)
+            found.append(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def faiss_available() -> bool:
@@ -27,15 +42,27 @@ def faiss_available() -> bool:
 
 
 def import_faiss(key: str = "backend"):
-    """The faiss module, or a one-line ConfigError naming ``key`` and how to install it."""
+    """The faiss module, or a one-line ConfigError naming ``key`` and how to install it (or how to
+    repair two faiss wheels installed over each other)."""
     if not faiss_available():
         raise ConfigError(f"{key}: faiss is not installed ({INSTALL_HINT})")
-    return importlib.import_module("faiss")
+    try:
+        return importlib.import_module("faiss")
+    except ImportError as exc:
+        wheels = installed_faiss_wheels()
+        if len(wheels) > 1:
+            raise ConfigError(f"{key}: faiss does not import because {' and '.join(wheels)} are both installed "
+                              f"and overwrote each other; pip uninstall -y {' '.join(wheels)}, then install one "
+                              f"({INSTALL_HINT})") from None
+        raise ConfigError(f"{key}: faiss is installed but does not import ({exc}); {INSTALL_HINT}") from None
 
 
 def faiss_has_gpu() -> bool:
     """Whether the installed faiss is a GPU build (faiss-gpu); False without faiss."""
-    return faiss_available() and hasattr(importlib.import_module("faiss"), "StandardGpuResources")
+    try:
+        return faiss_available() and hasattr(importlib.import_module("faiss"), "StandardGpuResources")
+    except ImportError:  # a broken install: the faiss path reports it when it is used
+        return False
 
 
 def gpu_resources(device_index: int):
