@@ -35,7 +35,7 @@ each class's queue turns FIFO as soon as it is full (published: classes that are
 until every class is full).
 
 Backends: ``faiss`` (``IndexFlatL2`` per class; with faiss-gpu and CUDA queues on the queues' GPU, its
-resources created once per process and reused) or ``torch`` (one batched matmul + top-k over all classes,
+resources and the per-class GPU indexes created once per process and reused) or ``torch`` (one batched matmul + top-k over all classes,
 chunked over classes to bound memory). ``auto`` = torch for CUDA queues (the search stays on the device:
 no copy of the queues to the host per step), faiss for CPU queues when installed, torch otherwise. Both
 rank the same squared distances; the kept sets agree up to float32 ties.
@@ -185,8 +185,8 @@ def kth_sqdist_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch
     if queries.is_cuda and faiss_has_gpu():
         gpu = queries.device.index if queries.device.index is not None else torch.cuda.current_device()
     out = []
-    for qc, bc in zip(queries, bank):
-        index = flat_l2_index(bc.shape[1], gpu)
+    for c, (qc, bc) in enumerate(zip(queries, bank)):
+        index = flat_l2_index(bc.shape[1], gpu, slot=("npos", c))
         index.add(np.ascontiguousarray(bc.detach().float().cpu().numpy()))
         dist, _ = index.search(np.ascontiguousarray(qc.detach().float().cpu().numpy()), k)
         out.append(torch.from_numpy(dist[:, -1]))

@@ -23,6 +23,7 @@ INSTALL_HINT = "pip install 'openood_ext[faiss]' (CPU) or 'openood_ext[gpu]' (fa
 FAISS_WHEELS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12")
 
 _RESOURCES: dict[int, Any] = {}
+_GPU_INDEXES: dict[tuple[int, int, Any], Any] = {}
 
 
 def installed_faiss_wheels() -> list[str]:
@@ -72,10 +73,20 @@ def gpu_resources(device_index: int):
     return _RESOURCES[device_index]
 
 
-def flat_l2_index(dim: int, device_index: int | None = None):
-    """An exact ``IndexFlatL2`` of ``dim``-vectors: on GPU ``device_index`` (faiss-gpu), else on the host."""
+def flat_l2_index(dim: int, device_index: int | None = None, slot: Any = None):
+    """An empty exact ``IndexFlatL2`` of ``dim``-vectors: on GPU ``device_index`` (faiss-gpu), else on
+    the host. ``slot`` (GPU only): a key under which the index is kept and handed back emptied on the
+    next call with the same key, so a search repeated every step (NPOS: one index per class) does not
+    allocate new GPU indexes each time; the previous holder of that slot must be done with it."""
     faiss = import_faiss()
+    key = (int(device_index), int(dim), slot) if device_index is not None and slot is not None else None
+    if key is not None and key in _GPU_INDEXES:
+        index = _GPU_INDEXES[key]
+        index.reset()
+        return index
     index = faiss.IndexFlatL2(int(dim))
     if device_index is not None:
         index = faiss.index_cpu_to_gpu(gpu_resources(device_index), int(device_index), index)
+    if key is not None:
+        _GPU_INDEXES[key] = index
     return index

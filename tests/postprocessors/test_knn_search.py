@@ -41,6 +41,9 @@ class FakeGpuFaiss(types.ModuleType):
             def add(self, x):
                 self.bank = np.concatenate([self.bank, x])
 
+            def reset(self):
+                self.bank = self.bank[:0]
+
             def search(self, q, k):
                 d2 = ((q[:, None, :] - self.bank[None]) ** 2).sum(-1)
                 return np.sort(d2, axis=1)[:, :k], np.argsort(d2, axis=1)[:, :k]
@@ -61,6 +64,7 @@ def fake_faiss_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", fake)
     monkeypatch.setattr(faiss_support, "faiss_available", lambda: True)
     monkeypatch.setattr(faiss_support, "_RESOURCES", {})
+    monkeypatch.setattr(faiss_support, "_GPU_INDEXES", {})
     return fake
 
 
@@ -113,3 +117,14 @@ def test_faiss_gpu_index_sits_on_the_asked_gpu_and_reuses_its_resources(fake_fai
     assert a._index.resources is b._index.resources is faiss_support.gpu_resources(1)
     brute = torch.cdist(queries.double(), bank.double()).topk(4, largest=False).values.float()
     torch.testing.assert_close(a.search(queries, 4), brute, atol=1e-4, rtol=1e-4)
+
+
+def test_repeated_gpu_searches_reuse_their_indexes(fake_faiss_gpu):
+    """NPOS searches every step, one index per class: the GPU indexes are made once and emptied."""
+    first = [faiss_support.flat_l2_index(4, 0, slot=("npos", c)) for c in range(3)]
+    for index in first:
+        index.add(np.ones((5, 4), np.float32))
+    again = [faiss_support.flat_l2_index(4, 0, slot=("npos", c)) for c in range(3)]
+    assert all(a is b for a, b in zip(first, again)) and all(len(i.bank) == 0 for i in again)
+    assert fake_faiss_gpu.placed_on == [0, 0, 0] and fake_faiss_gpu.resources_made == 1
+    assert faiss_support.flat_l2_index(4, 0, slot=("npos", 0)) is not faiss_support.flat_l2_index(4, 1, slot=("npos", 0))
