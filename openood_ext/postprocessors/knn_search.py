@@ -27,10 +27,11 @@ def choose_backend(faiss_ok: bool, faiss_gpu: bool, cuda: bool) -> str:
     return "torch"
 
 
-def rows_per_chunk(bank_rows: int, memory_mb: float, cap: int) -> int:
-    """Queries per torch-backend block so that its temporaries stay within ``memory_mb`` (at least 1,
-    at most ``cap``): a block of r queries against M bank rows holds about 3 * r * M float32 values."""
-    per_query = _TEMPORARIES * 4 * max(int(bank_rows), 1)
+def rows_per_chunk(bank_rows: int, memory_mb: float, cap: int, bytes_per_pair: int = _TEMPORARIES * 4) -> int:
+    """Queries per block of a query-against-bank computation so that its temporaries stay within
+    ``memory_mb`` (at least 1, at most ``cap``): a block of r queries against M bank rows holds
+    ``bytes_per_pair * r * M`` bytes (default: the KNN torch backend's 3 float32 values per pair)."""
+    per_query = int(bytes_per_pair) * max(int(bank_rows), 1)
     return max(1, min(int(cap), int(memory_mb * 2 ** 20) // per_query))
 
 

@@ -128,3 +128,19 @@ def test_repeated_gpu_searches_reuse_their_indexes(fake_faiss_gpu):
     assert all(a is b for a, b in zip(first, again)) and all(len(i.bank) == 0 for i in again)
     assert fake_faiss_gpu.placed_on == [0, 0, 0] and fake_faiss_gpu.resources_made == 1
     assert faiss_support.flat_l2_index(4, 0, slot=("npos", 0)) is not faiss_support.flat_l2_index(4, 1, slot=("npos", 0))
+
+
+def test_nnguide_and_relation_blocks_follow_the_memory_budget_without_changing_results():
+    from openood_ext.postprocessors.nnguide import mean_topk_inner_product
+    from openood_ext.postprocessors.relation import relation_score
+    bank, queries = _data(m=300, n=50, d=6, seed=3)
+    unit = lambda x: x / x.norm(dim=1, keepdim=True)  # noqa: E731
+    bank, queries = unit(bank), unit(queries)
+    tiny = 8 * 300 * 7 / 2 ** 20  # 7 queries' float64 products
+    ref = mean_topk_inner_product(queries, bank.double(), 5)
+    torch.testing.assert_close(mean_topk_inner_product(queries, bank.double(), 5, memory_mb=tiny), ref)
+    brute = (queries.double() @ bank.double().T).topk(5, dim=1).values.mean(dim=1)
+    torch.testing.assert_close(ref, brute)
+    p, pb = torch.softmax(queries, 1), torch.softmax(bank, 1)
+    torch.testing.assert_close(relation_score(queries, p, bank, pb, memory_mb=tiny), relation_score(queries, p, bank, pb))
+    assert rows_per_chunk(300, tiny, 4096, bytes_per_pair=8) == 7
