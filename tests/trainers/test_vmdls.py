@@ -98,7 +98,7 @@ def test_no_active_triplet_gives_zero_with_gradient():
 def test_sampler_composition_and_determinism():
     labels = np.repeat(np.arange(5), [10, 12, 9, 20, 15])
     s = ClassBalancedBatchSampler(labels, batch_classes=3, sample_count=4, seed=7)
-    assert len(s) == len(labels) // 12
+    assert len(s) == (len(labels) - 1) // 12
     s.set_epoch(2)
     batches = list(s)
     assert len(batches) == len(s)
@@ -109,6 +109,18 @@ def test_sampler_composition_and_determinism():
     other = ClassBalancedBatchSampler(labels, 3, 4, seed=7)
     other.load_state_dict(s.state_dict())
     assert list(other) == batches
+
+
+@pytest.mark.parametrize("n, expected", [(60, 4), (61, 5), (71, 5), (72, 5), (12, 1)])
+def test_sampler_batches_per_epoch_as_published(n, expected):
+    # the published BalancedBatchSampler yields while count + batch_size < N (batch size 3 x 4 = 12):
+    # 60 images -> 4 batches (not 5: 12 divides 60), 61 -> 5; at least one batch here
+    labels = np.arange(n) % 3
+    published = 0
+    count = 0
+    while count + 12 < n:
+        published, count = published + 1, count + 12
+    assert len(ClassBalancedBatchSampler(labels, 3, 4)) == max(1, published) == expected
 
 
 def test_sampler_bad_input():
