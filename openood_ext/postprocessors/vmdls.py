@@ -197,11 +197,13 @@ class VMDLSPostprocessor(Postprocessor):
                 self._ae = load_network(self._ae_spec, device or "cpu")
         return self._ae
 
-    def _taps(self) -> list[Tap]:
+    def _taps(self, net=None) -> list[Tap]:
         # the pieces of net.ensemble(x) = [l1, l2, l3, encoder output, mu] as the plain forward computes them
         taps = [Tap("encoder", "vmdls:pooled", lambda pooled: torch.cat(list(pooled), dim=1)),
                 Tap("fc_mu:input", "identity", _identity), Tap("fc_mu", "identity", _identity)]
-        if self._ae_spec is not None:  # the images, for the reconstruction distance
+        # the images: for the reconstruction distance, and for the ensemble of a network whose test-time
+        # features are random (published WRN: each piece from its own dropout draw, net.ensemble(x))
+        if self._ae_spec is not None or getattr(net, "separate_draws", False):
             taps.append(Tap("encoder:input", "identity", _identity))
         return taps
 
@@ -318,10 +320,12 @@ class _VMDLSStream:
 
     def __init__(self, pp: VMDLSPostprocessor, net, ae, finish=None):
         self.pp, self.net, self.ae, self._finish = pp, net, ae, finish
-        self.taps = pp._taps()
+        self.taps = pp._taps(net)
         self.feats, self.labels, self.recon = [], [], []
 
     def ensemble(self, reduced) -> torch.Tensor:
+        if getattr(self.net, "separate_draws", False):
+            return self.net.ensemble(reduced[self.taps[3].key])
         keys = [t.key for t in self.taps[:3]]
         return torch.cat([reduced[k] for k in keys], dim=1)  # float32 on the device, as net.ensemble(x)
 
