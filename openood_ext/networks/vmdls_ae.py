@@ -78,8 +78,8 @@ class MnistConvAE(_AE):
     def __init__(self, in_channels: int = 1, image_size: int = 28, latent_dim: int = 32, num_classes: int = 1):
         super().__init__()
         self.encoder = MnistConvEncoder(in_channels, image_size)
+        self.decoder = MnistConvDecoder(latent_dim, image_size // 8, in_channels)  # registered before fc, as published
         self.fc = nn.Linear(self.encoder.out_dim, latent_dim)
-        self.decoder = MnistConvDecoder(latent_dim, image_size // 8, in_channels)
         self.image_size, self.feature_dim = image_size, latent_dim
 
     def encoder_features(self, x):
