@@ -19,7 +19,6 @@ decoder, latent 256, checkpoint ``ae-cifar10/epoch=96.ckpt``) and CIFAR-100 with
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
