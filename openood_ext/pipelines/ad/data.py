@@ -134,6 +134,8 @@ def outlier_record(source) -> dict:
     while getattr(inner, "inner", None) is not None:
         inner = inner.inner
     record = {"source": source.describe(), "limit": getattr(inner, "limit", None)}
+    if getattr(inner, "classes", None) is not None:
+        record["limit_classes"], record["classes"] = inner.limit_classes, list(inner.classes)
     pool, dataset = getattr(inner, "pool", None), getattr(inner, "dataset", None)
     if record["limit"] and pool is not None and dataset is not None:
         record["subset"] = [dataset.entries[int(i)].path for i in pool]
