@@ -11,7 +11,7 @@ Both are keys of ``benchmark.preprocessor`` and act on the benchmark of one (nor
   ``stats_cache.json`` next to the cell's training image list. ``normalize: fixed`` (default) keeps the
   configured constants.
 * ``ms_mode: {mode, magnitude, parts}`` (:class:`~openood_ext.synthesizers.fourier_filter.MSMode`) --
-  EOE's frequency filters on any of the normal training images (``train_nominal``), the OE images
+  EOE's multiscale filters (lpf, hpf, blur, sharpen) on any of the normal training images (``train_nominal``), the OE images
   (``train_oe``; the outlier source is wrapped in ``fourier_filter``), the normal test images
   (``test_nominal``) and the anomalous test images (``test_anomalous``).
 
