@@ -143,7 +143,8 @@ class OEImages(OutlierSource):
         size = f"{len(self.pool)} of {len(self.dataset)}" if len(self.pool) < len(self.dataset) else f"{len(self.dataset)}"
         if self.classes is not None:
             size += f" (classes {', '.join(map(str, self.classes))})"
-        return f"oe_images: {size} images from {self._where()}, {self.out_batch} per step"
+        per_step = f"{self.out_batch} per step" if self.batch_size else f"as many per step as the ID batch ({self.out_batch})"
+        return f"oe_images: {size} images from {self._where()}, {per_step}"
 
     def label(self) -> str:
         where = Path(self.imglist).name if self.imglist else Path(self.folder).name if self.folder else \

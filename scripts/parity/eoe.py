@@ -233,8 +233,8 @@ def check_dsvdd(eoe):
     trainer.setup(ours, TrainContext(device=torch.device("cpu"), num_classes=1, epochs=1, steps_per_epoch=1))
     c_o = trainer.compute_centre(batches)
     dc = float((c_t.flatten() - c_o).abs().max())
-    row("dsvdd: centre (mean of per-batch means, train mode, |c|<0.1 pushed) on the same batches", dc,
-        equal_if(dc, 1e-6))
+    row("dsvdd: centre (mean of per-batch means, train mode, coordinates below 0.1 in size pushed) on the same "
+        "batches", dc, equal_if(dc, 1e-6))
     trainer.centre.value = c_t.flatten()
     x = batches[0]
     f_t = theirs(x)
