@@ -304,8 +304,55 @@ def check_clip(eoe):
             "documented departure (default tensor path; the EOE CLIP configs set pil)"
         row(f"clip preprocessing ({pre}) vs clip.load's transform, 32 px -> 224 px", d, verdict)
     GOLDEN["clip/preprocess"] = {"image": torch.from_numpy(img), "out": want[:, ::8, ::8].clone()}
-    row("clip network (OpenAI's CLIP module vs transformers' CLIPModel)", "not compared",
-        "documented: no ViT-B/32 weights offline; the objective and preprocessing above are compared")
+    check_clip_network()
+
+
+def check_clip_network():
+    """The published image tower (OpenAI's VisualTransformer, as bundled) against ours (transformers' CLIPModel
+    inside CLIPNet): a small random published tower, its weights mapped onto ours, the same images."""
+    from eoe.models.clip_official.clip.model import VisualTransformer
+    from transformers import CLIPConfig, CLIPModel
+
+    from openood_ext.networks.clip import CLIPNet
+
+    width, layers, heads, patch, size, dim = 32, 2, 4, 8, 32, 16
+    torch.manual_seed(0)
+    theirs = VisualTransformer(size, patch, width, layers, heads, dim).eval()
+    with torch.no_grad():  # the published init leaves the LayerNorms at 1/0 and proj random; randomise all
+        for prm in theirs.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.2 + (1.0 if prm.ndim == 1 and prm.shape[0] == width else 0.0))
+    net = CLIPNet("tiny-random")
+    vision = {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
+              "num_attention_heads": heads, "image_size": size, "patch_size": patch, "hidden_act": "quick_gelu",
+              "layer_norm_eps": 1e-5}
+    net.clip = CLIPModel(CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                                 "num_attention_heads": 4}, vision_config=vision,
+                                    projection_dim=dim)).eval()
+    t = theirs.state_dict()
+    new = {"embeddings.patch_embedding.weight": t["conv1.weight"],
+           "embeddings.class_embedding": t["class_embedding"],
+           "embeddings.position_embedding.weight": t["positional_embedding"],
+           "pre_layrnorm.weight": t["ln_pre.weight"], "pre_layrnorm.bias": t["ln_pre.bias"],
+           "post_layernorm.weight": t["ln_post.weight"], "post_layernorm.bias": t["ln_post.bias"]}
+    for i in range(layers):
+        src, dst = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for j, qkv in enumerate("qkv"):
+            new[f"{dst}self_attn.{qkv}_proj.weight"] = t[src + "attn.in_proj_weight"][j * width:(j + 1) * width]
+            new[f"{dst}self_attn.{qkv}_proj.bias"] = t[src + "attn.in_proj_bias"][j * width:(j + 1) * width]
+        for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("mlp.c_fc", "mlp.fc1"),
+                     ("mlp.c_proj", "mlp.fc2"), ("ln_2", "layer_norm2")):
+            new[f"{dst}{b}.weight"], new[f"{dst}{b}.bias"] = t[src + a + ".weight"], t[src + a + ".bias"]
+    missing = net.clip.vision_model.load_state_dict(new, strict=False)
+    assert not missing.unexpected_keys and all("position_ids" in k for k in missing.missing_keys), missing
+    net.clip.visual_projection.weight.data.copy_(t["proj"].T)
+    net.size = size
+    x = images(n=3, size=size, seed=14)
+    with torch.no_grad():
+        want = theirs(((x - net.mean) / net.std).to(torch.float32))
+        got = net(x)
+    d = float((want - got).abs().max())
+    row("clip image tower (OpenAI's VisualTransformer as bundled vs transformers' CLIPModel in CLIPNet), "
+        "random 2-layer ViT, weights mapped", d, equal_if(d, 1e-5))
 
 
 # ------------------------------------------------------------------------------------------------ transforms
@@ -482,7 +529,8 @@ def check_recipes(eoe, root: Path):
     from openood_ext.config import load_config, to_plain
 
     main = root / "src" / "eoe" / "main"
-    recipes = [("train_cifar.py", "ad_cifar10_eoe_hsc.yml"), ("train_cifar.py", "ad_cifar10_eoe_bce.yml"),
+    recipes = [("train_cifar.py", f"ad_cifar10_eoe_{obj}.yml") for obj in ("hsc", "bce", "focal", "dsad", "dsvdd")]
+    recipes += [
                ("train_fmnist.py", "ad_fmnist_eoe_hsc.yml"), ("train_imagenet.py", "ad_imagenet30_eoe_hsc.yml"),
                ("train_clip_cifar.py", "ad_cifar10_eoe_clip_oe.yml"), ("multiscale_cifar.py", "ad_cifar10_eoe_multiscale.yml"),
                ("evolve_oe_cifar.py", "oe_search_cifar10.yml")]
@@ -505,8 +553,11 @@ def check_recipes(eoe, root: Path):
         row(f"recipe {script} -> configs/experiments/eoe/{config}: {shown}",
             "identical" if not diffs else f"differs: {diffs}", "equal" if not diffs else "DIFFERENT")
     mag = published_defaults(main / "multiscale_cifar.py").get("magnitudes")
-    row("multiscale magnitudes (published argparse default 0,1,2,4,8,16,32)", "ours 0..16 for lpf/hpf",
-        "documented departure (32 is clamped to 16 by EOE on 32x32 images)" if mag is None else str(mag))
+    ours = load_config([REPO / "configs" / "experiments" / "eoe" / "ad_cifar10_eoe_multiscale.yml"]).ad_sweep.magnitudes
+    row("multiscale magnitudes: the script's default 0,1,2,4,8,16,32; EOE's README command 0,1,2,4,8,12,14,15 "
+        "with 16 OE images", f"ours {list(ours)}",
+        "equal to the README command; lpf/hpf above 16 on 32x32 images is an error here (EOE clamps it to 16)"
+        if mag is None else str(mag))
 
 
 # ------------------------------------------------------------------------------------------------ main
