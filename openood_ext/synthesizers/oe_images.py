@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -57,8 +58,9 @@ class OEImages(OutlierSource):
     ``batch_size`` defaults to the ID batch size, and then every step pairs exactly as many outliers as
     the ID batch holds: the short last batch of an epoch (e.g. 8 normals) gets 8 outliers, the rest of
     that outlier batch is dropped (EOE's ``BalancedConcatLoader`` cuts the OE batch to the normal batch
-    the same way). An explicit ``batch_size`` always draws that many. Output: float tensor
-    [n, C, H, W] on the device.
+    the same way). An explicit ``batch_size`` always draws that many. ``order`` (``cycle`` or EOE's
+    ``published``) says how an epoch's outliers are drawn from the pool (:meth:`epoch_indices`).
+    Output: float tensor [n, C, H, W] on the device.
     """
 
     kind = "images"
@@ -66,14 +68,14 @@ class OEImages(OutlierSource):
     def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
                  image_dir: str | None = None, limit: NonNegativeInt | None = None,
                  batch_size: PositiveInt | None = None, augment: bool = True,
-                 limit_classes: PositiveInt | None = None):
+                 limit_classes: PositiveInt | None = None, order: Literal["cycle", "published"] = "cycle"):
         if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
                               "(e.g. eoe_dsvdd) and remove trainer.outliers")
         self.imglist, self.folder, self.split_name = imglist, folder, split
         self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
-        self.limit_classes = limit_classes
+        self.limit_classes, self.order = limit_classes, order
         self._iter = None
 
     # ------------------------------------------------------------------ setup
@@ -153,12 +155,25 @@ class OEImages(OutlierSource):
 
     # ------------------------------------------------------------------ drawing
     def epoch_indices(self, epoch: int) -> list[list[int]]:
-        """The batches of dataset indices for ``epoch``: reshuffled copies of the pool, cycled."""
+        """The batches of dataset indices for ``epoch``.
+
+        ``order: cycle`` (default): reshuffled copies of the pool one after the other, so every pooled
+        image is used equally often. ``order: published`` (EOE's ``BalancedConcatLoader``): a pool smaller
+        than the ID training set is repeated ceil(N / |pool|) times and the whole repetition shuffled at
+        once (an image may come back within a batch); a pool of 10,000 images or more is sampled with
+        replacement (EOE's ``RandomSampler(replacement=True)``).
+        """
         rng = np.random.default_rng([self.ctx.seed, 0x0E, epoch])
         need = self.ctx.steps_per_epoch * self.out_batch
-        reps = -(-need // len(self.pool))
-        stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
-        return [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
+        if self.order == "published":
+            n_id = getattr(self.ctx, "train_size", None) or need
+            pool = np.tile(self.pool, -(-n_id // len(self.pool))) if len(self.pool) < n_id else self.pool
+            stream = rng.choice(pool, len(pool), replace=True) if len(self.pool) >= 10_000 else rng.permutation(pool)
+            stream = stream[:need]
+        else:
+            reps = -(-need // len(self.pool))
+            stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
+        return [stream[i:i + self.out_batch].tolist() for i in range(0, len(stream), self.out_batch)]
 
     def on_epoch_start(self, epoch: int) -> None:
         generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))

@@ -450,11 +450,23 @@ def check_pairing(eoe):
         counts = np.bincount(np.asarray(used), minlength=n_oe)
         pub_counts = np.bincount(pub_used, minlength=n_oe)
         same_counts = (counts.min(), counts.max()) == (pub_counts.min(), pub_counts.max())
+        # order: published builds EOE's epoch stream: one permutation of the pool repeated ceil(N / |pool|) times
+        pub_src = OEImages(order="published")
+        pub_src.ctx = SimpleNamespace(seed=0, steps_per_epoch=steps, train_size=n_normal)
+        pub_src.out_batch, pub_src.pool = batch, np.arange(n_oe)
+        ours_stream = np.sort([i for b in pub_src.epoch_indices(0) for i in b])
+        eoe_stream = np.sort(np.asarray(loader.oe_loader.dataset.indices))
+        if n_oe < n_normal:
+            same = np.array_equal(ours_stream, eoe_stream)
+            row(f"OE epoch stream with trainer.outliers.order=published, pool {n_oe}: the multiset of indices vs "
+                f"EOE's repeated index list ({len(eoe_stream)} entries)", "identical" if same else "differs",
+                "equal with switch trainer.outliers.order=published (the permutation itself: another RNG)"
+                if same else "DIFFERENT")
         row(f"OE use per epoch, pool {n_oe}: each image used min..max times",
             f"ours {counts.min()}..{counts.max()}, EOE {pub_counts.min()}..{pub_counts.max()}",
-            ("equal in counts; " if same_counts else "") + "documented departure in order: ours shuffles each pass "
-            "over the pool on its own, EOE shuffles the pool repeated ceil(N/|pool|) times at once (and samples "
-            "with replacement for pools of 10,000 or more)")
+            ("equal in counts; " if same_counts else "") + "order: the default shuffles each pass over the pool on "
+            "its own, EOE the pool repeated ceil(N/|pool|) times at once (with replacement for pools of 10,000 or "
+            "more): equal with switch trainer.outliers.order=published")
     GOLDEN["pairing"] = {"n_normal": n_normal, "batch": batch, "sizes": pub_sizes}
 
 

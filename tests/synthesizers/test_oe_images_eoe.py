@@ -88,3 +88,37 @@ def test_limit_classes_errors_name_the_key(bench_and_oe):
         source({"name": "oe_images", "folder": str(root / "oe"), "limit_classes": 4}, bench)
     with pytest.raises(ConfigError, match=r"limit: 5 is larger than the outlier set of the 1 drawn classes"):
         source({"name": "oe_images", "folder": str(root / "oe"), "limit_classes": 1, "limit": 5}, bench)
+
+
+def _planned(order, pool, steps, batch, train_size, seed=0):
+    from types import SimpleNamespace
+
+    from openood_ext.synthesizers.oe_images import OEImages
+    src = OEImages(order=order)
+    src.ctx = SimpleNamespace(seed=seed, steps_per_epoch=steps, train_size=train_size)
+    src.out_batch, src.pool = batch, np.asarray(pool)
+    return src
+
+
+def test_published_order_shuffles_the_repeated_pool_at_once():
+    # EOE: 300 normals, pool of 7 -> the pool repeated ceil(300 / 7) = 43 times, one permutation per epoch
+    src = _planned("published", range(7), steps=3, batch=128, train_size=300)
+    for epoch in range(2):
+        flat = [i for b in src.epoch_indices(epoch) for i in b]
+        assert [len(b) for b in src.epoch_indices(epoch)] == [128, 128, 45]
+        assert np.array_equal(np.bincount(flat), [43] * 7)
+    cyc = _planned("cycle", range(7), steps=3, batch=128, train_size=300)
+    first = [i for b in cyc.epoch_indices(0) for i in b][:7]
+    assert sorted(first) == list(range(7))  # cycle: every pass over the pool holds each image once
+
+
+def test_published_order_samples_large_pools_with_replacement():
+    src = _planned("published", range(10_000), steps=2, batch=100, train_size=200)
+    flat = np.array([i for b in src.epoch_indices(0) for i in b])
+    assert len(flat) == 200
+    # with replacement over 10,000 draws of 10,000: about 1 - 1/e of the pool appears; without: all of it
+    full = _planned("published", range(10_000), steps=100, batch=100, train_size=10_000)
+    seen = np.unique([i for b in full.epoch_indices(0) for i in b])
+    assert 0.55 < len(seen) / 10_000 < 0.7
+    small = _planned("published", range(9_999), steps=100, batch=100, train_size=9_999)
+    assert len(np.unique([i for b in small.epoch_indices(0) for i in b])) == 9_999
