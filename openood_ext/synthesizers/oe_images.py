@@ -142,10 +142,12 @@ class OEImages(OutlierSource):
         self.pool = np.sort(rng.choice(candidates, self.limit, replace=False)) if self.limit else candidates
 
     def describe(self) -> str:
-        size = f"{len(self.pool)} of {len(self.dataset)}" if len(self.pool) < len(self.dataset) else f"{len(self.dataset)}"
+        n = len(self.dataset)
+        size = f"{len(self.pool)} of {n}" if len(self.pool) < n else f"{n}"
         if self.classes is not None:
             size += f" (classes {', '.join(map(str, self.classes))})"
-        per_step = f"{self.out_batch} per step" if self.batch_size else f"as many per step as the ID batch ({self.out_batch})"
+        per_step = f"{self.out_batch} per step" if self.batch_size else \
+            f"as many per step as the ID batch ({self.out_batch})"
         return f"oe_images: {size} images from {self._where()}, {per_step}"
 
     def label(self) -> str:
