@@ -54,7 +54,7 @@ class CFOODPostprocessor(Postprocessor):
     def __init__(self, alpha: Annotated[float, Range(0, 1, open_low=True)] = 0.1,
                  k: Annotated[float, Range(0, 1, open_low=True)] = 0.01, seed: NonNegativeInt = 0,
                  chunk: Annotated[int, Range(1)] = 256):
-        self.alpha, self.k, self.seed, self.chunk = float(alpha), float(k), int(seed), int(chunk)
+        self.alpha, self.k, self.seed, self._chunk = float(alpha), float(k), int(seed), int(chunk)
         self._ref = self._radii = self._kappa = None
 
     def fit(self, train_outputs: NetOutputs | None = None, **_):
@@ -74,7 +74,7 @@ class CFOODPostprocessor(Postprocessor):
         pos, self._kappa = pos[keep], torch.from_numpy(KAPPA_GRID[keep])
         ranks = torch.from_numpy(pos + 1)  # + 1: the point itself is its own nearest neighbour
         radii = []
-        for block in feats.split(self.chunk):
+        for block in feats.split(self._chunk):
             radii.append(squared_distances(block, feats).sort(dim=1).values[:, ranks])
         self._ref, self._radii = feats, torch.cat(radii)  # [n, D], [n, len(grid)] non-decreasing rows
         return self
@@ -85,7 +85,7 @@ class CFOODPostprocessor(Postprocessor):
         n, grid = len(self._ref), len(self._kappa)
         need = min_count(n, self.k)
         out = []
-        for block in unit_rows(features).split(self.chunk):
+        for block in unit_rows(features).split(self._chunk):
             d2 = squared_distances(block, self._ref)  # [B, n]
             # first grid index at which each reference point's radius reaches the distance
             first = torch.searchsorted(self._radii.contiguous(), d2.T.contiguous(), right=False).T  # [B, n]
