@@ -66,14 +66,18 @@ class GMMPostprocessor(Postprocessor):
         alpha: layer weights ([0, 0, 1]: only the third layer counts); layers weighted 0 are not tapped.
         density: ``logsumexp`` (default: the exact log mixture density, in float64) or ``openood``
             (OpenOOD's float32 ``log(density + 1e-45)``, which underflows to one floor value far out).
-        seed: sklearn's ``random_state`` of the mixture's k-means initialisation (OpenOOD: 0).
+        pca_solver: sklearn's ``svd_solver`` of the PCA (``auto``: randomized on large inputs). OpenOOD
+            uses ``auto`` unseeded, so its randomized PCA (and its scores) change from run to run; ours is
+            seeded; ``full`` is the exact PCA.
+        seed: ``random_state`` of the PCA and of the mixture's k-means initialisation (OpenOOD's mixture: 0).
     """
 
     uses_taps = True
 
     def __init__(self, layers=("stem", 0, 1), feature_type=("stat", "mean", "flat"), num_clusters=(3, 1, 50),
                  reduce_dim=("none", "none", "pca_50"), alpha=(0.0, 0.0, 1.0),
-                 density: Literal["logsumexp", "openood"] = "logsumexp", seed: NonNegativeInt = 0):
+                 density: Literal["logsumexp", "openood"] = "logsumexp",
+                 pca_solver: Literal["auto", "full", "randomized"] = "auto", seed: NonNegativeInt = 0):
         lists = {"layers": list(layers), "feature_type": list(feature_type), "num_clusters": list(num_clusters),
                  "reduce_dim": list(reduce_dim), "alpha": list(alpha)}
         if len({len(v) for v in lists.values()}) != 1 or not lists["layers"]:
@@ -91,7 +95,7 @@ class GMMPostprocessor(Postprocessor):
         self.layers, self.feature_type = lists["layers"], lists["feature_type"]
         self.num_clusters, self.reduce_dim = [int(k) for k in lists["num_clusters"]], lists["reduce_dim"]
         self.alpha = [float(a) for a in lists["alpha"]]
-        self.density, self.seed = density, int(seed)
+        self.density, self.pca_solver, self.seed = density, pca_solver, int(seed)
         self.layer_names: list[str] | None = None
         self._models: list | None = None  # per used layer: (projection, means, precision, weights)
         self.net = self.device = self.loaders = None
@@ -144,7 +148,7 @@ class GMMPostprocessor(Postprocessor):
                 get_logger().warning("gmm: layer %s: pca_%d exceeds min(samples %d, dim %d); keeping %d",
                                      self.layer_names[i], kept, n, d, min(n, d))
                 kept = min(n, d)
-            proj = PCA(n_components=kept).fit(feats).components_.T
+            proj = PCA(n_components=kept, svd_solver=self.pca_solver, random_state=self.seed).fit(feats).components_.T
         x = feats @ proj
         k = min(self.num_clusters[i], n)
         if k < self.num_clusters[i]:

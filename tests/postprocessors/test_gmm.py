@@ -54,13 +54,14 @@ def test_mixture_log_density_equals_sklearn_up_to_its_constant():
 def test_gmm_fit_from_taps_equals_sklearn_on_the_same_features(net_and_data):
     net, loaders, train, test = net_and_data
     layer = "body.5"  # a ReLU: 8-channel 8x8 maps; stat pooling, PCA to 6, 2 components
-    pp = _fit(net, loaders, layers=[layer], feature_type=["stat"], num_clusters=[2], reduce_dim=["pca_6"], alpha=[1.0])
+    pp = _fit(net, loaders, layers=[layer], feature_type=["stat"], num_clusters=[2], reduce_dim=["pca_6"], alpha=[1.0],
+              pca_solver="full")
     with torch.no_grad(), LayerTaps(net, [layer], transform=lambda t: reduce_feature_map(t, "stat").clone()) as taps:
         net(train)
         f_train = taps.pop()[0].double().numpy()
         net(test)
         f_test = taps.pop()[0].double().numpy()
-    proj = PCA(n_components=6).fit(f_train).components_.T
+    proj = PCA(n_components=6, svd_solver="full").fit(f_train).components_.T
     gm = GaussianMixture(2, covariance_type="tied", random_state=0).fit(f_train @ proj)
     conf = pp.score_loader(loaders["test"]())
     diff = conf - gm.score_samples(f_test @ proj)
