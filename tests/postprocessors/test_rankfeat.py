@@ -27,8 +27,8 @@ def test_remove_rank1_equals_numpy_svd():
 @torch.no_grad()
 def test_rankfeat_equals_the_blockwise_definition_and_is_batch_independent():
     torch.manual_seed(0)
-    net = ResNet18_32x32(num_classes=5, width=8).eval()  # small, same blocks
-    x = torch.randn(6, 3, 16, 16)  # layer3 4x4, layer4 2x2 maps: rank > 1
+    net = ResNet18_32x32(num_classes=5, width=4).eval()  # small, same blocks
+    x = torch.randn(5, 3, 16, 16)  # layer3 4x4, layer4 2x2 maps: rank > 1
 
     def upto(x, block):
         out = net.layer3(net.layer2(net.layer1(torch.relu(net.bn1(net.conv1(x))))))
@@ -39,12 +39,12 @@ def test_rankfeat_equals_the_blockwise_definition_and_is_batch_independent():
     pp = build("rankfeat", temperature=2.0)
     assert pp.needs_network and not pp.uses_taps  # the scheduler's network route
     pp.attach_network(net, "cpu")
-    conf = pp.score_loader(image_loader(x, torch.zeros(6).long(), batch_size=4))
+    conf = pp.score_loader(image_loader(x, torch.zeros(5).long(), batch_size=3))
     assert pp.layer_names == ["layer3", "layer4"]
     np.testing.assert_allclose(conf, (2.0 * torch.logsumexp(logits / 2.0, 1)).numpy(), rtol=1e-5)
     one_layer = build("rankfeat", layers=["layer4"])
     one_layer.attach_network(net, "cpu")
-    np.testing.assert_allclose(one_layer.score_loader(image_loader(x, torch.zeros(6).long(), batch_size=6)),
+    np.testing.assert_allclose(one_layer.score_loader(image_loader(x, torch.zeros(5).long(), batch_size=5)),
                                torch.logsumexp(head(remove_rank1(upto(x, 4))), 1).numpy(), rtol=1e-5)
 
 
