@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
+from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
 from ..datasets.transforms import build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
@@ -44,6 +46,10 @@ class OEImages(OutlierSource):
     is reshuffled with a
     generator seeded by (seed, epoch), so a resumed run draws the same outliers. ``batch_size``
     defaults to the ID batch size. Output: float tensor [batch_size, C, H, W] on the device.
+
+    With ``data.backend: tensor`` (the ID images on the tensor path, :meth:`use_tensor_path`), the
+    outlier images are decoded once into the same decoded-image cache, held on the training device and
+    augmented per batch there, with a generator seeded by (seed, epoch); the drawn indices are the same.
     """
 
     kind = "images"
@@ -58,6 +64,7 @@ class OEImages(OutlierSource):
         self.imglist, self.folder, self.split_name = imglist, folder, split
         self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
         self._iter = None
+        self._tensor = None  # (uint8 images on the device, BatchPipeline) on the tensor path
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -128,8 +135,34 @@ class OEImages(OutlierSource):
         stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
         return [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
 
+    def use_tensor_path(self, data, device, log) -> bool:
+        """Draw from the decoded-image cache (``data``: the run's DataSettings) on ``device``; False (one
+        log line naming why) when the recipe or the images need the per-image path."""
+        pre = self.ctx.benchmark.preprocessor
+        reason = unsupported(pre, self.augment)
+        if reason is None:
+            try:
+                decoded = DecodedCache(data.cache_root(), data.max_side, log).load(self.dataset, geometry(pre))
+                if decoded.skipped:
+                    reason = f"{decoded.skipped} unreadable outlier image(s) skipped"
+            except NotSmall as exc:
+                reason = str(exc)
+        if reason is not None:
+            log.info("outlier images: per-image PIL path (%s)", reason)
+            return False
+        where = torch.device(device) if data.on_device else torch.device("cpu")
+        self._tensor = (decoded.images.to(where), tensor_pipeline(pre, train=self.augment))
+        self._iter = None
+        return True
+
     def on_epoch_start(self, epoch: int) -> None:
-        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))
+        seed = int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62))
+        if self._tensor is not None:
+            images = self._tensor[0]
+            self._generator = torch.Generator(device=images.device).manual_seed(seed)
+            self._iter = (torch.as_tensor(idx, device=images.device) for idx in self.epoch_indices(epoch))
+            return
+        generator = torch.Generator().manual_seed(seed)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
                                              num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
                                              generator=generator)
@@ -139,8 +172,13 @@ class OEImages(OutlierSource):
         if self._iter is None:
             self.on_epoch_start(batch.epoch)
         try:
-            images = next(self._iter)[0]
+            images = next(self._iter)
         except StopIteration:  # more ID batches than planned (should not happen): start over
             self.on_epoch_start(batch.epoch)
-            images = next(self._iter)[0]
+            images = next(self._iter)
+        if self._tensor is not None:
+            pixels, pipeline = self._tensor
+            images = pipeline(pixels[images], self._generator)
+        else:
+            images = images[0]
         return images.to(self.ctx.device, non_blocking=True)

@@ -1,0 +1,314 @@
+"""Batched augmentation on the device: every op acts on a whole float batch ``[B, C, H, W]`` (pixel values in
+[0, 1] until normalisation) with per-sample random parameters drawn from a ``torch.Generator``.
+
+The per-image path (:mod:`.transforms`) draws its parameters from torch's global RNG inside torchvision;
+here every op draws from the generator it is given, so a fixed seed gives identical batches on rerun, and
+the generator's state, saved with the training state, gives identical batches after resume. Parameters are
+drawn on the generator's device (a CUDA generator keeps the draws on the GPU) and then moved to the batch.
+
+Each random op draws its parameters from the same distribution as its torchvision counterpart:
+
+=====================  ======================================================================================
+op                     torchvision counterpart and what differs
+=====================  ======================================================================================
+:class:`PadCrop`       ``RandomCrop(size, padding)``: zero padding, offsets uniform over 0..H+2p-size; exact.
+:class:`HFlip`         ``RandomHorizontalFlip(p)``; exact.
+:class:`ColorJitter`   ``ColorJitter(b, c, s, h)``: factors uniform in [max(0, 1-b), 1+b] (hue in [-h, h]),
+                       the four adjustments in a uniformly random order *per sample* (torchvision draws one
+                       order per call, i.e. per image in a per-image pipeline: the same distribution). The
+                       adjustments follow torchvision's tensor kernels (grey = 0.2989 R + 0.587 G + 0.114 B,
+                       contrast about the mean grey level, hue in HSV); the PIL path rounds to 8 bits after
+                       every adjustment, this path does not (differences up to a few 1/255).
+:class:`GaussianNoise` EOE's ``x + std * randn_like(x)``; exact in distribution.
+:class:`Rotate`        ``RandomRotation(degrees)``: angle uniform in [-d, d], counter-clockwise, about the
+                       centre, nearest neighbour, zero fill, same size (sampled with ``grid_sample``; PIL's
+                       resampling grid may differ at a few pixel borders).
+:class:`ResizedCrop`   ``RandomResizedCrop(size, scale, ratio)``: torchvision's 10-try rejection sampling of
+                       area and log-aspect ratio and its centre-crop fallback, vectorised; bilinear
+                       resampling without antialiasing (PIL antialiases when it shrinks).
+:class:`Grayscale`     ``Grayscale(n)``: the same weights; 1 -> 3 channels repeats the grey channel.
+:class:`Normalize`     ``Normalize(mean, std)``, or per-class statistics indexed by the batch's labels.
+:class:`LocalContrast` FCDD's local contrast normalisation per sample (x - mean) / mean|x - mean| (``l1``) or
+                       / std (``l2``), over all channels and pixels.
+=====================  ======================================================================================
+
+kornia.augmentation has most of these, but draws from torch's global RNG (no per-call generator) and its
+ColorJitter applies one order to the whole batch; the ops are a few lines each here instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+
+
+def _rand(shape: Sequence[int], g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) draws from ``g`` (on ``g``'s device), moved to ``device``."""
+    return torch.rand(*shape, generator=g, device=g.device).to(device)
+
+
+def _randint(high: torch.Tensor | int, shape: Sequence[int], g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Integers uniform over 0..high-1 (``high`` may be a tensor of per-sample bounds)."""
+    return (_rand(shape, g, device) * torch.as_tensor(high, device=device)).floor().long()
+
+
+def uniform(lo: float, hi: float, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return lo + (hi - lo) * _rand((n,), g, device)
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 1, H, W] with torchvision's weights."""
+    r, gr, b = x.unbind(1)
+    return (GREY_WEIGHTS[0] * r + GREY_WEIGHTS[1] * gr + GREY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+class PadCrop:
+    """Zero-pad by ``padding`` and crop ``size`` x ``size`` at a per-sample uniform offset."""
+
+    def __init__(self, size: int, padding: int = 4):
+        self.size, self.padding = int(size), int(padding)
+
+    def offsets(self, n: int, h: int, w: int, g: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+        p, s = self.padding, self.size
+        if h + 2 * p < s or w + 2 * p < s:
+            raise ConfigError(f"random_crop: crop {s} is larger than the padded image {h + 2 * p}x{w + 2 * p}")
+        return _randint(h + 2 * p - s + 1, (n,), g, device), _randint(w + 2 * p - s + 1, (n,), g, device)
+
+    def __call__(self, x, g, labels=None):
+        n, _, h, w = x.shape
+        i, j = self.offsets(n, h, w, g, x.device)
+        padded = F.pad(x, (self.padding,) * 4) if self.padding else x
+        ar = torch.arange(self.size, device=x.device)
+        rows, cols = (i[:, None] + ar)[:, :, None], (j[:, None] + ar)[:, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+class HFlip:
+    """Mirror each sample left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = float(p)
+
+    def __call__(self, x, g, labels=None):
+        flip = _rand((len(x),), g, x.device) < self.p
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * other).clamp(0, 1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_div = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1 - s)).clamp(0, 1)
+    q = (v * (1 - s * f)).clamp(0, 1)
+    t = (v * (1 - s * (1 - f))).clamp(0, 1)
+    sectors = torch.stack((torch.stack((v, q, p, p, t, v), 1),
+                           torch.stack((t, v, v, q, p, p), 1),
+                           torch.stack((p, p, t, v, v, q), 1)), 1)  # [B, 3, 6, H, W]
+    return sectors.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
+
+
+class ColorJitter:
+    """Brightness, contrast, saturation and hue, each factor drawn per sample, applied in a per-sample
+    random order (see the module table). 1-channel batches: saturation and hue do nothing (as torchvision)."""
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+        if not 0 <= hue <= 0.5:
+            raise ConfigError(f"color_jitter: hue must be in [0, 0.5], got {hue}")
+        self.ranges = [(max(0.0, 1 - v), 1 + v) if v else None for v in (brightness, contrast, saturation)]
+        self.ranges.append((-hue, hue) if hue else None)
+
+    def params(self, n: int, g: torch.Generator, device) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        order = _rand((n, 4), g, device).argsort(1)  # a uniformly random permutation per sample
+        factors = [None if r is None else uniform(r[0], r[1], n, g, device) for r in self.ranges]
+        return order, factors
+
+    @staticmethod
+    def adjust(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        rgb = x.shape[1] == 3
+        if op == 0:
+            return _blend(x, torch.zeros_like(x), f)
+        if op == 1:
+            mean = (grey(x) if rgb else x).mean(dim=(1, 2, 3), keepdim=True)
+            return _blend(x, mean, f)
+        if not rgb:
+            return x
+        if op == 2:
+            return _blend(x, grey(x), f)
+        hsv = _rgb_to_hsv(x)
+        hsv[:, 0] = torch.remainder(hsv[:, 0] + f.view(-1, 1, 1), 1.0)
+        return _hsv_to_rgb(hsv)
+
+    def __call__(self, x, g, labels=None):
+        order, factors = self.params(len(x), g, x.device)
+        x = x.clone()
+        for slot in range(4):
+            for op, f in enumerate(factors):
+                if f is None:
+                    continue
+                idx = (order[:, slot] == op).nonzero().squeeze(1)
+                if len(idx):
+                    x[idx] = self.adjust(op, x[idx], f[idx])
+        return x
+
+
+class GaussianNoise:
+    """x + std * N(0, 1), per pixel (EOE's CIFAR-10 augmentation; on [0, 1] values, before Normalize)."""
+
+    def __init__(self, std: float):
+        self.std = float(std)
+
+    def __call__(self, x, g, labels=None):
+        noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)
+        return x + self.std * noise
+
+
+def _affine_sample(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x.dtype), [len(x), x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+class Rotate:
+    """Rotate each sample counter-clockwise by an angle uniform in [-degrees, degrees] (zero fill)."""
+
+    def __init__(self, degrees: float, mode: str = "nearest"):
+        self.degrees, self.mode = float(degrees), mode
+
+    def __call__(self, x, g, labels=None):
+        n, _, h, w = x.shape
+        a = torch.deg2rad(uniform(-self.degrees, self.degrees, n, g, x.device))
+        cos, sin = torch.cos(a), torch.sin(a)
+        # output (u, v) samples input R(-a) (u, v) in pixel units; normalised coordinates scale by w/2, h/2
+        theta = torch.stack((torch.stack((cos, -sin * h / w, torch.zeros_like(a)), 1),
+                             torch.stack((sin * w / h, cos, torch.zeros_like(a)), 1)), 1)
+        return _affine_sample(x, theta, (h, w), self.mode)
+
+
+class ResizedCrop:
+    """torchvision's RandomResizedCrop parameters per sample, the crop resized to ``size`` bilinearly."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10):
+        self.size, self.scale, self.ratio, self.tries = int(size), tuple(scale), tuple(ratio), int(tries)
+
+    def boxes(self, n: int, height: int, width: int, g: torch.Generator, device) -> torch.Tensor:
+        """[n, 4] integer boxes (top, left, h, w), torchvision's ``get_params`` vectorised."""
+        area = height * width
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * _rand((n, self.tries), g, device))
+        aspect = torch.exp(lo + (hi - lo) * _rand((n, self.tries), g, device))
+        w = torch.round(torch.sqrt(target * aspect)).long()
+        h = torch.round(torch.sqrt(target / aspect)).long()
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=device))
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            fw, fh = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            fh, fw = height, int(round(height * max(self.ratio)))
+        else:
+            fw, fh = width, height
+        found = first >= 0
+        pick = first.clamp(min=0)[:, None]
+        bw = torch.where(found, w.gather(1, pick).squeeze(1), torch.full_like(first, fw))
+        bh = torch.where(found, h.gather(1, pick).squeeze(1), torch.full_like(first, fh))
+        top = torch.where(found, _randint(height - bh + 1, (n,), g, device), (height - bh) // 2)
+        left = torch.where(found, _randint(width - bw + 1, (n,), g, device), (width - bw) // 2)
+        return torch.stack((top, left, bh, bw), 1)
+
+    def __call__(self, x, g, labels=None):
+        n, _, height, width = x.shape
+        top, left, bh, bw = self.boxes(n, height, width, g, x.device).to(x.dtype).unbind(1)
+        # the box's centre and half-extent in normalised coordinates (align_corners=False)
+        cx, cy = (2 * left + bw) / width - 1, (2 * top + bh) / height - 1
+        zero = torch.zeros_like(cx)
+        theta = torch.stack((torch.stack((bw / width, zero, cx), 1), torch.stack((zero, bh / height, cy), 1)), 1)
+        return _affine_sample(x, theta, (self.size, self.size), "bilinear")
+
+
+class Grayscale:
+    """To ``channels`` channels: RGB -> grey with torchvision's weights (repeated when 3), grey -> repeated."""
+
+    def __init__(self, channels: int = 1):
+        self.channels = int(channels)
+
+    def __call__(self, x, g=None, labels=None):
+        y = grey(x) if x.shape[1] == 3 else x
+        return y.expand(-1, self.channels, -1, -1).contiguous() if self.channels == 3 else y
+
+
+class Normalize:
+    """(x - mean) / std per channel; with ``[num_classes, C]`` statistics, each sample uses its label's row."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+
+    def __call__(self, x, g=None, labels=None):
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if mean.ndim == 2:
+            if labels is None:
+                raise ValueError("per-class normalisation needs the batch's labels")
+            mean, std = mean[labels], std[labels]
+            return (x - mean[:, :, None, None]) / std[:, :, None, None]
+        return (x - mean[:, None, None]) / std[:, None, None]
+
+
+class LocalContrast:
+    """FCDD's local contrast normalisation per sample over all channels and pixels."""
+
+    def __init__(self, norm: str = "l1"):
+        if norm not in ("l1", "l2"):
+            raise ConfigError(f"lcn: expected l1 or l2, got {norm!r}")
+        self.norm = norm
+
+    def __call__(self, x, g=None, labels=None):
+        centred = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        scale = centred.abs().mean(dim=(1, 2, 3), keepdim=True) if self.norm == "l1" \
+            else centred.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+        return centred / scale.clamp_min(1e-12)
+
+
+class BatchPipeline:
+    """uint8 batch [B, C, H, W] -> float batch: ``/ 255`` (as ``ToTensor``), then ``ops`` in order."""
+
+    def __init__(self, ops: Sequence):
+        self.ops = list(ops)
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = images.float().div(255) if images.dtype == torch.uint8 else images
+        for op in self.ops:
+            x = op(x, g, labels)
+        return x
+
+    def __repr__(self) -> str:
+        return f"BatchPipeline({', '.join(type(op).__name__ for op in self.ops)})"
