@@ -72,6 +72,8 @@ def grey(x: torch.Tensor) -> torch.Tensor:
 class PadCrop:
     """Zero-pad by ``padding`` and crop ``size`` x ``size`` at a per-sample uniform offset."""
 
+    exact_on_uint8 = True  # moves pixels only: may run before the conversion to float
+
     def __init__(self, size: int, padding: int = 4):
         self.size, self.padding = int(size), int(padding)
 
@@ -82,17 +84,21 @@ class PadCrop:
         return _randint(h + 2 * p - s + 1, (n,), g, device), _randint(w + 2 * p - s + 1, (n,), g, device)
 
     def __call__(self, x, g, labels=None):
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         i, j = self.offsets(n, h, w, g, x.device)
         padded = F.pad(x, (self.padding,) * 4) if self.padding else x
+        width = w + 2 * self.padding
         ar = torch.arange(self.size, device=x.device)
-        rows, cols = (i[:, None] + ar)[:, :, None], (j[:, None] + ar)[:, None, :]
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+        window = (ar[:, None] * width + ar[None, :]).view(-1)  # the crop's flat pixel offsets at (0, 0)
+        index = (i * width + j)[:, None] + window
+        out = padded.reshape(n, c, -1).gather(2, index[:, None, :].expand(n, c, -1))
+        return out.view(n, c, self.size, self.size)
 
 
 class HFlip:
     """Mirror each sample left-right with probability ``p``."""
+
+    exact_on_uint8 = True
 
     def __init__(self, p: float = 0.5):
         self.p = float(p)
@@ -107,35 +113,22 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
     return (f * x + (1 - f) * other).clamp(0, 1)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of an RGB batch by ``shift`` (fractions of a turn, per sample), keeping S and V:
+    torchvision's ``adjust_hue`` (RGB -> HSV, h + shift mod 1, HSV -> RGB), with hue in sixths of a turn
+    and the closed-form HSV -> RGB ``c_n = V - (V - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6``."""
     maxc, _ = x.max(1)
     minc, _ = x.min(1)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.stack((h, s, maxc), 1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    sectors = torch.stack((torch.stack((v, q, p, p, t, v), 1),
-                           torch.stack((t, v, v, q, p, p), 1),
-                           torch.stack((p, p, t, v, v, q), 1)), 1)  # [B, 3, 6, H, W]
-    return sectors.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
+    r, g, b = x.unbind(1)
+    chroma = maxc - minc
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h = torch.where(chroma > 0, h, torch.zeros_like(h)).add_(6.0 * shift.view(-1, 1, 1))
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h + n, 6.0)
+        out.append(maxc - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0, 1))
+    return torch.stack(out, 1)
 
 
 class ColorJitter:
@@ -157,7 +150,7 @@ class ColorJitter:
     def adjust(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         rgb = x.shape[1] == 3
         if op == 0:
-            return _blend(x, torch.zeros_like(x), f)
+            return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
         if op == 1:
             mean = (grey(x) if rgb else x).mean(dim=(1, 2, 3), keepdim=True)
             return _blend(x, mean, f)
@@ -165,9 +158,7 @@ class ColorJitter:
             return x
         if op == 2:
             return _blend(x, grey(x), f)
-        hsv = _rgb_to_hsv(x)
-        hsv[:, 0] = torch.remainder(hsv[:, 0] + f.view(-1, 1, 1), 1.0)
-        return _hsv_to_rgb(hsv)
+        return _shift_hue(x, f)
 
     def __call__(self, x, g, labels=None):
         order, factors = self.params(len(x), g, x.device)
@@ -273,6 +264,11 @@ class Normalize:
     def __init__(self, mean, std):
         self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
+    def affine(self, peak: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) [C, 1, 1] with ``x * scale + shift == (x / peak - mean) / std``."""
+        mean, std = self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
+        return 1.0 / (peak * std), -mean / std
+
     def __call__(self, x, g=None, labels=None):
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         if mean.ndim == 2:
@@ -299,14 +295,35 @@ class LocalContrast:
 
 
 class BatchPipeline:
-    """uint8 batch [B, C, H, W] -> float batch: ``/ 255`` (as ``ToTensor``), then ``ops`` in order."""
+    """uint8 batch [B, C, H, W] -> float batch: ``/ 255`` (as ``ToTensor``), then ``ops`` in order.
+
+    Leading ops that only move pixels (``exact_on_uint8``: crop, flip) run on the uint8 batch, before
+    the conversion (the same result, a quarter of the memory traffic); a global :class:`Normalize`
+    right after the conversion is fused with it into one affine map (equal to 1e-6)."""
 
     def __init__(self, ops: Sequence):
         self.ops = list(ops)
+        lead = 0
+        while lead < len(self.ops) and getattr(self.ops[lead], "exact_on_uint8", False):
+            lead += 1
+        self.lead, rest = self.ops[:lead], self.ops[lead:]
+        self.fused = rest[0] if rest and isinstance(rest[0], Normalize) and rest[0].mean.ndim == 1 else None
+        self.rest = rest[1:] if self.fused is not None else rest
 
     def __call__(self, images: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = images.float().div(255) if images.dtype == torch.uint8 else images
-        for op in self.ops:
+        if images.dtype != torch.uint8:
+            x = images
+            for op in self.ops:
+                x = op(x, g, labels)
+            return x
+        for op in self.lead:
+            images = op(images, g, labels)
+        if self.fused is not None:
+            scale, shift = self.fused.affine(255.0, images.device)
+            x = torch.addcmul(shift, images.float(), scale)
+        else:
+            x = images.float().div_(255)
+        for op in self.rest:
             x = op(x, g, labels)
         return x
 

@@ -142,7 +142,7 @@ class DecodedCache:
             pixels = np.load(array, mmap_mode="r")
             if list(pixels.shape) != meta["shape"] or pixels.dtype != np.uint8:
                 raise ValueError(f"shape {list(pixels.shape)} != {meta['shape']}")
-            return np.ascontiguousarray(pixels), np.asarray(meta["kept"], dtype=np.int64)
+            return np.array(pixels), np.asarray(meta["kept"], dtype=np.int64)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.log.info("decoded-image cache %s is unreadable or truncated (%s); rebuilding", array,
                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
