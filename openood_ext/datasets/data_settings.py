@@ -5,7 +5,8 @@
                          # pil: per-image PIL transforms in a DataLoader; auto: tensor wherever every
                          # transform of the recipe is supported, else pil with one log line naming it
       cache: true        # keep the decoded images on disk between runs (false: decode into memory each run)
-      cache_dir: null    # null: <cache_dir>/decoded when the run sets cache_dir, else <output_dir>/cache/decoded
+      cache_dir: null    # null: <cache_dir>/decoded (the run's cache_dir); with no cache_dir either,
+                         # the images are decoded into memory each run and nothing is written
       max_side: 64       # the tensor backend decodes lists of images no larger than this (else pil)
       on_device: true    # hold the decoded set on the training device (false: in host memory)
 
@@ -42,10 +43,10 @@ class DataSettings:
             raise ConfigError(f"data: expected a mapping, got {section!r}")
         check_section("data", cls, section)
         settings = cls(**section)
-        if settings.cache_dir is None and cfg is not None:
-            base = cfg.get("cache_dir")
-            root = Path(str(base)) / "decoded" if base else Path(str(cfg.get("output_dir", "results"))) / "cache" / "decoded"
-            settings = cls(**{**{f.name: getattr(settings, f.name) for f in fields(cls)}, "cache_dir": str(root)})
+        base = cfg.get("cache_dir") if cfg is not None else None
+        if settings.cache_dir is None and base:
+            settings = cls(**{**{f.name: getattr(settings, f.name) for f in fields(cls)},
+                              "cache_dir": str(Path(str(base)) / "decoded")})
         return settings
 
     def cache_root(self) -> Path | None:

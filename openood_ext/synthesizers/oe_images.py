@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,7 @@ class OEImages(OutlierSource):
     def use_tensor_path(self, data, device, log) -> bool:
         """Draw from the decoded-image cache (``data``: the run's DataSettings) on ``device``; False (one
         log line naming why) when the recipe or the images need the per-image path."""
+        log = log or logging.getLogger("openood_ext")
         pre = self.ctx.benchmark.preprocessor
         reason = unsupported(pre, self.augment)
         if reason is None:

@@ -134,7 +134,7 @@ def test_a_large_image_stops_decoding_naming_it(images, tmp_path):
 
 def test_data_section_is_typed_and_defaults_under_the_cache_dir():
     assert DataSettings.from_config({"cache_dir": "/x"}).cache_dir == "/x/decoded"
-    assert DataSettings.from_config({"output_dir": "out"}).cache_dir == "out/cache/decoded"
+    assert DataSettings.from_config({"output_dir": "out"}).cache_root() is None  # no cache_dir: memory only
     assert DataSettings.from_config({"data": {"cache": False}}).cache_root() is None
     with pytest.raises(ConfigError, match=r"data.backend"):
         DataSettings.from_config({"data": {"backend": "gpu"}})

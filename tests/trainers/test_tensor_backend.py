@@ -1,0 +1,93 @@
+"""The tensor data backend inside training: the engine resumes a tensor-backed run bit-identically (the
+batch source's generator is in the training state), and outlier-exposure images drawn from the decoded
+cache equal the per-image path's (no augmentation) and repeat with the seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from openood_ext.datasets import Benchmark
+from openood_ext.datasets.batch_source import TensorBatchSource
+from openood_ext.datasets.data_settings import DataSettings
+from openood_ext.synthesizers import SourceContext
+from openood_ext.synthesizers.oe_images import OEImages
+from openood_ext.trainers import Engine, Trainer, split_trainer_config
+from openood_ext.trainers.data import build_train_loader
+
+PRE = {"image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
+       "train_augment": ["random_crop", "hflip", "color_jitter", "gaussian_noise"], "crop_padding": 2, "jitter": 0.2}
+
+
+@pytest.fixture
+def bench(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png {i % 3}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    return Benchmark(num_classes=3, id={"train": "list.txt", "val": "list.txt", "test": "list.txt"},
+                     imglist_dir=str(tmp_path), data_root=str(tmp_path), preprocessor=PRE, oe="list.txt")
+
+
+class PlainCE(Trainer):
+    def training_step(self, batch):
+        return {"loss": F.cross_entropy(self.net(batch.images), batch.labels)}
+
+
+def settings(epochs):
+    return split_trainer_config({"name": "x", "epochs": epochs, "batch_size": 6, "scheduler": {"name": "constant"},
+                                 "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})[0]
+
+
+def train(bench, tmp_path, epochs, resume=False):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    data = DataSettings(backend="tensor", cache_dir=str(tmp_path / "cache"))
+    source = build_train_loader(bench, PlainCE(), 6, seed=4, data=data)
+    assert isinstance(source, TensorBatchSource)
+    engine = Engine(PlainCE(), net, source, settings(epochs), num_classes=3, state_path=tmp_path / "last.pt")
+    engine.fit(resume=resume)
+    return net
+
+
+def test_resumed_tensor_backed_training_is_bit_identical(bench, tmp_path):
+    straight = train(bench, tmp_path / "a", 3)
+    train(bench, tmp_path / "b", 1)
+    resumed = train(bench, tmp_path / "b", 3, resume=True)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def oe_source(bench, augment, tensor, tmp_path):
+    source = OEImages(augment=augment, batch_size=5)
+    source.setup(SourceContext(bench, torch.device("cpu"), seed=2, batch_size=5, steps_per_epoch=3))
+    source.check()
+    if tensor:
+        assert source.use_tensor_path(DataSettings(cache_dir=str(tmp_path / "cache")), "cpu", None)
+    return source
+
+
+def draws(source, epoch=0):
+    source.on_epoch_start(epoch)
+    return [source.draw(None) for _ in range(3)]
+
+
+def test_oe_images_from_the_cache_equal_the_per_image_path_without_augmentation(bench, tmp_path):
+    pil = draws(oe_source(bench, False, False, tmp_path))
+    tensor = draws(oe_source(bench, False, True, tmp_path))
+    for a, b in zip(pil, tensor, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_augmented_oe_images_repeat_per_seed_and_epoch(bench, tmp_path):
+    a, b = oe_source(bench, True, True, tmp_path), oe_source(bench, True, True, tmp_path)
+    first = draws(a, 1)
+    assert all(torch.equal(x, y) for x, y in zip(first, draws(b, 1)))
+    assert not torch.equal(first[0], draws(a, 2)[0])
