@@ -2,7 +2,7 @@
 cache + batched augmentation, :mod:`openood_ext.datasets.batch_source`) on the CPU, in one run.
 
     openood-ext bench loader [--shared /work/shared/data] [--images 5000] [--workers 2] [--batch-size 128]
-                             [--epochs 2] [--train-steps 200]
+                             [--epochs 2] [--train-steps 200] [--train-batch-size 32]
 
 Recipes: OpenOOD's CIFAR-10 training transform (``configs/benchmarks/cifar10.yml``), EOE's CIFAR-10
 augmentation (``eoe_cifar10_ad.yml``) and FCDD's Fashion-MNIST one (``experiments/fcdd/ad_fmnist_fcdd.yml``),
@@ -15,7 +15,7 @@ images/s (wall), CPU time per training image (this process and its workers: ``ge
 ratio of CPU time per image, PIL / tensor (the speed-up per core; goal >= 20, and <= 0.05 ms CPU per
 image for the tensor path). The tensor path's one-off decoding is printed separately.
 
-Then ``--train-steps`` optimizer steps of ``eoe_cnn32`` on the OpenOOD CIFAR-10 recipe with each backend
+Then ``--train-steps`` optimizer steps (batches of ``--train-batch-size``) of ``eoe_cnn32`` on the OpenOOD CIFAR-10 recipe with each backend
 (the engine, plain cross-entropy): images/s of each and their ratio.
 """
 
@@ -118,15 +118,18 @@ def bench_recipe(recipe: str, bench: Benchmark, args, cache: Path) -> dict:
 def bench_training(bench: Benchmark, args, cache: Path) -> dict:
     """Images/s of ``--train-steps`` engine steps of eoe_cnn32 with each backend (same seed, same net)."""
     out = {}
-    steps_per_epoch = -(-len(bench.dataset(bench.split("id_train"))) // args.batch_size)
+    batch = args.train_batch_size
+    n_images = min(len(bench.dataset(bench.split("id_train"))), args.train_steps * batch)
+    bench = limited(bench, n_images, cache)
+    steps_per_epoch = -(-n_images // batch)
     epochs = max(1, -(-args.train_steps // steps_per_epoch))
     for backend in ("pil", "tensor"):
-        settings, method = split_trainer_config({"name": "base", "epochs": epochs, "batch_size": args.batch_size,
+        settings, method = split_trainer_config({"name": "base", "epochs": epochs, "batch_size": batch,
                                                  "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
                                                  "scheduler": {"name": "constant"}})
         trainer = TRAINERS.build(method)
         data = DataSettings(backend=backend, cache_dir=str(cache))
-        loader = build_train_loader(bench, trainer, args.batch_size, 0, loader_options={"num_workers": args.workers},
+        loader = build_train_loader(bench, trainer, batch, 0, loader_options={"num_workers": args.workers},
                                     data=data)
         torch.manual_seed(0)
         net = NETWORKS.build({"name": "eoe_cnn32", "rep_dim": 10})  # 10 outputs: CE over the classes
@@ -140,6 +143,17 @@ def bench_training(bench: Benchmark, args, cache: Path) -> dict:
     return out
 
 
+def limited(bench: Benchmark, n: int, where: Path) -> Benchmark:
+    """``bench`` with its training list cut to the first ``n`` lines."""
+    split = bench.split("id_train")
+    lines = split.imglist.read_text().splitlines()[:n]
+    where.mkdir(parents=True, exist_ok=True)
+    sub = where / f"train_{n}.txt"
+    sub.write_text("\n".join(lines) + "\n")
+    return Benchmark(num_classes=bench.num_classes, id={"train": str(sub), "val": str(sub), "test": str(sub)},
+                     data_root=str(bench.data_root), preprocessor=bench.preprocessor)
+
+
 def main(argv) -> int:
     parser = argparse.ArgumentParser(prog="openood-ext bench loader", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default="/work/shared/data", help="folder holding cifar10_train.tar")
@@ -148,6 +162,7 @@ def main(argv) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=200, help="0: skip the training comparison")
+    parser.add_argument("--train-batch-size", type=int, default=32)
     parser.add_argument("--recipes", default=",".join(RECIPES))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # per-core figures: the tensor path and the main process on one thread
@@ -170,7 +185,7 @@ def main(argv) -> int:
         if args.train_steps:
             made["cifar10"] = made.get("cifar10") or lists["cifar10"]()
             t = bench_training(recipe_benchmark("openood_cifar10", made["cifar10"], root), args, root / "cache")
-            print(f"training eoe_cnn32, OpenOOD CIFAR-10 recipe, {t['pil']['steps']} steps of {args.batch_size}: "
+            print(f"training eoe_cnn32, OpenOOD CIFAR-10 recipe, {t['pil']['steps']} steps of {args.train_batch_size}: "
                   f"PIL {t['pil']['img_s']:.0f} img/s, tensor {t['tensor']['img_s']:.0f} img/s, "
                   f"tensor / PIL = {t['ratio']:.2f}x")
     return 0

@@ -37,10 +37,10 @@ class DataSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "DataSettings":
         """From a run config (its ``data:`` section, checked: one ConfigError line naming the key)."""
-        section = (cfg or {}).get("data") if cfg is not None else None
+        section = cfg.get("data") if cfg is not None else None
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"data: expected a mapping such as {{backend: pil}}, got {section!r}")
         section = dict(section or {})
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"data: expected a mapping, got {section!r}")
         check_section("data", cls, section)
         settings = cls(**section)
         base = cfg.get("cache_dir") if cfg is not None else None

@@ -14,7 +14,9 @@ the partial file, logs one line and the run goes on with the decoded array in me
 Bad input is reported exactly as the per-image path reports it, before any training: a missing or
 unreadable image names the file and its list line; a label outside the classes names the list line
 (:class:`.imglist.ImglistDataset`). The list must hold *small* images: an image with a side larger than
-``max_side`` stops the decoding with :class:`NotSmall` naming it (the caller keeps the PIL path).
+``max_side``, or a recipe resizing to more than it, stops the decoding with :class:`NotSmall` naming it
+(the caller keeps the PIL path). Images of mixed sizes are fine: the recipe's resize and centre crop
+bring them to one size.
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ class DecodedCache:
     def load(self, dataset: ImglistDataset, geometry: dict) -> DecodedImages:
         """The list's decoded pixels (from disk when current, else decoded and stored); NotSmall or
         DataError as described in the module docstring."""
+        if max(geometry["resize"], geometry["image_size"]) > self.max_side:
+            raise NotSmall(f"{dataset.imglist}: images are resized to {geometry['resize']} px, larger than "
+                           f"data.max_side {self.max_side}")
         labels = dataset.labels()
         key = content_key(dataset, geometry) if self.root is not None else None
         if self.root is not None:

@@ -130,6 +130,9 @@ def test_a_large_image_stops_decoding_naming_it(images, tmp_path):
     Image.fromarray(np.zeros((70, 20, 3), np.uint8)).save(images / "img" / "4.png")
     with pytest.raises(NotSmall, match=r"4.png is 20x70 \(listed at .*list.txt:5\), larger than data.max_side 64"):
         DecodedCache(tmp_path / "c", max_side=64).load(dataset(images), geometry(PRE))
+    big = {**PRE, "image_size": 224, "resize": 224}  # small files, but a recipe that blows them up
+    with pytest.raises(NotSmall, match=r"list.txt: images are resized to 224 px, larger than data.max_side 64"):
+        DecodedCache(tmp_path / "c", max_side=64).load(dataset(images, big), geometry(big))
 
 
 def test_data_section_is_typed_and_defaults_under_the_cache_dir():
