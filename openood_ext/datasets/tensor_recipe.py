@@ -6,8 +6,10 @@ The per-image path is ``Resize(resize) -> CenterCrop(image_size) -> [train_augme
 (:mod:`.decoded_cache`) stores their output, produced by the same PIL code; the rest runs here on whole
 batches. Supported ``train_augment`` entries: the keys of :data:`TENSOR_AUGMENTS` (each builds its
 op from the same preprocessor keys as :func:`.transforms.build_transform`; a new PIL augmentation gets
-its tensor op by one entry there); anything else (or ``train_crop: random``, a trainer's own transform,
-EOE's Fourier filter on the training images) keeps the PIL path, and :func:`unsupported` names it.
+its tensor op by one entry there); anything else (or ``train_crop: random``) keeps the PIL path, and
+:func:`unsupported` names it. A benchmark whose ``dataset`` was wrapped with an extra per-image transform
+(EOE's Fourier filter, ``pipelines/ad/data.py``) declares its batched counterpart in
+``benchmark.train_batch_ops`` (applied after the pipeline), or keeps the PIL path.
 """
 
 from __future__ import annotations
@@ -44,10 +46,6 @@ def unsupported(pre: Mapping[str, Any], train: bool) -> str | None:
     """Why ``pre`` cannot run as a tensor pipeline (naming the transform), or None when it can."""
     if train and pre.get("train_crop", "center") == "random":
         return "benchmark.preprocessor.train_crop: random (a random crop of the resized image)"
-    ms = pre.get("ms_mode")  # EOE's multi-scale mode (defaults as synthesizers.fourier_filter.MSMode)
-    parts = ms.get("parts", ["train_nominal"]) if isinstance(ms, Mapping) else []
-    if isinstance(ms, Mapping) and ms.get("magnitude", 14) and "train_nominal" in ([parts] if isinstance(parts, str) else parts):
-        return "benchmark.preprocessor.ms_mode (EOE's Fourier filter on the training images)"
     if train:
         for aug in pre.get("train_augment", []) or []:
             if aug not in TENSOR_AUGMENTS:

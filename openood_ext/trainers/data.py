@@ -12,6 +12,7 @@ import torch
 
 from .. import distributed
 from ..datasets.batch_source import TensorBatchSource
+from ..datasets.batch_transforms import BatchPipeline
 from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import SkipCounter
 from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
@@ -63,6 +64,8 @@ def tensor_backend_obstacle(benchmark, trainer) -> str | None:
         return "torchrun data parallelism (each rank reads its own share through a DataLoader)"
     if trainer.train_transform(dict(benchmark.preprocessor)) is not None:
         return f"the trainer's own training transform ({type(trainer).__name__}.train_transform)"
+    if "dataset" in vars(benchmark) and getattr(benchmark, "train_batch_ops", None) is None:
+        return "a per-image transform wrapped around the benchmark's datasets, with no batched counterpart"
     return unsupported(benchmark.preprocessor, train=True)
 
 
@@ -88,6 +91,9 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         return None
     where = torch.device(device) if data.on_device else torch.device("cpu")
     pipeline = tensor_pipeline(pre, train=True)
+    extra = tuple(getattr(benchmark, "train_batch_ops", None) or ())
+    if extra:  # e.g. EOE's Fourier filter on the normalised training images
+        pipeline = BatchPipeline([*pipeline.ops, *extra])
     sampler = trainer.batch_sampler(decoded.labels, batch_size, seed)
     log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)", len(decoded), where,
              decoded.source, pipeline)

@@ -91,3 +91,22 @@ def test_augmented_oe_images_repeat_per_seed_and_epoch(bench, tmp_path):
     first = draws(a, 1)
     assert all(torch.equal(x, y) for x, y in zip(first, draws(b, 1)))
     assert not torch.equal(first[0], draws(a, 2)[0])
+
+
+def test_eoe_fourier_filter_on_training_batches_equals_the_per_image_filter(bench, tmp_path):
+    from openood_ext.pipelines.ad.data import adapt_benchmark
+    bench.preprocessor = {**PRE, "train_augment": [], "ms_mode": {"mode": "lpf", "magnitude": 2, "parts": ["train_nominal"]}}
+    adapt_benchmark(bench)
+    pil = build_train_loader(bench, PlainCE(), 6, seed=1)
+    tensor = build_train_loader(bench, PlainCE(), 6, seed=1,
+                                data=DataSettings(backend="tensor", cache_dir=str(tmp_path / "cache")))
+    assert isinstance(tensor, TensorBatchSource) and "FourierTransform" in repr(tensor.pipeline)
+    for (x, y, _), (xt, yt, _) in zip(pil, tensor, strict=True):
+        assert torch.equal(y, yt) and torch.allclose(x, xt, atol=1e-5)
+
+
+def test_a_wrapped_dataset_without_batched_counterpart_keeps_the_pil_path(bench, tmp_path):
+    plain = bench.dataset
+    bench.dataset = lambda split, train=False: plain(split, train)  # some per-image wrapper
+    assert not isinstance(build_train_loader(bench, PlainCE(), 6, seed=1, data=DataSettings(cache_dir=str(tmp_path))),
+                          TensorBatchSource)
