@@ -32,8 +32,11 @@ op                     torchvision counterpart and what differs
                        / std (``l2``), over all channels and pixels.
 =====================  ======================================================================================
 
-kornia.augmentation has most of these, but draws from torch's global RNG (no per-call generator) and its
-ColorJitter applies one order to the whole batch; the ops are a few lines each here instead.
+kornia.augmentation has most of these, but is not used: its parameters come from
+``torch.distributions`` samplers on torch's global RNG (no per-call generator, so no resumable stream of
+one's own), and its torchvision-compatible ColorJitter draws one order of the four adjustments for the
+whole batch (``order``, shape (4,), in ``kornia/augmentation/random_generator/_2d/color_jitter.py``), not
+one per image as a per-image pipeline does. The ops are a few lines each here instead.
 """
 
 from __future__ import annotations

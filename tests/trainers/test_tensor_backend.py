@@ -110,3 +110,20 @@ def test_a_wrapped_dataset_without_batched_counterpart_keeps_the_pil_path(bench,
     bench.dataset = lambda split, train=False: plain(split, train)  # some per-image wrapper
     assert not isinstance(build_train_loader(bench, PlainCE(), 6, seed=1, data=DataSettings(cache_dir=str(tmp_path))),
                           TensorBatchSource)
+
+
+def test_a_trainers_batch_sampler_gives_the_same_batches_on_both_paths(bench, tmp_path):
+    from openood_ext.trainers.vmdls_sampler import ClassBalancedBatchSampler
+
+    class Balanced(PlainCE):
+        def batch_sampler(self, labels, batch_size, seed):
+            return ClassBalancedBatchSampler(labels, batch_classes=3, sample_count=2, seed=seed)
+
+    no_aug = {**PRE, "train_augment": []}
+    bench.preprocessor = no_aug
+    pil = build_train_loader(bench, Balanced(), 6, seed=5)
+    tensor = build_train_loader(bench, Balanced(), 6, seed=5,
+                                data=DataSettings(backend="tensor", cache_dir=str(tmp_path / "cache")))
+    assert isinstance(tensor, TensorBatchSource) and len(tensor) == len(pil)
+    for (x, y, _), (xt, yt, _) in zip(pil, tensor, strict=True):
+        assert torch.equal(y, yt) and torch.allclose(x, xt, atol=1e-6)
