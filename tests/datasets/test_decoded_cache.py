@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,20 +98,29 @@ def test_disk_full_while_writing_removes_the_partial_cache_and_trains_from_memor
     assert len(lines) == 1 and "No space left on device" in lines[0] and "\n" not in lines[0]
 
 
-def test_cache_dir_that_is_a_file_or_read_only_is_one_line(tmp_path):
+def test_cache_dir_that_is_a_file_or_read_only_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match=r"data.cache_dir .*f is a file, expected a directory"):
         check_cache_dir(tmp_path / "f" / "decoded")
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        with pytest.raises(ConfigError, match="is not writable"):
-            check_cache_dir(ro / "decoded")
-    finally:
-        ro.chmod(0o700)
+    real_access = os.access  # root may write anywhere: the permission check is what is tested
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"data.cache_dir .*ro/decoded: .*ro is not writable \(give another "
+                                          r"directory or data.cache: false\)"):
+        check_cache_dir(ro / "decoded")
+
+
+def test_a_bad_data_section_stops_the_run_before_anything_exists(tmp_path):
+    from openood_ext.config import load_config
+    from openood_ext.pipelines.validation import validate_run
+    from conftest import REPO
+    for override, fragment in (("+data.backend=gpu", "data.backend"), (f"+data.cache_dir={tmp_path / 'f' / 'x'}", "data.cache_dir .* is a file")):
+        (tmp_path / "f").write_text("")
+        cfg = load_config([REPO / "configs" / "pipelines" / "train.yml"], [override, f"output_dir={tmp_path / 'out'}"])
+        with pytest.raises(ConfigError, match=fragment):
+            validate_run(cfg)
+        assert not (tmp_path / "out").exists()
 
 
 def test_bad_images_and_labels_are_reported_as_the_per_image_path_does(images, tmp_path):
