@@ -163,14 +163,22 @@ class ColorJitter:
             return _blend(x, grey(x), f)
         return _shift_hue(x, f)
 
-    def __call__(self, x, g, labels=None):
+    def __call__(self, x, g, labels=None, masked: bool | None = None):
+        """``masked`` (default: on CUDA) computes each adjustment on the whole batch and keeps it where the
+        sample's order says so: no host sync (``nonzero``) at four times the arithmetic; otherwise each
+        adjustment runs on the samples that need it at that position only. The results are equal."""
         order, factors = self.params(len(x), g, x.device)
+        masked = x.is_cuda if masked is None else masked
         x = x.clone()
         for slot in range(4):
             for op, f in enumerate(factors):
                 if f is None:
                     continue
-                idx = (order[:, slot] == op).nonzero().squeeze(1)
+                take = order[:, slot] == op
+                if masked:
+                    x = torch.where(take[:, None, None, None], self.adjust(op, x, f), x)
+                    continue
+                idx = take.nonzero().squeeze(1)
                 if len(idx):
                     x[idx] = self.adjust(op, x[idx], f[idx])
         return x

@@ -101,6 +101,11 @@ def test_jitter_applies_each_samples_own_order():
         assert torch.allclose(out[b], y[0], atol=1e-6)
 
 
+def test_jitter_without_host_syncs_equals_the_subset_version():
+    jitter, x = bt.ColorJitter(0.5, 0.5, 0.5, 0.2), batch(16)
+    assert torch.allclose(jitter(x, gen(12), masked=True), jitter(x, gen(12), masked=False), atol=1e-6)
+
+
 def test_jitter_rejects_hue_outside_torchvisions_bound():
     with pytest.raises(ConfigError, match="hue"):
         bt.ColorJitter(hue=0.6)
