@@ -18,6 +18,8 @@ split over ranks and gather the results, is done in one place).
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 from collections import Counter
@@ -156,8 +158,20 @@ class TapSet:
         self._handles: list = []
         self._batch: dict[tuple[str, str], Any] = {}
         self.calls: Counter = Counter()
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hooks ignore firings inside: a consumer may run (parts of) the network again in its update."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def _record(self, layer: str, t) -> None:
+        if self._paused:
+            return
         if isinstance(t, (tuple, list)):
             t = t[0]
         if any(k[0] == layer for k in self._batch):
@@ -221,8 +235,9 @@ def extract_outputs(net: torch.nn.Module, loader, device: torch.device | str = "
             labels.append(targets)
             if consumers:
                 reduced = taps.pop()
-                for c in consumers:
-                    c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
+                with taps.paused():
+                    for c in consumers:
+                        c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
     if not logits:
         raise EmptySplit(f"{desc}: none of the split's {skipped} images could be read", skipped)
     outputs = NetOutputs(torch.cat(logits), torch.cat(feats), torch.cat(labels), last_linear_layer(net),

@@ -217,11 +217,13 @@ class Rotate:
 
 
 class ResizedCrop:
-    """torchvision's RandomResizedCrop parameters per sample, the crop resized to ``size`` bilinearly."""
+    """torchvision's RandomResizedCrop parameters per sample, the crop resized to ``size`` (``mode``:
+    bilinear, nearest or bicubic, as ``grid_sample``)."""
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10):
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10, mode: str = "bilinear"):
         self.size, self.scale, self.ratio, self.tries = int(size), tuple(scale), tuple(ratio), int(tries)
+        self.mode = mode
 
     def boxes(self, n: int, height: int, width: int, g: torch.Generator, device) -> torch.Tensor:
         """[n, 4] integer boxes (top, left, h, w), torchvision's ``get_params`` vectorised."""
@@ -255,7 +257,7 @@ class ResizedCrop:
         cx, cy = (2 * left + bw) / width - 1, (2 * top + bh) / height - 1
         zero = torch.zeros_like(cx)
         theta = torch.stack((torch.stack((bw / width, zero, cx), 1), torch.stack((zero, bh / height, cy), 1)), 1)
-        return _affine_sample(x, theta, (self.size, self.size), "bilinear")
+        return _affine_sample(x, theta, (self.size, self.size), self.mode)
 
 
 class Grayscale:

@@ -24,12 +24,20 @@ def _jitter(pre: Mapping[str, Any]) -> bt.ColorJitter:
     return bt.ColorJitter(j, j, j, j)
 
 
+def _resized_crop(pre: Mapping[str, Any]) -> bt.ResizedCrop:
+    scale = tuple(float(v) for v in pre.get("resized_crop_scale", [0.08, 1.0]))
+    mode = {"nearest": "nearest", "bicubic": "bicubic"}.get(str(pre.get("interpolation", "bilinear")), "bilinear")
+    return bt.ResizedCrop(int(pre.get("image_size", 32)), scale=scale, mode=mode)
+
+
 #: ``train_augment`` name -> its batched op, built from the preprocessor (the PIL path's keys)
 TENSOR_AUGMENTS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "random_crop": lambda pre: bt.PadCrop(int(pre.get("image_size", 32)), int(pre.get("crop_padding", 4))),
     "hflip": lambda pre: bt.HFlip(),
     "color_jitter": _jitter,
     "gaussian_noise": lambda pre: bt.GaussianNoise(float(pre.get("noise_std", 0.001))),
+    "random_rotation": lambda pre: bt.Rotate(float(pre.get("rotation_degrees", 10))),  # nearest, zero fill
+    "random_resized_crop": _resized_crop,
 }
 #: ops the PIL path applies to the tensor after ToTensor (after every PIL augmentation, whatever the order)
 TENSOR_STEPS = ("gaussian_noise",)

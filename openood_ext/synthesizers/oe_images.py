@@ -14,7 +14,7 @@ from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
 from ..datasets.transforms import build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
-from .base import OutlierSource
+from .base import OutlierSource, rank_key
 from .registry import OUTLIER_SOURCES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -45,7 +45,9 @@ class OEImages(OutlierSource):
     ``N = 1`` puts the same image in every outlier slot (the AD pipeline passes the normal class as
     ``subset_key``, so the subset is drawn anew for every class x seed, as EOE does). Per epoch the pool
     is reshuffled with a
-    generator seeded by (seed, epoch), so a resumed run draws the same outliers. ``batch_size``
+    generator seeded by (seed, epoch), so a resumed run draws the same outliers. Under torchrun the
+    epoch's stream is dealt out by rank (rank r takes batches r, r + W, ...), so the ranks draw different
+    images and together cover W times as much of the pool per epoch as one process. ``batch_size``
     defaults to the ID batch size. Output: float tensor [batch_size, C, H, W] on the device.
 
     With ``data.backend: tensor`` (the ID images on the tensor path, :meth:`use_tensor_path`), the
@@ -129,12 +131,15 @@ class OEImages(OutlierSource):
 
     # ------------------------------------------------------------------ drawing
     def epoch_indices(self, epoch: int) -> list[list[int]]:
-        """The batches of dataset indices for ``epoch``: reshuffled copies of the pool, cycled."""
+        """This rank's batches of dataset indices for ``epoch``: reshuffled copies of the pool, cycled,
+        one stream for all ranks dealt out batch by batch (a single process takes all of it)."""
         rng = np.random.default_rng([self.ctx.seed, 0x0E, epoch])
-        need = self.ctx.steps_per_epoch * self.out_batch
+        rank, world = int(getattr(self.ctx, "rank", 0)), int(getattr(self.ctx, "world_size", 1))
+        need = self.ctx.steps_per_epoch * self.out_batch * world
         reps = -(-need // len(self.pool))
         stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
-        return [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
+        batches = [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
+        return batches[rank::world]
 
     def use_tensor_path(self, data, device, log) -> bool:
         """Draw from the decoded-image cache (``data``: the run's DataSettings) on ``device``; False (one
@@ -158,7 +163,8 @@ class OEImages(OutlierSource):
         return True
 
     def on_epoch_start(self, epoch: int) -> None:
-        seed = int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62))
+        entropy = [self.ctx.seed, epoch, *rank_key(self.ctx)]  # augmentation differs per rank
+        seed = int(np.random.default_rng(entropy).integers(2**62))
         if self._tensor is not None:
             images = self._tensor[0]
             self._generator = torch.Generator(device=images.device).manual_seed(seed)

@@ -155,6 +155,16 @@ def test_data_section_is_typed_and_defaults_under_the_cache_dir():
         DataSettings.from_config({"data": {"max_sid": 3}})
 
 
+def test_vmdls_rotation_and_resized_crop_have_batched_ops_with_the_recipes_parameters():
+    from openood_ext.datasets import batch_transforms as bt
+    pre = {**PRE, "train_augment": ["random_rotation", "random_resized_crop"], "rotation_degrees": 15,
+           "resized_crop_scale": [0.95, 1.0]}
+    assert unsupported(pre, True) is None
+    rotate, crop = tensor_pipeline(pre, train=True).ops[:2]
+    assert isinstance(rotate, bt.Rotate) and rotate.degrees == 15
+    assert isinstance(crop, bt.ResizedCrop) and crop.scale == (0.95, 1.0) and crop.size == 8
+
+
 def test_unsupported_transforms_are_named():
     assert unsupported({**PRE, "train_augment": ["random_crop", "hflip", "color_jitter", "gaussian_noise"]}, True) is None
     assert "train_augment: autoaugment" in unsupported({**PRE, "train_augment": ["autoaugment"]}, True)
