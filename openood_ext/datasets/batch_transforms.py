@@ -307,6 +307,48 @@ class LocalContrast:
         return centred / scale.clamp_min(1e-12)
 
 
+class RandomApply:
+    """``op`` on each sample with probability ``p`` (torchvision's ``RandomApply([op], p)`` and, with
+    :class:`Grayscale` (3 channels), ``RandomGrayscale(p)``): computed on the whole batch, kept where drawn."""
+
+    def __init__(self, op, p: float):
+        self.op, self.p = op, float(p)
+
+    def __call__(self, x, g, labels=None):
+        take = _rand((len(x),), g, x.device) < self.p
+        return torch.where(take[:, None, None, None], self.op(x, g, labels), x)
+
+
+class MultiView:
+    """``views`` independent passes of ``pipeline`` over one uint8 batch -> [B, views, C, H, W] (the
+    batched form of a per-image multi-view transform, e.g. NPOS's two augmented views)."""
+
+    def __init__(self, pipeline: "BatchPipeline", views: int = 2):
+        self.pipeline, self.views = pipeline, int(views)
+
+    def __call__(self, images, g, labels=None):
+        return torch.stack([self.pipeline(images, g, labels) for _ in range(self.views)], 1)
+
+    def __repr__(self) -> str:
+        return f"MultiView({self.pipeline!r}, views={self.views})"
+
+
+class Then:
+    """``first`` (a uint8 -> float pipeline), then ``ops`` on its float output."""
+
+    def __init__(self, first, ops: Sequence):
+        self.first, self.ops = first, list(ops)
+
+    def __call__(self, images, g, labels=None):
+        x = self.first(images, g, labels)
+        for op in self.ops:
+            x = op(x, g, labels)
+        return x
+
+    def __repr__(self) -> str:
+        return f"{self.first!r} then {', '.join(type(op).__name__ for op in self.ops)}"
+
+
 class BatchPipeline:
     """uint8 batch [B, C, H, W] -> float batch: ``/ 255`` (as ``ToTensor``), then ``ops`` in order.
 

@@ -12,7 +12,7 @@ import torch
 
 from .. import distributed
 from ..datasets.batch_source import TensorBatchSource
-from ..datasets.batch_transforms import BatchPipeline
+from ..datasets.batch_transforms import Then
 from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import SkipCounter
 from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
@@ -59,12 +59,20 @@ def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_worke
                                        collate_fn=SkipCounter(), drop_last=False, **opts)
 
 
+def _own_batch_transform(trainer, pre):
+    """The trainer's batched counterpart of its own training transform, or None (duck-typed trainers)."""
+    own = getattr(trainer, "train_batch_transform", None)
+    return own(dict(pre)) if own is not None else None
+
+
 def tensor_backend_obstacle(benchmark, trainer) -> str | None:
     """What keeps the ID training split off the tensor backend (naming the transform), or None."""
     if distributed.is_distributed():
         return "torchrun data parallelism (each rank reads its own share through a DataLoader)"
-    if trainer.train_transform(dict(benchmark.preprocessor)) is not None:
-        return f"the trainer's own training transform ({type(trainer).__name__}.train_transform)"
+    if trainer.train_transform(dict(benchmark.preprocessor)) is not None:  # replaces the benchmark's transform
+        if _own_batch_transform(trainer, benchmark.preprocessor) is None:
+            return f"the trainer's own training transform ({type(trainer).__name__}.train_transform)"
+        return None
     if "dataset" in vars(benchmark) and getattr(benchmark, "train_batch_ops", None) is None:
         return "a per-image transform wrapped around the benchmark's datasets, with no batched counterpart"
     return unsupported(benchmark.preprocessor, train=True)
@@ -91,10 +99,12 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         log.info("data backend: per-image PIL path (%s)", reason)
         return None
     where = torch.device(device) if data.on_device else torch.device("cpu")
-    pipeline = tensor_pipeline(pre, train=True)
-    extra = tuple(getattr(benchmark, "train_batch_ops", None) or ())
-    if extra:  # e.g. EOE's Fourier filter on the normalised training images
-        pipeline = BatchPipeline([*pipeline.ops, *extra])
+    pipeline = _own_batch_transform(trainer, pre) if trainer.train_transform(pre) is not None else None
+    if pipeline is None:  # the benchmark's transform, and what a wrapped dataset adds to it
+        pipeline = tensor_pipeline(pre, train=True)
+        extra = tuple(getattr(benchmark, "train_batch_ops", None) or ())
+        if extra:  # e.g. EOE's Fourier filter on the normalised training images
+            pipeline = Then(pipeline, extra)
     sampler = trainer.batch_sampler(decoded.labels, batch_size, seed)
     log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)", len(decoded), where,
              decoded.source, pipeline)

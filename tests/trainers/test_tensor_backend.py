@@ -127,3 +127,19 @@ def test_a_trainers_batch_sampler_gives_the_same_batches_on_both_paths(bench, tm
     assert isinstance(tensor, TensorBatchSource) and len(tensor) == len(pil)
     for (x, y, _), (xt, yt, _) in zip(pil, tensor, strict=True):
         assert torch.equal(y, yt) and torch.allclose(x, xt, atol=1e-6)
+
+
+def test_npos_two_views_take_the_tensor_path_with_its_augmentation_rates(bench, tmp_path):
+    from openood_ext.datasets import batch_transforms as bt
+    from openood_ext.trainers import TRAINERS
+    npos = TRAINERS.build({"name": "npos"})
+    source = build_train_loader(bench, npos, 6, seed=2, data=DataSettings(cache_dir=str(tmp_path / "cache")))
+    assert isinstance(source, TensorBatchSource) and isinstance(source.pipeline, bt.MultiView)
+    x, y, _ = next(iter(source))
+    assert x.shape == (6, 2, 3, 8, 8) and not torch.equal(x[:, 0], x[:, 1])  # two independent views
+    # RandomApply's rate, as torchvision's RandomApply(p=0.8) / RandomGrayscale(p=0.2)
+    apply = bt.RandomApply(bt.Grayscale(3), 0.2)
+    img = torch.rand(4000, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    grey = (apply(img, torch.Generator().manual_seed(1)) != img).flatten(1).any(1)
+    from scipy import stats
+    assert stats.binomtest(int(grey.sum()), 4000, 0.2).pvalue > 1e-3
