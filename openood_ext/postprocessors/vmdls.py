@@ -281,8 +281,13 @@ class VMDLSPostprocessor(Postprocessor):
         """(lp [N, K], labels [N], r [N] or None) for a split (after ``attach_network``)."""
         return self._run(loader, self._loglik_of)
 
-    def score_loader(self, loader):
-        """A split's result as :meth:`score_taps`'s ``finish()`` gives it (conf float64 [N] first)."""
+    def score_loader(self, loader) -> np.ndarray:
+        """A split's confidences, float64 [N] (the split scored alone under ``shift: scored``)."""
+        return np.asarray(self.scored_split(loader)[0])
+
+    def scored_split(self, loader):
+        """A split's whole result, as :meth:`score_taps`'s ``finish()`` gives it: ``(conf, preds)``, plus the
+        parts for :meth:`rescore_pair` under ``shift: scored`` with an autoencoder."""
         self.score_taps()  # the same checks
         return self._run(loader, self._conf_and_preds)
 

@@ -23,7 +23,8 @@ import torch
 @dataclass
 class SourceContext:
     """What a source may use: the benchmark (transforms, data root, its ``oe`` split), the device, the
-    run's seed, the ID batch size, the number of steps per epoch and the loader workers. ``subset_key``
+    run's seed, the ID batch size, the number of steps per epoch (and ID images, ``train_size``) and the
+    loader workers. ``subset_key``
     (None, or an int such as the AD pipeline's normal class) joins the seed when a source draws a
     fixed subset of its pool (``oe_images`` ``limit``), so each class x seed gets its own subset.
 
@@ -41,6 +42,7 @@ class SourceContext:
     subset_key: int | None = None
     rank: int = 0
     world_size: int = 1
+    train_size: int | None = None  # ID training images per epoch (None: steps_per_epoch x batch_size)
 
 
 def rank_key(ctx) -> list[int]:

@@ -143,3 +143,11 @@ def test_npos_two_views_take_the_tensor_path_with_its_augmentation_rates(bench, 
     grey = (apply(img, torch.Generator().manual_seed(1)) != img).flatten(1).any(1)
     from scipy import stats
     assert stats.binomtest(int(grey.sum()), 4000, 0.2).pvalue > 1e-3
+
+
+def test_short_last_id_batch_gets_as_many_outliers_on_the_tensor_path(bench, tmp_path):
+    from types import SimpleNamespace
+    source = oe_source(bench, True, True, tmp_path)
+    source.batch_size = None  # default: pair the ID batch's size
+    source.on_epoch_start(0)
+    assert len(source.draw(SimpleNamespace(images=torch.zeros(3, 3, 8, 8), epoch=0))) == 3

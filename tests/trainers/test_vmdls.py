@@ -215,7 +215,7 @@ def test_postprocessor_end_to_end_matches_scipy_on_the_ensemble():
         feats = torch.cat([net.ensemble(b[0]) for b in data]).double()
     assert feats.shape[1] == net.ensemble_dim == 100 * 3 + 500 + 4
     y = torch.cat([b[1] for b in data])
-    scores, _ = pp.score_loader(data)
+    scores = pp.score_loader(data)
     ref = []
     for c in (0, 1):
         xc = feats[y == c].numpy()
@@ -233,7 +233,7 @@ def test_postprocessor_with_autoencoder_weight_on_the_training_scale():
     pp = POSTPROCESSORS.build({"name": "vmdls", "ae": ae, "shift": "fit"})
     pp.attach_network(net, torch.device("cpu"), lambda split: data)
     pp.fit()
-    s, _ = pp.score_loader(data)
+    s = pp.score_loader(data)
     lp, _, r = pp.loglik_loader(data)
     expected = (lp.max(1).values.numpy() - pp.m_fit) * r.numpy() / pp.r_fit_max
     np.testing.assert_allclose(s, expected)
@@ -254,7 +254,7 @@ def test_published_shift_rescored_per_id_ood_pair_by_the_evaluator():
     sets = {"id": data[:2], "a": data[2:4], "b": data[4:]}
     scored = {}
     for name, loader in sets.items():
-        conf, preds, parts = split_result(pp.score_loader(loader))
+        conf, preds, parts = split_result(pp.scored_split(loader))
         assert set(parts) == {"best", "recon"}
         scored[name] = SplitScores(conf, preds, np.zeros(len(conf), int), parts, pp.rescore_pair)
     result = EVALUATORS.get("ood")().evaluate("vmdls", scored["id"], {"a": ("near", scored["a"]),
