@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import to_plain
 from ..config import validate as validate_top_level
 from ..datasets import BENCHMARKS
+from ..datasets.data_settings import DataSettings
 from ..datasets.imglist import read_imglist
 from ..errors import CheckpointError, ConfigError
 from ..evaluators import EVALUATORS
@@ -98,6 +99,7 @@ def check_run_keys(cfg: DictConfig) -> None:
     check_experiment_name(cfg.get("experiment", "default"))
     _check_not_file("output_dir", cfg.get("output_dir", "results"))
     _check_not_file("cache_dir", cfg.get("cache_dir"))
+    DataSettings.from_config(cfg).cache_root()  # the data: section's types, and a usable cache directory
     device = resolve_device(cfg.get("device", "auto"))
     loader_options(cfg, device)
     check_precision("precision", cfg.get("precision", "fp32"), device)

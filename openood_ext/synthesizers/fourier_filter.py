@@ -157,16 +157,20 @@ class MSMode:
 
 
 class FourierTransform:
-    """Per-image transform on a *normalised* tensor [C, H, W]: back to pixel units, :func:`ms_filter`,
-    normalised again (EOE filters before its Normalize; this is the same up to float rounding)."""
+    """Transform of a *normalised* image [C, H, W] or batch [B, C, H, W] (then also a batched op of
+    :mod:`openood_ext.datasets.batch_transforms`: ``op(x, generator, labels)``; it draws nothing): back to
+    pixel units, :func:`ms_filter`, normalised again (EOE filters before its Normalize; this is the
+    same up to float rounding)."""
 
     def __init__(self, pixels: PixelSpace, mode: str, magnitude: int):
         self.pixels, self.mode, self.magnitude = pixels, mode, magnitude
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator=None, labels=None) -> torch.Tensor:
         if self.magnitude == 0:
             return x
-        return self.pixels.from_unit(ms_filter(self.pixels.to_unit(x[None]), self.mode, self.magnitude))[0]
+        single = x.ndim == 3
+        out = self.pixels.from_unit(ms_filter(self.pixels.to_unit(x[None] if single else x), self.mode, self.magnitude))
+        return out[0] if single else out
 
     def __repr__(self) -> str:
         return f"FourierTransform({self.mode}, magnitude={self.magnitude})"
@@ -207,6 +211,11 @@ class FourierFiltered(OutlierSource):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.inner.on_epoch_start(epoch)
+
+    def use_tensor_path(self, data, device, log) -> bool:
+        """The wrapped source draws from the decoded-image cache when it can (the filter acts on its batches)."""
+        inner = getattr(self.inner, "use_tensor_path", None)
+        return bool(inner(data, device, log)) if inner is not None else False
 
     def draw(self, batch) -> torch.Tensor:
         raw = self.pixels.to_unit(self.inner.draw(batch))

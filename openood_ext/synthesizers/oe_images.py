@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
+from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
 from ..datasets.transforms import build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
@@ -63,6 +66,10 @@ class OEImages(OutlierSource):
     the same way). An explicit ``batch_size`` always draws that many. ``order`` (``cycle`` or EOE's
     ``published``) says how an epoch's outliers are drawn from the pool (:meth:`epoch_indices`).
     Output: float tensor [n, C, H, W] on the device.
+
+    With ``data.backend: tensor`` (the ID images on the tensor path, :meth:`use_tensor_path`), the
+    outlier images are decoded once into the same decoded-image cache, held on the training device and
+    augmented per batch there, with a generator seeded by (seed, epoch); the drawn indices are the same.
     """
 
     kind = "images"
@@ -79,6 +86,7 @@ class OEImages(OutlierSource):
         self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
         self.limit_classes, self.order = limit_classes, order
         self._iter = None
+        self._tensor = None  # (uint8 images on the device, BatchPipeline) on the tensor path
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -182,22 +190,58 @@ class OEImages(OutlierSource):
         batches = [stream[i:i + self.out_batch].tolist() for i in range(0, len(stream), self.out_batch)]
         return batches[rank::world]
 
+    def use_tensor_path(self, data, device, log) -> bool:
+        """Draw from the decoded-image cache (``data``: the run's DataSettings) on ``device``; False (one
+        log line naming why) when the recipe or the images need the per-image path."""
+        log = log or logging.getLogger("openood_ext")
+        pre = self.ctx.benchmark.preprocessor
+        reason = unsupported(pre, self.augment)
+        if reason is None:
+            try:
+                decoded = DecodedCache(data.cache_root(), data.max_side, log).load(self.dataset, geometry(pre))
+                if decoded.skipped:
+                    reason = f"{decoded.skipped} unreadable outlier image(s) skipped"
+            except NotSmall as exc:
+                reason = str(exc)
+        if reason is not None:
+            log.info("outlier images: per-image PIL path (%s)", reason)
+            return False
+        where = torch.device(device) if data.on_device else torch.device("cpu")
+        self._tensor = (decoded.images.to(where), tensor_pipeline(pre, train=self.augment))
+        self._iter = None
+        return True
+
     def on_epoch_start(self, epoch: int) -> None:
-        entropy = [self.ctx.seed, epoch, *rank_key(self.ctx)]  # worker augmentation differs per rank
-        generator = torch.Generator().manual_seed(int(np.random.default_rng(entropy).integers(2**62)))
+        entropy = [self.ctx.seed, epoch, *rank_key(self.ctx)]  # augmentation differs per rank
+        seed = int(np.random.default_rng(entropy).integers(2**62))
+        if self._tensor is not None:
+            images = self._tensor[0]
+            self._generator = torch.Generator(device=images.device).manual_seed(seed)
+            self._iter = (torch.as_tensor(idx, device=images.device) for idx in self.epoch_indices(epoch))
+            return
+        generator = torch.Generator().manual_seed(seed)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
                                              num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
                                              generator=generator)
         self._iter = iter(loader)
 
+    def _short(self, rows: torch.Tensor, batch) -> torch.Tensor:
+        """As many outliers as normals, also in the short last batch (unless ``batch_size`` is given)."""
+        if self.batch_size is None and batch is not None and len(batch.images) < len(rows):
+            return rows[:len(batch.images)]
+        return rows
+
     def draw(self, batch) -> torch.Tensor:
         if self._iter is None:
             self.on_epoch_start(batch.epoch)
         try:
-            images = next(self._iter)[0]
+            images = next(self._iter)
         except StopIteration:  # more ID batches than planned (should not happen): start over
             self.on_epoch_start(batch.epoch)
-            images = next(self._iter)[0]
-        if self.batch_size is None and batch is not None and len(batch.images) < len(images):
-            images = images[:len(batch.images)]  # as many outliers as normals, also in the short last batch
+            images = next(self._iter)
+        if self._tensor is not None:  # a batch of indices into the decoded images
+            pixels, pipeline = self._tensor
+            images = pipeline(pixels[self._short(images, batch)], self._generator)
+        else:
+            images = self._short(images[0], batch)
         return images.to(self.ctx.device, non_blocking=True)

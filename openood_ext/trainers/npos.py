@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
+from ..datasets import batch_transforms as bt
 from ..errors import ConfigError
 from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from .registry import TRAINERS
@@ -56,6 +57,19 @@ def npos_augment(pre: dict, crop_scale=(0.2, 1.0)):
     return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale)), T.RandomHorizontalFlip(),
                       T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                       T.RandomGrayscale(p=0.2), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def npos_batch_augment(pre: dict, crop_scale=(0.2, 1.0)):
+    """:func:`npos_augment` on whole batches (:mod:`openood_ext.datasets.batch_transforms`), the same
+    parameter distributions. The crop acts on the decoded image at the benchmark's size (the per-image
+    path crops the file's image: the same when the files have that size, as CIFAR's and digits' do)."""
+    size, channels = int(pre.get("image_size", 32)), int(pre.get("channels", 3))
+    mean, std = list(pre.get("mean", [0.5] * channels)), list(pre.get("std", [0.5] * channels))
+    ops = [bt.ResizedCrop(size, scale=tuple(crop_scale)), bt.HFlip(),
+           bt.RandomApply(bt.ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8)]
+    if channels == 3:  # RandomGrayscale keeps the channel count; a grey image stays grey
+        ops.append(bt.RandomApply(bt.Grayscale(3), 0.2))
+    return bt.BatchPipeline([*ops, bt.Normalize(mean, std)])
 
 
 class PrototypeBank:
@@ -178,6 +192,9 @@ class NPOSTrainer(Trainer):
 
     def train_transform(self, preprocessor):
         return MultiView(npos_augment(preprocessor, self.crop_scale), self.views)
+
+    def train_batch_transform(self, preprocessor):
+        return bt.MultiView(npos_batch_augment(preprocessor, self.crop_scale), self.views)
 
     # ------------------------------------------------------------------ step
     def training_step(self, batch):

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ... import distributed
 from ...config import to_plain
+from ...datasets.data_settings import DataSettings
 from ...datasets.image_modes import convert_image
 from ...errors import DataError
 from ...evaluators.metrics import auroc
@@ -111,7 +112,8 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
     seed_everything(seed)  # after planning (which may draw), right before the initial weights
     fit = fit_network(plan, bench, net_spec, device=ctx.device, seed=seed,
                       loader_options=loader_options(cfg, ctx.device), state_path=cell / "last.pt", resume=True,
-                      out_dir=cell, log=ctx.log, timed=ctx.timed, label=f"class {cls} seed {seed}: ")
+                      out_dir=cell, log=ctx.log, timed=ctx.timed, label=f"class {cls} seed {seed}: ",
+                      data=DataSettings.from_config(cfg))
     if not distributed.is_main():  # torchrun: rank 0 alone saves, scores and writes the cell
         distributed.barrier()
         return None, None, None

@@ -60,6 +60,8 @@ def adapt_benchmark(bench) -> None:
     pixels = PixelSpace(bench.preprocessor)
     filtered = {PART_SPLITS[p] for p in ms.parts if p in PART_SPLITS}
     plain_dataset = bench.dataset
+    # the same filter on whole training batches when they take the tensor data path (trainers/data.py)
+    bench.train_batch_ops = (FourierTransform(pixels, ms.mode, ms.magnitude),) if "id_train" in filtered else ()
 
     def dataset(split, train: bool = False):
         ds = plain_dataset(split, train)
