@@ -277,11 +277,6 @@ class Normalize:
     def __init__(self, mean, std):
         self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
-    def affine(self, peak: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) [C, 1, 1] with ``x * scale + shift == (x / peak - mean) / std``."""
-        mean, std = self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
-        return 1.0 / (peak * std), -mean / std
-
     def __call__(self, x, g=None, labels=None):
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         if mean.ndim == 2:
@@ -353,17 +348,17 @@ class BatchPipeline:
     """uint8 batch [B, C, H, W] -> float batch: ``/ 255`` (as ``ToTensor``), then ``ops`` in order.
 
     Leading ops that only move pixels (``exact_on_uint8``: crop, flip) run on the uint8 batch, before
-    the conversion (the same result, a quarter of the memory traffic); a global :class:`Normalize`
-    right after the conversion is fused with it into one affine map (equal to 1e-6)."""
+    the conversion (the same result, a quarter of the memory traffic). The conversion and a following
+    :class:`Normalize` are the per-image path's own float operations in the same order (``/ 255``, then
+    ``- mean``, ``/ std``), so without augmentation a batch is bit-identical to the PIL path's and a
+    training run gives the same numbers on either backend."""
 
     def __init__(self, ops: Sequence):
         self.ops = list(ops)
         lead = 0
         while lead < len(self.ops) and getattr(self.ops[lead], "exact_on_uint8", False):
             lead += 1
-        self.lead, rest = self.ops[:lead], self.ops[lead:]
-        self.fused = rest[0] if rest and isinstance(rest[0], Normalize) and rest[0].mean.ndim == 1 else None
-        self.rest = rest[1:] if self.fused is not None else rest
+        self.lead, self.rest = self.ops[:lead], self.ops[lead:]
 
     def __call__(self, images: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8:
@@ -373,11 +368,7 @@ class BatchPipeline:
             return x
         for op in self.lead:
             images = op(images, g, labels)
-        if self.fused is not None:
-            scale, shift = self.fused.affine(255.0, images.device)
-            x = torch.addcmul(shift, images.float(), scale)
-        else:
-            x = images.float().div_(255)
+        x = images.float().div_(255)
         for op in self.rest:
             x = op(x, g, labels)
         return x
