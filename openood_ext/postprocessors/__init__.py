@@ -14,5 +14,6 @@ from . import ebo, hsc, knn, msp  # noqa: F401  (registration)
 from . import (ash, dice, gen, gradnorm, gram, klm, mds, mds_ensemble, mls, nnguide, npos,  # noqa: F401
                odin, openmax, react, relation, residual, rmds, she, temp_scaling, vim)
 from . import vmdls as _vmdls  # noqa: F401  (registration: VMDLS)
+from . import adascale, dropout, ensemble, iodin  # noqa: F401  (registration)
 
 __all__ = ["POSTPROCESSORS", "Postprocessor"]
