@@ -54,15 +54,15 @@ def member_mismatch(member: nn.Module, member_spec: dict | None, net: nn.Module,
 
 def load_member(path: str, net: nn.Module, spec: dict, index: int) -> nn.Module:
     """Member ``index`` rebuilt from its checkpoint (its own stored spec; a plain state dict is loaded
-    into the run's architecture); ConfigError naming the file and what differs from ``net``."""
-    where = f"postprocessor 'ensemble': checkpoints[{index}] {path}"
+    into the run's architecture); ValueError naming the file and what differs from ``net``."""
+    where = f"checkpoints[{index}] {path}"
     try:
         member, member_spec = network_from_checkpoint(path, like=net)
     except CheckpointError as exc:
-        raise ConfigError(f"{where}: {str(exc).removeprefix(str(path) + ': ')}") from None
+        raise ValueError(f"{where}: {str(exc).removeprefix(str(path) + ': ')}") from None
     why = member_mismatch(member, member_spec, net, spec)
     if why:
-        raise ConfigError(f"{where} {why}")
+        raise ValueError(f"{where} {why}")
     return member
 
 
@@ -101,8 +101,11 @@ class EnsemblePostprocessor(Postprocessor):
     def attach_network(self, net, device, loaders=None):
         super().attach_network(net, device, loaders)
         spec = {"name": getattr(type(net), "_registry_name", None)}
-        self._members = [load_member(p, net, spec, i).to(device).requires_grad_(False)
-                         for i, p in enumerate(self.checkpoints)]
+        try:
+            self._members = [load_member(p, net, spec, i).to(device).requires_grad_(False)
+                             for i, p in enumerate(self.checkpoints)]
+        except ValueError as exc:
+            raise ConfigError(f"postprocessor 'ensemble': {exc}") from None
 
     def predictive(self, images: torch.Tensor) -> torch.Tensor:
         """Predictive probabilities [B, C] (float64) of one batch: every member on the same batch."""
