@@ -68,16 +68,28 @@ METHODS = [
     ("relation", "relation", "RelationPostprocessor", "relation"),
     ("residual", "residual", "ResidualPostprocessor", "residual"),
     ("openmax", "openmax", "OpenMax", "openmax"),
+    # beyond the 22: input perturbation, MC dropout, deep ensembles
+    ("iodin", "iodin", "IODINPostprocessor", "iodin"),
+    ("adascale", "adascale", "AdaScalePostprocessor", "adascale_a"),
+    ("adascale_l", "adascale", "AdaScalePostprocessor", "adascale_l"),
+    ("dropout", "dropout", "DropoutPostProcessor", "dropout"),
+    ("ensemble", "ensemble", "EnsemblePostprocessor", "ensemble"),
 ]
+#: row label -> (our registered name, extra arguments) where the two differ
+BUILD_AS = {"adascale_l": ("adascale", {"variant": "l"})}
 
 #: OpenOOD's postprocessor_args -> our constructor arguments (same values)
 ARG_NAMES = {"knn": {"K": "k"}, "odin": {"temperature": "temperature", "noise": "noise"},
              "mds_ensemble": {"noise": "noise"}, "gram": {"powers": "powers"}, "ebo": {"temperature": "temperature"},
              "react": {"percentile": "percentile"}, "vim": {"dim": "dim"}, "dice": {"p": "p"},
              "ash": {"percentile": "percentile"}, "she": {"metric": "metric"}, "gen": {"gamma": "gamma", "M": "M"},
-             "nnguide": {"K": "K", "alpha": "alpha"}, "relation": {"pow": "pow"}, "residual": {"dim": "dim"}}
+             "nnguide": {"K": "K", "alpha": "alpha"}, "relation": {"pow": "pow"}, "residual": {"dim": "dim"},
+             "iodin": {"temperature": "temperature", "noise": "noise"}, "dropout": {"dropout_times": "T"},
+             **{a: {k: k for k in ("percentile", "k1", "k2", "lmbda", "o", "num_samples")}
+                for a in ("adascale", "adascale_l")}}
 
-GRADIENT_METHODS = ("odin", "mds_ensemble")  # input perturbation: the network re-runs with gradients
+#: methods that re-run the network: input perturbation (with gradients), MC dropout's passes, ensemble members
+GRADIENT_METHODS = ("odin", "mds_ensemble", "iodin", "adascale", "adascale_l", "dropout", "ensemble")
 OPENOOD_BATCH = 200  # OpenOOD v1.5's evaluator batch size
 
 
@@ -121,6 +133,17 @@ def import_openood(root: Path, libmr_shim: bool):
         return to(self, *args, **kwargs)
 
     torch.Tensor.to = to_cpu
+    if importlib.util.find_spec("statsmodels") is None:  # AdaScale's ECDF: F(v) = #{fitted <= v} / n
+        class ECDF:
+            def __init__(self, x):
+                self.x = np.sort(np.asarray(x, dtype=np.float64))
+
+            def __call__(self, v):
+                return np.searchsorted(self.x, np.asarray(v, dtype=np.float64), side="right") / len(self.x)
+
+        for name in ("statsmodels", "statsmodels.distributions", "statsmodels.distributions.empirical_distribution"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["statsmodels.distributions.empirical_distribution"].ECDF = ECDF
     if libmr_shim and "libmr" not in sys.modules and importlib.util.find_spec("libmr") is None:
         from openood_ext.postprocessors.openmax import TailWeibull
 
@@ -188,6 +211,10 @@ class OpenOODNet(torch.nn.Module):
         logits, feat = self.net(x, return_feature=True)
         return (logits, feat) if return_feature else logits
 
+    @property
+    def feature_size(self):  # OpenOOD's AdaScale reads backbone.feature_size
+        return self.get_fc_layer().in_features
+
     def forward_threshold(self, x, threshold):
         _, feat = self.net(x[:, : self.in_channels], return_feature=True)
         return self.get_fc_layer()(feat.clip(max=threshold))
@@ -207,8 +234,8 @@ class OpenOODNet(torch.nn.Module):
 class DictLoader:
     """One of our loaders as OpenOOD's: dict batches, ``batch_size``, ``dataset`` with len and name."""
 
-    def __init__(self, make_loader, name: str, channels: int):
-        self.make, self.batch_size, self.channels = make_loader, OPENOOD_BATCH, channels
+    def __init__(self, make_loader, name: str, channels: int, repeat: bool = True):
+        self.make, self.batch_size, self.channels = make_loader, OPENOOD_BATCH, channels if repeat else 0
         self.loader = make_loader(OPENOOD_BATCH)
         self.dataset = _Sized(name=name, n=len(self.loader.dataset))
 
@@ -284,6 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--libmr-shim", action="store_true", help="run OpenOOD's OpenMax on our Weibull fit")
+    parser.add_argument("--members", nargs="*", default=[],
+                        help="ensemble: member checkpoints (ours read them; OpenOOD gets them as <root>/<name>/best.ckpt)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args, rest = parser.parse_known_args(argv)
     # --subset takes SPLIT=N items; config overrides (dotted keys) written after it belong to the config
@@ -336,12 +365,41 @@ def main(argv=None) -> int:
                                  list(pre.std) * (3 if channels == 1 else 1)])
     adapter = OpenOODNet(net, feature_layers, channels).eval()
 
-    names = args.methods or [m[0] for m in METHODS]
-    plans = []
+    names = args.methods or [m[0] for m in METHODS[:22]]
+    if "adascale" in names and "adascale_l" not in names:
+        names.append("adascale_l")
+    plans, build_as, ref_of = [], dict(BUILD_AS), {}  # row label -> our build / the OpenOOD row it is compared with
+    member_root = Path(tempfile.mkdtemp(prefix="compare_openood_members_"))
+
+    def extra_row(label, name, our_args, ref, note):
+        """A row of ours only (another setting), compared with OpenOOD's row ``ref``."""
+        plans.append((label, our_args, None, None, None, note))
+        build_as[label], ref_of[label] = (name, {}), ref
+
     for ours, module, cls, conf in METHODS:
         if ours not in names:
             continue
         overrides, note = {}, ""
+        if ours == "dropout":
+            from openood_ext.postprocessors.dropout import dropout_layers
+            if not dropout_layers(net):
+                print("dropout: skipped (the network has no dropout layer; e.g. network.dropout=0.5 with a "
+                      "checkpoint trained so)")
+                continue
+            p_drop = next(m.p for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd))
+            overrides["dropout_p"] = p_drop
+        if ours == "ensemble":
+            if not args.members:
+                print("ensemble: skipped (give the member checkpoints with --members)")
+                continue
+            for i, path in enumerate(args.members):  # OpenOOD's layout: <root>/<name>/best.ckpt, our wrapper's keys
+                member = build_network(cfg, "cpu")
+                load_checkpoint(path, member)
+                (member_root / f"net{i}").mkdir()
+                torch.save({f"net.{k}": v for k, v in member.state_dict().items()},
+                           member_root / f"net{i}" / "best.ckpt")
+            overrides.update(network_name="ours", checkpoint_root=str(member_root),
+                             checkpoints=[f"net{i}" for i in range(len(args.members))], num_networks=len(args.members))
         if ours in ("vim", "residual"):
             default = yaml.safe_load((args.openood / "configs/postprocessors" / f"{conf}.yml").read_text())
             dim = default["postprocessor"]["postprocessor_args"]["dim"]
@@ -353,35 +411,58 @@ def main(argv=None) -> int:
                     if ARG_NAMES.get(ours, {}).get(k)}
         if ours == "mds_ensemble":
             our_args["input_std"] = 0.5  # OpenOOD hard-codes 0.5 for the step
+        if ours in ("adascale", "adascale_l"):
+            our_args["num_samples"] = int(our_args.get("num_samples", 5000))
+        if ours in ("dropout", "ensemble"):  # OpenOOD's code averages logits; the paper's default next to it
+            if ours == "ensemble":
+                our_args["checkpoints"] = [str(m) for m in args.members]
+            extra_row(f"{ours} (average: probs, paper)", ours, {**our_args, "average": "probs"}, ours,
+                      "our default (paper): mean of softmax")
+            our_args["average"] = "logits"
+            note = "average: logits (OpenOOD's switch)" + ("; stochastic masks differ" if ours == "dropout" else "")
         if ours == "openmax":
             if "libmr" not in sys.modules and importlib.util.find_spec("libmr") is None:
                 print("openmax: skipped (OpenOOD's needs libmr; pass --libmr-shim)")
                 continue
             note = "libmr shim (our Weibull fit)" if args.libmr_shim else ""
             our_args["backend"] = "scipy"
-        plans.append((ours, our_args, module, cls, config, note))
+        plans.insert(len(plans) - (ours in ("dropout", "ensemble")), (ours, our_args, module, cls, config, note))
         if ours == "nnguide":
-            plans.append(("nnguide", {**our_args, "bank": "first_batch", "bank_batch_size": OPENOOD_BATCH},
-                          None, None, None, "bank: first_batch"))
+            extra_row("nnguide first_batch", "nnguide",
+                      {**our_args, "bank": "first_batch", "bank_batch_size": OPENOOD_BATCH}, "nnguide", "bank: first_batch")
 
-    def run_openood():
-        id_loaders = {k: DictLoader(lambda b, k=k: loader(k, b), k, channels) for k in ("id_train", "id_val", "id_test")}
+    def loader_dicts(repeat: bool = True):
+        id_loaders = {k: DictLoader(lambda b, k=k: loader(k, b), k, channels, repeat)
+                      for k in ("id_train", "id_val", "id_test")}
         id_dict = {"train": id_loaders["id_train"], "val": id_loaders["id_val"], "test": id_loaders["id_test"]}
         ood_dict = {"near": {}, "far": {}}
         for s in tests:
-            ood_dict[s.group][s.name] = DictLoader(lambda b, n=s.name: loader(n, b), s.name, channels)
+            ood_dict[s.group][s.name] = DictLoader(lambda b, n=s.name: loader(n, b), s.name, channels, repeat)
         if "ood_val" in splits:
-            ood_dict["val"] = DictLoader(lambda b: loader("ood_val", b), "ood_val", channels)
+            ood_dict["val"] = DictLoader(lambda b: loader("ood_val", b), "ood_val", channels, repeat)
+        return id_dict, ood_dict
+
+    def run_openood():
         scores, times = {}, {}
         for ours, _, module, cls, config, _ in plans:
             if module is None:
                 continue
+            # AdaScale perturbs the elements of smallest gradient: the copied channels (gradient 0) would take
+            # every step, so it gets the one-channel images as they are
+            id_dict, ood_dict = loader_dicts(repeat=ours not in ("adascale", "adascale_l"))
             t0 = time.perf_counter()
-            # OpenOOD's evaluator wraps the network for these two (evaluation_api/evaluator.py)
+            # OpenOOD's evaluator wraps the network for these (evaluation_api/evaluator.py; DropoutNet: networks/utils.py)
+            nets = importer("openood.networks.adascale_net") if ours.startswith("adascale") else None
             model = {"react": lambda: importer("openood.networks.react_net").ReactNet(adapter),
-                     "ash": lambda: importer("openood.networks.ash_net").ASHNet(adapter)}.get(ours, lambda: adapter)()
+                     "ash": lambda: importer("openood.networks.ash_net").ASHNet(adapter),
+                     "adascale": lambda: nets.AdaScaleANet(adapter), "adascale_l": lambda: nets.AdaScaleLNet(adapter),
+                     "dropout": lambda: importer("openood.networks.dropout_net").DropoutNet(
+                         adapter, config.postprocessor.postprocessor_args.dropout_p)}.get(ours, lambda: adapter)()
             pp = getattr(importer(f"openood.postprocessors.{module}_postprocessor"), cls)(config)
             pp.setup(model, id_dict, ood_dict)
+            if ours.startswith("adascale"):  # its evaluator sets the point before scoring (APS or not)
+                a = config.postprocessor.postprocessor_args
+                pp.set_hyperparam([list(a.percentile), a.k1, a.k2, a.lmbda, a.o])
             out = {"id_test": pp.inference(model, id_dict["test"], progress=False)[1]}
             for s in tests:
                 out[s.name] = pp.inference(model, ood_dict[s.group][s.name], progress=False)[1]
@@ -393,8 +474,11 @@ def main(argv=None) -> int:
         from openood_ext.features import extract_outputs
         from openood_ext.postprocessors import POSTPROCESSORS
         t0 = time.perf_counter()
-        pps = [(label if note != "bank: first_batch" else "nnguide first_batch",
-                POSTPROCESSORS.build({"name": label, **a})) for label, a, *_, note in plans]
+        from openood_ext.postprocessors.schedule import split_result
+        pps = []
+        for label, a, *_ in plans:
+            name, extra = build_as.get(label, (label, {}))
+            pps.append((label, POSTPROCESSORS.build({"name": name, **extra, **a})))
         for _, pp in pps:
             if pp.needs_network or pp.uses_taps:
                 pp.attach_network(net, "cpu", loader)
@@ -418,8 +502,8 @@ def main(argv=None) -> int:
             t1 = time.perf_counter()
             pp.fit(train, val_outputs=val)
             for name, out in outs.items():
-                scores[k][name] = np.asarray(pp.score_loader(loader(name)) if pp.needs_network else pp.score(out),
-                                             dtype=np.float64)
+                conf = split_result(pp.score_loader(loader(name)))[0] if pp.needs_network else pp.score(out)
+                scores[k][name] = np.asarray(conf, dtype=np.float64)
             parts[k] = time.perf_counter() - t1
             if pp.needs_network:
                 t_grad += parts[k]
@@ -505,11 +589,9 @@ def main(argv=None) -> int:
     header = "| method | Spearman | max abs delta | " + " | ".join(
         f"{s.name} AUROC OpenOOD / ours (diff)" for s in tests) + " | note |"
     lines += [header, "|" + "---|" * (4 + len(tests))]
-    for ours, _, module, _, _, note in plans:
-        label = ours if note != "bank: first_batch" else "nnguide first_batch"
-        ref = oo_scores[{"bank: first_batch": "nnguide",
-                         "OpenOOD run on our hold-out samples": "gram same holdout"}.get(note, ours)]
-        got = our_scores[ours if note != "bank: first_batch" else label]
+    for label, _, module, _, _, note in plans:
+        ref = oo_scores["gram same holdout" if note == "OpenOOD run on our hold-out samples" else ref_of.get(label, label)]
+        got = our_scores[label]
         a = np.concatenate([ref[k] for k in ref])
         b = np.concatenate([got[k] for k in ref])
         finite = np.isfinite(a) & np.isfinite(b)
