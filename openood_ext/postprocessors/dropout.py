@@ -80,6 +80,11 @@ class MCDropoutPostprocessor(Postprocessor):
         self._batch_size = int(batch_size)
         self.net = self.device = None
 
+    @property
+    def passes_per_sample(self) -> int:
+        """Network passes per scored sample (the bench counts this method against T plain passes)."""
+        return self.T
+
     @staticmethod
     def check_network(spec: dict, net: nn.Module, network_spec: dict) -> None:
         """Before the run: the configured network must have a dropout layer."""

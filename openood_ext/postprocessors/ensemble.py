@@ -90,6 +90,11 @@ class EnsemblePostprocessor(Postprocessor):
         self._members: list[nn.Module] = []
         self.net = self.device = None
 
+    @property
+    def passes_per_sample(self) -> int:
+        """Network passes per scored sample (the bench counts this method against M plain passes)."""
+        return len(self.checkpoints)
+
     @staticmethod
     def check_network(spec: dict, net: nn.Module, network_spec: dict) -> None:
         """Before the run: every member checkpoint exists, loads, and fits the configured network."""
