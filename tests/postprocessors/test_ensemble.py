@@ -14,6 +14,7 @@ from openood_ext.errors import ConfigError
 from openood_ext.networks import NETWORKS
 from openood_ext.networks.checkpoint import load_checkpoint
 from openood_ext.postprocessors import POSTPROCESSORS
+from openood_ext.postprocessors.ensemble import StackedMembers
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,11 @@ def test_ensemble_is_the_mean_softmax_of_its_members(members):
         conf, preds = pp.score_loader(image_loader(x, torch.zeros(10, dtype=torch.long), batch_size=4))
         np.testing.assert_allclose(conf, probs.max(dim=1).values, rtol=1e-6)
         np.testing.assert_array_equal(preds, probs.argmax(dim=1))
+        assert pp._members.stacked is not None  # one vectorised call ran the members (no fallback)
+    with torch.no_grad():
+        one_by_one, stacked = StackedMembers(nets, stack=False)(x), StackedMembers(nets, stack=True)(x)
+    np.testing.assert_allclose(stacked, one_by_one, atol=1e-6)
+    np.testing.assert_allclose(one_by_one, logits.float(), atol=1e-6)
     assert not np.allclose(by_hand["probs"].max(1).values, by_hand["logits"].max(1).values)
     assert pp.hyperparameters()["checkpoints"] == members
 
