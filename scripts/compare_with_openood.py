@@ -383,7 +383,7 @@ def main(argv=None) -> int:
         if ours == "dropout":
             from openood_ext.postprocessors.dropout import dropout_layers
             if not dropout_layers(net):
-                print("dropout: skipped (the network has no dropout layer; e.g. network.dropout=0.5 with a "
+                print("dropout: skipped (the network has no dropout layer; e.g. +network.dropout=0.5 with a "
                       "checkpoint trained so)")
                 continue
             p_drop = next(m.p for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd))

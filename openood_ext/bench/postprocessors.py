@@ -175,7 +175,7 @@ def _runnable(names: list[str], net, members) -> tuple[list[str], dict[str, str]
     from ..postprocessors.dropout import dropout_layers
     skipped = {}
     if "dropout" in names and not dropout_layers(net):
-        skipped["dropout"] = "the network has no dropout layer (digits_cnn: network.dropout=0.5)"
+        skipped["dropout"] = "the network has no dropout layer (digits_cnn: +network.dropout=0.5)"
     if "ensemble" in names and not members:
         skipped["ensemble"] = "no member checkpoints (--members)"
     return [n for n in names if n not in skipped], skipped

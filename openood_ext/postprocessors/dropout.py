@@ -27,7 +27,7 @@ def dropout_layers(net: nn.Module) -> list[str]:
 def no_dropout_message(net: nn.Module) -> str:
     looked = ", ".join(f"nn.{t.__name__}" for t in DROPOUT_TYPES)
     return (f"network {type(net).__name__} has no dropout layer (looked for {looked}); MC dropout needs one "
-            f"(digits_cnn: network.dropout=0.5)")
+            f"(digits_cnn: +network.dropout=0.5)")
 
 
 def average_prediction(logits: torch.Tensor, average: str) -> torch.Tensor:

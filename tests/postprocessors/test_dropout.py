@@ -75,7 +75,7 @@ def test_network_without_dropout_and_bad_T_are_refused(tmp_path, monkeypatch):
         POSTPROCESSORS.build("dropout").attach_network(DigitsCNN(width=2), "cpu")
     msg = refused_before_run(tmp_path, monkeypatch, ["msp", "dropout"], r"postprocessors\[1\] \(dropout\): network "
                              r"DigitsCNN has no dropout layer \(looked for nn.Dropout, nn.Dropout1d, nn.Dropout2d")
-    assert "network.dropout=0.5" in msg
+    assert "+network.dropout=0.5" in msg
     refused_before_run(tmp_path, monkeypatch, [{"name": "dropout", "T": 0}], "argument 'T': expected int >= 1, got 0")
     refused_before_run(tmp_path, monkeypatch, [{"name": "dropout", "T": -2}], "argument 'T'",
                        network={"dropout": 0.5})
