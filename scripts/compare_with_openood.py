@@ -28,6 +28,7 @@ build on this machine): with ``--libmr-shim`` OpenOOD's OpenMax runs on our Weib
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.machinery
 import statistics
@@ -311,6 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--libmr-shim", action="store_true", help="run OpenOOD's OpenMax on our Weibull fit")
+    parser.add_argument("--dropout-times", type=int, help="MC dropout: T for both sides (default OpenOOD's 5)")
     parser.add_argument("--members", nargs="*", default=[],
                         help="ensemble: member checkpoints (ours read them; OpenOOD gets them as <root>/<name>/best.ckpt)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
@@ -388,6 +390,8 @@ def main(argv=None) -> int:
                 continue
             p_drop = next(m.p for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd))
             overrides["dropout_p"] = p_drop
+            if args.dropout_times:  # many passes: both sides near the expectation, the masks' noise averaged out
+                overrides["dropout_times"] = args.dropout_times
         if ours == "ensemble":
             if not args.members:
                 print("ensemble: skipped (give the member checkpoints with --members)")
@@ -463,9 +467,12 @@ def main(argv=None) -> int:
             if ours.startswith("adascale"):  # its evaluator sets the point before scoring (APS or not)
                 a = config.postprocessor.postprocessor_args
                 pp.set_hyperparam([list(a.percentile), a.k1, a.k2, a.lmbda, a.o])
-            out = {"id_test": pp.inference(model, id_dict["test"], progress=False)[1]}
-            for s in tests:
-                out[s.name] = pp.inference(model, ood_dict[s.group][s.name], progress=False)[1]
+            # OpenOOD's ensemble scores with gradients on (no torch.no_grad), and its inference's .numpy() then fails
+            grad = torch.no_grad() if ours == "ensemble" else contextlib.nullcontext()
+            with grad:
+                out = {"id_test": pp.inference(model, id_dict["test"], progress=False)[1]}
+                for s in tests:
+                    out[s.name] = pp.inference(model, ood_dict[s.group][s.name], progress=False)[1]
             times[ours] = time.perf_counter() - t0
             scores[ours] = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in out.items()}
         return scores, times
