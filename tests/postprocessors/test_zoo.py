@@ -75,6 +75,8 @@ def test_every_registered_postprocessor_scores_finite(tiny_setup):
             "vim", "dice", "ash", "she", "gen", "nnguide", "relation", "residual", "openmax", "npos",
             "msp", "ebo", "knn", "hsc"} <= set(names)
     for name in names:
+        if name in ("ensemble", "dropout", "adascale"):
+            continue  # need member checkpoints / dropout layers / more than 8 feature units: in the registry sweep
         pp = POSTPROCESSORS.build(name)
         if not all(callable(getattr(net, m, None)) for m in getattr(pp, "network_methods", ())):
             continue  # e.g. vmdls scores only its own network (tested in test_vmdls.py)
