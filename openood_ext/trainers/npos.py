@@ -26,6 +26,7 @@ Test time: KNN on normalised penultimate features (postprocessor ``npos`` = ``kn
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import torch
@@ -34,6 +35,7 @@ from torchvision import transforms as T
 
 from ..errors import ConfigError
 from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
+from ..utils.runtime import full_precision
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -87,20 +89,23 @@ def ema_prototypes(prototypes: torch.Tensor, z: torch.Tensor, labels: torch.Tens
     return mu
 
 
+@full_precision  # cosine logits / 0.1 and their log-softmax in float32 under autocast
 def compactness_loss(z, prototypes, labels, temperature: float = 0.1, base_temperature: float = 0.07):
     """-(tau / base_tau) mean_i log softmax(z_i . mu / tau)[y_i] (CIDER's CompLoss; mu as given)."""
-    logits = z @ prototypes.T / temperature
+    logits = z.float() @ prototypes.float().T / temperature
     return -(temperature / base_temperature) * logits.log_softmax(1).gather(1, labels[:, None]).mean()
 
 
+@full_precision
 def dispersion_loss(prototypes, temperature: float = 0.1, base_temperature: float = 0.1):
     """(tau / base_tau) mean_c log( mean_{j != c} exp(mu_c . mu_j / tau) ) (CIDER's DispLoss)."""
+    prototypes = prototypes.float()
     C = prototypes.shape[0]
     if C < 2:
         return prototypes.sum() * 0
     logits = prototypes @ prototypes.T / temperature
     off = ~torch.eye(C, dtype=torch.bool, device=prototypes.device)
-    lme = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - torch.log(torch.tensor(C - 1.0))
+    lme = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - math.log(C - 1.0)
     return (temperature / base_temperature) * lme.mean()
 
 
