@@ -77,9 +77,12 @@ class SDTextOutliers(OutlierSource):
         if isinstance(classes, int) and classes != len(self.cfg.classes):
             raise ConfigError(f"trainer.outliers.classes: {len(self.cfg.classes)} class names, the benchmark "
                               f"has {classes} classes")
-        if self.generate:
+        if self.generate:  # under torchrun rank 0 alone generates (every rank would write the same files)
             import logging
-            ensure_generated(self.root, self.cfg, self.device or ctx.device, logging.getLogger("openood_ext"))
+
+            from .. import distributed
+            distributed.run_on_main(lambda: ensure_generated(self.root, self.cfg, self.device or ctx.device,
+                                                             logging.getLogger("openood_ext")))
 
     def check(self) -> None:
         ok, problems = status(self.root, self.cfg)

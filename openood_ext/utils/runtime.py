@@ -75,6 +75,11 @@ def autocast(precision: str, device: torch.device, key: str = "precision"):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is half precision (float16, bfloat16); any other dtype unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _autocast_off(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
@@ -108,6 +113,20 @@ def full_precision(fn=None):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def device_check(ok: torch.Tensor, error: Exception) -> None:
+    """Raise ``error`` unless the boolean tensor ``ok`` (one element) is true, without stalling a GPU.
+
+    On the CPU this is ``if not ok: raise error``. On CUDA reading ``ok`` on the host would wait for every
+    queued kernel (a host synchronisation per call, per step), so the check is queued on the device
+    instead (``torch._assert_async``): a failure aborts the process at the next synchronisation with a
+    device-side assertion carrying ``error``'s message. For checks of data that should never be bad
+    (NaN embeddings, out-of-range labels), where a crash with the message is the right outcome."""
+    if ok.device.type == "cuda":
+        torch._assert_async(ok, f"{type(error).__name__}: {error}")
+    elif not bool(ok):
+        raise error
 
 
 def check_compile(key: str, value) -> str | None:
