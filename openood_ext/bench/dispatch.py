@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
-from . import ddp, forward, imglist, knn, npos, oaml, postprocessors, train, zoo_scaling
+from . import ceiling, ddp, forward, imglist, knn, npos, oaml, postprocessors, train, zoo_scaling
 
 #: ``openood-ext bench <name>`` -> that bench's main
 BENCHES: dict[str, Callable[[list[str]], int]] = {
@@ -21,6 +21,7 @@ BENCHES: dict[str, Callable[[list[str]], int]] = {
     "imglist": imglist.main,                # image-list loading
     "knn": knn.main,                        # KNN search backends
     "zoo-scaling": zoo_scaling.main,        # the gradient-free zoo as methods are added
+    "ceiling": ceiling.main,                # a training step on device-resident random data
 }
 
 

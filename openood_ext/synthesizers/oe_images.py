@@ -129,11 +129,18 @@ class OEImages(OutlierSource):
         return [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
 
     def on_epoch_start(self, epoch: int) -> None:
-        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
-                                             num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
-                                             generator=generator)
-        self._iter = iter(loader)
+        # one loader for the run, its batches swapped per epoch: worker processes persist between epochs
+        # instead of being spawned again (and their first batches waited for) at every epoch start
+        if getattr(self, "_loader", None) is None:
+            self._batches = _EpochBatches()
+            generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))
+            workers = self.ctx.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self._batches, num_workers=workers, collate_fn=SkipCounter(),
+                generator=generator, persistent_workers=workers > 0,
+                pin_memory=torch.device(self.ctx.device).type == "cuda")
+        self._batches.batches = self.epoch_indices(epoch)
+        self._iter = iter(self._loader)
 
     def draw(self, batch) -> torch.Tensor:
         if self._iter is None:
@@ -144,3 +151,16 @@ class OEImages(OutlierSource):
             self.on_epoch_start(batch.epoch)
             images = next(self._iter)[0]
         return images.to(self.ctx.device, non_blocking=True)
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are replaced at each epoch start (see ``on_epoch_start``)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

@@ -97,7 +97,7 @@ def _source(kind, env, classes):
 
 
 @pytest.mark.parametrize("name", builtin_names(TRAINERS))
-def test_registered_trainer_step(name, env):
+def test_registered_trainer_step(name, env, device):
     assert name in SPECS, f"trainer {name!r} is registered but has no entry in SPECS (add its tiny setup)"
     spec = SPECS[name]
     cfg = spec.get("cfg", {})
@@ -105,19 +105,19 @@ def test_registered_trainer_step(name, env):
     classes = spec.get("classes", 3)
     torch.manual_seed(0)
     trainer = TRAINERS.build({"name": name, **cfg})
-    net = NETWORKS.build(spec["net"]).train()
+    net = NETWORKS.build(spec["net"]).train().to(device)
     source = _source(spec.get("source"), env, classes)
-    ctx = TrainContext(device=torch.device("cpu"), num_classes=classes, epochs=1, steps_per_epoch=1, seed=0,
+    ctx = TrainContext(device=device, num_classes=classes, epochs=1, steps_per_epoch=1, seed=0,
                        benchmark=env["bench"], outliers=source)
     trainer.setup(net, ctx)
     trainer.on_epoch_start(0)
     shape = spec.get("shape", (1, 28, 28))
     g = torch.Generator().manual_seed(1)
-    labels = torch.arange(B) % classes
-    images = torch.randn(B, *shape, generator=g)
+    labels = (torch.arange(B) % classes).to(device)
+    images = torch.randn(B, *shape, generator=g).to(device)
     if trainer.needs_outliers == "images":
         assert spec.get("outliers"), f"{name} needs outlier images: mark it outliers=True in SPECS"
-    outliers = torch.rand(B, *shape, generator=g) * 2 - 1 if spec.get("outliers") else None
+    outliers = (torch.rand(B, *shape, generator=g) * 2 - 1).to(device) if spec.get("outliers") else None
     for step in range(spec.get("warmup", 0)):
         trainer.training_step(Batch(images, labels, outliers, 0, step, step))
 
