@@ -43,8 +43,10 @@ cd "$OUT"  # runs write results/, checkpoints/, cache/ here
 PRECISIONS=(fp32 bf16 fp16)
 if [[ "$DEVICE" != cuda ]]; then PRECISIONS=(fp32 bf16); fi  # fp16 autocast is CUDA-only
 EPOCH_LIMIT="trainer.epochs=1"
+DIGITS_EPOCHS="trainer.epochs=30"  # the main job's network (30 epochs: seconds on a GPU)
 ZOO=()  # the whole zoo; a quick rehearsal tries a few methods of each route
-if [[ "$QUICK" == 1 ]]; then LIMIT=200; WIDTH=8; STEPS=5; ZOO=(--only msp ebo mds knn gram odin); else
+if [[ "$QUICK" == 1 ]]; then LIMIT=200; WIDTH=8; STEPS=5; ZOO=(--only msp ebo mds knn gram odin)
+  DIGITS_EPOCHS="trainer.epochs=2"; else
   LIMIT=5000; WIDTH=64; STEPS=50; fi
 RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
@@ -86,7 +88,7 @@ done
 run_step data 150 "prepared|images|ready" "${CLI[@]}" data prepare cifar10 --no-download "${FROM[@]}"
 
 # digits: train the main job's network (seconds), then the zoo under each precision
-run_step digits_train 90 "epoch .*img/s" "${MAIN[@]}" --config "$CFG/pipelines/train.yml" "${COMMON[@]}"
+run_step digits_train 90 "epoch .*img/s" "${MAIN[@]}" --config "$CFG/pipelines/train.yml" "${COMMON[@]}" "$DIGITS_EPOCHS"
 DIGITS_CKPT="$(ls "$OUT"/checkpoints/digits_cnn_s0.pt 2>/dev/null | head -1)"
 run_step zoo_digits 150 "zoo precision" "$PY" "$REPO/scripts/gpu_zoo_precision.py" --checkpoint "${DIGITS_CKPT:-missing}" \
   --benchmark digits --device "$DEVICE" "${ZOO[@]}" --precisions "${PRECISIONS[@]}" --tolerance 0.1 --out "$OUT/zoo_digits.json"
