@@ -157,7 +157,9 @@ class TapSet:
         self.by_layer: dict[str, dict[str, Callable]] = {}
         for tap in taps:
             self.by_layer.setdefault(tap.layer, {}).setdefault(tap.reduce, tap.fn)
-        modules = dict(net.named_modules())
+        # a torch.compile-d network: hook the modules of the network it wraps (the compiled forward runs
+        # them, hooks included), so a tapped pass runs compiled too
+        modules = dict(getattr(net, "_orig_mod", net).named_modules())
         missing = [layer for layer in self.by_layer if split_tap_layer(layer)[0] not in modules]
         if missing:
             raise ValueError(f"tapped layer(s) {missing} not found in {type(net).__name__}; "

@@ -97,7 +97,7 @@ run_step zoo_digits 150 "zoo precision" "$PY" "$REPO/scripts/gpu_zoo_precision.p
 run_step cifar10_epoch 180 "epoch 1/1" "${MAIN[@]}" --config "$CFG/experiments/openood/train_cifar10.yml" \
   "${COMMON[@]}" network.width="$WIDTH" "$EPOCH_LIMIT" trainer.precision=bf16 \
   trainer.channels_last=true num_workers=8 persistent_workers=true prefetch_factor=4
-REAL="$(grep -oE '[0-9.]+ img/s' "$OUT/cifar10_epoch.log" | tail -1 | cut -d' ' -f1)"
+REAL="$(grep -oE '[0-9.]+ img/s' "$OUT/cifar10_epoch.log" 2>/dev/null | tail -1 | cut -d' ' -f1)"
 run_step ceiling 120 "ceiling" "${CLI[@]}" bench ceiling --network resnet18_32x32 --width "$WIDTH" --batch-size 128 \
   --steps "$STEPS" --precision bf16 --channels-last --device "$DEVICE" ${REAL:+--real-images-per-s "$REAL"} \
   --out "$OUT/ceiling.json"
