@@ -15,8 +15,9 @@
 #   ceiling         the same network and step on random tensors already on the GPU; real/ceiling ratio
 #   zoo_cifar10     the whole zoo on that CIFAR-10 network in fp32/bf16/fp16 (5000 images per split)
 #   npos, vmdls     one epoch each on digits on CUDA
-#   fcdd, eoe       one AD cell (class 0, one seed, one epoch) each on CIFAR-10 on CUDA
-#   oaml            one OAML epoch with the tiny offline Stable Diffusion (generation included)
+#   fcdd, eoe       one AD cell (class 0, one seed, one epoch) each on CIFAR-10 on CUDA (EOE with confetti
+#                   outliers: its OE sets are not in ../shared/data)
+#   oaml            OAML's tests with the tiny offline Stable Diffusion (generation, steps) and its CUDA step
 #   bench_*         openood-ext bench forward / train / knn on CUDA
 #   nccl            a single-process nccl group through openood_ext.distributed's collectives
 # Everything goes under $OUT (default gpu_acceptance_<UTC time>); the last line is the summary.
@@ -95,8 +96,8 @@ run_step zoo_digits 150 "zoo precision" "$PY" "$REPO/scripts/gpu_zoo_precision.p
 
 # OpenOOD's CIFAR-10 recipe, one epoch, bf16 + channels_last, 8 loader workers: images/s against the ceiling
 run_step cifar10_epoch 180 "epoch 1/1" "${MAIN[@]}" --config "$CFG/experiments/openood/train_cifar10.yml" \
-  "${COMMON[@]}" network.width="$WIDTH" "$EPOCH_LIMIT" trainer.precision=bf16 \
-  trainer.channels_last=true num_workers=8 persistent_workers=true prefetch_factor=4
+  "${COMMON[@]}" network.width="$WIDTH" "$EPOCH_LIMIT" +trainer.precision=bf16 \
+  +trainer.channels_last=true num_workers=8 +persistent_workers=true +prefetch_factor=4
 REAL="$(grep -oE '[0-9.]+ img/s' "$OUT/cifar10_epoch.log" 2>/dev/null | tail -1 | cut -d' ' -f1)"
 run_step ceiling 120 "ceiling" "${CLI[@]}" bench ceiling --network resnet18_32x32 --width "$WIDTH" --batch-size 128 \
   --steps "$STEPS" --precision bf16 --channels-last --device "$DEVICE" ${REAL:+--real-images-per-s "$REAL"} \
@@ -114,7 +115,8 @@ run_step vmdls 120 "epoch .*img/s|AUROC" "${MAIN[@]}" --config "$CFG/experiments
 run_step fcdd 150 "AUROC|auroc" "${MAIN[@]}" --config "$CFG/experiments/fcdd/ad_cifar10_fcdd.yml" \
   "${COMMON[@]}" "ad.classes=[0]" ad.seeds=1 ad.train_limit=2000 "$EPOCH_LIMIT"
 run_step eoe 150 "AUROC|auroc" "${MAIN[@]}" --config "$CFG/experiments/eoe/ad_cifar10_eoe_bce.yml" \
-  "${COMMON[@]}" "ad.classes=[0]" ad.seeds=1 ad.train_limit=2000 "$EPOCH_LIMIT" trainer.outliers.limit=64
+  "${COMMON[@]}" "ad.classes=[0]" ad.seeds=1 ad.train_limit=2000 "$EPOCH_LIMIT" \
+  "trainer.outliers={name: confetti}"  # EOE's OE sets (CIFAR-100, 80MTI) are not in ../shared/data
 run_step oaml 150 "passed|failed" bash -c "cd '$REPO' && '$PY' -m pytest -q -p no:cacheprovider \
   tests/trainers/test_oaml.py tests/trainers/test_registered_trainers.py -k 'oaml and not cpu'"
 
