@@ -18,6 +18,8 @@ split over ranks and gather the results, is done in one place).
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 from collections import Counter
@@ -168,8 +170,20 @@ class TapSet:
         self._handles: list = []
         self._batch: dict[tuple[str, str], Any] = {}
         self.calls: Counter = Counter()
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hooks ignore firings inside: a consumer may run (parts of) the network again in its update."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def _record(self, layer: str, t) -> None:
+        if self._paused:
+            return
         if isinstance(t, (tuple, list)):
             t = t[0]
         if any(k[0] == layer for k in self._batch):
@@ -236,7 +250,7 @@ def extract_outputs(net: torch.nn.Module, loader, device: torch.device | str = "
             labels.append(targets)
             if consumers:
                 reduced = taps.pop()
-                with full_precision():  # consumers' statistics (min/max, covariances) in float32
+                with taps.paused(), full_precision():  # consumers' statistics (min/max, covariances) in float32
                     for c in consumers:
                         c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
     if not logits:

@@ -52,12 +52,14 @@ def route(pp: Postprocessor, share_taps: bool = True) -> str:
     return "network" if getattr(pp, "needs_network", False) else "outputs"
 
 
-def split_result(result) -> tuple[np.ndarray, np.ndarray | None]:
-    """(conf, preds or None) from what a score consumer or ``score_loader`` returned: conf [N], or
-    ``(conf [N], preds [N])`` from a method that predicts classes its own way (VMDLS)."""
-    if isinstance(result, tuple) and len(result) == 2:
-        return result[0], result[1]
-    return result, None
+def split_result(result) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """(conf, preds or None, parts or None) from what a score consumer or ``score_loader`` returned: conf
+    [N]; ``(conf [N], preds [N])`` from a method that predicts classes its own way; ``(conf, preds, parts)``
+    from a method whose scale depends on the evaluated set (VMDLS's published shift, see
+    :class:`~openood_ext.evaluators.ood.SplitScores`)."""
+    if isinstance(result, tuple) and len(result) in (2, 3):
+        return result[0], result[1], (result[2] if len(result) == 3 else None)
+    return result, None, None
 
 
 @dataclass
@@ -183,14 +185,15 @@ class Scheduler:
                 result = pp.score_loader(self.source.loader_for(split))
             else:
                 result = pp.score(outputs)
-            conf, preds = split_result(result)
+            conf, preds, parts = split_result(result)
             conf = np.asarray(conf, dtype=np.float64)
             if conf.shape != (len(outputs),):
                 raise DataError(f"postprocessor '{pp.name}' returned {conf.shape} scores on '{split}', "
                                 f"expected ({len(outputs)},)")
             preds = pp.predict(outputs) if preds is None else np.asarray(preds)
             labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
-            scored[split] = SplitScores(conf, preds, labels)
+            scored[split] = SplitScores(conf, preds, labels, parts,
+                                        getattr(pp, "rescore_pair", None) if parts is not None else None)
         self.result.seconds[label] = self.clock() - t
         self.result.scores[label] = scored
         return scored

@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 
 from ..errors import ConfigError
 from ..schema import Length, PositiveInt, Probability
-from .base import OutlierSource
+from .base import OutlierSource, rank_key
 from .pixels import PixelSpace
 from .registry import OUTLIER_SOURCES
 
@@ -124,7 +124,7 @@ class Confetti(OutlierSource):
     centres per pixel, ``side_range`` [8, 54] pixels, blur kernel 25 with sigma 5. Works in pixel units
     (the benchmark's normalisation is undone and redone). The changed-pixel maps of the last draw are in
     ``self.last_changed`` ([B, 1, H, W], 1 = changed) for ground-truth supervision. Seeded per
-    (seed, epoch), so resumed runs draw the same noise.
+    (seed, epoch) (and the rank under torchrun), so resumed runs draw the same noise.
     """
 
     kind = "images"
@@ -142,10 +142,11 @@ class Confetti(OutlierSource):
     def setup(self, ctx) -> None:
         super().setup(ctx)
         self.pixels = PixelSpace(ctx.benchmark.preprocessor)
-        self.generator = torch.Generator().manual_seed(ctx.seed)
+        self.generator = torch.Generator().manual_seed(ctx.seed + 7919 * int(getattr(ctx, "rank", 0)))
 
     def on_epoch_start(self, epoch: int) -> None:
-        seed = np.random.SeedSequence([self.ctx.seed, 0xC0F, epoch]).generate_state(1, np.uint64)[0]
+        entropy = [self.ctx.seed, 0xC0F, epoch, *rank_key(self.ctx)]
+        seed = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
         self.generator = torch.Generator().manual_seed(int(seed) % 2**62)
 
     def corrupt(self, images: torch.Tensor) -> torch.Tensor:

@@ -34,14 +34,15 @@ not its fill counter, so it samples around zero rows early in every epoch; its C
 each class's queue turns FIFO as soon as it is full (published: classes that are full drop new samples
 until every class is full).
 
-Backends: ``faiss`` (``IndexFlatL2`` per class, GPU faiss for CUDA tensors when available) or ``torch``
-(one batched matmul + top-k over all classes, chunked over classes to bound memory); ``auto`` = faiss when
-importable. Both rank the same squared distances; the kept sets agree up to float32 ties.
+Backends: ``faiss`` (``IndexFlatL2`` per class; with faiss-gpu and CUDA queues on the queues' GPU, its
+resources and the per-class GPU indexes created once per process and reused) or ``torch`` (one batched matmul + top-k over all classes,
+chunked over classes to bound memory). ``auto`` = torch for CUDA queues (the search stays on the device:
+no copy of the queues to the host per step), faiss for CPU queues when installed, torch otherwise. Both
+rank the same squared distances; the kept sets agree up to float32 ties.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import warnings
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveFloat, PositiveInt, Range, check_value
+from ..utils.faiss_support import faiss_available, faiss_has_gpu, flat_l2_index, import_faiss
 from ..utils.runtime import device_check
 from .base import OutlierSource
 from .registry import OUTLIER_SOURCES
@@ -62,10 +64,6 @@ Backend = Literal["auto", "faiss", "torch"]
 Ranking = Literal["intended", "published"]
 BACKENDS = get_args(Backend)
 RANKINGS = get_args(Ranking)
-
-
-def faiss_available() -> bool:
-    return importlib.util.find_spec("faiss") is not None
 
 
 def _normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -195,15 +193,14 @@ def kth_sqdist_torch(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch
 
 
 def kth_sqdist_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """Same as :func:`kth_sqdist_torch` with one faiss ``IndexFlatL2`` per class (GPU faiss on CUDA)."""
-    import faiss
+    """Same as :func:`kth_sqdist_torch` with one faiss ``IndexFlatL2`` per class: on the tensors' GPU
+    with faiss-gpu (the process's resources for that GPU, created once), else on the host."""
+    gpu = None
+    if queries.is_cuda and faiss_has_gpu():
+        gpu = queries.device.index if queries.device.index is not None else torch.cuda.current_device()
     out = []
-    gpu = queries.is_cuda and hasattr(faiss, "StandardGpuResources")
-    res = faiss.StandardGpuResources() if gpu else None
-    for qc, bc in zip(queries, bank):
-        index = faiss.IndexFlatL2(bc.shape[1])
-        if gpu:
-            index = faiss.index_cpu_to_gpu(res, queries.device.index or 0, index)
+    for c, (qc, bc) in enumerate(zip(queries, bank)):
+        index = flat_l2_index(bc.shape[1], gpu, slot=("npos", c))
         index.add(np.ascontiguousarray(bc.detach().float().cpu().numpy()))
         dist, _ = index.search(np.ascontiguousarray(qc.detach().float().cpu().numpy()), k)
         out.append(torch.from_numpy(dist[:, -1]))
@@ -219,13 +216,15 @@ def _kth(queries, bank, k, backend, chunk_elems):
                       for i in range(0, len(queries), step)])
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
+    """``backend`` with ``auto`` decided for queues on ``device`` (see the module docstring)."""
     if backend not in BACKENDS:
         raise ConfigError(f"npos.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        return "faiss" if faiss_available() else "torch"
-    if backend == "faiss" and not faiss_available():
-        raise ConfigError("npos.backend: faiss is not importable (pip install faiss-cpu, or use backend: torch)")
+        cuda = device is not None and torch.device(device).type == "cuda"
+        return "faiss" if faiss_available() and not cuda else "torch"
+    if backend == "faiss":
+        import_faiss("npos.backend")
     return backend
 
 
@@ -274,7 +273,7 @@ def npos_sample(queues: torch.Tensor, params: NPOSParams = NPOSParams(), *,
         raise ConfigError(f"npos.ranking: expected one of {', '.join(RANKINGS)}, got {ranking!r}")
     C, Q, D = queues.shape
     params.check(Q)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, queues.device)
     device_check(torch.isfinite(queues).all(), DataError("npos: the ID embeddings contain NaN/inf"))
     device_check((queues.norm(dim=-1) != 0).all(),
                  DataError("npos: an ID embedding in the queue has zero norm (is the queue filled?)"))

@@ -25,6 +25,7 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import ConfigError, DataError
 from ..schema import Range
 from .base import OutlierSource
@@ -85,19 +86,18 @@ class SDTextOutliers(OutlierSource):
         if isinstance(classes, int) and classes != len(self.cfg.classes):
             raise ConfigError(f"trainer.outliers.classes: {len(self.cfg.classes)} class names, the benchmark "
                               f"has {classes} classes")
-        if self.generate:  # under torchrun rank 0 alone generates (every rank would write the same files)
+        if self.generate:  # torchrun: rank 0 generates into the shared folder, the others wait, then read
             import logging
-
-            from .. import distributed
-            distributed.run_on_main(lambda: ensure_generated(self.root, self.cfg, self.device or ctx.device,
-                                                             logging.getLogger("openood_ext")))
+            log = logging.getLogger("openood_ext")
+            distributed.run_on_main(lambda: ensure_generated(self.root, self.cfg, self.device or ctx.device, log))
 
     def check(self) -> None:
         ok, problems = status(self.root, self.cfg)
         if not ok:
             raise DataError(f"sd outliers under {self.root} are incomplete ({problems[0]}); generate them with "
                             f"trainer.outliers.generate=true")
-        self.pool = _on_run_device(self, torch.load(self.root / "text_outliers.pt", weights_only=True)["outliers"].float())
+        self.pool = _on_run_device(self, torch.load(self.root / "text_outliers.pt", map_location="cpu",
+                                                    weights_only=True)["outliers"].float())
         self.pool_flat = self.pool.reshape(-1, self.pool.shape[-1])
         _require_batch(self, len(self.pool_flat), "trainer.outliers: the text outlier pool has {n} rows",
                        "raise repeats/keep")

@@ -211,7 +211,7 @@ def load_id_features(cfg: SDConfig, anchors: torch.Tensor, generator: torch.Gene
     if not path.is_file():
         raise DataError(f"outliers.id_features: {path} not found (a [C, N, {anchors.shape[1]}] tensor of ID "
                         f"features from the anchor-aligned feature model, or 'synthetic' for a test run)")
-    feats = torch.as_tensor(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+    feats = torch.as_tensor(np.load(path)) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
     if feats.ndim != 3 or feats.shape[0] != len(anchors) or feats.shape[2] != anchors.shape[1]:
         raise DataError(f"outliers.id_features: {path} has shape {tuple(feats.shape)}, expected "
                         f"[{len(anchors)}, N, {anchors.shape[1]}]")
@@ -302,7 +302,7 @@ def ensure_generated(root: str | Path, cfg: SDConfig, device: str | torch.device
         pool = sample_text_outliers(feats.to(dev, torch.float32), anchors.to(dev), cfg, g).cpu()
         write_stream(pool_path, lambda fh: torch.save({"outliers": pool, "anchors": anchors,
                                                          "classes": list(cfg.classes)}, fh))
-    pool = torch.load(pool_path, weights_only=True)["outliers"]
+    pool = torch.load(pool_path, map_location="cpu", weights_only=True)["outliers"]
     lines = set(read_list(root))
     uncond = encode_prompt(pipe, "")
     todo = []

@@ -29,7 +29,8 @@ def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_worke
     sampler = trainer.batch_sampler(dataset.labels(), batch_size, seed)
     if transform is not None:
         dataset.transform = transform
-    generator = torch.Generator().manual_seed(seed)
+    # the loader's generator seeds its workers' augmentation: each torchrun rank gets its own stream
+    generator = torch.Generator().manual_seed(seed + 7919 * distributed.rank())
     if sampler is not None:
         if distributed.is_distributed():
             sampler = distributed.ShardedBatchSampler(sampler)

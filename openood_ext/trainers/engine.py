@@ -149,7 +149,7 @@ class TermMeter:
         keys = sorted(self.sums)
         values = torch.tensor([float(self.sums[k]) for k in keys] + [float(self.count)], dtype=torch.float64)
         with distributed.guard("averaging the epoch's loss terms"):
-            torch.distributed.all_reduce(values)
+            distributed.all_reduce_sum_(values)
         self.sums = dict(zip(keys, values[:-1].tolist()))
         self.count = int(values[-1].item())
 

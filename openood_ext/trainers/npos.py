@@ -61,18 +61,19 @@ def npos_augment(pre: dict, crop_scale=(0.2, 1.0)):
 
 
 class PrototypeBank:
-    """Unit class prototypes [C, H] (detached), with ``state_dict`` for resume."""
+    """Unit class prototypes [C, H] (detached), with ``state_dict`` for resume; restored onto ``device``
+    (the training device: a resumed ``prototype_init: batch`` run has no value yet to take it from)."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | str = "cpu"):
         self.value: torch.Tensor | None = None
+        self.device = torch.device(device)
 
     def state_dict(self) -> dict:
         return {"value": None if self.value is None else self.value.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("value") is not None:
-            device = self.value.device if self.value is not None else "cpu"
-            self.value = state["value"].to(device)
+            self.value = state["value"].to(self.device)
 
 
 @full_precision
@@ -157,7 +158,7 @@ class NPOSTrainer(Trainer):
             raise ConfigError("trainer 'npos': needs the npos feature-space outlier source (trainer.outliers: "
                               "{name: npos, ...})")
         self.source = source
-        self.prototypes = ctx.register_state("npos_prototypes", PrototypeBank())
+        self.prototypes = ctx.register_state("npos_prototypes", PrototypeBank(ctx.device))
         if self.prototype_init == "val" and ctx.benchmark is not None:
             self.prototypes.value = self._val_prototypes()
 

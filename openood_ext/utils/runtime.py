@@ -43,15 +43,30 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda" if local is None else f"cuda:{local}")
+        return torch.device("cuda") if local is None else _visible_gpu(local, spec)
     if spec == "cuda" and local is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{local}")
+        return _visible_gpu(local, spec)
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: '{spec}' was asked for but CUDA is not available (use auto or cpu)")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except RuntimeError as exc:
         raise ConfigError(f"device: '{spec}' is not a device (expected auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: '{spec}' does not exist: {torch.cuda.device_count()} GPU(s) are visible "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}; check CUDA_VISIBLE_DEVICES)")
+    return device
+
+
+def _visible_gpu(local_rank: int, spec: str) -> torch.device:
+    """``cuda:LOCAL_RANK``, or a one-line error when torchrun started more processes on this node than
+    it has GPUs (CUDA would fail later with "invalid device ordinal")."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(f"device: {spec} under torchrun puts process LOCAL_RANK={local_rank} on cuda:{local_rank}, "
+                          f"but this node has {count} visible GPU(s); run torchrun with --nproc_per_node <= {count} "
+                          f"(or device=cpu)")
+    return torch.device(f"cuda:{local_rank}")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
