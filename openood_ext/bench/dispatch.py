@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
-from . import ddp, forward, imglist, knn, loader, npos, oaml, postprocessors, train, zoo_scaling
+from . import ceiling, ddp, forward, imglist, knn, loader, npos, oaml, postprocessors, train, zoo_scaling
 
 #: ``openood-ext bench <name>`` -> that bench's main
 BENCHES: dict[str, Callable[[list[str]], int]] = {
@@ -22,6 +22,7 @@ BENCHES: dict[str, Callable[[list[str]], int]] = {
     "loader": loader.main,                  # per-image DataLoader against the tensor data path
     "knn": knn.main,                        # KNN search backends
     "zoo-scaling": zoo_scaling.main,        # the gradient-free zoo as methods are added
+    "ceiling": ceiling.main,                # a training step on device-resident random data
 }
 
 

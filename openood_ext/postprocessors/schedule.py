@@ -39,6 +39,7 @@ import torch
 from ..errors import DataError
 from ..evaluators.ood import SplitScores
 from ..features import EmptySplit, NetOutputs, extract_outputs
+from ..utils.runtime import autocast, check_precision
 from .base import Postprocessor, as_postprocessor
 
 ROUTES = ("outputs", "taps", "network")
@@ -225,18 +226,22 @@ def fit_and_score(pp, source, splits: Sequence[str], net=None, device=None, **kw
 
 # ---------------------------------------------------------------------- sources
 class LoaderSource:
-    """A source over plain loaders (``{split: DataLoader}``): each split's outputs computed once, in memory."""
+    """A source over plain loaders (``{split: DataLoader}``): each split's outputs computed once, in memory.
+    ``precision`` (fp32, bf16, fp16) is the shared passes' autocast, as ``precision:`` of ``test_ood``."""
 
-    def __init__(self, net: torch.nn.Module, loaders: Mapping[str, object], device: torch.device | str = "cpu"):
+    def __init__(self, net: torch.nn.Module, loaders: Mapping[str, object], device: torch.device | str = "cpu",
+                 precision: str = "fp32"):
         self.net, self.loaders, self.device = net, dict(loaders), device
+        self.precision = check_precision("precision", precision, torch.device(device))
         self.memo: dict[str, NetOutputs] = {}
         self.forward_passes = 0
 
     def outputs(self, split: str, consumers: Sequence = ()) -> NetOutputs:
         if consumers or split not in self.memo:
             self.forward_passes += 1
-            self.memo[split] = extract_outputs(self.net, self.loader_for(split), self.device,
-                                               desc=f"forward {split}", consumers=consumers)
+            with autocast(self.precision, torch.device(self.device)):
+                self.memo[split] = extract_outputs(self.net, self.loader_for(split), self.device,
+                                                   desc=f"forward {split}", consumers=consumers)
         return self.memo[split]
 
     def loader_for(self, split: str):

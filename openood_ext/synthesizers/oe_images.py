@@ -219,11 +219,18 @@ class OEImages(OutlierSource):
             self._generator = torch.Generator(device=images.device).manual_seed(seed)
             self._iter = (torch.as_tensor(idx, device=images.device) for idx in self.epoch_indices(epoch))
             return
-        generator = torch.Generator().manual_seed(seed)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
-                                             num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
-                                             generator=generator)
-        self._iter = iter(loader)
+        # one loader for the run, its batches swapped per epoch: worker processes persist between epochs
+        # instead of being spawned again (and their first batches waited for) at every epoch start
+        if getattr(self, "_loader", None) is None:
+            self._batches = _EpochBatches()
+            workers = self.ctx.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self._batches, num_workers=workers, collate_fn=SkipCounter(),
+                generator=torch.Generator(), persistent_workers=workers > 0,
+                pin_memory=torch.device(self.ctx.device).type == "cuda")
+        self._loader.generator.manual_seed(seed)
+        self._batches.batches = self.epoch_indices(epoch)
+        self._iter = iter(self._loader)
 
     def _short(self, rows: torch.Tensor, batch) -> torch.Tensor:
         """As many outliers as normals, also in the short last batch (unless ``batch_size`` is given)."""
@@ -245,3 +252,16 @@ class OEImages(OutlierSource):
         else:
             images = self._short(images[0], batch)
         return images.to(self.ctx.device, non_blocking=True)
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are replaced at each epoch start (see ``on_epoch_start``)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

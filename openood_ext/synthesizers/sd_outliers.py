@@ -37,11 +37,19 @@ MODES = get_args(Mode)
 
 
 def _draw(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` rows of ``pool`` (on its device), chosen with the CPU ``generator`` (the same rows on every device)."""
     if n <= len(pool):
         idx = torch.randperm(len(pool), generator=generator)[:n]
     else:
         idx = torch.randint(len(pool), (n,), generator=generator)
-    return pool[idx]
+    return pool[idx.to(pool.device, non_blocking=True)]
+
+
+def _on_run_device(source, pool: torch.Tensor) -> torch.Tensor:
+    """The pool on the run's device (once, at check time): drawing then copies no rows from the host at
+    every step (the copy of unpinned host rows waits for the device)."""
+    device = getattr(getattr(source, "ctx", None), "device", None)
+    return pool.to(device) if device is not None else pool
 
 
 def _require_batch(source, n: int, what: str, fix: str) -> None:
@@ -88,7 +96,8 @@ class SDTextOutliers(OutlierSource):
         if not ok:
             raise DataError(f"sd outliers under {self.root} are incomplete ({problems[0]}); generate them with "
                             f"trainer.outliers.generate=true")
-        self.pool = torch.load(self.root / "text_outliers.pt", map_location="cpu", weights_only=True)["outliers"].float()
+        self.pool = _on_run_device(self, torch.load(self.root / "text_outliers.pt", map_location="cpu",
+                                                    weights_only=True)["outliers"].float())
         self.pool_flat = self.pool.reshape(-1, self.pool.shape[-1])
         _require_batch(self, len(self.pool_flat), "trainer.outliers: the text outlier pool has {n} rows",
                        "raise repeats/keep")
@@ -125,7 +134,7 @@ class SDLatentOutliers(OutlierSource):
         if not ok:
             raise DataError(f"sd_latent_outliers: {problems[0]}; regenerate with sd_text_outliers generate=true")
         rows = [np.load(entry_paths(self.root, cfg, c, k)[1]).reshape(-1) for c, k in expected_entries(cfg)]
-        self.pool = torch.from_numpy(np.stack(rows)).float()
+        self.pool = _on_run_device(self, torch.from_numpy(np.stack(rows)).float())
         _require_batch(self, len(self.pool), "sd_latent_outliers: {n} latents", "raise images_per_class")
 
     @property
@@ -137,7 +146,8 @@ class SDLatentOutliers(OutlierSource):
         if self.mode == "forward_noised":
             betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
             abar = torch.cumprod(1 - betas, 0)[self.timestep].float()
-            z = abar.sqrt() * z + (1 - abar).sqrt() * torch.randn(z.shape, generator=generator)
+            noise = torch.randn(z.shape, generator=generator).to(z.device, non_blocking=True)
+            z = abar.sqrt() * z + (1 - abar).sqrt() * noise
         return z
 
     def describe(self) -> str:

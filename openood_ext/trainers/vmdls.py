@@ -53,6 +53,7 @@ import torch
 
 from ..errors import ConfigError
 from ..schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, Range
+from ..utils.runtime import device_check
 from .engine import TrainingError
 from .registry import TRAINERS
 from .trainer import Trainer
@@ -195,9 +196,9 @@ class VMDLSTrainer(Trainer):
     def training_step(self, batch):
         mu, logvar = self.net.encode(batch.images)
         mu, logvar = mu.float(), logvar.float()
-        if not torch.isfinite(logvar).all():
-            raise TrainingError(f"vmdls: the latent log-variance is not finite at epoch {batch.epoch + 1}, "
-                             f"batch {batch.index + 1} (lower the learning rate)")
+        device_check(torch.isfinite(logvar).all(),  # queued on a GPU: no host read per step
+                     TrainingError(f"vmdls: the latent log-variance is not finite at epoch {batch.epoch + 1}, "
+                                   f"batch {batch.index + 1} (lower the learning rate)"))
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         labels = batch.labels
         metric = triplet_distancing_loss(z if self.metric_on == "z" else mu, labels, self.margin, self.neg_margin,
