@@ -90,8 +90,9 @@ def gkern(k: int, std: float) -> torch.Tensor:
 
 
 def kernel_size_to_std(k: int) -> float:
-    """FCDD's default std when ``gauss_std`` is None."""
-    return float(np.log10(0.45 * (k - 1) + 1) + 0.25) if k > 1 else 0.25
+    """FCDD's default std when ``gauss_std`` is None (``datasets/noise.py``): log10(0.45 k + 1) + 0.25
+    for k < 32, else 10."""
+    return float(np.log10(0.45 * k + 1) + 0.25) if k < 32 else 10.0
 
 
 def receptive_upsample(maps: torch.Tensor, rf: ReceptiveField, std: float | None = 1.2) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
-from ..datasets.transforms import build_transform, image_mode
+from ..datasets.transforms import PairedTransform, build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
 from .base import OutlierSource
@@ -28,6 +28,35 @@ class FolderDataset(ImglistDataset):
         self.on_bad_image, self.label_override = on_bad_image, -1
 
 
+class MaskedImglistDataset(ImglistDataset):
+    """Items (image tensor, ground-truth mask [1, H, W] in {0, 1}) of a benchmark split with masks
+    (``bench.load_mask``); image and mask share the random geometry, masks resized nearest-neighbour."""
+
+    def __init__(self, imglist, data_root, pre, train: bool, mode: str, load_mask, on_bad_image: str = "error"):
+        super().__init__(imglist, data_root, None, mode, on_bad_image, -1)
+        self.paired, self.load_mask = PairedTransform(pre, train), load_mask
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+        entry = self.entries[index]
+        try:
+            image = self.load_image(entry)
+        except DataError:
+            if self.on_bad_image == "skip":
+                return None
+            raise
+        mask = Image.fromarray(self.load_mask(entry.path, True) * 255)
+        return self.paired(image, mask)
+
+
+def collate_masked(batch):
+    """(images, masks, n_skipped) from :class:`MaskedImglistDataset` items (None = skipped)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0), len(batch)
+    return torch.stack([k[0] for k in kept]), torch.stack([k[1] for k in kept]), len(batch) - len(kept)
+
+
 @OUTLIER_SOURCES.register("oe_images", aliases=["oe"])
 class OEImages(OutlierSource):
     """Outlier exposure (Hendrycks et al., 2019) from real images, one batch of outliers per ID batch.
@@ -39,6 +68,9 @@ class OEImages(OutlierSource):
     Images go through the ID *training* transform (augmentation included unless ``augment: false``)
     and the ID normalisation, converted to the ID channel count. ``limit: N`` draws N distinct images
     once per run (seeded by the run's seed) and cycles them, each copy augmented independently;
+    ``masks`` (default: on for a split of a benchmark with ground-truth masks, e.g. MVTec's training
+    defects) loads each image's mask too, transformed with the same geometry (nearest neighbour), and
+    exposes them as ``last_masks`` [B, 1, H, W]: FCDD's ``mvtec_gt`` trains on the real defect masks;
     ``N = 1`` puts the same image in every outlier slot (the AD pipeline passes the normal class as
     ``subset_key``, so the subset is drawn anew for every class x seed, as EOE does). Per epoch the pool
     is reshuffled with a
@@ -50,7 +82,7 @@ class OEImages(OutlierSource):
 
     def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
                  image_dir: str | None = None, limit: NonNegativeInt | None = None,
-                 batch_size: PositiveInt | None = None, augment: bool = True):
+                 batch_size: PositiveInt | None = None, augment: bool = True, masks: bool | None = None):
         if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
@@ -58,6 +90,7 @@ class OEImages(OutlierSource):
         self.imglist, self.folder, self.split_name = imglist, folder, split
         self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
         self._iter = None
+        self.masks, self.last_masks = masks, None
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -87,9 +120,15 @@ class OEImages(OutlierSource):
             split = bench.split(name)
             self.split_obj = split
             self.dataset = None
+            has_masks = bool(getattr(bench, "has_masks", False)) and callable(getattr(bench, "load_mask", None))
+            if self.masks and not has_masks:
+                raise ConfigError(f"trainer.outliers.masks: benchmark {bench.name} has no ground-truth masks")
+            self.masks = has_masks if self.masks is None else bool(self.masks)
             if split.imglist.is_file():
-                self.dataset = ImglistDataset(split.imglist, bench.image_root_of(split), transform, mode,
-                                              bench.on_bad_image, -1)
+                self.dataset = (MaskedImglistDataset(split.imglist, bench.image_root_of(split), pre, self.augment,
+                                                     mode, bench.load_mask, bench.on_bad_image) if self.masks else
+                                ImglistDataset(split.imglist, bench.image_root_of(split), transform, mode,
+                                               bench.on_bad_image, -1))
         self.out_batch = self.batch_size or ctx.batch_size
 
     def check(self) -> None:
@@ -131,7 +170,8 @@ class OEImages(OutlierSource):
     def on_epoch_start(self, epoch: int) -> None:
         generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
-                                             num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
+                                             num_workers=self.ctx.num_workers,
+                                             collate_fn=collate_masked if self.masks else SkipCounter(),
                                              generator=generator)
         self._iter = iter(loader)
 
@@ -139,8 +179,10 @@ class OEImages(OutlierSource):
         if self._iter is None:
             self.on_epoch_start(batch.epoch)
         try:
-            images = next(self._iter)[0]
+            data = next(self._iter)
         except StopIteration:  # more ID batches than planned (should not happen): start over
             self.on_epoch_start(batch.epoch)
-            images = next(self._iter)[0]
-        return images.to(self.ctx.device, non_blocking=True)
+            data = next(self._iter)
+        if self.masks:
+            self.last_masks = data[1].to(self.ctx.device, non_blocking=True)
+        return data[0].to(self.ctx.device, non_blocking=True)
