@@ -195,10 +195,8 @@ def _grads(mode: str) -> torch.Tensor:
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1))
     data = torch.randn(12, 1, 8, 8)
     loader = [(data[i:i + 3], torch.zeros(3, dtype=torch.long)) for i in range(0, 12, 3)]
-    settings = EngineSettings(epochs=1, optimizer={"name": "sgd", "lr": 0.0, "momentum": 0.0, "nesterov": False,
-                                                   "weight_decay": 0.0},
-                              accumulate=4, accumulate_mode=mode)
-    settings.scheduler = {"name": "constant", "interval": "epoch"}
+    settings = EngineSettings.from_config({"epochs": 1, "accumulate": 4, "accumulate_mode": mode,
+                                           "optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": "constant"})
     eng = Engine(_BNTrainer(), net, loader, settings, num_classes=1)
     grads = {}
     eng._optimizer_step = lambda: grads.setdefault("g", net[0].weight.grad.clone())
