@@ -38,11 +38,7 @@ def draw_blobs(h: int, w: int, channels: int, prob: float, side_range: tuple[int
     *conditioned* on >= 1, not max(N, 1)); sides uniform in ``side_range`` (inclusive); one rotation
     U(-45, 45) degrees per blob; colour uniform in {-256, ..., -1} per channel, shared by all blobs of the
     same side (FCDD draws it per side group), or the constant ``fill``. Centres are in row-major order."""
-    while True:
-        mask = torch.rand(h, w, generator=generator) < prob
-        if bool(mask.any()):
-            break
-    cy, cx = mask.nonzero(as_tuple=True)
+    cy, cx = _bernoulli_centres(h, w, prob, generator)
     n = len(cy)
     n_sides = side_range[1] - side_range[0] + 1
     side = side_range[0] + (torch.rand(n, generator=generator) * n_sides).long().clamp(max=n_sides - 1)
@@ -54,6 +50,25 @@ def draw_blobs(h: int, w: int, channels: int, prob: float, side_range: tuple[int
         for value in torch.unique(side):  # ascending, as FCDD's loop over the shapes
             colour[side == value] = torch.randint(-256, 0, (channels,), generator=generator).float()
     return Blobs(cx, cy, side, angle, colour)
+
+
+def _bernoulli_centres(h: int, w: int, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-zero pixels (rows, columns; row-major order) of an H x W Bernoulli(``prob``) mask, drawn
+    again while empty. Same law as thresholding H W uniforms, without them: the count is
+    Binomial(HW, prob) by inversion, the positions a uniform subset of that size."""
+    from scipy.stats import binom
+    hw = h * w
+    if prob <= 0:  # FCDD would loop forever; one blob, as it ensures at least one
+        n = 1
+    else:
+        n = 0
+        while n == 0:
+            n = int(binom.ppf(float(torch.rand((), generator=generator, dtype=torch.float64)), hw, prob))
+    picked: set[int] = set()
+    while len(picked) < n:
+        picked.update(torch.randint(0, hw, (n - len(picked),), generator=generator).tolist())
+    flat = torch.tensor(sorted(picked))
+    return flat // w, flat % w
 
 
 def _extent(side: int) -> range:

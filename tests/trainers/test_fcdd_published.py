@@ -236,3 +236,28 @@ def test_baseline_and_semi_supervised_configs_build(name, net, trainer):
 def test_online_supervision_cycles_short_masks():
     x = torch.arange(3).view(3, 1)
     assert OnlineSupervision._aligned(x, 5).flatten().tolist() == [0, 1, 2, 0, 1]
+
+
+def test_imagenet30_recipe_needs_data(tmp_path):
+    from openood_ext.datasets import BENCHMARKS
+    from openood_ext.errors import DataError
+    cfg = load_config(["configs/experiments/fcdd/ad_imagenet30_fcdd.yml"])
+    tr = to_plain(cfg.trainer)
+    settings, kwargs = split_trainer_config(tr)
+    assert settings.accumulate_mode == "concat" and to_plain(cfg.network)["pretrained"] is False
+    spec = {**to_plain(cfg.benchmark), "root": str(tmp_path / "imagenet30")}
+    with pytest.raises(DataError, match="imagenet30"):
+        BENCHMARKS.build(spec)
+
+
+def test_fcdd_noise_modes_follow_their_definitions():
+    from openood_ext.synthesizers.fcdd_noise import fcdd_noise
+    g = torch.Generator().manual_seed(0)
+    gauss = fcdd_noise("gaussian", (64, 3, 32, 32), g)
+    assert gauss.std() == pytest.approx(64, rel=0.02) and gauss.mean().abs() < 1
+    uni = fcdd_noise("uniform", (64, 3, 32, 32), g)
+    assert 0 <= uni.min() and uni.max() <= 255 and uni.mean() == pytest.approx(127.5, rel=0.02)
+    solid = fcdd_noise("solid", (8, 3, 16, 16), g)
+    assert torch.equal(solid, solid[:, :, :1, :1].expand_as(solid))
+    blob = fcdd_noise("blob", (20, 1, 64, 64), g)
+    assert set(blob.unique().tolist()) <= {0.0, 255.0} and bool((blob.flatten(1).amax(1) == 255).all())
