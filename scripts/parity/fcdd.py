@@ -74,6 +74,45 @@ def old_index_semantics(fn):
     return wrapped
 
 
+def recipe_rows(root: Path) -> list[tuple[str, str, str]]:
+    """Each published runner's defaults (``runners/argparse_configs.py``) against our FCDD config."""
+    from argparse import ArgumentParser
+
+    from openood_ext.config import load_config, to_plain
+    # argparse_configs imports the choice lists of packages registered empty above: give it plain lists
+    sys.modules["fcdd.datasets"].DS_CHOICES = ["mnist", "cifar10", "fmnist", "mvtec", "imagenet", "pascalvoc", "custom"]
+    sys.modules["fcdd.datasets"].PREPROC_CHOICES = ["aug1", "lcnaug1", "lcn", "none"]
+    sys.modules["fcdd.models"].choices = lambda: ["FCDD_CNN28_W", "FCDD_CNN32_LW3K", "FCDD_CNN224_VGG_F",
+                                                  "FCDD_CNN224_VGG_NOPT"]
+    setup = types.ModuleType("fcdd.training.setup")
+    setup.OBJECTIVES, setup.SUPERVISE_MODES = ["fcdd", "hsc", "ae"], ["unsupervised", "other", "noise",
+                                                                       "malformed_normal", "malformed_normal_gt"]
+    sys.modules["fcdd.training.setup"] = setup
+    from fcdd.runners import argparse_configs as ac
+    out = []
+    for name, cls, config in (("F-MNIST", ac.DefaultFmnistConfig, "ad_fmnist_fcdd"),
+                              ("CIFAR-10", ac.DefaultCifar10Config, "ad_cifar10_fcdd"),
+                              ("MVTec-AD", ac.DefaultMvtecConfig, "ad_mvtec_fcdd"),
+                              ("ImageNet-30", ac.DefaultImagenetConfig, "ad_imagenet30_fcdd")):
+        pub = cls()(ArgumentParser()).parse_args([])
+        cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
+        tr, net = to_plain(cfg.trainer), to_plain(cfg.network)
+        acc = tr.get("accumulate", 1)
+        pairs = {"epochs": (pub.epochs, tr["epochs"]), "batch": (pub.batch_size, tr["batch_size"]),
+                 "acc_batches (concat)": (pub.acc_batches, acc if acc == 1 or tr.get("accumulate_mode") == "concat"
+                                          else f"{acc} (gradients)"),
+                 "lr": (pub.learning_rate, tr["optimizer"]["lr"]),
+                 "weight decay": (pub.weight_decay, tr["optimizer"].get("weight_decay")),
+                 "optimizer": (pub.optimizer_type, tr["optimizer"]["name"]),
+                 "gauss_std": (float(pub.gauss_std), float(net["gauss_std"])),
+                 "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile))}
+        bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
+        out.append((f"recipe {name} ({config}.yml): " + ", ".join(pairs),
+                    "none" if not bad else "; ".join(f"{k}: published {a}, ours {b}" for k, (a, b) in bad.items()),
+                    "equal" if not bad else "DIFFERS"))
+    return out
+
+
 def seeded_state(net: torch.nn.Module) -> dict:
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() else v
@@ -210,6 +249,10 @@ def main() -> None:
     a = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(4))
     net_none = FCDDCNN28(in_channels=1, image_size=28, gauss_std=None)
     row("receptive upsampling, gauss_std null", f"{rel(net_none.upsample(a), pub.receptive_upsample(a, std=None)):.1e}", "equal")
+
+    # recipe defaults: the published runners' argparse defaults against our configs
+    for item, diff, verdict in recipe_rows(root):
+        row(item, diff, verdict)
 
     print("| item | measured difference | verdict |\n|---|---|---|")
     for item, diff, verdict in rows:
