@@ -261,3 +261,19 @@ def test_fcdd_noise_modes_follow_their_definitions():
     assert torch.equal(solid, solid[:, :, :1, :1].expand_as(solid))
     blob = fcdd_noise("blob", (20, 1, 64, 64), g)
     assert set(blob.unique().tolist()) <= {0.0, 255.0} and bool((blob.flatten(1).amax(1) == 255).all())
+
+
+def test_heatmap_grids_show_the_blurred_baseline_maps(tmp_path):
+    from openood_ext.pipelines.ad.cell import DisplayedMaps
+    from openood_ext.pipelines.ad.heatmaps import save_heatmap_grids
+    tr = TRAINERS.build({"name": "ae"})
+    tr.net = AECNN28()
+    heat = np.random.default_rng(0).random((6, 28, 28)).astype(np.float32)
+    shown = DisplayedMaps(heat, tr.display_maps)
+    rows = np.array([1, 4])
+    np.testing.assert_allclose(shown[rows], tr.display_maps(torch.from_numpy(heat[rows])).numpy())
+    assert np.asarray(shown).shape == heat.shape
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    written = save_heatmap_grids(tmp_path, shown, heat.mean((1, 2)), labels,
+                                 lambda r: np.zeros((len(r), 1, 28, 28), np.float32), 2, 0.85)
+    assert written and all(p.is_file() for p in written)
