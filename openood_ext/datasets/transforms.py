@@ -17,8 +17,16 @@ Config keys (``benchmark.preprocessor``)::
     resized_crop_scale: [0.08, 1.0]   # random_resized_crop: area fraction range (VMDLS: [0.95, 1.0]); the
                             # aspect ratio range is torchvision's default [3/4, 4/3]; output image_size
     train_crop: center      # training images: centre crop after resizing, or random (EOE's ImageNet-30:
-                            # Resize 256 + RandomCrop 224)
+                            # Resize 256 + RandomCrop 224), or choice (FCDD's MVTec lcnaug1: per image, with
+                            # p = 1/2 RandomCrop(image_size) of the resized image or Resize(image_size, nearest))
     interpolation: bilinear
+    raw_size: null          # N: first resize every image to N x N with torch's nearest interpolation (FCDD
+                            # stores MVTec-AD at 240 px this way); `resize` then applies to that
+    # FCDD's MVTec lcnaug1 augmentations (after the crop, before LCN):
+    #   jitter_choice: one of the ColorJitter(b, c, s, h) settings in `jitter_choices`, picked per image
+    #   relative_noise: with p = 1/2, x + relative_noise_scale * std(x) * N(0, 1), clamped to [0, 1]
+    jitter_choices: [[0.04, 0.04, 0.04, 0.04], [0.005, 0.0005, 0.0005, 0.0005]]
+    relative_noise_scale: 0.1
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from torchvision import transforms as T
 
 from ..errors import ConfigError
 
-_AUGMENTS = ("random_crop", "hflip", "color_jitter", "gaussian_noise", "random_rotation", "random_resized_crop")
+_AUGMENTS = ("random_crop", "hflip", "color_jitter", "gaussian_noise", "random_rotation", "random_resized_crop",
+             "jitter_choice", "relative_noise")
+TRAIN_CROPS = ("center", "random", "choice")
 
 
 class GaussianNoise:
@@ -57,6 +67,101 @@ def _scale_range(value) -> tuple[float, float]:
     return low, high
 
 
+class RelativeNoise:
+    """FCDD's MVTec noise: with p = 1/2 (``randint(0, 2)``), x + scale * std(x) * N(0, 1); clamped to [0, 1]."""
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def __call__(self, x):
+        import torch
+        on = int(torch.randint(0, 2, ()))
+        return (x + torch.randn_like(x) * on * x.std() * self.scale).clamp(0, 1)
+
+    def __repr__(self) -> str:
+        return f"RelativeNoise(scale={self.scale})"
+
+
+class TorchNearestResize:
+    """Resize a PIL image to ``size`` x ``size`` with ``torch.nn.functional.interpolate`` (mode nearest:
+    source pixel floor(i * in / out)), the way FCDD stores MVTec-AD at 240 px; PIL's nearest samples pixel
+    centres and picks other pixels."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, img):
+        import numpy as np
+        import torch
+        from PIL import Image
+        arr = np.asarray(img)
+        t = torch.from_numpy(arr.copy()).float()
+        t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+        out = torch.nn.functional.interpolate(t[None], (self.size, self.size))[0].byte()
+        out = out[0] if arr.ndim == 2 else out.permute(1, 2, 0)
+        return Image.fromarray(out.numpy(), mode=img.mode)
+
+    def __repr__(self) -> str:
+        return f"TorchNearestResize({self.size})"
+
+
+def geometry(pre: Mapping[str, Any], train: bool, interpolation=None) -> list:
+    """The geometric steps of :func:`build_transform` (raw size, resize, crop), shared with the masks of
+    training anomalies (:class:`PairedTransform`); ``interpolation`` overrides the configured one."""
+    size = int(pre.get("image_size", 32))
+    resize = int(pre.get("resize", size))
+    try:
+        interp = interpolation or T.InterpolationMode(pre.get("interpolation", "bilinear"))
+    except ValueError:
+        raise ConfigError(f"benchmark.preprocessor.interpolation: unknown mode {pre.get('interpolation')!r}") from None
+    train_crop = pre.get("train_crop", "center")
+    if train_crop not in TRAIN_CROPS:
+        raise ConfigError(f"benchmark.preprocessor.train_crop: expected one of {', '.join(TRAIN_CROPS)}, "
+                          f"got {train_crop!r}")
+    raw = pre.get("raw_size")
+    steps = [TorchNearestResize(int(raw))] if raw else []
+    if train and train_crop == "choice":
+        return steps + [T.RandomChoice([T.RandomCrop(size), T.Resize(size, interpolation=T.InterpolationMode.NEAREST)])]
+    crop = T.RandomCrop(size) if train and train_crop == "random" else T.CenterCrop(size)
+    return steps + [T.Resize(resize, interpolation=interp), crop]
+
+
+class PairedTransform:
+    """(image, mask) -> (image tensor, mask tensor [1, H, W] in {0, 1}): the same random geometry for
+    both (FCDD's ``MultiCompose``), masks resized with nearest neighbour; the image then gets the
+    photometric steps and normalisation of ``transform``'s tail (``build_transform(pre, train)``)."""
+
+    def __init__(self, pre: Mapping[str, Any], train: bool):
+        self.pre, self.train = dict(pre), bool(train)
+        full = build_transform(pre, train)
+        n_geo = len(geometry(pre, train))
+        self.image_tail = T.Compose(full.transforms[n_geo:])
+
+    def __call__(self, img, mask):
+        import random
+
+        import torch
+        steps = geometry(self.pre, self.train)
+        mask_steps = geometry(self.pre, self.train, T.InterpolationMode.NEAREST)
+        for step, mstep in zip(steps, mask_steps):
+            state = random.getstate(), torch.get_rng_state()
+            img = step(img)
+            random.setstate(state[0])
+            torch.set_rng_state(state[1])
+            mask = _nearest(mstep)(mask)
+        m = torch.from_numpy((__import__("numpy").asarray(mask) > 0).astype("float32"))[None]
+        return self.image_tail(img), m
+
+
+def _nearest(step):
+    """``step`` with nearest-neighbour interpolation for masks (RandomChoice's options included)."""
+    if isinstance(step, T.RandomChoice):
+        return T.RandomChoice([_nearest(t) for t in step.transforms])
+    if isinstance(step, T.Resize):
+        return T.Resize(step.size, interpolation=T.InterpolationMode.NEAREST)
+    return step
+
+
 def image_mode(pre: Mapping[str, Any]) -> str:
     channels = int(pre.get("channels", 3))
     if channels not in (1, 3):
@@ -67,20 +172,11 @@ def image_mode(pre: Mapping[str, Any]) -> str:
 def build_transform(pre: Mapping[str, Any], train: bool = False):
     """torchvision transform PIL image -> float tensor [channels, image_size, image_size]."""
     size = int(pre.get("image_size", 32))
-    resize = int(pre.get("resize", size))
     channels = int(pre.get("channels", 3))
     mean, std = list(pre.get("mean", [0.5] * channels)), list(pre.get("std", [0.5] * channels))
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"benchmark.preprocessor: mean/std need {channels} values, got {mean} / {std}")
-    try:
-        interp = T.InterpolationMode(pre.get("interpolation", "bilinear"))
-    except ValueError:
-        raise ConfigError(f"benchmark.preprocessor.interpolation: unknown mode {pre.get('interpolation')!r}") from None
-    train_crop = pre.get("train_crop", "center")
-    if train_crop not in ("center", "random"):
-        raise ConfigError(f"benchmark.preprocessor.train_crop: expected center or random, got {train_crop!r}")
-    crop = T.RandomCrop(size) if train and train_crop == "random" else T.CenterCrop(size)
-    steps, tensor_steps = [T.Resize(resize, interpolation=interp), crop], []
+    steps, tensor_steps = geometry(pre, train), []
     if train:
         for aug in pre.get("train_augment", []) or []:
             if aug == "random_crop":
@@ -94,9 +190,17 @@ def build_transform(pre: Mapping[str, Any], train: bool = False):
                 steps.append(T.RandomRotation(float(pre.get("rotation_degrees", 10)), fill=0))
             elif aug == "random_resized_crop":
                 steps.append(T.RandomResizedCrop(size, scale=_scale_range(pre.get("resized_crop_scale", [0.08, 1.0])),
-                                                 interpolation=interp))
+                                                 interpolation=T.InterpolationMode(pre.get("interpolation", "bilinear"))))
             elif aug == "gaussian_noise":
                 tensor_steps.append(GaussianNoise(float(pre.get("noise_std", 0.001))))
+            elif aug == "jitter_choice":
+                choices = pre.get("jitter_choices", [[0.04] * 4, [0.005, 0.0005, 0.0005, 0.0005]])
+                if not choices or any(len(c) != 4 for c in choices):
+                    raise ConfigError(f"benchmark.preprocessor.jitter_choices: expected a list of [brightness, "
+                                      f"contrast, saturation, hue], got {choices!r}")
+                steps.append(T.RandomChoice([T.ColorJitter(*map(float, c)) for c in choices]))
+            elif aug == "relative_noise":
+                tensor_steps.append(RelativeNoise(float(pre.get("relative_noise_scale", 0.1))))
             else:
                 raise ConfigError(f"benchmark.preprocessor.train_augment: unknown '{aug}' (known: {', '.join(_AUGMENTS)})")
     steps += [T.ToTensor(), *tensor_steps, T.Normalize(mean, std)]

@@ -91,8 +91,9 @@ def gkern(k: int, std: float) -> torch.Tensor:
 
 
 def kernel_size_to_std(k: int) -> float:
-    """FCDD's default std when ``gauss_std`` is None."""
-    return float(np.log10(0.45 * (k - 1) + 1) + 0.25) if k > 1 else 0.25
+    """FCDD's default std when ``gauss_std`` is None (``datasets/noise.py``): log10(0.45 k + 1) + 0.25
+    for k < 32, else 10."""
+    return float(np.log10(0.45 * k + 1) + 0.25) if k < 32 else 10.0
 
 
 @full_precision  # the transposed convolutions in float32 under autocast too

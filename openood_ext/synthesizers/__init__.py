@@ -5,6 +5,6 @@ historical name so that existing imports of its modules keep working.)"""
 
 from .base import OutlierSource, SourceContext
 from .registry import OUTLIER_SOURCES, SYNTHESIZERS
-from . import confetti, fourier_filter, npos, oe_images, sd_outliers  # noqa: F401  (registration)
+from . import confetti, fcdd_noise, fourier_filter, npos, oe_images, sd_outliers  # noqa: F401  (registration)
 
 __all__ = ["OUTLIER_SOURCES", "SYNTHESIZERS", "OutlierSource", "SourceContext"]

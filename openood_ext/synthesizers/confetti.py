@@ -21,7 +21,8 @@ from .registry import OUTLIER_SOURCES
 
 @dataclass
 class Blobs:
-    """Blob parameters of one component for one image: centres (x, y), sides, angles (deg), colours [n, C]."""
+    """Blob parameters of one component for one image, in painting order: centres (x, y), sides,
+    angles (deg, applied in centre order, see :func:`render_blobs`), colours [n, C]."""
 
     cx: torch.Tensor
     cy: torch.Tensor
@@ -32,87 +33,140 @@ class Blobs:
 
 def draw_blobs(h: int, w: int, channels: int, prob: float, side_range: tuple[int, int],
                fill: float | None, generator: torch.Generator) -> Blobs:
-    """Blob centres with probability ``prob`` per pixel (at least one), sides uniform in
-    ``side_range`` (inclusive), rotation U(-45, 45) degrees, colour per blob and channel uniform in
-    {-256, ..., -1} (FCDD's ``randint(-256, 0)``) or the constant ``fill``."""
-    n = max(int((torch.rand(h * w, generator=generator) < prob).sum().item()), 1)  # Binomial(HW, prob), >= 1
-    cx = torch.randint(0, w, (n,), generator=generator)
-    cy = torch.randint(0, h, (n,), generator=generator)
-    side = torch.randint(side_range[0], side_range[1] + 1, (n,), generator=generator)
+    """FCDD's blob sampling (``confetti_noise``): every pixel is a blob centre with probability ``prob``;
+    an image without a centre draws its whole mask again (``ensureblob``: the count is Binomial(HW, prob)
+    *conditioned* on >= 1, not max(N, 1)); sides uniform in ``side_range`` (inclusive); one rotation
+    U(-45, 45) degrees per blob; colour uniform in {-256, ..., -1} per channel, shared by all blobs of the
+    same side (FCDD draws it per side group), or the constant ``fill``. Centres are in row-major order."""
+    cy, cx = _bernoulli_centres(h, w, prob, generator)
+    n = len(cy)
+    n_sides = side_range[1] - side_range[0] + 1
+    side = side_range[0] + (torch.rand(n, generator=generator) * n_sides).long().clamp(max=n_sides - 1)
     angle = torch.rand(n, generator=generator) * 90 - 45
-    colour = (torch.full((n, channels), float(fill)) if fill is not None
-              else torch.randint(-256, 0, (n, channels), generator=generator).float())
+    if fill is not None:
+        colour = torch.full((n, channels), float(fill))
+    else:
+        colour = torch.zeros(n, channels)
+        for value in torch.unique(side):  # ascending, as FCDD's loop over the shapes
+            colour[side == value] = torch.randint(-256, 0, (channels,), generator=generator).float()
     return Blobs(cx, cy, side, angle, colour)
 
 
-def render_batch(blobs: list[Blobs], h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Paint each image's blobs (later ones over earlier ones) into a [B, C, H, W] noise map, zero
-    elsewhere, for the whole batch at once on ``device`` (the same pixels as :func:`render_blobs` per image):
-    per pixel the last blob of its image that covers it wins."""
-    counts = torch.tensor([len(b.side) for b in blobs])
-    cx, cy, side, angle, colour = (torch.cat([getattr(b, f) for b in blobs]).to(device, non_blocking=True)
-                                   for f in ("cx", "cy", "side", "angle", "colour"))
-    image = torch.repeat_interleave(torch.arange(len(blobs)), counts).to(device, non_blocking=True)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
-                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
-    rad = (angle * math.pi / 180)[:, None, None]
-    dx, dy = xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]
-    u = dx * torch.cos(rad) + dy * torch.sin(rad)
-    v = -dx * torch.sin(rad) + dy * torch.cos(rad)
-    half = (side.float() / 2)[:, None, None]
-    inside = ((u.abs() <= half) & (v.abs() <= half)).reshape(len(side), h * w)      # [N, HW]
-    order = torch.arange(1, len(side) + 1, device=device)[:, None]                  # blobs in image order
-    winner = torch.zeros(len(blobs), h * w, dtype=torch.long, device=device)        # 0: no blob
-    winner.scatter_reduce_(0, image[:, None].expand(-1, h * w), inside * order, "amax")
-    palette = torch.cat([colour.new_zeros(1, colour.shape[1]), colour])            # [N + 1, C]
-    return palette[winner].permute(0, 2, 1).reshape(len(blobs), -1, h, w)
+def _bernoulli_centres(h: int, w: int, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-zero pixels (rows, columns; row-major order) of an H x W Bernoulli(``prob``) mask, drawn
+    again while empty. Same law as thresholding H W uniforms, without them: the count is
+    Binomial(HW, prob) by inversion, the positions a uniform subset of that size."""
+    from scipy.stats import binom
+    hw = h * w
+    if prob <= 0:  # FCDD would loop forever; one blob, as it ensures at least one
+        n = 1
+    else:
+        n = 0
+        while n == 0:
+            n = int(binom.ppf(float(torch.rand((), generator=generator, dtype=torch.float64)), hw, prob))
+    picked: set[int] = set()
+    while len(picked) < n:
+        picked.update(torch.randint(0, hw, (n - len(picked),), generator=generator).tolist())
+    flat = torch.tensor(sorted(picked))
+    return flat // w, flat % w
+
+
+def _extent(side: int) -> range:
+    """Offsets of a square of ``side`` pixels around its centre pixel (FCDD: even sides reach further right)."""
+    return range(-(side // 2) if side % 2 else -(side // 2) + 1, side // 2 + 1)
+
+
+def rotate_window(win: torch.Tensor, angle: float, centre_xy: tuple[float, float]) -> torch.Tensor:
+    """skimage's ``rotate(win, angle, order=0, cval=0, center=centre_xy)`` of a [h, w, C] window:
+    counter-clockwise by ``angle`` degrees about ``centre_xy`` = (column, row); output pixel o takes the
+    input pixel nearest to R(angle) (o - c) + c, zero outside."""
+    h, w = win.shape[:2]
+    rad = math.radians(angle)
+    cos, sin = math.cos(rad), math.sin(rad)
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
+    x, y = cols - centre_xy[0], rows - centre_xy[1]
+    src_c = torch.round(cos * x - sin * y + centre_xy[0]).long()
+    src_r = torch.round(sin * x + cos * y + centre_xy[1]).long()
+    inside = (src_c >= 0) & (src_c < w) & (src_r >= 0) & (src_r < h)
+    out = torch.zeros_like(win)
+    out[inside] = win[src_r[inside], src_c[inside]]
+    return out
 
 
 def render_blobs(blobs: Blobs, h: int, w: int) -> torch.Tensor:
-    """Paint the blobs (later ones over earlier ones) into a [C, H, W] noise map, zero elsewhere."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    out = torch.zeros(blobs.colour.shape[1], h, w)
-    rad = blobs.angle * math.pi / 180
-    for i in range(len(blobs.side)):  # a handful of blobs per image
-        dx, dy = xs - blobs.cx[i], ys - blobs.cy[i]
-        u = dx * torch.cos(rad[i]) + dy * torch.sin(rad[i])
-        v = -dx * torch.sin(rad[i]) + dy * torch.cos(rad[i])
-        half = blobs.side[i].float() / 2
-        inside = (u.abs() <= half) & (v.abs() <= half)
-        out[:, inside] = blobs.colour[i].view(-1, 1)
-    return out
+    """Paint the blobs into a [C, H, W] noise map as FCDD does: axis-aligned squares grouped by side
+    (ascending; later groups over earlier ones), pixel indices clamped to the image (a blob crossing the
+    border smears onto the border row/column); then, blob by blob in centre order, the window
+    [c - floor(.75 s), c + ceil(.75 s)) (cut at H - 1 / W - 1) is rotated by the blob's angle with
+    nearest-neighbour sampling (:func:`rotate_window`, zeros coming in from outside the window)."""
+    c = blobs.colour.shape[1]
+    out = torch.zeros(h, w, c)
+    order = sorted(range(len(blobs.side)), key=lambda i: int(blobs.side[i]))  # stable: centre order in a group
+    for i in order:
+        ext = _extent(int(blobs.side[i]))
+        rows = (int(blobs.cy[i]) + torch.arange(ext.start, ext.stop)).clamp(0, h - 1)
+        cols = (int(blobs.cx[i]) + torch.arange(ext.start, ext.stop)).clamp(0, w - 1)
+        out[rows.view(-1, 1), cols.view(1, -1)] = blobs.colour[i]
+    for i in range(len(blobs.side)):
+        s, cy, cx = int(blobs.side[i]), int(blobs.cy[i]), int(blobs.cx[i])
+        r0, r1 = max(cy - math.floor(0.75 * s), 0), min(cy + math.ceil(0.75 * s), h - 1)
+        c0, c1 = max(cx - math.floor(0.75 * s), 0), min(cx + math.ceil(0.75 * s), w - 1)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        # FCDD passes (row, column) offsets where skimage expects (column, row): kept, as published
+        out[r0:r1, c0:c1] = rotate_window(out[r0:r1, c0:c1], float(blobs.angle[i]), (cy - r0, cx - c0))
+    return out.permute(2, 0, 1)
 
 
 def confetti_noise(shape: tuple[int, int, int, int], generator: torch.Generator, *, prob: float = 1.8e-5,
                    prob_dark: float = 1.2e-5, side_range: tuple[int, int] = (8, 54), blur_kernel: int = 25,
-                   blur_sigma: float = 5.0, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Confetti noise [B, C, H, W] in raw pixel units (0..255 scale): a coloured component and an
-    all-dark component (fill -255), each with at least one blob, summed and Gaussian-blurred. The blob
-    parameters come from the CPU ``generator`` (the same noise on every device); painting and blurring
-    run on ``device`` for the whole batch."""
+                   blur_sigma: float = 5.0) -> torch.Tensor:
+    """Confetti noise [B, C, H, W] in raw pixel units (0..255 scale, integer values): a coloured and an
+    all-dark component (fill -255), each with at least one blob, summed, Gaussian-blurred (normalised
+    kernel, reflected borders, as kornia's ``gaussian_blur2d``) and truncated to integers (FCDD's ``.int()``)."""
     b, c, h, w = shape
-    coloured, dark = [], []
-    for _ in range(b):  # the draw order of the per-image loop: coloured then dark, image by image
-        coloured.append(draw_blobs(h, w, c, prob, side_range, None, generator))
-        dark.append(draw_blobs(h, w, c, prob_dark, side_range, -255.0, generator))
-    noise = render_batch(coloured, h, w, device) + render_batch(dark, h, w, device)
+    maps = []
+    for _ in range(b):
+        coloured = render_blobs(draw_blobs(h, w, c, prob, side_range, None, generator), h, w)
+        dark = render_blobs(draw_blobs(h, w, c, prob_dark, side_range, -255.0, generator), h, w)
+        maps.append(coloured + dark)
+    noise = torch.stack(maps)
     k = min(blur_kernel, 2 * (min(h, w) - 1) + 1)
     k -= (k % 2 == 0)
-    return TF.gaussian_blur(noise, [k, k], [blur_sigma, blur_sigma]) if k >= 3 else noise
+    return (TF.gaussian_blur(noise, [k, k], [blur_sigma, blur_sigma]) if k >= 3 else noise).trunc()
 
 
 def apply_confetti(images255: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add noise to images in 0..255 units and clamp; per image, use the negated noise instead when the
-    change is below 0.025 on average (in 0..1 units) and the negation changes the image more (FCDD's rule).
-    Returns (corrupted images, map [B, 1, H, W] of changed pixels as 0/1 floats)."""
+    """FCDD's ``malformed_normal``: add noise to images in 0..255 units and clamp. Per image, the negated
+    noise is used instead when |mean signed change| (in 0..255 units) is below 0.025 and the negated noise
+    changes the image more (FCDD's rule: since the confetti noise is mostly negative, this practically
+    never brightens an image). Returns (corrupted images, map [B, 1, H, W] of changed pixels, 0/1 floats)."""
     plus = (images255 + noise).clamp(0, 255)
     minus = (images255 - noise).clamp(0, 255)
-    change_plus = (plus - images255).abs().flatten(1).mean(1) / 255
-    change_minus = (minus - images255).abs().flatten(1).mean(1) / 255
-    flip = (change_plus < 0.025) & (change_minus > change_plus)
+    d = (plus - images255).flatten(1).mean(1).abs()
+    di = (minus - images255).flatten(1).mean(1).abs()
+    flip = (d < 0.025) & (di > d)
     out = torch.where(flip.view(-1, 1, 1, 1), minus, plus)
     changed = ((out - images255).abs().amax(1, keepdim=True) > 0).float()
     return out, changed
+
+
+def fit_noise(noise: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Noise drawn at FCDD's stored size -> the image size, per image as FCDD's MVTec training transform
+    moves it with its image: with p = 1/2 a random crop, else nearest-neighbour resizing."""
+    h, w = size
+    if noise.shape[-2:] == (h, w):
+        return noise
+    out = []
+    for n in noise:
+        if bool(torch.rand((), generator=generator) < 0.5) and n.shape[-2] >= h and n.shape[-1] >= w:
+            top = int(torch.randint(0, n.shape[-2] - h + 1, (), generator=generator))
+            left = int(torch.randint(0, n.shape[-1] - w + 1, (), generator=generator))
+            out.append(n[:, top:top + h, left:left + w])
+        else:
+            out.append(torch.nn.functional.interpolate(n[None], (h, w), mode="nearest")[0])
+    return torch.stack(out)
 
 
 @OUTLIER_SOURCES.register("confetti")
@@ -124,19 +178,30 @@ class Confetti(OutlierSource):
     centres per pixel, ``side_range`` [8, 54] pixels, blur kernel 25 with sigma 5. Works in pixel units
     (the benchmark's normalisation is undone and redone). The changed-pixel maps of the last draw are in
     ``self.last_changed`` ([B, 1, H, W], 1 = changed) for ground-truth supervision. Seeded per
-    (seed, epoch) (and the rank under torchrun), so resumed runs draw the same noise.
+    (seed, epoch) (and the rank under torchrun), so resumed runs draw the same noise. The blobs are drawn
+    and painted on the CPU, blob by blob as FCDD paints them, and the outliers handed back on the images'
+    device.
+
+    ``draw_size: N`` draws the noise at N x N and moves it to the image size as FCDD's MVTec training
+    transform moves an image stored at 240 px (:func:`fit_noise`; the MVTec recipe sets 240).
+
+    ``noise`` mode: FCDD clamps the (mostly negative) confetti noise to [0, 255], which gives black images
+    (a published defect: the anomalies carry no blob). By default the blobs are drawn bright (|noise| on
+    black); ``published_noise_clamp: true`` reproduces the black images.
     """
 
     kind = "images"
 
     def __init__(self, mode: Literal["malformed_normal", "noise"] = "malformed_normal", prob: Probability = 1.8e-5,
                  prob_dark: Probability = 1.2e-5, side_range: Annotated[list[PositiveInt], Length(2, 2)] = (8, 54),
-                 blur_kernel: int = 25, blur_sigma: float = 5.0):
+                 blur_kernel: int = 25, blur_sigma: float = 5.0, draw_size: PositiveInt | None = None,
+                 published_noise_clamp: bool = False):
         side_range = tuple(side_range)
         if side_range[0] > side_range[1]:
             raise ConfigError(f"trainer.outliers.side_range: expected [min, max] with 1 <= min <= max, got {list(side_range)}")
         self.mode, self.prob, self.prob_dark, self.side_range = mode, float(prob), float(prob_dark), side_range
         self.blur_kernel, self.blur_sigma = int(blur_kernel), float(blur_sigma)
+        self.draw_size, self.published_noise_clamp = draw_size, bool(published_noise_clamp)
         self.last_changed = None
 
     def setup(self, ctx) -> None:
@@ -151,14 +216,18 @@ class Confetti(OutlierSource):
 
     def corrupt(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, C, H, W] -> confetti outliers (normalised), on the images' device."""
-        raw = self.pixels.to_unit(images.float()) * 255  # on the images' device: no copy to the host
-        if self.mode == "noise":
-            raw = torch.zeros_like(raw)
-        noise = confetti_noise(tuple(raw.shape), self.generator, prob=self.prob, prob_dark=self.prob_dark,
-                               side_range=self.side_range, blur_kernel=self.blur_kernel, blur_sigma=self.blur_sigma,
-                               device=raw.device)
-        out, self.last_changed = apply_confetti(raw, noise)
-        return self.pixels.from_unit(out / 255)
+        raw = self.pixels.to_unit(images.float().cpu()) * 255
+        b, c, h, w = raw.shape
+        shape = (b, c, self.draw_size, self.draw_size) if self.draw_size else (b, c, h, w)
+        noise = confetti_noise(shape, self.generator, prob=self.prob, prob_dark=self.prob_dark,
+                               side_range=self.side_range, blur_kernel=self.blur_kernel, blur_sigma=self.blur_sigma)
+        noise = fit_noise(noise, (h, w), self.generator)
+        if self.mode == "noise":  # FCDD's `noise` supervision: the noise alone replaces the image
+            out = noise.clamp(0, 255) if self.published_noise_clamp else noise.abs().clamp(0, 255)
+            self.last_changed = (out.amax(1, keepdim=True) > 0).float()
+        else:
+            out, self.last_changed = apply_confetti(raw, noise)
+        return self.pixels.from_unit(out / 255).to(images.device)
 
     def draw(self, batch) -> torch.Tensor:
         return self.corrupt(batch.images)

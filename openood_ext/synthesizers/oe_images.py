@@ -12,7 +12,7 @@ import torch
 from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
 from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
-from ..datasets.transforms import build_transform, image_mode
+from ..datasets.transforms import PairedTransform, build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
 from .base import OutlierSource, rank_key
@@ -40,6 +40,35 @@ def entry_classes(entries) -> list:
     return [str(Path(e.path).parent) for e in entries]
 
 
+class MaskedImglistDataset(ImglistDataset):
+    """Items (image tensor, ground-truth mask [1, H, W] in {0, 1}) of a benchmark split with masks
+    (``bench.load_mask``); image and mask share the random geometry, masks resized nearest-neighbour."""
+
+    def __init__(self, imglist, data_root, pre, train: bool, mode: str, load_mask, on_bad_image: str = "error"):
+        super().__init__(imglist, data_root, None, mode, on_bad_image, -1)
+        self.paired, self.load_mask = PairedTransform(pre, train), load_mask
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+        entry = self.entries[index]
+        try:
+            image = self.load_image(entry)
+        except DataError:
+            if self.on_bad_image == "skip":
+                return None
+            raise
+        mask = Image.fromarray(self.load_mask(entry.path, True) * 255)
+        return self.paired(image, mask)
+
+
+def collate_masked(batch):
+    """(images, masks, n_skipped) from :class:`MaskedImglistDataset` items (None = skipped)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0), len(batch)
+    return torch.stack([k[0] for k in kept]), torch.stack([k[1] for k in kept]), len(batch) - len(kept)
+
+
 @OUTLIER_SOURCES.register("oe_images", aliases=["oe"])
 class OEImages(OutlierSource):
     """Outlier exposure (Hendrycks et al., 2019) from real images, one batch of outliers per ID batch.
@@ -51,6 +80,9 @@ class OEImages(OutlierSource):
     Images go through the ID *training* transform (augmentation included unless ``augment: false``)
     and the ID normalisation, converted to the ID channel count. ``limit: N`` draws N distinct images
     once per run (seeded by the run's seed) and cycles them, each copy augmented independently;
+    ``masks`` (default: on for a split of a benchmark with ground-truth masks, e.g. MVTec's training
+    defects) loads each image's mask too, transformed with the same geometry (nearest neighbour), and
+    exposes them as ``last_masks`` [B, 1, H, W]: FCDD's ``mvtec_gt`` trains on the real defect masks;
     ``N = 1`` puts the same image in every outlier slot (the AD pipeline passes the normal class as
     ``subset_key``, so the subset is drawn anew for every class x seed, as EOE does). ``limit_classes: K``
     (EOE's ``oe_limit_classes``) first keeps the images of K classes drawn at random (seeded like ``limit``;
@@ -77,7 +109,8 @@ class OEImages(OutlierSource):
     def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
                  image_dir: str | None = None, limit: NonNegativeInt | None = None,
                  batch_size: PositiveInt | None = None, augment: bool = True,
-                 limit_classes: PositiveInt | None = None, order: Literal["cycle", "published"] = "cycle"):
+                 limit_classes: PositiveInt | None = None, order: Literal["cycle", "published"] = "cycle",
+                 masks: bool | None = None):
         if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
@@ -87,6 +120,7 @@ class OEImages(OutlierSource):
         self.limit_classes, self.order = limit_classes, order
         self._iter = None
         self._tensor = None  # (uint8 images on the device, BatchPipeline) on the tensor path
+        self.masks, self.last_masks = masks, None
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -116,9 +150,15 @@ class OEImages(OutlierSource):
             split = bench.split(name)
             self.split_obj = split
             self.dataset = None
+            has_masks = bool(getattr(bench, "has_masks", False)) and callable(getattr(bench, "load_mask", None))
+            if self.masks and not has_masks:
+                raise ConfigError(f"trainer.outliers.masks: benchmark {bench.name} has no ground-truth masks")
+            self.masks = has_masks if self.masks is None else bool(self.masks)
             if split.imglist.is_file():
-                self.dataset = ImglistDataset(split.imglist, bench.image_root_of(split), transform, mode,
-                                              bench.on_bad_image, -1)
+                self.dataset = (MaskedImglistDataset(split.imglist, bench.image_root_of(split), pre, self.augment,
+                                                     mode, bench.load_mask, bench.on_bad_image) if self.masks else
+                                ImglistDataset(split.imglist, bench.image_root_of(split), transform, mode,
+                                               bench.on_bad_image, -1))
         self.out_batch = self.batch_size or ctx.batch_size
 
     def check(self) -> None:
@@ -195,7 +235,7 @@ class OEImages(OutlierSource):
         log line naming why) when the recipe or the images need the per-image path."""
         log = log or logging.getLogger("openood_ext")
         pre = self.ctx.benchmark.preprocessor
-        reason = unsupported(pre, self.augment)
+        reason = "ground-truth masks travel with the images" if self.masks else unsupported(pre, self.augment)
         if reason is None:
             try:
                 decoded = DecodedCache(data.cache_root(), data.max_side, log).load(self.dataset, geometry(pre))
@@ -225,7 +265,8 @@ class OEImages(OutlierSource):
             self._batches = _EpochBatches()
             workers = self.ctx.num_workers
             self._loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=self._batches, num_workers=workers, collate_fn=SkipCounter(),
+                self.dataset, batch_sampler=self._batches, num_workers=workers,
+                collate_fn=collate_masked if self.masks else SkipCounter(),
                 generator=torch.Generator(), persistent_workers=workers > 0,
                 pin_memory=torch.device(self.ctx.device).type == "cuda")
         self._loader.generator.manual_seed(seed)
@@ -242,15 +283,17 @@ class OEImages(OutlierSource):
         if self._iter is None:
             self.on_epoch_start(batch.epoch)
         try:
-            images = next(self._iter)
+            data = next(self._iter)
         except StopIteration:  # more ID batches than planned (should not happen): start over
             self.on_epoch_start(batch.epoch)
-            images = next(self._iter)
+            data = next(self._iter)
         if self._tensor is not None:  # a batch of indices into the decoded images
             pixels, pipeline = self._tensor
-            images = pipeline(pixels[self._short(images, batch)], self._generator)
+            images = pipeline(pixels[self._short(data, batch)], self._generator)
         else:
-            images = self._short(images[0], batch)
+            images = self._short(data[0], batch)
+            if self.masks:
+                self.last_masks = self._short(data[1], batch).to(self.ctx.device, non_blocking=True)
         return images.to(self.ctx.device, non_blocking=True)
 
 

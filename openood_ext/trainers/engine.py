@@ -16,6 +16,9 @@ Engine keys of ``trainer:`` (everything else goes to the trainer's constructor):
       optimizer: {name: sgd, lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5.0e-4}
       scheduler: {name: cosine, interval: step, warmup_epochs: 0}
       accumulate: 1                # optimizer step every N batches (gradient of an N-times larger batch)
+      accumulate_mode: gradients   # gradients: N forward/backward passes, gradients summed (BatchNorm sees
+                                   # one loader batch); concat: the N batches concatenated and forwarded at
+                                   # once (FCDD's acc_batches: BatchNorm sees N x batch_size samples)
       precision: fp32              # fp32 | bf16 | fp16 (fp16: CUDA only, with loss scaling)
       grad_clip: null              # max global gradient norm
       outliers: {name: oe_images, limit: null}   # OUTLIER_SOURCES entry (default: the trainer's own)
@@ -57,12 +60,13 @@ from .resume import restore_rng_states, rng_states
 from .finite import FiniteWatch, NonFiniteLoss
 from .trainer import Batch, TrainContext
 
-ENGINE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "accumulate", "precision", "grad_clip", "outliers",
-               "channels_last", "compile", "sync_batchnorm", "find_unused_parameters", "finite_check_every",
-               "cudnn_benchmark")
+ENGINE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "accumulate", "accumulate_mode", "precision",
+               "grad_clip", "outliers", "channels_last", "compile", "sync_batchnorm", "find_unused_parameters",
+               "finite_check_every", "cudnn_benchmark")
 #: optimizer steps between two host reads of the loss's finiteness on a GPU (finite_check_every: null)
 GPU_FINITE_CHECK_EVERY = 50
 Precision = Literal["fp32", "bf16", "fp16"]
+AccumulateMode = Literal["gradients", "concat"]
 PRECISIONS = get_args(Precision)
 
 
@@ -94,12 +98,14 @@ class EngineSettings:
     find_unused_parameters: bool = True
     finite_check_every: int | None = None
     cudnn_benchmark: bool = True
+    accumulate_mode: str = "gradients"
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any]) -> "EngineSettings":
         epochs = _checked(spec, "epochs", 100, PositiveInt)
         batch_size = _checked(spec, "batch_size", 128, PositiveInt)
         accumulate = _checked(spec, "accumulate", 1, PositiveInt)
+        accumulate_mode = _checked(spec, "accumulate_mode", "gradients", AccumulateMode)
         precision = _checked(spec, "precision", "fp32", Precision)
         clip = _checked(spec, "grad_clip", None, PositiveFloat | None)
         outliers = spec.get("outliers")
@@ -113,7 +119,8 @@ class EngineSettings:
         return cls(epochs, batch_size, check_optimizer_spec(spec.get("optimizer") or {}),
                    check_schedule_spec(sched, epochs), accumulate, precision,
                    None if clip is None else float(clip), outliers,
-                   compile=check_compile("trainer.compile", spec.get("compile", False)), **flags)
+                   compile=check_compile("trainer.compile", spec.get("compile", False)),
+                   accumulate_mode=accumulate_mode, **flags)
 
 
 def split_trainer_config(spec: Mapping[str, Any]) -> tuple[EngineSettings, dict]:
@@ -398,17 +405,12 @@ class Engine:
         meter, t0, seen = TermMeter(), time.perf_counter(), 0
         bar = progress(self.loader, desc=f"epoch {epoch + 1}/{self.settings.epochs}", total=n_batches)
         self.optimizer.zero_grad(set_to_none=True)
-        for index, data in enumerate(bar):
-            images, labels = data[0], data[1]
-            if len(images) == 0:
-                continue
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            if self.settings.channels_last and images.ndim == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            batch = Batch(images, labels, None, epoch, epoch * n_batches + index, index)
-            if wants_images:
-                batch.outliers = self._on_device(self.source.draw(batch))
+        batches = self._batches(bar, epoch, wants_images)
+        if self.settings.accumulate_mode == "concat" and accumulate > 1:
+            batches = _concatenated(batches, accumulate, epoch)
+            accumulate, n_batches = 1, self.steps_per_epoch
+        for batch in batches:
+            index, labels = batch.index, batch.labels
             group_start = (index // accumulate) * accumulate
             group_len = min(accumulate, n_batches - group_start)
             last_of_group = index + 1 == group_start + group_len
@@ -440,6 +442,24 @@ class Engine:
         self.trainer.on_epoch_end(epoch, record)
         return record
 
+    def _batches(self, loader, epoch: int, wants_images: bool):
+        """The loader's batches as :class:`Batch` on the device, with their outliers drawn."""
+        n_batches = self.batches_per_epoch
+        for index, data in enumerate(loader):
+            images, labels = data[0], data[1]
+            if len(images) == 0:
+                continue
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.settings.channels_last and images.ndim == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
+            batch = Batch(images, labels, None, epoch, epoch * n_batches + index, index)
+            if wants_images:
+                batch.outliers = self._on_device(self.source.draw(batch))
+                batch.outlier_masks = getattr(self.source, "last_masks", None)
+                batch.outlier_changed = getattr(self.source, "last_changed", None)
+            yield batch
+
     def fit(self, resume: bool = False) -> list[dict]:
         """Train (continuing from ``state_path`` when ``resume`` and it exists); returns the history."""
         with distributed.guard("training"):
@@ -460,6 +480,29 @@ class Engine:
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, record)
         return self.history
+
+
+def _concatenated(batches, n: int, epoch: int):
+    """``accumulate_mode: concat``: every ``n`` consecutive batches (the last group may be shorter) as one
+    batch, images, labels and outliers concatenated (FCDD's ``acc_batches``); index = the group's index."""
+    group: list[Batch] = []
+    steps = 0
+
+    def cat(parts: list[Batch], key: str):
+        values = [getattr(b, key) for b in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    def joined(parts: list[Batch], index: int) -> Batch:
+        return Batch(cat(parts, "images"), cat(parts, "labels"), cat(parts, "outliers"), epoch, parts[0].step,
+                     index, cat(parts, "outlier_masks"), cat(parts, "outlier_changed"))
+
+    for batch in batches:
+        group.append(batch)
+        if len(group) == n:
+            yield joined(group, steps)
+            group, steps = [], steps + 1
+    if group:
+        yield joined(group, steps)
 
 
 def save_training_state(path: Path, blob: dict) -> None:

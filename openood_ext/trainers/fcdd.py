@@ -6,7 +6,10 @@ One-class training: ``batch.images`` are normal samples (``batch.labels`` are al
 each sample is replaced with probability ``p_outlier`` (0.5) by the aligned outlier, labelled
 anomalous (1). ``supervise_mode``:
 
-* ``noise``: outliers are OE images or confetti noise (``trainer.outliers``; default confetti on black);
+* ``noise``: outliers are OE images or confetti noise (``trainer.outliers``; default confetti on black).
+  With the map path, real anomalies whose source gives masks (``oe_images`` on a split with ground
+  truth, e.g. MVTec's ``oe_defects``: FCDD's ``mvtec_gt`` semi-supervised recipe) enter the loss with
+  their masks; synthetic ones with Y = all ones;
 * ``malformed_normal``: the normal image plus confetti (default source ``confetti``);
 * ``malformed_normal_gt``: the same, with a ground-truth map Y of the changed pixels (loss with maps);
 * ``other``: true training anomalies from ``trainer.outliers`` (e.g. ``{name: oe_images, split: oe}``
@@ -76,6 +79,10 @@ def fcdd_loss(a: torch.Tensor, labels: torch.Tensor, gt: torch.Tensor | None = N
     return (norm + anom).mean()
 
 
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
 def step_generator(seed: int, step: int, tag: int) -> torch.Generator:
     """A generator seeded by (run seed, global step, tag): the same draws after a resume. Under torchrun
     the rank joins the seed, so the ranks replace different positions of their batches."""
@@ -103,6 +110,11 @@ class OnlineSupervision(Trainer):
             "other": {"name": "oe_images", "split": "oe"},
         }.get(supervise_mode)
 
+    @staticmethod
+    def _aligned(x: torch.Tensor, b: int) -> torch.Tensor:
+        """The first ``b`` rows of ``x``, cycled when shorter (as the outliers)."""
+        return x[torch.arange(b, device=x.device) % len(x)] if len(x) < b else x[:b]
+
     def supervised_batch(self, batch):
         images = batch.images
         b = len(images)
@@ -119,9 +131,13 @@ class OnlineSupervision(Trainer):
             images = torch.where(replace.view(-1, *[1] * (images.dim() - 1)), outliers, images)
             labels = replace.long()
             if want_gt:
-                changed = getattr(self.ctx.outliers, "last_changed", None)
+                src = self.ctx.outliers  # a batch built without the engine: the source's last draw
+                changed = _first(getattr(batch, "outlier_changed", None), getattr(src, "last_changed", None))
+                masks = _first(getattr(batch, "outlier_masks", None), getattr(src, "last_masks", None))
                 if self.supervise_mode == "malformed_normal_gt" and changed is not None:
-                    y = changed[:b].to(images.device).float()
+                    y = self._aligned(changed, b).to(images.device).float()
+                elif masks is not None:  # real anomalies with their masks (FCDD's mvtec_gt)
+                    y = self._aligned(masks, b).to(images.device).float()
                 else:  # synthetic anomaly without its own map: every pixel anomalous
                     y = torch.ones(b, 1, *images.shape[-2:], device=images.device)
                 gt = y * replace.view(-1, 1, 1, 1).float()

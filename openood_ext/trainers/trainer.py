@@ -34,6 +34,9 @@ class Batch:
     outliers: outlier images [B_out, C, H, W] from an image outlier source, or None.
     epoch: 0-based epoch; step: 0-based optimizer-independent batch counter over the whole run;
     index: 0-based batch index within the epoch.
+    outlier_masks: ground-truth masks [B_out, 1, H, W] in {0, 1} of real anomalies (an image source
+    reading a split with masks, e.g. MVTec's training defects), else None.
+    outlier_changed: the pixels a synthetic source changed [B_out, 1, H, W] (confetti), else None.
     """
 
     images: torch.Tensor
@@ -42,6 +45,8 @@ class Batch:
     epoch: int
     step: int
     index: int
+    outlier_masks: torch.Tensor | None = None
+    outlier_changed: torch.Tensor | None = None
 
 
 class Stateful(Protocol):

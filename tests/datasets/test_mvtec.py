@@ -196,3 +196,41 @@ def test_ad_pipeline_fcdd_with_pixel_auroc_on_the_prepared_set(prepared, tmp_pat
         assert 0 <= result["auroc"] <= 1
     assert metrics["pixel_auroc_mean"] == pytest.approx(
         np.mean([metrics["per_class"][c]["pixel_auroc_mean"] for c in CLASSES]))
+
+
+def test_semi_supervised_fcdd_trains_on_defect_masks(prepared, tmp_path, monkeypatch):
+    """FCDD's mvtec_gt recipe end to end (one defect image per type, p = 1 so every sample is one, two
+    concatenated batches): every loss the trainer computes uses the defects' own masks (resized nearest with
+    the image, FCDD's lcnaug1 geometry at raw_size), never the all-ones map."""
+    from omegaconf import OmegaConf
+
+    from openood_ext.runner import run_config
+    from openood_ext.trainers import fcdd as fcdd_mod
+    seen = []
+    plain = fcdd_mod.fcdd_loss
+
+    def spy(a, labels, gt=None, *args, **kw):
+        seen.append(None if gt is None else gt.detach().clone())
+        return plain(a, labels, gt, *args, **kw)
+
+    monkeypatch.setattr(fcdd_mod, "fcdd_loss", spy)
+    cfg = OmegaConf.create({
+        "pipeline": "ad", "experiment": "mvtec_semi", "seed": 0, "device": "cpu", "num_workers": 0,
+        "output_dir": str(tmp_path / "results"), "batch_size": 32,
+        "benchmark": {"name": "mvtec", "root": str(prepared / "mvtec_anomaly_detection"), "normal_class": "carpet",
+                      "oe_defects": 1,
+                      "preprocessor": {"image_size": SIZE, "raw_size": SIZE + 4, "resize": SIZE, "channels": 3,
+                                       "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "nearest",
+                                       "train_crop": "choice", "train_augment": []}},
+        "network": {"name": "fcdd_cnn28", "in_channels": 3, "image_size": SIZE},
+        "trainer": {"name": "fcdd", "supervise_mode": "noise", "gt_path": True, "p_outlier": 1.0, "epochs": 1,
+                    "batch_size": 3, "accumulate": 2, "accumulate_mode": "concat",
+                    "optimizer": {"name": "sgd", "lr": 0.01}, "scheduler": {"name": "constant"},
+                    "outliers": {"name": "oe_images", "split": "oe", "masks": True}},
+        "ad": {"classes": ["carpet"], "seeds": 1, "heatmaps": 0}})
+    run_config(cfg)
+    assert seen and all(g is not None for g in seen)
+    for g in seen:
+        assert g.shape[1:] == (1, SIZE, SIZE) and set(g.unique().tolist()) <= {0.0, 1.0}
+        assert bool((g.flatten(1).mean(1) < 1).all())  # real masks, not all ones
+        assert bool((g.flatten(1).amax(1) == 1).all())  # every sample is a defect with pixels marked

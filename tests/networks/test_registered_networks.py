@@ -38,8 +38,8 @@ SPECS = {
     "fcdd_cnn28": ({}, (1, 28, 28), "fcdd"),
     "fcdd_cnn32": ({}, (3, 32, 32), "fcdd"),
     "fcdd_vgg11_224": ({"pretrained": False}, (3, 224, 224), "fcdd"),
-    "hsc_cnn28": ({"rep_dim": 8}, (1, 28, 28), "hsc"),
-    "hsc_cnn32": ({"rep_dim": 8}, (3, 32, 32), "hsc"),
+    "hsc_cnn28": ({}, (1, 28, 28), "hsc"),  # FCDD's CNN28_W: 48-d
+    "hsc_cnn32": ({}, (3, 32, 32), "hsc"),  # FCDD's CNN32_LW3K: 64-d
     "lenet": ({"num_classes": 3}, (1, 28, 28), "classifier"),
     "mnist_conv": ({"num_classes": 3}, (1, 28, 28), "classifier"),
     "npos_net": ({"num_classes": 3, "backbone": "digits_cnn", "in_channels": 1, "width": 4, "head_dim": 8,
@@ -82,7 +82,7 @@ def test_registered_network_forward(name, tmp_path):
     elif kind == "rep":
         assert out.shape == (B, cfg("rep_dim"))
     elif kind == "hsc":
-        assert out.shape == (B, cfg("rep_dim"))
+        assert out.shape == (B, net.fc_final.out_features)
     elif kind == "recon":
         assert out.shape == x.shape
     elif kind == "ae_score":

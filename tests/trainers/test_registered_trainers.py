@@ -57,7 +57,7 @@ SPECS = {
     "eoe_focal": dict(net={"name": "eoe_cnn28", "rep_dim": 8, "clf": True}, outliers=True),
     "eoe_hsc": dict(net={"name": "eoe_cnn28", "rep_dim": 8}, outliers=True),
     "fcdd": dict(net={"name": "fcdd_cnn28"}, outliers=True),
-    "hsc": dict(net={"name": "hsc_cnn28", "rep_dim": 8}, outliers=True),
+    "hsc": dict(net={"name": "hsc_cnn28"}, outliers=True),
     "logitnorm": dict(net=DIGITS),
     "npos": dict(cfg={"prototype_init": "batch"},
                  net={"name": "npos_net", "backbone": "digits_cnn", "num_classes": 3, "in_channels": 1, "width": 4,

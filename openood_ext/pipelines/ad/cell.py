@@ -31,6 +31,7 @@ from ...evaluators.pixel import PixelEvaluator
 from ...networks.checkpoint import save_checkpoint
 from ...reports.plots import ad_class_roc_plot
 from ...synthesizers.pixels import PixelSpace
+from ...datasets.transforms import geometry
 from ...trainers import plan_training
 from ...utils.io import write_json, write_stream
 from ...utils.runtime import loader_options, seed_everything
@@ -136,7 +137,9 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
     if heat is not None and masks is not None:
         result.update(PixelEvaluator().evaluate(heat, masks, method=plan.trainer_name, split=f"normal_{cls}"))
     if heat is not None and settings.heatmaps:
-        save_heatmap_grids(cell, heat, scores, labels, lambda rows: load_test_images(bench, paths, rows),
+        display = getattr(plan.trainer, "display_maps", None)  # FCDD's baselines blur only what is shown
+        save_heatmap_grids(cell, heat if display is None else DisplayedMaps(heat, display), scores, labels,
+                           lambda rows: load_test_images(bench, paths, rows),
                            settings.heatmaps, settings.heatmap_quantile, title=f"normal {cls}")
     ad_class_roc_plot({cls: (scores, labels)}, cell / "roc.png", title=f"normal class {cls}, seed {seed}")
     write_stream(cell / "scores.npz", lambda fh: np.savez(fh, scores=scores, is_anomaly=labels, paths=np.asarray(paths)))
@@ -152,11 +155,26 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
     return result, scores, labels
 
 
+class DisplayedMaps:
+    """Rows of ``heat`` [N, H, W] passed through ``display`` (maps [B, H, W] -> [B, H, W]) when read."""
+
+    def __init__(self, heat: np.ndarray, display):
+        self.heat, self.display = heat, display
+
+    def __getitem__(self, rows) -> np.ndarray:
+        maps = torch.as_tensor(np.asarray(self.heat[rows], np.float32))
+        squeeze = maps.dim() == 2
+        out = self.display(maps.unsqueeze(0) if squeeze else maps)
+        return (out[0] if squeeze else out).cpu().numpy()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(len(self.heat))]
+        return out if dtype is None else out.astype(dtype)
+
+
 def mask_transform(pre: dict):
     """Ground-truth masks resized/cropped like the images (nearest neighbour: masks stay binary)."""
-    size = int(pre.get("image_size", 32))
-    return T.Compose([T.Resize(int(pre.get("resize", size)), interpolation=T.InterpolationMode.NEAREST),
-                      T.CenterCrop(size)])
+    return T.Compose(geometry(pre, train=False, interpolation=T.InterpolationMode.NEAREST))
 
 
 def _stack_images(batch):

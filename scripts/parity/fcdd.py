@@ -1,0 +1,265 @@
+"""FCDD parity harness: our FCDD parts against the authors' code, side by side, same weights and inputs.
+
+    python scripts/parity/fcdd.py --published /path/to/fcdd [--write-golden tests/pipelines/ad/golden/fcdd_published.json]
+
+Checked against liznerski/fcdd @ 4fa850215792b5f4a3405151e30127a5b67dc3b6 (``python/fcdd`` is imported from
+the given checkout, never copied). Shims for what that code needs and this environment lacks live here:
+``scipy.signal.gaussian`` (moved to ``scipy.signal.windows``), ``kornia.gaussian_blur2d`` (torchvision's
+``gaussian_blur``: the same normalised kernel and reflected borders) and ``skimage.transform.rotate``
+(``scipy.ndimage.affine_transform``, order 0, about skimage's (column, row) centre). Prints a markdown table:
+item, measured difference, verdict (equal / equal with switch X / documented published defect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def install_shims() -> None:
+    import scipy.signal
+    from scipy.signal import windows
+    if not hasattr(scipy.signal, "gaussian"):
+        scipy.signal.gaussian = windows.gaussian
+    if "kornia" not in sys.modules:
+        import torchvision.transforms.functional as TF
+        kornia = types.ModuleType("kornia")
+        kornia.gaussian_blur2d = lambda x, k, s: TF.gaussian_blur(x, list(k), list(s))
+        sys.modules["kornia"] = kornia
+    try:
+        import skimage.transform  # noqa: F401
+    except ImportError:
+        from scipy import ndimage
+        sk, skt = types.ModuleType("skimage"), types.ModuleType("skimage.transform")
+
+        def rotate(image, angle, order=0, cval=0, center=None, clip=False):
+            img = np.asarray(image, dtype=np.float64)
+            h, w = img.shape[:2]
+            cx, cy = (w / 2 - 0.5, h / 2 - 0.5) if center is None else center
+            a = math.radians(angle)
+            # output (r, c) samples input R(angle) applied to (x = c - cx, y = r - cy), as skimage's warp
+            m = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])  # in (row, col) order
+            off = np.array([cy, cx]) - m @ np.array([cy, cx])
+            chans = [img[..., c] for c in range(img.shape[2])] if img.ndim == 3 else [img]
+            out = [ndimage.affine_transform(ch, m, offset=off, order=order, cval=cval, mode="constant")
+                   for ch in chans]
+            return np.stack(out, -1) if img.ndim == 3 else out[0]
+
+        skt.rotate = rotate
+        sk.transform = skt
+        sys.modules["skimage"], sys.modules["skimage.transform"] = sk, skt
+
+
+def old_index_semantics(fn):
+    """Run ``fn`` with ``Tensor.numpy()`` of a [4, N] long tensor returning a tuple of rows: the published
+    confetti indexes with such arrays, which old torch read as a tuple index (now one advanced index)."""
+    def wrapped(*a, **k):
+        plain = torch.Tensor.numpy
+
+        def numpy(t, *args, **kw):
+            arr = plain(t, *args, **kw)
+            return tuple(arr) if t.dtype == torch.long and t.dim() == 2 and t.shape[0] == 4 else arr
+        torch.Tensor.numpy = numpy
+        try:
+            return fn(*a, **k)
+        finally:
+            torch.Tensor.numpy = plain
+    return wrapped
+
+
+def recipe_rows(root: Path) -> list[tuple[str, str, str]]:
+    """Each published runner's defaults (``runners/argparse_configs.py``) against our FCDD config."""
+    from argparse import ArgumentParser
+
+    from openood_ext.config import load_config, to_plain
+    # argparse_configs imports the choice lists of packages registered empty above: give it plain lists
+    sys.modules["fcdd.datasets"].DS_CHOICES = ["mnist", "cifar10", "fmnist", "mvtec", "imagenet", "pascalvoc", "custom"]
+    sys.modules["fcdd.datasets"].PREPROC_CHOICES = ["aug1", "lcnaug1", "lcn", "none"]
+    sys.modules["fcdd.models"].choices = lambda: ["FCDD_CNN28_W", "FCDD_CNN32_LW3K", "FCDD_CNN224_VGG_F",
+                                                  "FCDD_CNN224_VGG_NOPT"]
+    setup = types.ModuleType("fcdd.training.setup")
+    setup.OBJECTIVES, setup.SUPERVISE_MODES = ["fcdd", "hsc", "ae"], ["unsupervised", "other", "noise",
+                                                                       "malformed_normal", "malformed_normal_gt"]
+    sys.modules["fcdd.training.setup"] = setup
+    from fcdd.runners import argparse_configs as ac
+    out = []
+    for name, cls, config in (("F-MNIST", ac.DefaultFmnistConfig, "ad_fmnist_fcdd"),
+                              ("CIFAR-10", ac.DefaultCifar10Config, "ad_cifar10_fcdd"),
+                              ("MVTec-AD", ac.DefaultMvtecConfig, "ad_mvtec_fcdd"),
+                              ("ImageNet-30", ac.DefaultImagenetConfig, "ad_imagenet30_fcdd")):
+        pub = cls()(ArgumentParser()).parse_args([])
+        cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
+        tr, net = to_plain(cfg.trainer), to_plain(cfg.network)
+        acc = tr.get("accumulate", 1)
+        pairs = {"epochs": (pub.epochs, tr["epochs"]), "batch": (pub.batch_size, tr["batch_size"]),
+                 "acc_batches (concat)": (pub.acc_batches, acc if acc == 1 or tr.get("accumulate_mode") == "concat"
+                                          else f"{acc} (gradients)"),
+                 "lr": (pub.learning_rate, tr["optimizer"]["lr"]),
+                 "weight decay": (pub.weight_decay, tr["optimizer"].get("weight_decay")),
+                 "optimizer": (pub.optimizer_type, tr["optimizer"]["name"]),
+                 "gauss_std": (float(pub.gauss_std), float(net["gauss_std"])),
+                 "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile))}
+        bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
+        out.append((f"recipe {name} ({config}.yml): " + ", ".join(pairs),
+                    "none" if not bad else "; ".join(f"{k}: published {a}, ours {b}" for k, (a, b) in bad.items()),
+                    "equal" if not bad else "DIFFERS"))
+    return out
+
+
+def seeded_state(net: torch.nn.Module) -> dict:
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=g) * 0.1 if v.is_floating_point() else v
+             for k, v in sorted(net.state_dict().items())}
+    for k, v in state.items():
+        if k.endswith("running_var"):
+            state[k] = v.abs() + 0.5
+    return state
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--published", required=True, help="a checkout of liznerski/fcdd")
+    ap.add_argument("--write-golden", default=None, help="write the published numbers the tests check")
+    args = ap.parse_args()
+    root = Path(args.published) / "python" / "fcdd"
+    sys.path.insert(0, str(root.parent))
+    install_shims()
+    # the packages' __init__ files import every dataset (cv2, visdom, ...): register them empty, so that
+    # only the modules used here are loaded
+    sys.modules.setdefault("cv2", types.ModuleType("cv2"))
+    if not hasattr(np, "infty"):  # removed in NumPy 2; the published signatures use it as a default
+        np.infty = np.inf
+    for pkg in ("fcdd", "fcdd.datasets", "fcdd.models"):
+        mod = types.ModuleType(pkg)
+        mod.__path__ = [str(root.parent / pkg.replace(".", "/"))]
+        sys.modules[pkg] = mod
+    from fcdd.datasets import noise as pub_noise
+    pub_noise.confetti_noise = old_index_semantics(pub_noise.confetti_noise)
+    from fcdd.models import shallow_cnn_28 as p28, shallow_cnn_32 as p32
+    from fcdd.models.fcdd_cnn_28 import FCDD_CNN28_W
+    from fcdd.training.fcdd import FCDDTrainer as PubFCDD
+
+    from openood_ext.networks.fcdd import AECNN28, AECNN32, FCDDCNN28, HSCCNN28, HSCCNN32
+    from openood_ext.networks.receptive import kernel_size_to_std
+    from openood_ext.synthesizers.confetti import apply_confetti, confetti_noise
+    from openood_ext.trainers.fcdd import fcdd_loss, pseudo_huber
+
+    torch.manual_seed(0)  # the FCDD net's initial weights (shared by both sides)
+    rows, golden = [], {"commit": "4fa850215792b5f4a3405151e30127a5b67dc3b6"}
+    row = lambda item, diff, verdict: rows.append((item, diff, verdict))  # noqa: E731
+
+    # kernel std
+    ks = {k: float(pub_noise.kernel_size_to_std(k)) for k in (3, 15, 16, 21, 31, 32, 62)}
+    golden["kernel_size_to_std"] = ks
+    row("kernel_size_to_std (k = 3..62)", f"{max(abs(kernel_size_to_std(k) - v) for k, v in ks.items()):.1e}", "equal")
+
+    # networks incl. baselines
+    golden["params"], golden["outputs"] = {}, {}
+    pairs = [("CNN28_W", HSCCNN28, lambda: p28.CNN28_W((1, 28, 28), bias=True), (2, 1, 28, 28)),
+             ("AE28", AECNN28, lambda: p28.AE28(p28.CNN28((1, 28, 28), bias=True)), (2, 1, 28, 28)),
+             ("CNN32_LW3K", HSCCNN32, lambda: p32.CNN32_LW3K((3, 32, 32), bias=True), (2, 3, 32, 32)),
+             ("AE32_LW3K", AECNN32, lambda: p32.AE32_LW3K(p32.CNN32_LW3K((3, 32, 32), bias=True)), (2, 3, 32, 32))]
+    for name, ours_cls, pub_make, shape in pairs:
+        ours, pub = ours_cls().eval(), pub_make().eval()
+        n_ours, n_pub = sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in pub.parameters())
+        state = seeded_state(ours)
+        ours.load_state_dict(state)
+        pub.load_state_dict(state)
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            a, b = ours(x), pub(x)
+        golden["params"][name] = n_pub
+        golden["outputs"][name] = {"shape": list(b.shape), "head": b.flatten()[:16].tolist(), "sum": float(b.double().sum())}
+        row(f"network {name} ({n_pub:,} parameters published, {n_ours:,} ours)", f"{rel(a, b):.1e}",
+            "equal" if n_ours == n_pub and rel(a, b) < 1e-5 else "DIFFERS")
+    net = FCDDCNN28(in_channels=1, image_size=28, gauss_std=1.2).eval()
+    pub = FCDD_CNN28_W((1, 28, 28), bias=True).eval()
+    sd = dict(zip(pub.state_dict().keys(), net.state_dict().values()))
+    pub.load_state_dict(sd)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        row("network FCDD_CNN28_W", f"{rel(net(x), pub(x)):.1e}", "equal")
+
+    # losses: semi-supervised map path with real masks (mvtec_gt)
+    net.train()
+    trainer = PubFCDD.__new__(PubFCDD)
+    trainer.net, trainer.objective, trainer.gauss_std = pub, "fcdd", 1.2
+    labels = torch.tensor([0, 1, 0, 1])
+    masks = torch.zeros(4, 1, 28, 28)
+    masks[1, :, 4:12, 6:20] = 1
+    masks[3, :, 15:25, 2:9] = 1
+    pub.train()
+    ref = trainer.loss(pub(x), x, labels, masks)
+    ours = fcdd_loss(pseudo_huber(net(x)), labels, masks, net.upsample)
+    golden["loss_mvtec_gt"] = float(ref.detach())
+    row("FCDD loss, map path, real masks (mvtec_gt)", f"{abs(float(ours) - float(ref)):.1e} ({float(ref):.4f})", "equal")
+    ours_nomap = fcdd_loss(pseudo_huber(net(x)), labels)
+    ref_nomap = trainer.loss(pub(x), x, labels, None)
+    row("FCDD loss, no maps", f"{abs(float(ours_nomap) - float(ref_nomap)):.1e}", "equal")
+
+    # confetti statistics (fixed seeds)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    bright = {}
+    ours_bright = {}
+    g = torch.Generator().manual_seed(0)
+    for level in (40, 100, 160, 220):
+        img = torch.full((60, 3, 48, 48), float(level))
+        noise = pub_noise.confetti_noise((60, 3, 48, 48), 0.000018, ((8, 8), (20, 20)), fillval=255, rotation=45,
+                                         colorrange=(-256, 0))
+        noise = noise + pub_noise.confetti_noise((60, 3, 48, 48), 0.000012, ((8, 8), (20, 20)), fillval=-255, rotation=45)
+        noise = pub_noise.smooth_noise(noise, 25, 5, 1.0)
+        diff = ((img.int() + noise).clamp(0, 255) - img.int()).reshape(60, -1).sum(1).float().div(3 * 48 * 48).abs()
+        diffi = ((img.int() - noise).clamp(0, 255) - img.int()).reshape(60, -1).sum(1).float().div(3 * 48 * 48).abs()
+        inv = (diff < 0.025) & (diffi > diff)
+        bright[str(level)] = float(inv.float().mean())
+        out, _ = apply_confetti(img, confetti_noise((60, 3, 48, 48), g, side_range=(8, 20)))
+        ours_bright[str(level)] = float((out.mean((1, 2, 3)) > level).float().mean())
+    n_img = 400
+    counts = (pub_noise.confetti_noise((n_img, 1, 240, 240), 0.000018, ((1, 1), (1, 1)), fillval=255) != 0)
+    mean_pub = float(counts.flatten(1).sum(1).float().mean())
+    from openood_ext.synthesizers.confetti import draw_blobs
+    mean_ours = float(np.mean([len(draw_blobs(240, 240, 3, 1.8e-5, (8, 54), None, g).side) for _ in range(n_img)]))
+    lam = 240 * 240 * 1.8e-5
+    sd_ = math.sqrt((lam * (1 + lam) / (1 - math.exp(-lam)) - (lam / (1 - math.exp(-lam))) ** 2) * 2 / n_img)
+    golden["confetti"] = {"brightened": bright, "mean_blobs_240": mean_pub, "n_images": n_img}
+    row("confetti: fraction brightened at 40/100/160/220",
+        f"published {'/'.join(f'{v:g}' for v in bright.values())}, ours {'/'.join(f'{v:g}' for v in ours_bright.values())}",
+        "equal" if bright == ours_bright else "DIFFERS")
+    row(f"confetti: mean blobs per 240 px image ({n_img} images each)",
+        f"published {mean_pub:.3f}, ours {mean_ours:.3f} (z = {(mean_ours - mean_pub) / sd_:.1f})",
+        "equal" if abs(mean_ours - mean_pub) < 3 * sd_ else "DIFFERS")
+    noise_black = pub_noise.confetti_noise((4, 3, 64, 64), 0.0005, ((8, 8), (20, 20)), fillval=255, rotation=45,
+                                           colorrange=(-256, 0)).clamp(0, 255)
+    row("confetti + `noise` mode", f"published max pixel {int(noise_black.max())} (black images)",
+        "documented published defect (`published_noise_clamp: true` reproduces it)")
+
+    # upsampling with gauss_std null
+    a = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(4))
+    net_none = FCDDCNN28(in_channels=1, image_size=28, gauss_std=None)
+    row("receptive upsampling, gauss_std null", f"{rel(net_none.upsample(a), pub.receptive_upsample(a, std=None)):.1e}", "equal")
+
+    # recipe defaults: the published runners' argparse defaults against our configs
+    for item, diff, verdict in recipe_rows(root):
+        row(item, diff, verdict)
+
+    print("| item | measured difference | verdict |\n|---|---|---|")
+    for item, diff, verdict in rows:
+        print(f"| {item} | {diff} | {verdict} |")
+    if args.write_golden:
+        Path(args.write_golden).write_text(json.dumps(golden, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
