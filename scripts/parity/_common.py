@@ -9,6 +9,7 @@ resolves to the CPU.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -52,6 +53,7 @@ def stub_modules(*names: str) -> None:
     for name in names:
         if name not in sys.modules:
             mod = types.ModuleType(name)
+            mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
             mod.__getattr__ = lambda attr, _n=name: (_ for _ in ()).throw(AttributeError(f"{_n}.{attr} (stub)"))
             sys.modules[name] = mod
 

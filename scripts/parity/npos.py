@@ -407,6 +407,8 @@ def run_openood(root: Path, golden: dict) -> Table:
     finally:
         if real_tqdm is not None:
             sys.modules["tqdm"] = real_tqdm
+        else:
+            del sys.modules["tqdm"]
     mod.torch = CpuTorch()
 
     E, steps, start = 3, 6, 2
