@@ -451,12 +451,15 @@ def run(root: Path, golden: dict) -> list[Table]:
                                                                       tc.optimizer.weight_decay),
               ("CLUB lr", 1e-4, tc.club_lr), ("cosine floor (ratio)", 1e-8 / 0.01, tc.scheduler.min_lr_ratio),
               ("batch = outlier batch", tr.n_data, tc.batch_size), ("T (KD)", 1.0, tc.temperature)]
+    pipe_yml = root / "configs/pipelines/train/generative_ood_distill_pipeline.yml"
+    if pipe_yml.is_file():
+        import yaml
+        op = yaml.safe_load(pipe_yml.read_text())["optimizer"]
+        recipe += [("epochs", op["num_epochs"], tc.epochs), ("lr (pipeline yml)", op["lr"], tc.optimizer.lr),
+                   ("weight_decay (pipeline yml)", op["weight_decay"], tc.optimizer.weight_decay)]
     sh = (root / "scripts/basics/cifar10/train_cifar10_oaml.sh")
     if sh.is_file():
         text = sh.read_text()
-        m = re.search(r"num_epochs\s+(\d+)", text)
-        if m:
-            recipe.append(("epochs", int(m.group(1)), tc.epochs))
         recipe.append(("student network", "resnet18_224x224" if "resnet18_224x224" in text else "?", oaml.network.name))
         recipe.append(("image size", 224 if "224x224" in text else "?", oaml.benchmark.preprocessor.image_size))
     for name, p, o in recipe:
