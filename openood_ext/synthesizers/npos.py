@@ -29,8 +29,10 @@ boundary point i belongs to another candidate (flat index r * pick + i instead o
 OpenOOD and Dream-OOD copy it. The intended ranking here keeps exactly the top-``keep`` of each boundary
 point's own candidates. ``ranking: published`` reproduces the published mixing for comparison.
 
-Other choices: the queue persists across epochs (the published CIFAR code re-zeroes it every epoch but
-not its fill counter, so it samples around zero rows early in every epoch; its CLIP variant keeps it);
+Other choices: the queue persists across epochs. The published CIFAR code (and OpenOOD's copy)
+re-zeroes it every epoch but not its fill counter, so the first steps of every later epoch sample around
+zero rows, whose normalised k-NN queries are NaN (0/0); this published defect is not reproduced (its CLIP
+variant keeps the queue too);
 each class's queue turns FIFO as soon as it is full (published: classes that are full drop new samples
 until every class is full).
 

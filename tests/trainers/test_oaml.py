@@ -343,3 +343,38 @@ def test_anchor_cosine_model_and_class_features(tmp_path):
     f, y = torch.arange(12.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1])
     out = class_features(f, y, 3, 3)
     assert out.shape == (3, 3, 2) and out[0, :, 0].tolist() == [0, 3, 6] and out[2, :, 0].tolist() == [2, 5, 8]
+
+
+def test_dream_features_order_published_reads_the_shuffled_augmented_train_loader(monkeypatch):
+    """``--order published`` (default): the first N per class in the seeded, shuffled training loader
+    (training transform); ``list``: image-list order. The loader is what the benchmark gives for
+    ``train=True`` / ``False``; here a fake benchmark records the call and yields labelled rows."""
+    from openood_ext.pipelines import dream_features as df
+    calls = []
+
+    class Bench:
+        num_classes = 2
+
+        def split(self, name):
+            return name
+
+        def loader(self, split, batch_size, train=False, seed=0):
+            calls.append((split, train, seed))
+            order = torch.randperm(6, generator=torch.Generator().manual_seed(seed)) if train else torch.arange(6)
+            x = order.float()[:, None].repeat(1, 3)
+            return [(x, order % 2)]
+
+    monkeypatch.setattr(df, "build_benchmark", lambda cfg: Bench())
+    monkeypatch.setattr(df, "build_network", lambda cfg, device: torch.nn.Identity())
+    monkeypatch.setattr(df, "load_checkpoint", lambda path, net: None)
+    monkeypatch.setattr(df, "extract_outputs", lambda net, loader, device, desc: type(
+        "O", (), {"features": torch.cat([b[0] for b in loader]), "labels": torch.cat([b[1] for b in loader])})())
+    cfg = {"batch_size": 4, "seed": 3}
+    pub = df.extract_features(cfg, "ckpt", 2)
+    listed = df.extract_features(cfg, "ckpt", 2, order="list")
+    assert calls == [("id_train", True, 3), ("id_train", False, 3)]
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(3))
+    assert pub[0, :, 0].tolist() == [float(i) for i in order if i % 2 == 0][:2]
+    assert listed[0, :, 0].tolist() == [0.0, 2.0] and listed[1, :, 0].tolist() == [1.0, 3.0]
+    with pytest.raises(DataError, match="--order"):
+        df.extract_features(cfg, "ckpt", 2, order="random")
