@@ -97,14 +97,19 @@ def check_schedule_spec(spec: Mapping[str, Any] | str | None, epochs: int,
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
                           f"(known: {', '.join(sorted(_SCHEDULE_KEYS - {'name'}))})")
+    supcon = {"warmup_from_ratio": 0.01, "warmup_epoch_base": 1} if name == "supcon" else {}
+    extra = sorted(set(spec) & {"warmup_from_ratio", "warmup_epoch_base"} - set(supcon))
+    if extra:
+        raise ConfigError(f"{where}: {', '.join(extra)} apply to the supcon schedule only (name: {name})")
     out = {"interval": "step" if name in ("cosine", "supcon") else "epoch", "warmup_epochs": 0, "min_lr_ratio": 1e-4,
-           "milestones": [], "gamma": 0.1, "warmup_from_ratio": 0.01, "warmup_epoch_base": 1, **spec, "name": name}
-    if name == "supcon" and out["interval"] != "step":
-        raise ConfigError(f"{where}.interval: supcon changes the rate every step (its warm-up); use interval: step")
-    if out["warmup_epoch_base"] not in (0, 1):
-        raise ConfigError(f"{where}.warmup_epoch_base: expected 1 (as intended) or 0 (OpenOOD's NPOS trainer), "
-                          f"got {out['warmup_epoch_base']!r}")
-    _number(f"{where}.warmup_from_ratio", out["warmup_from_ratio"], 0)
+           "milestones": [], "gamma": 0.1, **supcon, **spec, "name": name}
+    if supcon:
+        if out["interval"] != "step":
+            raise ConfigError(f"{where}.interval: supcon changes the rate every step (its warm-up); use interval: step")
+        if out["warmup_epoch_base"] not in (0, 1):
+            raise ConfigError(f"{where}.warmup_epoch_base: expected 1 (as intended) or 0 (OpenOOD's NPOS trainer), "
+                              f"got {out['warmup_epoch_base']!r}")
+        _number(f"{where}.warmup_from_ratio", out["warmup_from_ratio"], 0)
     if out["interval"] not in ("step", "epoch"):
         raise ConfigError(f"{where}.interval: expected 'step' or 'epoch', got {out['interval']!r}")
     _number(f"{where}.warmup_epochs", out["warmup_epochs"], 0)
