@@ -62,6 +62,7 @@ class RunSettings:
     trainer: dict
     postprocessors: list | str
     evaluator: str | dict
+    data: dict | None  # how training images reach the network (datasets/data_settings.py)
     # how the run behaves (none of these changes its numbers, see pipelines/run_identity.NOT_IDENTITY)
     train_if_missing: bool
     verbose: bool

@@ -6,11 +6,15 @@ Everything here is a no-op in a plain single process (no ``WORLD_SIZE`` > 1 in t
 single-process run is bit-identical to one without this module. Under torchrun:
 
 * :func:`init_from_env` joins the process group from torchrun's ``RANK`` / ``WORLD_SIZE`` /
-  ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` (backend ``nccl`` on CUDA, ``gloo`` on CPU) with a
+  ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` (backend ``cpu:gloo,cuda:nccl`` on CUDA: nccl for
+  CUDA tensors, gloo for the CPU ones such as loss totals and pickled objects; ``gloo`` on CPU) with a
   timeout (``OPENOOD_DIST_TIMEOUT_S``, default 1800 s), so a collective whose peer is gone fails instead
   of hanging forever;
 * rank 0 (:func:`is_main`) is the only process that logs to the console and writes files;
   :func:`run_on_main` runs a step there and hands its result or error to every rank;
+* tensor collectives go through :func:`all_reduce_sum_`, :func:`all_reduce_mean_` and :func:`gather_rows`,
+  which put the tensor on a device the group's backend serves (:func:`collective_device`) and hand the
+  result back on the caller's device; no other module calls ``torch.distributed`` collectives directly;
 * evaluation: :func:`shard_range` gives each rank one contiguous block of a split and
   :func:`gather_rows` concatenates the blocks back in the original order (variable sizes allowed);
 * training: :func:`train_sampler` is a ``DistributedSampler`` seeded by (seed, epoch) and
@@ -38,6 +42,8 @@ from .errors import ConfigError, OpenOODError
 from .utils.interrupts import RunInterrupted
 
 DEFAULT_TIMEOUT_S = 1800.0
+# nccl reduces CUDA tensors only; the CPU half (gloo) serves loss totals, counts and pickled objects
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
 
 
 class PeerLost(RunInterrupted):
@@ -96,7 +102,8 @@ def timeout_s() -> float:
 def init_from_env(device: torch.device) -> bool:
     """Join torchrun's process group (once); True when this process is one of several.
 
-    ``device`` decides the backend: nccl for CUDA (each rank on ``cuda:LOCAL_RANK``), gloo otherwise.
+    ``device`` decides the backend (:func:`backend_for`): ``cpu:gloo,cuda:nccl`` for CUDA (each rank on
+    ``cuda:LOCAL_RANK``), gloo otherwise.
     """
     if is_distributed():
         return True
@@ -105,11 +112,37 @@ def init_from_env(device: torch.device) -> bool:
         return False
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend_for(device)
     if device.type == "cuda":
         torch.cuda.set_device(device.index if device.index is not None else local)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))
     return True
+
+
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for ranks computing on ``device``: a plain ``nccl`` group would reject
+    every CPU tensor (an epoch's loss totals, a gathered count), so CUDA runs pair it with gloo."""
+    return CUDA_BACKEND if torch.device(device).type == "cuda" else "gloo"
+
+
+def backend_device_types(backend: str) -> set[str]:
+    """Device types whose tensors a backend string reduces: ``nccl`` -> {cuda}, ``gloo`` -> {cpu},
+    ``cpu:gloo,cuda:nccl`` -> {cpu, cuda}."""
+    backend = str(backend).lower()
+    if ":" in backend:
+        return {pair.split(":")[0].strip() for pair in backend.split(",") if ":" in pair}
+    return {"nccl": {"cuda"}, "gloo": {"cpu"}, "mpi": {"cpu", "cuda"}}.get(backend, {"cpu"})
+
+
+def collective_device(tensor: torch.Tensor) -> torch.device:
+    """Where ``tensor`` must be for a collective of the current group: its own device when the backend
+    serves that device type, else this rank's GPU (a nccl-only group) or the CPU (gloo)."""
+    served = backend_device_types(dist.get_backend())
+    if tensor.device.type in served:
+        return tensor.device
+    if "cpu" in served:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def shutdown() -> None:
@@ -216,13 +249,9 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     (the other dims and the dtype must agree). Result on ``tensor``'s device; autograd does not flow."""
     if not is_distributed():
         return tensor
-    backend_cpu = dist.get_backend() == "gloo"
     work = tensor.detach().contiguous()
     device = work.device
-    if backend_cpu and work.device.type != "cpu":
-        work = work.cpu()
-    elif not backend_cpu and work.device.type == "cpu":
-        work = work.to(torch.device("cuda", torch.cuda.current_device()))  # nccl: this rank's GPU
+    work = work.to(collective_device(work))
     with guard("gathering a tensor"):
         sizes = torch.tensor([len(work)], device=work.device, dtype=torch.long)
         all_sizes = [torch.zeros_like(sizes) for _ in range(world_size())]
@@ -236,10 +265,22 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(device)
 
 
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks in place (on whatever device it lives: it travels to
+    :func:`collective_device` and back); a no-op in a single process."""
     if is_distributed():
+        work = tensor.to(collective_device(tensor))
         with guard("all_reduce"):
-            dist.all_reduce(tensor)
+            dist.all_reduce(work)
+        if work is not tensor:
+            tensor.copy_(work)
+    return tensor
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over the ranks, in place (see :func:`all_reduce_sum_`)."""
+    if is_distributed():
+        all_reduce_sum_(tensor)
         tensor /= world_size()
     return tensor
 

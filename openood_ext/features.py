@@ -18,6 +18,8 @@ split over ranks and gather the results, is done in one place).
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 from collections import Counter
@@ -30,7 +32,7 @@ import torch
 
 from .errors import DataError
 from .utils.io import write_stream
-from .utils.runtime import get_logger, progress
+from .utils.runtime import full_precision, get_logger, progress
 
 
 @dataclass
@@ -134,6 +136,16 @@ def split_tap_layer(layer: str) -> tuple[str, bool]:
     return layer, False
 
 
+def _as_float32(t):
+    """A detached tapped output with its half-precision floating tensors in float32 (lists element-wise)."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
+    if isinstance(t, (list, tuple)):
+        return type(t)(_as_float32(x) for x in t)
+    return t
+
+
 class TapSet:
     """Forward hooks computing every distinct :class:`Tap` once per batch.
 
@@ -147,7 +159,9 @@ class TapSet:
         self.by_layer: dict[str, dict[str, Callable]] = {}
         for tap in taps:
             self.by_layer.setdefault(tap.layer, {}).setdefault(tap.reduce, tap.fn)
-        modules = dict(net.named_modules())
+        # a torch.compile-d network: hook the modules of the network it wraps (the compiled forward runs
+        # them, hooks included), so a tapped pass runs compiled too
+        modules = dict(getattr(net, "_orig_mod", net).named_modules())
         missing = [layer for layer in self.by_layer if split_tap_layer(layer)[0] not in modules]
         if missing:
             raise ValueError(f"tapped layer(s) {missing} not found in {type(net).__name__}; "
@@ -156,17 +170,32 @@ class TapSet:
         self._handles: list = []
         self._batch: dict[tuple[str, str], Any] = {}
         self.calls: Counter = Counter()
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hooks ignore firings inside: a consumer may run (parts of) the network again in its update."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def _record(self, layer: str, t) -> None:
+        if self._paused:
+            return
         if isinstance(t, (tuple, list)):
             t = t[0]
         if any(k[0] == layer for k in self._batch):
             raise ValueError(f"tapped layer {layer!r} fired twice in one forward pass (a module used "
                              f"twice?); tap another module")
         self.calls[layer] += 1
-        with torch.no_grad():
+        # reductions run in float32 with autocast off: under bf16/fp16 a Gram row sum or a covariance
+        # would be computed (and overflow) in half precision
+        with torch.no_grad(), full_precision():
+            t = _as_float32(t)
             for reduce, fn in self.by_layer[layer].items():  # a module may return a list (VMDLS's encoder)
-                self._batch[(layer, reduce)] = fn(t.detach() if isinstance(t, torch.Tensor) else t)
+                self._batch[(layer, reduce)] = fn(t)
 
     def __enter__(self) -> TapSet:  # noqa: PYI034
         for layer in self.by_layer:
@@ -221,13 +250,15 @@ def extract_outputs(net: torch.nn.Module, loader, device: torch.device | str = "
             labels.append(targets)
             if consumers:
                 reduced = taps.pop()
-                for c in consumers:
-                    c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
+                with taps.paused(), full_precision():  # consumers' statistics (min/max, covariances) in float32
+                    for c in consumers:
+                        c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
     if not logits:
         raise EmptySplit(f"{desc}: none of the split's {skipped} images could be read", skipped)
     outputs = NetOutputs(torch.cat(logits), torch.cat(feats), torch.cat(labels), last_linear_layer(net),
                          skipped)
-    outputs.tap_results = [c.finish() for c in consumers]
+    with full_precision():
+        outputs.tap_results = [c.finish() for c in consumers]
     outputs.tap_calls = dict(taps.calls)
     return outputs
 

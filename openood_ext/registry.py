@@ -154,7 +154,9 @@ class Registry:
 
         Raises ConfigError/RegistryError (one line) for a missing or unknown name, a keyword the entry
         does not accept, a missing required argument, a value of the wrong type or out of its declared
-        range, or an entry lacking a method of ``self.required``. ``extra`` adds kwargs.
+        range, an entry lacking a method of ``self.required``, or a value its class's
+        ``check_config(kwargs)`` (a static or class method raising ValueError: rules joining several
+        arguments, such as ``min <= max``) refuses. ``extra`` adds kwargs.
         """
         if isinstance(cfg, str):
             name, kwargs = cfg, {}
@@ -176,6 +178,12 @@ class Registry:
                     f"{self.kind} '{name}' ({factory.__module__}.{factory.__qualname__}) lacks "
                     f"{', '.join(m + '()' for m in missing)}, which every {self.kind} entry must have")
         check_arguments(f"{self.kind} '{name}'", factory, kwargs)
+        rule = getattr(factory, "check_config", None)  # a rule joining several arguments (a min <= max pair)
+        if callable(rule):
+            try:
+                rule(kwargs)
+            except ValueError as exc:
+                raise ConfigError(f"{self.kind} '{name}': {exc}") from None
         return factory, kwargs
 
     def build(self, cfg: str | Mapping[str, Any], **extra: Any) -> Any:

@@ -16,9 +16,9 @@
 # Data:  openood-ext data prepare cifar10 --from ../shared/data/cifar10_train.tar \
 #            --from ../shared/data/cifar10_test.tar --from ../shared/data/texture.tar
 #
-# Short CPU run (what README "EOE" reports; about 15 CPU-minutes per objective on 2 cores):
-#   OE_LIMITS="1 8 all" scripts/cifar10_train_eoe.sh hsc 'ad.classes=[0,1,2]' ad.seeds=2 ad.train_limit=800 \
-#       ad.test_limit=2000 trainer.epochs=3 'trainer.scheduler.milestones=[2]' experiment=cifar10_eoe_hsc_cpu
+# Reduced-scale CPU run (what README's EOE row and docs/methods/eoe.md report: 3 classes, 2 seeds, 500 normals,
+# 5 epochs, OE limits 1 / 8 / all; about 5 CPU-minutes per objective), its own config:
+#   python main.py --config configs/experiments/eoe/ad_cifar10_eoe_oe_limits_cpu.yml
 # A killed run continues at the first unfinished cell with: ... resume=true
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -28,6 +28,7 @@ build on this machine): with ``--libmr-shim`` OpenOOD's OpenMax runs on our Weib
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.machinery
 import statistics
@@ -68,17 +69,59 @@ METHODS = [
     ("relation", "relation", "RelationPostprocessor", "relation"),
     ("residual", "residual", "ResidualPostprocessor", "residual"),
     ("openmax", "openmax", "OpenMax", "openmax"),
+    # OpenOOD's later registry
+    ("scale", "scale", "ScalePostprocessor", "scale"),
+    ("fdbd", "fdbd", "fDBDPostprocessor", "fdbd"),
+    ("nci", "nci", "NCIPostprocessor", "nci"),
+    ("gmm", "gmm", "GMMPostprocessor", "gmm"),
+    ("vra", "vra", "VRAPostprocessor", "vra"),
+    ("cfood", "cfood", "CFOODPostprocessor", "cfood"),
+    ("ssd", "ssd", "SSDPostprocessor", "ssd"),
+    ("rankfeat", "rankfeat", "RankFeatPostprocessor", "rankfeat"),
 ]
+
+OPENOOD_BATCH = 200  # OpenOOD v1.5's evaluator batch size
 
 #: OpenOOD's postprocessor_args -> our constructor arguments (same values)
 ARG_NAMES = {"knn": {"K": "k"}, "odin": {"temperature": "temperature", "noise": "noise"},
              "mds_ensemble": {"noise": "noise"}, "gram": {"powers": "powers"}, "ebo": {"temperature": "temperature"},
              "react": {"percentile": "percentile"}, "vim": {"dim": "dim"}, "dice": {"p": "p"},
              "ash": {"percentile": "percentile"}, "she": {"metric": "metric"}, "gen": {"gamma": "gamma", "M": "M"},
-             "nnguide": {"K": "K", "alpha": "alpha"}, "relation": {"pow": "pow"}, "residual": {"dim": "dim"}}
+             "nnguide": {"K": "K", "alpha": "alpha"}, "relation": {"pow": "pow"}, "residual": {"dim": "dim"},
+             "scale": {"percentile": "percentile"}, "nci": {"alpha": "alpha"},
+             "vra": {"percentile_high": "percentile_high", "percentile_low": "percentile_low"},
+             "gmm": {"num_clusters_list": "num_clusters", "feature_type_list": "feature_type", "alpha_list": "alpha",
+                     "reduce_dim_list": "reduce_dim"},
+             "cfood": {"alpha": "alpha", "k": "k"}, "rankfeat": {"temperature": "temperature"}}
+
+#: extra rows: our method again with a switch that reproduces OpenOOD's code where it departs from the paper
+#: (label suffix, our arguments), compared with the same OpenOOD scores
+OPENOOD_SWITCHES = {"nnguide": [("first_batch", {"bank": "first_batch", "bank_batch_size": OPENOOD_BATCH})],
+                    "fdbd": [("reduce: sum", {"reduce": "sum"})],
+                    "vra": [("low: clip", {"low": "clip"})],
+                    "gmm": [("density: openood", {"density": "openood"}),
+                            ("pca_solver: full", {"pca_solver": "full"}),
+                            ("density: openood, pca_solver: full", {"density": "openood", "pca_solver": "full"})]}
+#: switch rows compared with OpenOOD's code run again with a module attribute replaced (the switch row's
+#: label -> (OpenOOD module, attribute, replacement factory taking the sklearn/torch module))
+_EXACT_PCA = ("openood.postprocessors.mds_ensemble_postprocessor", "PCA",
+              lambda PCA: (lambda n_components: PCA(n_components, svd_solver="full")))
+OPENOOD_PATCHED = {"gmm pca_solver: full": _EXACT_PCA, "gmm density: openood, pca_solver: full": _EXACT_PCA}
+#: notes on rows whose two sides compute different things by design
+NOTES = {"ssd": "OpenOOD's ssd has no postprocess of its own: it scores MSP",
+         "fdbd": "paper's mean over C-1 classes: OpenOOD's sum / (C-1)",
+         "vra": "paper: low activations set to 0; OpenOOD raises them to the low threshold"}
+
+NO_GRAD_INFERENCE = ("gmm",)  # OpenOOD postprocessors whose inference fails with autograd on (see run_openood)
+GRAM_HOLDOUT = "OpenOOD run on our hold-out samples"
+
+
+def row_label(name: str, module: str | None, note: str) -> str:
+    """The table row (and our score key) of a plan: the method, or ``method switch`` for a switch row."""
+    return name if module is not None or note == GRAM_HOLDOUT else f"{name} {note}"
+
 
 GRADIENT_METHODS = ("odin", "mds_ensemble")  # input perturbation: the network re-runs with gradients
-OPENOOD_BATCH = 200  # OpenOOD v1.5's evaluator batch size
 
 
 class AttrDict(dict):
@@ -144,6 +187,19 @@ def import_openood(root: Path, libmr_shim: bool):
     return import_module
 
 
+class _SeededRandperm:
+    """A module's ``torch`` whose ``randperm`` draws from a fresh generator seeded with ``seed`` (as ours)."""
+
+    def __init__(self, inner, seed: int):
+        self.inner, self.seed = inner, seed
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def randperm(self, n, **kwargs):
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed), **kwargs)
+
+
 class _TorchOnCPU:
     """``torch`` for OpenOOD's modules, with tensor factories' ``device='cuda'`` turned into the CPU."""
 
@@ -194,6 +250,41 @@ class OpenOODNet(torch.nn.Module):
 
     def get_fc_layer(self):
         return self.net.get_fc_layer()
+
+    # RankFeat's ResNet API: blocks 3 and 4 are the two stages before the global pool (our rankfeat's
+    # default layers [-3, -2]); ``layer4`` continues the last input's forward from an edited block-3 map
+    def intermediate_forward(self, x, layer_index):
+        from openood_ext.postprocessors.layer_features import LayerTaps
+        if layer_index not in (3, 4):
+            raise ValueError(f"the adapter maps only RankFeat's blocks 3 and 4, got {layer_index}")
+        self._last_input = x[:, : self.in_channels]
+        with LayerTaps(self.net, [self.feature_layers[1:][layer_index - 6]]) as taps:
+            return taps.run(self._last_input)[0]
+
+    def layer4(self, block3):
+        start, stop = self.feature_layers[1:][-3], self.feature_layers[1:][-2]
+        modules, got = dict(self.net.named_modules()), []
+
+        class Done(Exception):
+            pass
+
+        def catch(_m, _i, out):
+            got.append(out)
+            raise Done
+
+        hooks = [modules[start].register_forward_hook(lambda _m, _i, _o: block3),
+                 modules[stop].register_forward_hook(catch)]
+        try:
+            self.net(self._last_input)
+        except Done:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        return got[0]
+
+    def avgpool(self, t):
+        return t.mean(dim=(2, 3), keepdim=True)
 
     @property
     def fc(self):  # OpenOOD's ReactNet/ASHNet read backbone.fc
@@ -353,6 +444,10 @@ def main(argv=None) -> int:
                     if ARG_NAMES.get(ours, {}).get(k)}
         if ours == "mds_ensemble":
             our_args["input_std"] = 0.5  # OpenOOD hard-codes 0.5 for the step
+        if ours == "fdbd":  # OpenOOD's boolean distance_as_normalizer
+            our_args["normalizer"] = ("distance_to_mean" if config.postprocessor.postprocessor_args.distance_as_normalizer
+                                      else "norm")
+        note = note or NOTES.get(ours, "")
         if ours == "openmax":
             if "libmr" not in sys.modules and importlib.util.find_spec("libmr") is None:
                 print("openmax: skipped (OpenOOD's needs libmr; pass --libmr-shim)")
@@ -360,11 +455,10 @@ def main(argv=None) -> int:
             note = "libmr shim (our Weibull fit)" if args.libmr_shim else ""
             our_args["backend"] = "scipy"
         plans.append((ours, our_args, module, cls, config, note))
-        if ours == "nnguide":
-            plans.append(("nnguide", {**our_args, "bank": "first_batch", "bank_batch_size": OPENOOD_BATCH},
-                          None, None, None, "bank: first_batch"))
+        for suffix, switch in OPENOOD_SWITCHES.get(ours, ()):
+            plans.append((ours, {**our_args, **switch}, None, None, None, suffix))
 
-    def run_openood():
+    def run_openood(only: str | None = None):
         id_loaders = {k: DictLoader(lambda b, k=k: loader(k, b), k, channels) for k in ("id_train", "id_val", "id_test")}
         id_dict = {"train": id_loaders["id_train"], "val": id_loaders["id_val"], "test": id_loaders["id_test"]}
         ood_dict = {"near": {}, "far": {}}
@@ -374,17 +468,27 @@ def main(argv=None) -> int:
             ood_dict["val"] = DictLoader(lambda b: loader("ood_val", b), "ood_val", channels)
         scores, times = {}, {}
         for ours, _, module, cls, config, _ in plans:
-            if module is None:
+            if module is None or (only is not None and ours != only):
                 continue
             t0 = time.perf_counter()
             # OpenOOD's evaluator wraps the network for these two (evaluation_api/evaluator.py)
             model = {"react": lambda: importer("openood.networks.react_net").ReactNet(adapter),
-                     "ash": lambda: importer("openood.networks.ash_net").ASHNet(adapter)}.get(ours, lambda: adapter)()
-            pp = getattr(importer(f"openood.postprocessors.{module}_postprocessor"), cls)(config)
-            pp.setup(model, id_dict, ood_dict)
-            out = {"id_test": pp.inference(model, id_dict["test"], progress=False)[1]}
-            for s in tests:
-                out[s.name] = pp.inference(model, ood_dict[s.group][s.name], progress=False)[1]
+                     "ash": lambda: importer("openood.networks.ash_net").ASHNet(adapter),
+                     "scale": lambda: importer("openood.networks.scale_net").ScaleNet(adapter)}.get(ours, lambda: adapter)()
+            oo_module = importer(f"openood.postprocessors.{module}_postprocessor")
+            if ours == "cfood":  # its unseeded torch.randperm (on the global generator) draws our seed-0 set
+                oo_module.torch = _SeededRandperm(oo_module.torch, seed=0)
+            pp = getattr(oo_module, cls)(config)
+            try:
+                pp.setup(model, id_dict, ood_dict)
+                # OpenOOD's GMM scores with autograd on (its conf then cannot become numpy): run it without
+                with torch.no_grad() if ours in NO_GRAD_INFERENCE else contextlib.nullcontext():
+                    out = {"id_test": pp.inference(model, id_dict["test"], progress=False)[1]}
+                    for s in tests:
+                        out[s.name] = pp.inference(model, ood_dict[s.group][s.name], progress=False)[1]
+            except Exception as exc:  # a broken OpenOOD method (ssd) gets a row saying so
+                openood_failures[ours] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                continue
             times[ours] = time.perf_counter() - t0
             scores[ours] = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in out.items()}
         return scores, times
@@ -393,8 +497,8 @@ def main(argv=None) -> int:
         from openood_ext.features import extract_outputs
         from openood_ext.postprocessors import POSTPROCESSORS
         t0 = time.perf_counter()
-        pps = [(label if note != "bank: first_batch" else "nnguide first_batch",
-                POSTPROCESSORS.build({"name": label, **a})) for label, a, *_, note in plans]
+        pps = [(row_label(name, module, note), POSTPROCESSORS.build({"name": name, **a}))
+               for name, a, module, _, _, note in plans]
         for _, pp in pps:
             if pp.needs_network or pp.uses_taps:
                 pp.attach_network(net, "cpu", loader)
@@ -459,6 +563,7 @@ def main(argv=None) -> int:
         return {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in out.items()}
 
     rounds_openood, rounds_ours, first, our_parts = [], [], None, []
+    openood_failures: dict[str, str] = {}
     grad_free_openood, grad_free_ours = [], []
     cpu_openood, cpu_ours = [], []
     for r in range(args.rounds):
@@ -494,9 +599,19 @@ def main(argv=None) -> int:
               "our hyperparameters: " + "; ".join(f"{k} {v}" for k, v in hparams.items() if v)]
     print("\n".join(timing), flush=True)  # before the table, so a failure there loses no timing
 
+    for label, (module_name, attr, make) in OPENOOD_PATCHED.items():  # OpenOOD's code once more, patched
+        name = label.split(" ", 1)[0]
+        if name in oo_scores and label in our_scores:
+            module = importer(module_name)
+            saved = getattr(module, attr)
+            setattr(module, attr, make(saved))
+            try:
+                oo_scores[label] = run_openood(only=name)[0][name]
+            finally:
+                setattr(module, attr, saved)
     if "gram" in oo_scores:  # OpenOOD's Gram once more, holding out exactly our held-out samples
         oo_scores["gram same holdout"] = openood_gram_on_our_holdout()
-        plans.append(("gram", None, "gram", None, None, "OpenOOD run on our hold-out samples"))
+        plans.append(("gram", None, "gram", None, None, GRAM_HOLDOUT))
 
     lines = [f"benchmark {bench.name}, checkpoint {cfg.network.checkpoint}, network {cfg.network.name}"
              f" (features {feat_dim}-d), samples: "
@@ -506,10 +621,16 @@ def main(argv=None) -> int:
         f"{s.name} AUROC OpenOOD / ours (diff)" for s in tests) + " | note |"
     lines += [header, "|" + "---|" * (4 + len(tests))]
     for ours, _, module, _, _, note in plans:
-        label = ours if note != "bank: first_batch" else "nnguide first_batch"
-        ref = oo_scores[{"bank: first_batch": "nnguide",
-                         "OpenOOD run on our hold-out samples": "gram same holdout"}.get(note, ours)]
-        got = our_scores[ours if note != "bank: first_batch" else label]
+        label = row_label(ours, module, note)
+        if ours in openood_failures:
+            lines.append(f"| {label} | - | - | " + " | ".join("- / " + f"{_auroc(our_scores[label]['id_test'], our_scores[label][s.name]):.2f}"
+                                                          for s in tests)
+                         + f" | OpenOOD's code fails: {openood_failures[ours]}; {note} |")
+            continue
+        ref = oo_scores["gram same holdout" if note == GRAM_HOLDOUT else label if label in OPENOOD_PATCHED else ours]
+        if label in OPENOOD_PATCHED:
+            note += "; OpenOOD run with the same (exact) PCA"
+        got = our_scores[ours if note == GRAM_HOLDOUT else label]
         a = np.concatenate([ref[k] for k in ref])
         b = np.concatenate([got[k] for k in ref])
         finite = np.isfinite(a) & np.isfinite(b)

@@ -69,6 +69,16 @@ def run_cli(tmp_path):
     return _run
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """The devices a smoke test runs on: ``cpu`` always, ``cuda`` when a CUDA device is present (skipped
+    otherwise), so that ``pytest -m "not slow" -k cuda`` on a GPU machine runs the CUDA paths."""
+    import torch
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(request.param)
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """The main job run once, as on a fresh clone (trains its network): (workdir, CompletedProcess)."""

@@ -230,3 +230,84 @@ def test_fp16_on_cpu_is_rejected_before_any_run_directory(tmp_path, override, ke
     with pytest.raises(ConfigError, match=rf"^{key}: fp16 needs a CUDA device"):
         validate_run(cfg)
     assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------------------------- collectives' devices
+def _served(backend: str) -> set[str]:
+    """Device types a backend accepts tensors on, written out independently of the code under test."""
+    if ":" in backend:
+        return {pair.split(":")[0] for pair in backend.split(",")}
+    return {"nccl": {"cuda"}, "gloo": {"cpu"}}[backend]
+
+
+@pytest.fixture
+def fake_cuda_group(monkeypatch):
+    """init_from_env as on a 2-GPU torchrun job (CUDA calls mocked), then a 2-rank world whose tensor
+    collectives reject tensors on a device the chosen backend does not serve, as nccl does."""
+    chosen = {}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.setdefault("set_device", index))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: chosen.setdefault("backend", backend))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.init_from_env(torch.device("cuda", 1))
+    backend, calls = chosen["backend"], []
+
+    def check(tensor, op):
+        if tensor.device.type not in _served(backend):
+            raise RuntimeError(f"{backend}: {op} of a {tensor.device.type} tensor is not supported")
+        calls.append((op, tensor.device.type))
+
+    def all_reduce(tensor, *a, **kw):
+        check(tensor, "all_reduce")
+        tensor.mul_(2)  # two identical ranks
+
+    def all_gather(outs, tensor, *a, **kw):
+        check(tensor, "all_gather")
+        for out in outs:
+            check(out, "all_gather")
+            out.copy_(tensor)
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda *a: 1)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: backend)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    return chosen, calls
+
+
+def test_cuda_ranks_reduce_cpu_tensors_through_the_group(fake_cuda_group):
+    """The epoch's loss totals are a CPU tensor: a plain nccl group crashed on them at the first epoch's end."""
+    from openood_ext.trainers.engine import TermMeter
+    chosen, calls = fake_cuda_group
+    assert chosen["set_device"] == 1 and "cpu" in _served(chosen["backend"])
+    meter = TermMeter()
+    meter.update({"loss": torch.tensor(1.5), "ce": 0.5}, 4)
+    meter.reduce_over_ranks()
+    assert meter.count == 8 and meter.means() == {"ce": 0.5, "loss": 1.5}
+    x = torch.arange(4.0)
+    assert distributed.all_reduce_mean_(x).tolist() == [0.0, 1.0, 2.0, 3.0]
+    rows = distributed.gather_rows(torch.ones(3, 2))
+    assert rows.shape == (6, 2) and rows.device.type == "cpu"
+    assert {op for op, _ in calls} == {"all_reduce", "all_gather"}
+
+
+def test_backend_strings_name_the_devices_they_serve():
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    assert distributed.backend_device_types(distributed.backend_for(torch.device("cuda", 0))) == {"cpu", "cuda"}
+    assert distributed.backend_device_types("nccl") == {"cuda"}
+    assert distributed.backend_device_types("gloo") == {"cpu"}
+
+
+def test_only_distributed_calls_torch_collectives():
+    """Every tensor collective goes through distributed.py's device-checked helpers."""
+    import pathlib
+    import re
+    root = pathlib.Path(distributed.__file__).parent
+    pattern = re.compile(r"\b(?:dist|torch\.distributed)\.(all_reduce|all_gather|broadcast|reduce_scatter|"
+                         r"all_to_all|reduce|gather|scatter)\b\s*\(")
+    offenders = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py") if p.name != "distributed.py"
+                 for m in pattern.finditer(p.read_text())]
+    assert offenders == []

@@ -50,7 +50,8 @@ def _device_of(net: nn.Module) -> torch.device:
 def _pack(value: Any) -> Any:
     """Fitted state in a picklable form (a KNN index becomes its bank of vectors)."""
     if isinstance(value, KNNIndex):
-        return {"__knn_index__": value.bank.detach().cpu(), "backend": value.backend, "chunk_size": value.chunk_size}
+        return {"__knn_index__": value.bank.detach().cpu(), "backend": value.backend, "chunk_size": value.chunk_size,
+                "memory_mb": value.memory_mb}
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
@@ -62,7 +63,8 @@ def _pack(value: Any) -> Any:
 
 def _unpack(value: Any) -> Any:
     if isinstance(value, dict) and "__knn_index__" in value:
-        return KNNIndex(value["__knn_index__"], backend=value["backend"], chunk_size=value["chunk_size"])
+        return KNNIndex(value["__knn_index__"], backend=value["backend"], chunk_size=value["chunk_size"],
+                        memory_mb=value.get("memory_mb", 1024.0))
     if isinstance(value, dict):
         return {k: _unpack(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
-from . import ddp, forward, imglist, knn, npos, oaml, postprocessors, train, zoo_scaling
+from . import ceiling, ddp, forward, imglist, knn, loader, npos, oaml, postprocessors, train, zoo_scaling
 
 #: ``openood-ext bench <name>`` -> that bench's main
 BENCHES: dict[str, Callable[[list[str]], int]] = {
@@ -19,8 +19,10 @@ BENCHES: dict[str, Callable[[list[str]], int]] = {
     "ddp": ddp.main,                        # torchrun data parallelism against one process
     "forward": forward.main,                # forward pass of the shared outputs
     "imglist": imglist.main,                # image-list loading
+    "loader": loader.main,                  # per-image DataLoader against the tensor data path
     "knn": knn.main,                        # KNN search backends
     "zoo-scaling": zoo_scaling.main,        # the gradient-free zoo as methods are added
+    "ceiling": ceiling.main,                # a training step on device-resident random data
 }
 
 

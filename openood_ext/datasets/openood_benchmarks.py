@@ -10,7 +10,7 @@ missing-file error deep inside a data loader.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from ..errors import ConfigError, DataError
 from ..utils.io import write_text
@@ -51,13 +51,21 @@ class OneVsRestBenchmark(PreparedBenchmark):
     ``<data_root>/benchmark_imglist/<title>/normal_<classes>/`` whenever the full lists exist, so runs
     with different normal classes never share a cache entry. ``class_names`` (on the named benchmarks):
     the name of every label of the full set.
+
+    ``merge_val_into: test | train``: the full set's ``val`` list was cut from its test (or training)
+    split; the derived test (or training) lists take it back, so that one-vs-rest tests on the whole
+    test split as EOE and FCDD do. OpenOOD's CIFAR-10 lists hold 9,000 test + 1,000 val images, both
+    from CIFAR-10's 10,000-image test split (``merge_val_into: test`` restores the 10,000); the
+    Fashion-MNIST lists hold 54,000 train + 6,000 val from its 60,000 training images (``train``). The
+    derived ``val`` list stays as it is (the AD pipelines do not read it).
     """
 
     class_names: tuple[str, ...] | None = None
 
     def __init__(self, normal_class: int | Sequence[int] = 0, id: Mapping[str, Any] | None = None,
                  num_classes: int | None = None, ood: Mapping[str, Any] | None = None,
-                 derived_dir: str | None = None, **kwargs):
+                 derived_dir: str | None = None, merge_val_into: Literal["test", "train"] | None = None,
+                 **kwargs):
         if ood:
             raise ConfigError("one-vs-rest benchmarks derive their OOD set from the test list; remove benchmark.ood")
         normal = [normal_class] if isinstance(normal_class, int) else list(normal_class)
@@ -67,9 +75,10 @@ class OneVsRestBenchmark(PreparedBenchmark):
             raise ConfigError(f"benchmark.normal_class {max(normal)} is not a class of a {num_classes}-class set")
         self.normal = normal
         self.source_classes = num_classes
+        self.merge_val_into = merge_val_into
         super().__init__(num_classes=len(normal), id=id or {}, ood=None, **kwargs)
         self.base_splits = {s.name: s for s in self._splits}
-        tag = "normal_" + "-".join(str(c) for c in normal)
+        tag = "normal_" + "-".join(str(c) for c in normal) + (f"_val_in_{merge_val_into}" if merge_val_into else "")
         out = Path(derived_dir) if derived_dir else self.data_root / "benchmark_imglist" / self.title / tag
         self.derived_dir = out
         self._splits = [Split("id_train", "id_train", out / "train.txt", self.base_splits["id_train"].image_root),
@@ -86,12 +95,13 @@ class OneVsRestBenchmark(PreparedBenchmark):
         if not all(s.imglist.is_file() for s in self.base_splits.values()):
             return  # status/prepare report the base lists as absent
         remap = {c: i for i, c in enumerate(self.normal)}
+        full = {base: read_imglist(self.base_splits[base].imglist) for base in ("id_train", "id_val", "id_test")}
+        if self.merge_val_into:
+            full[f"id_{self.merge_val_into}"] = full[f"id_{self.merge_val_into}"] + full["id_val"]
         texts = {}
         for base, split in zip(("id_train", "id_val", "id_test"), self._splits[:3]):
-            texts[split.imglist] = "".join(f"{e.path} {remap[e.label]}\n" for e in read_imglist(self.base_splits[base].imglist)
-                                           if e.label in remap)
-        texts[self._splits[3].imglist] = "".join(f"{e.path} -1\n" for e in read_imglist(self.base_splits["id_test"].imglist)
-                                                 if e.label not in remap)
+            texts[split.imglist] = "".join(f"{e.path} {remap[e.label]}\n" for e in full[base] if e.label in remap)
+        texts[self._splits[3].imglist] = "".join(f"{e.path} -1\n" for e in full["id_test"] if e.label not in remap)
         for path, text in texts.items():
             if not text:
                 raise DataError(f"benchmark {self.name}: normal class(es) {self.normal} leave {path.name} empty "

@@ -12,6 +12,10 @@ Config keys (``benchmark.preprocessor``)::
     # EOE's CIFAR-10 augmentation: [color_jitter, hflip, random_crop, gaussian_noise]
     jitter: 0.01            # color_jitter: brightness = contrast = saturation = hue
     noise_std: 0.001        # gaussian_noise: x + noise_std * N(0, 1) on the [0, 1] tensor, before Normalize
+    # VMDLS's MNIST augmentation: [random_rotation, random_resized_crop]
+    rotation_degrees: 10    # random_rotation: angle ~ U[-d, d], empty corners filled with 0 (black)
+    resized_crop_scale: [0.08, 1.0]   # random_resized_crop: area fraction range (VMDLS: [0.95, 1.0]); the
+                            # aspect ratio range is torchvision's default [3/4, 4/3]; output image_size
     train_crop: center      # training images: centre crop after resizing, or random (EOE's ImageNet-30:
                             # Resize 256 + RandomCrop 224)
     interpolation: bilinear
@@ -25,7 +29,7 @@ from torchvision import transforms as T
 
 from ..errors import ConfigError
 
-_AUGMENTS = ("random_crop", "hflip", "color_jitter", "gaussian_noise")
+_AUGMENTS = ("random_crop", "hflip", "color_jitter", "gaussian_noise", "random_rotation", "random_resized_crop")
 
 
 class GaussianNoise:
@@ -40,6 +44,17 @@ class GaussianNoise:
 
     def __repr__(self) -> str:
         return f"GaussianNoise(std={self.std})"
+
+
+def _scale_range(value) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not 0 < low <= high <= 1:
+        raise ConfigError(f"benchmark.preprocessor.resized_crop_scale: expected [low, high] with 0 < low <= high <= 1, "
+                          f"got {value!r}")
+    return low, high
 
 
 def image_mode(pre: Mapping[str, Any]) -> str:
@@ -75,6 +90,11 @@ def build_transform(pre: Mapping[str, Any], train: bool = False):
             elif aug == "color_jitter":
                 j = float(pre.get("jitter", 0.01))
                 steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=j))
+            elif aug == "random_rotation":
+                steps.append(T.RandomRotation(float(pre.get("rotation_degrees", 10)), fill=0))
+            elif aug == "random_resized_crop":
+                steps.append(T.RandomResizedCrop(size, scale=_scale_range(pre.get("resized_crop_scale", [0.08, 1.0])),
+                                                 interpolation=interp))
             elif aug == "gaussian_noise":
                 tensor_steps.append(GaussianNoise(float(pre.get("noise_std", 0.001))))
             else:

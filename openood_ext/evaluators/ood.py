@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,11 +17,25 @@ GROUP_DATASET = {"near": "nearood", "far": "farood"}
 
 @dataclass
 class SplitScores:
-    """Scores of one postprocessor on one split: confidences [N], predictions [N], labels [N]."""
+    """Scores of one postprocessor on one split: confidences [N], predictions [N], labels [N].
+
+    A score whose scale depends on the whole evaluated set (VMDLS's published shift M = the maximum over
+    the ID test and one OOD set scored together) also carries its per-sample ``parts`` (name -> [N]) and
+    ``rescore(id_parts, ood_parts) -> (id conf, ood conf)``, which gives the confidences of one pair; the
+    evaluator then uses those for that pair's metrics, and ``conf`` (the split scored alone) elsewhere.
+    """
 
     conf: np.ndarray
     preds: np.ndarray
     labels: np.ndarray
+    parts: dict[str, np.ndarray] | None = None
+    rescore: Callable[[dict, dict], tuple[np.ndarray, np.ndarray]] | None = None
+
+
+def _pair_conf(id_test: SplitScores, ood: SplitScores) -> tuple[np.ndarray, np.ndarray]:
+    if ood.rescore is not None and id_test.parts is not None and ood.parts is not None:
+        return ood.rescore(id_test.parts, ood.parts)
+    return id_test.conf, ood.conf
 
 
 @dataclass
@@ -73,8 +88,11 @@ class OODEvaluator:
             extra = {"fsood": True, "csid_sets": list(csid), "id_test_accuracy": accuracy(id_test.preds, id_test.labels),
                      "csid_accuracy": {name: accuracy(s.preds, s.labels) for name, s in csid.items()}}
             pool = [id_test, *csid.values()]
+            parts = None
+            if all(s.parts is not None for s in pool):
+                parts = {k: np.concatenate([s.parts[k] for s in pool]) for k in id_test.parts}
             id_test = SplitScores(np.concatenate([s.conf for s in pool]), np.concatenate([s.preds for s in pool]),
-                                  np.concatenate([s.labels for s in pool]))
+                                  np.concatenate([s.labels for s in pool]), parts, id_test.rescore)
         acc = accuracy(id_test.preds, id_test.labels)
         result.rows.append(_row(postprocessor, "id_test", "id", "accuracy", acc))
         for name, value in extra.get("csid_accuracy", {}).items():
@@ -82,8 +100,9 @@ class OODEvaluator:
         per_set = {}
         for set_name, (group, scores) in ood.items():
             self._check(postprocessor, set_name, scores.conf)
-            values = ood_metrics(id_test.conf, scores.conf)
-            values["f1_95"] = open_set_f1(id_test.conf, id_test.preds, id_test.labels, scores.conf, scores.preds,
+            id_conf, ood_conf = _pair_conf(id_test, scores)
+            values = ood_metrics(id_conf, ood_conf)
+            values["f1_95"] = open_set_f1(id_conf, id_test.preds, id_test.labels, ood_conf, scores.preds,
                                           num_classes=num_classes)["f1"]
             per_set[set_name] = {"group": group, "n": int(len(scores.conf)), **values}
             result.rows += [_row(postprocessor, set_name, group, m, values[m]) for m in self.metric_names]

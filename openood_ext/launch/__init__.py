@@ -19,7 +19,8 @@ Python API (what the sweep command, the AD pipeline's ``ad.launcher`` and EOE's 
 * :func:`launch` runs them and returns one :class:`JobResult` per job, in the order given, never raising
   for a job that failed (look at ``status`` / ``error``; ``error`` is the job's ``openood-ext: error:``
   line or its last log line). Unknown backends or options raise ConfigError before anything runs.
-* Backends (:data:`BACKENDS`): ``local`` (default; ``max_parallel`` child processes at a time),
+* Backends (:data:`BACKENDS`): ``local`` (default; ``max_parallel`` child processes at a time, each
+  given one GPU through ``CUDA_VISIBLE_DEVICES``, dealt out over the visible GPUs or the ``gpus`` option),
   ``submitit`` (``submitit.AutoExecutor``: Slurm on a cluster, ``cluster="local"|"debug"`` on one machine;
   other options go to ``update_parameters``, e.g. ``timeout_min``, ``slurm_partition``, ``gpus_per_node``),
   ``ray`` (Ray tasks; ``address="auto"`` joins a running cluster, otherwise a local Ray starts;

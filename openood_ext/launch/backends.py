@@ -36,8 +36,44 @@ def run_command(argv: list[str], log: str, cwd: str | None = None, env: dict | N
     return proc.returncode, time.perf_counter() - t0
 
 
-def run_local(jobs: list[Job], max_parallel: int = 1, poll_s: float = 0.05) -> list[JobResult]:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set
+    (indices or UUIDs; empty: none), else ``0 .. torch.cuda.device_count() - 1``."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+class GpuSlots:
+    """Deals GPUs to concurrently running jobs: each new job gets the GPU running the fewest jobs (the
+    lowest one on a tie), so N parallel jobs on N GPUs take one each, and more jobs than GPUs share them
+    round-robin. No GPUs: no assignment."""
+
+    def __init__(self, gpus: list[str]):
+        self.gpus = list(gpus)
+        self.running = {g: 0 for g in self.gpus}
+
+    def take(self) -> str | None:
+        if not self.gpus:
+            return None
+        gpu = min(self.gpus, key=lambda g: self.running[g])
+        self.running[gpu] += 1
+        return gpu
+
+    def give_back(self, gpu: str | None) -> None:
+        if gpu is not None:
+            self.running[gpu] -= 1
+
+
+def run_local(jobs: list[Job], max_parallel: int = 1, poll_s: float = 0.05,
+              gpus: list[int | str] | None = None) -> list[JobResult]:
     """Up to ``max_parallel`` jobs at a time as child processes of this one.
+
+    Each child sees one GPU (``CUDA_VISIBLE_DEVICES``), dealt out over ``gpus`` (default:
+    :func:`visible_gpus`) so parallel jobs spread over the GPUs instead of all landing on GPU 0; a job
+    whose ``env`` sets ``CUDA_VISIBLE_DEVICES`` itself keeps it. Without GPUs the environment is left alone.
 
     Ctrl-C / SIGTERM here: the running children get SIGTERM (an ``openood-ext run`` then stops cleanly and
     marks its run directory interrupted), jobs not yet started are reported ``interrupted`` and the
@@ -46,19 +82,25 @@ def run_local(jobs: list[Job], max_parallel: int = 1, poll_s: float = 0.05) -> l
     results: list[JobResult | None] = [None] * len(jobs)
     running: dict[int, tuple[subprocess.Popen, float, object]] = {}
     pending = list(range(len(jobs)))
+    slots = GpuSlots([str(g) for g in gpus] if gpus is not None else visible_gpus())
+    assigned: dict[int, str | None] = {}
     try:
         while pending or running:
             while pending and len(running) < max(1, max_parallel):
                 i = pending.pop(0)
                 job = jobs[i]
                 fh = _open_log(job)
-                proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=job.cwd,
-                                        env={**os.environ, **job.env})
+                env = {**os.environ, **job.env}
+                assigned[i] = None if "CUDA_VISIBLE_DEVICES" in job.env else slots.take()
+                if assigned[i] is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = assigned[i]
+                proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=job.cwd, env=env)
                 running[i] = (proc, time.perf_counter(), fh)
             for i, (proc, t0, fh) in list(running.items()):
                 if proc.poll() is not None:
                     fh.close()
                     results[i] = result_of(jobs[i], proc.returncode, time.perf_counter() - t0)
+                    slots.give_back(assigned.pop(i))
                     del running[i]
             time.sleep(poll_s)
     except BaseException:

@@ -34,7 +34,7 @@ class AnchorCosine(Classifier):
         if not path.is_file():
             raise ConfigError(f"network.anchors: {anchors!r} is not a file (write it with "
                               f"python -m openood_ext.pipelines.dream_features anchors ...)")
-        a = torch.load(path, weights_only=True)
+        a = torch.load(path, map_location="cpu", weights_only=True)
         a = a["anchors"] if isinstance(a, dict) else a
         if a.ndim != 2 or a.shape[0] != num_classes:
             raise ConfigError(f"network.anchors: {path} holds {tuple(a.shape)}, expected [{num_classes}, D]")

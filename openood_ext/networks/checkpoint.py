@@ -24,8 +24,9 @@ def save_checkpoint(path: str | Path, net: torch.nn.Module, network_cfg: Mapping
     write_stream(path, lambda fh: torch.save(blob, fh))
 
 
-def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
-    """Load weights into ``net``; return the checkpoint's meta dict. Raises CheckpointError."""
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """``(state_dict, meta)`` of a checkpoint file, ``meta["network"]`` the network spec it was saved with
+    (None for a plain state dict). Raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -38,9 +39,24 @@ def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
         state, meta = blob["state_dict"], dict(blob.get("meta", {}))
         meta["network"] = blob.get("network")
     elif isinstance(blob, Mapping):
-        state, meta = blob, {}
+        state, meta = blob, {"network": None}
     else:
         raise CheckpointError(f"{path}: expected a state dict, found {type(blob).__name__}")
+    return state, meta
+
+
+def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
+    """Load weights into ``net``; return the checkpoint's meta dict. Raises CheckpointError."""
+    path = Path(path)
+    state, meta = read_checkpoint(path)
+    if meta.get("network") is None:
+        meta.pop("network")
+    load_state(path, net, state)
+    return meta
+
+
+def load_state(path: Path, net: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a state dict read from ``path`` into ``net``; CheckpointError naming the file on a mismatch."""
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel checkpoints
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
@@ -56,7 +72,6 @@ def load_checkpoint(path: str | Path, net: torch.nn.Module) -> dict:
             f"{path}: checkpoint does not fit network {type(net).__name__}: {k} has shape {got}, "
             f"network expects {want} (different architecture or number of classes?)")
     net.load_state_dict(state)
-    return meta
 
 
 def load_network(spec: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -71,3 +86,22 @@ def load_network(spec: Mapping[str, Any], device: torch.device | str = "cpu") ->
     net = NETWORKS.build(spec)
     load_checkpoint(ckpt, net)
     return net.to(device).eval().requires_grad_(False)
+
+
+def network_from_checkpoint(path: str | Path, like: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """``(network, its spec)`` a checkpoint stores: rebuilt from the saved spec with the weights loaded, in eval
+    mode on the CPU. A plain state dict (no spec) is loaded into a copy of ``like`` (spec None); without
+    ``like`` that is a CheckpointError."""
+    import copy
+
+    from . import NETWORKS
+    state, meta = read_checkpoint(path)
+    spec = meta.get("network")
+    if spec is None:
+        if like is None:
+            raise CheckpointError(f"{path}: a plain state dict without the network spec; give the network")
+        net = copy.deepcopy(like).cpu()
+    else:
+        net = NETWORKS.build(dict(spec))
+    load_state(Path(path), net, state)
+    return net.eval(), (dict(spec) if spec is not None else None)

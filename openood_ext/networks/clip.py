@@ -11,16 +11,23 @@ random weights (seed 0) and a generated BPE tokenizer (the SD tiny tokenizer of
 :mod:`openood_ext.synthesizers.sd_pipeline`), offline, for tests and plumbing runs only.
 
 ``forward(x)``: images in [0, 1] ([B, C, H, W], any size; 1 channel is repeated to RGB) -> image embeddings
-[B, D] (projected, not normalised). CLIP's preprocessing is applied on the tensor: resize the shorter side to
-the crop size (bicubic, antialiased), centre crop, normalise with CLIP's mean/std (EOE: ``clip.load``'s
-PIL transform on the raw image; here the benchmark's resized tensor is the input, so interpolation
-details differ slightly). ``encode_text(prompts) -> [P, D]`` (projected, not normalised).
+[B, D] (projected, not normalised). ``encode_text(prompts) -> [P, D]`` (projected, not normalised).
+
+CLIP's preprocessing (resize the shorter side to the crop size, bicubic; centre crop; CLIP's mean/std),
+``preprocessing``:
+
+* ``tensor`` (default): on the float tensor (torch's antialiased bicubic), differentiable, batched.
+* ``pil`` (EOE's: ``clip.load``'s transform): each image as 8-bit RGB (round(255 x)) through PIL's
+  bicubic ``Resize``, ``CenterCrop``, ``ToTensor``. This is the published preprocessing of the test
+  images exactly (EOE gives CLIP the 8-bit image); EOE's training images get the +0.001 N(0, 1) noise
+  after this resize, while the benchmark adds it before (it is rounded away here).
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,22 +87,36 @@ def _features(out) -> torch.Tensor:
     return out.pooler_output if hasattr(out, "pooler_output") else out
 
 
+def pil_resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[0, 1] RGB images [B, 3, H, W] -> 8-bit PIL, bicubic resize of the shorter side to ``size``, centre
+    crop ``size``, back to [0, 1] tensors [B, 3, size, size] (CLIP's own PIL preprocessing, without the
+    normalisation)."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    pipe = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor()])
+    q = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return torch.stack([pipe(Image.fromarray(img, "RGB")) for img in q]).to(x.device, x.dtype)
+
+
 @NETWORKS.register("clip")
 class CLIPNet(nn.Module):
     """CLIP's image encoder as the AD network, its text encoder for the prompts (see the module doc)."""
 
-    def __init__(self, model: str = HUB_DEFAULT):
+    def __init__(self, model: str = HUB_DEFAULT, preprocessing: Literal["tensor", "pil"] = "tensor"):
         super().__init__()
-        self.model_name = model
+        self.model_name, self.preprocessing = model, preprocessing
         self.clip, self.tokenizer, (mean, std, size) = load_clip(model)
         self.size = int(size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images -> CLIP's input (resize shorter side, centre crop, normalise)."""
+        """[0, 1] images -> CLIP's input (resize shorter side, centre crop, normalise; see ``preprocessing``)."""
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
+        if self.preprocessing == "pil":
+            return (pil_resize_crop(x, self.size) - self.mean) / self.std
         h, w = x.shape[-2:]
         if min(h, w) != self.size:
             scale = self.size / min(h, w)

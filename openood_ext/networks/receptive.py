@@ -24,6 +24,7 @@ from scipy.signal.windows import gaussian
 from torch import nn
 
 from ..errors import ConfigError
+from ..utils.runtime import full_precision
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def kernel_size_to_std(k: int) -> float:
     return float(np.log10(0.45 * (k - 1) + 1) + 0.25) if k > 1 else 0.25
 
 
+@full_precision  # the transposed convolutions in float32 under autocast too
 def receptive_upsample(maps: torch.Tensor, rf: ReceptiveField, std: float | None = 1.2) -> torch.Tensor:
     """Output maps [B, 1, n, n] (or [B, n, n]) -> [B, 1, W, W] heat at input resolution (FCDD's
     ``receptive_upsample``): conv_transpose2d with :func:`gkern` (size r, unnormalised), stride j,

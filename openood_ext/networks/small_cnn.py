@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..schema import Probability
 from .registry import NETWORKS
 
 
@@ -31,9 +32,13 @@ class Classifier(nn.Module):
 
 @NETWORKS.register("digits_cnn")
 class DigitsCNN(Classifier):
-    """Three-conv CNN for 8x8 inputs (the embedded digits benchmark); features are 128-d."""
+    """Three-conv CNN for 8x8 inputs (the embedded digits benchmark); features are 4 * width-d.
 
-    def __init__(self, num_classes: int = 6, in_channels: int = 1, width: int = 32):
+    ``dropout`` > 0 adds an ``nn.Dropout`` on the pooled features before ``fc`` (for MC dropout; the
+    default 0 adds no module, so weights and outputs are those of the network without the option).
+    """
+
+    def __init__(self, num_classes: int = 6, in_channels: int = 1, width: int = 32, dropout: Probability = 0.0):
         super().__init__()
         self.feature_dim = 4 * width
         self.body = nn.Sequential(
@@ -42,6 +47,8 @@ class DigitsCNN(Classifier):
             nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        if dropout > 0:
+            self.body.append(nn.Dropout(dropout))
         self.fc = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x):

@@ -169,8 +169,17 @@ class VMDLSNet(nn.Module):
         _, out = self.encoder(x)
         return self.fc_mu(out), self.fc_var(out)
 
+    @property
+    def separate_draws(self) -> bool:
+        """True when the encoder's test-time features are random and each ensemble piece takes its own pass."""
+        return bool(getattr(self.encoder, "separate_draws", False))
+
     def ensemble(self, x: torch.Tensor) -> torch.Tensor:
-        """The VMDLS test feature [l1, l2, l3, encoder output, mu], [B, ensemble_dim]."""
+        """The VMDLS test feature [l1, l2, l3, encoder output, mu], [B, ensemble_dim]: one pass, or with
+        :attr:`separate_draws` the published five (mu, then ``layer_output(x, 1..4)``, in that order)."""
+        if self.separate_draws:
+            mu = self.fc_mu(self.encoder(x)[1])
+            return torch.cat([self.encoder.layer_output(x, i) for i in range(1, 5)] + [mu], dim=1)
         pooled, out = self.encoder(x)
         return torch.cat([*pooled, out, self.fc_mu(out)], dim=1)
 

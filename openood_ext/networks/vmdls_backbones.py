@@ -23,6 +23,10 @@ hard-codes 32x32 through ``avg_pool2d(., 8)`` and VGG's 256*4*4 linear layer; at
   block3 output before the final BN-ReLU, the branch the code contains but never reaches).
   ``mc_dropout``: False (default: dropout only in training mode) or True (published: the block's
   ``F.dropout(..., training=True)`` keeps dropout on at test time, so features are stochastic).
+  With ``mc_dropout`` the published test step reads every piece of the VMDLS ensemble from its own pass
+  (μ from a full pass, then l1, l2, l3 and the output from ``get_layer_output(x, 1..4)``: five independent
+  dropout draws; :meth:`WideResNetEncoder.layer_output` is that call). ``ensemble_draws: separate``
+  (default) does the same; ``shared`` reads all five from one pass (coherent features, one fifth of the cost).
 """
 
 from __future__ import annotations
@@ -177,13 +181,14 @@ class _WideBlock(nn.Module):
 
 
 WRN_LAYERS = ("published", "block3")
+ENSEMBLE_DRAWS = ("separate", "shared")
 
 
 class WideResNetEncoder(nn.Module):
     """WRN-``depth``-``widen`` (28-10, dropout 0.1 as published); see the module docstring."""
 
     def __init__(self, in_channels: int = 3, depth: int = 28, widen: int = 10, dropout: float = 0.1,
-                 mc_dropout: bool = False, layers: str = "published"):
+                 mc_dropout: bool = False, layers: str = "published", ensemble_draws: str = "separate"):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ConfigError(f"network.encoder_args.depth: a wide ResNet needs depth = 6k + 4 >= 10, got {depth}")
@@ -193,6 +198,11 @@ class WideResNetEncoder(nn.Module):
             raise ConfigError(f"network.encoder_args.dropout: expected a value in [0, 1), got {dropout}")
         if layers not in WRN_LAYERS:
             raise ConfigError(f"network.encoder_args.layers: expected one of {', '.join(WRN_LAYERS)}, got {layers!r}")
+        if ensemble_draws not in ENSEMBLE_DRAWS:
+            raise ConfigError(f"network.encoder_args.ensemble_draws: expected one of {', '.join(ENSEMBLE_DRAWS)}, "
+                              f"got {ensemble_draws!r}")
+        #: the test-time features are random and the ensemble takes each piece from its own pass (published)
+        self.separate_draws = bool(mc_dropout) and dropout > 0 and ensemble_draws == "separate"
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -218,3 +228,14 @@ class WideResNetEncoder(nn.Module):
 
     def first_layer(self, x: torch.Tensor) -> torch.Tensor:
         return _gap(self.block1(self.conv1(x)))
+
+    def layer_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """The published ``get_layer_output(x, index)``, one pass each: 1 = pooled block1, 2 = pooled block2
+        (through block1), 3 = l3 (the output under ``layers: published``), 4 = the encoder output."""
+        if index == 1:
+            return self.first_layer(x)
+        if index == 2:
+            return _gap(self.block2(self.block1(self.conv1(x))))
+        if index == 3 and self.layers == "block3":
+            return _gap(self.block3(self.block2(self.block1(self.conv1(x)))))
+        return self(x)[1]

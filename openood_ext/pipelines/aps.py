@@ -115,7 +115,11 @@ def search(spec: dict, grid: dict | None, fit_and_score: Callable[[Any], tuple[n
 
 def check_specs(specs: Any, aps_default: bool = False) -> None:
     """A run's ``postprocessors:`` list: each entry against its method's typed arguments, every point of an
-    APS grid too, and no label twice; ConfigError naming ``postprocessors[i]`` otherwise."""
+    APS grid too, and no label twice; ConfigError naming ``postprocessors[i]`` otherwise.
+
+    Each entry (and grid point) is also built: constructors only store their settings, and the rules that
+    relate arguments to each other (VRA's low < high percentile, GMM's per-layer lists of one length, ASH's
+    percentile < 100) live there, so they too fail here, before the run directory exists."""
     if isinstance(specs, str):
         specs = [specs]
     if not specs:
@@ -127,14 +131,14 @@ def check_specs(specs: Any, aps_default: bool = False) -> None:
         if isinstance(raw, dict) and "name" not in raw:
             raise ConfigError(f"postprocessors[{i}]: {raw} has no 'name' key")
         spec, use_aps, grid = split_spec(raw, aps_default)
-        POSTPROCESSORS.check(spec)
+        POSTPROCESSORS.build(spec)
         if use_aps and grid is None:
             grid = load_method_config(spec["name"]).get("aps_grid")
         if use_aps and grid is not None:
             if not isinstance(grid, dict):
                 raise ConfigError(f"postprocessors[{i}].aps_grid: expected a mapping of lists, got {grid!r}")
             for combo in grid_combinations(grid):
-                POSTPROCESSORS.check({**spec, **combo})
+                POSTPROCESSORS.build({**spec, **combo})
         label = raw if isinstance(raw, str) else raw.get("label") or raw["name"]
         if label in labels:
             raise ConfigError(f"postprocessors: '{label}' is listed twice; give one of them a 'label:' "

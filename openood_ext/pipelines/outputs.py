@@ -137,8 +137,8 @@ class OutputStore:
     def _forward(self, split: Split, consumers=()) -> NetOutputs:
         self.forward_passes += 1
         with self.ctx.timed("forward"), autocast(self.precision, self.ctx.device):
-            # tap consumers hook the plain network's layers; the plain pass may run a compiled one
-            return extract_outputs(self.net if consumers else self.forward_net, self.loader_for(split.name),
+            # a compiled network runs its tapped passes compiled too (TapSet hooks the modules it wraps)
+            return extract_outputs(self.forward_net, self.loader_for(split.name),
                                    self.ctx.device, desc=f"forward {split.name}", consumers=consumers)
 
 

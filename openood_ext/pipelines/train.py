@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from .. import distributed
 from ..config import to_plain
 from ..datasets import Benchmark
+from ..datasets.data_settings import DataSettings
 from ..errors import ConfigError
 from ..networks.checkpoint import save_checkpoint
 from ..trainers import TrainingPlan, plan_training
@@ -54,7 +55,8 @@ def train_network(cfg: DictConfig, ctx: RunContext, bench: Benchmark, plan: Trai
     plan = plan or plan_from_config(cfg, bench)
     fit = fit_network(plan, bench, network_spec(cfg), device=ctx.device, seed=ctx.seed,
                       loader_options=loader_options(cfg, ctx.device), state_path=ctx.dir / "last.pt",
-                      resume=ctx.resume, out_dir=ctx.dir, log=ctx.log, timed=ctx.timed)
+                      resume=ctx.resume, out_dir=ctx.dir, log=ctx.log, timed=ctx.timed,
+                      data=DataSettings.from_config(cfg))
     path = checkpoint_path(cfg, ctx)
 
     def write_outputs() -> None:  # rank 0 only; the other ranks wait for the checkpoint

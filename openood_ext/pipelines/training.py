@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from .. import distributed
+from ..datasets.batch_source import TensorBatchSource
+from ..datasets.data_settings import DataSettings
 from ..networks import NETWORKS
 from ..trainers import Engine, TrainingPlan
 from ..trainers.data import build_train_loader
@@ -30,7 +32,7 @@ class FitResult:
 
 def fit_network(plan: TrainingPlan, bench, net_spec: dict[str, Any], *, device: torch.device, seed: int,
                 loader_options: dict, state_path: Path, resume: bool, out_dir: Path, log,
-                timed: Callable[[str], Any], label: str = "") -> FitResult:
+                timed: Callable[[str], Any], label: str = "", data: DataSettings | None = None) -> FitResult:
     """Build ``net_spec``'s network on ``device``, train it with ``plan`` on ``bench``'s ``id_train`` split and
     write ``out_dir/history.json`` (rank 0 only; every rank gets the result).
 
@@ -39,10 +41,15 @@ def fit_network(plan: TrainingPlan, bench, net_spec: dict[str, Any], *, device: 
     ``bench`` (:func:`~openood_ext.trainers.plan_training`). The engine keeps its state in ``state_path``
     until the caller deletes it; ``resume`` continues from it. A trainer with ``trains = False`` (a
     zero-shot scorer) is set up but not trained: empty history. ``label`` prefixes the log line (e.g. the
-    AD cell); ``timed("train")`` times the loop.
+    AD cell); ``timed("train")`` times the loop. ``data``: the run's ``data:`` settings (None: the
+    per-image PIL path); with the tensor backend an image outlier source that can draw from the same
+    decoded-image cache (``use_tensor_path``) does so on the training device.
     """
     net = NETWORKS.build(net_spec).to(device)
-    loader = build_train_loader(bench, plan.trainer, plan.settings.batch_size, seed, loader_options=loader_options)
+    loader = build_train_loader(bench, plan.trainer, plan.settings.batch_size, seed, loader_options=loader_options,
+                                data=data, device=device, log=log)
+    if isinstance(loader, TensorBatchSource) and hasattr(plan.source, "use_tensor_path"):
+        plan.source.use_tensor_path(data, device, log)
     if plan.source is not None:  # an outlier source draws per step, on the training device
         plan.source.ctx.steps_per_epoch = len(loader)
         plan.source.ctx.device = device

@@ -18,7 +18,8 @@ exactly one line. It checks, in this order:
 * ``trainer`` when the run trains (a training pipeline, or ``train_if_missing`` with no checkpoint):
   :func:`openood_ext.trainers.validate_trainer_config`, once: the pipeline reuses the checked plan;
 * ``evaluator`` and every postprocessor (its APS grid included) against the part's
-  signature and type hints (:mod:`openood_ext.schema`);
+  signature and type hints (:mod:`openood_ext.schema`), and against the configured network where the
+  method reads the network itself (``check_network``: MC dropout's dropout layers, an ensemble's members);
 * run identity: a complete result under the same experiment name is replaced only by a run of the
   same configuration (:mod:`.run_identity`) or with ``overwrite: true``; an unfinished one
   (``<experiment>.partial``) is continued only with ``--resume`` under the same configuration, or
@@ -40,11 +41,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import to_plain
 from ..config import validate as validate_top_level
 from ..datasets import BENCHMARKS
+from ..datasets.data_settings import DataSettings
 from ..datasets.imglist import read_imglist
 from ..errors import CheckpointError, ConfigError
 from ..evaluators import EVALUATORS
 from ..networks import NETWORKS
 from ..networks.checkpoint import load_checkpoint
+from ..postprocessors import POSTPROCESSORS
 from ..schema import check_section
 from ..trainers import validate_trainer_config
 from ..utils.io import non_regular_kind
@@ -98,6 +101,7 @@ def check_run_keys(cfg: DictConfig) -> None:
     check_experiment_name(cfg.get("experiment", "default"))
     _check_not_file("output_dir", cfg.get("output_dir", "results"))
     _check_not_file("cache_dir", cfg.get("cache_dir"))
+    DataSettings.from_config(cfg).cache_root()  # the data: section's types, and a usable cache directory
     device = resolve_device(cfg.get("device", "auto"))
     loader_options(cfg, device)
     check_precision("precision", cfg.get("precision", "fp32"), device)
@@ -218,7 +222,31 @@ def check_parts(cfg: DictConfig) -> None:
 
 
 def check_postprocessors(cfg: DictConfig) -> None:
-    aps.check_specs(to_plain(cfg.get("postprocessors")), bool(cfg.get("aps", False)))
+    specs = to_plain(cfg.get("postprocessors"))
+    aps.check_specs(specs, bool(cfg.get("aps", False)))
+    check_postprocessors_on_network(specs, cfg)
+
+
+def check_postprocessors_on_network(specs: Any, cfg: DictConfig) -> None:
+    """Methods that read the network itself check it now: a postprocessor class's
+    ``check_network(spec, net, network_spec)`` (MC dropout: a dropout layer; an ensemble: members of the
+    run's architecture) gets the configured network, built once without weights."""
+    if "network" not in cfg:
+        return
+    net = network_spec = None
+    for i, raw in enumerate([specs] if isinstance(specs, str) else specs):
+        spec, _, _ = aps.split_spec(raw, False)
+        rule = getattr(POSTPROCESSORS.get(spec["name"]), "check_network", None)
+        if not callable(rule):
+            continue
+        if net is None:
+            network_spec = to_plain(cfg.network)
+            network_spec.pop("checkpoint", None)
+            net = NETWORKS.build(network_spec)
+        try:
+            rule(spec, net, network_spec)
+        except ValueError as exc:
+            raise ConfigError(f"postprocessors[{i}] ({spec['name']}): {exc}") from None
 
 
 def check_run_identity(cfg: DictConfig) -> None:

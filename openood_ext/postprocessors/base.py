@@ -21,7 +21,8 @@ consumer that fits the method from the id_train pass, ``score_taps()`` one whose
 confidences; ``uses_taps = True`` says the method scores that way. ``needs_network`` is then left for
 what needs input gradients or perturbed inputs (ODIN, MDSEns's scoring). A score consumer's ``finish()``
 returns conf float64 [N], or ``(conf [N], preds [N])`` from a method that predicts classes its own way
-(VMDLS); then ``predict`` is not called for that split.
+(VMDLS); then ``predict`` is not called for that split. ``score_loader`` may return such a pair too (MC
+dropout and ensembles predict the argmax of their averaged distribution).
 
 Callers do not choose among these paths themselves: :class:`openood_ext.postprocessors.schedule.Scheduler`
 routes every postprocessor (cached outputs, shared layer taps, or the network) and returns its scores.

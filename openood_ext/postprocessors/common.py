@@ -19,7 +19,7 @@ import torch
 from scipy import linalg
 
 from ..features import NetOutputs
-from ..utils.runtime import get_logger
+from ..utils.runtime import full_precision, get_logger
 
 
 # ---------------------------------------------------------------------------- last layer
@@ -46,6 +46,7 @@ def linear_logits(features: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> t
     return features.double() @ w.double().T + b.double()
 
 
+@full_precision
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T * logsumexp(logits / T)`` in float64, [N]."""
     t = float(temperature)
@@ -114,6 +115,7 @@ def full_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.from_numpy(_pinvh(cov))
 
 
+@full_precision
 def mahalanobis_sq(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """Squared Mahalanobis distances ``(x_i - mu_k)^T P (x_i - mu_k)``, float64 [N, K].
 

@@ -23,12 +23,13 @@ from .registry import POSTPROCESSORS
 
 def gram_features(t: torch.Tensor, powers, backend: str = "auto") -> list[torch.Tensor]:
     """For each p: ``G_p = sign(S) |S|^(1/p)`` with ``S = rowsum((F^p)(F^p)^T)``, F = [B, C, HW]; float32
-    [B, C] each, on CPU (a [B, D] input is treated as D channels of one position).
+    [B, C] each, on t's device (a [B, D] input is treated as D channels of one position): the fit's
+    min/max and the scoring stay there, so a GPU pass copies no tapped layer to the host per batch.
 
     S is computed in float32 like OpenOOD (relative difference to a float64 computation ~1e-6) by
     :func:`~.gram_rowsums.gram_row_sums` (``backend``: see there); the root is taken in float64.
     """
-    sums = gram_row_sums(t, powers, backend).cpu().double()
+    sums = gram_row_sums(t, powers, backend).double()
     return [(s.sign() * s.abs().pow(1.0 / p)).float() for s, p in zip(sums, powers)]
 
 
@@ -149,23 +150,26 @@ class _GramFit:
 
     def update(self, reduced, logits, labels):
         feats = [reduced[t.key] for t in self.taps]
-        labels = labels.long()
+        labels = labels.long().cpu()
+        dev = feats[0][0].device  # the features stay where the pass computed them
         if self.mins is None:
             k = max(int(labels.max()) + 1, logits.shape[1])
-            self.mins = [[torch.full((k, g.shape[1]), float("inf")) for g in layer] for layer in feats]
+            self.mins = [[torch.full((k, g.shape[1]), float("inf"), device=dev) for g in layer] for layer in feats]
             self.maxs = [[-m for m in layer] for layer in self.mins]
         held = self.held.take(len(labels))
-        fit_rows = ~held & (labels >= 0)
-        y = labels[fit_rows]
+        # row indices chosen on the host (labels and the hold-out stream are host data), then moved once
+        fit_rows = (~held & (labels >= 0)).nonzero().squeeze(1)
+        keep = (held & (labels >= 0)).nonzero().squeeze(1)
+        fit_dev, keep_dev = fit_rows.to(dev, non_blocking=True), keep.to(dev, non_blocking=True)
+        y = labels[fit_rows].to(dev, non_blocking=True)
         for l, layer in enumerate(feats):
             for p, g in enumerate(layer):
-                g = g.cpu()[fit_rows]
+                g = g.index_select(0, fit_dev)
                 idx = y[:, None].expand_as(g)
                 self.mins[l][p].scatter_reduce_(0, idx, g, "amin")
                 self.maxs[l][p].scatter_reduce_(0, idx, g, "amax")
-        keep = held & (labels >= 0)
-        self.held_feats.append([[g.cpu()[keep] for g in layer] for layer in feats])
-        self.held_labels.append(labels[keep])
+        self.held_feats.append([[g.index_select(0, keep_dev) for g in layer] for layer in feats])
+        self.held_labels.append(labels[keep].to(dev, non_blocking=True))
 
     def finish(self) -> GramPostprocessor:
         pp = self.pp
@@ -193,12 +197,14 @@ class _GramScore:
         self.pp, self.taps, self.confs = pp, pp._taps(), []
 
     def update(self, reduced, logits, labels):
+        dev = reduced[self.taps[0].key][0].device
         msp, preds = logits.double().softmax(dim=1).max(dim=1)
-        total = torch.zeros(len(logits), dtype=torch.float64)
+        preds = preds.to(dev, non_blocking=True)
+        total = torch.zeros(len(logits), dtype=torch.float64, device=dev)
         for l, t in enumerate(self.taps):
             for p, g in enumerate(reduced[t.key]):
-                total += self.pp._class_deviation(l, p, g.cpu(), preds) / self.pp._norm[l]
-        self.confs.append(-total / msp)
+                total += self.pp._class_deviation(l, p, g, preds) / self.pp._norm[l]
+        self.confs.append(-total / msp.to(dev, non_blocking=True))  # on the device until the split ends
 
     def finish(self) -> np.ndarray:
-        return torch.cat(self.confs).numpy() if self.confs else np.zeros(0)
+        return torch.cat(self.confs).cpu().numpy() if self.confs else np.zeros(0)

@@ -22,11 +22,14 @@ import functools
 import numpy as np
 import torch
 
+from ..utils.runtime import full_precision
+
 BACKENDS = ("auto", "numba", "torch")
 #: bytes of one chunk of samples for the CPU torch backend (a few chunks fit in a core's L2 cache)
 CPU_CHUNK_BYTES = 1 << 18
 
 
+@full_precision  # float32 products and sums: in fp16 the 5th-order sums overflow to inf
 def gram_row_sums(t: torch.Tensor, powers, backend: str = "auto") -> torch.Tensor:
     """``S[j, b, c] = rowsum_c((F_b^p)(F_b^p)^T)`` for ``p = powers[j]``; float32 [P, B, C] on t's device.
 
@@ -60,6 +63,7 @@ def load_kernel() -> bool:
     return kernel is not None
 
 
+@full_precision
 def _torch_row_sums(f: torch.Tensor, powers: list[int]) -> torch.Tensor:
     b_total, c, hw = f.shape
     out = torch.empty(len(powers), b_total, c, dtype=torch.float32, device=f.device)

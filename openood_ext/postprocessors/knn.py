@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..schema import PositiveInt
+from ..schema import PositiveFloat, PositiveInt
 from ..features import NetOutputs
 from ..utils.runtime import get_logger
 from .base import Postprocessor, as_numpy
@@ -22,13 +22,16 @@ class KNNPostprocessor(Postprocessor):
         k: neighbour rank (OpenOOD v1.5 default 50). A k larger than the number of ID training samples is
             clamped to it in ``fit`` with a warning; ``k`` then holds the value used and ``k_requested``
             the one asked for (both land in metrics.json).
-        backend: ``auto`` (faiss when importable), ``faiss`` or ``torch``.
+        backend: ``auto`` (faiss when installed and it can search where the data is, else torch),
+            ``faiss`` or ``torch`` (:mod:`.knn_search`).
+        memory_mb: torch backend: budget of one block's temporaries (queries are searched in blocks).
     """
 
-    def __init__(self, k: PositiveInt = 50, backend: Literal["auto", "faiss", "torch"] = "auto"):
+    def __init__(self, k: PositiveInt = 50, backend: Literal["auto", "faiss", "torch"] = "auto",
+                 memory_mb: PositiveFloat = 1024.0):
         if k < 1:
             raise ValueError(f"knn: k must be >= 1, got {k}")
-        self.k, self.backend = int(k), backend
+        self.k, self.backend, self.memory_mb = int(k), backend, float(memory_mb)
         self._index: KNNIndex | None = None
 
     def fit(self, train_outputs: NetOutputs | None = None, **_):
@@ -39,7 +42,8 @@ class KNNPostprocessor(Postprocessor):
             get_logger().warning("knn: k=%d exceeds the %d ID training samples; using k=%d (recorded in "
                                  "metrics.json)", self.k, n, n)
             self.k_requested, self.k = self.k, n
-        self._index = KNNIndex(l2_normalize(train_outputs.features), backend=self.backend)
+        self._index = KNNIndex(l2_normalize(train_outputs.features), backend=self.backend,
+                               memory_mb=self.memory_mb)
         return self
 
     def score(self, outputs: NetOutputs) -> np.ndarray:

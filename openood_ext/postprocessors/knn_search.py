@@ -1,19 +1,21 @@
-"""Exact k-nearest-neighbour search on L2-normalised vectors: faiss when importable, torch otherwise.
+"""Exact k-nearest-neighbour search on L2-normalised vectors: faiss when installed, torch otherwise.
 
 Both backends return the same numbers (up to float32 rounding): the Euclidean distances to the k
-nearest bank vectors, sorted ascending.
+nearest bank vectors, sorted ascending. faiss is optional (``openood_ext[faiss]`` or ``[gpu]``,
+:mod:`openood_ext.utils.faiss_support`); the torch backend is the default path without it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import torch
 
+from ..utils.faiss_support import faiss_available, faiss_has_gpu, flat_l2_index
 
-def faiss_available() -> bool:
-    return importlib.util.find_spec("faiss") is not None
+# float32 temporaries per (query, bank row) pair in the torch backend: the matmul, the squared distances
+# and the sum they are built from; topk's own buffers are k-wide and negligible
+_TEMPORARIES = 3
+DEFAULT_MEMORY_MB = 1024.0
 
 
 def choose_backend(faiss_ok: bool, faiss_gpu: bool, cuda: bool) -> str:
@@ -23,6 +25,14 @@ def choose_backend(faiss_ok: bool, faiss_gpu: bool, cuda: bool) -> str:
     if faiss_ok and (faiss_gpu or not cuda):
         return "faiss"
     return "torch"
+
+
+def rows_per_chunk(bank_rows: int, memory_mb: float, cap: int, bytes_per_pair: int = _TEMPORARIES * 4) -> int:
+    """Queries per block of a query-against-bank computation so that its temporaries stay within
+    ``memory_mb`` (at least 1, at most ``cap``): a block of r queries against M bank rows holds
+    ``bytes_per_pair * r * M`` bytes (default: the KNN torch backend's 3 float32 values per pair)."""
+    per_query = int(bytes_per_pair) * max(int(bank_rows), 1)
+    return max(1, min(int(cap), int(memory_mb * 2 ** 20) // per_query))
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -37,31 +47,35 @@ class KNNIndex:
     Args:
         bank: float tensor [M, D] (normalise it first when cosine geometry is wanted).
         backend: ``auto`` (see :func:`choose_backend`), ``faiss`` or ``torch``.
-        chunk_size: queries per matmul block in the torch backend (bounds memory to chunk x M floats).
-        device: where the torch backend keeps the bank and searches (``auto``: CUDA when available);
-            results come back on the queries' device either way.
+        chunk_size: at most this many queries per matmul block in the torch backend.
+        memory_mb: budget of one torch-backend block's temporaries (:func:`rows_per_chunk`); the
+            unchunked search of 10k queries against a 1.28M ImageNet bank would need ~150 GB.
+        device: where the search runs (``auto``: CUDA when available): the torch backend keeps the bank
+            there; faiss-gpu builds its index on that GPU (a CPU-only faiss on the host). Results come
+            back on the queries' device either way.
     """
 
-    def __init__(self, bank: torch.Tensor, backend: str = "auto", chunk_size: int = 2048, device: str = "auto"):
+    def __init__(self, bank: torch.Tensor, backend: str = "auto", chunk_size: int = 2048, device: str = "auto",
+                 memory_mb: float = DEFAULT_MEMORY_MB):
         if backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"knn backend must be auto, faiss or torch, got {backend!r}")
+        if not memory_mb > 0:
+            raise ValueError(f"knn memory_mb must be > 0, got {memory_mb!r}")
         cuda = torch.cuda.is_available()
-        if backend == "auto":
-            faiss_ok = faiss_available()
-            faiss_gpu = faiss_ok and hasattr(importlib.import_module("faiss"), "StandardGpuResources")
-            backend = choose_backend(faiss_ok, faiss_gpu, cuda)
-        self.backend, self.chunk_size = backend, chunk_size
         self.device = torch.device("cuda" if device == "auto" and cuda else "cpu" if device == "auto" else device)
+        if backend == "auto":
+            backend = choose_backend(faiss_available(), faiss_has_gpu(), self.device.type == "cuda")
+        self.backend, self.chunk_size, self.memory_mb = backend, chunk_size, float(memory_mb)
         if backend == "faiss":
             self.bank = bank.detach().float().cpu().contiguous()
-            import faiss
-            index = faiss.IndexFlatL2(self.bank.shape[1])
-            if hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available():
-                index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            index.add(np.ascontiguousarray(self.bank.numpy()))
-            self._index = index
+            on_gpu = self.device.type == "cuda" and faiss_has_gpu()
+            gpu = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+                if on_gpu else None
+            self._index = flat_l2_index(self.bank.shape[1], gpu)
+            self._index.add(np.ascontiguousarray(self.bank.numpy()))
         else:
             self.bank = bank.detach().float().to(self.device).contiguous()
+        self.largest_chunk = 0  # queries in the largest torch-backend block so far
 
     def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
         """Distances [N, k] (Euclidean, ascending) from each query to its k nearest bank vectors."""
@@ -72,9 +86,13 @@ class KNNIndex:
             return torch.from_numpy(sq).clamp_min(0).sqrt().to(queries.device)
         q = queries.detach().float().to(self.device)
         bank_sq = (self.bank * self.bank).sum(dim=1)
+        step = rows_per_chunk(len(self.bank), self.memory_mb, self.chunk_size)
         out = []
-        for start in range(0, len(q), self.chunk_size):
-            block = q[start:start + self.chunk_size]
+        for start in range(0, len(q), step):
+            block = q[start:start + step]
+            self.largest_chunk = max(self.largest_chunk, len(block))
             d2 = (block * block).sum(dim=1, keepdim=True) + bank_sq[None, :] - 2.0 * block @ self.bank.T
             out.append(d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt())
+        if not out:
+            return torch.zeros(0, k, device=queries.device)
         return torch.cat(out).to(queries.device)

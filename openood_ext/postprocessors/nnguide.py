@@ -10,15 +10,18 @@ from ..schema import NonNegativeInt, PositiveInt, UnitFloat
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import check_fitted, energy, unit_rows
+from .knn_search import DEFAULT_MEMORY_MB, rows_per_chunk
 from .registry import POSTPROCESSORS
 
 
 def mean_topk_inner_product(queries: torch.Tensor, bank: torch.Tensor, k: int,
-                            chunk_size: int = 4096) -> torch.Tensor:
-    """Mean of the k largest inner products of each query with the bank rows, float64 [N]."""
+                            chunk_size: int = 4096, memory_mb: float = DEFAULT_MEMORY_MB) -> torch.Tensor:
+    """Mean of the k largest inner products of each query with the bank rows, float64 [N]; queries in
+    blocks whose float64 products stay within ``memory_mb``."""
     k = min(int(k), len(bank))
+    step = rows_per_chunk(len(bank), memory_mb, chunk_size, bytes_per_pair=8)
     out = [(block @ bank.T).topk(k, dim=1).values.mean(dim=1)
-           for block in queries.double().split(chunk_size)]
+           for block in queries.double().split(step)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 

@@ -58,9 +58,14 @@ class ODINPostprocessor(Postprocessor):
         out = []
         with torch.no_grad():
             for t, eps in settings:
-                perturbed = signed_input_step(x, grads[float(t)], std, float(eps))
+                perturbed = self.perturb(x, grads[float(t)], std, float(eps))
                 out.append((self.net(perturbed).double() / float(t)).softmax(dim=1).max(dim=1).values.cpu())
         return out
+
+    def perturb(self, images: torch.Tensor, grad: torch.Tensor, std: torch.Tensor, eps: float) -> torch.Tensor:
+        """The input step: ``x - eps * sign(grad) / std`` on every input element (ODIN); variants that
+        perturb other elements (iODIN) override only this."""
+        return signed_input_step(images, grad, std, eps)
 
     def score_batch(self, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """ODIN confidences of one batch (on the attached network), float64 [B]."""
@@ -70,13 +75,13 @@ class ODINPostprocessor(Postprocessor):
         """Confidences of a whole split for every ``(temperature, noise)`` setting (APS over ODIN's
         grid re-uses the clean pass and each temperature's gradient across noise magnitudes)."""
         if self.net is None:
-            raise RuntimeError("odin: attach_network() must be called before scoring")
+            raise RuntimeError(f"{self.name}: attach_network() must be called before scoring")
         self.net.eval()
         std, confs = None, [[] for _ in settings]
-        for images, _ in iter_images(loader, self.device, desc="odin", chunk=self._grad_batch_size):
+        for images, _ in iter_images(loader, self.device, desc=self.name, chunk=self._grad_batch_size):
             if std is None:
                 std = input_std(loader, images.shape[1], self.input_std)
-                get_logger().debug("odin: input std %s", std.tolist())
+                get_logger().debug("%s: input std %s", self.name, std.tolist())
             for store, conf in zip(confs, self.grid_batch(images, std, settings)):
                 store.append(conf)
         return [torch.cat(c).numpy() if c else np.zeros(0) for c in confs]

@@ -9,22 +9,26 @@ import torch
 from ..features import NetOutputs
 from .base import Postprocessor, as_numpy
 from .common import check_fitted, softmax64, unit_rows
+from .knn_search import DEFAULT_MEMORY_MB, rows_per_chunk
 from .registry import POSTPROCESSORS
 
 
 def relation_score(feat: torch.Tensor, prob: torch.Tensor, bank_feat: torch.Tensor, bank_prob: torch.Tensor,
-                   power: float = 1.0, threshold: float = 0.03, chunk_size: int = 1024) -> torch.Tensor:
+                   power: float = 1.0, threshold: float = 0.03, chunk_size: int = 1024,
+                   memory_mb: float = DEFAULT_MEMORY_MB) -> torch.Tensor:
     """``sum_j r_ij^power`` over edges with ``r_ij > threshold``, where
     ``r_ij = max(<f_i, f_j>, 0) * <p_i, p_j>`` (features L2-normalised, p softmax). float64 [N].
 
     Both factors are non-negative (p are probabilities), so r >= 0 and the paper's sign(r)|r|^pow is
     r^pow. The [chunk, M] similarity blocks are computed in float32 (inputs are unit vectors and
     probabilities, so the relative error is ~1e-7) and summed in float64; this is the hot loop of the
-    method, O(N * M * D).
+    method, O(N * M * D). Queries go in blocks whose [block, M] temporaries (two float32, a mask) stay
+    within ``memory_mb``.
     """
     out = []
+    step = rows_per_chunk(len(bank_feat), memory_mb, chunk_size, bytes_per_pair=9)
     bank_feat, bank_prob = bank_feat.float().T.contiguous(), bank_prob.float().T.contiguous()
-    for f, p in zip(feat.float().split(chunk_size), prob.float().split(chunk_size)):
+    for f, p in zip(feat.float().split(step), prob.float().split(step)):
         rel = (f @ bank_feat).clamp_min_(0.0).mul_(p @ bank_prob)
         kept = rel > threshold
         if power != 1.0:

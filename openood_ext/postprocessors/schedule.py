@@ -39,6 +39,7 @@ import torch
 from ..errors import DataError
 from ..evaluators.ood import SplitScores
 from ..features import EmptySplit, NetOutputs, extract_outputs
+from ..utils.runtime import autocast, check_precision
 from .base import Postprocessor, as_postprocessor
 
 ROUTES = ("outputs", "taps", "network")
@@ -51,12 +52,14 @@ def route(pp: Postprocessor, share_taps: bool = True) -> str:
     return "network" if getattr(pp, "needs_network", False) else "outputs"
 
 
-def split_result(result) -> tuple[np.ndarray, np.ndarray | None]:
-    """(conf, preds or None) from what a score consumer or ``score_loader`` returned: conf [N], or
-    ``(conf [N], preds [N])`` from a method that predicts classes its own way (VMDLS)."""
-    if isinstance(result, tuple) and len(result) == 2:
-        return result[0], result[1]
-    return result, None
+def split_result(result) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """(conf, preds or None, parts or None) from what a score consumer or ``score_loader`` returned: conf
+    [N]; ``(conf [N], preds [N])`` from a method that predicts classes its own way; ``(conf, preds, parts)``
+    from a method whose scale depends on the evaluated set (VMDLS's published shift, see
+    :class:`~openood_ext.evaluators.ood.SplitScores`)."""
+    if isinstance(result, tuple) and len(result) in (2, 3):
+        return result[0], result[1], (result[2] if len(result) == 3 else None)
+    return result, None, None
 
 
 @dataclass
@@ -182,14 +185,15 @@ class Scheduler:
                 result = pp.score_loader(self.source.loader_for(split))
             else:
                 result = pp.score(outputs)
-            conf, preds = split_result(result)
+            conf, preds, parts = split_result(result)
             conf = np.asarray(conf, dtype=np.float64)
             if conf.shape != (len(outputs),):
                 raise DataError(f"postprocessor '{pp.name}' returned {conf.shape} scores on '{split}', "
                                 f"expected ({len(outputs)},)")
             preds = pp.predict(outputs) if preds is None else np.asarray(preds)
             labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
-            scored[split] = SplitScores(conf, preds, labels)
+            scored[split] = SplitScores(conf, preds, labels, parts,
+                                        getattr(pp, "rescore_pair", None) if parts is not None else None)
         self.result.seconds[label] = self.clock() - t
         self.result.scores[label] = scored
         return scored
@@ -222,18 +226,22 @@ def fit_and_score(pp, source, splits: Sequence[str], net=None, device=None, **kw
 
 # ---------------------------------------------------------------------- sources
 class LoaderSource:
-    """A source over plain loaders (``{split: DataLoader}``): each split's outputs computed once, in memory."""
+    """A source over plain loaders (``{split: DataLoader}``): each split's outputs computed once, in memory.
+    ``precision`` (fp32, bf16, fp16) is the shared passes' autocast, as ``precision:`` of ``test_ood``."""
 
-    def __init__(self, net: torch.nn.Module, loaders: Mapping[str, object], device: torch.device | str = "cpu"):
+    def __init__(self, net: torch.nn.Module, loaders: Mapping[str, object], device: torch.device | str = "cpu",
+                 precision: str = "fp32"):
         self.net, self.loaders, self.device = net, dict(loaders), device
+        self.precision = check_precision("precision", precision, torch.device(device))
         self.memo: dict[str, NetOutputs] = {}
         self.forward_passes = 0
 
     def outputs(self, split: str, consumers: Sequence = ()) -> NetOutputs:
         if consumers or split not in self.memo:
             self.forward_passes += 1
-            self.memo[split] = extract_outputs(self.net, self.loader_for(split), self.device,
-                                               desc=f"forward {split}", consumers=consumers)
+            with autocast(self.precision, torch.device(self.device)):
+                self.memo[split] = extract_outputs(self.net, self.loader_for(split), self.device,
+                                                   desc=f"forward {split}", consumers=consumers)
         return self.memo[split]
 
     def loader_for(self, split: str):

@@ -15,13 +15,16 @@ layer (``net.first_layer``) for a frozen autoencoder given by ``ae``; without ``
 
 Where M comes from (``shift``):
 
-* ``fit`` (default): M = max over the *training* set of max_c lp_c + 1, and d is normalised by the
-  training set's max r. Every split is scored on the same scale, which the pipeline needs because it
-  scores each split separately.
-* ``scored``: the published rule, M = max over the scored set + 1 and d normalised by the scored set's
-  max. It only means what it means when the ID test and OOD images are scored *together*: use
-  :meth:`VMDLSPostprocessor.score_sets` (or :func:`vmdls_scores` on pooled arrays). In the per-split
-  pipeline it would shift every split by its own M, so it is rejected there.
+* ``scored`` (default, the published rule): M = max over the *evaluated set* of max_c lp_c + 1 and d
+  normalised by that set's max r, where the evaluated set is the ID test split together with one OOD set
+  (the published test sets pair the known test images with one OOD set). The pipeline scores each split
+  on its own, so each split carries its per-sample parts (max_c lp_c and r) and :meth:`rescore_pair`; the
+  ``ood`` evaluator recomputes both sides of every (ID test, OOD set) pair with that pair's M and max r.
+  The ID test scores therefore differ from one OOD set to the next, as published. The confidences saved
+  per split are the split scored alone. :meth:`VMDLSPostprocessor.score_sets` scores any group of
+  splits as one evaluated set.
+* ``fit``: M = max over the *training* set of max_c lp_c + 1, and d is normalised by the training set's
+  max r: every split on one fixed scale, independent of which sets are evaluated (a deployable score).
 
 Without ``ae`` the shift is a constant and neither choice changes any ranking.
 
@@ -33,7 +36,7 @@ fitting batch instead of adding them, so a class spread over several batches get
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Literal, Mapping
 
 import numpy as np
 import torch
@@ -43,7 +46,6 @@ from ..features import Tap, extract_outputs
 from .base import Postprocessor
 from .registry import POSTPROCESSORS
 
-SHIFTS = ("fit", "scored")
 
 
 class GaussianStats:
@@ -149,7 +151,7 @@ class VMDLSPostprocessor(Postprocessor):
     Args:
         jitter_step: the jitter unit (1e-6, as published). jitter_offset: steps added to k* (2).
         max_jitter: largest jitter tried before failing (1.0).
-        shift: ``fit`` | ``scored`` (see the module docstring).
+        shift: ``scored`` (published, default) | ``fit`` (see the module docstring).
         ae: optional frozen autoencoder for the reconstruction weight: an ``nn.Module``, or a NETWORKS
             spec with a ``checkpoint`` (``{name: ..., checkpoint: path, ...}``), loaded by
             :func:`openood_ext.networks.checkpoint.load_network` when the first pass is set up.
@@ -159,15 +161,13 @@ class VMDLSPostprocessor(Postprocessor):
     network_methods = ("ensemble", "first_layer")  # only networks with these can be scored
 
     def __init__(self, jitter_step: float = 1e-6, jitter_offset: int = 2, max_jitter: float = 1.0,
-                 shift: str = "fit", ae=None):
+                 shift: Literal["scored", "fit"] = "scored", ae=None):
         if not jitter_step > 0:
             raise ValueError(f"vmdls: jitter_step must be > 0, got {jitter_step}")
         if not (isinstance(jitter_offset, int) and jitter_offset >= 0):
             raise ValueError(f"vmdls: jitter_offset must be an integer >= 0, got {jitter_offset!r}")
         if not max_jitter >= jitter_step:
             raise ValueError(f"vmdls: max_jitter must be >= jitter_step, got {max_jitter}")
-        if shift not in SHIFTS:
-            raise ValueError(f"vmdls: shift must be one of {SHIFTS}, got {shift!r}")
         self.jitter_step, self.jitter_offset, self.max_jitter = float(jitter_step), jitter_offset, float(max_jitter)
         self.shift = shift
         self._ae_spec = ae
@@ -197,11 +197,13 @@ class VMDLSPostprocessor(Postprocessor):
                 self._ae = load_network(self._ae_spec, device or "cpu")
         return self._ae
 
-    def _taps(self) -> list[Tap]:
+    def _taps(self, net=None) -> list[Tap]:
         # the pieces of net.ensemble(x) = [l1, l2, l3, encoder output, mu] as the plain forward computes them
         taps = [Tap("encoder", "vmdls:pooled", lambda pooled: torch.cat(list(pooled), dim=1)),
                 Tap("fc_mu:input", "identity", _identity), Tap("fc_mu", "identity", _identity)]
-        if self._ae_spec is not None:  # the images, for the reconstruction distance
+        # the images: for the reconstruction distance, and for the ensemble of a network whose test-time
+        # features are random (published WRN: each piece from its own dropout draw, net.ensemble(x))
+        if self._ae_spec is not None or getattr(net, "separate_draws", False):
             taps.append(Tap("encoder:input", "identity", _identity))
         return taps
 
@@ -212,11 +214,9 @@ class VMDLSPostprocessor(Postprocessor):
         return _VMDLSFit(self, net, self._autoencoder(_device_of(net)))
 
     def score_taps(self) -> _VMDLSStream:
-        """A consumer whose ``finish()`` is a split's ``(conf float64 [N], preds [N])`` on the training
-        set's scale (``shift: fit``); higher conf = more in-distribution."""
-        if self.shift != "fit":
-            raise ConfigError("postprocessor vmdls: shift 'scored' needs the ID and OOD sets scored together "
-                              "(VMDLSPostprocessor.score_sets); the per-split pipeline needs shift: fit")
+        """A consumer whose ``finish()`` is a split's ``(conf float64 [N], preds [N], parts)``: conf on the
+        training set's scale (``shift: fit``) or the split scored alone (``scored``, with ``parts`` =
+        ``{"best": max_c lp_c, "recon": r}`` for :meth:`rescore_pair`); higher conf = more in-distribution."""
         if self.chol is None:
             raise RuntimeError("vmdls: call fit() before scoring")
         return _VMDLSStream(self, self._net, self._ae, finish=self._conf_and_preds)
@@ -252,7 +252,7 @@ class VMDLSPostprocessor(Postprocessor):
         lp = self.loglik(feats) if len(feats) else torch.zeros(0, len(self.means), dtype=torch.float64)
         return lp, labels, recon
 
-    def _conf_and_preds(self, stream: _VMDLSStream) -> tuple[np.ndarray, np.ndarray]:
+    def _conf_and_preds(self, stream: _VMDLSStream):
         lp, _, recon = self._loglik_of(stream)
         if len(lp) == 0:
             return np.zeros(0), np.zeros(0, dtype=np.int64)
@@ -260,7 +260,17 @@ class VMDLSPostprocessor(Postprocessor):
         preds = self.classes[lp.argmax(1)].numpy()
         if recon is None:
             return best, preds  # M is a constant here: max_c lp_c - M ranks like max_c lp_c
-        return vmdls_scores(best, recon.numpy(), shift=self.m_fit, recon_max=self.r_fit_max), preds
+        recon = recon.numpy()
+        if self.shift == "scored":
+            return vmdls_scores(best, recon), preds, {"best": best, "recon": recon}
+        return vmdls_scores(best, recon, shift=self.m_fit, recon_max=self.r_fit_max), preds
+
+    def rescore_pair(self, id_parts: Mapping[str, np.ndarray], ood_parts: Mapping[str, np.ndarray]):
+        """(ID conf, OOD conf) of the ID test and one OOD set scored as one evaluated set (``shift: scored``)."""
+        best = np.concatenate([id_parts["best"], ood_parts["best"]])
+        conf = vmdls_scores(best, np.concatenate([id_parts["recon"], ood_parts["recon"]]))
+        n = len(id_parts["best"])
+        return conf[:n], conf[n:]
 
     def _run(self, loader, finish):
         self._check_net(self.net)
@@ -272,9 +282,14 @@ class VMDLSPostprocessor(Postprocessor):
         return self._run(loader, self._loglik_of)
 
     def score_loader(self, loader) -> np.ndarray:
-        """Per-split confidences on the training-set scale (``shift: fit``), float64 [N]."""
+        """A split's confidences, float64 [N] (the split scored alone under ``shift: scored``)."""
+        return np.asarray(self.scored_split(loader)[0])
+
+    def scored_split(self, loader):
+        """A split's whole result, as :meth:`score_taps`'s ``finish()`` gives it: ``(conf, preds)``, plus the
+        parts for :meth:`rescore_pair` under ``shift: scored`` with an autoencoder."""
         self.score_taps()  # the same checks
-        return self._run(loader, self._conf_and_preds)[0]
+        return self._run(loader, self._conf_and_preds)
 
     def score_sets(self, loaders: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Score several splits as one evaluated set (the published rule: M and max r over all of them)."""
@@ -318,10 +333,12 @@ class _VMDLSStream:
 
     def __init__(self, pp: VMDLSPostprocessor, net, ae, finish=None):
         self.pp, self.net, self.ae, self._finish = pp, net, ae, finish
-        self.taps = pp._taps()
+        self.taps = pp._taps(net)
         self.feats, self.labels, self.recon = [], [], []
 
     def ensemble(self, reduced) -> torch.Tensor:
+        if getattr(self.net, "separate_draws", False):
+            return self.net.ensemble(reduced[self.taps[3].key])
         keys = [t.key for t in self.taps[:3]]
         return torch.cat([reduced[k] for k in keys], dim=1)  # float32 on the device, as net.ensemble(x)
 

@@ -23,9 +23,15 @@ import torch
 @dataclass
 class SourceContext:
     """What a source may use: the benchmark (transforms, data root, its ``oe`` split), the device, the
-    run's seed, the ID batch size, the number of steps per epoch and the loader workers. ``subset_key``
+    run's seed, the ID batch size, the number of steps per epoch (and ID images, ``train_size``) and the
+    loader workers. ``subset_key``
     (None, or an int such as the AD pipeline's normal class) joins the seed when a source draws a
-    fixed subset of its pool (``oe_images`` ``limit``), so each class x seed gets its own subset."""
+    fixed subset of its pool (``oe_images`` ``limit``), so each class x seed gets its own subset.
+
+    ``rank`` / ``world_size``: this process's place in a torchrun job (0 / 1 otherwise). Under data
+    parallelism a source must not hand every rank the same outliers: image pools are dealt out by rank
+    and random draws are seeded with the rank (:func:`rank_key`), so a global step holds N different
+    outlier batches; a single process draws exactly what it drew before."""
 
     benchmark: Any
     device: torch.device
@@ -34,6 +40,15 @@ class SourceContext:
     steps_per_epoch: int
     num_workers: int = 0
     subset_key: int | None = None
+    rank: int = 0
+    world_size: int = 1
+    train_size: int | None = None  # ID training images per epoch (None: steps_per_epoch x batch_size)
+
+
+def rank_key(ctx) -> list[int]:
+    """Entropy to append to a seed so torchrun ranks draw differently: ``[rank]`` under torchrun, ``[]``
+    in a single process (whose draws stay what they were). ``ctx``: a SourceContext or look-alike."""
+    return [int(getattr(ctx, "rank", 0))] if int(getattr(ctx, "world_size", 1)) > 1 else []
 
 
 class OutlierSource:

@@ -1,14 +1,17 @@
-"""EOE's frequency filters (Liznerski et al., TMLR 2022, ``src/eoe/utils/transformations.py``
-``GpuDFTLowPassFilter``/``GpuDFTHighPassFilter``) as a function, a per-image transform, an outlier source
-that wraps any image source, and the ``ms_mode`` spec that says which data parts are filtered.
+"""EOE's multiscale filters (Liznerski et al., TMLR 2022, ``src/eoe/utils/transformations.py``): the
+frequency filters ``lpf``/``hpf`` (``GpuDFTLowPassFilter``/``GpuDFTHighPassFilter``), ``blur`` (``Blur``:
+kornia's Gaussian blur, sigma = magnitude) and ``sharpen`` (``PilUnsharpMask``: PIL's unsharp mask,
+percent = 100 * magnitude) as functions, a per-image transform, an outlier source that wraps any image
+source, and the ``ms_mode`` spec that says which data parts are filtered.
 
 ``ms_mode`` (``benchmark.preprocessor.ms_mode``, read by the AD pipelines)::
 
     ms_mode: {mode: lpf, magnitude: 14, parts: [train_nominal, train_oe, test_nominal, test_anomalous]}
 
 EOE's ``--ms-mode lpf+train_nominal ... --magnitude e``: the same filter on any subset of the four parts.
-EOE clamps a magnitude above half the image to half the image; here that is a config error (the
-clamped value is the same filter, so ask for it)."""
+For lpf/hpf EOE clamps a magnitude above half the image to half the image; here that is a config error
+(the clamped value is the same filter, so ask for it). Blur and sharpen take any magnitude (EOE's
+``--magnitude`` is an integer for every mode)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -24,8 +28,11 @@ from .base import OutlierSource
 from .pixels import PixelSpace
 from .registry import OUTLIER_SOURCES
 
-Mode = Literal["lpf", "hpf"]
+Mode = Literal["lpf", "hpf", "blur", "sharpen"]
 MODES = get_args(Mode)
+FREQUENCY_MODES = ("lpf", "hpf")
+#: PIL's UnsharpMask defaults, which EOE keeps (it sets only ``percent``)
+UNSHARP_RADIUS, UNSHARP_THRESHOLD = 2, 3
 PARTS = ("train_nominal", "train_oe", "test_nominal", "test_anomalous")
 
 
@@ -39,8 +46,8 @@ def fourier_filter(images01: torch.Tensor, mode: str, magnitude: int) -> torch.T
     min, divide by the new max, as EOE's ``MinMaxNorm``). ``magnitude`` 0 returns the images unchanged
     (EOE's filters are the identity for e <= 0; no min-max scaling either).
     """
-    if mode not in MODES:
-        raise ConfigError(f"fourier filter mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in FREQUENCY_MODES:
+        raise ConfigError(f"fourier filter mode: expected one of {', '.join(FREQUENCY_MODES)}, got {mode!r}")
     h, w = images01.shape[-2:]
     e = int(magnitude)
     if e < 0 or e > min(h, w) // 2:
@@ -62,6 +69,59 @@ def fourier_filter(images01: torch.Tensor, mode: str, magnitude: int) -> torch.T
     return ((out - lo) / (hi - lo).clamp_min(1e-12)).to(images01.dtype)
 
 
+def blur_kernel_size(sigma: float, width: int) -> int:
+    """EOE's ``Blur`` kernel size: 2 * int(int(sigma / 2) + 0.5) + 1, at most the largest odd size below
+    the image width (2 * int(int(W / 2) + 0.5) - 1), at least 3."""
+    k = 2 * int(int(sigma / 2) + 0.5) + 1
+    return max(min(k, 2 * int(int(width / 2) + 0.5) - 1), 3)
+
+
+def gaussian_blur(images01: torch.Tensor, sigma: float) -> torch.Tensor:
+    """EOE's ``blur`` on images [B, C, H, W] in pixel units: kornia's ``gaussian_blur2d`` with the kernel size
+    of :func:`blur_kernel_size` and standard deviation ``sigma`` in both directions, i.e. the separable
+    normalised kernel exp(-x^2 / (2 sigma^2)), x = -k//2 .. k//2, with reflect padding. sigma 0: unchanged."""
+    if sigma <= 0:
+        return images01
+    k = blur_kernel_size(sigma, images01.shape[-1])
+    x = torch.arange(k, dtype=torch.float64) - k // 2
+    g = torch.exp(-x.pow(2) / (2.0 * float(sigma) ** 2))
+    g = (g / g.sum()).to(images01.dtype)
+    b, c, h, w = images01.shape
+    flat = torch.nn.functional.pad(images01.reshape(b * c, 1, h, w), (k // 2,) * 4, mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, g.view(1, 1, 1, k))
+    flat = torch.nn.functional.conv2d(flat, g.view(1, 1, k, 1))
+    return flat.reshape(b, c, h, w)
+
+
+def unsharp_mask(images01: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """EOE's ``sharpen`` on images [B, C, H, W] in pixel units: each image as 8-bit (round(255 x)) through
+    PIL's ``UnsharpMask(radius=2, percent=int(100 * magnitude), threshold=3)``, back to [0, 1] (EOE filters the
+    8-bit PIL image). magnitude 0 is PIL's percent 0: the quantised image, returned unchanged here."""
+    if magnitude <= 0:
+        return images01
+    from PIL import Image, ImageFilter
+
+    flt = ImageFilter.UnsharpMask(radius=UNSHARP_RADIUS, percent=int(magnitude * 100), threshold=UNSHARP_THRESHOLD)
+    q = (images01.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    out = []
+    for img in q:
+        arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        sharp = np.asarray(Image.fromarray(arr).filter(flt))
+        out.append(sharp[None] if sharp.ndim == 2 else sharp.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(out)).to(images01.device, images01.dtype) / 255
+
+
+def ms_filter(images01: torch.Tensor, mode: str, magnitude: float) -> torch.Tensor:
+    """Any of EOE's multiscale filters (``lpf``, ``hpf``, ``blur``, ``sharpen``) on images in pixel units."""
+    if mode in FREQUENCY_MODES:
+        return fourier_filter(images01, mode, int(magnitude))
+    if mode == "blur":
+        return gaussian_blur(images01, magnitude)
+    if mode == "sharpen":
+        return unsharp_mask(images01, magnitude)
+    raise ConfigError(f"ms_mode.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+
+
 @dataclass(frozen=True)
 class MSMode:
     """A validated ``ms_mode``: filter ``mode`` with ``magnitude`` on the data ``parts`` (subset of PARTS)."""
@@ -76,7 +136,8 @@ class MSMode:
         if spec is None:
             return None
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"{where}: expected a mapping {{mode: lpf|hpf, magnitude: E, parts: [...]}}, got {spec!r}")
+            raise ConfigError(f"{where}: expected a mapping {{mode: lpf|hpf|blur|sharpen, magnitude: E, parts: [...]}}, "
+                              f"got {spec!r}")
         unknown = sorted(set(spec) - {"mode", "magnitude", "parts"})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown} (known: mode, magnitude, parts)")
@@ -84,7 +145,7 @@ class MSMode:
         check_value(f"{where}.mode", mode, Mode)
         e = spec.get("magnitude", 14)
         check_value(f"{where}.magnitude", e, NonNegativeInt)
-        if e > image_size // 2:
+        if mode in FREQUENCY_MODES and e > image_size // 2:
             raise ConfigError(f"{where}.magnitude: {e} is larger than half the {image_size}x{image_size} image "
                               f"({image_size // 2}; EOE would clamp it to {image_size // 2})")
         parts = spec.get("parts", list(PARTS))
@@ -96,16 +157,20 @@ class MSMode:
 
 
 class FourierTransform:
-    """Per-image transform on a *normalised* tensor [C, H, W]: back to pixel units, :func:`fourier_filter`,
-    normalised again (EOE filters before its Normalize; this is the same up to float rounding)."""
+    """Transform of a *normalised* image [C, H, W] or batch [B, C, H, W] (then also a batched op of
+    :mod:`openood_ext.datasets.batch_transforms`: ``op(x, generator, labels)``; it draws nothing): back to
+    pixel units, :func:`ms_filter`, normalised again (EOE filters before its Normalize; this is the
+    same up to float rounding)."""
 
     def __init__(self, pixels: PixelSpace, mode: str, magnitude: int):
         self.pixels, self.mode, self.magnitude = pixels, mode, magnitude
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator=None, labels=None) -> torch.Tensor:
         if self.magnitude == 0:
             return x
-        return self.pixels.from_unit(fourier_filter(self.pixels.to_unit(x[None]), self.mode, self.magnitude))[0]
+        single = x.ndim == 3
+        out = self.pixels.from_unit(ms_filter(self.pixels.to_unit(x[None] if single else x), self.mode, self.magnitude))
+        return out[0] if single else out
 
     def __repr__(self) -> str:
         return f"FourierTransform({self.mode}, magnitude={self.magnitude})"
@@ -114,7 +179,7 @@ class FourierTransform:
 @OUTLIER_SOURCES.register("fourier_filter")
 class FourierFiltered(OutlierSource):
     """Wraps an image source (``source``: a OUTLIER_SOURCES mapping, default ``oe_images``) and filters
-    its images with :func:`fourier_filter` (``mode`` lpf/hpf, ``magnitude`` e), in pixel space before
+    its images with :func:`ms_filter` (``mode`` lpf/hpf/blur/sharpen, ``magnitude`` e), in pixel space before
     the benchmark's normalisation, as EOE does."""
 
     kind = "images"
@@ -136,7 +201,7 @@ class FourierFiltered(OutlierSource):
         super().setup(ctx)
         self.pixels = PixelSpace(ctx.benchmark.preprocessor)
         size = self.pixels.image_size
-        if self.magnitude > size // 2:
+        if self.mode in FREQUENCY_MODES and self.magnitude > size // 2:
             raise ConfigError(f"trainer.outliers.magnitude: {self.magnitude} is larger than half the "
                               f"{size}x{size} image ({size // 2})")
         self.inner.setup(ctx)
@@ -147,9 +212,14 @@ class FourierFiltered(OutlierSource):
     def on_epoch_start(self, epoch: int) -> None:
         self.inner.on_epoch_start(epoch)
 
+    def use_tensor_path(self, data, device, log) -> bool:
+        """The wrapped source draws from the decoded-image cache when it can (the filter acts on its batches)."""
+        inner = getattr(self.inner, "use_tensor_path", None)
+        return bool(inner(data, device, log)) if inner is not None else False
+
     def draw(self, batch) -> torch.Tensor:
         raw = self.pixels.to_unit(self.inner.draw(batch))
-        return self.pixels.from_unit(fourier_filter(raw, self.mode, self.magnitude))
+        return self.pixels.from_unit(ms_filter(raw, self.mode, self.magnitude))
 
     def describe(self) -> str:
         return f"fourier_filter {self.mode} e={self.magnitude} of [{self.inner.describe()}]"

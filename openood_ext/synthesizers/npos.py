@@ -36,14 +36,15 @@ variant keeps the queue too);
 each class's queue turns FIFO as soon as it is full (published: classes that are full drop new samples
 until every class is full).
 
-Backends: ``faiss`` (``IndexFlatL2`` per class, GPU faiss for CUDA tensors when available) or ``torch``
-(one batched matmul + top-k over all classes, chunked over classes to bound memory); ``auto`` = faiss when
-importable. Both rank the same squared distances; the kept sets agree up to float32 ties.
+Backends: ``faiss`` (``IndexFlatL2`` per class; with faiss-gpu and CUDA queues on the queues' GPU, its
+resources and the per-class GPU indexes created once per process and reused) or ``torch`` (one batched matmul + top-k over all classes,
+chunked over classes to bound memory). ``auto`` = torch for CUDA queues (the search stays on the device:
+no copy of the queues to the host per step), faiss for CPU queues when installed, torch otherwise. Both
+rank the same squared distances; the kept sets agree up to float32 ties.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import warnings
@@ -52,9 +53,12 @@ from typing import Annotated, Literal, get_args, get_type_hints
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveFloat, PositiveInt, Range, check_value
+from ..utils.faiss_support import faiss_available, faiss_has_gpu, flat_l2_index, import_faiss
+from ..utils.runtime import device_check
 from .base import OutlierSource
 from .registry import OUTLIER_SOURCES
 
@@ -62,10 +66,6 @@ Backend = Literal["auto", "faiss", "torch"]
 Ranking = Literal["intended", "published"]
 BACKENDS = get_args(Backend)
 RANKINGS = get_args(Ranking)
-
-
-def faiss_available() -> bool:
-    return importlib.util.find_spec("faiss") is not None
 
 
 def _normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -125,7 +125,8 @@ class ClassQueues:
         self.num_classes, self.size = int(num_classes), int(size)
         self.device = torch.device(device)
         self.data: torch.Tensor | None = None
-        self.count = torch.zeros(self.num_classes, dtype=torch.long)
+        self.count = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        self._full = False  # queues never shrink: once full, `full` needs no device read
         if dim is not None:
             self._alloc(dim)
 
@@ -134,43 +135,54 @@ class ClassQueues:
 
     @property
     def full(self) -> bool:
-        return bool((self.count == self.size).all())
+        if not self._full:  # a host read of the counts until every queue is full, none after
+            self._full = bool((self.count == self.size).all())
+        return self._full
 
     @torch.no_grad()
     def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Append ``features`` [N, D] (detached, raw) to the queues of ``labels`` [N], in row order."""
+        """Append ``features`` [N, D] (detached, raw) to the queues of ``labels`` [N], in row order; a
+        class queue that overflows keeps its last ``size`` rows. All on the queues' device, with no
+        host synchronisation (the checks are queued on a GPU: :func:`~openood_ext.utils.runtime.device_check`)."""
         if features.ndim != 2 or len(features) != len(labels):
             raise DataError(f"npos: expected features [N, D] with N labels, got {tuple(features.shape)} and "
                             f"{tuple(labels.shape)}")
-        if not torch.isfinite(features).all():
-            raise DataError("npos: the embeddings pushed to the ID queue contain NaN/inf (training diverged?)")
         if self.data is None:
             self._alloc(features.shape[1])
         elif features.shape[1] != self.data.shape[2]:
             raise DataError(f"npos: embedding size {features.shape[1]} differs from the queue's {self.data.shape[2]}")
+        if not len(labels):
+            return
         features = features.detach().float().to(self.data.device)
-        labels = labels.detach().long().cpu()
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise DataError(f"npos: label out of range [0, {self.num_classes}) in the batch")
-        for c in labels.unique().tolist():
-            rows = features[(labels == c).to(features.device)]
-            n, q = int(self.count[c]), self.size
-            if n + len(rows) <= q:
-                self.data[c, n:n + len(rows)] = rows
-                self.count[c] = n + len(rows)
-            else:
-                self.data[c] = torch.cat([self.data[c, :n], rows])[-q:]
-                self.count[c] = q
+        labels = labels.detach().long().to(self.data.device)
+        device_check(torch.isfinite(features).all(),
+                     DataError("npos: the embeddings pushed to the ID queue contain NaN/inf (training diverged?)"))
+        C, q, (N, D) = self.num_classes, self.size, features.shape
+        device_check(((labels >= 0) & (labels < C)).all(), DataError(f"npos: label out of range [0, {C}) in the batch"))
+        labels = labels.clamp(0, C - 1)
+        onehot = F.one_hot(labels, C)                                          # [N, C]
+        rank = (onehot.cumsum(0) - 1).gather(1, labels[:, None]).squeeze(1)    # row i's place among its class's rows
+        new = features.new_zeros(C, N, D)
+        new[labels, rank] = features                                           # class c's new rows, in order
+        count = self.count.to(self.data.device)
+        total = count + onehot.sum(0)                                          # [C]
+        shift = (total - q).clamp_min(0)                                       # rows dropped from the front
+        src = torch.arange(q, device=labels.device)[None] + shift[:, None]     # [C, q]: place in old rows + new rows
+        index = torch.where(src < count[:, None], src, q + src - count[:, None]).clamp_max(q + N - 1)
+        moved = torch.cat([self.data, new], dim=1).gather(1, index[..., None].expand(-1, -1, D))
+        self.data = torch.where((src < total[:, None])[..., None], moved, self.data)
+        self.count = total.clamp_max(q)
 
     def state_dict(self) -> dict:
         return {"data": None if self.data is None else self.data.detach().cpu().clone(),
-                "count": self.count.clone(), "size": self.size}
+                "count": self.count.cpu().clone(), "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state.get("size", self.size)) != self.size:
             raise ConfigError(f"npos: saved queue size {state['size']} differs from queue_size {self.size}")
         self.data = None if state["data"] is None else state["data"].to(self.device)
-        self.count = state["count"].clone()
+        self.count = state["count"].clone().to(self.device)
+        self._full = False
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -183,15 +195,14 @@ def kth_sqdist_torch(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch
 
 
 def kth_sqdist_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """Same as :func:`kth_sqdist_torch` with one faiss ``IndexFlatL2`` per class (GPU faiss on CUDA)."""
-    import faiss
+    """Same as :func:`kth_sqdist_torch` with one faiss ``IndexFlatL2`` per class: on the tensors' GPU
+    with faiss-gpu (the process's resources for that GPU, created once), else on the host."""
+    gpu = None
+    if queries.is_cuda and faiss_has_gpu():
+        gpu = queries.device.index if queries.device.index is not None else torch.cuda.current_device()
     out = []
-    gpu = queries.is_cuda and hasattr(faiss, "StandardGpuResources")
-    res = faiss.StandardGpuResources() if gpu else None
-    for qc, bc in zip(queries, bank):
-        index = faiss.IndexFlatL2(bc.shape[1])
-        if gpu:
-            index = faiss.index_cpu_to_gpu(res, queries.device.index or 0, index)
+    for c, (qc, bc) in enumerate(zip(queries, bank)):
+        index = flat_l2_index(bc.shape[1], gpu, slot=("npos", c))
         index.add(np.ascontiguousarray(bc.detach().float().cpu().numpy()))
         dist, _ = index.search(np.ascontiguousarray(qc.detach().float().cpu().numpy()), k)
         out.append(torch.from_numpy(dist[:, -1]))
@@ -207,13 +218,15 @@ def _kth(queries, bank, k, backend, chunk_elems):
                       for i in range(0, len(queries), step)])
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
+    """``backend`` with ``auto`` decided for queues on ``device`` (see the module docstring)."""
     if backend not in BACKENDS:
         raise ConfigError(f"npos.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        return "faiss" if faiss_available() else "torch"
-    if backend == "faiss" and not faiss_available():
-        raise ConfigError("npos.backend: faiss is not importable (pip install faiss-cpu, or use backend: torch)")
+        cuda = device is not None and torch.device(device).type == "cuda"
+        return "faiss" if faiss_available() and not cuda else "torch"
+    if backend == "faiss":
+        import_faiss("npos.backend")
     return backend
 
 
@@ -265,11 +278,10 @@ def npos_sample(queues: torch.Tensor, params: NPOSParams = NPOSParams(), *,
         raise ConfigError(f"npos.ranking: expected one of {', '.join(RANKINGS)}, got {ranking!r}")
     C, Q, D = queues.shape
     params.check(Q)
-    backend = resolve_backend(backend)
-    if not torch.isfinite(queues).all():
-        raise DataError("npos: the ID embeddings contain NaN/inf")
-    if (queues.norm(dim=-1) == 0).any():
-        raise DataError("npos: an ID embedding in the queue has zero norm (is the queue filled?)")
+    backend = resolve_backend(backend, queues.device)
+    device_check(torch.isfinite(queues).all(), DataError("npos: the ID embeddings contain NaN/inf"))
+    device_check((queues.norm(dim=-1) != 0).all(),
+                 DataError("npos: an ID embedding in the queue has zero norm (is the queue filled?)"))
     raw = queues.float()
     unit = _normalize(raw)
     dev = raw.device
@@ -396,7 +408,8 @@ class NPOSSynthesizer(OutlierSource):
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Push raw embeddings [N, D] (detached here) of ID samples with labels [N]."""
-        self._ensure(int(labels.max()) + 1 if len(labels) else 1, features.device)
+        if self.queues is None:
+            self._ensure(int(labels.max()) + 1 if len(labels) else 1, features.device)
         self.queues.push(features.detach(), labels)
 
     def ready(self, epoch: int) -> bool:

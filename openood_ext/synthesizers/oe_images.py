@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
+from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
 from ..datasets.transforms import build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
-from .base import OutlierSource
+from .base import OutlierSource, rank_key
 from .registry import OUTLIER_SOURCES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -28,6 +32,14 @@ class FolderDataset(ImglistDataset):
         self.on_bad_image, self.label_override = on_bad_image, -1
 
 
+def entry_classes(entries) -> list:
+    """The class of every image-list entry: its label when the list carries labels (>= 0), else the
+    name of its parent folder (``texture/banded/x.jpg`` -> ``texture/banded``)."""
+    if entries and all(e.label >= 0 for e in entries):
+        return [int(e.label) for e in entries]
+    return [str(Path(e.path).parent) for e in entries]
+
+
 @OUTLIER_SOURCES.register("oe_images", aliases=["oe"])
 class OEImages(OutlierSource):
     """Outlier exposure (Hendrycks et al., 2019) from real images, one batch of outliers per ID batch.
@@ -40,24 +52,41 @@ class OEImages(OutlierSource):
     and the ID normalisation, converted to the ID channel count. ``limit: N`` draws N distinct images
     once per run (seeded by the run's seed) and cycles them, each copy augmented independently;
     ``N = 1`` puts the same image in every outlier slot (the AD pipeline passes the normal class as
-    ``subset_key``, so the subset is drawn anew for every class x seed, as EOE does). Per epoch the pool
-    is reshuffled with a
-    generator seeded by (seed, epoch), so a resumed run draws the same outliers. ``batch_size``
-    defaults to the ID batch size. Output: float tensor [batch_size, C, H, W] on the device.
+    ``subset_key``, so the subset is drawn anew for every class x seed, as EOE does). ``limit_classes: K``
+    (EOE's ``oe_limit_classes``) first keeps the images of K classes drawn at random (seeded like ``limit``;
+    an image's class is its label in the list, or its parent folder when the list carries no labels, as
+    DTD's ``texture/<class>/...``), then ``limit`` draws among them. Per epoch the pool is reshuffled with
+    a generator seeded by (seed, epoch), so a resumed run draws the same outliers. Under torchrun the epoch's
+    stream is dealt out by rank (rank r takes batches r, r + W, ...), so the ranks draw different images and
+    together cover W times as much of the pool per epoch as one process.
+
+    ``batch_size`` defaults to the ID batch size, and then every step pairs exactly as many outliers as
+    the ID batch holds: the short last batch of an epoch (e.g. 8 normals) gets 8 outliers, the rest of
+    that outlier batch is dropped (EOE's ``BalancedConcatLoader`` cuts the OE batch to the normal batch
+    the same way). An explicit ``batch_size`` always draws that many. ``order`` (``cycle`` or EOE's
+    ``published``) says how an epoch's outliers are drawn from the pool (:meth:`epoch_indices`).
+    Output: float tensor [n, C, H, W] on the device.
+
+    With ``data.backend: tensor`` (the ID images on the tensor path, :meth:`use_tensor_path`), the
+    outlier images are decoded once into the same decoded-image cache, held on the training device and
+    augmented per batch there, with a generator seeded by (seed, epoch); the drawn indices are the same.
     """
 
     kind = "images"
 
     def __init__(self, imglist: str | None = None, folder: str | None = None, split: str | None = None,
                  image_dir: str | None = None, limit: NonNegativeInt | None = None,
-                 batch_size: PositiveInt | None = None, augment: bool = True):
+                 batch_size: PositiveInt | None = None, augment: bool = True,
+                 limit_classes: PositiveInt | None = None, order: Literal["cycle", "published"] = "cycle"):
         if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
                               "(e.g. eoe_dsvdd) and remove trainer.outliers")
         self.imglist, self.folder, self.split_name = imglist, folder, split
         self.image_dir, self.limit, self.batch_size, self.augment = image_dir, limit, batch_size, bool(augment)
+        self.limit_classes, self.order = limit_classes, order
         self._iter = None
+        self._tensor = None  # (uint8 images on the device, BatchPipeline) on the tensor path
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -102,17 +131,34 @@ class OEImages(OutlierSource):
         if not (self.dataset.data_root / first.path).exists():
             raise DataError(f"outlier-exposure set ({self._where()}): its images are not under "
                             f"{self.dataset.data_root} (first: {first.path}); {hint}")
-        if self.limit is not None and self.limit > len(self.dataset):
-            raise ConfigError(f"trainer.outliers.limit: {self.limit} is larger than the outlier set "
-                              f"({len(self.dataset)} images in {self._where()})")
         key = getattr(self.ctx, "subset_key", None)
         rng = np.random.default_rng([self.ctx.seed, 0x0E] + ([] if key is None else [key]))
-        n = len(self.dataset)
-        self.pool = np.sort(rng.choice(n, self.limit, replace=False)) if self.limit else np.arange(n)
+        candidates = np.arange(len(self.dataset))
+        self.classes = None
+        if self.limit_classes is not None:
+            labels = entry_classes(self.dataset.entries)
+            names = sorted(set(labels), key=str)
+            if self.limit_classes > len(names):
+                raise ConfigError(f"trainer.outliers.limit_classes: {self.limit_classes} is larger than the number "
+                                  f"of classes of the outlier set ({len(names)} in {self._where()})")
+            self.classes = sorted((names[i] for i in rng.permutation(len(names))[:self.limit_classes]),
+                                  key=str)
+            keep = set(self.classes)
+            candidates = np.array([i for i, c in enumerate(labels) if c in keep])
+        if self.limit is not None and self.limit > len(candidates):
+            within = f" of the {self.limit_classes} drawn classes" if self.classes is not None else ""
+            raise ConfigError(f"trainer.outliers.limit: {self.limit} is larger than the outlier set{within} "
+                              f"({len(candidates)} images in {self._where()})")
+        self.pool = np.sort(rng.choice(candidates, self.limit, replace=False)) if self.limit else candidates
 
     def describe(self) -> str:
-        size = f"{len(self.pool)} of {len(self.dataset)}" if self.limit else f"{len(self.dataset)}"
-        return f"oe_images: {size} images from {self._where()}, {self.out_batch} per step"
+        n = len(self.dataset)
+        size = f"{len(self.pool)} of {n}" if len(self.pool) < n else f"{n}"
+        if self.classes is not None:
+            size += f" (classes {', '.join(map(str, self.classes))})"
+        per_step = f"{self.out_batch} per step" if self.batch_size else \
+            f"as many per step as the ID batch ({self.out_batch})"
+        return f"oe_images: {size} images from {self._where()}, {per_step}"
 
     def label(self) -> str:
         where = Path(self.imglist).name if self.imglist else Path(self.folder).name if self.folder else \
@@ -121,26 +167,101 @@ class OEImages(OutlierSource):
 
     # ------------------------------------------------------------------ drawing
     def epoch_indices(self, epoch: int) -> list[list[int]]:
-        """The batches of dataset indices for ``epoch``: reshuffled copies of the pool, cycled."""
+        """This rank's batches of dataset indices for ``epoch``: one stream for all ranks, dealt out batch by
+        batch under torchrun (a single process takes all of it).
+
+        ``order: cycle`` (default): reshuffled copies of the pool one after the other, so every pooled
+        image is used equally often. ``order: published`` (EOE's ``BalancedConcatLoader``): a pool smaller
+        than the ID training set is repeated ceil(N / |pool|) times and the whole repetition shuffled at
+        once (an image may come back within a batch); a pool of 10,000 images or more is sampled with
+        replacement (EOE's ``RandomSampler(replacement=True)``).
+        """
         rng = np.random.default_rng([self.ctx.seed, 0x0E, epoch])
-        need = self.ctx.steps_per_epoch * self.out_batch
-        reps = -(-need // len(self.pool))
-        stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
-        return [stream[i:i + self.out_batch].tolist() for i in range(0, need, self.out_batch)]
+        rank, world = int(getattr(self.ctx, "rank", 0)), int(getattr(self.ctx, "world_size", 1))
+        need = self.ctx.steps_per_epoch * self.out_batch * world
+        if self.order == "published":
+            n_id = getattr(self.ctx, "train_size", None) or need
+            pool = np.tile(self.pool, -(-n_id // len(self.pool))) if len(self.pool) < n_id else self.pool
+            stream = rng.choice(pool, len(pool), replace=True) if len(self.pool) >= 10_000 else rng.permutation(pool)
+            stream = stream[:need]
+        else:
+            reps = -(-need // len(self.pool))
+            stream = np.concatenate([rng.permutation(self.pool) for _ in range(reps)])[:need]
+        batches = [stream[i:i + self.out_batch].tolist() for i in range(0, len(stream), self.out_batch)]
+        return batches[rank::world]
+
+    def use_tensor_path(self, data, device, log) -> bool:
+        """Draw from the decoded-image cache (``data``: the run's DataSettings) on ``device``; False (one
+        log line naming why) when the recipe or the images need the per-image path."""
+        log = log or logging.getLogger("openood_ext")
+        pre = self.ctx.benchmark.preprocessor
+        reason = unsupported(pre, self.augment)
+        if reason is None:
+            try:
+                decoded = DecodedCache(data.cache_root(), data.max_side, log).load(self.dataset, geometry(pre))
+                if decoded.skipped:
+                    reason = f"{decoded.skipped} unreadable outlier image(s) skipped"
+            except NotSmall as exc:
+                reason = str(exc)
+        if reason is not None:
+            log.info("outlier images: per-image PIL path (%s)", reason)
+            return False
+        where = torch.device(device) if data.on_device else torch.device("cpu")
+        self._tensor = (decoded.images.to(where), tensor_pipeline(pre, train=self.augment))
+        self._iter = None
+        return True
 
     def on_epoch_start(self, epoch: int) -> None:
-        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.ctx.seed, epoch]).integers(2**62)))
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.epoch_indices(epoch),
-                                             num_workers=self.ctx.num_workers, collate_fn=SkipCounter(),
-                                             generator=generator)
-        self._iter = iter(loader)
+        entropy = [self.ctx.seed, epoch, *rank_key(self.ctx)]  # augmentation differs per rank
+        seed = int(np.random.default_rng(entropy).integers(2**62))
+        if self._tensor is not None:
+            images = self._tensor[0]
+            self._generator = torch.Generator(device=images.device).manual_seed(seed)
+            self._iter = (torch.as_tensor(idx, device=images.device) for idx in self.epoch_indices(epoch))
+            return
+        # one loader for the run, its batches swapped per epoch: worker processes persist between epochs
+        # instead of being spawned again (and their first batches waited for) at every epoch start
+        if getattr(self, "_loader", None) is None:
+            self._batches = _EpochBatches()
+            workers = self.ctx.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self._batches, num_workers=workers, collate_fn=SkipCounter(),
+                generator=torch.Generator(), persistent_workers=workers > 0,
+                pin_memory=torch.device(self.ctx.device).type == "cuda")
+        self._loader.generator.manual_seed(seed)
+        self._batches.batches = self.epoch_indices(epoch)
+        self._iter = iter(self._loader)
+
+    def _short(self, rows: torch.Tensor, batch) -> torch.Tensor:
+        """As many outliers as normals, also in the short last batch (unless ``batch_size`` is given)."""
+        if self.batch_size is None and batch is not None and len(batch.images) < len(rows):
+            return rows[:len(batch.images)]
+        return rows
 
     def draw(self, batch) -> torch.Tensor:
         if self._iter is None:
             self.on_epoch_start(batch.epoch)
         try:
-            images = next(self._iter)[0]
+            images = next(self._iter)
         except StopIteration:  # more ID batches than planned (should not happen): start over
             self.on_epoch_start(batch.epoch)
-            images = next(self._iter)[0]
+            images = next(self._iter)
+        if self._tensor is not None:  # a batch of indices into the decoded images
+            pixels, pipeline = self._tensor
+            images = pipeline(pixels[self._short(images, batch)], self._generator)
+        else:
+            images = self._short(images[0], batch)
         return images.to(self.ctx.device, non_blocking=True)
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are replaced at each epoch start (see ``on_epoch_start``)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

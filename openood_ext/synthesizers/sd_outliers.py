@@ -25,6 +25,7 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import ConfigError, DataError
 from ..schema import Range
 from .base import OutlierSource
@@ -36,11 +37,19 @@ MODES = get_args(Mode)
 
 
 def _draw(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` rows of ``pool`` (on its device), chosen with the CPU ``generator`` (the same rows on every device)."""
     if n <= len(pool):
         idx = torch.randperm(len(pool), generator=generator)[:n]
     else:
         idx = torch.randint(len(pool), (n,), generator=generator)
-    return pool[idx]
+    return pool[idx.to(pool.device, non_blocking=True)]
+
+
+def _on_run_device(source, pool: torch.Tensor) -> torch.Tensor:
+    """The pool on the run's device (once, at check time): drawing then copies no rows from the host at
+    every step (the copy of unpinned host rows waits for the device)."""
+    device = getattr(getattr(source, "ctx", None), "device", None)
+    return pool.to(device) if device is not None else pool
 
 
 def _require_batch(source, n: int, what: str, fix: str) -> None:
@@ -77,16 +86,18 @@ class SDTextOutliers(OutlierSource):
         if isinstance(classes, int) and classes != len(self.cfg.classes):
             raise ConfigError(f"trainer.outliers.classes: {len(self.cfg.classes)} class names, the benchmark "
                               f"has {classes} classes")
-        if self.generate:
+        if self.generate:  # torchrun: rank 0 generates into the shared folder, the others wait, then read
             import logging
-            ensure_generated(self.root, self.cfg, self.device or ctx.device, logging.getLogger("openood_ext"))
+            log = logging.getLogger("openood_ext")
+            distributed.run_on_main(lambda: ensure_generated(self.root, self.cfg, self.device or ctx.device, log))
 
     def check(self) -> None:
         ok, problems = status(self.root, self.cfg)
         if not ok:
             raise DataError(f"sd outliers under {self.root} are incomplete ({problems[0]}); generate them with "
                             f"trainer.outliers.generate=true")
-        self.pool = torch.load(self.root / "text_outliers.pt", weights_only=True)["outliers"].float()
+        self.pool = _on_run_device(self, torch.load(self.root / "text_outliers.pt", map_location="cpu",
+                                                    weights_only=True)["outliers"].float())
         self.pool_flat = self.pool.reshape(-1, self.pool.shape[-1])
         _require_batch(self, len(self.pool_flat), "trainer.outliers: the text outlier pool has {n} rows",
                        "raise repeats/keep")
@@ -123,7 +134,7 @@ class SDLatentOutliers(OutlierSource):
         if not ok:
             raise DataError(f"sd_latent_outliers: {problems[0]}; regenerate with sd_text_outliers generate=true")
         rows = [np.load(entry_paths(self.root, cfg, c, k)[1]).reshape(-1) for c, k in expected_entries(cfg)]
-        self.pool = torch.from_numpy(np.stack(rows)).float()
+        self.pool = _on_run_device(self, torch.from_numpy(np.stack(rows)).float())
         _require_batch(self, len(self.pool), "sd_latent_outliers: {n} latents", "raise batches (or images_per_class)")
 
     @property
@@ -135,7 +146,8 @@ class SDLatentOutliers(OutlierSource):
         if self.mode == "forward_noised":
             betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
             abar = torch.cumprod(1 - betas, 0)[self.timestep].float()
-            z = abar.sqrt() * z + (1 - abar).sqrt() * torch.randn(z.shape, generator=generator)
+            noise = torch.randn(z.shape, generator=generator).to(z.device, non_blocking=True)
+            z = abar.sqrt() * z + (1 - abar).sqrt() * noise
         return z
 
     def describe(self) -> str:

@@ -31,6 +31,8 @@ from typing import Literal, Sequence, get_args
 import torch
 from torch import nn
 
+from ..utils.runtime import full_precision
+
 ClubUpdate = Literal["alternate", "joint"]
 CLUB_UPDATES = get_args(ClubUpdate)
 
@@ -107,11 +109,12 @@ def club_terms(club: CLUB, x: torch.Tensor, y: torch.Tensor, update: str = "alte
     """
     if update not in CLUB_UPDATES:
         raise ValueError(f"club_update must be one of {', '.join(CLUB_UPDATES)}, got {update!r}")
-    mu, logvar = club(x.float())
-    y = y.float()
-    if update == "joint":
-        b = CLUB.bound_from(mu, logvar, y)
-        return b, b.new_zeros(()), b.detach()
-    b = CLUB.bound_from(mu.detach(), logvar.detach(), y)
-    q_loss = -CLUB.log_likelihood_from(mu, logvar, y.detach())
-    return b, q_loss, b.detach()
+    with full_precision():  # q and its likelihood in float32 (under autocast ``x.float()`` alone is cast back)
+        mu, logvar = club(x.float())
+        y = y.float()
+        if update == "joint":
+            b = CLUB.bound_from(mu, logvar, y)
+            return b, b.new_zeros(()), b.detach()
+        b = CLUB.bound_from(mu.detach(), logvar.detach(), y)
+        q_loss = -CLUB.log_likelihood_from(mu, logvar, y.detach())
+        return b, q_loss, b.detach()

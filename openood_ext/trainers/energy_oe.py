@@ -7,14 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from ..schema import NonNegativeFloat
+from ..utils.runtime import full_precision, upcast
 from .oe import forward_joint
 from .registry import TRAINERS
 from .trainer import Trainer
 
 
+@full_precision
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Free energy E(x) = -T logsumexp(f(x) / T), [N]; lower = more in-distribution."""
-    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+    """Free energy E(x) = -T logsumexp(f(x) / T), at least float32 [N]; lower = more in-distribution."""
+    return -temperature * torch.logsumexp(upcast(logits) / temperature, dim=1)
 
 
 def energy_hinge(e_in: torch.Tensor, e_out: torch.Tensor, m_in: float, m_out: float) -> torch.Tensor:

@@ -23,6 +23,9 @@ Engine keys of ``trainer:`` (everything else goes to the trainer's constructor):
       compile: false               # true (torch.compile, inductor) or a torch.compile backend name
       sync_batchnorm: false        # torchrun only: BatchNorm statistics over all ranks (CUDA only)
       find_unused_parameters: true # torchrun only: DDP tolerates parameters a step does not use
+      finite_check_every: null     # read the NaN/inf verdict every N optimizer steps and at epoch end
+                                   # (null: 1 on the CPU, 50 on a GPU, where each read stalls the device)
+      cudnn_benchmark: true        # CUDA: let cuDNN pick the fastest convolution algorithms (fixed shapes)
 
 Data parallel (``torchrun --nproc_per_node N``, see :mod:`openood_ext.distributed`): ``batch_size`` is per
 process (the global batch is N x batch_size); the network and the trainable extra modules are wrapped
@@ -51,10 +54,14 @@ from ..utils.io import write_stream
 from ..utils.runtime import autocast, check_compile, get_logger, prepare_module, progress, seed_everything
 from .optim import build_optimizer, build_scheduler, check_optimizer_spec, check_schedule_spec
 from .resume import restore_rng_states, rng_states
+from .finite import FiniteWatch, NonFiniteLoss
 from .trainer import Batch, TrainContext
 
 ENGINE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "accumulate", "precision", "grad_clip", "outliers",
-               "channels_last", "compile", "sync_batchnorm", "find_unused_parameters")
+               "channels_last", "compile", "sync_batchnorm", "find_unused_parameters", "finite_check_every",
+               "cudnn_benchmark")
+#: optimizer steps between two host reads of the loss's finiteness on a GPU (finite_check_every: null)
+GPU_FINITE_CHECK_EVERY = 50
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS = get_args(Precision)
 
@@ -85,6 +92,8 @@ class EngineSettings:
     compile: str | None = None
     sync_batchnorm: bool = False
     find_unused_parameters: bool = True
+    finite_check_every: int | None = None
+    cudnn_benchmark: bool = True
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any]) -> "EngineSettings":
@@ -98,7 +107,8 @@ class EngineSettings:
             raise ConfigError(f"trainer.outliers: expected a source name or mapping, got {outliers!r}")
         flags = {key: _checked(spec, key, default, bool)
                  for key, default in (("channels_last", False), ("sync_batchnorm", False),
-                                      ("find_unused_parameters", True))}
+                                      ("find_unused_parameters", True), ("cudnn_benchmark", True))}
+        flags["finite_check_every"] = _checked(spec, "finite_check_every", None, PositiveInt | None)
         sched = spec.get("scheduler", "cosine")
         return cls(epochs, batch_size, check_optimizer_spec(spec.get("optimizer") or {}),
                    check_schedule_spec(sched, epochs), accumulate, precision,
@@ -139,7 +149,7 @@ class TermMeter:
         keys = sorted(self.sums)
         values = torch.tensor([float(self.sums[k]) for k in keys] + [float(self.count)], dtype=torch.float64)
         with distributed.guard("averaging the epoch's loss terms"):
-            torch.distributed.all_reduce(values)
+            distributed.all_reduce_sum_(values)
         self.sums = dict(zip(keys, values[:-1].tolist()))
         self.count = int(values[-1].item())
 
@@ -164,15 +174,6 @@ class TrainingStep(torch.nn.Module):
 
     def forward(self, batch: Batch):
         return self._step(batch)
-
-
-def _first_non_finite(terms: Mapping[str, Any]) -> tuple[str, float]:
-    """The first named term (other than ``loss``) that is NaN/inf, else ``loss`` itself; with its value."""
-    for key, value in terms.items():
-        v = float(value.detach()) if torch.is_tensor(value) and value.numel() == 1 else value
-        if key != "loss" and isinstance(v, float) and not math.isfinite(v):
-            return key, v
-    return "loss", float(terms["loss"].detach())
 
 
 def _format_terms(terms: Mapping[str, float]) -> str:
@@ -235,6 +236,10 @@ class Engine:
         self.scheduler = build_scheduler(self.optimizer, settings.scheduler, settings.epochs, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        every = settings.finite_check_every or (GPU_FINITE_CHECK_EVERY if self.device.type == "cuda" else 1)
+        self.finite = FiniteWatch(every)
+        if self.device.type == "cuda" and settings.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: the autotuned algorithms pay off
         self.history: list[dict] = []
         self.start_epoch = 0
 
@@ -334,12 +339,36 @@ class Engine:
             raise TrainingError(f"trainer {type(self.trainer).__name__}: 'loss' must be a scalar tensor with "
                                 f"gradient at {where}, got {type(loss).__name__}"
                                 f"{'' if not torch.is_tensor(loss) else f' of shape {tuple(loss.shape)}'}")
-        if not torch.isfinite(loss.detach()):
-            culprit, value = _first_non_finite(terms)
-            kept = (f"the last good training state (after epoch {epoch}) is {self.state_path}"
-                    if self.state_path is not None and epoch > 0 else "no training state was saved yet")
-            raise TrainingError(f"training stopped at {where}: loss term '{culprit}' is {value}; {kept}")
         return loss
+
+    def _check_finite(self, epoch: int, at_epoch_end: bool = False, step: int = 0) -> None:
+        """Read the loss's finiteness verdict (see :mod:`.finite`) when due or at the end of the epoch."""
+        if not (at_epoch_end or self.finite.due(step)):
+            return
+        try:
+            self.finite.check()
+        except NonFiniteLoss as exc:
+            raise self._stopped(exc, epoch) from None
+
+    def _stopped(self, exc: NonFiniteLoss, epoch: int) -> TrainingError:
+        kept = (f"the last good training state (after epoch {epoch}) is {self.state_path}"
+                if self.state_path is not None and epoch > 0 else "no training state was saved yet")
+        return TrainingError(f"training stopped at {exc}; {kept}")
+
+    def _check_finite_now(self, terms, epoch: int, index: int) -> None:
+        try:
+            self.finite.observe(terms, epoch, index)  # a host read only with finite_check_every: 1
+        except NonFiniteLoss as exc:
+            raise self._stopped(exc, epoch) from None
+
+    def _on_device(self, images):
+        """Outlier images on the device, in channels_last like the ID batch when that is on."""
+        if not torch.is_tensor(images):
+            return images
+        images = images.to(self.device, non_blocking=True)
+        if self.settings.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None and self.settings.grad_clip:
@@ -379,7 +408,7 @@ class Engine:
                 images = images.contiguous(memory_format=torch.channels_last)
             batch = Batch(images, labels, None, epoch, epoch * n_batches + index, index)
             if wants_images:
-                batch.outliers = self.source.draw(batch)
+                batch.outliers = self._on_device(self.source.draw(batch))
             group_start = (index // accumulate) * accumulate
             group_len = min(accumulate, n_batches - group_start)
             last_of_group = index + 1 == group_start + group_len
@@ -389,14 +418,17 @@ class Engine:
                 with self.autocast:
                     terms = self.step(batch)
                 loss = self._check_terms(terms, epoch, index)
+                self._check_finite_now(terms, epoch, index)
                 scaled = loss / group_len if group_len > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if last_of_group:
                 self._optimizer_step()
+                self._check_finite(epoch, step=index // accumulate + 1)
             meter.update(terms, len(labels))
             seen += len(labels)
             if hasattr(bar, "set_postfix") and not getattr(bar, "disable", True) and index % 10 == 0:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in meter.means().items()})
+        self._check_finite(epoch, at_epoch_end=True)
         if self.settings.scheduler["interval"] == "epoch":
             self.scheduler.step()
         if self.world > 1:

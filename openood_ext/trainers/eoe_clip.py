@@ -123,9 +123,10 @@ class EOECLIPTrainer(Trainer):
         terms = {"loss": clip_oe_loss(emb, text, labels, self.temperature)}
         with torch.no_grad():
             s = clip_anomaly_score(emb.detach(), text, self.temperature)
-            terms["score_normal"] = s[labels == 0].mean()
-            if labels.any():
-                terms["score_outlier"] = s[labels == 1].mean()
+            n = len(batch.images)  # normals first, then outliers: split by count, no host read
+            terms["score_normal"] = s[:n].mean()
+            if len(s) > n:
+                terms["score_outlier"] = s[n:].mean()
         return terms
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from .. import distributed
 from ..schema import Probability
 from .registry import TRAINERS
 from .trainer import Trainer
@@ -76,8 +77,10 @@ def fcdd_loss(a: torch.Tensor, labels: torch.Tensor, gt: torch.Tensor | None = N
 
 
 def step_generator(seed: int, step: int, tag: int) -> torch.Generator:
-    """A generator seeded by (run seed, global step, tag): the same draws after a resume."""
-    state = np.random.SeedSequence([int(seed), int(step), tag]).generate_state(1, np.uint64)[0]
+    """A generator seeded by (run seed, global step, tag): the same draws after a resume. Under torchrun
+    the rank joins the seed, so the ranks replace different positions of their batches."""
+    rank = [distributed.rank()] if distributed.world_size() > 1 else []
+    state = np.random.SeedSequence([int(seed), int(step), tag, *rank]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state) % 2**62)
 
 

@@ -26,14 +26,17 @@ Test time: KNN on normalised penultimate features (postprocessor ``npos`` = ``kn
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
+from ..datasets import batch_transforms as bt
 from ..errors import ConfigError
 from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
+from ..utils.runtime import full_precision, upcast
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -58,49 +61,72 @@ def npos_augment(pre: dict, crop_scale=(0.2, 1.0)):
                       T.RandomGrayscale(p=0.2), T.ToTensor(), T.Normalize(mean, std)])
 
 
-class PrototypeBank:
-    """Unit class prototypes [C, H] (detached), with ``state_dict`` for resume."""
+def npos_batch_augment(pre: dict, crop_scale=(0.2, 1.0)):
+    """:func:`npos_augment` on whole batches (:mod:`openood_ext.datasets.batch_transforms`), the same
+    parameter distributions. The crop acts on the decoded image at the benchmark's size (the per-image
+    path crops the file's image: the same when the files have that size, as CIFAR's and digits' do)."""
+    size, channels = int(pre.get("image_size", 32)), int(pre.get("channels", 3))
+    mean, std = list(pre.get("mean", [0.5] * channels)), list(pre.get("std", [0.5] * channels))
+    ops = [bt.ResizedCrop(size, scale=tuple(crop_scale)), bt.HFlip(),
+           bt.RandomApply(bt.ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8)]
+    if channels == 3:  # RandomGrayscale keeps the channel count; a grey image stays grey
+        ops.append(bt.RandomApply(bt.Grayscale(3), 0.2))
+    return bt.BatchPipeline([*ops, bt.Normalize(mean, std)])
 
-    def __init__(self):
+
+class PrototypeBank:
+    """Unit class prototypes [C, H] (detached), with ``state_dict`` for resume; restored onto ``device``
+    (the training device: a resumed ``prototype_init: batch`` run has no value yet to take it from)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
         self.value: torch.Tensor | None = None
+        self.device = torch.device(device)
 
     def state_dict(self) -> dict:
         return {"value": None if self.value is None else self.value.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("value") is not None:
-            device = self.value.device if self.value is not None else "cpu"
-            self.value = state["value"].to(device)
+            self.value = state["value"].to(self.device)
 
 
+@full_precision
 def ema_prototypes(prototypes: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, m: float) -> torch.Tensor:
     """Sequential EMA mu_y <- normalize(m mu_y + (1 - m) z_i) over the rows of ``z`` [N, H] in order,
-    starting from ``prototypes`` [C, H]; returns the updated prototypes (graph through ``z`` kept)."""
+    starting from ``prototypes`` [C, H]; returns the updated prototypes, at least float32 (graph through ``z`` kept).
+
+    Step t updates every class from its t-th row of the batch at once (classes are independent), with
+    masks rather than index lists, so the only host read is the number of steps (the largest class count)."""
     C = prototypes.shape[0]
+    z = upcast(z)
     onehot = F.one_hot(labels, C)
     rank = (onehot.cumsum(0) - 1).gather(1, labels[:, None]).squeeze(1)  # position of row i within its class
-    mu = prototypes
+    onehot = onehot.to(z.dtype)
+    mu = upcast(prototypes).to(z.dtype)
     for t in range(int(rank.max()) + 1 if len(rank) else 0):
-        idx = (rank == t).nonzero().squeeze(1)
-        cls = labels[idx]
-        mu = mu.index_put((cls,), F.normalize(m * mu[cls] + (1 - m) * z[idx], dim=1))
+        pick = onehot * (rank == t).to(z.dtype)[:, None]   # [N, C]: row i feeds class y_i at step t
+        has = pick.sum(0)[:, None] > 0                      # [C, 1]: class has a t-th row
+        mu = torch.where(has, F.normalize(m * mu + (1 - m) * (pick.T @ z), dim=1), mu)
     return mu
 
 
+@full_precision  # cosine logits / 0.1 and their log-softmax in float32 under autocast
 def compactness_loss(z, prototypes, labels, temperature: float = 0.1, base_temperature: float = 0.07):
     """-(tau / base_tau) mean_i log softmax(z_i . mu / tau)[y_i] (CIDER's CompLoss; mu as given)."""
-    logits = z @ prototypes.T / temperature
+    logits = upcast(z) @ upcast(prototypes).T / temperature
     return -(temperature / base_temperature) * logits.log_softmax(1).gather(1, labels[:, None]).mean()
 
 
+@full_precision
 def dispersion_loss(prototypes, temperature: float = 0.1, base_temperature: float = 0.1):
     """(tau / base_tau) mean_c log( mean_{j != c} exp(mu_c . mu_j / tau) ) (CIDER's DispLoss)."""
+    prototypes = upcast(prototypes)
     C = prototypes.shape[0]
     if C < 2:
         return prototypes.sum() * 0
     logits = prototypes @ prototypes.T / temperature
     off = ~torch.eye(C, dtype=torch.bool, device=prototypes.device)
-    lme = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - torch.log(torch.tensor(C - 1.0))
+    lme = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - math.log(C - 1.0)
     return (temperature / base_temperature) * lme.mean()
 
 
@@ -146,7 +172,7 @@ class NPOSTrainer(Trainer):
             raise ConfigError("trainer 'npos': needs the npos feature-space outlier source (trainer.outliers: "
                               "{name: npos, ...})")
         self.source = source
-        self.prototypes = ctx.register_state("npos_prototypes", PrototypeBank())
+        self.prototypes = ctx.register_state("npos_prototypes", PrototypeBank(ctx.device))
         if self.prototype_init == "val" and ctx.benchmark is not None:
             self.prototypes.value = self._val_prototypes()
 
@@ -177,6 +203,9 @@ class NPOSTrainer(Trainer):
 
     def train_transform(self, preprocessor):
         return MultiView(npos_augment(preprocessor, self.crop_scale), self.views)
+
+    def train_batch_transform(self, preprocessor):
+        return bt.MultiView(npos_batch_augment(preprocessor, self.crop_scale), self.views)
 
     # ------------------------------------------------------------------ step
     def training_step(self, batch):

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..errors import ConfigError
 from ..schema import Length, NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from .club import CLUB, ClubUpdate, club_terms
@@ -143,7 +144,10 @@ class OAMLTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- step
     def _draw(self, source, n: int, step: int, salt: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((self.ctx.seed * 1_000_003 + step * 2 + salt) % (2 ** 63))
+        # each torchrun rank draws its own rows (rank 0 and a single process: the same stream)
+        rank = distributed.rank()
+        g = torch.Generator().manual_seed((self.ctx.seed * 1_000_003 + step * 2 + salt + rank * 1_000_000_007)
+                                          % (2 ** 63))
         return source.draw_features(n, g).to(self.ctx.device)
 
     def training_step(self, batch) -> dict[str, Any]:

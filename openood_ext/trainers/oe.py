@@ -7,13 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from ..schema import NonNegativeFloat
+from ..utils.runtime import full_precision, upcast
 from .registry import TRAINERS
 from .trainer import Trainer
 
 
+@full_precision
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy from softmax(logits) [N, C] to the uniform distribution:
+    """Mean cross-entropy from softmax(logits) [N, C] to the uniform distribution, in float32:
     mean_n ( logsumexp(z_n) - mean_c z_nc ); its minimum, log C, is reached by constant logits."""
+    logits = upcast(logits)
     return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
 
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .. import distributed
 from ..config import to_plain
 from ..errors import ConfigError
 from ..synthesizers import OUTLIER_SOURCES
@@ -161,6 +162,7 @@ def plan_training(spec: Mapping[str, Any] | str, benchmark, *, seed: int, device
         n_train = len(train_set)
         steps = max(1, math.ceil(n_train / plan.settings.batch_size))
         plan.source.setup(SourceContext(benchmark, device, seed, plan.settings.batch_size, steps, num_workers,
-                                        subset_key))
+                                        subset_key, distributed.rank(), distributed.world_size(),
+                                        train_size=n_train))
         plan.source.check()
     return plan

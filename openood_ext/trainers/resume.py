@@ -3,6 +3,7 @@ augmentations, shuffles and noise as an uninterrupted one (python, numpy, torch,
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -23,6 +24,20 @@ def restore_rng_states(states: dict, generator: torch.Generator | None) -> None:
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        restore_cuda_rng_states(states["cuda"])
     if generator is not None and "loader" in states:
         generator.set_state(states["loader"])
+
+
+def restore_cuda_rng_states(saved: list) -> None:
+    """Restore one CUDA RNG state per GPU that this machine has and the saved run had; a state saved on a
+    machine with more (or fewer) GPUs is restored for the GPUs both have, with a warning that the draws
+    on the others differ from an uninterrupted run (torch's ``set_rng_state_all`` raises an IndexError)."""
+    here = torch.cuda.device_count()
+    for index, state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(state, index)
+    if len(saved) != here:
+        logging.getLogger("openood_ext").warning(
+            "resume: the training state holds CUDA random states for %d GPU(s), this machine has %d; restored "
+            "%d (random draws on the other GPUs differ from the uninterrupted run)", len(saved), here,
+            min(len(saved), here))

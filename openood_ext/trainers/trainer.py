@@ -142,6 +142,12 @@ class Trainer:
         (methods with several augmented views return a transform producing a [V, C, H, W] stack)."""
         return None
 
+    def train_batch_transform(self, preprocessor: dict):
+        """The batched counterpart of :meth:`train_transform` (uint8 batch -> float batch, ``op(images,
+        generator, labels)``, see :mod:`openood_ext.datasets.batch_transforms`), used on the tensor data
+        path; None keeps a trainer with its own transform on the per-image path."""
+        return None
+
     def batch_sampler(self, labels: torch.Tensor, batch_size: int, seed: int):
         """A batch sampler over the training set (``set_epoch(epoch)`` is called if it has one), or None
         for seeded shuffling (e.g. class-balanced batches)."""

@@ -49,16 +49,13 @@ def triplet_distancing_loss(z: torch.Tensor, labels: torch.Tensor, margin: float
     dist = torch.relu(neg_margin - d)[:, None, :].expand_as(trip)
     total = trip + dist
     nonzero = valid & (total > 0)
-    count = nonzero.sum()
-    zero = z.sum() * 0.0
-    if count == 0:
-        return {"loss": zero, "triplet": zero.detach(), "distancing": zero.detach(),
-                "active": zero.detach()}
+    # no triplet active: every sum is 0 (count clamped to 1), the loss 0 with gradient; no host read
+    count = nonzero.sum().clamp_min(1)
     mask = nonzero.to(z.dtype)
     loss = (total * mask).sum() / count
     return {"loss": loss, "triplet": ((trip * mask).sum() / count).detach(),
             "distancing": ((dist * mask).sum() / count).detach(),
-            "active": (count / valid.sum().clamp_min(1)).to(z.dtype).detach()}
+            "active": (nonzero.sum() / valid.sum().clamp_min(1)).to(z.dtype).detach()}
 
 
 def margin_schedule(epoch: int, start: float = 0.15, jump: float = 1.0, margins_epoch: int = 0,
@@ -93,6 +90,9 @@ def class_kl(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, labels: to
         log_q = -0.5 * ((z - mu) / std) ** 2 - 0.5 * logvar - 0.5 * math.log(2 * math.pi)
         log_p = -0.5 * ((z - m) / prior_std) ** 2 - math.log(prior_std) - 0.5 * math.log(2 * math.pi)
         per = log_q - log_p
-    classes = labels.unique()
-    per_class = torch.stack([per[labels == c].mean() for c in classes])
-    return per_class.mean()
+    # per-class means by one-hot sums (no host read of which classes are present)
+    onehot = torch.nn.functional.one_hot(labels, len(prior_means)).to(per.dtype)   # [N, K]
+    counts = onehot.sum(0)
+    per_class = (onehot.T @ per.reshape(len(labels), -1).mean(1)) / counts.clamp_min(1)
+    present = (counts > 0).to(per.dtype)
+    return (per_class * present).sum() / present.sum()

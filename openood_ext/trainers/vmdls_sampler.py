@@ -1,10 +1,16 @@
 """Class-balanced batches for metric learning (VMDLS's ``BalancedBatchSampler``).
 
 Each batch holds ``batch_classes`` distinct classes drawn at random, with ``sample_count`` images of each,
-taken in order from that class's shuffled index list (reshuffled when it runs out). An epoch has
-``len(labels) // (batch_classes * sample_count)`` batches (at least 1), as in the published sampler.
-The batches of epoch e depend only on (seed, e), so :meth:`set_epoch` makes the order reproducible and a
-resumed run sees exactly the batches an uninterrupted one would.
+taken in order from that class's shuffled index list (reshuffled when it runs out). An epoch has as many
+batches as the published sampler, which yields a batch only while ``count + batch_size < N`` (count = images
+yielded so far), i.e. ``ceil(N / batch_size) - 1 = (N - 1) // batch_size`` batches,
+one fewer than ``N // batch_size`` when the batch size divides N (here at least 1, so a tiny training set
+still trains).
+
+Departure: the published sampler keeps each class's shuffled list and position across epochs; here epoch e
+starts from fresh permutations drawn from (seed, e), so that a resumed run sees exactly the batches an
+uninterrupted one would without replaying earlier epochs. The distribution of a batch is the same.
+The batches of epoch e depend only on (seed, e), so :meth:`set_epoch` makes the order reproducible.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ class ClassBalancedBatchSampler:
                               f"{small} has only {smallest} training images")
         self.batch_classes, self.sample_count, self.seed = int(batch_classes), int(sample_count), int(seed)
         self.by_class = [np.flatnonzero(labels == c) for c in self.classes]
-        self.num_batches = max(1, len(labels) // (self.batch_classes * self.sample_count))
+        self.num_batches = max(1, (len(labels) - 1) // (self.batch_classes * self.sample_count))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -43,15 +43,30 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda" if local is None else f"cuda:{local}")
+        return torch.device("cuda") if local is None else _visible_gpu(local, spec)
     if spec == "cuda" and local is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{local}")
+        return _visible_gpu(local, spec)
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: '{spec}' was asked for but CUDA is not available (use auto or cpu)")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except RuntimeError as exc:
         raise ConfigError(f"device: '{spec}' is not a device (expected auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: '{spec}' does not exist: {torch.cuda.device_count()} GPU(s) are visible "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}; check CUDA_VISIBLE_DEVICES)")
+    return device
+
+
+def _visible_gpu(local_rank: int, spec: str) -> torch.device:
+    """``cuda:LOCAL_RANK``, or a one-line error when torchrun started more processes on this node than
+    it has GPUs (CUDA would fail later with "invalid device ordinal")."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(f"device: {spec} under torchrun puts process LOCAL_RANK={local_rank} on cuda:{local_rank}, "
+                          f"but this node has {count} visible GPU(s); run torchrun with --nproc_per_node <= {count} "
+                          f"(or device=cpu)")
+    return torch.device(f"cuda:{local_rank}")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -73,6 +88,60 @@ def autocast(precision: str, device: torch.device, key: str = "precision"):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is half precision (float16, bfloat16); any other dtype unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _autocast_off(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def full_precision(fn=None):
+    """Autocast switched off (on the CPU and, when present, CUDA) for reductions that must run in float32:
+    layer-tap reductions (Gram row sums), Mahalanobis-type statistics, CLUB's log-likelihood, FCDD's
+    heatmap upsampling, energy / logsumexp terms.
+
+    Under autocast ``x.float()`` alone is not enough: the next matmul, bmm or conv casts its float32
+    inputs back down to bf16/fp16 (Gram's row sums then overflow fp16 to inf). Inside this region
+    they stay float32; callers still cast their inputs with ``.float()``. Use it as a context manager
+    (``with full_precision(): ...``) or as a decorator (``@full_precision``)."""
+    import contextlib
+    import functools
+
+    @contextlib.contextmanager
+    def region():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_autocast_off("cpu"))
+            if torch.cuda.is_available():
+                stack.enter_context(_autocast_off("cuda"))
+            yield
+
+    if fn is None:
+        return region()
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with region():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def device_check(ok: torch.Tensor, error: Exception) -> None:
+    """Raise ``error`` unless the boolean tensor ``ok`` (one element) is true, without stalling a GPU.
+
+    On the CPU this is ``if not ok: raise error``. On CUDA reading ``ok`` on the host would wait for every
+    queued kernel (a host synchronisation per call, per step), so the check is queued on the device
+    instead (``torch._assert_async``): a failure aborts the process at the next synchronisation with a
+    device-side assertion carrying ``error``'s message. For checks of data that should never be bad
+    (NaN embeddings, out-of-range labels), where a crash with the message is the right outcome."""
+    if ok.device.type == "cuda":
+        torch._assert_async(ok, f"{type(error).__name__}: {error}")
+    elif not bool(ok):
+        raise error
 
 
 def check_compile(key: str, value) -> str | None:

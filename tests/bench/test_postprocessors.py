@@ -9,12 +9,22 @@ from conftest import cli
 
 def test_bench_postprocessors_on_digits(digits_checkpoint, tmp_path):
     out = tmp_path / "bench.json"
-    proc = cli("bench", "postprocessors", "--only", "msp", "knn", "-o", str(out),
-               f"network.checkpoint={digits_checkpoint}", module="openood_ext.cli", cwd=tmp_path)
+    # MC dropout on the same weights with a dropout layer (it has no parameters), the checkpoint twice as an ensemble
+    proc = cli("bench", "postprocessors", "--only", "msp", "knn", "dropout", "ensemble", "-o", str(out),
+               "--members", str(digits_checkpoint), str(digits_checkpoint),
+               f"network.checkpoint={digits_checkpoint}", "+network.dropout=0.5", module="openood_ext.cli", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "(T_fwd + T_zoo) / T_fwd" in proc.stdout and "OpenOOD way / ours" in proc.stdout
     r = json.loads(out.read_text())
-    assert [row["postprocessor"] for row in r["postprocessors"]] == ["msp", "knn"]
+    assert [row["postprocessor"] for row in r["postprocessors"]] == ["msp", "knn", "dropout", "ensemble"]
+    rows = {row["postprocessor"]: row for row in r["postprocessors"]}
+    assert (rows["dropout"]["passes"], rows["ensemble"]["passes"]) == (5, 2)
+    for name in ("dropout", "ensemble"):  # counted apart: against their own plain passes, not in the zoo's ratios
+        row = rows[name]
+        assert abs(row["over_own_passes"] - row["ours_s"] / (row["passes"] * r["t_fwd_scored_splits_s"])) < 1e-9
+        assert f"{name}: " in proc.stdout and "plain passes over the scored splits" in proc.stdout
+    zoo_s = sum(rows[n]["ours_s"] for n in ("msp", "knn")) + r["t_taps_s"]
+    assert abs(r["zoo_all_s"] - zoo_s) < 1e-9
     assert abs(r["t_fwd_s"] - sum(r["forward_s_per_split"].values())) < 1e-9
     assert abs(r["ratio_ours_over_fwd"] - (r["t_fwd_s"] + r["t_zoo_s"]) / r["t_fwd_s"]) < 1e-9
     knn = r["postprocessors"][1]

@@ -138,3 +138,47 @@ def test_a_failed_cell_job_stops_the_run_and_resume_runs_only_the_rest(tmp_path,
     monkeypatch.setattr(ad_cells, "launch", lambda jobs, **o: launched.extend(j.name for j in jobs) or real(jobs, **o))
     out = run_config(resume_config(partial))
     assert launched == ["normal_1/seed_0"] and set(out["per_class"]) == {"0", "1"}
+
+
+# ---------------------------------------------------------------------------------------------- GPUs
+GPU_SCRIPT = ("import os, sys, time; time.sleep(0.3); "
+              "print('gpu', os.environ.get('CUDA_VISIBLE_DEVICES', '-'), 'job', sys.argv[1])")
+
+
+def gpu_jobs(tmp_path, n, env=None):
+    return [Job([sys.executable, "-c", GPU_SCRIPT, str(i)], tmp_path / f"g{i}", env=dict(env or {})) for i in range(n)]
+
+
+def seen_gpus(tmp_path, n):
+    return [(tmp_path / f"g{i}.out").read_text().split()[1] for i in range(n)]
+
+
+def test_parallel_local_jobs_are_spread_over_the_visible_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # a fake machine: two GPUs, numbered as the user exposed them
+    launch(gpu_jobs(tmp_path, 4), max_parallel=4)
+    assert seen_gpus(tmp_path, 4) == ["3", "5", "3", "5"]
+
+
+def test_gpus_option_and_a_jobs_own_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    jobs = gpu_jobs(tmp_path, 3)
+    jobs[1].env["CUDA_VISIBLE_DEVICES"] = "7"
+    launch(jobs, **launcher_options({"backend": "local", "jobs": 3, "gpus": [0, 1, 2]}, "launcher"))
+    assert seen_gpus(tmp_path, 3) == ["0", "7", "1"]
+
+
+def test_gpu_slots_reuse_the_least_busy_gpu_and_none_without_gpus():
+    from openood_ext.launch.backends import GpuSlots
+    slots = GpuSlots(["0", "1"])
+    a, b, c = slots.take(), slots.take(), slots.take()
+    assert (a, b, c) == ("0", "1", "0")
+    slots.give_back(b)
+    slots.give_back(a)
+    assert slots.take() == "1"  # GPU 0 still runs one job, GPU 1 none
+    assert GpuSlots([]).take() is None
+
+
+def test_no_gpu_leaves_the_environment_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible: the children inherit that, unchanged
+    launch(gpu_jobs(tmp_path, 2), max_parallel=2)
+    assert all((tmp_path / f"g{i}.out").read_text().startswith("gpu  job") for i in range(2))

@@ -94,3 +94,54 @@ def test_encoder_args_through_the_network():
         NETWORKS.build({"name": "vmdls", "encoder": "mnist_conv", "encoder_args": {"depth": 10}})
     with pytest.raises(ConfigError, match="network.encoder"):
         NETWORKS.build({"name": "vmdls", "encoder": "resnet50"})
+
+
+def _wrn_net(**encoder_args):
+    torch.manual_seed(0)
+    return NETWORKS.build({"name": "vmdls", "encoder": "wide_resnet", "in_channels": 3, "num_classes": 3,
+                           "latent_dim": 4, "encoder_args": {"depth": 10, "widen": 1, "dropout": 0.3,
+                                                             **encoder_args}}).eval()
+
+
+def test_mc_dropout_ensemble_takes_five_draws_in_the_published_order():
+    # published test_step: mu = fc_mu(encoder(x)), then get_layer_output(x, i) for i = 1..4, each its own pass
+    net, x = _wrn_net(mc_dropout=True), torch.randn(2, 3, 32, 32)
+    assert net.separate_draws
+    enc = net.encoder
+    with torch.no_grad():
+        torch.manual_seed(5)
+        mu = net.fc_mu(enc(x)[1])
+        l1 = enc.block1(enc.conv1(x)).mean(dim=(2, 3))
+        l2 = enc.block2(enc.block1(enc.conv1(x))).mean(dim=(2, 3))
+        l3, out = enc(x)[1], enc(x)[1]
+        torch.manual_seed(5)
+        got = net.ensemble(x)
+    assert torch.equal(got, torch.cat([l1, l2, l3, out, mu], dim=1))
+    assert not torch.equal(l3, out)          # two draws: the published duplicate l3 = out differs draw to draw
+
+
+def test_shared_draws_and_deterministic_networks_use_one_pass():
+    x = torch.randn(2, 3, 32, 32)
+    for net in (_wrn_net(mc_dropout=True, ensemble_draws="shared"), _wrn_net(mc_dropout=False)):
+        assert not net.separate_draws
+        with torch.no_grad():
+            torch.manual_seed(1)
+            f = net.ensemble(x)
+        l3, out = f[:, 16 + 32:16 + 32 + 64], f[:, 16 + 32 + 64:16 + 32 + 128]
+        assert torch.equal(l3, out)           # one pass: the published layers give l3 == out
+    with pytest.raises(ConfigError, match="ensemble_draws"):
+        _wrn_net(ensemble_draws="five")
+
+
+def test_vmdls_postprocessor_fits_on_the_separate_draws():
+    # the Gaussian fit of a separate-draws network sees l3 != out (two draws), of a one-pass network l3 == out
+    from openood_ext.features import extract_outputs
+    from openood_ext.postprocessors import POSTPROCESSORS
+    images, labels = torch.randn(12, 3, 32, 32), torch.arange(12) % 3
+    for encoder_args, equal in (({"mc_dropout": True}, False), ({"mc_dropout": True, "ensemble_draws": "shared"}, True)):
+        net = _wrn_net(**encoder_args)
+        pp = POSTPROCESSORS.build({"name": "vmdls"})
+        fit = pp.fit_taps(net)
+        extract_outputs(net, [(images, labels, 0)], torch.device("cpu"), consumers=[fit])
+        mean = fit.stats.s1[0] / fit.stats.n[0]
+        assert torch.equal(mean[48:112], mean[112:176]) == equal

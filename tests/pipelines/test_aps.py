@@ -127,3 +127,16 @@ def test_a_one_point_grid_is_not_searched_and_rides_the_shared_passes(digits_che
     assert json.loads((run / "run.json").read_text())["forward_passes"] == 6
     assert "the grid&#x27;s only point" in (run / "report.html").read_text() or \
         "the grid's only point" in (run / "report.html").read_text()
+
+
+@pytest.mark.parametrize("specs, match", [
+    ([{"name": "vra", "percentile_low": 95}], "percentile_low \\(95\\) must be below"),
+    ([{"name": "gmm", "alpha": [1]}], "lists of one length"),
+    ([{"name": "scale", "APS": True, "aps_grid": {"percentile": [85, 100]}}], "percentile must be in \\[0, 100\\)"),
+    ([{"name": "cfood", "k": 0}], "'k': expected float > 0")])
+def test_check_specs_runs_the_constructors_rules_too(specs, match):
+    """Rules that relate arguments to each other live in the constructors: the run's check (before anything is
+    written) builds every entry and grid point, so they fail there as a ConfigError."""
+    with pytest.raises(ConfigError, match=match):
+        aps.check_specs(specs)
+    aps.check_specs([{"name": "vra", "percentile_low": 5}, {"name": "scale", "APS": True}])  # valid ones pass

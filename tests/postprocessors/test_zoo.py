@@ -66,8 +66,10 @@ def tiny_setup():
 # ----------------------------------------------------------------------------- smoke test
 
 
-def test_every_registered_postprocessor_scores_finite(tiny_setup):
+def test_every_registered_postprocessor_scores_finite(tiny_setup, device):
+    import copy
     net, loaders, o = tiny_setup
+    net = copy.deepcopy(net).to(device)  # network-based methods run on the device (the outputs stay on the CPU)
     # the built-in ones (other tests and plugins may register deliberately broken demo entries)
     names = [n for n in POSTPROCESSORS.names()
              if POSTPROCESSORS.get(n).__module__.startswith("openood_ext.postprocessors.")]
@@ -75,11 +77,13 @@ def test_every_registered_postprocessor_scores_finite(tiny_setup):
             "vim", "dice", "ash", "she", "gen", "nnguide", "relation", "residual", "openmax", "npos",
             "msp", "ebo", "knn", "hsc"} <= set(names)
     for name in names:
+        if name in ("ensemble", "dropout", "adascale"):
+            continue  # need member checkpoints / dropout layers / more than 8 feature units: in the registry sweep
         pp = POSTPROCESSORS.build(name)
         if not all(callable(getattr(net, m, None)) for m in getattr(pp, "network_methods", ())):
             continue  # e.g. vmdls scores only its own network (tested in test_vmdls.py)
         if pp.needs_network or pp.uses_taps:
-            pp.attach_network(net, torch.device("cpu"), lambda split: loaders[split]())
+            pp.attach_network(net, device, lambda split: loaders[split]())
         pp.fit(o["id_train"], val_outputs=o["id_val"])
         for split in ("id_test", "ood"):
             conf = pp.score_loader(loaders[split]()) if pp.needs_network or pp.uses_taps else pp.score(o[split])

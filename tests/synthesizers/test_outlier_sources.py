@@ -199,3 +199,56 @@ def test_objectives_on_hand_computed_cases():
     normed = logit_norm(torch.tensor([[3.0, 4.0]]), 0.5)
     torch.testing.assert_close(normed, torch.tensor([[0.6, 0.8]]) / 0.5, rtol=1e-6, atol=1e-6)
     assert F.cross_entropy(normed, torch.tensor([1])).item() < F.cross_entropy(normed, torch.tensor([0])).item()
+
+
+# ---------------------------------------------------------------------------------------------- data parallel
+def make_rank_source(spec, bench, rank, world, seed=0, steps=3):
+    src = SYNTHESIZERS.build(spec)
+    src.setup(SourceContext(bench, torch.device("cpu"), seed, 4, steps, rank=rank, world_size=world))
+    src.check()
+    return src
+
+
+def test_oe_images_ranks_draw_different_images_and_together_cover_the_pool(folder_bench):
+    """Two ranks: the epoch's batches are dealt out, so a global step holds two different batches and
+    the 2 x 3 steps see more than one rank's 12 slots of the 10-image pool (every image, here)."""
+    bench, root = folder_bench
+    spec = {"name": "oe_images", "folder": str(root / "oe"), "augment": False}
+    ranks = [make_rank_source(spec, bench, r, 2, seed=1) for r in range(2)]
+    alone = make_rank_source(spec, bench, 0, 1, seed=1, steps=6)  # one process taking both ranks' steps
+    for epoch in range(2):
+        per_rank = [src.epoch_indices(epoch) for src in ranks]
+        assert all(len(b) == 3 for b in per_rank)
+        for step in range(3):
+            assert per_rank[0][step] != per_rank[1][step]
+        interleaved = [b for pair in zip(*per_rank) for b in pair]
+        assert interleaved == alone.epoch_indices(epoch)
+        assert set(i for b in interleaved for i in b) == set(range(10))
+        for src in ranks:
+            src.on_epoch_start(epoch)
+        x0, x1 = (src.draw(dummy_batch(epoch)) for src in ranks)
+        assert not torch.equal(x0, x1)
+
+
+def test_a_single_process_draws_what_it_drew_before_ranks_existed(folder_bench):
+    bench, root = folder_bench
+    spec = {"name": "oe_images", "folder": str(root / "oe"), "augment": False}
+    src = make_rank_source(spec, bench, 0, 1, seed=2)
+    rng = np.random.default_rng([2, 0x0E, 0])  # the documented (seed, epoch) stream, cut into batches
+    stream = np.concatenate([rng.permutation(np.arange(10)) for _ in range(2)])[:12]
+    assert src.epoch_indices(0) == [stream[i:i + 4].tolist() for i in range(0, 12, 4)]
+
+
+def test_confetti_ranks_draw_different_noise(folder_bench):
+    bench, _ = folder_bench
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    draws = []
+    for rank in range(2):
+        src = make_rank_source({"name": "confetti", "side_range": [3, 6], "prob": 0.01}, bench, rank, 2)
+        src.on_epoch_start(0)
+        draws.append(src.draw(dummy_batch(images=images)))
+    assert not torch.equal(draws[0], draws[1])
+    alone = make_rank_source({"name": "confetti", "side_range": [3, 6], "prob": 0.01}, bench, 0, 1)
+    again = make_source({"name": "confetti", "side_range": [3, 6], "prob": 0.01}, bench)
+    alone.on_epoch_start(0), again.on_epoch_start(0)
+    assert torch.equal(alone.draw(dummy_batch(images=images)), again.draw(dummy_batch(images=images)))

@@ -91,6 +91,22 @@ def test_tiny_random_clip_network():
     assert len(net.image_parameters()) == len(names) + len(list(net.clip.visual_projection.parameters()))
 
 
+def test_pil_preprocessing_is_clips_own_pil_transform():
+    """``preprocessing: pil`` = CLIP's published transform (bicubic PIL resize of the 8-bit image, centre
+    crop, ToTensor, CLIP's mean/std); ``tensor`` resizes the float tensor and differs slightly."""
+    import torchvision.transforms as T
+
+    net = CLIPNet("tiny-random", preprocessing="pil")
+    img = np.random.default_rng(1).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    x = torch.from_numpy(img.transpose(2, 0, 1)).float()[None] / 255
+    clip_transform = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
+                                T.ToTensor(), T.Normalize(net.mean.flatten().tolist(), net.std.flatten().tolist())])
+    want = clip_transform(Image.fromarray(img))
+    assert torch.allclose(net.preprocess(x)[0], want, atol=1e-6)
+    tensor = CLIPNet("tiny-random").preprocess(x)[0]
+    assert 0 < (tensor - want).abs().max() < 0.5
+
+
 def test_unavailable_model_id_is_one_line():
     with pytest.raises(ConfigError) as err:
         load_clip("openai/clip-vit-no-such-model")

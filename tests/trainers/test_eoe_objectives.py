@@ -128,3 +128,35 @@ def test_eoe_networks_shapes():
     assert net28(torch.randn(2, 1, 28, 28)).shape == (2, 32)
     with pytest.raises(ValueError, match="expected inputs"):
         net28(torch.randn(2, 1, 32, 32))
+
+
+class _CentreBench:
+    """A benchmark stand-in recording how ``dataset`` is asked for: raw pixel value 0.8 everywhere,
+    normalised by the preprocessor's mean/std, +0.1 when built with training augmentation."""
+
+    def __init__(self):
+        self.preprocessor = {"channels": 1, "mean": [0.5], "std": [0.25]}
+        self.calls = []
+
+    def split(self, name):
+        return name
+
+    def dataset(self, split, train=False):
+        pre = self.preprocessor
+        self.calls.append((split, train, pre["mean"][0], pre["std"][0]))
+        value = (0.8 + (0.1 if train else 0.0) - pre["mean"][0]) / pre["std"][0]
+        return [(torch.full((1, 2, 2), value), 0, 0)] * 5
+
+
+@pytest.mark.parametrize("inputs, value, train", [("normalised", (0.8 - 0.5) / 0.25, False), ("published", 0.9, True)])
+def test_dsvdd_centre_inputs_switch(inputs, value, train):
+    t = TRAINERS.get("eoe_dsvdd")(centre_inputs=inputs, centre_batch_size=2)
+    bench = _CentreBench()
+    t.setup(Flat(), TrainContext(device=torch.device("cpu"), num_classes=1, epochs=1, steps_per_epoch=1,
+                                 benchmark=bench, seed=3))
+    t.on_epoch_start(0)
+    # published: EOE's training loader (augmented, before its GPU Normalize) in batches of 2, 2, 1
+    assert bench.calls[-1][:2] == ("id_train", train)
+    assert bench.preprocessor["mean"] == [0.5]  # the benchmark is left as it was
+    assert t.centre.value.tolist() == pytest.approx([value] * 4)
+    assert push_centre(torch.tensor([0.0, 0.05]), keep_zeros=True).tolist() == pytest.approx([0.0, 0.1])

@@ -201,3 +201,21 @@ def test_local_contrast_normalisation():
     assert torch.isfinite(lcn(torch.ones(1, 1, 4, 4))).all()
     with pytest.raises(ConfigError, match="network.lcn"):
         NETWORKS.build({"name": "fcdd_cnn28", "lcn": "l3"})
+
+
+def test_outlier_positions_differ_between_torchrun_ranks(monkeypatch):
+    """p_outlier's replacement mask: each rank its own (the same mask on every rank correlates the global
+    batch); a single process keeps the documented (seed, step, tag) stream."""
+    import numpy as np
+
+    from openood_ext import distributed
+    from openood_ext.trainers.fcdd import step_generator
+    alone = torch.rand(64, generator=step_generator(3, 10, 0xFCDD))
+    state = np.random.SeedSequence([3, 10, 0xFCDD]).generate_state(1, np.uint64)[0]
+    assert torch.equal(alone, torch.rand(64, generator=torch.Generator().manual_seed(int(state) % 2**62)))
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    masks = []
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        masks.append(torch.rand(64, generator=step_generator(3, 10, 0xFCDD)))
+    assert not torch.equal(masks[0], masks[1])

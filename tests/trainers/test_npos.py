@@ -443,3 +443,17 @@ def test_faiss_and_torch_keep_the_same_sets_at_the_papers_sizes():
             rb = {tuple(r) for r in b.outliers[c, i, :, :4].tolist()}
             assert ra == rb
     assert torch.allclose(torch.sort(a.scores, -1).values, torch.sort(b.scores, -1).values, atol=1e-5)
+
+
+def test_prototypes_are_restored_onto_the_training_device():
+    """A resumed ``prototype_init: batch`` run has no prototypes before loading: they must land on the
+    training device, not the CPU (the next step indexes them with the device's labels)."""
+    from openood_ext.trainers.npos import PrototypeBank
+    saved = PrototypeBank()
+    saved.value = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    bank = PrototypeBank(device="meta")  # any device other than the CPU the state was saved from
+    bank.load_state_dict(saved.state_dict())
+    assert bank.value.device.type == "meta" and bank.value.shape == (3, 4)
+    queues = ClassQueues(3, 5, dim=4, device="meta")
+    queues.load_state_dict(ClassQueues(3, 5, dim=4).state_dict())
+    assert queues.data.device.type == "meta"

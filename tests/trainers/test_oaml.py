@@ -378,3 +378,22 @@ def test_dream_features_order_published_reads_the_shuffled_augmented_train_loade
     assert listed[0, :, 0].tolist() == [0.0, 2.0] and listed[1, :, 0].tolist() == [1.0, 3.0]
     with pytest.raises(DataError, match="--order"):
         df.extract_features(cfg, "ckpt", 2, order="random")
+
+
+def test_outlier_draws_differ_between_torchrun_ranks(monkeypatch):
+    """Each rank draws its own text/latent rows at a step (the same rows on every rank would make a
+    global step hold N copies of one outlier batch); rank 0 keeps the single-process stream."""
+    from types import SimpleNamespace
+
+    from openood_ext import distributed
+    from openood_ext.trainers.oaml import OAMLTrainer
+
+    pool = SimpleNamespace(draw_features=lambda n, g: torch.randperm(1000, generator=g)[:n].float())
+    trainer = SimpleNamespace(ctx=SimpleNamespace(seed=3, device=torch.device("cpu")))
+    draws = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        draws[rank] = OAMLTrainer._draw(trainer, pool, 8, step=5, salt=0)
+    assert not torch.equal(draws[0], draws[1])
+    g = torch.Generator().manual_seed((3 * 1_000_003 + 5 * 2) % (2 ** 63))
+    assert torch.equal(draws[0], torch.randperm(1000, generator=g)[:8].float())

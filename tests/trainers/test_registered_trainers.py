@@ -97,7 +97,7 @@ def _source(kind, env, classes):
 
 
 @pytest.mark.parametrize("name", builtin_names(TRAINERS))
-def test_registered_trainer_step(name, env):
+def test_registered_trainer_step(name, env, device):
     assert name in SPECS, f"trainer {name!r} is registered but has no entry in SPECS (add its tiny setup)"
     spec = SPECS[name]
     cfg = spec.get("cfg", {})
@@ -105,19 +105,19 @@ def test_registered_trainer_step(name, env):
     classes = spec.get("classes", 3)
     torch.manual_seed(0)
     trainer = TRAINERS.build({"name": name, **cfg})
-    net = NETWORKS.build(spec["net"]).train()
+    net = NETWORKS.build(spec["net"]).train().to(device)
     source = _source(spec.get("source"), env, classes)
-    ctx = TrainContext(device=torch.device("cpu"), num_classes=classes, epochs=1, steps_per_epoch=1, seed=0,
+    ctx = TrainContext(device=device, num_classes=classes, epochs=1, steps_per_epoch=1, seed=0,
                        benchmark=env["bench"], outliers=source)
     trainer.setup(net, ctx)
     trainer.on_epoch_start(0)
     shape = spec.get("shape", (1, 28, 28))
     g = torch.Generator().manual_seed(1)
-    labels = torch.arange(B) % classes
-    images = torch.randn(B, *shape, generator=g)
+    labels = (torch.arange(B) % classes).to(device)
+    images = torch.randn(B, *shape, generator=g).to(device)
     if trainer.needs_outliers == "images":
         assert spec.get("outliers"), f"{name} needs outlier images: mark it outliers=True in SPECS"
-    outliers = torch.rand(B, *shape, generator=g) * 2 - 1 if spec.get("outliers") else None
+    outliers = (torch.rand(B, *shape, generator=g) * 2 - 1).to(device) if spec.get("outliers") else None
     for step in range(spec.get("warmup", 0)):
         trainer.training_step(Batch(images, labels, outliers, 0, step, step))
 
@@ -140,3 +140,42 @@ def test_registered_trainer_step(name, env):
         assert all(torch.isfinite(p.grad).all() for p in reached)
         net_params = {id(p) for p in net.parameters()}
         assert any(id(p) in net_params for p in reached), f"{name}: no gradient reaches the network"
+
+
+# ---------------------------------------------------------------------------------------------- host syncs
+#: host reads a step may make: NPOS's prototype EMA reads its number of sequential steps (the largest class
+#: count in the batch); every other trainer none
+SYNC_BUDGET = {"npos": 1}
+
+
+@pytest.mark.parametrize("name", builtin_names(TRAINERS))
+def test_registered_trainer_step_does_not_wait_for_the_device(name, env):
+    """A training step (and its backward) reads no device value on the host beyond its budget: each such read
+    (item, bool, nonzero, boolean-mask indexing, .cpu(), ...) stalls a GPU run once per step. Counted on the
+    CPU by patching those operations (sync_helpers); checks queued with device_check do not count."""
+    from sync_helpers import count_host_syncs
+    spec = SPECS[name]
+    cfg = spec.get("cfg", {})
+    cfg = cfg(env) if callable(cfg) else cfg
+    torch.manual_seed(0)
+    trainer = TRAINERS.build({"name": name, **cfg})
+    net = NETWORKS.build(spec["net"]).train()
+    ctx = TrainContext(device=torch.device("cpu"), num_classes=3, epochs=1, steps_per_epoch=1, seed=0,
+                       benchmark=env["bench"], outliers=_source(spec.get("source"), env, 3))
+    trainer.setup(net, ctx)
+    trainer.on_epoch_start(0)
+    g = torch.Generator().manual_seed(1)
+    shape = spec.get("shape", (1, 28, 28))
+    images, labels = torch.randn(B, *shape, generator=g), torch.arange(B) % 3
+    outliers = torch.rand(B, *shape, generator=g) * 2 - 1 if spec.get("outliers") else None
+    warmup = spec.get("warmup", 0) + 1  # the first step may set up lazily (queues, prototypes)
+    for step in range(warmup):
+        trainer.training_step(Batch(images, labels, outliers, 0, step, step))
+    steps = 3
+    with count_host_syncs() as syncs:
+        for step in range(warmup, warmup + steps):
+            terms = trainer.training_step(Batch(images, labels, outliers, 0, step, step))
+            if terms["loss"].requires_grad:
+                terms["loss"].backward()
+    assert syncs.count <= steps * SYNC_BUDGET.get(name, 0), f"{name}: {syncs.count} host reads in {steps} steps: " \
+                                                            f"{dict(syncs.where)}"

@@ -98,7 +98,7 @@ def test_no_active_triplet_gives_zero_with_gradient():
 def test_sampler_composition_and_determinism():
     labels = np.repeat(np.arange(5), [10, 12, 9, 20, 15])
     s = ClassBalancedBatchSampler(labels, batch_classes=3, sample_count=4, seed=7)
-    assert len(s) == len(labels) // 12
+    assert len(s) == (len(labels) - 1) // 12
     s.set_epoch(2)
     batches = list(s)
     assert len(batches) == len(s)
@@ -109,6 +109,18 @@ def test_sampler_composition_and_determinism():
     other = ClassBalancedBatchSampler(labels, 3, 4, seed=7)
     other.load_state_dict(s.state_dict())
     assert list(other) == batches
+
+
+@pytest.mark.parametrize("n, expected", [(60, 4), (61, 5), (71, 5), (72, 5), (12, 1)])
+def test_sampler_batches_per_epoch_as_published(n, expected):
+    # the published BalancedBatchSampler yields while count + batch_size < N (batch size 3 x 4 = 12):
+    # 60 images -> 4 batches (not 5: 12 divides 60), 61 -> 5; at least one batch here
+    labels = np.arange(n) % 3
+    published = 0
+    count = 0
+    while count + 12 < n:
+        published, count = published + 1, count + 12
+    assert len(ClassBalancedBatchSampler(labels, 3, 4)) == max(1, published) == expected
 
 
 def test_sampler_bad_input():
@@ -215,10 +227,10 @@ def test_postprocessor_end_to_end_matches_scipy_on_the_ensemble():
     np.testing.assert_allclose(np.concatenate([joint["a"], joint["b"]]), ref - (ref.max() + 1), rtol=1e-6)
 
 
-def test_postprocessor_with_autoencoder_weight():
+def test_postprocessor_with_autoencoder_weight_on_the_training_scale():
     net, data = _tiny_setup()
     ae = torch.nn.Conv2d(1, 1, 1)
-    pp = POSTPROCESSORS.build({"name": "vmdls", "ae": ae})
+    pp = POSTPROCESSORS.build({"name": "vmdls", "ae": ae, "shift": "fit"})
     pp.attach_network(net, torch.device("cpu"), lambda split: data)
     pp.fit()
     s = pp.score_loader(data)
@@ -226,6 +238,34 @@ def test_postprocessor_with_autoencoder_weight():
     expected = (lp.max(1).values.numpy() - pp.m_fit) * r.numpy() / pp.r_fit_max
     np.testing.assert_allclose(s, expected)
     assert (s <= 0).all()
+
+
+def test_published_shift_rescored_per_id_ood_pair_by_the_evaluator():
+    # shift: scored (default, published): M and max r over the ID test set together with ONE OOD set
+    from openood_ext.evaluators import EVALUATORS
+    from openood_ext.evaluators.metrics import ood_metrics
+    from openood_ext.postprocessors.schedule import split_result
+    from openood_ext.evaluators.ood import SplitScores
+    net, data = _tiny_setup()
+    pp = POSTPROCESSORS.build({"name": "vmdls", "ae": torch.nn.Conv2d(1, 1, 1)})
+    assert pp.shift == "scored"
+    pp.attach_network(net, torch.device("cpu"), lambda split: data)
+    pp.fit()
+    sets = {"id": data[:2], "a": data[2:4], "b": data[4:]}
+    scored = {}
+    for name, loader in sets.items():
+        conf, preds, parts = split_result(pp.scored_split(loader))
+        assert set(parts) == {"best", "recon"}
+        scored[name] = SplitScores(conf, preds, np.zeros(len(conf), int), parts, pp.rescore_pair)
+    result = EVALUATORS.get("ood")().evaluate("vmdls", scored["id"], {"a": ("near", scored["a"]),
+                                                                     "b": ("far", scored["b"])})
+    for name in ("a", "b"):  # by hand: the published formula over the pair, then the AUROC
+        joint = pp.score_sets({"id": sets["id"], name: sets[name]})
+        want = ood_metrics(joint["id"], joint[name])["auroc"]
+        assert result.summary["sets"][name]["auroc"] == pytest.approx(want)
+    lp, _, r = pp.loglik_loader(sets["a"])
+    best = lp.max(1).values.numpy()
+    np.testing.assert_allclose(scored["a"].conf, (best - best.max() - 1) * r.numpy() / r.numpy().max())
 
 
 def test_network_forward_contract():

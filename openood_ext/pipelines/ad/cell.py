@@ -23,6 +23,7 @@ from PIL import Image
 
 from ... import distributed
 from ...config import to_plain
+from ...datasets.data_settings import DataSettings
 from ...datasets.image_modes import convert_image
 from ...errors import DataError
 from ...evaluators.metrics import auroc
@@ -111,7 +112,8 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
     seed_everything(seed)  # after planning (which may draw), right before the initial weights
     fit = fit_network(plan, bench, net_spec, device=ctx.device, seed=seed,
                       loader_options=loader_options(cfg, ctx.device), state_path=cell / "last.pt", resume=True,
-                      out_dir=cell, log=ctx.log, timed=ctx.timed, label=f"class {cls} seed {seed}: ")
+                      out_dir=cell, log=ctx.log, timed=ctx.timed, label=f"class {cls} seed {seed}: ",
+                      data=DataSettings.from_config(cfg))
     if not distributed.is_main():  # torchrun: rank 0 alone saves, scores and writes the cell
         distributed.barrier()
         return None, None, None
@@ -122,7 +124,8 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
                           **scoring_meta(bench, cfg, fit.engine)})  # what `openood-ext ad-score` needs
     with ctx.timed("test"):
         scores, labels, paths, heat, masks = score_test_set(
-            bench, scorer_of(plan.trainer, fit.net), settings, cell, ctx.device, int(cfg.get("batch_size", 256)))
+            bench, scorer_of(plan.trainer, fit.net), settings, cell, ctx.device, int(cfg.get("batch_size", 256)),
+            loader_options(cfg, ctx.device))
     value = auroc(scores, labels)
     result = {"class": cls, "seed": seed, "auroc": value, "n_test": int(len(labels)),
               "n_anomalous": int(labels.sum()), "n_train": len(fit.loader.dataset),
@@ -156,10 +159,16 @@ def mask_transform(pre: dict):
                       T.CenterCrop(size)])
 
 
-def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batch_size: int):
+def _stack_images(batch):
+    return (torch.stack([x[0] for x in batch]),)
+
+
+def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batch_size: int,
+                   loader_opts: dict | None = None):
     """Score every test image; heatmaps go to ``cell/heatmaps.npy`` (memory-mapped: a test set's maps
     need not fit in memory), masks to ``cell/masks.npy`` when the benchmark has them. Returns (scores,
-    is_anomaly, paths, heat, masks); DataError when a score is not finite."""
+    is_anomaly, paths, heat, masks); DataError when a score is not finite. ``loader_opts``: DataLoader
+    options (``num_workers``, ``pin_memory``, ... from :func:`~openood_ext.utils.runtime.loader_options`)."""
     parts, paths, labels = collect_test_set(bench, settings.test_limit)
     n = len(paths)
     scores = np.zeros(n, np.float64)
@@ -169,9 +178,9 @@ def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batc
     pos = 0
     for ds, idx in parts:
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
-                                             collate_fn=lambda b: (torch.stack([x[0] for x in b]),))
+                                             collate_fn=_stack_images, **(loader_opts or {}))
         for (images,) in loader:
-            s, h = scorer(images.to(device))
+            s, h = scorer(images.to(device, non_blocking=True))
             b = len(images)
             scores[pos:pos + b] = s.detach().double().cpu().numpy()
             if h is not None:

@@ -11,7 +11,7 @@ Both are keys of ``benchmark.preprocessor`` and act on the benchmark of one (nor
   ``stats_cache.json`` next to the cell's training image list. ``normalize: fixed`` (default) keeps the
   configured constants.
 * ``ms_mode: {mode, magnitude, parts}`` (:class:`~openood_ext.synthesizers.fourier_filter.MSMode`) --
-  EOE's frequency filters on any of the normal training images (``train_nominal``), the OE images
+  EOE's multiscale filters (lpf, hpf, blur, sharpen) on any of the normal training images (``train_nominal``), the OE images
   (``train_oe``; the outlier source is wrapped in ``fourier_filter``), the normal test images
   (``test_nominal``) and the anomalous test images (``test_anomalous``).
 
@@ -60,6 +60,8 @@ def adapt_benchmark(bench) -> None:
     pixels = PixelSpace(bench.preprocessor)
     filtered = {PART_SPLITS[p] for p in ms.parts if p in PART_SPLITS}
     plain_dataset = bench.dataset
+    # the same filter on whole training batches when they take the tensor data path (trainers/data.py)
+    bench.train_batch_ops = (FourierTransform(pixels, ms.mode, ms.magnitude),) if "id_train" in filtered else ()
 
     def dataset(split, train: bool = False):
         ds = plain_dataset(split, train)
@@ -134,6 +136,8 @@ def outlier_record(source) -> dict:
     while getattr(inner, "inner", None) is not None:
         inner = inner.inner
     record = {"source": source.describe(), "limit": getattr(inner, "limit", None)}
+    if getattr(inner, "classes", None) is not None:
+        record["limit_classes"], record["classes"] = inner.limit_classes, list(inner.classes)
     pool, dataset = getattr(inner, "pool", None), getattr(inner, "dataset", None)
     if record["limit"] and pool is not None and dataset is not None:
         record["subset"] = [dataset.entries[int(i)].path for i in pool]

@@ -1,0 +1,71 @@
+"""Training batches drawn from a decoded image set held whole in memory (on the training device), each
+batch augmented at once (:mod:`.batch_transforms`): what the engine iterates instead of a DataLoader
+when ``data.backend`` is ``tensor``.
+
+The engine asks only what it asks of a DataLoader: ``len(source)`` batches per epoch, iteration yielding
+``(images, labels, n_skipped)`` (already on the device), ``source.dataset`` (its length) and
+``source.generator``, the one ``torch.Generator`` behind the shuffle and every augmentation draw, whose
+state the engine saves with the training state and restores on resume (same batches after resume).
+
+Shuffling draws from the generator exactly what a ``DataLoader(shuffle=True, generator=g)`` draws (a
+base seed, the epoch's permutation and a second, unused permutation), so a CPU generator yields the
+DataLoader's order; with a trainer's batch sampler (class-balanced batches), its index batches are used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .batch_transforms import BatchPipeline
+from .decoded_cache import DecodedImages
+
+
+class TensorBatchSource:
+    """Shuffled, augmented batches of ``decoded`` (see the module docstring).
+
+    Args:
+        decoded: the decoded image set (uint8 [N, C, H, W], labels [N]).
+        pipeline: uint8 batch -> float batch (augmentation and normalisation).
+        batch_size: images per batch (the last batch may be smaller).
+        seed: seeds the generator.
+        device: where the images are held and the batches made.
+        batch_sampler: optional iterable of index lists (``len`` batches; ``set_epoch`` is forwarded).
+    """
+
+    def __init__(self, decoded: DecodedImages, pipeline: BatchPipeline, batch_size: int, seed: int,
+                 device: torch.device | str = "cpu", batch_sampler=None):
+        self.device = torch.device(device)
+        self.images = decoded.images.to(self.device)
+        self.labels = decoded.labels.to(self.device)
+        self.dataset = decoded
+        self.pipeline, self.batch_size = pipeline, int(batch_size)
+        self.batch_sampler = batch_sampler
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def epoch_order(self) -> torch.Tensor:
+        """This epoch's permutation of the images (draws as a shuffling DataLoader does)."""
+        g, n = self.generator, len(self.labels)
+        torch.empty((), dtype=torch.int64, device=g.device).random_(generator=g)  # DataLoader's base seed
+        order = torch.randperm(n, generator=g, device=g.device)
+        torch.randperm(n, generator=g, device=g.device)  # RandomSampler's trailing (empty) slice still draws
+        return order.to(self.device)
+
+    def index_batches(self):
+        if self.batch_sampler is not None:
+            for idx in self.batch_sampler:
+                yield torch.as_tensor(list(idx), dtype=torch.long, device=self.device)
+            return
+        order = self.epoch_order()
+        yield from order.split(self.batch_size)
+
+    def __iter__(self):
+        for idx in self.index_batches():
+            labels = self.labels[idx]
+            yield self.pipeline(self.images[idx], self.generator, labels), labels, 0
