@@ -4,7 +4,7 @@
 # v1.5's NPOS row (near 89.78 ± 0.33, far 94.07 ± 0.49 AUROC; configs/reference/openood_v1.5_cifar10.csv).
 #
 #   scripts/cifar10_train_npos.sh                                  # the paper: 500 epochs, lr 0.5, synthesis from 200 (GPU)
-#   RECIPE=openood_v15 scripts/cifar10_train_npos.sh               # OpenOOD v1.5: 100 epochs, lr 0.1, from 40 (GPU)
+#   RECIPE=openood_v15 scripts/cifar10_train_npos.sh               # OpenOOD v1.5: 100 epochs, lr 0.1, from its 40th epoch (GPU)
 #   WIDTH=16 EPOCHS=4 START=2 QUEUE=200 K=50 SELECT=40 KEEP=50 WORKERS=1 scripts/cifar10_train_npos.sh
 #                                                                  # a short CPU run (~minutes/epoch at width 16)
 #

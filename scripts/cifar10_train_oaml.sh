@@ -5,8 +5,8 @@
 #
 #   SD_MODEL=/path/stable-diffusion-v1-4 ID_FEATURES=outliers/dream_ood_id_features_cifar10.pt \
 #   TEACHER_INIT=/path/vit_base_patch16_224/pytorch_model.bin scripts/cifar10_train_oaml.sh
-#   SMOKE=1 scripts/cifar10_train_oaml.sh     # CPU, ~minutes: tiny random SD (16 px, 3 steps, 2 images per
-#                                             # class), anchor model, tiny ViT teacher, base and OAML 1 epoch
+#   SMOKE=1 scripts/cifar10_train_oaml.sh     # CPU, ~minutes: tiny random SD (16 px, 3 steps, 8 batches of
+#                                             # 2 images), anchor model, tiny ViT teacher, base and OAML 1 epoch
 #                                             # each on ~300 CIFAR-10 training images
 #
 # Inputs (env): SD_MODEL (local diffusers dir or a hub id in the local HF cache), ID_FEATURES ([10, N, 768]
@@ -35,7 +35,7 @@ if [[ "$SMOKE" == 1 ]]; then
   SD_MODEL=tiny-random; ID_FEATURES="$WORK/id_features.pt"; ANCHOR_EPOCHS=1; PER_CLASS=20
   SD=(trainer.outliers.model=tiny-random trainer.outliers.id_features="$ID_FEATURES" trainer.outliers.root="$OUT_ROOT"
       trainer.outliers.K=5 trainer.outliers.select=4 trainer.outliers.candidates=20 trainer.outliers.keep=2
-      trainer.outliers.repeats=2 trainer.outliers.images_per_class=2 trainer.outliers.chunk=2
+      trainer.outliers.repeats=2 trainer.outliers.batches=8 trainer.outliers.chunk=2
       trainer.outliers.steps=3 trainer.outliers.size=16 trainer.outliers.save_size=32)
   TINY=(model=vit_tiny_patch16_224 img_size=32 patch_size=8 embed_dim=32 depth=2 num_heads=2)
   TEACHER_NET=(); for kv in "${TINY[@]}"; do TEACHER_NET+=("network.$kv"); done

@@ -2,13 +2,15 @@
 
     python -m openood_ext.pipelines.dream_features anchors  --config <train_oaml config> [overrides] -o anchors.pt
     python -m openood_ext.pipelines.dream_features features --config <anchor-model train config> [overrides] \\
-        --checkpoint model.pt --per-class 500 -o features.pt
+        --checkpoint model.pt --per-class 500 [--order published|list] -o features.pt
 
 ``anchors``: [C, D] class-token input embeddings of ``trainer.outliers.classes`` from ``trainer.outliers.model``
 (:func:`~.sd_pipeline.class_anchors`). ``features``: the trained ``anchor_cosine`` network's projected
-features of the first ``per_class`` training images of each class (benchmark order, test-time transform),
-saved as [C, N, D] -- the ``id_features`` file of ``sd_text_outliers``. The published code saves the first
-500 per class.
+features (eval mode) of the first ``per_class`` training images of each class, saved as [C, N, D] -- the
+``id_features`` file of ``sd_text_outliers``. ``--order published`` (default, dream-ood
+``pretrain_cifar100.py``): the images come from the **training** loader, shuffled (seeded by ``seed``) and
+augmented with the training transform (flip, random crop), and the first 500 seen per class are kept;
+``--order list``: the image-list order with the test-time transform (deterministic, no augmentation).
 """
 
 from __future__ import annotations
@@ -49,12 +51,19 @@ def class_features(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     return torch.stack([features[labels == c][:n] for c in range(num_classes)])
 
 
-def extract_features(cfg, checkpoint: str, per_class: int, device: str = "cpu") -> torch.Tensor:
+ORDERS = ("published", "list")
+
+
+def extract_features(cfg, checkpoint: str, per_class: int, device: str = "cpu", order: str = "published") -> torch.Tensor:
+    """[C, N, D] features of the first ``per_class`` images per class in ``order`` (module docstring)."""
+    if order not in ORDERS:
+        raise DataError(f"dream features: --order must be one of {', '.join(ORDERS)}, got {order!r}")
     bench = build_benchmark(cfg)
     net = build_network(cfg, torch.device(device))
     load_checkpoint(checkpoint, net)
-    out = extract_outputs(net, bench.loader(bench.split("id_train"), batch_size=int(cfg.get("batch_size", 128))),
-                          device, desc="dream features")
+    loader = bench.loader(bench.split("id_train"), batch_size=int(cfg.get("batch_size", 128)),
+                          train=order == "published", seed=int(cfg.get("seed", 0)))
+    out = extract_outputs(net, loader, device, desc="dream features")
     return class_features(out.features, out.labels, bench.num_classes, per_class)
 
 
@@ -65,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--order", choices=ORDERS, default="published",
+                   help="published: shuffled, augmented training loader (dream-ood); list: image-list order, test transform")
     p.add_argument("-o", "--output", required=True)
     args, rest = p.parse_known_args(argv)
     cfg = load_config(args.config, cli_overrides(rest))
@@ -76,7 +87,7 @@ def main(argv=None) -> int:
     else:
         if not args.checkpoint:
             p.error("features needs --checkpoint")
-        f = extract_features(cfg, args.checkpoint, args.per_class, args.device)
+        f = extract_features(cfg, args.checkpoint, args.per_class, args.device, args.order)
         write_stream(args.output, lambda fh: torch.save(f, fh))
         print(f"ID features {tuple(f.shape)} -> {args.output}")
     return 0

@@ -29,8 +29,10 @@ boundary point i belongs to another candidate (flat index r * pick + i instead o
 OpenOOD and Dream-OOD copy it. The intended ranking here keeps exactly the top-``keep`` of each boundary
 point's own candidates. ``ranking: published`` reproduces the published mixing for comparison.
 
-Other choices: the queue persists across epochs (the published CIFAR code re-zeroes it every epoch but
-not its fill counter, so it samples around zero rows early in every epoch; its CLIP variant keeps it);
+Other choices: the queue persists across epochs. The published CIFAR code (and OpenOOD's copy)
+re-zeroes it every epoch but not its fill counter, so the first steps of every later epoch sample around
+zero rows, whose normalised k-NN queries are NaN (0/0); this published defect is not reproduced (its CLIP
+variant keeps the queue too);
 each class's queue turns FIFO as soon as it is full (published: classes that are full drop new samples
 until every class is full).
 
@@ -254,7 +256,8 @@ class NPOSSample:
 @torch.no_grad()
 def npos_sample(queues: torch.Tensor, params: NPOSParams = NPOSParams(), *,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                backend: str = "auto", ranking: str = "intended", chunk_elems: int = 2 ** 25) -> NPOSSample:
+                picks: torch.Tensor | None = None, backend: str = "auto", ranking: str = "intended",
+                chunk_elems: int = 2 ** 25) -> NPOSSample:
     """Synthesise outliers around the boundary of every class (see the module docstring).
 
     Args:
@@ -262,6 +265,8 @@ def npos_sample(queues: torch.Tensor, params: NPOSParams = NPOSParams(), *,
         params: :class:`NPOSParams` (checked against Q).
         generator: torch generator for the boundary-point choice and the Gaussian (on ``queues``' device).
         noise: optional fixed G [candidates, D] (else drawn from ``generator``).
+        picks: optional fixed choice [C, pick] of positions in each class's boundary list (0 = the largest
+            K-th-NN distance, as the published ``minD_idx[np.random.choice(select, pick)]``); else drawn.
         backend: ``auto`` | ``faiss`` | ``torch``; ranking: ``intended`` | ``published`` (module docstring).
         chunk_elems: torch backend: at most this many distances per batched matmul.
     """
@@ -283,8 +288,13 @@ def npos_sample(queues: torch.Tensor, params: NPOSParams = NPOSParams(), *,
     # 1-2. boundary points: largest K-th-NN distance within the class (self included)
     kth_self = _kth(unit, unit, params.K, backend, chunk_elems)                       # [C, Q]
     top = kth_self.topk(params.select, dim=1).indices                                 # [C, select]
-    choice = torch.stack([torch.randperm(params.select, generator=generator, device="cpu")[:params.pick]
-                          for _ in range(C)]).to(dev)                                 # [C, pick]
+    if picks is None:
+        choice = torch.stack([torch.randperm(params.select, generator=generator, device="cpu")[:params.pick]
+                              for _ in range(C)]).to(dev)                             # [C, pick]
+    else:
+        choice = torch.as_tensor(picks).long().reshape(C, -1).to(dev)
+        if choice.shape[1] != params.pick or choice.min() < 0 or choice.max() >= params.select:
+            raise DataError(f"npos: picks must be [{C}, {params.pick}] positions below select={params.select}")
     b_index = top.gather(1, choice)                                                   # [C, pick]
     boundary = raw.gather(1, b_index[..., None].expand(-1, -1, D))                    # [C, pick, D]
     b_scores = kth_self.gather(1, b_index)

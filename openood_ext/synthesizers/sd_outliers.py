@@ -64,7 +64,7 @@ class SDTextOutliers(OutlierSource):
     """Text-embedding outliers (module docstring). Keys: ``root`` (folder), ``generate`` (bool), ``device``
     (for generation; default the run's device) and the :class:`~.sd_pipeline.SDConfig` fields
     (``model``, ``classes``, ``id_features``, ``K``, ``select``, ``candidates``, ``keep``, ``sigma``,
-    ``repeats``, ``images_per_class``, ``chunk``, ``steps``, ``guidance``, ``size``, ``save_size``, ``seed``)."""
+    ``repeats``, ``batches``, ``images_per_class``, ``chunk``, ``steps``, ``guidance``, ``size``, ``save_size``, ``seed``)."""
 
     kind = "features"
 
@@ -135,7 +135,7 @@ class SDLatentOutliers(OutlierSource):
             raise DataError(f"sd_latent_outliers: {problems[0]}; regenerate with sd_text_outliers generate=true")
         rows = [np.load(entry_paths(self.root, cfg, c, k)[1]).reshape(-1) for c, k in expected_entries(cfg)]
         self.pool = _on_run_device(self, torch.from_numpy(np.stack(rows)).float())
-        _require_batch(self, len(self.pool), "sd_latent_outliers: {n} latents", "raise images_per_class")
+        _require_batch(self, len(self.pool), "sd_latent_outliers: {n} latents", "raise batches (or images_per_class)")
 
     @property
     def dim(self) -> int:

@@ -9,20 +9,28 @@ Steps (:func:`ensure_generated`, all written under ``root`` once and reused):
    ID feature model, or ``synthetic`` = normalised anchors + Gaussian noise, an offline stand-in for tests
    and smoke runs only -- it is not Dream-OOD's trained model);
 3. the NPOS sampler (:func:`openood_ext.synthesizers.npos.npos_sample`, reused) on the **normalised**
-   features (K, ``select`` boundary points all used, ``candidates`` draws at sigma, ``keep`` per boundary
-   point, ``repeats`` times); candidates are re-normalised and rescaled by ||a_c||
-   -> ``text_outliers.pt`` {outliers [C, M, D], anchors [C, D], classes};
+   features of each class (K, ``select`` boundary points all used, ``candidates`` draws at sigma, ``keep``
+   per boundary point), ``repeats`` times, with a fresh Gaussian G for every class and repeat (as
+   dream-ood ``get_embed_cifar*.py``); candidates are re-normalised and rescaled by ||a_c||
+   -> ``text_outliers.pt`` {outliers [C, M, D], anchors [C, D], classes}; ``ranking`` as in
+   :func:`~.npos.npos_sample` (``published`` = the code's mixed-up ranking);
 4. decoding: prompt "A high-quality image of the <class>" with the class token's embedding row replaced
-   by one outlier of that class (:func:`encode_with_replacement`), PNDM/PLMS ``steps`` steps,
+   by an outlier of that class (:func:`encode_with_replacement`), PNDM/PLMS ``steps`` steps,
    classifier-free guidance with the empty prompt, ``size`` px; the final denoised latents z_0 (scaled SD
    latent space) are saved next to each image (saved at ``save_size`` px); ``images.txt`` lists
    ``images/<class>/<k>.png <label>`` and is rewritten after every chunk, so an interrupted run resumes
    from the last complete chunk. Every chunk draws from its own generator seeded by (seed, class, chunk):
    the output is deterministic per seed and independent of interruptions.
 
-Deviation from the published OAML fork: its text conditioner overwrites the label list with ImageNet-1k
-names, so for CIFAR the replaced token is not in the prompt; here the class token is in the prompt and
-its row is the one replaced (tested).
+Layout: ``batches: N > 0`` (the published run, OAML ``outlier-generation.py --n_iter 50 --n_samples 3``):
+N batches of ``chunk`` images; each batch draws its class uniformly at random and ONE outlier of that
+class, shared by the whole batch -> N x chunk latents in all (150). ``batches: 0``: ``images_per_class``
+images per class, a fresh outlier per image (C x images_per_class latents).
+
+``replace_token: false`` reproduces the published CIFAR run: OAML's fork overwrites its conditioner's
+label list with ImageNet-1k names, so the row it replaces belongs to an ImageNet class name's token that
+is not in the CIFAR prompt, and the images are conditioned on the plain prompt. ``true`` (default, the
+method as described): the class token is in the prompt and its row is the one replaced (tested).
 
 ``model``: ``tiny-random`` (a small UNet, VAE, CLIP text encoder and a generated BPE tokenizer built from
 configs, offline), a local diffusers directory, or a hub id already in the local Hugging Face cache.
@@ -42,7 +50,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..networks.clip_vocab import write_tiny_clip_vocab
-from ..schema import PositiveInt, check_value
+from ..schema import NonNegativeInt, PositiveInt, check_value
 from ..utils.io import write_json, write_stream, write_text
 
 PROMPT = "A high-quality image of the {}"
@@ -70,6 +78,9 @@ class SDConfig:
     save_size: PositiveInt = 256
     seed: int = 42
     prompt: str = PROMPT
+    batches: NonNegativeInt = 0
+    replace_token: bool = True
+    ranking: str = "intended"
 
     def check(self) -> "SDConfig":
         import typing
@@ -79,6 +90,8 @@ class SDConfig:
                 check_value(f"outliers.{f.name}", getattr(self, f.name), hints[f.name])
         if not self.classes:
             raise ConfigError("outliers.classes: expected the ID class names")
+        if self.ranking not in ("intended", "published"):
+            raise ConfigError(f"outliers.ranking: expected intended or published, got {self.ranking!r}")
         if "{}" not in self.prompt:
             raise ConfigError(f"outliers.prompt: expected a '{{}}' for the class name, got {self.prompt!r}")
         return self
@@ -218,22 +231,38 @@ def load_id_features(cfg: SDConfig, anchors: torch.Tensor, generator: torch.Gene
     return feats.float()
 
 
+def dream_ood_params(cfg: SDConfig, queue: int):
+    """The sampler sizes of Dream-OOD's text-space sampler: every boundary point used (pick = select)."""
+    from .npos import NPOSParams
+    return NPOSParams(K=cfg.K, select=cfg.select, pick=cfg.select, candidates=cfg.candidates, keep=cfg.keep,
+                      sigma=cfg.sigma).check(queue, where="outliers")
+
+
+def dream_ood_class_sample(unit: torch.Tensor, anchor_norm: float, params, ranking: str = "intended", *,
+                           noise: torch.Tensor | None = None, picks: torch.Tensor | None = None,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw of Dream-OOD's sampler for one class: ``unit`` [N, D] normalised ID features ->
+    [select * keep, D] outliers (boundary point after boundary point, in pick order), re-normalised and
+    scaled to ``anchor_norm``. ``noise`` [candidates, D] / ``picks`` [select] fix the draws."""
+    from .npos import npos_sample
+
+    s = npos_sample(unit[None], params, generator=generator, noise=noise,
+                    picks=None if picks is None else torch.as_tensor(picks)[None], backend="torch", ranking=ranking)
+    o = s.outliers.reshape(-1, unit.shape[1])
+    return o / o.norm(dim=-1, keepdim=True) * anchor_norm
+
+
 def sample_text_outliers(features: torch.Tensor, anchors: torch.Tensor, cfg: SDConfig,
                          generator: torch.Generator) -> torch.Tensor:
-    """Dream-OOD's sampler via :func:`npos_sample`: features normalised, all ``select`` boundary points
-    used (pick = select), candidates re-normalised and rescaled by ||anchor_c||; ``repeats`` calls.
-    Returns [C, repeats * select * keep, D]."""
-    from .npos import NPOSParams, npos_sample
-
+    """Dream-OOD's sampler (:func:`dream_ood_class_sample`) on the normalised ``features`` [C, N, D]: for
+    each class, ``repeats`` draws, each with a fresh Gaussian G and a fresh order of the boundary points
+    (class after class, repeat after repeat, as published). Returns [C, repeats * select * keep, D]."""
     unit = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    params = NPOSParams(K=cfg.K, select=cfg.select, pick=cfg.select, candidates=cfg.candidates, keep=cfg.keep,
-                        sigma=cfg.sigma).check(unit.shape[1], where="outliers")
-    out = []
-    for _ in range(cfg.repeats):
-        s = npos_sample(unit, params, generator=generator, backend="torch")
-        o = s.outliers.reshape(unit.shape[0], -1, unit.shape[2])
-        out.append(o / o.norm(dim=-1, keepdim=True) * anchors.norm(dim=1)[:, None, None])
-    return torch.cat(out, dim=1)
+    params = dream_ood_params(cfg, unit.shape[1])
+    norms = anchors.norm(dim=1)
+    return torch.stack([torch.cat([dream_ood_class_sample(unit[c], float(norms[c]), params, cfg.ranking,
+                                                          generator=generator)
+                                   for _ in range(cfg.repeats)]) for c in range(len(unit))])
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -242,8 +271,24 @@ def read_list(root: Path) -> list[str]:
     return [l for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
 
 
+def batch_classes(cfg: SDConfig) -> list[int]:
+    """The class of each batch of the published layout (``batches`` > 0): uniform, seeded by ``seed``."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    return torch.randint(len(cfg.classes), (cfg.batches,), generator=g).tolist()
+
+
+def generation_chunks(cfg: SDConfig) -> list[tuple[int, int, list[int]]]:
+    """(class, first index, image indices) of every generated batch; indices k are per class
+    (``batches: 0``) or global (``batches > 0``), so (class, k) names one image either way."""
+    if cfg.batches:
+        return [(c, b * cfg.chunk, list(range(b * cfg.chunk, (b + 1) * cfg.chunk)))
+                for b, c in enumerate(batch_classes(cfg))]
+    return [(c, start, list(range(start, min(start + cfg.chunk, cfg.images_per_class))))
+            for c in range(len(cfg.classes)) for start in range(0, cfg.images_per_class, cfg.chunk)]
+
+
 def expected_entries(cfg: SDConfig) -> list[tuple[int, int]]:
-    return [(c, k) for c in range(len(cfg.classes)) for k in range(cfg.images_per_class)]
+    return [(c, k) for c, _, ks in generation_chunks(cfg) for k in ks]
 
 
 def entry_paths(root: Path, cfg: SDConfig, c: int, k: int) -> tuple[str, Path]:
@@ -269,9 +314,24 @@ def status(root: Path, cfg: SDConfig) -> tuple[bool, list[str]]:
         if f"{rel} {c}" not in lines or not (root / rel).is_file() or not lat.is_file():
             missing += 1
     if missing:
-        problems.append(f"{root / 'images.txt'}: {missing} of {len(cfg.classes) * cfg.images_per_class} "
+        problems.append(f"{root / 'images.txt'}: {missing} of {len(expected_entries(cfg))} "
                         f"images/latents missing or unlisted")
     return not problems, problems
+
+
+def batch_condition(pipe, cfg: SDConfig, pool: torch.Tensor, c: int, n: int, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeddings [n, L, D], pool rows [n]) of one batch of class ``c``: one outlier row shared by
+    the batch in the published layout (``batches`` > 0), else one per image; with ``replace_token: false``
+    the plain prompt (the published CIFAR run), the rows then being drawn but unused."""
+    rows = torch.randint(pool.shape[1], (1 if cfg.batches else n,), generator=generator).expand(n)
+    if not cfg.replace_token:
+        return encode_prompt(pipe, cfg.prompt.format(cfg.classes[c])).expand(n, -1, -1), rows
+    cache = {}
+    for r in rows.tolist():
+        if r not in cache:
+            cache[r] = encode_with_replacement(pipe, cfg.classes[c], pool[c, r], cfg.prompt)
+    return torch.cat([cache[r] for r in rows.tolist()]), rows
 
 
 def ensure_generated(root: str | Path, cfg: SDConfig, device: str | torch.device = "cpu", log=None) -> dict:
@@ -305,19 +365,13 @@ def ensure_generated(root: str | Path, cfg: SDConfig, device: str | torch.device
     pool = torch.load(pool_path, map_location="cpu", weights_only=True)["outliers"]
     lines = set(read_list(root))
     uncond = encode_prompt(pipe, "")
-    todo = []
-    for c in range(len(cfg.classes)):
-        for start in range(0, cfg.images_per_class, cfg.chunk):
-            ks = list(range(start, min(start + cfg.chunk, cfg.images_per_class)))
-            if all(f"{entry_paths(root, cfg, c, k)[0]} {c}" in lines and (root / entry_paths(root, cfg, c, k)[0]).is_file()
-                   and entry_paths(root, cfg, c, k)[1].is_file() for k in ks):
-                continue
-            todo.append((c, start, ks))
+    todo = [(c, start, ks) for c, start, ks in generation_chunks(cfg)
+            if not all(f"{entry_paths(root, cfg, c, k)[0]} {c}" in lines and (root / entry_paths(root, cfg, c, k)[0]).is_file()
+                       and entry_paths(root, cfg, c, k)[1].is_file() for k in ks)]
     t0, n = time.perf_counter(), 0
     for c, start, ks in progress(todo, desc="SD outliers"):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c * 10_007 + start)
-        rows = torch.randint(pool.shape[1], (len(ks),), generator=g)
-        cond = torch.cat([encode_with_replacement(pipe, cfg.classes[c], pool[c, r], cfg.prompt) for r in rows])
+        cond, _ = batch_condition(pipe, cfg, pool, c, len(ks), g)
         dev = pipe.unet.device
         latents0 = torch.randn(len(ks), pipe.unet.config.in_channels, cfg.size // pipe.vae_scale_factor,
                                cfg.size // pipe.vae_scale_factor, generator=g).to(dev, pipe.unet.dtype)

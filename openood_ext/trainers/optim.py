@@ -14,10 +14,22 @@ finished epochs (``interval: epoch``); ``T`` is the run's length in the same uni
     cosine:       f = 0.5 (1 + cos(pi t / T)) (1 - r) + r          r = min_lr_ratio (default 1e-4)
     multistep:    f = gamma ** (number of milestones <= t)         milestones in epochs
     exponential:  f = gamma ** t                                   (FCDD: gamma = 0.98 per epoch)
+    supcon:       SupCon/CIDER/NPOS's adjust_learning_rate + warmup_learning_rate (always per step):
+                  per 0-based epoch e = t // N, f = r + (1 - r) (1 + cos(pi e / E)) / 2  (r = min_lr_ratio),
+                  and while e_w = e + warmup_epoch_base <= W (W = warmup_epochs):
+                  f = w0 + p (f(W) - w0), p = (b + (e_w - 1) N) / (W N), b = t % N + 1 (1-based batch),
+                  w0 = warmup_from_ratio (SupCon's absolute warmup_from divided by the base lr)
 
 A linear warm-up (``warmup_epochs: W``, possibly fractional) multiplies f by ``(t + 1) / W_t`` while
 ``t + 1 < W_t`` (``W_t`` = W in the schedule's unit), so the first step already has a positive rate.
 Multistep milestones are given in epochs whatever the interval.
+
+``supcon`` reproduces the published per-step warm-up of OpenOOD v1.5's NPOS trainer exactly with
+``warmup_epoch_base: 0``: it passes the 0-based epoch to a formula written for 1-based epochs, so p <= 0
+through its first epoch and the learning rate there is **negative** (down to about -0.009 at lr 0.1,
+w0 = 0.01), and the warm-up lasts W + 1 epochs. ``warmup_epoch_base: 1`` (default) is the formula as
+intended (p in (0, 1] over the first W epochs). Its own linear warm-up aside, the engine's ``cosine``
+with ``interval: epoch`` is the same cosine.
 """
 
 from __future__ import annotations
@@ -31,13 +43,14 @@ from ..errors import ConfigError
 from ..schema import Range, check_value
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "multistep", "exponential")
+SCHEDULES = ("constant", "cosine", "multistep", "exponential", "supcon")
 _OPTIMIZER_KEYS = {
     "sgd": {"name", "lr", "momentum", "nesterov", "weight_decay", "dampening"},
     "adam": {"name", "lr", "weight_decay", "betas", "eps", "amsgrad"},
     "adamw": {"name", "lr", "weight_decay", "betas", "eps", "amsgrad"},
 }
-_SCHEDULE_KEYS = {"name", "interval", "warmup_epochs", "min_lr_ratio", "milestones", "gamma"}
+_SCHEDULE_KEYS = {"name", "interval", "warmup_epochs", "min_lr_ratio", "milestones", "gamma", "warmup_from_ratio",
+                  "warmup_epoch_base"}
 
 
 def _number(where: str, value: Any, low: float | None = None, *, integer: bool = False,
@@ -84,8 +97,19 @@ def check_schedule_spec(spec: Mapping[str, Any] | str | None, epochs: int,
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
                           f"(known: {', '.join(sorted(_SCHEDULE_KEYS - {'name'}))})")
-    out = {"interval": "step" if name == "cosine" else "epoch", "warmup_epochs": 0, "min_lr_ratio": 1e-4,
-           "milestones": [], "gamma": 0.1, **spec, "name": name}
+    supcon = {"warmup_from_ratio": 0.01, "warmup_epoch_base": 1} if name == "supcon" else {}
+    extra = sorted(set(spec) & {"warmup_from_ratio", "warmup_epoch_base"} - set(supcon))
+    if extra:
+        raise ConfigError(f"{where}: {', '.join(extra)} apply to the supcon schedule only (name: {name})")
+    out = {"interval": "step" if name in ("cosine", "supcon") else "epoch", "warmup_epochs": 0, "min_lr_ratio": 1e-4,
+           "milestones": [], "gamma": 0.1, **supcon, **spec, "name": name}
+    if supcon:
+        if out["interval"] != "step":
+            raise ConfigError(f"{where}.interval: supcon changes the rate every step (its warm-up); use interval: step")
+        if out["warmup_epoch_base"] not in (0, 1):
+            raise ConfigError(f"{where}.warmup_epoch_base: expected 1 (as intended) or 0 (OpenOOD's NPOS trainer), "
+                              f"got {out['warmup_epoch_base']!r}")
+        _number(f"{where}.warmup_from_ratio", out["warmup_from_ratio"], 0)
     if out["interval"] not in ("step", "epoch"):
         raise ConfigError(f"{where}.interval: expected 'step' or 'epoch', got {out['interval']!r}")
     _number(f"{where}.warmup_epochs", out["warmup_epochs"], 0)
@@ -108,6 +132,8 @@ def schedule_factor(spec: Mapping[str, Any], t: int, epochs: int, steps_per_epoc
     unit = steps_per_epoch if per_step else 1
     total = max(1, epochs * unit)
     name = spec["name"]
+    if name == "supcon":
+        return _supcon_factor(spec, t, epochs, steps_per_epoch)
     if name == "cosine":
         r = float(spec["min_lr_ratio"])
         factor = 0.5 * (1 + math.cos(math.pi * min(t, total) / total)) * (1 - r) + r
@@ -122,6 +148,21 @@ def schedule_factor(spec: Mapping[str, Any], t: int, epochs: int, steps_per_epoc
     if warmup > 0 and t + 1 < warmup:
         factor *= (t + 1) / warmup
     return factor
+
+
+def _supcon_factor(spec: Mapping[str, Any], t: int, epochs: int, steps_per_epoch: int) -> float:
+    r, n, total = float(spec["min_lr_ratio"]), max(1, steps_per_epoch), max(1, epochs)
+
+    def cosine(e: float) -> float:
+        return r + (1 - r) * (1 + math.cos(math.pi * e / total)) / 2
+
+    epoch, batch = divmod(int(t), n)
+    warm, e_w = float(spec["warmup_epochs"]), epoch + int(spec["warmup_epoch_base"])
+    if warm > 0 and e_w <= warm:
+        p = (batch + 1 + (e_w - 1) * n) / (warm * n)
+        w0 = float(spec["warmup_from_ratio"])
+        return w0 + p * (cosine(warm) - w0)
+    return cosine(epoch)
 
 
 def build_optimizer(groups: Iterable[dict], spec: Mapping[str, Any]) -> torch.optim.Optimizer:

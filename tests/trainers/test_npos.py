@@ -14,7 +14,7 @@ from sklearn.neighbors import NearestNeighbors
 from openood_ext.errors import ConfigError, DataError
 from openood_ext.networks import NETWORKS
 from openood_ext.synthesizers import SYNTHESIZERS, SourceContext
-from openood_ext.synthesizers.npos import ClassQueues, NPOSParams, faiss_available, npos_sample
+from openood_ext.synthesizers.npos import ClassQueues, NPOSParams, NPOSSynthesizer, faiss_available, npos_sample
 from openood_ext.trainers import TRAINERS, Batch, Engine, EngineSettings, TrainContext
 from openood_ext.trainers.npos import (compactness_loss, dispersion_loss, ema_prototypes, open_set_loss)
 
@@ -351,8 +351,48 @@ def test_configs_load_with_the_papers_values():
             t.outliers.keep, t.outliers.sigma, t.outliers.start_epoch) == (1000, 300, 200, 2, 600, 200, 0.1, 200)
     assert (t.epochs, t.batch_size, t.optimizer.lr, t.optimizer.weight_decay) == (500, 256, 0.5, 1e-4)
     v15 = load_config(["configs/experiments/npos/train_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"])
-    assert (v15.trainer.epochs, v15.trainer.optimizer.lr, v15.trainer.outliers.start_epoch) == (100, 0.1, 40)
+    assert (v15.trainer.epochs, v15.trainer.optimizer.lr, v15.trainer.outliers.start_epoch) == (100, 0.1, 39)
     assert v15.trainer.outliers.K == 300
+
+
+def test_openood_v15_synthesis_starts_at_its_40th_epoch():
+    """OpenOOD counts epochs from 1 and synthesises while epoch_idx >= start_epoch_KNN (40)."""
+    from openood_ext.config import load_config
+    v15 = load_config(["configs/experiments/npos/train_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"])
+    first_openood = min(e for e in range(1, 101) if e >= 40)
+    assert v15.trainer.outliers.start_epoch == first_openood - 1
+    src = NPOSSynthesizer(queue_size=4, K=2, select=2, pick=1, candidates=3, keep=1, start_epoch=39)
+    src.update(torch.randn(8, 3), torch.tensor([0, 1] * 4))
+    assert [src.ready(e) for e in (38, 39)] == [False, True]
+
+
+def _supcon_lr(lr, e, b, n, epochs=100, warm=10, w_from=0.001, epoch_passed=None):
+    """SupCon's adjust_learning_rate + warmup_learning_rate by hand at 0-based epoch e, 1-based batch b;
+    ``epoch_passed`` = the epoch the caller hands to the warm-up formula (OpenOOD: e, intended: e + 1)."""
+    eta_min = lr * 0.1 ** 3
+    cos = lambda x: eta_min + (lr - eta_min) * (1 + math.cos(math.pi * x / epochs)) / 2  # noqa: E731
+    ep = e + 1 if epoch_passed is None else epoch_passed
+    if ep <= warm:
+        return w_from + (b + (ep - 1) * n) / (warm * n) * (cos(warm) - w_from)
+    return cos(e)
+
+
+@pytest.mark.parametrize("base", [0, 1])
+def test_supcon_schedule_matches_the_formula_and_openood_starts_negative(base):
+    from openood_ext.trainers.optim import check_schedule_spec, schedule_factor
+    n, lr = 7, 0.1
+    spec = check_schedule_spec({"name": "supcon", "min_lr_ratio": 1e-3, "warmup_epochs": 10, "warmup_from_ratio": 0.01,
+                                "warmup_epoch_base": base}, 100)
+    for t in range(0, 100 * n, 3):
+        e, b = divmod(t, n)
+        ref = _supcon_lr(lr, e, b + 1, n, epoch_passed=e + base)
+        assert lr * schedule_factor(spec, t, 100, n) == pytest.approx(ref, rel=1e-9, abs=1e-12), (t, base)
+    first = lr * schedule_factor(spec, 0, 100, n)
+    cos10 = lr * 1e-3 + (lr - lr * 1e-3) * (1 + math.cos(math.pi * 10 / 100)) / 2
+    p0 = (1 - n) / (10 * n) if base == 0 else 1 / (10 * n)   # OpenOOD's first step: p <= 0, a negative lr
+    assert first == pytest.approx(0.001 + p0 * (cos10 - 0.001)) and (first < 0) == (base == 0)
+    with pytest.raises(ConfigError, match="warmup_epoch_base"):
+        check_schedule_spec({"name": "supcon", "warmup_epoch_base": 2}, 10)
 
 
 def test_npos_postprocessor_is_knn_on_normalised_penultimate_features():

@@ -81,6 +81,40 @@ def test_token_replacement_changes_the_class_token_row_only(pipe):
     assert not torch.allclose(dog, plain)
 
 
+def test_published_layout_is_batches_of_one_random_class_and_one_shared_outlier(pipe):
+    from openood_ext.synthesizers.sd_pipeline import (SDConfig, batch_condition, encode_prompt, expected_entries,
+                                                       generation_chunks)
+    pub = SDConfig(**{**GEN, "batches": 5, "chunk": 3})
+    chunks = generation_chunks(pub)
+    assert len(expected_entries(pub)) == 15 and [ks for _, _, ks in chunks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8],
+                                                                                 [9, 10, 11], [12, 13, 14]]
+    assert {c for c, _, _ in chunks} <= {0, 1} and generation_chunks(pub) == chunks   # seeded class draws
+    per_class = SDConfig(**{**GEN, "images_per_class": 3, "chunk": 2})
+    assert expected_entries(per_class) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    pool = torch.randn(2, 10, pipe.text_encoder.get_input_embeddings().weight.shape[1]) * 3
+    cond, rows = batch_condition(pipe, pub, pool, 0, 3, torch.Generator().manual_seed(0))
+    assert rows.tolist() == [rows[0].item()] * 3 and torch.equal(cond[0], cond[1]) and torch.equal(cond[0], cond[2])
+    plain = encode_prompt(pipe, "A high-quality image of the cat")
+    assert not torch.allclose(cond[:1], plain)
+    cond, rows = batch_condition(pipe, per_class, pool, 0, 2, torch.Generator().manual_seed(0))
+    assert rows[0] != rows[1] and not torch.allclose(cond[0], cond[1])                 # one outlier per image
+    published_cifar = SDConfig(**{**GEN, "batches": 5, "chunk": 3, "replace_token": False})
+    cond, _ = batch_condition(pipe, published_cifar, pool, 0, 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(cond, plain.expand(3, -1, -1))                              # the plain prompt
+
+
+def test_oaml_configs_published_student_and_latent_count():
+    from openood_ext.config import load_config
+    pub = load_config(["configs/experiments/oaml/train_oaml_cifar10_224.yml"])
+    assert pub.network.name == "resnet18_224x224" and pub.benchmark.preprocessor.image_size == 224
+    assert pub.benchmark.preprocessor.resize == 224 and pub.trainer.batch_size == 128
+    o = pub.trainer.outliers
+    assert o.batches * o.chunk == 150 and o.replace_token is True
+    anchor = load_config(["configs/experiments/oaml/train_dream_anchor_cifar10.yml"]).trainer
+    assert anchor.optimizer.nesterov is True and anchor.scheduler.interval == "step"
+    assert anchor.scheduler.min_lr_ratio == pytest.approx(1e-6 / anchor.optimizer.lr)
+
+
 def test_hub_id_offline_is_one_line_error(tmp_path):
     from openood_ext.synthesizers.sd_pipeline import SDConfig, load_pipeline
     with pytest.raises(ConfigError, match="not available offline.*local directory") as e:
@@ -95,18 +129,30 @@ def test_pool_reuses_npos_and_is_rescaled_to_anchor_norm(gen_root):
     assert torch.allclose(o.norm(dim=-1), a.norm(dim=1)[:, None].expand(2, 16), rtol=1e-5)
 
 
-def test_text_sampler_is_npos_sample_on_normalised_features_rescaled():
+def test_text_sampler_is_npos_sample_per_class_on_normalised_features_rescaled():
     from openood_ext.synthesizers.npos import NPOSParams, npos_sample
     from openood_ext.synthesizers.sd_pipeline import SDConfig, sample_text_outliers
-    cfg = SDConfig(**{**GEN, "repeats": 1})
+    cfg = SDConfig(**{**GEN, "repeats": 2})
     g = torch.Generator().manual_seed(1)
     feats, anchors = torch.randn(2, 12, 6, generator=g) * 3, torch.rand(2, 6, generator=g)
     out = sample_text_outliers(feats, anchors, cfg, torch.Generator().manual_seed(5))
     unit = feats / feats.norm(dim=-1, keepdim=True)
-    ref = npos_sample(unit, NPOSParams(K=5, select=4, pick=4, candidates=20, keep=2, sigma=0.07),
-                      generator=torch.Generator().manual_seed(5), backend="torch").outliers.reshape(2, -1, 6)
-    ref = ref / ref.norm(dim=-1, keepdim=True) * anchors.norm(dim=1)[:, None, None]
-    assert torch.allclose(out, ref, atol=1e-6)
+    params, ref_g, ref = NPOSParams(K=5, select=4, pick=4, candidates=20, keep=2, sigma=0.07), torch.Generator().manual_seed(5), []
+    for c in range(2):  # class after class, repeat after repeat, each call its own draws
+        o = torch.cat([npos_sample(unit[c], params, generator=ref_g, backend="torch").outliers.reshape(-1, 6)
+                       for _ in range(2)])
+        ref.append(o / o.norm(dim=-1, keepdim=True) * anchors[c].norm())
+    assert out.shape == (2, 16, 6) and torch.allclose(out, torch.stack(ref), atol=1e-6)
+
+
+def test_text_sampler_draws_a_fresh_gaussian_per_class_and_repeat():
+    from openood_ext.synthesizers.sd_pipeline import SDConfig, sample_text_outliers
+    cfg = SDConfig(**{**GEN, "repeats": 2})
+    f = torch.randn(1, 12, 6, generator=torch.Generator().manual_seed(2))
+    out = sample_text_outliers(f.expand(2, -1, -1), torch.ones(2, 6), cfg, torch.Generator().manual_seed(0))
+    rows = lambda x: sorted(map(tuple, x.round(decimals=5).tolist()))  # noqa: E731 -- order-free comparison
+    # same features: a shared G would give the same set of outliers for both classes and both repeats
+    assert rows(out[0]) != rows(out[1]) and rows(out[0, :8]) != rows(out[0, 8:])
 
 
 def test_generation_resumes_only_missing_chunks_and_is_deterministic(gen_root, tmp_path):
@@ -297,6 +343,41 @@ def test_anchor_cosine_model_and_class_features(tmp_path):
     f, y = torch.arange(12.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1])
     out = class_features(f, y, 3, 3)
     assert out.shape == (3, 3, 2) and out[0, :, 0].tolist() == [0, 3, 6] and out[2, :, 0].tolist() == [2, 5, 8]
+
+
+def test_dream_features_order_published_reads_the_shuffled_augmented_train_loader(monkeypatch):
+    """``--order published`` (default): the first N per class in the seeded, shuffled training loader
+    (training transform); ``list``: image-list order. The loader is what the benchmark gives for
+    ``train=True`` / ``False``; here a fake benchmark records the call and yields labelled rows."""
+    from openood_ext.pipelines import dream_features as df
+    calls = []
+
+    class Bench:
+        num_classes = 2
+
+        def split(self, name):
+            return name
+
+        def loader(self, split, batch_size, train=False, seed=0):
+            calls.append((split, train, seed))
+            order = torch.randperm(6, generator=torch.Generator().manual_seed(seed)) if train else torch.arange(6)
+            x = order.float()[:, None].repeat(1, 3)
+            return [(x, order % 2)]
+
+    monkeypatch.setattr(df, "build_benchmark", lambda cfg: Bench())
+    monkeypatch.setattr(df, "build_network", lambda cfg, device: torch.nn.Identity())
+    monkeypatch.setattr(df, "load_checkpoint", lambda path, net: None)
+    monkeypatch.setattr(df, "extract_outputs", lambda net, loader, device, desc: type(
+        "O", (), {"features": torch.cat([b[0] for b in loader]), "labels": torch.cat([b[1] for b in loader])})())
+    cfg = {"batch_size": 4, "seed": 3}
+    pub = df.extract_features(cfg, "ckpt", 2)
+    listed = df.extract_features(cfg, "ckpt", 2, order="list")
+    assert calls == [("id_train", True, 3), ("id_train", False, 3)]
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(3))
+    assert pub[0, :, 0].tolist() == [float(i) for i in order if i % 2 == 0][:2]
+    assert listed[0, :, 0].tolist() == [0.0, 2.0] and listed[1, :, 0].tolist() == [1.0, 3.0]
+    with pytest.raises(DataError, match="--order"):
+        df.extract_features(cfg, "ckpt", 2, order="random")
 
 
 def test_outlier_draws_differ_between_torchrun_ranks(monkeypatch):
