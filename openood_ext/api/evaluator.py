@@ -275,7 +275,7 @@ class Evaluator:
             summary["postprocessors"][label] = {"hyperparameters": pp.hyperparameters(), **result.summary}
             if search:
                 summary["postprocessors"][label]["aps"] = search
-            self._scored[label] = {k: vars(v) for k, v in scored.items()}
+            self._scored[label] = {k: {"conf": v.conf, "preds": v.preds, "labels": v.labels} for k, v in scored.items()}
             self.scores[label] = {k: v.conf for k, v in scored.items()}
         summary.update({"skipped_sets": {s: {"group": g, "reason": r} for s, (g, r) in skipped.items()},
                         "skipped_images": {n: o.skipped for n, o in self.source.memo.items() if o.skipped}})

@@ -190,7 +190,8 @@ class TestOODPipeline:
                 summary["postprocessors"][label]["aps"] = search
                 ctx.log.info("APS %s: chose %s (val AUROC %.2f%%, %d combinations)", label, search["chosen"],
                              100 * search["auroc"], len(search["trials"]))
-            save_scores(ctx.dir, label, {k: vars(v) for k, v in scored.items()})
+            save_scores(ctx.dir, label, {k: {"conf": v.conf, "preds": v.preds, "labels": v.labels}
+                                         for k, v in scored.items()})
 
         ctx.log.info("network outputs: %d forward passes, %d cache hits", store.forward_passes, store.cache.hits)
         skipped_images = {name: out.skipped for name, out in store.memo.items() if out.skipped}

@@ -10,9 +10,10 @@ from conftest import cli
 def test_bench_postprocessors_on_digits(digits_checkpoint, tmp_path):
     out = tmp_path / "bench.json"
     # MC dropout on the same weights with a dropout layer (it has no parameters), the checkpoint twice as an ensemble
-    proc = cli("bench", "postprocessors", "--only", "msp", "knn", "dropout", "ensemble", "-o", str(out),
-               "--members", str(digits_checkpoint), str(digits_checkpoint),
-               f"network.checkpoint={digits_checkpoint}", "+network.dropout=0.5", module="openood_ext.cli", cwd=tmp_path)
+    # the overrides first: --only and --members take every word after them
+    proc = cli("bench", "postprocessors", f"network.checkpoint={digits_checkpoint}", "+network.dropout=0.5",
+               "-o", str(out), "--only", "msp", "knn", "dropout", "ensemble",
+               "--members", str(digits_checkpoint), str(digits_checkpoint), module="openood_ext.cli", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "(T_fwd + T_zoo) / T_fwd" in proc.stdout and "OpenOOD way / ours" in proc.stdout
     r = json.loads(out.read_text())

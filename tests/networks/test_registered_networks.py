@@ -29,6 +29,7 @@ SPECS = {
     "ae_cnn32": ({}, (3, 32, 32), "recon"),
     "ae_mnist_conv": ({"latent_dim": 8}, (1, 28, 28), "ae_score"),
     "ae_resnet18_32x32": ({"width": 4, "latent_dim": 8}, (3, 32, 32), "ae_score"),
+    "ae_resnet50_32x32": ({"width": 2, "latent_dim": 8}, (3, 32, 32), "ae_score"),
     "anchor_cosine": (_anchors, (1, 8, 8), "classifier"),
     "clip": ({"model": "tiny-random"}, (3, 32, 32), "embedding"),
     "digits_cnn": ({"width": 4, "num_classes": 3}, (1, 8, 8), "classifier"),

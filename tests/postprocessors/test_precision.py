@@ -35,12 +35,15 @@ SETTINGS = {"odin": {"grad_batch_size": 64}, "mds_ensemble": {"grad_batch_size":
 
 def builtin_zoo() -> list[str]:
     names = [n for n in POSTPROCESSORS.names() if POSTPROCESSORS.get(n).__module__.startswith("openood_ext.postprocessors.")]
-    return [n for n in names if n != "vmdls"]  # vmdls scores only its own network (test_vmdls.py)
+    # vmdls scores only its own network (test_vmdls.py); MC dropout needs dropout layers and the ensemble member
+    # checkpoints (both run plain network passes, covered by test_dropout.py / test_ensemble.py)
+    return [n for n in names if n not in ("vmdls", "dropout", "ensemble")]
 
 
 TINY = {"knn": {"k": 5}, "npos": {"k": 5}, "nnguide": {"K": 5}, "vim": {"dim": 4}, "residual": {"dim": 4},
         "openmax": {"tailsize": 5, "backend": "scipy"}, "odin": {"grad_batch_size": 16},
-        "mds_ensemble": {"grad_batch_size": 16}}
+        "mds_ensemble": {"grad_batch_size": 16}, "iodin": {"grad_batch_size": 16},
+        "adascale": {"k1": 25, "k2": 12.5, "grad_batch_size": 16}}  # 5% / 1% of 8 units round to none
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_registered_postprocessor_fits_and_scores(name, setups, request):
     confs = {}
     for split in ("id_test", "ood"):
         conf = pp.score_loader(loaders[split]()) if from_images else pp.score(outputs[split])
-        conf, preds = split_result(conf)  # (conf, preds) from methods that predict their own way
+        conf, preds, _ = split_result(conf)  # (conf, preds) from methods that predict their own way
         conf = np.asarray(conf)
         assert preds is None or np.asarray(preds).shape == conf.shape, (name, split)
         assert conf.shape == (len(outputs[split]),), (name, split, conf.shape)
@@ -105,7 +105,9 @@ def test_registered_postprocessor_fits_and_scores(name, setups, request):
 
 
 #: constructor arguments that bound memory or speed and do not change the scores (kept out of metrics.json)
-NOT_HYPERPARAMETERS = {"grad_batch_size", "chunk"}
+NOT_HYPERPARAMETERS = {"grad_batch_size", "chunk", "batch_size"}
+#: arguments without a default, given here so that the method can be built
+REQUIRED = {"ensemble": {"checkpoints": ["member_0.pt", "member_1.pt"]}}
 
 
 @pytest.mark.parametrize("name", builtin_names(POSTPROCESSORS))
@@ -113,7 +115,7 @@ def test_registered_postprocessor_records_its_constructor_arguments(name):
     """metrics.json and the leaderboard take ``hyperparameters()``: every named constructor argument must be
     in it with the value the method runs with (here its default; ``auto`` is recorded resolved)."""
     import inspect
-    pp = POSTPROCESSORS.build(name)
+    pp = POSTPROCESSORS.build({"name": name, **REQUIRED.get(name, {})})
     recorded = pp.hyperparameters()
     for param in inspect.signature(type(pp).__init__).parameters.values():
         if param.name == "self" or param.name in NOT_HYPERPARAMETERS or param.kind in (param.VAR_POSITIONAL,
@@ -121,6 +123,8 @@ def test_registered_postprocessor_records_its_constructor_arguments(name):
             continue
         assert param.name in recorded, f"{name}: '{param.name}' is not recorded"
         default = list(param.default) if isinstance(param.default, tuple) else param.default
+        if param.default is param.empty:
+            default = REQUIRED[name][param.name]
         if default == "auto":  # recorded as resolved (openmax: the Weibull backend it found)
             continue
         assert recorded[param.name] == default, (name, param.name, recorded[param.name], default)
