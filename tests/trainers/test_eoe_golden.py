@@ -4,7 +4,6 @@ give the published outputs for the same fixed inputs and deterministic weights, 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,16 +21,10 @@ from openood_ext.trainers.eoe_clip import clip_anomaly_score, clip_oe_loss
 from openood_ext.trainers.eoe_dsad import dsad_loss
 from openood_ext.trainers.eoe_focal import focal_loss
 from openood_ext.trainers.eoe_hsc import hsc_loss, hsc_score
+from parity_helpers import parity_script
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = torch.load(REPO / "tests" / "golden" / "eoe_published.pt", weights_only=False)
-
-
-def _parity_script():
-    spec = importlib.util.spec_from_file_location("eoe_parity", REPO / "scripts" / "parity" / "eoe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_golden_file_names_the_published_commit():
@@ -42,7 +35,7 @@ def test_golden_file_names_the_published_commit():
 def test_networks_give_the_published_outputs(name, clf):
     g = GOLDEN[f"net/{name}/{clf}"]
     net = NETWORKS.build({"name": name, "bias": True, "clf": clf}).eval()
-    _parity_script().deterministic_(net)  # the same fixed pattern the published module was filled with
+    parity_script("eoe").deterministic_(net)  # the same fixed pattern the published module was filled with
     with torch.no_grad():
         assert torch.allclose(net(g["x"]), g["y"], atol=1e-5, rtol=1e-5)
 
@@ -63,7 +56,7 @@ def test_objectives_give_the_published_loss_gradient_and_score(name, loss, score
 def test_dsvdd_centre_with_the_published_switch():
     g = GOLDEN["dsvdd/centre"]
     net = NETWORKS.build({"name": "eoe_cnn32", "bias": True})
-    _parity_script().deterministic_(net)
+    parity_script("eoe").deterministic_(net)
     t = TRAINERS.get("eoe_dsvdd")(centre_inputs="published")
     t.setup(net, TrainContext(device=torch.device("cpu"), num_classes=1, epochs=1, steps_per_epoch=1))
     assert torch.allclose(t.compute_centre(g["batches"]), g["centre"], atol=1e-6)

@@ -5,8 +5,6 @@ learning-rate schedules, and every gradient of one OpenOOD training step with sy
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 from openood_ext.config import load_config
 from openood_ext.synthesizers.npos import NPOSParams, faiss_available, npos_sample
 from openood_ext.trainers.optim import check_schedule_spec, schedule_factor
+from parity_helpers import parity_script
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = torch.load(Path(__file__).parent / "golden" / "npos_published.pt", weights_only=True)
@@ -22,11 +21,7 @@ GOLDEN = torch.load(Path(__file__).parent / "golden" / "npos_published.pt", weig
 
 @pytest.fixture(scope="module")
 def harness():
-    spec = importlib.util.spec_from_file_location("parity_npos", REPO / "scripts" / "parity" / "npos.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["parity_npos"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return parity_script("npos")
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])

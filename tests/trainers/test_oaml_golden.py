@@ -5,25 +5,19 @@ sampler with the published draws (``ranking: published``), and the per-step cosi
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from parity_helpers import parity_script
 
-REPO = Path(__file__).resolve().parents[2]
 GOLDEN = torch.load(Path(__file__).parent / "golden" / "oaml_published.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def harness():
-    spec = importlib.util.spec_from_file_location("parity_oaml", REPO / "scripts" / "parity" / "oaml.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["parity_oaml"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return parity_script("oaml")
 
 
 @pytest.mark.slow  # the published trainer hard-codes a 128-row batch (about 10 s on 2 busy cores)

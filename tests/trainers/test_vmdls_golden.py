@@ -8,7 +8,6 @@ rebuilds the same weights in our modules.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,10 @@ import torch
 
 from openood_ext.networks import NETWORKS
 from openood_ext.trainers import TRAINERS, Batch, TrainContext
+from parity_helpers import parity_script
 
-REPO = Path(__file__).resolve().parents[2]
 GOLDEN = torch.load(Path(__file__).parent / "golden" / "vmdls_published.pt", weights_only=False)
-
-
-def _harness():
-    spec = importlib.util.spec_from_file_location("vmdls_parity", REPO / "scripts" / "parity" / "vmdls.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fill = _harness().fill_deterministic
+fill = parity_script("vmdls").fill_deterministic
 
 
 def test_mnist_conv_encoder_matches_the_published_outputs():
