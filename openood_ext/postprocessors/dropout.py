@@ -38,6 +38,20 @@ def average_prediction(logits: torch.Tensor, average: str) -> torch.Tensor:
     return logits.double().mean(dim=0).softmax(dim=1)
 
 
+def max_probability_scores(predictive, loader, device, desc: str, chunk: int | None = None):
+    """(conf float64 [N], preds int64 [N]) over a split: the largest predictive probability of each image
+    and its class, ``predictive(images) -> [B, C]`` applied batch by batch (``chunk``: at most that many
+    images per call)."""
+    confs, preds = [], []
+    for images, _ in iter_images(loader, device, desc=desc, chunk=chunk):
+        conf, pred = predictive(images).max(dim=1)
+        confs.append(conf.cpu())
+        preds.append(pred.cpu())
+    if not confs:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return torch.cat(confs).numpy(), torch.cat(preds).numpy()
+
+
 class stochastic_dropout:
     """Context: ``net``'s dropout modules in train mode (the rest, BatchNorm included, as they were)."""
 
@@ -108,14 +122,7 @@ class MCDropoutPostprocessor(Postprocessor):
         self.net.eval()
         device = torch.device(self.device)
         devices = [device.index or 0] if device.type == "cuda" else []
-        confs, preds = [], []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            chunk = max(1, self._batch_size // self.T)
-            for images, _ in iter_images(loader, self.device, desc="dropout", chunk=chunk):
-                conf, pred = self.predictive(images).max(dim=1)
-                confs.append(conf.cpu())
-                preds.append(pred.cpu())
-        if not confs:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        return torch.cat(confs).numpy(), torch.cat(preds).numpy()
+            return max_probability_scores(self.predictive, loader, self.device, "dropout",
+                                          chunk=max(1, self._batch_size // self.T))

@@ -15,8 +15,7 @@ from ..errors import CheckpointError, ConfigError
 from ..networks.checkpoint import network_from_checkpoint
 from ..schema import Length
 from .base import Postprocessor
-from .dropout import average_prediction
-from .layer_features import iter_images
+from .dropout import average_prediction, max_probability_scores
 from .registry import POSTPROCESSORS
 
 
@@ -153,11 +152,4 @@ class EnsemblePostprocessor(Postprocessor):
     def score_loader(self, loader) -> tuple[np.ndarray, np.ndarray]:
         if self._members is None:
             raise RuntimeError("ensemble: attach_network() must be called before scoring")
-        confs, preds = [], []
-        for images, _ in iter_images(loader, self.device, desc="ensemble"):
-            conf, pred = self.predictive(images).max(dim=1)
-            confs.append(conf.cpu())
-            preds.append(pred.cpu())
-        if not confs:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        return torch.cat(confs).numpy(), torch.cat(preds).numpy()
+        return max_probability_scores(self.predictive, loader, self.device, "ensemble")
