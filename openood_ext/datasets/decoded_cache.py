@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from ..errors import ConfigError, DataError, OpenOODError
+from ..errors import ConfigError, OpenOODError
 from ..utils.io import write_stream, write_text
 from .imglist import ImglistDataset
 
@@ -104,12 +104,9 @@ def decode(dataset: ImglistDataset, geometry: dict, max_side: int) -> tuple[np.n
     out = np.empty((len(dataset), channels, size, size), dtype=np.uint8)
     kept = []
     for i, entry in enumerate(dataset.entries):
-        try:
-            img = dataset.load_image(entry)
-        except DataError:
-            if dataset.on_bad_image == "skip":
-                continue
-            raise
+        img = dataset.image_or_skip(entry)
+        if img is None:
+            continue
         if max(img.size) > max_side:
             raise NotSmall(f"{dataset.data_root / entry.path} is {img.size[0]}x{img.size[1]} "
                            f"(listed at {dataset.imglist}:{entry.line}), larger than data.max_side {max_side}")

@@ -104,14 +104,21 @@ class ImglistDataset(torch.utils.data.Dataset):
             problem = f"unreadable image ({exc})"
         raise DataError(f"{path}: {problem} (listed at {self.imglist}:{entry.line})")
 
-    def __getitem__(self, index: int):
-        entry = self.entries[index]
+    def image_or_skip(self, entry: ImglistEntry):
+        """:meth:`load_image`, or None for an unreadable image under ``on_bad_image: skip`` (else its
+        DataError)."""
         try:
-            image = self.load_image(entry)
+            return self.load_image(entry)
         except DataError:
             if self.on_bad_image == "skip":
                 return None
             raise
+
+    def __getitem__(self, index: int):
+        entry = self.entries[index]
+        image = self.image_or_skip(entry)
+        if image is None:
+            return None
         label = entry.label if self.label_override is None else self.label_override
         return self.transform(image), label
 

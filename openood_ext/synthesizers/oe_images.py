@@ -51,12 +51,9 @@ class MaskedImglistDataset(ImglistDataset):
     def __getitem__(self, index: int):
         from PIL import Image
         entry = self.entries[index]
-        try:
-            image = self.load_image(entry)
-        except DataError:
-            if self.on_bad_image == "skip":
-                return None
-            raise
+        image = self.image_or_skip(entry)
+        if image is None:
+            return None
         mask = Image.fromarray(self.load_mask(entry.path, True) * 255)
         return self.paired(image, mask)
 
