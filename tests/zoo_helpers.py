@@ -9,8 +9,11 @@ from openood_ext.features import NetOutputs
 from openood_ext.postprocessors import POSTPROCESSORS
 
 
-def outputs(features, w=None, b=None, labels=None, logits=None) -> NetOutputs:
-    """NetOutputs of given features; logits W z + b when W is given (float32, as the pass stores them)."""
+def outputs(features=None, w=None, b=None, labels=None, logits=None) -> NetOutputs:
+    """NetOutputs of given features and/or logits (float32, as the pass stores them): logits default to
+    W z + b when W is given (else zeros [N, 2]), features to zeros [N, 1]."""
+    if features is None:
+        features = np.zeros((len(logits), 1))
     z = torch.as_tensor(np.asarray(features, dtype=np.float64))
     extras = {}
     if w is not None:
@@ -22,7 +25,7 @@ def outputs(features, w=None, b=None, labels=None, logits=None) -> NetOutputs:
     if logits is None:
         logits = torch.zeros(len(z), 2)
     lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
-    return NetOutputs(torch.as_tensor(logits).float(), z.float(), lab, extras)
+    return NetOutputs(torch.as_tensor(np.asarray(logits, dtype=np.float64)).float(), z.float(), lab, extras)
 
 
 def build(name, **kw):

@@ -11,6 +11,7 @@ import torch
 
 from conftest import REPO, image_loader
 from sklearn.covariance import EmpiricalCovariance
+from zoo_helpers import outputs as net_outputs
 
 from openood_ext.features import NetOutputs, extract_outputs
 from openood_ext.networks.small_cnn import DigitsCNN
@@ -23,19 +24,7 @@ from openood_ext.postprocessors.temp_scaling import nll_at
 
 def outs(logits=None, features=None, labels=None, w=None, b=None) -> NetOutputs:
     """NetOutputs from lists/arrays; logits default to W z + b when W is given."""
-    feats = torch.as_tensor(np.asarray(features, dtype=np.float64)) if features is not None else None
-    extras = {}
-    if w is not None:
-        w = torch.as_tensor(np.asarray(w, dtype=np.float64))
-        b = torch.zeros(len(w), dtype=torch.float64) if b is None else torch.as_tensor(np.asarray(b, dtype=np.float64))
-        extras = {"fc_weight": w.float(), "fc_bias": b.float()}
-        if logits is None:
-            logits = feats @ w.T + b
-    logits = torch.as_tensor(np.asarray(logits, dtype=np.float64))
-    if feats is None:
-        feats = torch.zeros(len(logits), 1, dtype=torch.float64)
-    lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
-    return NetOutputs(logits.float(), feats.float(), lab, extras)
+    return net_outputs(features, w, b, labels, logits)
 
 
 def build(name, **kw):
