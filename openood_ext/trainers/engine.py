@@ -369,7 +369,7 @@ class Engine:
             raise self._stopped(exc, epoch) from None
 
     def _on_device(self, images):
-        """Outlier images on the device, in channels_last like the ID batch when that is on."""
+        """Images (ID or outlier batches) on the device, in channels_last when that is on."""
         if not torch.is_tensor(images):
             return images
         images = images.to(self.device, non_blocking=True)
@@ -449,10 +449,8 @@ class Engine:
             images, labels = data[0], data[1]
             if len(images) == 0:
                 continue
-            images = images.to(self.device, non_blocking=True)
+            images = self._on_device(images)
             labels = labels.to(self.device, non_blocking=True)
-            if self.settings.channels_last and images.ndim == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
             batch = Batch(images, labels, None, epoch, epoch * n_batches + index, index)
             if wants_images:
                 batch.outliers = self._on_device(self.source.draw(batch))
