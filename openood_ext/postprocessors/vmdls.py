@@ -136,6 +136,18 @@ def vmdls_scores(max_loglik: np.ndarray, recon: np.ndarray | None = None, shift:
     return (lp - m) * (r / max(rmax, 1e-300))
 
 
+def joint_scores(sets: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> dict[str, np.ndarray]:
+    """Several sets, name -> (max_c lp_c [N], r [N] or None), scored as ONE evaluated set (the published
+    rule: M and max r over all of them; d = 1 unless every set has r); name -> confidences."""
+    names = list(sets)
+    best = np.concatenate([np.asarray(sets[n][0], dtype=np.float64) for n in names])
+    recons = [sets[n][1] for n in names]
+    recon = None if any(r is None for r in recons) else np.concatenate(recons)
+    conf = vmdls_scores(best, recon)
+    bounds = np.cumsum([0] + [len(sets[n][0]) for n in names])
+    return {n: conf[a:b] for n, a, b in zip(names, bounds[:-1], bounds[1:])}
+
+
 @POSTPROCESSORS.register("vmdls")
 class VMDLSPostprocessor(Postprocessor):
     """See the module docstring. Needs a ``vmdls`` network (``encoder`` returning ``(pooled list, output)``,
@@ -267,10 +279,9 @@ class VMDLSPostprocessor(Postprocessor):
 
     def rescore_pair(self, id_parts: Mapping[str, np.ndarray], ood_parts: Mapping[str, np.ndarray]):
         """(ID conf, OOD conf) of the ID test and one OOD set scored as one evaluated set (``shift: scored``)."""
-        best = np.concatenate([id_parts["best"], ood_parts["best"]])
-        conf = vmdls_scores(best, np.concatenate([id_parts["recon"], ood_parts["recon"]]))
-        n = len(id_parts["best"])
-        return conf[:n], conf[n:]
+        joint = joint_scores({"id": (id_parts["best"], id_parts["recon"]),
+                              "ood": (ood_parts["best"], ood_parts["recon"])})
+        return joint["id"], joint["ood"]
 
     def _run(self, loader, finish):
         self._check_net(self.net)
@@ -294,14 +305,8 @@ class VMDLSPostprocessor(Postprocessor):
     def score_sets(self, loaders: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Score several splits as one evaluated set (the published rule: M and max r over all of them)."""
         parts = {name: self.loglik_loader(ld) for name, ld in loaders.items()}
-        best = {n: p[0].max(1).values.numpy() for n, p in parts.items()}
-        recon = {n: (p[2].numpy() if p[2] is not None else None) for n, p in parts.items()}
-        pooled_lp = np.concatenate(list(best.values()))
-        m = float(pooled_lp.max()) + 1.0
-        if any(r is None for r in recon.values()):
-            return {n: vmdls_scores(b, shift=m) for n, b in best.items()}
-        rmax = float(np.concatenate(list(recon.values())).max())
-        return {n: vmdls_scores(best[n], recon[n], shift=m, recon_max=rmax) for n in best}
+        return joint_scores({n: (lp.max(1).values.numpy(), None if r is None else r.numpy())
+                             for n, (lp, _, r) in parts.items()})
 
     def score(self, outputs):
         raise ConfigError("postprocessor vmdls scores from the shared pass's layer taps (score_taps) or from "
