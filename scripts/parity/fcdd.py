@@ -13,6 +13,8 @@ item, measured difference, verdict (equal / equal with switch X / documented pub
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import sys
@@ -105,7 +107,8 @@ def recipe_rows(root: Path) -> list[tuple[str, str, str]]:
                  "weight decay": (pub.weight_decay, tr["optimizer"].get("weight_decay")),
                  "optimizer": (pub.optimizer_type, tr["optimizer"]["name"]),
                  "gauss_std": (float(pub.gauss_std), float(net["gauss_std"])),
-                 "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile))}
+                 "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile)),
+                 "passes per epoch": (passes_per_epoch(pub.dataset), tr.get("epoch_repeats", 1))}
         bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
         out.append((f"recipe {name} ({config}.yml): " + ", ".join(pairs),
                     "none" if not bad else "; ".join(f"{k}: published {a}, ours {b}" for k, (a, b) in bad.items()),
@@ -226,13 +229,21 @@ def seed_all(seed: int) -> None:
 def mvtec_rows(row, golden) -> None:
     """FCDD's MVTec training set (``fcdd.datasets.mvtec.ADMvTec`` on a fake stored file) against ours:
     epoch size (enlarge), where the confetti is made (fixed draws), the offline supervisor."""
+    import shutil
+    root, normals = fake_mvtec_root()
+    try:
+        mvtec_rows_on(root, normals, row, golden)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mvtec_rows_on(root: str, normals: torch.Tensor, row, golden) -> None:
     import fcdd.datasets.mvtec as pub_mvtec
     from fcdd.datasets import offline_supervisor as pub_offline
     from fcdd.datasets.online_supervisor import OnlineSupervisor
 
     from openood_ext.synthesizers.confetti import apply_offline, confetti_noise
     from openood_ext.synthesizers.supervisor import DatasetSupervision
-    root, normals = fake_mvtec_root()
     n = len(normals)
 
     # 1. epoch size: FCDD's enlarge (x10), every supervise mode, online and offline
@@ -322,6 +333,14 @@ def mixed_blob_stats(noise: torch.Tensor) -> dict:
     for name, v in (("covered", covered), ("mean_value", mean_on), ("over_255", over)):
         out[name] = (float(v.mean()), float(v.std() / math.sqrt(len(v))))
     return out
+
+
+def passes_per_epoch(dataset: str) -> int:
+    """Published training passes per epoch: 10 for MVTec-AD (``ADMvTec.enlarge``), else 1."""
+    if dataset != "mvtec":
+        return 1
+    import fcdd.datasets.mvtec as pub_mvtec
+    return 10 if pub_mvtec.ADMvTec.enlarge else 1
 
 
 def seeded_state(net: torch.nn.Module) -> dict:
@@ -473,8 +492,10 @@ def main() -> None:
         + "/".join(f"{ours_mb[k][0]:.4g}" for k in ours_mb) + " (z = " + "/".join(f"{z:.1f}" for z in zs.values()) + ")",
         "equal" if all(abs(z) < 3 for z in zs.values()) else "DIFFERS")
 
-    # MVTec training set: enlarge, confetti position, offline supervision
-    mvtec_rows(row, golden)
+    # MVTec training set: enlarge, confetti position, offline supervision (FCDD's dataset code prints its
+    # loading steps: kept out of the table)
+    with contextlib.redirect_stdout(io.StringIO()):
+        mvtec_rows(row, golden)
 
     # upsampling with gauss_std null
     a = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(4))
