@@ -218,3 +218,12 @@ def test_stored_image_keeps_a_pil_image_at_the_stored_size():
     from openood_ext.synthesizers.supervisor import StoredImage
     img = Image.fromarray(np.zeros((300, 280, 3), np.uint8))
     assert StoredImage(240)(img).size == (240, 240) and StoredImage(None)(img) is img
+
+
+def test_a_dataset_side_source_needs_a_trainer_that_reads_it():
+    from openood_ext.errors import ConfigError
+    from openood_ext.trainers import validate_trainer_config
+    spec = {"name": "oe", "epochs": 1, "outliers": {"name": "confetti", "supervisor": "online"}}
+    with pytest.raises(ConfigError, match="supervisor: online makes the anomalies in the training set"):
+        validate_trainer_config(spec)
+    validate_trainer_config({"name": "fcdd", "epochs": 1, "outliers": {"name": "confetti", "supervisor": "offline"}})
