@@ -68,15 +68,19 @@ def _scale_range(value) -> tuple[float, float]:
 
 
 class RelativeNoise:
-    """FCDD's MVTec noise: with p = 1/2 (``randint(0, 2)``), x + scale * std(x) * N(0, 1); clamped to [0, 1]."""
+    """FCDD's MVTec noise: with p = 1/2 (``randint(0, 2)``), x + scale * std(x) * N(0, 1); clamped to [0, 1].
+    Draws as FCDD does: the torch normal field first, then the on/off coin from NumPy's global RNG (which
+    the DataLoader seeds in each worker), so that seeded draws give FCDD's image."""
 
     def __init__(self, scale: float):
         self.scale = float(scale)
 
     def __call__(self, x):
+        import numpy as np
         import torch
-        on = int(torch.randint(0, 2, ()))
-        return (x + torch.randn_like(x) * on * x.std() * self.scale).clamp(0, 1)
+        field = torch.randn_like(x)
+        on = int(np.random.randint(0, 2))
+        return (x + field * on * x.std() * self.scale).clamp(0, 1)
 
     def __repr__(self) -> str:
         return f"RelativeNoise(scale={self.scale})"

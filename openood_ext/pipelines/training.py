@@ -47,7 +47,7 @@ def fit_network(plan: TrainingPlan, bench, net_spec: dict[str, Any], *, device: 
     """
     net = NETWORKS.build(net_spec).to(device)
     loader = build_train_loader(bench, plan.trainer, plan.settings.batch_size, seed, loader_options=loader_options,
-                                data=data, device=device, log=log)
+                                data=data, device=device, log=log, source=plan.source)
     if isinstance(loader, TensorBatchSource) and hasattr(plan.source, "use_tensor_path"):
         plan.source.use_tensor_path(data, device, log)
     if plan.source is not None:  # an outlier source draws per step, on the training device

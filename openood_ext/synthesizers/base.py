@@ -10,6 +10,11 @@ An outlier source is built from ``trainer.outliers`` (a OUTLIER_SOURCES entry) a
 Image sources (``kind = "images"``) fill ``batch.outliers`` in the engine. Feature-space sources
 (``kind = "features"``, e.g. NPOS) are called by their trainer through ``ctx.outliers``, since they need
 the network's embeddings of the current batch. Both save what resume needs in ``state_dict``.
+
+An image source with ``dataset_side = True`` (FCDD's supervisor position: ``supervisor: online|offline``
+of ``confetti`` and ``fcdd_noise``) is not drawn by the engine: its trainer wraps the training set
+(``Trainer.train_dataset``) and the source's ``corrupt255`` makes the anomalies there, before the
+training transform (:mod:`.supervisor`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torchvision.transforms.functional as TF
 from ..errors import ConfigError
 from ..schema import Length, PositiveInt, Probability
 from .base import OutlierSource, rank_key
+from .supervisor import Supervisor
 from .pixels import PixelSpace
 from .registry import OUTLIER_SOURCES
 
@@ -112,7 +113,7 @@ def render_blobs(blobs: Blobs, h: int, w: int) -> torch.Tensor:
         s, cy, cx = int(blobs.side[i]), int(blobs.cy[i]), int(blobs.cx[i])
         r0, r1 = max(cy - math.floor(0.75 * s), 0), min(cy + math.ceil(0.75 * s), h - 1)
         c0, c1 = max(cx - math.floor(0.75 * s), 0), min(cx + math.ceil(0.75 * s), w - 1)
-        if r1 <= r0 or c1 <= c0:
+        if r1 <= r0 or c1 <= c0 or float(blobs.angle[i]) == 0:  # nothing to rotate
             continue
         # FCDD passes (row, column) offsets where skimage expects (column, row): kept, as published
         out[r0:r1, c0:c1] = rotate_window(out[r0:r1, c0:c1], float(blobs.angle[i]), (cy - r0, cx - c0))
@@ -152,6 +153,19 @@ def apply_confetti(images255: torch.Tensor, noise: torch.Tensor) -> tuple[torch.
     return out, changed
 
 
+def apply_offline(images255: torch.Tensor, noise: torch.Tensor,
+                  brightness: float = 0.11 * 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """FCDD's *offline* ``malformed_normal`` (``offline_supervisor.malformed_normal``), another rule than
+    the online one: the noise (truncated to integers) is negated at every pixel whose channel sum exceeds
+    ``brightness`` x C, then added and clamped to [0, 255]. Returns (corrupted images, map [B, 1, H, W] of
+    changed pixels)."""
+    noise = noise.trunc()
+    bright = images255.sum(1, keepdim=True) > brightness * images255.shape[1]
+    out = (images255 + torch.where(bright, -noise, noise)).clamp(0, 255)
+    changed = ((out - images255).abs().amax(1, keepdim=True) > 0).float()
+    return out, changed
+
+
 def fit_noise(noise: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """Noise drawn at FCDD's stored size -> the image size, per image as FCDD's MVTec training transform
     moves it with its image: with p = 1/2 a random crop, else nearest-neighbour resizing."""
@@ -185,6 +199,14 @@ class Confetti(OutlierSource):
     ``draw_size: N`` draws the noise at N x N and moves it to the image size as FCDD's MVTec training
     transform moves an image stored at 240 px (:func:`fit_noise`; the MVTec recipe sets 240).
 
+    ``supervisor``: where the confetti is made. ``batch`` (default): by the engine, on the transformed
+    training batch (after crop, jitter, noise; normalisation undone and redone). ``online``: FCDD's
+    ``OnlineSupervisor`` position, on the stored image before the training transform (so the crop/resize,
+    the colour jitter and the noise of FCDD's ``lcnaug1`` act on the anomaly too; the MVTec recipe);
+    ``offline``: FCDD's offline supervision, a fixed set of N anomalies, one per training image, made once
+    (:mod:`.supervisor`). With ``online``/``offline`` the noise is drawn at the stored size and
+    ``draw_size`` is not used.
+
     ``noise`` mode: FCDD clamps the (mostly negative) confetti noise to [0, 255], which gives black images
     (a published defect: the anomalies carry no blob). By default the blobs are drawn bright (|noise| on
     black); ``published_noise_clamp: true`` reproduces the black images.
@@ -195,13 +217,15 @@ class Confetti(OutlierSource):
     def __init__(self, mode: Literal["malformed_normal", "noise"] = "malformed_normal", prob: Probability = 1.8e-5,
                  prob_dark: Probability = 1.2e-5, side_range: Annotated[list[PositiveInt], Length(2, 2)] = (8, 54),
                  blur_kernel: int = 25, blur_sigma: float = 5.0, draw_size: PositiveInt | None = None,
-                 published_noise_clamp: bool = False):
+                 published_noise_clamp: bool = False, supervisor: Supervisor = "batch"):
         side_range = tuple(side_range)
         if side_range[0] > side_range[1]:
             raise ConfigError(f"trainer.outliers.side_range: expected [min, max] with 1 <= min <= max, got {list(side_range)}")
         self.mode, self.prob, self.prob_dark, self.side_range = mode, float(prob), float(prob_dark), side_range
         self.blur_kernel, self.blur_sigma = int(blur_kernel), float(blur_sigma)
         self.draw_size, self.published_noise_clamp = draw_size, bool(published_noise_clamp)
+        self.supervisor = supervisor
+        self.dataset_side = supervisor != "batch"
         self.last_changed = None
 
     def setup(self, ctx) -> None:
@@ -214,19 +238,29 @@ class Confetti(OutlierSource):
         seed = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
         self.generator = torch.Generator().manual_seed(int(seed) % 2**62)
 
+    def noise255(self, shape: tuple[int, int, int, int], generator: torch.Generator | None) -> torch.Tensor:
+        """Confetti noise [B, C, H, W] with this source's blob parameters (0..255 units)."""
+        return confetti_noise(shape, generator, prob=self.prob, prob_dark=self.prob_dark, side_range=self.side_range,
+                              blur_kernel=self.blur_kernel, blur_sigma=self.blur_sigma)
+
+    def corrupt255(self, raw: torch.Tensor, generator: torch.Generator | None, draw_size: int | None = None,
+                   offline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, C, H, W] in 0..255 -> (confetti outliers in 0..255, changed-pixel maps [B, 1, H, W]).
+        ``draw_size``: draw the noise at that size and fit it to H x W (:func:`fit_noise`); ``generator``
+        None draws from the global torch RNG (a loader worker's, for dataset-side supervision);
+        ``offline``: FCDD's offline malformed-normal rule (:func:`apply_offline`)."""
+        b, c, h, w = raw.shape
+        noise = self.noise255((b, c, draw_size, draw_size) if draw_size else (b, c, h, w), generator)
+        noise = fit_noise(noise, (h, w), generator)
+        if self.mode == "noise":  # FCDD's `noise` supervision: the noise alone replaces the image
+            out = noise.clamp(0, 255) if self.published_noise_clamp else noise.abs().clamp(0, 255)
+            return out, (out.amax(1, keepdim=True) > 0).float()
+        return apply_offline(raw, noise) if offline else apply_confetti(raw, noise)
+
     def corrupt(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, C, H, W] -> confetti outliers (normalised), on the images' device."""
         raw = self.pixels.to_unit(images.float().cpu()) * 255
-        b, c, h, w = raw.shape
-        shape = (b, c, self.draw_size, self.draw_size) if self.draw_size else (b, c, h, w)
-        noise = confetti_noise(shape, self.generator, prob=self.prob, prob_dark=self.prob_dark,
-                               side_range=self.side_range, blur_kernel=self.blur_kernel, blur_sigma=self.blur_sigma)
-        noise = fit_noise(noise, (h, w), self.generator)
-        if self.mode == "noise":  # FCDD's `noise` supervision: the noise alone replaces the image
-            out = noise.clamp(0, 255) if self.published_noise_clamp else noise.abs().clamp(0, 255)
-            self.last_changed = (out.amax(1, keepdim=True) > 0).float()
-        else:
-            out, self.last_changed = apply_confetti(raw, noise)
+        out, self.last_changed = self.corrupt255(raw, self.generator, self.draw_size)
         return self.pixels.from_unit(out / 255).to(images.device)
 
     def draw(self, batch) -> torch.Tensor:

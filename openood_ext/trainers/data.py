@@ -22,7 +22,7 @@ from ..utils.runtime import get_logger
 
 def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_workers: int = 0,
                        loader_options: dict | None = None, data=None, device: torch.device | str = "cpu",
-                       log=None):
+                       log=None, source=None):
     """DataLoader of ``(images, labels, n_skipped)`` over ``benchmark``'s ``id_train`` split.
 
     ``loader_options``: DataLoader keywords (``num_workers``, ``pin_memory``, ``persistent_workers``,
@@ -32,18 +32,23 @@ def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_worke
     ``data``: the run's :class:`~openood_ext.datasets.data_settings.DataSettings`; unless its backend is
     ``pil``, a :class:`~openood_ext.datasets.batch_source.TensorBatchSource` on ``device`` is returned
     where the recipe allows it (:func:`tensor_train_source`).
+
+    ``source``: the run's outlier source; the trainer may wrap the training set around it
+    (:meth:`~openood_ext.trainers.trainer.Trainer.train_dataset`, e.g. FCDD's dataset-side supervision).
     """
     if data is not None and data.backend != "pil":
-        source = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log)
-        if source is not None:
-            return source
+        tensors = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log, source)
+        if tensors is not None:
+            return tensors
     opts = dict(loader_options) if loader_options is not None else {"num_workers": num_workers}
     split = benchmark.split("id_train")
     transform = trainer.train_transform(dict(benchmark.preprocessor))
     dataset = benchmark.dataset(split, train=True)
-    sampler = trainer.batch_sampler(dataset.labels(), batch_size, seed)
     if transform is not None:
         dataset.transform = transform
+    if hasattr(trainer, "train_dataset"):  # duck-typed trainers read the set as it is
+        dataset = trainer.train_dataset(dataset, dict(benchmark.preprocessor), source, seed)
+    sampler = trainer.batch_sampler(dataset.labels(), batch_size, seed)
     # the loader's generator seeds its workers' augmentation: each torchrun rank gets its own stream
     generator = torch.Generator().manual_seed(seed + 7919 * distributed.rank())
     if sampler is not None:
@@ -65,10 +70,13 @@ def _own_batch_transform(trainer, pre):
     return own(dict(pre)) if own is not None else None
 
 
-def tensor_backend_obstacle(benchmark, trainer) -> str | None:
+def tensor_backend_obstacle(benchmark, trainer, source=None) -> str | None:
     """What keeps the ID training split off the tensor backend (naming the transform), or None."""
     if distributed.is_distributed():
         return "torchrun data parallelism (each rank reads its own share through a DataLoader)"
+    change = trainer.train_dataset_change(source) if hasattr(trainer, "train_dataset_change") else None
+    if change is not None:
+        return change
     if trainer.train_transform(dict(benchmark.preprocessor)) is not None:  # replaces the benchmark's transform
         if _own_batch_transform(trainer, benchmark.preprocessor) is None:
             return f"the trainer's own training transform ({type(trainer).__name__}.train_transform)"
@@ -78,12 +86,12 @@ def tensor_backend_obstacle(benchmark, trainer) -> str | None:
     return unsupported(benchmark.preprocessor, train=True)
 
 
-def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None):
+def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None, source=None):
     """The ID training split as a :class:`~openood_ext.datasets.batch_source.TensorBatchSource`, or None
     (with one log line naming the reason) when ``data.backend`` is ``auto`` and the recipe needs the PIL
     path; with ``backend: tensor`` that reason is a ConfigError (a too-large image a DataError)."""
     log = log or get_logger()
-    reason = tensor_backend_obstacle(benchmark, trainer)
+    reason = tensor_backend_obstacle(benchmark, trainer, source)
     if reason is None:
         pre = dict(benchmark.preprocessor)
         dataset = benchmark.dataset(benchmark.split("id_train"), train=False)

@@ -400,7 +400,8 @@ class Engine:
                 sampler.set_epoch(epoch)
         if self.source is not None:
             self.source.on_epoch_start(epoch)
-        wants_images = getattr(self.source, "kind", None) == "images"
+        # a dataset-side source (FCDD's supervisor position) made its anomalies in the training set already
+        wants_images = getattr(self.source, "kind", None) == "images" and not getattr(self.source, "dataset_side", False)
         accumulate, n_batches = self.settings.accumulate, self.batches_per_epoch
         meter, t0, seen = TermMeter(), time.perf_counter(), 0
         bar = progress(self.loader, desc=f"epoch {epoch + 1}/{self.settings.epochs}", total=n_batches)

@@ -27,6 +27,16 @@ FCDD's published loss returns plain mean(A) when every label in a batch is equal
 batch is then pulled *down*); we apply the formula always; ``published_single_label_quirk: true``
 restores the published behaviour.
 
+``epoch_repeats: N`` reads the training set N times per epoch, as one shuffle of the N-times repeated
+set (FCDD's MVTec-AD ``enlarge``: ten copies, for every supervise mode, online and offline; the FCDD
+MVTec recipe sets 10, so that 200 epochs and the per-epoch schedule are the published ones).
+
+Where the anomalies are made is the source's ``supervisor`` option: ``batch`` (default) on the
+transformed batch here; ``online``/``offline`` in the training set, before the training transform, as
+FCDD (:mod:`openood_ext.synthesizers.supervisor`): online replaces each image with probability
+``p_outlier`` there; offline adds a fixed anomaly per training image (an epoch then holds N images and
+N anomalies).
+
 Anomaly score (:meth:`anomaly_scores`): the mean of A (higher = more anomalous), heatmap = upsampled A.
 """
 
@@ -38,7 +48,9 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..schema import Probability
+from ..datasets.repeated import RepeatedDataset
+from ..schema import PositiveInt, Probability
+from ..synthesizers.supervisor import DatasetSupervision
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -98,9 +110,10 @@ class OnlineSupervision(Trainer):
     """
 
     def __init__(self, supervise_mode: SuperviseMode = "noise", p_outlier: Probability = 0.5, gt_path: bool = False,
-                 published_other_quirk: bool = False):
+                 published_other_quirk: bool = False, epoch_repeats: PositiveInt = 1):
         self.supervise_mode, self.p_outlier, self.gt_path = supervise_mode, float(p_outlier), bool(gt_path)
         self.published_other_quirk = bool(published_other_quirk)
+        self.epoch_repeats = int(epoch_repeats)
         unsupervised = supervise_mode == "unsupervised" or (supervise_mode == "other" and published_other_quirk)
         self.needs_outliers = None if unsupervised else "images"
         self.default_outliers = {
@@ -115,12 +128,33 @@ class OnlineSupervision(Trainer):
         """The first ``b`` rows of ``x``, cycled when shorter (as the outliers)."""
         return x[torch.arange(b, device=x.device) % len(x)] if len(x) < b else x[:b]
 
+    def train_dataset(self, dataset, preprocessor, source=None, seed=0):
+        """``epoch_repeats`` copies of the training set per epoch (FCDD's MVTec ``enlarge``), then, for a
+        dataset-side source (``supervisor: online|offline``), its anomalies made in the set
+        (:class:`~openood_ext.synthesizers.supervisor.DatasetSupervision`)."""
+        if self.epoch_repeats > 1:
+            dataset = RepeatedDataset(dataset, self.epoch_repeats)
+        if self.needs_outliers and getattr(source, "dataset_side", False):
+            dataset = DatasetSupervision(dataset, source, preprocessor, p=self.p_outlier, seed=seed,
+                                         changed_maps=self.supervise_mode == "malformed_normal_gt")
+        return dataset
+
+    def train_dataset_change(self, source=None) -> str | None:
+        if self.needs_outliers and getattr(source, "dataset_side", False):
+            return f"trainer.outliers.supervisor: {source.supervisor} (anomalies made before the training transform)"
+        if self.epoch_repeats > 1:
+            return f"trainer.epoch_repeats: {self.epoch_repeats}"
+        return None
+
     def supervised_batch(self, batch):
         images = batch.images
+        want_gt = self.gt_path or self.supervise_mode == "malformed_normal_gt"
+        if images.dim() == 5:  # dataset-side supervision: (image, map) stacks, anomalies labelled -1
+            labels = (batch.labels < 0).long().to(images.device)
+            return images[:, 0], labels, (images[:, 1, :1] if want_gt else None)
         b = len(images)
         labels = torch.zeros(b, dtype=torch.long, device=images.device)
         gt = None
-        want_gt = self.gt_path or self.supervise_mode == "malformed_normal_gt"
         if self.needs_outliers and batch.outliers is not None and self.p_outlier > 0:
             outliers = batch.outliers
             if len(outliers) < b:  # cycle a short outlier batch
@@ -153,8 +187,9 @@ class FCDDTrainer(OnlineSupervision):
     ``score_normal`` and ``score_anomalous`` (mean a_i of each group in the batch)."""
 
     def __init__(self, supervise_mode: SuperviseMode = "noise", p_outlier: Probability = 0.5, gt_path: bool = False,
-                 published_other_quirk: bool = False, published_single_label_quirk: bool = False):
-        super().__init__(supervise_mode, p_outlier, gt_path, published_other_quirk)
+                 published_other_quirk: bool = False, published_single_label_quirk: bool = False,
+                 epoch_repeats: PositiveInt = 1):
+        super().__init__(supervise_mode, p_outlier, gt_path, published_other_quirk, epoch_repeats)
         self.single_label_quirk = bool(published_single_label_quirk)
 
     def setup(self, net, ctx):

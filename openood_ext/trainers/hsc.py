@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from ..networks.receptive import kernel_size_to_std
-from ..schema import Probability
+from ..schema import PositiveInt, Probability
 from .fcdd import OnlineSupervision, SuperviseMode, anomaly_term, pseudo_huber
 from .registry import TRAINERS
 
@@ -53,8 +53,8 @@ class HSCTrainer(BlurredDisplay, OnlineSupervision):
     """HSC with online supervision (see the module doc); networks ``hsc_cnn28`` / ``hsc_cnn32``."""
 
     def __init__(self, supervise_mode: SuperviseMode = "noise", p_outlier: Probability = 0.5,
-                 published_other_quirk: bool = False, blur_pixel_maps: bool = False):
-        super().__init__(supervise_mode, p_outlier, False, published_other_quirk)
+                 published_other_quirk: bool = False, blur_pixel_maps: bool = False, epoch_repeats: PositiveInt = 1):
+        super().__init__(supervise_mode, p_outlier, False, published_other_quirk, epoch_repeats)
         self.blur_pixel_maps = bool(blur_pixel_maps)
 
     def training_step(self, batch):

@@ -153,6 +153,16 @@ class Trainer:
         path; None keeps a trainer with its own transform on the per-image path."""
         return None
 
+    def train_dataset(self, dataset, preprocessor: dict, source=None, seed: int = 0):
+        """The ID training set as this trainer reads it (default: ``dataset`` itself). A wrapper keeps
+        ``labels()``; e.g. FCDD's enlarged MVTec epochs and dataset-side supervision
+        (:class:`~openood_ext.trainers.fcdd.OnlineSupervision`)."""
+        return dataset
+
+    def train_dataset_change(self, source=None) -> str | None:
+        """What :meth:`train_dataset` changes (it keeps the run on the per-image data path), or None."""
+        return None
+
     def batch_sampler(self, labels: torch.Tensor, batch_size: int, seed: int):
         """A batch sampler over the training set (``set_epoch(epoch)`` is called if it has one), or None
         for seeded shuffling (e.g. class-balanced batches)."""

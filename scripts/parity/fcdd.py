@@ -13,6 +13,8 @@ item, measured difference, verdict (equal / equal with switch X / documented pub
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import sys
@@ -105,12 +107,240 @@ def recipe_rows(root: Path) -> list[tuple[str, str, str]]:
                  "weight decay": (pub.weight_decay, tr["optimizer"].get("weight_decay")),
                  "optimizer": (pub.optimizer_type, tr["optimizer"]["name"]),
                  "gauss_std": (float(pub.gauss_std), float(net["gauss_std"])),
-                 "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile))}
+                 "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile)),
+                 "passes per epoch": (passes_per_epoch(pub.dataset), tr.get("epoch_repeats", 1))}
         bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
         out.append((f"recipe {name} ({config}.yml): " + ", ".join(pairs),
                     "none" if not bad else "; ".join(f"{k}: published {a}, ours {b}" for k, (a, b) in bad.items()),
                     "equal" if not bad else "DIFFERS"))
     return out
+
+
+def fake_mvtec_root(n_normal: int = 4) -> tuple[str, torch.Tensor]:
+    """A temporary root holding FCDD's stored MVTec file (``mvtec/admvtec_240x240.pt``) with random images:
+    ``n_normal`` training images of class 0 and two of class 1; returns (root, the class-0 images)."""
+    import tempfile
+    root = Path(tempfile.mkdtemp(prefix="fcdd_mvtec_"))
+    (root / "mvtec").mkdir()
+    g = torch.Generator().manual_seed(11)
+    train = torch.randint(0, 256, (n_normal + 2, 3, 240, 240), generator=g, dtype=torch.uint8)
+    torch.save({"anomaly_label_strings": ["good", "broken"], "train_data": train,
+                "train_labels": torch.tensor([0] * n_normal + [1, 1]),
+                "test_data": train[:2].clone(), "test_labels": torch.tensor([0, 0]),
+                "test_maps": torch.zeros(2, 240, 240, dtype=torch.uint8), "test_anomaly_labels": torch.tensor([0, 1])},
+               root / "mvtec" / "admvtec_240x240.pt")
+    return str(root), train[:n_normal]
+
+
+class StoredImages(torch.utils.data.Dataset):
+    """Our side of a fake MVTec class: PIL images at the stored 240 px (the raw-size step keeps them)."""
+
+    def __init__(self, images: torch.Tensor):
+        from PIL import Image
+        self.images = [Image.fromarray(x.permute(1, 2, 0).numpy(), mode="RGB") for x in images]
+        self.transform = None
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), 0
+
+    def labels(self):
+        return torch.zeros(len(self.images), dtype=torch.long)
+
+
+def mvtec_trainer(supervisor: str | None = None, supervise_mode: str | None = None):
+    """(trainer, source, preprocessor) of our FCDD MVTec recipe (``ad_mvtec_fcdd.yml``), optionally with
+    another ``outliers.supervisor`` / ``supervise_mode``."""
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.synthesizers import OUTLIER_SOURCES
+    from openood_ext.trainers import TRAINERS, split_trainer_config
+    cfg = load_config(["configs/experiments/fcdd/ad_mvtec_fcdd.yml"])
+    tr = to_plain(cfg.trainer)
+    if supervise_mode:
+        tr["supervise_mode"] = supervise_mode
+    settings, method = split_trainer_config(tr)
+    trainer = TRAINERS.build(method)
+    outliers = dict(settings.outliers)
+    if supervisor:
+        outliers["supervisor"] = supervisor
+    return trainer, OUTLIER_SOURCES.build(outliers), to_plain(cfg.benchmark.preprocessor)
+
+
+class FixedDraws:
+    """Patches the random choices (``random.choice``/``random.choices`` pick option ``k``), records the
+    order of the steps that act on a training image (confetti, choice, jitter, noise, normalisation) and
+    keeps the tensor handed to the normalisation (FCDD: LCN; ours: Normalize)."""
+
+    def __init__(self, k: int):
+        self.k, self.trace, self.captured = k, [], None
+
+    def __enter__(self):
+        import random as pyrandom
+
+        import torchvision.transforms as T
+        self.saved = (pyrandom.choice, pyrandom.choices, T.ColorJitter.forward, torch.randn_like, T.Normalize.forward)
+        choice, choices, jitter, randn_like, _ = self.saved
+
+        def pick(seq):
+            if not any(isinstance(t, T.ColorJitter) for t in seq):  # the jitter is recorded when it runs
+                self.step("crop/resize")
+            return seq[self.k]
+        pyrandom.choice = pick
+        pyrandom.choices = lambda seq, weights=None, *, cum_weights=None, k=1: [pick(seq)]
+
+        def jitter_fwd(t, img):
+            self.step("jitter")
+            return jitter(t, img)
+        T.ColorJitter.forward = jitter_fwd
+
+        def noise_field(x, *a, **kw):
+            self.step("noise")
+            return randn_like(x, *a, **kw)
+        torch.randn_like = noise_field
+        T.Normalize.forward = lambda t, x: self.capture(x)
+        return self
+
+    def step(self, name: str) -> None:
+        if not self.trace or self.trace[-1] != name:  # our mask replays the image's crop: one step
+            self.trace.append(name)
+
+    def capture(self, x):
+        if self.captured is None:
+            self.step("normalise")
+            self.captured = x.clone()
+        return x
+
+    def __exit__(self, *exc):
+        import random as pyrandom
+
+        import torchvision.transforms as T
+        pyrandom.choice, pyrandom.choices, T.ColorJitter.forward, torch.randn_like, T.Normalize.forward = self.saved
+
+
+def seed_all(seed: int) -> None:
+    import random as pyrandom
+    pyrandom.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mvtec_rows(row, golden) -> None:
+    """FCDD's MVTec training set (``fcdd.datasets.mvtec.ADMvTec`` on a fake stored file) against ours:
+    epoch size (enlarge), where the confetti is made (fixed draws), the offline supervisor."""
+    import shutil
+    root, normals = fake_mvtec_root()
+    try:
+        mvtec_rows_on(root, normals, row, golden)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mvtec_rows_on(root: str, normals: torch.Tensor, row, golden) -> None:
+    import fcdd.datasets.mvtec as pub_mvtec
+    from fcdd.datasets import offline_supervisor as pub_offline
+    from fcdd.datasets.online_supervisor import OnlineSupervisor
+
+    from openood_ext.synthesizers.confetti import apply_offline, confetti_noise
+    from openood_ext.synthesizers.supervisor import DatasetSupervision
+    n = len(normals)
+
+    # 1. epoch size: FCDD's enlarge (x10), every supervise mode, online and offline
+    pub, ours = [], []
+    cases = (("malformed_normal", True), ("unsupervised", True), ("malformed_normal", False), ("noise", False),
+             ("unsupervised", False))
+    for mode, online in cases:
+        ds = pub_mvtec.ADMvTec(root, 0, "lcnaug1", 0, mode, "confetti", np.inf, online)
+        pub.append(len(ds.train_set) / n)
+        trainer, source, pre = mvtec_trainer(None if online else "offline", mode)
+        wrapped = trainer.train_dataset(StoredImages(normals), pre, source, 0)
+        ours.append(len(wrapped) / n)
+    golden["mvtec_epoch_items_per_image"] = pub
+    names = "/".join(f"{m} {'online' if o else 'offline'}" for m, o in cases)
+    row(f"MVTec epoch: items per training image ({names}); ours: `ad_mvtec_fcdd.yml` (`epoch_repeats: 10`)",
+        f"published {'/'.join(f'{v:g}' for v in pub)}, ours {'/'.join(f'{v:g}' for v in ours)}",
+        "equal" if pub == ours else "DIFFERS")
+
+    # 2. where the confetti is made: the same stored image, the same fixed confetti, the same seeds, the
+    # random choices fixed (crop or resize; first jitter setting); the tensor entering FCDD's LCN against
+    # the one entering our normalisation
+    noise = confetti_noise((1, 3, 240, 240), torch.Generator().manual_seed(5))
+    ds = pub_mvtec.ADMvTec(root, 0, "lcnaug1", 0, "malformed_normal", "confetti", np.inf, True)
+    sup = next(t for t in ds.train_set.dataset.all_transform.transforms if isinstance(t, OnlineSupervisor))
+    sup.p = 1.0
+    trainer, source, pre = mvtec_trainer()
+    source.noise255 = lambda shape, generator: (trace_ours.step("confetti"), noise.clone().float())[1]
+    mine = DatasetSupervision(StoredImages(normals[:1]), source, pre, p=1.0)
+    diffs, orders, golden["mvtec_online_fixed_draws"] = [], set(), {}
+    for k, what in ((0, "crop"), (1, "resize")):
+        for seed in (0, 1):
+            with FixedDraws(k) as fp:
+                ds._generate_noise = lambda *a, **kw: (fp.step("confetti"), noise.clone())[1]
+                pub_mvtec.local_contrast_normalization = lambda x, scale="l1": fp.capture(x)
+                seed_all(seed)
+                ds.train_set[0]
+            with FixedDraws(k) as fo:
+                trace_ours = fo
+                seed_all(seed)
+                mine[0]
+            diffs.append(float((fp.captured - fo.captured).abs().max()))
+            orders.add((" → ".join(fp.trace), " → ".join(fo.trace)))
+            golden["mvtec_online_fixed_draws"][f"{what}_seed{seed}"] = {
+                "sum": float(fp.captured.double().sum()), "head": fp.captured.flatten()[::9973][:16].tolist()}
+    (pub_order, our_order), = orders if len(orders) == 1 else ((("varies", "varies"),))
+    row(f"MVTec online confetti position (`supervisor: online`): published order {pub_order}, ours {our_order}",
+        "same order" if pub_order == our_order else "DIFFERENT order", "equal" if pub_order == our_order else "DIFFERS")
+    row("MVTec online anomaly before LCN/normalisation, fixed draws (same stored image, confetti and seeds; "
+        "crop and resize, 2 seeds each)", f"{max(diffs):.1e}", "equal" if max(diffs) == 0 else "DIFFERS")
+
+    # 3. the offline supervisor: published malformed_normal (brightness rule) against ours, same inputs
+    g = torch.Generator().manual_seed(6)
+    imgs = torch.randint(0, 256, (4, 3, 40, 40), generator=g, dtype=torch.uint8)
+    off_noise = confetti_noise((4, 3, 40, 40), g, side_range=(4, 12), prob=2e-3, prob_dark=1e-3)
+
+    class Holder:
+        data = targets = None
+    pub_set = pub_offline.malformed_normal([1], off_noise.clone().int(), imgs.clone(), 0, Holder(), gt=True)
+    pub_anom = pub_set[0].data[4:].float()
+    ours_anom, ours_changed = apply_offline(imgs.float(), off_noise.float())
+    golden["offline_malformed_normal"] = {"sum": float(pub_anom.double().sum()), "changed": float(pub_set[1][4:].sum())}
+    d_img, d_map = float((pub_anom - ours_anom).abs().max()), float((pub_set[1][4:] - ours_changed).abs().max())
+    row("offline malformed_normal rule (noise negated where the pixel is bright), same images and noise",
+        f"{d_img:.1e} (changed maps {d_map:.0e})", "equal" if d_img == d_map == 0 else "DIFFERS")
+    pub_noise_set = pub_offline.noise([1], off_noise.clone() * 3, imgs.clone(), 0, Holder())
+    ours_labels = mine_offline_labels(normals, pre)
+    counts = ((int((pub_noise_set.targets == 0).sum()), int((pub_noise_set.targets == 1).sum())),
+              (int((ours_labels == 0).sum()), int((ours_labels < 0).sum())))
+    row(f"offline set of {n} training images (`supervisor: offline`, before the x10): normals + anomalies",
+        f"published {counts[0][0]} + {counts[0][1]}, ours {counts[1][0]} + {counts[1][1]}",
+        "equal" if counts[0] == counts[1] else "DIFFERS")
+
+
+def mine_offline_labels(normals: torch.Tensor, pre) -> torch.Tensor:
+    from openood_ext.synthesizers.confetti import Confetti
+    from openood_ext.synthesizers.supervisor import DatasetSupervision
+    return DatasetSupervision(StoredImages(normals), Confetti(supervisor="offline"), pre).labels()
+
+
+def mixed_blob_stats(noise: torch.Tensor) -> dict:
+    """Per-image statistics of FCDD's mixed_blob noise [N, C, H, W] -> {name: (mean, standard error)}."""
+    covered = (noise.amax(1) > 0).flatten(1).float().mean(1)
+    nz = noise != 0
+    mean_on = torch.stack([noise[i][nz[i]].float().mean() for i in range(len(noise))])
+    over = (noise > 255).flatten(1).float().mean(1)
+    out = {}
+    for name, v in (("covered", covered), ("mean_value", mean_on), ("over_255", over)):
+        out[name] = (float(v.mean()), float(v.std() / math.sqrt(len(v))))
+    return out
+
+
+def passes_per_epoch(dataset: str) -> int:
+    """Published training passes per epoch: 10 for MVTec-AD (``ADMvTec.enlarge``), else 1."""
+    if dataset != "mvtec":
+        return 1
+    import fcdd.datasets.mvtec as pub_mvtec
+    return 10 if pub_mvtec.ADMvTec.enlarge else 1
 
 
 def seeded_state(net: torch.nn.Module) -> dict:
@@ -146,6 +376,8 @@ def main() -> None:
         sys.modules[pkg] = mod
     from fcdd.datasets import noise as pub_noise
     pub_noise.confetti_noise = old_index_semantics(pub_noise.confetti_noise)
+    from fcdd.datasets import noise_modes as pub_modes
+    pub_modes.confetti_noise = pub_noise.confetti_noise
     from fcdd.models import shallow_cnn_28 as p28, shallow_cnn_32 as p32
     from fcdd.models.fcdd_cnn_28 import FCDD_CNN28_W
     from fcdd.training.fcdd import FCDDTrainer as PubFCDD
@@ -244,6 +476,26 @@ def main() -> None:
                                            colorrange=(-256, 0)).clamp(0, 255)
     row("confetti + `noise` mode", f"published max pixel {int(noise_black.max())} (black images)",
         "documented published defect (`published_noise_clamp: true` reproduces it)")
+
+    # mixed_blob: published generate_noise('mixed_blob') against ours, statistics over fixed seeds
+    from fcdd.datasets.noise_modes import generate_noise
+
+    from openood_ext.synthesizers.fcdd_noise import fcdd_noise
+    torch.manual_seed(3)
+    n_mb = 200
+    pub_mb = mixed_blob_stats(generate_noise("mixed_blob", (n_mb, 3, 120, 120), None))
+    ours_mb = mixed_blob_stats(fcdd_noise("mixed_blob", (n_mb, 3, 120, 120), torch.Generator().manual_seed(3)))
+    golden["mixed_blob"] = {"n_images": n_mb, "size": 120, **{k: list(v) for k, v in pub_mb.items()}}
+    zs = {k: (ours_mb[k][0] - pub_mb[k][0]) / math.hypot(pub_mb[k][1], ours_mb[k][1]) for k in pub_mb}
+    row(f"mixed_blob noise ({n_mb} images of 120 px each): covered fraction / mean non-zero value / fraction > 255",
+        "published " + "/".join(f"{pub_mb[k][0]:.4g}" for k in pub_mb) + ", ours "
+        + "/".join(f"{ours_mb[k][0]:.4g}" for k in ours_mb) + " (z = " + "/".join(f"{z:.1f}" for z in zs.values()) + ")",
+        "equal" if all(abs(z) < 3 for z in zs.values()) else "DIFFERS")
+
+    # MVTec training set: enlarge, confetti position, offline supervision (FCDD's dataset code prints its
+    # loading steps: kept out of the table)
+    with contextlib.redirect_stdout(io.StringIO()):
+        mvtec_rows(row, golden)
 
     # upsampling with gauss_std null
     a = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(4))

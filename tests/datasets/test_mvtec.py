@@ -234,3 +234,43 @@ def test_semi_supervised_fcdd_trains_on_defect_masks(prepared, tmp_path, monkeyp
         assert g.shape[1:] == (1, SIZE, SIZE) and set(g.unique().tolist()) <= {0.0, 1.0}
         assert bool((g.flatten(1).mean(1) < 1).all())  # real masks, not all ones
         assert bool((g.flatten(1).amax(1) == 1).all())  # every sample is a defect with pixels marked
+
+
+@pytest.mark.slow  # a whole AD cell each (about 25 s on a shared CPU)
+@pytest.mark.parametrize("supervisor", ["online", "offline"])
+def test_fcdd_mvtec_recipe_shape_trains_with_dataset_side_anomalies(prepared, tmp_path, supervisor):
+    """The MVTec recipe's training set on the prepared set (stored size, crop-or-resize, jitter, noise,
+    ``epoch_repeats``, confetti made before the transform): one AD cell trains and scores, the engine draws
+    no outliers, and offline half of the epoch's items are anomalies."""
+    from omegaconf import OmegaConf
+
+    from openood_ext.runner import run_config
+    from openood_ext.synthesizers.confetti import Confetti
+    cfg = OmegaConf.create({
+        "pipeline": "ad", "experiment": f"mvtec_{supervisor}", "seed": 0, "device": "cpu", "num_workers": 0,
+        "output_dir": str(tmp_path / "results"), "batch_size": 32,
+        "benchmark": {"name": "mvtec", "root": str(prepared / "mvtec_anomaly_detection"), "normal_class": "carpet",
+                      "preprocessor": {"image_size": SIZE, "resize": SIZE, "raw_size": SIZE + 4, "channels": 3,
+                                       "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "nearest",
+                                       "train_crop": "choice", "train_augment": ["jitter_choice", "relative_noise"]}},
+        "network": {"name": "fcdd_cnn28", "in_channels": 3, "image_size": SIZE},
+        "trainer": {"name": "fcdd", "supervise_mode": "malformed_normal", "gt_path": True, "epochs": 1,
+                    "epoch_repeats": 3, "batch_size": 8, "optimizer": {"name": "sgd", "lr": 0.01},
+                    "scheduler": {"name": "constant"},
+                    "outliers": {"name": "confetti", "mode": "malformed_normal", "supervisor": supervisor,
+                                 "side_range": [3, 6], "prob": 0.01, "prob_dark": 0.005}},
+        "ad": {"classes": ["carpet"], "seeds": 1, "heatmaps": 0}})
+    drawn = []
+    plain = Confetti.draw
+    Confetti.draw = lambda self, batch: drawn.append(1) or plain(self, batch)
+    try:
+        out = run_config(cfg)
+    finally:
+        Confetti.draw = plain
+    assert not drawn
+    cell = Path(out["run_dir"]) / "normal_carpet" / "seed_0"
+    history = json.loads((cell / "history.json").read_text())
+    assert len(history) == 1 and 0 < history[0]["frac_anomalous"] < 1
+    if supervisor == "offline":
+        assert history[0]["frac_anomalous"] == pytest.approx(0.5)
+    assert 0 <= json.loads((cell / "result.json").read_text())["auroc"] <= 1

@@ -1,0 +1,229 @@
+"""FCDD's training set as published (liznerski/fcdd @ 4fa8502): the enlarged MVTec epochs, anomalies made
+before the training transform (online supervisor), the offline supervisor and the ``mixed_blob`` noise.
+Golden values are what scripts/parity/fcdd.py measured on the authors' code; the harness's own helpers
+(fake stored MVTec images, fixed draws) rebuild our side exactly."""
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openood_ext.datasets.imglist import SkipCounter
+from openood_ext.datasets.repeated import RepeatedDataset
+from openood_ext.datasets.transforms import RelativeNoise
+from openood_ext.synthesizers.base import SourceContext
+from openood_ext.synthesizers.confetti import Confetti, apply_offline, confetti_noise
+from openood_ext.synthesizers.fcdd_noise import FCDDNoise, fcdd_noise
+from openood_ext.synthesizers.supervisor import DatasetSupervision, seeded
+from openood_ext.trainers.engine import Engine, EngineSettings
+from openood_ext.trainers.fcdd import FCDDTrainer
+from openood_ext.trainers.trainer import Batch
+from parity_helpers import parity_script
+
+GOLDEN = Path(__file__).parents[1] / "pipelines" / "ad" / "golden" / "fcdd_published.json"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return parity_script("fcdd")
+
+
+def normals(n: int = 4) -> torch.Tensor:
+    """The harness's fake stored MVTec class-0 images (fake_mvtec_root without writing the file)."""
+    g = torch.Generator().manual_seed(11)
+    return torch.randint(0, 256, (n + 2, 3, 240, 240), generator=g, dtype=torch.uint8)[:n]
+
+
+# ------------------------------------------------------------------------------------ 1. enlarged epochs
+def test_repeated_dataset_reads_each_image_times_per_epoch():
+    base = [(torch.tensor([float(i)]), i) for i in range(5)]
+
+    class DS(torch.utils.data.Dataset):
+        transform = None
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return base[i]
+
+        def labels(self):
+            return torch.arange(5)
+
+    rep = RepeatedDataset(DS(), 3)
+    assert len(rep) == 15 and rep.labels().tolist() == list(range(5)) * 3
+    loader = torch.utils.data.DataLoader(rep, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    seen = torch.cat([x.flatten() for x, _ in loader]).long()
+    assert torch.bincount(seen).tolist() == [3] * 5
+    assert seen[:5].tolist() != [0, 1, 2, 3, 4]  # one shuffle of the repeated set, not ten ordered passes
+
+
+def test_mvtec_epochs_hold_ten_copies_in_every_supervise_mode_as_published(harness, golden):
+    """Items per training image per epoch: online malformed_normal / unsupervised, offline malformed_normal /
+    noise / unsupervised (published: 10/10/20/20/10, ADMvTec.enlarge)."""
+    ours = []
+    for mode, online in (("malformed_normal", True), ("unsupervised", True), ("malformed_normal", False),
+                         ("noise", False), ("unsupervised", False)):
+        trainer, source, pre = harness.mvtec_trainer(None if online else "offline", mode)
+        assert trainer.epoch_repeats == 10
+        ours.append(len(trainer.train_dataset(harness.StoredImages(normals()), pre, source, 0)) / 4)
+    assert ours == golden["mvtec_epoch_items_per_image"] == [10, 10, 20, 20, 10]
+
+
+# ------------------------------------------------------------------------------------ 2. confetti position
+def test_online_confetti_is_made_before_crop_jitter_and_noise_as_published(harness, golden):
+    """Same stored image, the same confetti, the same seeds, the random choices fixed: the tensor entering
+    our normalisation equals the one that entered FCDD's LCN (golden: the published tensors)."""
+    noise = confetti_noise((1, 3, 240, 240), torch.Generator().manual_seed(5))
+    trainer, source, pre = harness.mvtec_trainer()
+    assert source.supervisor == "online" and source.dataset_side
+    fixed = {}
+    source.noise255 = lambda shape, generator: (fixed["draws"].step("confetti"), noise.clone().float())[1]
+    data = DatasetSupervision(harness.StoredImages(normals(1)), source, pre, p=1.0)
+    for k, what in ((0, "crop"), (1, "resize")):
+        for seed in (0, 1):
+            with harness.FixedDraws(k) as draws:
+                fixed["draws"] = draws
+                harness.seed_all(seed)
+                stack, label = data[0]
+            ref = golden["mvtec_online_fixed_draws"][f"{what}_seed{seed}"]
+            assert label == -1 and stack.shape == (2, 3, 224, 224)
+            assert draws.trace == ["confetti", "crop/resize", "jitter", "noise", "normalise"]
+            assert float(draws.captured.double().sum()) == pytest.approx(ref["sum"], rel=1e-6)
+            np.testing.assert_allclose(draws.captured.flatten()[::9973][:16].numpy(), ref["head"], atol=1e-6)
+
+
+def test_relative_noise_draws_the_field_then_the_numpy_coin():
+    x = torch.rand(3, 8, 8)
+    torch.manual_seed(4)
+    np.random.seed(4)
+    out = RelativeNoise(0.1)(x)
+    torch.manual_seed(4)
+    np.random.seed(4)
+    field, on = torch.randn_like(x), np.random.randint(0, 2)
+    torch.testing.assert_close(out, (x + field * on * x.std() * 0.1).clamp(0, 1))
+
+
+# ------------------------------------------------------------------------------------ 4. offline supervisor
+def test_offline_rule_matches_the_published_offline_supervisor(golden):
+    g = torch.Generator().manual_seed(6)
+    imgs = torch.randint(0, 256, (4, 3, 40, 40), generator=g, dtype=torch.uint8)
+    noise = confetti_noise((4, 3, 40, 40), g, side_range=(4, 12), prob=2e-3, prob_dark=1e-3)
+    out, changed = apply_offline(imgs.float(), noise.float())
+    assert float(out.double().sum()) == golden["offline_malformed_normal"]["sum"]
+    assert float(changed.sum()) == golden["offline_malformed_normal"]["changed"]
+    # by hand: the noise is subtracted at bright pixels, added at dark ones
+    img = torch.tensor([[[[10.0, 200.0]]]])
+    out, _ = apply_offline(img, torch.tensor([[[[30.0, 30.0]]]]))
+    assert out.flatten().tolist() == [40.0, 170.0]
+
+
+def test_offline_set_holds_each_image_and_one_fixed_anomaly_of_it():
+    pre = {"image_size": 24, "resize": 24, "raw_size": 32, "train_crop": "choice", "mean": [0.5] * 3,
+           "std": [0.5] * 3, "interpolation": "nearest"}
+    imgs = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    src = Confetti(supervisor="offline", side_range=[4, 8], prob=5e-3, prob_dark=2e-3)
+    data = DatasetSupervision(parity_script("fcdd").StoredImages(imgs), src, pre, seed=3)
+    assert len(data) == 6 and data.labels().tolist() == [0, 0, 0, -1, -1, -1]
+    img = data.dataset[1][0]
+    a1, _ = data.anomaly(img, seeded(3, 1))
+    a2, _ = data.anomaly(img, seeded(3, 1))
+    a3, _ = data.anomaly(img, seeded(3, 2))
+    assert np.array_equal(np.asarray(a1), np.asarray(a2))  # the same anomaly every epoch
+    assert not np.array_equal(np.asarray(a1), np.asarray(a3))
+    for i in range(6):
+        stack, label = data[i]
+        assert stack.shape == (2, 3, 24, 24) and label == (-1 if i >= 3 else 0)
+        assert stack[1].unique().tolist() == ([1.0] if i >= 3 else [0.0])  # FCDD's map: all ones / zeros
+
+
+def test_dataset_side_anomalies_train_without_engine_draws():
+    """A dataset-side source is never drawn by the engine; the trainer reads labels (-1 = anomaly) and maps
+    from the stacked items."""
+    pre = {"image_size": 28, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
+    imgs = torch.randint(0, 256, (8, 3, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    src = FCDDNoise(noise="mixed_blob", mode="malformed_normal", supervisor="online")
+    src.setup(SourceContext(SimpleNamespace(preprocessor=pre), torch.device("cpu"), 0, 8, 2))
+    src.draw = lambda batch: pytest.fail("the engine drew from a dataset-side source")
+    tr = FCDDTrainer(supervise_mode="malformed_normal", gt_path=True, epoch_repeats=2)
+    data = tr.train_dataset(parity_script("fcdd").StoredImages(imgs), pre, src, 0)
+    assert len(data) == 16 and tr.train_dataset_change(src).startswith("trainer.outliers.supervisor")
+    loader = torch.utils.data.DataLoader(data, batch_size=8, collate_fn=SkipCounter())
+    from openood_ext.networks.fcdd import FCDDCNN28
+    torch.manual_seed(0)
+    net = FCDDCNN28(in_channels=3, image_size=28)
+    settings = EngineSettings.from_config({"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.01}, "scheduler": "constant"})
+    eng = Engine(tr, net, loader, settings, num_classes=1, source=src)
+    record = eng.run_epoch(0)
+    assert 0 < record["frac_anomalous"] < 1 and math.isfinite(record["loss"])
+    x = torch.stack([data[i][0] for i in range(4)])
+    labels = torch.tensor([data.labels()[i] for i in range(4)])
+    images, lab, gt = tr.supervised_batch(Batch(x, labels, None, 0, 0, 0))
+    assert images.shape == (4, 3, 28, 28) and gt.shape == (4, 1, 28, 28)
+
+
+# ------------------------------------------------------------------------------------ 3. mixed_blob
+@pytest.mark.slow  # 120 px blob maps: about 10 s on a shared CPU
+def test_mixed_blob_matches_the_published_statistics(harness, golden):
+    """Covered fraction, mean non-zero value and fraction above 255 of the published mixed_blob noise
+    (golden: 200 images of 120 px) against ours (60 images; |z| < 3.5 on the combined standard error)."""
+    ref = golden["mixed_blob"]
+    ours = harness.mixed_blob_stats(fcdd_noise("mixed_blob", (60, 3, 120, 120), torch.Generator().manual_seed(7)))
+    for key in ("covered", "mean_value", "over_255"):
+        z = (ours[key][0] - ref[key][0]) / math.hypot(ours[key][1], ref[key][1])
+        assert abs(z) < 3.5, (key, ours[key], ref[key])
+
+
+def test_mixed_blob_is_a_coloured_and_a_white_square_component():
+    noise = fcdd_noise("mixed_blob", (4, 3, 64, 64), torch.Generator().manual_seed(0))
+    assert noise.min() >= 0 and noise.max() <= 510
+    for n in noise:
+        on = n.amax(0) > 0
+        assert on.any()
+        white = (n >= 255).all(0)  # the white squares: 255 in every channel (plus a colour where overlapping)
+        coloured = on & ~white
+        assert white.any()
+        if coloured.sum() > 50:  # independent colours per pixel and channel, not one colour per square
+            assert len(torch.unique(n[:, coloured], dim=1).T) > 10
+
+
+def test_mixed_blob_source_replaces_or_corrupts_the_image():
+    raw = torch.full((2, 3, 50, 50), 100.0)
+    src = FCDDNoise(noise="mixed_blob", mode="noise")
+    out, changed = src.corrupt255(raw, torch.Generator().manual_seed(0))
+    assert out.max() <= 255 and changed.all()
+    src = FCDDNoise(noise="mixed_blob", mode="malformed_normal")
+    out, changed = src.corrupt255(raw, torch.Generator().manual_seed(0))
+    assert (out != raw).any() and ((out != raw).any(1, keepdim=True) == changed.bool()).all()
+
+
+def test_confetti_with_a_supervisor_is_refused_when_unknown():
+    from openood_ext.errors import ConfigError
+    from openood_ext.synthesizers import OUTLIER_SOURCES
+    with pytest.raises(ConfigError, match="supervisor"):
+        OUTLIER_SOURCES.build({"name": "confetti", "supervisor": "before"})
+
+
+def test_stored_image_keeps_a_pil_image_at_the_stored_size():
+    from openood_ext.synthesizers.supervisor import StoredImage
+    img = Image.fromarray(np.zeros((300, 280, 3), np.uint8))
+    assert StoredImage(240)(img).size == (240, 240) and StoredImage(None)(img) is img
+
+
+def test_a_dataset_side_source_needs_a_trainer_that_reads_it():
+    from openood_ext.errors import ConfigError
+    from openood_ext.trainers import validate_trainer_config
+    spec = {"name": "oe", "epochs": 1, "outliers": {"name": "confetti", "supervisor": "online"}}
+    with pytest.raises(ConfigError, match="supervisor: online makes the anomalies in the training set"):
+        validate_trainer_config(spec)
+    validate_trainer_config({"name": "fcdd", "epochs": 1, "outliers": {"name": "confetti", "supervisor": "offline"}})
