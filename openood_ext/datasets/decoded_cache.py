@@ -46,12 +46,14 @@ class NotSmall(Exception):
 @dataclass
 class DecodedImages:
     """A decoded image list: ``images`` uint8 [N, C, H, W]; ``labels`` long [N]; ``skipped`` bad images
-    dropped under ``on_bad_image: skip``; ``source``: 'cache' (read from disk), 'decoded' or 'memory'."""
+    dropped under ``on_bad_image: skip``; ``source``: 'cache' (read from disk), 'decoded' or 'memory';
+    ``kept`` long [N]: each row's 0-based index in the image list (None where a caller built the set itself)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     skipped: int = 0
     source: str = "decoded"
+    kept: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -172,12 +174,13 @@ class DecodedCache:
             hit = self._read(array, sidecar, key)
             if hit is not None:
                 pixels, kept = hit
-                return DecodedImages(torch.from_numpy(pixels), labels[torch.from_numpy(kept)],
-                                     len(labels) - len(kept), "cache")
+                kept = torch.from_numpy(kept)
+                return DecodedImages(torch.from_numpy(pixels), labels[kept], len(labels) - len(kept), "cache", kept)
         pixels, kept = decode(dataset, geometry, self.max_side)
         source = "memory"
         if self.root is not None and self._write(array, sidecar, key, pixels, kept):
             source = "decoded"
             self.log.info("decoded %d images of %s into %s (%.1f MiB)", len(kept), dataset.imglist, array,
                           pixels.nbytes / 2**20)
-        return DecodedImages(torch.from_numpy(pixels), labels[torch.from_numpy(kept)], len(labels) - len(kept), source)
+        kept = torch.from_numpy(kept)
+        return DecodedImages(torch.from_numpy(pixels), labels[kept], len(labels) - len(kept), source, kept)
