@@ -1,8 +1,9 @@
 """The ID training loader of a run: the benchmark's training split, shuffled with a seeded generator,
 or with the trainer's own transform / batch sampler when it defines them.
 
-Under torchrun (see :mod:`openood_ext.distributed`) each rank reads its own share: a ``DistributedSampler``
-seeded by (seed, epoch), or the trainer's batch sampler dealt round-robin over the ranks
+Under torchrun (see :mod:`openood_ext.distributed`) each rank reads its own share, on either backend: a
+``DistributedSampler`` seeded by (seed, epoch) (the tensor path's :class:`~openood_ext.datasets.batch_source.
+TensorBatchSource` with the same semantics), or the trainer's batch sampler dealt round-robin over the ranks
 (:class:`~openood_ext.distributed.ShardedBatchSampler`); ``batch_size`` is per process.
 """
 
@@ -67,8 +68,6 @@ def _own_batch_transform(trainer, pre):
 
 def tensor_backend_obstacle(benchmark, trainer) -> str | None:
     """What keeps the ID training split off the tensor backend (naming the transform), or None."""
-    if distributed.is_distributed():
-        return "torchrun data parallelism (each rank reads its own share through a DataLoader)"
     if trainer.train_transform(dict(benchmark.preprocessor)) is not None:  # replaces the benchmark's transform
         if _own_batch_transform(trainer, benchmark.preprocessor) is None:
             return f"the trainer's own training transform ({type(trainer).__name__}.train_transform)"
@@ -76,6 +75,26 @@ def tensor_backend_obstacle(benchmark, trainer) -> str | None:
     if "dataset" in vars(benchmark) and getattr(benchmark, "train_batch_ops", None) is None:
         return "a per-image transform wrapped around the benchmark's datasets, with no batched counterpart"
     return unsupported(benchmark.preprocessor, train=True)
+
+
+def _decode_once(cache: DecodedCache, dataset, geometry: dict):
+    """``cache.load``; under torchrun with a cache on disk rank 0 decodes and writes it first and the other
+    ranks then read it (one decoding, no two writers); NotSmall on every rank when the images are large."""
+    if distributed.world_size() == 1 or cache.root is None:
+        return cache.load(dataset, geometry)
+    mine = {}
+
+    def first() -> str | None:
+        try:
+            mine["decoded"] = cache.load(dataset, geometry)
+        except NotSmall as exc:
+            return str(exc)
+        return None
+
+    too_large = distributed.run_on_main(first)
+    if too_large is not None:
+        raise NotSmall(too_large)
+    return mine["decoded"] if "decoded" in mine else cache.load(dataset, geometry)
 
 
 def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None):
@@ -88,7 +107,7 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         pre = dict(benchmark.preprocessor)
         dataset = benchmark.dataset(benchmark.split("id_train"), train=False)
         try:
-            decoded = DecodedCache(data.cache_root(), data.max_side, log).load(dataset, geometry(pre))
+            decoded = _decode_once(DecodedCache(data.cache_root(), data.max_side, log), dataset, geometry(pre))
         except NotSmall as exc:
             if data.backend == "tensor":
                 raise DataError(f"data.backend tensor: {exc}") from None
@@ -106,6 +125,13 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         if extra:  # e.g. EOE's Fourier filter on the normalised training images
             pipeline = Then(pipeline, extra)
     sampler = trainer.batch_sampler(decoded.labels, batch_size, seed)
-    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)", len(decoded), where,
-             decoded.source, pipeline)
-    return TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler)
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1:  # each rank its share, as the per-image path's samplers deal it
+        if sampler is not None:
+            sampler = distributed.ShardedBatchSampler(sampler, rank, world)
+        elif world > len(decoded):
+            raise ConfigError(f"trainer: the training split has {len(decoded)} sample(s) for {world} processes "
+                              f"(run torchrun with --nproc_per_node <= {len(decoded)})")
+    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)%s", len(decoded), where,
+             decoded.source, pipeline, f"; rank {rank} of {world} reads its share" if world > 1 else "")
+    return TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler, rank=rank, world=world)
