@@ -16,6 +16,7 @@ from ..datasets.batch_source import TensorBatchSource
 from ..datasets.batch_transforms import Then
 from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import SkipCounter
+from ..datasets.jpeg_batches import JpegBatchSource, jpeg_obstacle
 from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
 from ..errors import ConfigError, DataError
 from ..utils.runtime import get_logger
@@ -34,11 +35,12 @@ def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_worke
     ``pil``, a :class:`~openood_ext.datasets.batch_source.TensorBatchSource` on ``device`` is returned
     where the recipe allows it (:func:`tensor_train_source`).
     """
+    opts = dict(loader_options) if loader_options is not None else {"num_workers": num_workers}
     if data is not None and data.backend != "pil":
-        source = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log)
+        source = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log,
+                                     num_workers=int(opts.get("num_workers", 0)))
         if source is not None:
             return source
-    opts = dict(loader_options) if loader_options is not None else {"num_workers": num_workers}
     split = benchmark.split("id_train")
     transform = trainer.train_transform(dict(benchmark.preprocessor))
     dataset = benchmark.dataset(split, train=True)
@@ -77,6 +79,21 @@ def tensor_backend_obstacle(benchmark, trainer) -> str | None:
     return unsupported(benchmark.preprocessor, train=True)
 
 
+def jpeg_train_source(benchmark, dataset, batch_size: int, seed: int, device, log, num_workers: int = 0):
+    """The training split as a :class:`~openood_ext.datasets.jpeg_batches.JpegBatchSource` (large JPEG
+    images decoded per batch on the CUDA ``device``; the recipe's ops batched there too)."""
+    pre = dict(benchmark.preprocessor)
+    pipeline = tensor_pipeline(pre, train=True)
+    extra = tuple(getattr(benchmark, "train_batch_ops", None) or ())
+    if extra:
+        pipeline = Then(pipeline, extra)
+    rank, world = distributed.rank(), distributed.world_size()
+    source = JpegBatchSource(dataset, geometry(pre), pipeline, batch_size, seed, device,
+                             num_workers=num_workers, rank=rank, world=world)
+    log.info("data backend: JPEG files decoded a batch at a time on %s (%d images; %s)", device, len(dataset), pipeline)
+    return source
+
+
 def _decode_once(cache: DecodedCache, dataset, geometry: dict):
     """``cache.load``; under torchrun with a cache on disk rank 0 decodes and writes it first and the other
     ranks then read it (one decoding, no two writers); NotSmall on every rank when the images are large."""
@@ -97,10 +114,12 @@ def _decode_once(cache: DecodedCache, dataset, geometry: dict):
     return mine["decoded"] if "decoded" in mine else cache.load(dataset, geometry)
 
 
-def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None):
+def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None, num_workers: int = 0):
     """The ID training split as a :class:`~openood_ext.datasets.batch_source.TensorBatchSource`, or None
     (with one log line naming the reason) when ``data.backend`` is ``auto`` and the recipe needs the PIL
-    path; with ``backend: tensor`` that reason is a ConfigError (a too-large image a DataError)."""
+    path; with ``backend: tensor`` that reason is a ConfigError (a too-large image a DataError). Images
+    too large for the cache take :func:`jpeg_train_source` when they are JPEG files and ``device`` is
+    CUDA (``num_workers`` then read the files' bytes)."""
     log = log or get_logger()
     reason = tensor_backend_obstacle(benchmark, trainer)
     if reason is None:
@@ -109,9 +128,16 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         try:
             decoded = _decode_once(DecodedCache(data.cache_root(), data.max_side, log), dataset, geometry(pre))
         except NotSmall as exc:
+            gpu_jpeg = jpeg_obstacle(dataset, device)
+            if gpu_jpeg is None and (trainer.train_transform(pre) is not None
+                                     or trainer.batch_sampler(dataset.labels(), batch_size, seed) is not None):
+                gpu_jpeg = "batched JPEG decoding takes the benchmark's recipe only (the trainer brings its own " \
+                           "transform or batch sampler)"
+            if gpu_jpeg is None:  # large JPEGs on CUDA: decoded a batch at a time on the GPU
+                return jpeg_train_source(benchmark, dataset, batch_size, seed, device, log, num_workers)
             if data.backend == "tensor":
-                raise DataError(f"data.backend tensor: {exc}") from None
-            reason = str(exc)
+                raise DataError(f"data.backend tensor: {exc}; {gpu_jpeg}") from None
+            reason = f"{exc}; {gpu_jpeg}"
     if reason is not None:
         if data.backend == "tensor":
             raise ConfigError(f"data.backend: tensor cannot run this recipe ({reason}); use auto or pil")
