@@ -106,3 +106,35 @@ def test_the_training_loader_decodes_jpegs_in_batches_only_on_cuda(jpegs, tmp_pa
         build_train_loader(b, Trainer(), 4, seed=0, data=DataSettings(backend="tensor", max_side=32), device="cpu")
     (jpegs / "list.txt").write_text((jpegs / "list.txt").read_text() + "img/x.png 0\n")
     assert "img/x.png (listed at" in jpeg_obstacle(b.dataset(b.split("id_train")), "cuda")
+
+
+def test_the_engine_trains_from_it_and_a_resumed_run_repeats_its_batches(jpegs, tmp_path):
+    """Shuffle and augmentation draw from the source's generator, saved with the training state."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from openood_ext.trainers import Engine, split_trainer_config
+
+    class PlainCE(Trainer):
+        def training_step(self, batch):
+            return {"loss": F.cross_entropy(self.net(batch.images), batch.labels)}
+
+    pre = {**PRE, "train_augment": ["random_crop", "hflip", "color_jitter"], "crop_padding": 2, "jitter": 0.1}
+    b = Benchmark(num_classes=3, id={"train": "list.txt", "val": "list.txt", "test": "list.txt"},
+                  imglist_dir=str(jpegs), data_root=str(jpegs), preprocessor=pre)
+
+    def train(run, epochs, resume=False):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(3 * 16, 3))
+        source = JpegBatchSource(b.dataset(b.split("id_train")), geometry(pre), tensor_pipeline(pre, train=True), 4,
+                                 seed=1, device="cpu")
+        settings = split_trainer_config({"name": "x", "epochs": epochs, "batch_size": 4, "scheduler": {"name": "constant"},
+                                         "optimizer": {"name": "sgd", "lr": 0.1}})[0]
+        Engine(PlainCE(), net, source, settings, num_classes=3, state_path=tmp_path / run / "last.pt").fit(resume=resume)
+        return net
+
+    straight = train("a", 3)
+    train("b", 1)
+    resumed = train("b", 3, resume=True)
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+    assert not torch.equal(train("c", 1)[2].weight, straight[2].weight)  # the epochs did train
