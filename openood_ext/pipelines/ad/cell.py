@@ -182,7 +182,7 @@ def _stack_images(batch):
     return (torch.stack([x[0] for x in batch]),)
 
 
-def test_batches(bench, split_name: str, ds, idx: list[int], batch_size: int, device, loader_opts: dict | None,
+def scored_batches(bench, split_name: str, ds, idx: list[int], batch_size: int, device, loader_opts: dict | None,
                  data: DataSettings | None, log):
     """Image batches of rows ``idx`` of a test split, in that order: from the decoded-image cache where
     ``data`` allows it (the same tensors, :mod:`openood_ext.datasets.eval_batches`), else per image."""
@@ -209,7 +209,7 @@ def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batc
     mtf = mask_transform(bench.preprocessor) if has_masks else None
     pos = 0
     for (ds, idx), split_name in zip(parts, TEST_SPLITS):
-        for images in test_batches(bench, split_name, ds, idx, batch_size, device, loader_opts, data, log):
+        for images in scored_batches(bench, split_name, ds, idx, batch_size, device, loader_opts, data, log):
             s, h = scorer(images.to(device, non_blocking=True))
             b = len(images)
             scores[pos:pos + b] = s.detach().double().cpu().numpy()
