@@ -142,7 +142,7 @@ def test_the_scheduler_scores_the_same_on_both_backends(toy, tmp_path):
         np.testing.assert_array_equal(conf, confs[1][key], err_msg=str(key))
 
 
-@pytest.mark.slow  # two test_ood runs (about 16 s on the shared 2-core machine)
+@pytest.mark.slow  # two test_ood runs (5.5 to 22 s on the shared 2-core machine, with its load)
 def test_a_test_run_gives_the_same_metrics_on_both_backends(toy, tmp_path, monkeypatch):
     """The shared pass and a network-route method (odin, its own input-gradient pass) on either backend."""
     from openood_ext.pipelines import outputs
