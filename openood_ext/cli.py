@@ -22,6 +22,7 @@ USAGE = """usage: openood-ext run --config FILE.yml [FILE.yml ...] [key=value ..
        openood-ext run --resume RUN_DIR [key=value ...]
        openood-ext list [kind] [pattern]
        openood-ext sweep --config FILE.yml key=[v1,v2] seed=[0,1] [--jobs N] [--backend local|submitit|ray]
+       openood-ext cache list|clean [--older-than DAYS] [--cache-dir DIR]
        openood-ext data | leaderboard | bench ...  (see --help of each)"""
 
 
@@ -83,6 +84,7 @@ LAZY_COMMANDS = {
     "bench": "openood_ext.bench.dispatch:main",
     "sweep": "openood_ext.sweep:main",
     "ad-score": "openood_ext.pipelines.ad.infer:main",  # score an unlabeled folder with an AD cell (EOE)
+    "cache": "openood_ext.datasets.cache_cli:main",  # list / clean the decoded-image caches
 }
 
 

@@ -303,6 +303,8 @@ def shard_loader(loader: torch.utils.data.DataLoader, what: str = "split") -> to
     if not is_distributed():
         return loader
     indices = list(shard_range(len(loader.dataset), what))
+    if callable(getattr(loader, "subset", None)):  # a loader of decoded images shards itself
+        return loader.subset(indices)
     subset = torch.utils.data.Subset(loader.dataset, indices)
     return torch.utils.data.DataLoader(subset, batch_size=loader.batch_size, shuffle=False,
                                        collate_fn=loader.collate_fn, **loader_options_of(loader))

@@ -59,6 +59,7 @@ def test_torchrun_train_writes_once_from_rank_0(ddp_trained):
     assert [r["epoch"] for r in (history["epochs"] if isinstance(history, dict) else history)] == [1, 2, 3]
     assert proc.stderr.count("epoch 1/3:") == 1  # only rank 0 logs
     assert "data parallel: 2 processes" in proc.stderr
+    assert "data backend: tensor" in proc.stderr and "rank 0 of 2 reads its share" in proc.stderr
 
 
 def test_torchrun_test_ood_equals_one_process(ddp_trained):

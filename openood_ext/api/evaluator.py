@@ -13,7 +13,8 @@ forward pass per split (:func:`openood_ext.features.extract_outputs`), the postp
 ``ood`` evaluator and the results writer, so the numbers equal the command line's for the same weights.
 The network is any ``nn.Module`` mapping images to logits (:mod:`openood_ext.api.model`). Nothing is
 written to disk except by ``save`` and the optional output cache (``cache_dir``, keyed by the weights'
-content, so a changed model is never served stale outputs); preparing the embedded ``digits`` benchmark
+content, so a changed model is never served stale outputs; the benchmark's small images are kept decoded
+there too, under ``decoded/``, else decoded in memory: :mod:`openood_ext.datasets.eval_batches`); preparing the embedded ``digits`` benchmark
 generates its images under ``data_root`` as the command line does.
 """
 
@@ -35,6 +36,8 @@ from torch import nn
 from .. import __version__
 from ..datasets import Benchmark
 from ..datasets.cli import load_benchmark
+from ..datasets.data_settings import DataSettings
+from ..datasets.eval_batches import eval_loader
 from ..datasets.imglist import SkipCounter, read_imglist
 from ..errors import ConfigError
 from ..evaluators import EVALUATORS
@@ -100,6 +103,10 @@ class BenchmarkSource:
         self.batch_size, self.workers, self.transform = int(batch_size), int(num_workers), transform
         self.memo: dict[str, NetOutputs] = {}
         self.cache = FeatureCache(cache_dir)
+        # the benchmark's own preprocessing: splits of small images come from the decoded-image cache in
+        # whole batches (the same tensors; written under cache_dir/decoded, else decoded in memory)
+        self.data = DataSettings(cache_dir=str(Path(cache_dir) / "decoded") if cache_dir else None)
+        self._decoded: dict[str, object] = {}
         self.forward_passes = 0
         self._base_key = None
 
@@ -113,6 +120,10 @@ class BenchmarkSource:
     def loader_for(self, split_name: str):
         split = self.bench.split(split_name)
         if self.transform is None:
+            if split_name not in self._decoded:
+                self._decoded[split_name] = eval_loader(self.bench, split, self.data, self.batch_size, self.device)
+            if self._decoded[split_name] is not None:
+                return self._decoded[split_name]
             return self.bench.loader(split, batch_size=self.batch_size, num_workers=self.workers)
         dataset = self.bench.dataset(split)
         dataset.transform, dataset.mode = self.transform, "RGB"

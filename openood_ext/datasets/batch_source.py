@@ -10,6 +10,15 @@ state the engine saves with the training state and restores on resume (same batc
 Shuffling draws from the generator exactly what a ``DataLoader(shuffle=True, generator=g)`` draws (a
 base seed, the epoch's permutation and a second, unused permutation), so a CPU generator yields the
 DataLoader's order; with a trainer's batch sampler (class-balanced batches), its index batches are used.
+
+Under torchrun (``world > 1``) each rank reads its own share with ``DistributedSampler``'s semantics,
+the sampler the per-image path uses there: epoch e's permutation depends on (seed, e) only, the same
+on every rank, padded by its first indices to a multiple of the world size, and rank r takes positions
+r, r + W, r + 2W, ...; the ranks' shares are disjoint (up to the padding) and together are the order a
+one-process run of the same sampler reads. The engine's ``set_epoch`` reaches it through ``sampler``.
+The generator then draws augmentation only, seeded per rank (``seed + 7919 * rank``, as the per-image
+path seeds its workers), so the ranks augment independently. A trainer's batch sampler is dealt over the
+ranks by the caller (``distributed.ShardedBatchSampler``).
 """
 
 from __future__ import annotations
@@ -32,21 +41,28 @@ class TensorBatchSource:
         seed: seeds the generator.
         device: where the images are held and the batches made.
         batch_sampler: optional iterable of index lists (``len`` batches; ``set_epoch`` is forwarded).
+        rank, world: this process's share under torchrun (see the module docstring); (0, 1) alone.
     """
 
     def __init__(self, decoded: DecodedImages, pipeline: BatchPipeline, batch_size: int, seed: int,
-                 device: torch.device | str = "cpu", batch_sampler=None):
+                 device: torch.device | str = "cpu", batch_sampler=None, rank: int = 0, world: int = 1):
         self.device = torch.device(device)
         self.images = decoded.images.to(self.device)
         self.labels = decoded.labels.to(self.device)
         self.dataset = decoded
         self.pipeline, self.batch_size = pipeline, int(batch_size)
         self.batch_sampler = batch_sampler
-        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.sampler = None
+        if world > 1 and batch_sampler is None:
+            self.sampler = torch.utils.data.DistributedSampler(decoded, num_replicas=world, rank=rank, shuffle=True,
+                                                               seed=int(seed), drop_last=False)
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed) + (7919 * rank if world > 1 else 0))
 
     def __len__(self) -> int:
         if self.batch_sampler is not None:
             return len(self.batch_sampler)
+        if self.sampler is not None:
+            return math.ceil(len(self.sampler) / self.batch_size)
         return math.ceil(len(self.labels) / self.batch_size)
 
     def epoch_order(self) -> torch.Tensor:
@@ -61,6 +77,9 @@ class TensorBatchSource:
         if self.batch_sampler is not None:
             for idx in self.batch_sampler:
                 yield torch.as_tensor(list(idx), dtype=torch.long, device=self.device)
+            return
+        if self.sampler is not None:  # this rank's share of the epoch's (seed, epoch) permutation
+            yield from torch.as_tensor(list(self.sampler), dtype=torch.long, device=self.device).split(self.batch_size)
             return
         order = self.epoch_order()
         yield from order.split(self.batch_size)

@@ -1,4 +1,5 @@
-"""The ``data:`` section of a run: how training images reach the network.
+"""The ``data:`` section of a run: how training images (and, decoded the same way, evaluation images:
+:mod:`.eval_batches`) reach the network.
 
     data:
       backend: auto      # tensor: decode once (decoded-image cache), augment whole batches on the device;

@@ -6,7 +6,9 @@ the same PIL code, so ``pixels / 255`` equals ``ToTensor()`` of the PIL path exa
 
 On disk (``<cache dir>/<name>.npy`` plus ``<name>.json``), both written atomically (:mod:`..utils.io`):
 ``name`` is a hash of the list's path, image root and geometry; the sidecar holds the *content key*: a
-hash of the list's bytes, each image file's size and mtime, and the geometry, with the array's shape. A
+hash of the list's bytes, each image file's size and mtime, and the geometry, with the array's shape
+and the list and image root it came from; its mtime is the cache's last use (set on every read), which
+``openood-ext cache list|clean`` (:mod:`.cache_cli`) reports and cleans by. A
 sidecar whose key differs (a changed list, an image replaced after caching) or an array whose shape or
 size disagrees with it (a truncated file) is stale: logged, rebuilt. A failed write (disk full) removes
 the partial file, logs one line and the run goes on with the decoded array in memory.
@@ -46,12 +48,14 @@ class NotSmall(Exception):
 @dataclass
 class DecodedImages:
     """A decoded image list: ``images`` uint8 [N, C, H, W]; ``labels`` long [N]; ``skipped`` bad images
-    dropped under ``on_bad_image: skip``; ``source``: 'cache' (read from disk), 'decoded' or 'memory'."""
+    dropped under ``on_bad_image: skip``; ``source``: 'cache' (read from disk), 'decoded' or 'memory';
+    ``kept`` long [N]: each row's 0-based index in the image list (None where a caller built the set itself)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     skipped: int = 0
     source: str = "decoded"
+    kept: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,6 +72,14 @@ def check_cache_dir(path: str | os.PathLike, key: str = "data.cache_dir") -> Pat
                 raise ConfigError(f"{key} {path}: {p} is not writable (give another directory or data.cache: false)")
             break
     return path
+
+
+def _touch(sidecar: Path) -> None:
+    """Mark a cache as used now (its sidecar's mtime: what ``openood-ext cache clean --older-than`` reads)."""
+    try:
+        os.utime(sidecar)
+    except OSError:  # a read-only cache directory is still a usable cache
+        pass
 
 
 def _hash(*parts: str) -> str:
@@ -141,17 +153,21 @@ class DecodedCache:
             pixels = np.load(array, mmap_mode="r")
             if list(pixels.shape) != meta["shape"] or pixels.dtype != np.uint8:
                 raise ValueError(f"shape {list(pixels.shape)} != {meta['shape']}")
-            return np.array(pixels), np.asarray(meta["kept"], dtype=np.int64)
+            out = np.array(pixels), np.asarray(meta["kept"], dtype=np.int64)
+            _touch(sidecar)
+            return out
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.log.info("decoded-image cache %s is unreadable or truncated (%s); rebuilding", array,
                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
 
-    def _write(self, array: Path, sidecar: Path, key: str, pixels: np.ndarray, kept: np.ndarray) -> bool:
+    def _write(self, array: Path, sidecar: Path, key: str, pixels: np.ndarray, kept: np.ndarray,
+               dataset: ImglistDataset) -> bool:
         try:
             write_stream(array, lambda fh: np.save(fh, pixels))
             write_text(sidecar, json.dumps({"key": key, "shape": list(pixels.shape), "kept": kept.tolist(),
-                                            "format": FORMAT}) + "\n")
+                                            "format": FORMAT, "imglist": str(Path(dataset.imglist).resolve()),
+                                            "data_root": str(Path(dataset.data_root).resolve())}) + "\n")
             return True
         except OpenOODError as exc:  # disk full, permissions: the partial file is already gone
             for p in (array, sidecar):
@@ -172,12 +188,13 @@ class DecodedCache:
             hit = self._read(array, sidecar, key)
             if hit is not None:
                 pixels, kept = hit
-                return DecodedImages(torch.from_numpy(pixels), labels[torch.from_numpy(kept)],
-                                     len(labels) - len(kept), "cache")
+                kept = torch.from_numpy(kept)
+                return DecodedImages(torch.from_numpy(pixels), labels[kept], len(labels) - len(kept), "cache", kept)
         pixels, kept = decode(dataset, geometry, self.max_side)
         source = "memory"
-        if self.root is not None and self._write(array, sidecar, key, pixels, kept):
+        if self.root is not None and self._write(array, sidecar, key, pixels, kept, dataset):
             source = "decoded"
             self.log.info("decoded %d images of %s into %s (%.1f MiB)", len(kept), dataset.imglist, array,
                           pixels.nbytes / 2**20)
-        return DecodedImages(torch.from_numpy(pixels), labels[torch.from_numpy(kept)], len(labels) - len(kept), source)
+        kept = torch.from_numpy(kept)
+        return DecodedImages(torch.from_numpy(pixels), labels[kept], len(labels) - len(kept), source, kept)

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from .. import distributed
 from ..datasets import Benchmark, Split
+from ..datasets.data_settings import DataSettings
+from ..datasets.eval_batches import eval_loader
 from ..datasets.imglist import read_imglist
 from ..features import (
     EmptySplit,
@@ -38,6 +40,10 @@ class OutputStore:
     The cache key covers the checkpoint's content hash, the network config, the image list's content
     hash, the preprocessing and the data root, so any change to them is a miss. An entry whose sample
     count disagrees with its image list is stale and recomputed.
+
+    A split's images come from the decoded-image cache in whole batches where ``data.backend`` allows it
+    (:mod:`openood_ext.datasets.eval_batches`: the same tensors as the per-image DataLoader, so the key
+    does not name the backend), else through the per-image DataLoader.
     """
 
     def __init__(self, net, bench: Benchmark, ckpt: Path, cfg: DictConfig, ctx: RunContext):
@@ -47,6 +53,8 @@ class OutputStore:
         self.loader_options = loader_options(cfg, ctx.device)
         self.base_key = {"checkpoint": file_sha256(ckpt), "network": network_spec(cfg),
                          **bench.preprocessing_key()}
+        self.data = DataSettings.from_config(cfg)
+        self._decoded: dict[str, object] = {}  # split -> its decoded-image loader, or None (per-image path)
         self.memo: dict[str, NetOutputs] = {}
         self.failed: dict[str, EmptySplit] = {}  # splits of which no image could be read (prefetch)
         self.forward_passes = 0
@@ -126,7 +134,13 @@ class OutputStore:
 
     def loader_for(self, split_name: str):
         """A fresh (unshuffled) loader over a split, for postprocessors that need the network
-        (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor`` from the config)."""
+        (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor`` from the config),
+        or the split's batches from the decoded-image cache (decided once per split, then reused)."""
+        if split_name not in self._decoded:
+            self._decoded[split_name] = eval_loader(self.bench, self.bench.split(split_name), self.data,
+                                                    self.batch_size, self.ctx.device, self.ctx.log)
+        if self._decoded[split_name] is not None:
+            return self._decoded[split_name]
         loader = self.bench.loader(self.bench.split(split_name), batch_size=self.batch_size,
                                    num_workers=self.workers)
         if self.loader_options == distributed.loader_options_of(loader):

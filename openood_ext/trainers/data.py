@@ -1,8 +1,9 @@
 """The ID training loader of a run: the benchmark's training split, shuffled with a seeded generator,
 or with the trainer's own transform / batch sampler when it defines them.
 
-Under torchrun (see :mod:`openood_ext.distributed`) each rank reads its own share: a ``DistributedSampler``
-seeded by (seed, epoch), or the trainer's batch sampler dealt round-robin over the ranks
+Under torchrun (see :mod:`openood_ext.distributed`) each rank reads its own share, on either backend: a
+``DistributedSampler`` seeded by (seed, epoch) (the tensor path's :class:`~openood_ext.datasets.batch_source.
+TensorBatchSource` with the same semantics), or the trainer's batch sampler dealt round-robin over the ranks
 (:class:`~openood_ext.distributed.ShardedBatchSampler`); ``batch_size`` is per process.
 """
 
@@ -15,6 +16,7 @@ from ..datasets.batch_source import TensorBatchSource
 from ..datasets.batch_transforms import Then
 from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import SkipCounter
+from ..datasets.jpeg_batches import JpegBatchSource, jpeg_obstacle
 from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
 from ..errors import ConfigError, DataError
 from ..utils.runtime import get_logger
@@ -36,11 +38,12 @@ def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_worke
     ``source``: the run's outlier source; the trainer may wrap the training set around it
     (:meth:`~openood_ext.trainers.trainer.Trainer.train_dataset`, e.g. FCDD's dataset-side supervision).
     """
+    opts = dict(loader_options) if loader_options is not None else {"num_workers": num_workers}
     if data is not None and data.backend != "pil":
-        tensors = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log, source)
+        tensors = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log, source,
+                                      num_workers=int(opts.get("num_workers", 0)))
         if tensors is not None:
             return tensors
-    opts = dict(loader_options) if loader_options is not None else {"num_workers": num_workers}
     split = benchmark.split("id_train")
     transform = trainer.train_transform(dict(benchmark.preprocessor))
     dataset = benchmark.dataset(split, train=True)
@@ -72,8 +75,6 @@ def _own_batch_transform(trainer, pre):
 
 def tensor_backend_obstacle(benchmark, trainer, source=None) -> str | None:
     """What keeps the ID training split off the tensor backend (naming the transform), or None."""
-    if distributed.is_distributed():
-        return "torchrun data parallelism (each rank reads its own share through a DataLoader)"
     change = trainer.train_dataset_change(source) if hasattr(trainer, "train_dataset_change") else None
     if change is not None:
         return change
@@ -86,21 +87,66 @@ def tensor_backend_obstacle(benchmark, trainer, source=None) -> str | None:
     return unsupported(benchmark.preprocessor, train=True)
 
 
-def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None, source=None):
+def jpeg_train_source(benchmark, dataset, batch_size: int, seed: int, device, log, num_workers: int = 0):
+    """The training split as a :class:`~openood_ext.datasets.jpeg_batches.JpegBatchSource` (large JPEG
+    images decoded per batch on the CUDA ``device``; the recipe's ops batched there too)."""
+    pre = dict(benchmark.preprocessor)
+    pipeline = tensor_pipeline(pre, train=True)
+    extra = tuple(getattr(benchmark, "train_batch_ops", None) or ())
+    if extra:
+        pipeline = Then(pipeline, extra)
+    rank, world = distributed.rank(), distributed.world_size()
+    source = JpegBatchSource(dataset, geometry(pre), pipeline, batch_size, seed, device,
+                             num_workers=num_workers, rank=rank, world=world)
+    log.info("data backend: JPEG files decoded a batch at a time on %s (%d images; %s)", device, len(dataset), pipeline)
+    return source
+
+
+def _decode_once(cache: DecodedCache, dataset, geometry: dict):
+    """``cache.load``; under torchrun with a cache on disk rank 0 decodes and writes it first and the other
+    ranks then read it (one decoding, no two writers); NotSmall on every rank when the images are large."""
+    if distributed.world_size() == 1 or cache.root is None:
+        return cache.load(dataset, geometry)
+    mine = {}
+
+    def first() -> str | None:
+        try:
+            mine["decoded"] = cache.load(dataset, geometry)
+        except NotSmall as exc:
+            return str(exc)
+        return None
+
+    too_large = distributed.run_on_main(first)
+    if too_large is not None:
+        raise NotSmall(too_large)
+    return mine["decoded"] if "decoded" in mine else cache.load(dataset, geometry)
+
+
+def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, device, log=None, source=None,
+                        num_workers: int = 0):
     """The ID training split as a :class:`~openood_ext.datasets.batch_source.TensorBatchSource`, or None
     (with one log line naming the reason) when ``data.backend`` is ``auto`` and the recipe needs the PIL
-    path; with ``backend: tensor`` that reason is a ConfigError (a too-large image a DataError)."""
+    path; with ``backend: tensor`` that reason is a ConfigError (a too-large image a DataError). Images
+    too large for the cache take :func:`jpeg_train_source` when they are JPEG files and ``device`` is
+    CUDA (``num_workers`` then read the files' bytes)."""
     log = log or get_logger()
     reason = tensor_backend_obstacle(benchmark, trainer, source)
     if reason is None:
         pre = dict(benchmark.preprocessor)
         dataset = benchmark.dataset(benchmark.split("id_train"), train=False)
         try:
-            decoded = DecodedCache(data.cache_root(), data.max_side, log).load(dataset, geometry(pre))
+            decoded = _decode_once(DecodedCache(data.cache_root(), data.max_side, log), dataset, geometry(pre))
         except NotSmall as exc:
+            gpu_jpeg = jpeg_obstacle(dataset, device)
+            if gpu_jpeg is None and (trainer.train_transform(pre) is not None
+                                     or trainer.batch_sampler(dataset.labels(), batch_size, seed) is not None):
+                gpu_jpeg = "batched JPEG decoding takes the benchmark's recipe only (the trainer brings its own " \
+                           "transform or batch sampler)"
+            if gpu_jpeg is None:  # large JPEGs on CUDA: decoded a batch at a time on the GPU
+                return jpeg_train_source(benchmark, dataset, batch_size, seed, device, log, num_workers)
             if data.backend == "tensor":
-                raise DataError(f"data.backend tensor: {exc}") from None
-            reason = str(exc)
+                raise DataError(f"data.backend tensor: {exc}; {gpu_jpeg}") from None
+            reason = f"{exc}; {gpu_jpeg}"
     if reason is not None:
         if data.backend == "tensor":
             raise ConfigError(f"data.backend: tensor cannot run this recipe ({reason}); use auto or pil")
@@ -114,6 +160,13 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         if extra:  # e.g. EOE's Fourier filter on the normalised training images
             pipeline = Then(pipeline, extra)
     sampler = trainer.batch_sampler(decoded.labels, batch_size, seed)
-    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)", len(decoded), where,
-             decoded.source, pipeline)
-    return TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler)
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1:  # each rank its share, as the per-image path's samplers deal it
+        if sampler is not None:
+            sampler = distributed.ShardedBatchSampler(sampler, rank, world)
+        elif world > len(decoded):
+            raise ConfigError(f"trainer: the training split has {len(decoded)} sample(s) for {world} processes "
+                              f"(run torchrun with --nproc_per_node <= {len(decoded)})")
+    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)%s", len(decoded), where,
+             decoded.source, pipeline, f"; rank {rank} of {world} reads its share" if world > 1 else "")
+    return TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler, rank=rank, world=world)

@@ -24,6 +24,7 @@ from PIL import Image
 from ... import distributed
 from ...config import to_plain
 from ...datasets.data_settings import DataSettings
+from ...datasets.eval_batches import eval_loader
 from ...datasets.image_modes import convert_image
 from ...errors import DataError
 from ...evaluators.metrics import auroc
@@ -41,7 +42,7 @@ from ..training import fit_network
 from .data import outlier_record, subset_key
 from .heatmaps import save_heatmap_grids
 from .infer import scorer_of, scoring_meta
-from .settings import ADSettings, cell_benchmark, collect_test_set, limit_train_split
+from .settings import TEST_SPLITS, ADSettings, cell_benchmark, collect_test_set, limit_train_split
 
 
 @dataclass
@@ -111,10 +112,10 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
     net_spec = to_plain(cfg.network)
     net_spec.pop("checkpoint", None)  # every cell trains its own network
     seed_everything(seed)  # after planning (which may draw), right before the initial weights
+    data = DataSettings.from_config(cfg)
     fit = fit_network(plan, bench, net_spec, device=ctx.device, seed=seed,
                       loader_options=loader_options(cfg, ctx.device), state_path=cell / "last.pt", resume=True,
-                      out_dir=cell, log=ctx.log, timed=ctx.timed, label=f"class {cls} seed {seed}: ",
-                      data=DataSettings.from_config(cfg))
+                      out_dir=cell, log=ctx.log, timed=ctx.timed, label=f"class {cls} seed {seed}: ", data=data)
     if not distributed.is_main():  # torchrun: rank 0 alone saves, scores and writes the cell
         distributed.barrier()
         return None, None, None
@@ -126,7 +127,7 @@ def run_cell(cfg: DictConfig, settings: ADSettings, ctx: ADContext, cls, seed: i
     with ctx.timed("test"):
         scores, labels, paths, heat, masks = score_test_set(
             bench, scorer_of(plan.trainer, fit.net), settings, cell, ctx.device, int(cfg.get("batch_size", 256)),
-            loader_options(cfg, ctx.device))
+            loader_options(cfg, ctx.device), data=data, log=ctx.log)
     value = auroc(scores, labels)
     result = {"class": cls, "seed": seed, "auroc": value, "n_test": int(len(labels)),
               "n_anomalous": int(labels.sum()), "n_train": len(fit.loader.dataset),
@@ -181,12 +182,25 @@ def _stack_images(batch):
     return (torch.stack([x[0] for x in batch]),)
 
 
+def scored_batches(bench, split_name: str, ds, idx: list[int], batch_size: int, device, loader_opts: dict | None,
+                 data: DataSettings | None, log):
+    """Image batches of rows ``idx`` of a test split, in that order: from the decoded-image cache where
+    ``data`` allows it (the same tensors, :mod:`openood_ext.datasets.eval_batches`), else per image."""
+    decoded = eval_loader(bench, bench.split(split_name), data, batch_size, device, log, rows=idx)
+    if decoded is not None:
+        return (batch[0] for batch in decoded)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
+                                         collate_fn=_stack_images, **(loader_opts or {}))
+    return (images for (images,) in loader)
+
+
 def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batch_size: int,
-                   loader_opts: dict | None = None):
+                   loader_opts: dict | None = None, data: DataSettings | None = None, log=None):
     """Score every test image; heatmaps go to ``cell/heatmaps.npy`` (memory-mapped: a test set's maps
     need not fit in memory), masks to ``cell/masks.npy`` when the benchmark has them. Returns (scores,
     is_anomaly, paths, heat, masks); DataError when a score is not finite. ``loader_opts``: DataLoader
-    options (``num_workers``, ``pin_memory``, ... from :func:`~openood_ext.utils.runtime.loader_options`)."""
+    options (``num_workers``, ``pin_memory``, ... from :func:`~openood_ext.utils.runtime.loader_options`);
+    ``data``: the run's ``data:`` settings (None: every image through the per-image DataLoader)."""
     parts, paths, labels = collect_test_set(bench, settings.test_limit)
     n = len(paths)
     scores = np.zeros(n, np.float64)
@@ -194,10 +208,8 @@ def score_test_set(bench, scorer, settings: ADSettings, cell: Path, device, batc
     has_masks = bool(getattr(bench, "has_masks", False))
     mtf = mask_transform(bench.preprocessor) if has_masks else None
     pos = 0
-    for ds, idx in parts:
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
-                                             collate_fn=_stack_images, **(loader_opts or {}))
-        for (images,) in loader:
+    for (ds, idx), split_name in zip(parts, TEST_SPLITS):
+        for images in scored_batches(bench, split_name, ds, idx, batch_size, device, loader_opts, data, log):
             s, h = scorer(images.to(device, non_blocking=True))
             b = len(images)
             scores[pos:pos + b] = s.detach().double().cpu().numpy()

@@ -62,6 +62,8 @@ def adapt_benchmark(bench) -> None:
     plain_dataset = bench.dataset
     # the same filter on whole training batches when they take the tensor data path (trainers/data.py)
     bench.train_batch_ops = (FourierTransform(pixels, ms.mode, ms.magnitude),) if "id_train" in filtered else ()
+    # and on whole test batches when they come from the decoded-image cache (datasets/eval_batches.py)
+    bench.split_batch_ops = {name: (FourierTransform(pixels, ms.mode, ms.magnitude),) for name in filtered}
 
     def dataset(split, train: bool = False):
         ds = plain_dataset(split, train)

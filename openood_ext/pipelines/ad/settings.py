@@ -27,6 +27,8 @@ from ...utils.io import write_text
 from .data import adapt_benchmark
 
 Protocol = Literal["one_vs_rest", "leave_one_out"]
+#: the test splits of an AD cell, in the order they are scored: normal images (label 0), anomalies (1)
+TEST_SPLITS = ("id_test", "anomalies")
 PROTOCOLS = typing.get_args(Protocol)
 
 
@@ -171,7 +173,7 @@ def check_cell_data(bench, settings: ADSettings, cls) -> None:
 def collect_test_set(bench, test_limit: int | None) -> tuple[list, list[str], np.ndarray]:
     """(datasets with their kept indices, paths, is_anomaly) of the test set: normal ``id_test`` + ``anomalies``."""
     parts, paths, labels = [], [], []
-    splits = [(bench.split("id_test"), 0), (bench.split("anomalies"), 1)]
+    splits = [(bench.split(name), lab) for lab, name in enumerate(TEST_SPLITS)]
     frac = test_fraction(bench, test_limit)
     for split, lab in splits:
         ds = bench.dataset(split, train=False)
