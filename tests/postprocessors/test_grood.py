@@ -1,0 +1,122 @@
+"""GrOOD against its definition: the gradient of the nearest-prototype cross-entropy with respect to the OOD
+prototype (autograd and a hand case), then minus the k-th nearest-neighbour distance (scikit-learn) to the
+gradients of the correctly classified ID training samples."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+from zoo_helpers import build, outputs
+
+from openood_ext.errors import ConfigError, DataError
+from openood_ext.postprocessors.grood import ood_prototype_gradient
+from openood_ext.postprocessors.schedule import FixedSource, Scheduler
+
+
+def test_gradient_hand_case():
+    # h sits on p_1; distances to (p_1, p_2, p_o) are (0, 4, 3); h - p_o points along -y
+    g = ood_prototype_gradient(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0], [4.0, 0.0]]),
+                               torch.tensor([0.0, 3.0]))
+    p_o = math.exp(-3) / (1 + math.exp(-4) + math.exp(-3))
+    np.testing.assert_allclose(g.numpy(), [[0.0, -p_o]], rtol=1e-12)
+
+
+def test_gradient_is_autograds_for_every_predicted_class():
+    rng = np.random.default_rng(0)
+    h = torch.tensor(rng.normal(size=(6, 5)))
+    protos, ood = torch.tensor(rng.normal(size=(3, 5))), torch.tensor(rng.normal(size=5))
+    closed = ood_prototype_gradient(h, protos, ood)
+    for yhat in range(3):
+        for i in range(len(h)):
+            p_o = ood.clone().requires_grad_(True)
+            s = -torch.cat([protos, p_o[None]]).sub(h[i]).norm(dim=1)
+            loss = torch.nn.functional.cross_entropy(s[None], torch.tensor([yhat]))
+            (grad,) = torch.autograd.grad(loss, p_o)
+            np.testing.assert_allclose(closed[i].numpy(), grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def by_hand(train, labels, logits, test, ood_feats, k, n_noise=None, ratio=1.0, class_mean=False):
+    """numpy/sklearn: prototypes, OOD prototype, gradients, k-th neighbour distance."""
+    n = math.ceil(ratio * len(train))
+    train, labels, logits = train[:n], labels[:n], logits[:n]
+    c = logits.shape[1]
+    protos = np.stack([train[labels == j].mean(0) for j in range(c)])
+    ood = protos.mean(0) if class_mean else ood_feats[:n_noise].mean(0)
+
+    def grads(h):
+        every = np.vstack([protos, ood])
+        s = -np.linalg.norm(h[:, None, :] - every[None], axis=2)
+        p = np.exp(s - s.max(1, keepdims=True))
+        p = p[:, -1] / p.sum(1)
+        away = h - ood
+        return p[:, None] * away / np.linalg.norm(away, axis=1, keepdims=True)
+
+    bank = grads(train[logits.argmax(1) == labels])
+    dist, _ = NearestNeighbors(n_neighbors=k).fit(bank).kneighbors(grads(test))
+    return -dist[:, -1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1)
+    centres = np.array([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    labels = np.arange(90) % 3
+    train = centres[labels] + rng.normal(size=(90, 4))
+    w = centres / 3
+    logits = train @ w.T  # a few training samples end up misclassified: out of the bank
+    test = np.concatenate([centres[np.arange(12) % 3] + rng.normal(size=(12, 4)), rng.normal(size=(8, 4)) * 2])
+    ood_val = rng.normal(size=(30, 4)) * 2 - 1
+    f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731  (the pass stores float32)
+    return {"train": train, "labels": labels, "w": w, "logits": f32(logits), "test": test, "ood_val": ood_val,
+            "f32": f32}
+
+
+@pytest.mark.parametrize("kw", [{}, {"k": 3}, {"n_noise_samples": 7}, {"sampling_ratio": 0.5},
+                                {"ood_prototype": "class_mean", "k": 2}])
+def test_grood_equals_the_definition(data, kw):
+    d, f32 = data, data["f32"]
+    assert (d["logits"].argmax(1) != d["labels"]).any()  # the correctly-classified filter is exercised
+    train = outputs(d["train"], d["w"], labels=d["labels"])
+    pp = build("grood", **kw).fit(train, split_outputs={"ood_val": outputs(d["ood_val"])})
+    want = by_hand(f32(d["train"]), d["labels"], d["logits"], f32(d["test"]), f32(d["ood_val"]),
+                   kw.get("k", 1), kw.get("n_noise_samples", 100), kw.get("sampling_ratio", 1.0),
+                   kw.get("ood_prototype") == "class_mean")
+    np.testing.assert_allclose(pp.score(outputs(d["test"], d["w"])), want, rtol=1e-4, atol=1e-6)
+
+
+def test_grood_sign_sample_at_the_ood_prototype_scores_lower(data):
+    d = data
+    pp = build("grood").fit(outputs(d["train"], d["w"], labels=d["labels"]),
+                            split_outputs={"ood_val": outputs(d["ood_val"])})
+    ood_centre = d["ood_val"].mean(0) + 0.1
+    inlier, outlier = pp.score(outputs([[3.0, 0, 0, 0], ood_centre], d["w"]))
+    assert inlier > outlier
+
+
+def test_scheduler_hands_ood_val_to_fit(data):
+    """The scheduler reads the ``fit_splits`` (ood_val) from its source and passes them to fit."""
+    d = data
+    splits = {"id_train": outputs(d["train"], d["w"], labels=d["labels"]), "id_val": outputs(d["test"], d["w"]),
+              "id_test": outputs(d["test"], d["w"]), "ood_val": outputs(d["ood_val"])}
+    got = Scheduler({"grood": build("grood")}, FixedSource(splits)).run(["id_test"]).conf("grood")["id_test"]
+    direct = build("grood").fit(splits["id_train"], split_outputs={"ood_val": splits["ood_val"]})
+    np.testing.assert_array_equal(got, direct.score(splits["id_test"]))
+    del splits["ood_val"]
+    with pytest.raises(DataError, match="'grood' fits on split 'ood_val'"):
+        Scheduler({"grood": build("grood")}, FixedSource(splits)).run(["id_test"])
+
+
+def test_grood_without_ood_val_says_what_to_do(data):
+    with pytest.raises(DataError, match="class_mean"):
+        build("grood").fit(outputs(data["train"], data["w"], labels=data["labels"]))
+
+
+@pytest.mark.parametrize("kw, match", [({"k": 0}, "'k'"), ({"n_noise_samples": 0}, "'n_noise_samples'"),
+                                       ({"sampling_ratio": 0}, "'sampling_ratio'"),
+                                       ({"sampling_ratio": 1.5}, "'sampling_ratio'"),
+                                       ({"ood_prototype": "noise"}, "'ood_prototype'")])
+def test_grood_bad_settings_are_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        build("grood", **kw)
