@@ -82,6 +82,7 @@ METHODS = [
     ("cfood", "cfood", "CFOODPostprocessor", "cfood"),
     ("ssd", "ssd", "SSDPostprocessor", "ssd"),
     ("rankfeat", "rankfeat", "RankFeatPostprocessor", "rankfeat"),
+    ("grood", "grood", "GrOODPostprocessor", "grood.yaml"),
     # input perturbation, MC dropout, deep ensembles (dropout needs a network with a dropout layer,
     # ensemble the member checkpoints: --members)
     ("iodin", "iodin", "IODINPostprocessor", "iodin"),
@@ -90,6 +91,8 @@ METHODS = [
     ("dropout", "dropout", "DropoutPostProcessor", "dropout"),
     ("ensemble", "ensemble", "EnsemblePostprocessor", "ensemble"),
 ]
+#: OpenOOD modules not named <module>_postprocessor.py
+OPENOOD_MODULE_FILES = {"grood": "grood"}
 #: row label -> (our registered name, extra arguments) where the two differ
 BUILD_AS = {"adascale_l": ("adascale", {"variant": "l"})}
 
@@ -106,6 +109,7 @@ ARG_NAMES = {"knn": {"K": "k"}, "odin": {"temperature": "temperature", "noise": 
              "gmm": {"num_clusters_list": "num_clusters", "feature_type_list": "feature_type", "alpha_list": "alpha",
                      "reduce_dim_list": "reduce_dim"},
              "cfood": {"alpha": "alpha", "k": "k"}, "rankfeat": {"temperature": "temperature"},
+             "grood": {k: k for k in ("k", "n_noise_samples", "sampling_ratio")},
              "iodin": {"temperature": "temperature", "noise": "noise"}, "dropout": {"dropout_times": "T"},
              **{a: {k: k for k in ("percentile", "k1", "k2", "lmbda", "o", "num_samples")}
                 for a in ("adascale", "adascale_l")}}
@@ -120,7 +124,9 @@ OPENOOD_SWITCHES = {"nnguide": [("first_batch", {"bank": "first_batch", "bank_ba
                             ("density: openood, pca_solver: full", {"density": "openood", "pca_solver": "full"})],
                     # OpenOOD's code averages logits; ours (the papers') the softmax outputs
                     "dropout": [("average: logits", {"average": "logits"})],
-                    "ensemble": [("average: logits", {"average": "logits"})]}
+                    "ensemble": [("average: logits", {"average": "logits"})],
+                    # OpenOOD averages whole OOD-val batches until it has n_noise_samples (100): its first batch
+                    "grood": [("n_noise_samples: one batch", {"n_noise_samples": OPENOOD_BATCH})]}
 #: switch rows compared with OpenOOD's code run again with a module attribute replaced (the switch row's
 #: label -> (OpenOOD module, attribute, replacement factory taking the sklearn/torch module))
 _EXACT_PCA = ("openood.postprocessors.mds_ensemble_postprocessor", "PCA",
@@ -131,7 +137,9 @@ NOTES = {"ssd": "OpenOOD's ssd has no postprocess of its own: it scores MSP",
          "fdbd": "paper's mean over C-1 classes: OpenOOD's sum / (C-1)",
          "vra": "paper: low activations set to 0; OpenOOD raises them to the low threshold",
          "dropout": "our default (paper): mean of softmax; the two sides draw different masks",
-         "ensemble": "our default (paper): mean of softmax"}
+         "ensemble": "our default (paper): mean of softmax",
+         "grood": "ours: exact nearest gradient, n_noise_samples OOD-val samples; OpenOOD: faiss IVF (nprobe 4), "
+                  "whole OOD-val batches, minus squared distance"}
 
 #: OpenOOD's network wrappers, as its evaluator applies them (evaluation_api/evaluator.py; DropoutNet:
 #: networks/utils.py): our name -> (module, class); DropoutNet also takes the config's dropout_p
@@ -264,7 +272,8 @@ class _TorchOnCPU:
 
 
 def openood_config(root: Path, name: str, dataset: str, overrides: dict) -> AttrDict:
-    data = yaml.safe_load((root / "configs" / "postprocessors" / f"{name}.yml").read_text())["postprocessor"]
+    file = name if name.endswith((".yml", ".yaml")) else f"{name}.yml"  # grood's is grood.yaml
+    data = yaml.safe_load((root / "configs" / "postprocessors" / file).read_text())["postprocessor"]
     args = dict(data.get("postprocessor_args") or {})
     args.update(overrides)
     data["postprocessor_args"] = args
@@ -295,6 +304,11 @@ class OpenOODNet(torch.nn.Module):
 
     def get_fc_layer(self):
         return self.net.get_fc_layer()
+
+    def get_layer_list(self):
+        """No layers: OpenOOD's GrOOD walks them (in place of ``children()``, which is our whole network) only to
+        continue a forward from an intermediate layer for its mixup OOD prototype, off in its config."""
+        return []
 
     # RankFeat's ResNet API: blocks 3 and 4 are the two stages before the global pool (our rankfeat's
     # default layers [-3, -2]); ``layer4`` continues the last input's forward from an edited block-3 map
@@ -526,6 +540,8 @@ def main(argv=None) -> int:
                 overrides["dim"] = feat_dim // 2
                 note = f"dim {dim} >= D={feat_dim}: both use {feat_dim // 2}"
         config = openood_config(args.openood, conf, bench.name, overrides)
+        if ours == "grood":  # its setup reads the dataset's image size and class count
+            config.dataset.update(image_size=int(pre.image_size), num_classes=bench.num_classes)
         our_args = {ARG_NAMES.get(ours, {}).get(k): v for k, v in config.postprocessor.postprocessor_args.items()
                     if ARG_NAMES.get(ours, {}).get(k)}
         if ours == "mds_ensemble":
@@ -575,10 +591,12 @@ def main(argv=None) -> int:
                 wrapper_module, wrapper = OPENOOD_WRAPPERS[ours]
                 extra = (config.postprocessor.postprocessor_args.dropout_p,) if ours == "dropout" else ()
                 model = getattr(importer(wrapper_module), wrapper)(adapter, *extra)
-            oo_module = importer(f"openood.postprocessors.{module}_postprocessor")
+            oo_module = importer(f"openood.postprocessors.{OPENOOD_MODULE_FILES.get(module, module + '_postprocessor')}")
             if ours == "cfood":  # its unseeded torch.randperm (on the global generator) draws our seed-0 set
                 oo_module.torch = _SeededRandperm(oo_module.torch, seed=0)
             pp = getattr(oo_module, cls)(config)
+            if ours == "grood":  # the end of its setup reads self.dataset_name, which nothing sets (AttributeError)
+                pp.dataset_name = bench.name
             try:
                 pp.setup(model, id_dict, ood_dict)
                 if ours in ("adascale", "adascale_l"):  # its evaluator sets the point before scoring (APS or not)
@@ -612,8 +630,12 @@ def main(argv=None) -> int:
         train = extract_outputs(net, loader("id_train"), consumers=fitting)
         val = extract_outputs(net, loader("id_val"))
         tapped = [(k, pp) for k, pp in pps if pp.uses_taps]
+        def extra(pp):  # the splits a method fits on besides the ID ones (GrOOD's ood_val)
+            wanted = getattr(pp, "fit_splits", ())
+            return {"split_outputs": {s: extract_outputs(net, loader(s)) for s in wanted}} if wanted else {}
+
         for _, pp in tapped:
-            pp.fit(train, val_outputs=val)
+            pp.fit(train, val_outputs=val, **extra(pp))
         outs, scores = {}, {k: {} for k, _ in pps}
         for name in ["id_test", *[s.name for s in tests]]:
             outs[name] = extract_outputs(net, loader(name), consumers=[pp.score_taps() for _, pp in tapped])
@@ -625,7 +647,7 @@ def main(argv=None) -> int:
             if pp.uses_taps:
                 continue
             t1 = time.perf_counter()
-            pp.fit(train, val_outputs=val)
+            pp.fit(train, val_outputs=val, **extra(pp))
             for name, out in outs.items():
                 conf = split_result(pp.score_loader(loader(name)))[0] if pp.needs_network else pp.score(out)
                 scores[k][name] = np.asarray(conf, dtype=np.float64)
