@@ -120,3 +120,20 @@ def test_grood_without_ood_val_says_what_to_do(data):
 def test_grood_bad_settings_are_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         build("grood", **kw)
+
+
+def test_run_on_a_benchmark_without_ood_val_is_refused_before_anything(tmp_path, monkeypatch):
+    from conftest import MAIN_CONFIG
+
+    from openood_ext.config import load_config
+    from openood_ext.pipelines.validation import check_benchmark, check_postprocessor_splits, validate_run
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config([MAIN_CONFIG], [f"output_dir={tmp_path / 'results'}", "postprocessors=[msp,grood]"])
+    check_postprocessor_splits(cfg, check_benchmark(cfg))  # digits declares ood_val (its images may come with the run)
+    del cfg.benchmark.ood["val"]
+    with pytest.raises(ConfigError, match=r"postprocessors\[1\] \(grood\): fits on split 'ood_val', which benchmark "
+                                          r"digits does not declare"):
+        validate_run(cfg)
+    cfg.postprocessors = [{"name": "grood", "ood_prototype": "class_mean"}]
+    check_postprocessor_splits(cfg, check_benchmark(cfg))
+    assert list(tmp_path.iterdir()) == []
