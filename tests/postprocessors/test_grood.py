@@ -37,10 +37,11 @@ def test_gradient_is_autograds_for_every_predicted_class():
             np.testing.assert_allclose(closed[i].numpy(), grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def by_hand(train, labels, logits, test, ood_feats, k, n_noise=None, ratio=1.0, class_mean=False):
-    """numpy/sklearn: prototypes, OOD prototype, gradients, k-th neighbour distance."""
-    n = math.ceil(ratio * len(train))
-    train, labels, logits = train[:n], labels[:n], logits[:n]
+def by_hand(train, labels, logits, test, ood_feats, k, n_noise=None, ratio=1.0, class_mean=False, keep=None):
+    """numpy/sklearn: prototypes, OOD prototype, gradients, k-th neighbour distance; ``keep``: the training
+    rows of the subset (default: the first ceil(ratio N))."""
+    keep = np.arange(math.ceil(ratio * len(train))) if keep is None else keep
+    train, labels, logits = train[keep], labels[keep], logits[keep]
     c = logits.shape[1]
     protos = np.stack([train[labels == j].mean(0) for j in range(c)])
     ood = protos.mean(0) if class_mean else ood_feats[:n_noise].mean(0)
@@ -73,8 +74,8 @@ def data():
             "f32": f32}
 
 
-@pytest.mark.parametrize("kw", [{}, {"k": 3}, {"n_noise_samples": 7}, {"sampling_ratio": 0.5},
-                                {"ood_prototype": "class_mean", "k": 2}])
+@pytest.mark.parametrize("kw", [{}, {"k": 3}, {"n_noise_samples": 7, "subset": "first"},
+                                {"sampling_ratio": 0.5, "subset": "first"}, {"ood_prototype": "class_mean", "k": 2}])
 def test_grood_equals_the_definition(data, kw):
     d, f32 = data, data["f32"]
     assert (d["logits"].argmax(1) != d["labels"]).any()  # the correctly-classified filter is exercised
@@ -83,6 +84,17 @@ def test_grood_equals_the_definition(data, kw):
     want = by_hand(f32(d["train"]), d["labels"], d["logits"], f32(d["test"]), f32(d["ood_val"]),
                    kw.get("k", 1), kw.get("n_noise_samples", 100), kw.get("sampling_ratio", 1.0),
                    kw.get("ood_prototype") == "class_mean")
+    np.testing.assert_allclose(pp.score(outputs(d["test"], d["w"])), want, rtol=1e-4, atol=1e-6)
+
+
+def test_random_subsets_are_seeded_draws(data):
+    d, f32 = data, data["f32"]
+    pp = build("grood", sampling_ratio=0.5, n_noise_samples=7, seed=3).fit(
+        outputs(d["train"], d["w"], labels=d["labels"]), split_outputs={"ood_val": outputs(d["ood_val"])})
+    keep = np.sort(torch.randperm(90, generator=torch.Generator().manual_seed(3))[:45].numpy())
+    noise = torch.randperm(30, generator=torch.Generator().manual_seed(3))[:7].numpy()
+    want = by_hand(f32(d["train"]), d["labels"], d["logits"], f32(d["test"]), f32(d["ood_val"])[noise], 1, 7,
+                   keep=keep)
     np.testing.assert_allclose(pp.score(outputs(d["test"], d["w"])), want, rtol=1e-4, atol=1e-6)
 
 
