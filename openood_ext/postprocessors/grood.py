@@ -17,7 +17,12 @@ Where the OOD prototype comes from (``ood_prototype``):
 * ``ood_val``: the mean penultimate feature of the first ``n_noise_samples`` samples of the benchmark's
   ``ood_val`` split (OpenOOD v1.5's configuration, ``use_val_ood: True``, the authors' own setting for their
   OpenOOD numbers);
-* ``class_mean``: the mean of the class prototypes (OpenOOD's ``use_proto_mean``); needs no OOD data.
+* ``class_mean``: the mean of the class prototypes (OpenOOD's ``use_proto_mean``); needs no OOD data;
+* ``synthetic``: the mean penultimate feature of ``n_noise_samples`` ID training images mixed, at an early
+  layer (``mix_layer``), with the mean activation of their second most likely class:
+  ``lam * a(x) + (1 - lam) * a_bar[c2(x)]`` (OpenOOD's ``use_synthetic``, the paper's synthetic samples
+  "interpolated" at an intermediate layer); needs no OOD data. The class means ``a_bar`` come from the
+  id_train shared pass (layer taps), the mixed images from one forward pass over those few images.
 
 Departures of OpenOOD's code, available as switches:
 
@@ -29,6 +34,8 @@ Departures of OpenOOD's code, available as switches:
 * OpenOOD's score is minus the *squared* distance (faiss's L2); ours minus the distance: the same ranking,
   so AUROC/FPR are the same.
 * OpenOOD ignores ``k`` (it always takes the nearest gradient); ours uses the k-th (default 1).
+* OpenOOD's synthetic prototype mixes with a fixed 0.5 whatever its ``lam`` says; ours uses ``lam``
+  (default 0.5, the value that code runs with).
 * OpenOOD's subsets (``sampling_ratio`` of the ID training samples, ``n_noise_samples`` OOD validation
   samples) are the first loader batches of unshuffled image lists, which are often sorted by class or
   source (``digits``: a ratio of 0.5 keeps 3 of its 6 classes). Ours are seeded random draws (``seed``);
@@ -44,11 +51,12 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..features import NetOutputs
+from ..features import NetOutputs, Tap, extract_outputs, split_tap_layer
 from ..schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 from .base import Postprocessor, as_numpy
 from .common import check_fitted
 from .knn_search import KNNIndex
+from .layer_features import first_batch, iter_images, resolve_layers
 from .registry import POSTPROCESSORS
 
 
@@ -83,9 +91,14 @@ class GrOODPostprocessor(Postprocessor):
 
     Args:
         ood_prototype: ``ood_val`` (the mean of ``n_noise_samples`` OOD validation features; needs the
-            benchmark's ``ood_val`` split) or ``class_mean`` (the mean of the class prototypes).
-        n_noise_samples: OOD validation samples averaged into the OOD prototype (OpenOOD default 100; all
-            of them when the split is smaller).
+            benchmark's ``ood_val`` split), ``class_mean`` (the mean of the class prototypes) or
+            ``synthetic`` (mixed ID training images; module docstring).
+        n_noise_samples: samples averaged into the OOD prototype, OOD validation or mixed ID training ones
+            (OpenOOD default 100; all of them when the split is smaller).
+        mix_layer: ``synthetic``: the layer whose output is mixed, a stage index or module name
+            (``layer_features.resolve_layers``); 2 is OpenOOD's ``pre_layer_indx: 3`` (its
+            ``feature_list[3]``: ResNet-18's ``layer3``).
+        lam: ``synthetic``: weight of the image's own activation in the mix, in (0, 1).
         k: neighbour rank in gradient space (default 1, the paper's nearest neighbour).
         sampling_ratio: share of the ID training samples that build the class prototypes and the gradient
             bank, in (0, 1] (OpenOOD default 1).
@@ -95,16 +108,25 @@ class GrOODPostprocessor(Postprocessor):
         backend, memory_mb: the exact nearest-neighbour search (:class:`~.knn_search.KNNIndex`).
     """
 
-    def __init__(self, ood_prototype: Literal["ood_val", "class_mean"] = "ood_val",
-                 n_noise_samples: PositiveInt = 100, k: PositiveInt = 1,
+    def __init__(self, ood_prototype: Literal["ood_val", "class_mean", "synthetic"] = "ood_val",
+                 n_noise_samples: PositiveInt = 100, k: PositiveInt = 1, mix_layer: int | str = 2,
+                 lam: Annotated[float, Range(0, 1, open_low=True, open_high=True)] = 0.5,
                  sampling_ratio: Annotated[float, Range(0, 1, open_low=True)] = 1.0,
                  subset: Literal["random", "first"] = "random", seed: NonNegativeInt = 0,
                  backend: Literal["auto", "faiss", "torch"] = "auto", memory_mb: PositiveFloat = 1024.0):
         self.ood_prototype, self.n_noise_samples = ood_prototype, int(n_noise_samples)
         self.k, self.sampling_ratio = int(k), float(sampling_ratio)
         self.subset, self.seed = subset, int(seed)
+        self.mix_layer, self.lam = mix_layer, float(lam)
         self.backend, self.memory_mb = backend, float(memory_mb)
         self._prototypes = self._ood = self._index = None
+        self._mix_module = self._fc_input = self._layer_means = None
+
+    @property
+    def uses_taps(self) -> bool:
+        """The synthetic OOD prototype reads ``mix_layer`` on the id_train shared pass (then every split
+        is scored from the classifier's input tapped on its pass; the other sources score cached outputs)."""
+        return self.ood_prototype == "synthetic"
 
     @property
     def fit_splits(self) -> tuple[str, ...]:
@@ -119,6 +141,13 @@ class GrOODPostprocessor(Postprocessor):
         feats, labels, logits = (train_outputs.features[keep], train_outputs.labels[keep],
                                  train_outputs.logits[keep])
         self._prototypes = class_prototypes(feats, labels, logits.shape[1])
+        if self.uses_taps and self._layer_means is None:  # not fitted from the shared pass: a pass of its own
+            if getattr(self, "net", None) is None or getattr(self, "loaders", None) is None:
+                raise RuntimeError("grood: ood_prototype: synthetic fits from the shared forward pass (fit_taps), "
+                                   "or attach_network(net, device, loaders) first")
+            loader = self.loaders("id_train")
+            extract_outputs(self.net, loader, self.device, desc="grood fit",
+                            consumers=[self.fit_taps(self.net, first_batch(loader).to(self.device))])
         self._ood = self.fit_ood_prototype(split_outputs or {})
         correct = logits.argmax(dim=1) == labels  # the bank holds correctly classified samples only
         if not bool(correct.any()):
@@ -131,6 +160,8 @@ class GrOODPostprocessor(Postprocessor):
         """The OOD prototype p_o, float64 [D] (see ``ood_prototype``)."""
         if self.ood_prototype == "class_mean":
             return self._prototypes.mean(dim=0)
+        if self.ood_prototype == "synthetic":
+            return self.synthetic_features().double().mean(dim=0)
         ood_val = split_outputs.get("ood_val")
         if ood_val is None or len(ood_val) == 0:
             raise DataError("grood: ood_prototype: ood_val needs the benchmark's ood_val split (OOD validation "
@@ -144,11 +175,116 @@ class GrOODPostprocessor(Postprocessor):
             return torch.arange(m)
         return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))[:m].sort().values
 
-    def gradients(self, outputs: NetOutputs) -> torch.Tensor:
-        """g(h) per sample, float64 [N, D]."""
+    # ------------------------------------------------------------------ synthetic OOD prototype
+    def fit_taps(self, net: torch.nn.Module, example: torch.Tensor):
+        """``synthetic``: a consumer taking the per-class mean of ``mix_layer``'s output on the id_train
+        pass (all of its samples); None for the other sources."""
+        if not self.uses_taps:
+            return None
+        self._mix_module = resolve_layers(net, [self.mix_layer], example)[0]
+        self._fc_input = f"{fc_module_name(net)}:input"
+        return _LayerClassMeans(self)
+
+    def score_taps(self):
+        """``synthetic``: a consumer scoring a split from the classifier's input on its pass."""
         check_fitted(self._index, "grood")
-        return ood_prototype_gradient(outputs.features, self._prototypes, self._ood)
+        return _TappedScore(self)
+
+    def score_loader(self, loader) -> np.ndarray:
+        return self.score(extract_outputs(self.net, loader, self.device, desc="grood"))
+
+    @torch.no_grad()
+    def synthetic_features(self) -> torch.Tensor:
+        """Penultimate features [n, D] of ``n_noise_samples`` ID training images whose ``mix_layer`` output
+        a is replaced by ``lam * a + (1 - lam) * a_bar[c2]``, c2 the image's second most likely class."""
+        loader = self.loaders("id_train")
+        dataset = loader.dataset
+        keep = self.draw(len(dataset), min(self.n_noise_samples, len(dataset)))
+        subset = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep.tolist()),
+                                             batch_size=loader.batch_size or 64, shuffle=False,
+                                             collate_fn=loader.collate_fn)
+        name, on_input = split_tap_layer(self._mix_module)
+        module = dict(self.net.named_modules())[name]
+        means = self._layer_means.to(self.device)
+        feats = []
+        for images, _ in iter_images(subset, self.device, desc="grood synthetic"):
+            second = self.net(images).topk(2, dim=1).indices[:, 1]
+            towards = (1 - self.lam) * means[second]
+
+            def mixed(a):
+                return self.lam * a + towards.to(a.dtype)
+
+            handle = (module.register_forward_pre_hook(lambda _m, inputs: (mixed(inputs[0]), *inputs[1:]))
+                      if on_input else module.register_forward_hook(lambda _m, _i, out: mixed(out)))
+            try:
+                _, feat = self.net(images, return_feature=True)
+            finally:
+                handle.remove()
+            feats.append(feat.float().flatten(1).cpu())
+        if not feats:
+            raise DataError("grood: no ID training image could be read for the synthetic OOD prototype")
+        return torch.cat(feats)
 
     def score(self, outputs: NetOutputs) -> np.ndarray:
+        return self.confidence(outputs.features)
+
+    def confidence(self, features: torch.Tensor) -> np.ndarray:
+        """conf per sample from penultimate features [N, D], float64 [N]."""
+        check_fitted(self._index, "grood")
+        grads = ood_prototype_gradient(features, self._prototypes, self._ood).float()
         # k beyond the bank's size is clamped to it by the index: the farthest bank gradient
-        return as_numpy(-self._index.search(self.gradients(outputs).float(), self.k)[:, -1])
+        return as_numpy(-self._index.search(grads, self.k)[:, -1])
+
+
+def fc_module_name(net: torch.nn.Module) -> str:
+    """The module name of the classifier's last linear layer (``get_fc_layer()``)."""
+    getter = getattr(net, "get_fc_layer", None)
+    fc = getter() if callable(getter) else None
+    for name, module in net.named_modules():
+        if fc is not None and module is fc:
+            return name
+    raise ValueError(f"grood: ood_prototype: synthetic needs a classifier exposing get_fc_layer(); "
+                     f"{type(net).__name__} does not")
+
+
+def _clone(t: torch.Tensor) -> torch.Tensor:
+    return t.clone()  # a later in-place activation would change the tapped tensor before the update
+
+
+class _LayerClassMeans:
+    """Per-class sums of ``mix_layer``'s output over the id_train pass -> ``pp._layer_means`` [C, ...]."""
+
+    def __init__(self, pp: GrOODPostprocessor):
+        self.pp, self.taps = pp, [Tap(pp._mix_module, "clone", _clone)]
+        self.sums = self.counts = None
+
+    def update(self, reduced, logits, labels) -> None:
+        maps = reduced[self.taps[0].key].double().cpu()
+        labels = labels.long().cpu()
+        keep = labels >= 0
+        if self.sums is None:
+            self.sums = torch.zeros(logits.shape[1], *maps.shape[1:], dtype=torch.float64)
+            self.counts = torch.zeros(logits.shape[1], dtype=torch.float64)
+        self.sums.index_add_(0, labels[keep], maps[keep])
+        self.counts += torch.bincount(labels[keep], minlength=logits.shape[1]).double()
+
+    def finish(self) -> None:
+        shape = (-1, *([1] * (self.sums.ndim - 1)))
+        self.pp._layer_means = (self.sums / self.counts.clamp_min(1).view(shape)).float()
+
+
+class _TappedScore:
+    """A split's confidences from the classifier's input, tapped on the split's pass."""
+
+    def __init__(self, pp: GrOODPostprocessor):
+        self.pp, self.taps, self.parts = pp, [Tap(pp._fc_input, "identity", _identity)], []
+
+    def update(self, reduced, logits, labels) -> None:
+        self.parts.append(reduced[self.taps[0].key].float().flatten(1).cpu())
+
+    def finish(self) -> np.ndarray:
+        return self.pp.confidence(torch.cat(self.parts))
+
+
+def _identity(t):
+    return t

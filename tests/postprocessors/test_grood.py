@@ -149,3 +149,36 @@ def test_run_on_a_benchmark_without_ood_val_is_refused_before_anything(tmp_path,
     cfg.postprocessors = [{"name": "grood", "ood_prototype": "class_mean"}]
     check_postprocessor_splits(cfg, check_benchmark(cfg))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synthetic_prototype_mixes_the_layer_as_defined():
+    """``synthetic``: the class means of the mixing layer come from the id_train pass's taps, the mixed images
+    give the OOD prototype; checked against the same steps written out on DigitsCNN's Sequential body, on the
+    shared passes and on passes of its own (APS's route)."""
+    from conftest import image_loader
+
+    from openood_ext.networks import NETWORKS
+    from openood_ext.postprocessors.schedule import LoaderSource, fit_and_score
+    torch.manual_seed(0)
+    net = NETWORKS.build({"name": "digits_cnn", "num_classes": 4, "in_channels": 1, "width": 2}).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 1, 8, 8, generator=gen), torch.arange(40) % 4
+    xt = torch.randn(12, 1, 8, 8, generator=gen) * torch.linspace(0.5, 3, 12)[:, None, None, None]
+    loaders = {"id_train": image_loader(x, y), "id_val": image_loader(x[:8], y[:8]),
+               "id_test": image_loader(xt, torch.zeros(12, dtype=torch.long))}
+    kw = {"ood_prototype": "synthetic", "n_noise_samples": 10, "lam": 0.3, "seed": 2}
+    got = Scheduler({"g": build("grood", **kw)}, LoaderSource(net, loaders), net, "cpu").run(["id_test"]).conf("g")
+    alone = fit_and_score(build("grood", **kw), LoaderSource(net, loaders), ["id_test"], net, "cpu")
+
+    with torch.no_grad():  # mix_layer 2 = the third stage, body.6 (the max-pool): body[:7] / body[7:]
+        a = net.body[:7](x)
+        means = torch.stack([a[y == c].mean(0) for c in range(4)])
+        keep = torch.randperm(40, generator=torch.Generator().manual_seed(2))[:10].sort().values
+        second = net(x[keep]).topk(2, dim=1).indices[:, 1]
+        ood = net.body[7:](0.3 * a[keep] + 0.7 * means[second]).mean(0)
+        logits, feats = net(x, return_feature=True)
+        test_feats = net(xt, return_feature=True)[1]
+    want = by_hand(feats.numpy().astype(np.float64), y.numpy(), logits.numpy().astype(np.float64),
+                   test_feats.numpy().astype(np.float64), ood[None].numpy().astype(np.float64), 1, 1)
+    np.testing.assert_allclose(got["id_test"], want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(alone["id_test"], got["id_test"], rtol=1e-6)
