@@ -99,7 +99,7 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
         test_names = [s.name for s in test_splits]
         has_val = "ood_val" in split_time
 
-        candidates, skipped = _runnable(list(names or (*ZOO, *LATER_ZOO)), net, members, has_val)
+        candidates, skipped = _runnable(list(names or (*ZOO, *LATER_ZOO)), net, members)
         args = {"ensemble": {"checkpoints": list(members or [])}}
         build = lambda name, **kw: as_postprocessor(POSTPROCESSORS.build({"name": name, **args.get(name, {}), **kw}))
         t = now()  # one-time costs per process, reported apart from the per-split figures
@@ -173,16 +173,14 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
     return result
 
 
-def _runnable(names: list[str], net, members, has_val: bool = True) -> tuple[list[str], dict[str, str]]:
-    """(the names that can run on this network and benchmark, name -> why the others cannot)."""
+def _runnable(names: list[str], net, members) -> tuple[list[str], dict[str, str]]:
+    """(the names that can run on this network, name -> why the others cannot)."""
     from ..postprocessors.dropout import dropout_layers
     skipped = {}
     if "dropout" in names and not dropout_layers(net):
         skipped["dropout"] = "the network has no dropout layer (digits_cnn: +network.dropout=0.5)"
     if "ensemble" in names and not members:
         skipped["ensemble"] = "no member checkpoints (--members)"
-    if "grood" in names and not has_val:
-        skipped["grood"] = "no ood_val split for its default OOD prototype (ood_prototype: class_mean needs none)"
     return [n for n in names if n not in skipped], skipped
 
 

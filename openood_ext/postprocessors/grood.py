@@ -9,41 +9,45 @@ That gradient has a closed form, the same for every ID class ``yhat``::
 
     g(h) = softmax(s)_o * (h - p_o) / ||h - p_o||            (a vector of the feature dimension)
 
-so GrOOD needs no backward pass and rides the shared forward pass's cached outputs. The score is minus
-the distance from ``g(h)`` to its k-th nearest gradient of the correctly classified ID training samples.
+so GrOOD needs no backward pass. The score is minus the distance from ``g(h)`` to its k-th nearest gradient
+of the correctly classified ID training samples.
 
 Where the OOD prototype comes from (``ood_prototype``):
 
-* ``ood_val``: the mean penultimate feature of the first ``n_noise_samples`` samples of the benchmark's
-  ``ood_val`` split (OpenOOD v1.5's configuration, ``use_val_ood: True``, the authors' own setting for their
-  OpenOOD numbers);
-* ``class_mean``: the mean of the class prototypes (OpenOOD's ``use_proto_mean``); needs no OOD data;
-* ``synthetic``: the mean penultimate feature of ``n_noise_samples`` ID training images mixed, at an early
-  layer (``mix_layer``), with the mean activation of their second most likely class:
-  ``lam * a(x) + (1 - lam) * a_bar[c2(x)]`` (OpenOOD's ``use_synthetic``, the paper's synthetic samples
-  "interpolated" at an intermediate layer); needs no OOD data. The class means ``a_bar`` come from the
-  id_train shared pass (layer taps), the mixed images from one forward pass over those few images.
+* ``synthetic`` (default; the paper's OOD prototype "derived from synthetic samples", OpenOOD's
+  ``use_synthetic``): the mean penultimate feature of ``n_noise_samples`` ID training images whose
+  activation at an early layer (``mix_layer``) is interpolated towards the mean activation of their second
+  most likely class, ``lam * a(x) + (1 - lam) * a_bar[c2(x)]``. The class means ``a_bar`` are taken on the
+  id_train shared pass (layer taps), the mixed images cost one forward pass over those few images, and
+  every split is scored from the classifier's input tapped on its shared pass;
+* ``ood_val`` (OpenOOD v1.5's configuration, ``use_val_ood: True``, with which the authors report their
+  OpenOOD numbers): the mean penultimate feature of ``n_noise_samples`` samples of the benchmark's
+  ``ood_val`` split, read from its cached outputs (the scheduler hands them to ``fit``);
+* ``class_mean`` (OpenOOD's ``use_proto_mean``): the mean of the class prototypes.
+The last two score from the cached outputs alone.
 
-Departures of OpenOOD's code, available as switches:
+Departures of OpenOOD's code, and the switches that reproduce it:
 
-* OpenOOD searches an approximate faiss IVF index (``nlist = 4 sqrt(batches)``, ``nprobe = 4``), which can
-  miss the nearest gradient; ours is exact (the paper's nearest-neighbour distance).
-* OpenOOD reads the OOD validation set batch by batch and stops after the batch that reaches
-  ``n_noise_samples`` (with its batch size 200 and the default 100, the first 200 samples); ours takes
-  exactly ``n_noise_samples``: pass a multiple of the batch size to match it.
-* OpenOOD's score is minus the *squared* distance (faiss's L2); ours minus the distance: the same ranking,
-  so AUROC/FPR are the same.
-* OpenOOD ignores ``k`` (it always takes the nearest gradient); ours uses the k-th (default 1).
+* OpenOOD's configuration builds the OOD prototype from the OOD validation set (``ood_prototype: ood_val``).
+* OpenOOD searches an approximate faiss IVF index (``nlist = 4 sqrt(0.8 batches)``, ``nprobe = 4``), which
+  can miss the nearest gradient, and leaves the batch on which it trains that index out of it; ours is an
+  exact search over every correctly classified training sample (no switch).
+* OpenOOD reads its OOD images batch by batch and stops after the batch that reaches ``n_noise_samples``
+  (with its batch size 200 and the default 100: the first 200); ours takes exactly ``n_noise_samples``:
+  pass a multiple of the batch size to match it.
+* OpenOOD's subsets (``sampling_ratio`` of the ID training samples, the ``n_noise_samples`` images) are the
+  first loader batches of unshuffled image lists, which are often sorted by class or source (``digits``: a
+  ratio of 0.5 keeps 3 of its 6 classes). Ours are seeded random draws (``seed``); ``subset: first`` takes
+  the first samples as OpenOOD.
 * OpenOOD's synthetic prototype mixes with a fixed 0.5 whatever its ``lam`` says; ours uses ``lam``
   (default 0.5, the value that code runs with).
-* OpenOOD's subsets (``sampling_ratio`` of the ID training samples, ``n_noise_samples`` OOD validation
-  samples) are the first loader batches of unshuffled image lists, which are often sorted by class or
-  source (``digits``: a ratio of 0.5 keeps 3 of its 6 classes). Ours are seeded random draws (``seed``);
-  ``subset: first`` takes the first samples as OpenOOD.
+* OpenOOD ignores ``k`` (it always takes the nearest gradient); ours uses the k-th (default 1).
+* OpenOOD's score is minus the *squared* distance (faiss's L2); ours minus the distance: the same ranking.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Annotated, Literal
 
@@ -90,9 +94,9 @@ class GrOODPostprocessor(Postprocessor):
     k-th nearest one of the correctly classified ID training samples; higher = more ID (module docstring).
 
     Args:
-        ood_prototype: ``ood_val`` (the mean of ``n_noise_samples`` OOD validation features; needs the
-            benchmark's ``ood_val`` split), ``class_mean`` (the mean of the class prototypes) or
-            ``synthetic`` (mixed ID training images; module docstring).
+        ood_prototype: ``synthetic`` (mixed ID training images, the paper's), ``ood_val`` (the mean of
+            ``n_noise_samples`` OOD validation features, OpenOOD's configuration; needs the benchmark's
+            ``ood_val`` split) or ``class_mean`` (the mean of the class prototypes); module docstring.
         n_noise_samples: samples averaged into the OOD prototype, OOD validation or mixed ID training ones
             (OpenOOD default 100; all of them when the split is smaller).
         mix_layer: ``synthetic``: the layer whose output is mixed, a stage index or module name
@@ -108,7 +112,7 @@ class GrOODPostprocessor(Postprocessor):
         backend, memory_mb: the exact nearest-neighbour search (:class:`~.knn_search.KNNIndex`).
     """
 
-    def __init__(self, ood_prototype: Literal["ood_val", "class_mean", "synthetic"] = "ood_val",
+    def __init__(self, ood_prototype: Literal["synthetic", "ood_val", "class_mean"] = "synthetic",
                  n_noise_samples: PositiveInt = 100, k: PositiveInt = 1, mix_layer: int | str = 2,
                  lam: Annotated[float, Range(0, 1, open_low=True, open_high=True)] = 0.5,
                  sampling_ratio: Annotated[float, Range(0, 1, open_low=True)] = 1.0,
@@ -120,7 +124,8 @@ class GrOODPostprocessor(Postprocessor):
         self.mix_layer, self.lam = mix_layer, float(lam)
         self.backend, self.memory_mb = backend, float(memory_mb)
         self._prototypes = self._ood = self._index = None
-        self._mix_module = self._fc_input = self._layer_means = None
+        self._mix_module = self._fc_input = self._layer_means = self._train = None
+        self._mixed: dict = {}  # (n_noise_samples, subset, seed) -> synthetic features, shared by APS's points
 
     @property
     def uses_taps(self) -> bool:
@@ -137,6 +142,7 @@ class GrOODPostprocessor(Postprocessor):
     def fit(self, train_outputs: NetOutputs | None = None, split_outputs: dict | None = None, **_):
         if train_outputs is None or train_outputs.labels is None:
             raise ValueError("grood needs labelled ID training outputs to fit")
+        self._train = train_outputs
         keep = self.draw(len(train_outputs), max(1, math.ceil(self.sampling_ratio * len(train_outputs))))
         feats, labels, logits = (train_outputs.features[keep], train_outputs.labels[keep],
                                  train_outputs.logits[keep])
@@ -161,7 +167,10 @@ class GrOODPostprocessor(Postprocessor):
         if self.ood_prototype == "class_mean":
             return self._prototypes.mean(dim=0)
         if self.ood_prototype == "synthetic":
-            return self.synthetic_features().double().mean(dim=0)
+            key = (self.n_noise_samples, self.subset, self.seed)
+            if key not in self._mixed:
+                self._mixed[key] = self.synthetic_features()
+            return self._mixed[key].double().mean(dim=0)
         ood_val = split_outputs.get("ood_val")
         if ood_val is None or len(ood_val) == 0:
             raise DataError("grood: ood_prototype: ood_val needs the benchmark's ood_val split (OOD validation "
@@ -192,6 +201,30 @@ class GrOODPostprocessor(Postprocessor):
 
     def score_loader(self, loader) -> np.ndarray:
         return self.score(extract_outputs(self.net, loader, self.device, desc="grood"))
+
+    @property
+    def grid_params(self) -> tuple[str, ...]:
+        """``synthetic``: APS scores these jointly (:meth:`aps_scores`); the other sources refit per point from
+        cached outputs, which costs no pass."""
+        return ("k", "n_noise_samples", "sampling_ratio") if self.uses_taps else ()
+
+    def aps_scores(self, combos: list[dict], loaders: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ID-val, OOD-val) confidences per grid point after ``fit``: one pass per validation split and the
+        fitted class means of the mixing layer serve every point; each point refits its prototypes, bank and
+        OOD prototype (mixed images once per ``n_noise_samples``)."""
+        check_fitted(self._index, "grood")
+        val = [extract_outputs(self.net, loaders[s], self.device, desc=f"grood {s}").features
+               for s in ("id_val", "ood_val")]
+        results = []
+        for combo in combos:
+            settings = {a: getattr(self, a) for a in inspect.signature(type(self)).parameters}
+            point = type(self)(**{**settings, **combo})
+            point.net, point.device, point.loaders = self.net, self.device, self.loaders
+            point._mix_module, point._fc_input, point._layer_means = self._mix_module, self._fc_input, self._layer_means
+            point._mixed = self._mixed
+            point.fit(self._train)
+            results.append(tuple(point.confidence(v) for v in val))
+        return results
 
     @torch.no_grad()
     def synthetic_features(self) -> torch.Tensor:

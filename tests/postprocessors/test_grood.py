@@ -74,8 +74,12 @@ def data():
             "f32": f32}
 
 
-@pytest.mark.parametrize("kw", [{}, {"k": 3}, {"n_noise_samples": 7, "subset": "first"},
-                                {"sampling_ratio": 0.5, "subset": "first"}, {"ood_prototype": "class_mean", "k": 2}])
+OOD_VAL = {"ood_prototype": "ood_val"}
+
+
+@pytest.mark.parametrize("kw", [OOD_VAL, {**OOD_VAL, "k": 3}, {**OOD_VAL, "n_noise_samples": 7, "subset": "first"},
+                                {**OOD_VAL, "sampling_ratio": 0.5, "subset": "first"},
+                                {"ood_prototype": "class_mean", "k": 2}])
 def test_grood_equals_the_definition(data, kw):
     d, f32 = data, data["f32"]
     assert (d["logits"].argmax(1) != d["labels"]).any()  # the correctly-classified filter is exercised
@@ -89,7 +93,7 @@ def test_grood_equals_the_definition(data, kw):
 
 def test_random_subsets_are_seeded_draws(data):
     d, f32 = data, data["f32"]
-    pp = build("grood", sampling_ratio=0.5, n_noise_samples=7, seed=3).fit(
+    pp = build("grood", **OOD_VAL, sampling_ratio=0.5, n_noise_samples=7, seed=3).fit(
         outputs(d["train"], d["w"], labels=d["labels"]), split_outputs={"ood_val": outputs(d["ood_val"])})
     keep = np.sort(torch.randperm(90, generator=torch.Generator().manual_seed(3))[:45].numpy())
     noise = torch.randperm(30, generator=torch.Generator().manual_seed(3))[:7].numpy()
@@ -100,8 +104,8 @@ def test_random_subsets_are_seeded_draws(data):
 
 def test_grood_sign_sample_at_the_ood_prototype_scores_lower(data):
     d = data
-    pp = build("grood").fit(outputs(d["train"], d["w"], labels=d["labels"]),
-                            split_outputs={"ood_val": outputs(d["ood_val"])})
+    pp = build("grood", **OOD_VAL).fit(outputs(d["train"], d["w"], labels=d["labels"]),
+                                       split_outputs={"ood_val": outputs(d["ood_val"])})
     ood_centre = d["ood_val"].mean(0) + 0.1
     inlier, outlier = pp.score(outputs([[3.0, 0, 0, 0], ood_centre], d["w"]))
     assert inlier > outlier
@@ -112,17 +116,17 @@ def test_scheduler_hands_ood_val_to_fit(data):
     d = data
     splits = {"id_train": outputs(d["train"], d["w"], labels=d["labels"]), "id_val": outputs(d["test"], d["w"]),
               "id_test": outputs(d["test"], d["w"]), "ood_val": outputs(d["ood_val"])}
-    got = Scheduler({"grood": build("grood")}, FixedSource(splits)).run(["id_test"]).conf("grood")["id_test"]
-    direct = build("grood").fit(splits["id_train"], split_outputs={"ood_val": splits["ood_val"]})
+    got = Scheduler({"grood": build("grood", **OOD_VAL)}, FixedSource(splits)).run(["id_test"]).conf("grood")["id_test"]
+    direct = build("grood", **OOD_VAL).fit(splits["id_train"], split_outputs={"ood_val": splits["ood_val"]})
     np.testing.assert_array_equal(got, direct.score(splits["id_test"]))
     del splits["ood_val"]
     with pytest.raises(DataError, match="'grood' fits on split 'ood_val'"):
-        Scheduler({"grood": build("grood")}, FixedSource(splits)).run(["id_test"])
+        Scheduler({"grood": build("grood", **OOD_VAL)}, FixedSource(splits)).run(["id_test"])
 
 
 def test_grood_without_ood_val_says_what_to_do(data):
     with pytest.raises(DataError, match="class_mean"):
-        build("grood").fit(outputs(data["train"], data["w"], labels=data["labels"]))
+        build("grood", **OOD_VAL).fit(outputs(data["train"], data["w"], labels=data["labels"]))
 
 
 @pytest.mark.parametrize("kw, match", [({"k": 0}, "'k'"), ({"n_noise_samples": 0}, "'n_noise_samples'"),
@@ -140,32 +144,41 @@ def test_run_on_a_benchmark_without_ood_val_is_refused_before_anything(tmp_path,
     from openood_ext.config import load_config
     from openood_ext.pipelines.validation import check_benchmark, check_postprocessor_splits, validate_run
     monkeypatch.chdir(tmp_path)
-    cfg = load_config([MAIN_CONFIG], [f"output_dir={tmp_path / 'results'}", "postprocessors=[msp,grood]"])
+    cfg = load_config([MAIN_CONFIG], [f"output_dir={tmp_path / 'results'}",
+                                      "postprocessors=[msp,{name: grood, ood_prototype: ood_val}]"])
     check_postprocessor_splits(cfg, check_benchmark(cfg))  # digits declares ood_val (its images may come with the run)
     del cfg.benchmark.ood["val"]
     with pytest.raises(ConfigError, match=r"postprocessors\[1\] \(grood\): fits on split 'ood_val', which benchmark "
                                           r"digits does not declare"):
         validate_run(cfg)
-    cfg.postprocessors = [{"name": "grood", "ood_prototype": "class_mean"}]
+    cfg.postprocessors = ["grood", {"name": "grood", "ood_prototype": "class_mean"}]  # no OOD data needed
     check_postprocessor_splits(cfg, check_benchmark(cfg))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_synthetic_prototype_mixes_the_layer_as_defined():
-    """``synthetic``: the class means of the mixing layer come from the id_train pass's taps, the mixed images
-    give the OOD prototype; checked against the same steps written out on DigitsCNN's Sequential body, on the
-    shared passes and on passes of its own (APS's route)."""
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random DigitsCNN, its training images and labels, and pipeline-style loaders."""
     from conftest import image_loader
 
     from openood_ext.networks import NETWORKS
-    from openood_ext.postprocessors.schedule import LoaderSource, fit_and_score
     torch.manual_seed(0)
     net = NETWORKS.build({"name": "digits_cnn", "num_classes": 4, "in_channels": 1, "width": 2}).eval()
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 1, 8, 8, generator=gen), torch.arange(40) % 4
     xt = torch.randn(12, 1, 8, 8, generator=gen) * torch.linspace(0.5, 3, 12)[:, None, None, None]
     loaders = {"id_train": image_loader(x, y), "id_val": image_loader(x[:8], y[:8]),
-               "id_test": image_loader(xt, torch.zeros(12, dtype=torch.long))}
+               "id_test": image_loader(xt, torch.zeros(12, dtype=torch.long)),
+               "ood_val": image_loader(xt[6:] * 2, torch.full((6,), -1))}
+    return net, loaders, x, y, xt
+
+
+def test_synthetic_prototype_mixes_the_layer_as_defined(tiny):
+    """``synthetic``: the class means of the mixing layer come from the id_train pass's taps, the mixed images
+    give the OOD prototype; checked against the same steps written out on DigitsCNN's Sequential body, on the
+    shared passes and on passes of its own (APS's route)."""
+    from openood_ext.postprocessors.schedule import LoaderSource, fit_and_score
+    net, loaders, x, y, xt = tiny
     kw = {"ood_prototype": "synthetic", "n_noise_samples": 10, "lam": 0.3, "seed": 2}
     got = Scheduler({"g": build("grood", **kw)}, LoaderSource(net, loaders), net, "cpu").run(["id_test"]).conf("g")
     alone = fit_and_score(build("grood", **kw), LoaderSource(net, loaders), ["id_test"], net, "cpu")
@@ -182,3 +195,17 @@ def test_synthetic_prototype_mixes_the_layer_as_defined():
                    test_feats.numpy().astype(np.float64), ood[None].numpy().astype(np.float64), 1, 1)
     np.testing.assert_allclose(got["id_test"], want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(alone["id_test"], got["id_test"], rtol=1e-6)
+
+
+def test_synthetic_aps_scores_each_point_as_fitted_alone(tiny):
+    from openood_ext.postprocessors.schedule import LoaderSource, fit_alone, fit_and_score
+    net, loaders, *_ = tiny
+    source = LoaderSource(net, loaders)
+    combos = [{"k": 1, "n_noise_samples": 5, "sampling_ratio": 1.0}, {"k": 3, "n_noise_samples": 10, "sampling_ratio": 0.5}]
+    first = build("grood", **combos[0])
+    assert set(combos[0]) <= set(first.grid_params)  # APS takes the joint path
+    joint = fit_alone(first, source, net, "cpu").aps_scores(combos, {s: loaders[s] for s in ("id_val", "ood_val")})
+    for combo, (id_val, ood_val) in zip(combos, joint):
+        alone = fit_and_score(build("grood", **combo), source, ["id_val", "ood_val"], net, "cpu")
+        np.testing.assert_allclose(id_val, alone["id_val"], rtol=1e-6)
+        np.testing.assert_allclose(ood_val, alone["ood_val"], rtol=1e-6)
