@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.machinery
+import io
 import statistics
 import tempfile
 import sys
@@ -83,6 +84,7 @@ METHODS = [
     ("ssd", "ssd", "SSDPostprocessor", "ssd"),
     ("rankfeat", "rankfeat", "RankFeatPostprocessor", "rankfeat"),
     ("grood", "grood", "GrOODPostprocessor", "grood.yaml"),
+    ("grood_synthetic", "grood", "GrOODPostprocessor", "grood.yaml"),  # its code's synthetic OOD prototype
     # input perturbation, MC dropout, deep ensembles (dropout needs a network with a dropout layer,
     # ensemble the member checkpoints: --members)
     ("iodin", "iodin", "IODINPostprocessor", "iodin"),
@@ -94,7 +96,9 @@ METHODS = [
 #: OpenOOD modules not named <module>_postprocessor.py
 OPENOOD_MODULE_FILES = {"grood": "grood"}
 #: row label -> (our registered name, extra arguments) where the two differ
-BUILD_AS = {"adascale_l": ("adascale", {"variant": "l"})}
+BUILD_AS = {"adascale_l": ("adascale", {"variant": "l"}), "grood_synthetic": ("grood", {})}
+#: row label -> OpenOOD postprocessor_args other than its config file's (GrOOD's sources of the OOD prototype)
+OPENOOD_ARGS = {"grood_synthetic": {"use_val_ood": False, "use_synthetic": True, "synthetic_name": "synthetic"}}
 
 OPENOOD_BATCH = 200  # OpenOOD v1.5's evaluator batch size
 
@@ -109,7 +113,7 @@ ARG_NAMES = {"knn": {"K": "k"}, "odin": {"temperature": "temperature", "noise": 
              "gmm": {"num_clusters_list": "num_clusters", "feature_type_list": "feature_type", "alpha_list": "alpha",
                      "reduce_dim_list": "reduce_dim"},
              "cfood": {"alpha": "alpha", "k": "k"}, "rankfeat": {"temperature": "temperature"},
-             "grood": {k: k for k in ("k", "n_noise_samples", "sampling_ratio")},
+             **{g: {k: k for k in ("k", "n_noise_samples", "sampling_ratio")} for g in ("grood", "grood_synthetic")},
              "iodin": {"temperature": "temperature", "noise": "noise"}, "dropout": {"dropout_times": "T"},
              **{a: {k: k for k in ("percentile", "k1", "k2", "lmbda", "o", "num_samples")}
                 for a in ("adascale", "adascale_l")}}
@@ -126,7 +130,12 @@ OPENOOD_SWITCHES = {"nnguide": [("first_batch", {"bank": "first_batch", "bank_ba
                     "dropout": [("average: logits", {"average": "logits"})],
                     "ensemble": [("average: logits", {"average": "logits"})],
                     # OpenOOD averages whole OOD-val batches until it has n_noise_samples (100): its first batch
-                    "grood": [("n_noise_samples: one batch", {"n_noise_samples": OPENOOD_BATCH})]}
+                    # OpenOOD's config averages OOD-val images; its code reads whole batches (one here)
+                    "grood": [("ood_prototype: ood_val, n_noise_samples: one batch",
+                               {"ood_prototype": "ood_val", "n_noise_samples": OPENOOD_BATCH})],
+                    # its code mixes the first whole batch of training images
+                    "grood_synthetic": [("subset: first, n_noise_samples: one batch",
+                                         {"subset": "first", "n_noise_samples": OPENOOD_BATCH})]}
 #: switch rows compared with OpenOOD's code run again with a module attribute replaced (the switch row's
 #: label -> (OpenOOD module, attribute, replacement factory taking the sklearn/torch module))
 _EXACT_PCA = ("openood.postprocessors.mds_ensemble_postprocessor", "PCA",
@@ -138,8 +147,9 @@ NOTES = {"ssd": "OpenOOD's ssd has no postprocess of its own: it scores MSP",
          "vra": "paper: low activations set to 0; OpenOOD raises them to the low threshold",
          "dropout": "our default (paper): mean of softmax; the two sides draw different masks",
          "ensemble": "our default (paper): mean of softmax",
-         "grood": "ours: exact nearest gradient, n_noise_samples OOD-val samples; OpenOOD: faiss IVF (nprobe 4), "
-                  "whole OOD-val batches, minus squared distance"}
+         "grood": "ours (paper): synthetic OOD prototype; OpenOOD's config: OOD-val images; both: minus (squared) "
+                  "nearest gradient distance, OpenOOD's from an approximate faiss IVF index",
+         "grood_synthetic": "OpenOOD with use_synthetic (its mixup at a fixed 0.5), ours with the defaults"}
 
 #: OpenOOD's network wrappers, as its evaluator applies them (evaluation_api/evaluator.py; DropoutNet:
 #: networks/utils.py): our name -> (module, class); DropoutNet also takes the config's dropout_p
@@ -306,8 +316,12 @@ class OpenOODNet(torch.nn.Module):
         return self.net.get_fc_layer()
 
     def get_layer_list(self):
-        """No layers: OpenOOD's GrOOD walks them (in place of ``children()``, which is our whole network) only to
-        continue a forward from an intermediate layer for its mixup OOD prototype, off in its config."""
+        """The modules in forward order, which OpenOOD's GrOOD walks (in place of ``children()``, our whole network)
+        to continue a forward pass from an intermediate layer for its synthetic OOD prototype: a Sequential
+        ``body`` then ``fc`` (DigitsCNN), after keeping the input's own channels; none for other networks."""
+        body, fc = getattr(self.net, "body", None), getattr(self.net, "fc", None)
+        if isinstance(body, torch.nn.Sequential) and isinstance(fc, torch.nn.Linear):
+            return [_FirstChannels(self.in_channels), *body, fc]
         return []
 
     # RankFeat's ResNet API: blocks 3 and 4 are the two stages before the global pool (our rankfeat's
@@ -356,6 +370,15 @@ class OpenOODNet(torch.nn.Module):
     def get_fc(self):
         fc = self.get_fc_layer()
         return fc.weight.detach().cpu().numpy(), fc.bias.detach().cpu().numpy()
+
+
+class _FirstChannels(torch.nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x):
+        return x[:, : self.channels]
 
 
 class DictLoader:
@@ -450,7 +473,8 @@ def main(argv=None) -> int:
     parser.add_argument("--openood", required=True, type=Path, help="path of an OpenOOD checkout")
     parser.add_argument("--config", nargs="+", default=["configs/pipelines/test_ood.yml"])
     parser.add_argument("--subset", nargs="*", default=[], help="SPLIT_OR_GROUP=N, e.g. id_train=2000 far=500")
-    parser.add_argument("--methods", nargs="*", help="row names of METHODS (default: all; adascale brings adascale_l)")
+    parser.add_argument("--methods", nargs="*",
+                        help="row names of METHODS (default: all; adascale brings adascale_l, grood grood_synthetic)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--libmr-shim", action="store_true", help="run OpenOOD's OpenMax on our Weibull fit")
@@ -512,6 +536,8 @@ def main(argv=None) -> int:
     names = args.methods or [m[0] for m in METHODS]
     if "adascale" in names and "adascale_l" not in names:
         names.append("adascale_l")
+    if "grood" in names and "grood_synthetic" not in names:
+        names.append("grood_synthetic")
     plans = []
     for ours, module, cls, conf in METHODS:
         if ours not in names:
@@ -540,7 +566,8 @@ def main(argv=None) -> int:
                 overrides["dim"] = feat_dim // 2
                 note = f"dim {dim} >= D={feat_dim}: both use {feat_dim // 2}"
         config = openood_config(args.openood, conf, bench.name, overrides)
-        if ours == "grood":  # its setup reads the dataset's image size and class count
+        config.postprocessor.postprocessor_args.update(OPENOOD_ARGS.get(ours, {}))
+        if ours.startswith("grood"):  # its setup reads the dataset's image size and class count
             config.dataset.update(image_size=int(pre.image_size), num_classes=bench.num_classes)
         our_args = {ARG_NAMES.get(ours, {}).get(k): v for k, v in config.postprocessor.postprocessor_args.items()
                     if ARG_NAMES.get(ours, {}).get(k)}
@@ -595,10 +622,12 @@ def main(argv=None) -> int:
             if ours == "cfood":  # its unseeded torch.randperm (on the global generator) draws our seed-0 set
                 oo_module.torch = _SeededRandperm(oo_module.torch, seed=0)
             pp = getattr(oo_module, cls)(config)
-            if ours == "grood":  # the end of its setup reads self.dataset_name, which nothing sets (AttributeError)
+            if ours.startswith("grood"):  # the end of its setup reads self.dataset_name, which nothing sets
                 pp.dataset_name = bench.name
             try:
-                pp.setup(model, id_dict, ood_dict)
+                # GrOOD's synthetic prototype prints seven lines per training image
+                with contextlib.redirect_stdout(io.StringIO()) if ours.startswith("grood") else contextlib.nullcontext():
+                    pp.setup(model, id_dict, ood_dict)
                 if ours in ("adascale", "adascale_l"):  # its evaluator sets the point before scoring (APS or not)
                     a = config.postprocessor.postprocessor_args
                     pp.set_hyperparam([list(a.percentile), a.k1, a.k2, a.lmbda, a.o])
