@@ -130,17 +130,40 @@ OPENOOD_SWITCHES = {"nnguide": [("first_batch", {"bank": "first_batch", "bank_ba
                     "dropout": [("average: logits", {"average": "logits"})],
                     "ensemble": [("average: logits", {"average": "logits"})],
                     # OpenOOD averages whole OOD-val batches until it has n_noise_samples (100): its first batch
-                    # OpenOOD's config averages OOD-val images; its code reads whole batches (one here)
-                    "grood": [("ood_prototype: ood_val, n_noise_samples: one batch",
-                               {"ood_prototype": "ood_val", "n_noise_samples": OPENOOD_BATCH})],
+                    # OpenOOD's config averages OOD-val images; its code reads whole batches (one here); the
+                    # "(exact index)" rows are compared with OpenOOD's code patched (OPENOOD_PATCHED)
+                    "grood": [(f"ood_prototype: ood_val, n_noise_samples: one batch{x}",
+                               {"ood_prototype": "ood_val", "n_noise_samples": OPENOOD_BATCH}) for x in ("", " (exact index)")],
                     # its code mixes the first whole batch of training images
-                    "grood_synthetic": [("subset: first, n_noise_samples: one batch",
-                                         {"subset": "first", "n_noise_samples": OPENOOD_BATCH})]}
+                    "grood_synthetic": [(f"subset: first, n_noise_samples: one batch{x}",
+                                         {"subset": "first", "n_noise_samples": OPENOOD_BATCH})
+                                        for x in ("", " (exact index)")]}
 #: switch rows compared with OpenOOD's code run again with a module attribute replaced (the switch row's
 #: label -> (OpenOOD module, attribute, replacement factory taking the sklearn/torch module))
 _EXACT_PCA = ("openood.postprocessors.mds_ensemble_postprocessor", "PCA",
               lambda PCA: (lambda n_components: PCA(n_components, svd_solver="full")))
-OPENOOD_PATCHED = {"gmm pca_solver: full": _EXACT_PCA, "gmm density: openood, pca_solver: full": _EXACT_PCA}
+
+
+def _exact_grood_index(cls):
+    """OpenOOD's GrOOD searching an exact index of every training batch's gradients: its own searches an
+    approximate IVF index and leaves out the batch it reaches when it trains that index."""
+    import faiss
+
+    class ExactIndex(cls):
+        def index_grads(self):
+            grads = [self._compute_grad(batch)["grads"] for batch in self.id_loader_dict["train"]]
+            self.index = faiss.IndexFlatL2(self.penultimate_dim)
+            self.index.add(np.concatenate(grads))
+
+    return ExactIndex
+
+
+_EXACT_GROOD = ("openood.postprocessors.grood", "GrOODPostprocessor", _exact_grood_index)
+OPENOOD_PATCHED = {"gmm pca_solver: full": _EXACT_PCA, "gmm density: openood, pca_solver: full": _EXACT_PCA,
+                   "grood ood_prototype: ood_val, n_noise_samples: one batch (exact index)": _EXACT_GROOD,
+                   "grood_synthetic subset: first, n_noise_samples: one batch (exact index)": _EXACT_GROOD}
+#: what each patch changes, in the row's note (default: the exact PCA)
+PATCH_NOTES = {"openood.postprocessors.grood": "OpenOOD run with an exact index of every training batch"}
 #: notes on rows whose two sides compute different things by design
 NOTES = {"ssd": "OpenOOD's ssd has no postprocess of its own: it scores MSP",
          "fdbd": "paper's mean over C-1 classes: OpenOOD's sum / (C-1)",
@@ -785,7 +808,7 @@ def main(argv=None) -> int:
             continue
         ref = oo_scores["gram same holdout" if note == GRAM_HOLDOUT else label if label in OPENOOD_PATCHED else ours]
         if label in OPENOOD_PATCHED:
-            note += "; OpenOOD run with the same (exact) PCA"
+            note += "; " + PATCH_NOTES.get(OPENOOD_PATCHED[label][0], "OpenOOD run with the same (exact) PCA")
         got = our_scores[ours if note == GRAM_HOLDOUT else label]
         a = np.concatenate([ref[k] for k in ref])
         b = np.concatenate([got[k] for k in ref])
