@@ -340,11 +340,17 @@ class OpenOODNet(torch.nn.Module):
 
     def get_layer_list(self):
         """The modules in forward order, which OpenOOD's GrOOD walks (in place of ``children()``, our whole network)
-        to continue a forward pass from an intermediate layer for its synthetic OOD prototype: a Sequential
-        ``body`` then ``fc`` (DigitsCNN), after keeping the input's own channels; none for other networks."""
-        body, fc = getattr(self.net, "body", None), getattr(self.net, "fc", None)
+        to continue a forward pass from an intermediate layer for its synthetic OOD prototype, after keeping
+        the input's own channels: DigitsCNN's Sequential ``body`` then ``fc``; our ResNets' stem (its ReLU is
+        functional), stages, pool and ``fc``; none for other networks."""
+        net, first = self.net, _FirstChannels(self.in_channels)
+        body, fc = getattr(net, "body", None), getattr(net, "fc", None)
         if isinstance(body, torch.nn.Sequential) and isinstance(fc, torch.nn.Linear):
-            return [_FirstChannels(self.in_channels), *body, fc]
+            return [first, *body, fc]
+        resnet = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+        if all(isinstance(getattr(net, a, None), torch.nn.Module) for a in resnet):
+            return [first, net.conv1, net.bn1, torch.nn.ReLU(), net.layer1, net.layer2, net.layer3, net.layer4,
+                    net.avgpool, torch.nn.Flatten(), net.fc]
         return []
 
     # RankFeat's ResNet API: blocks 3 and 4 are the two stages before the global pool (our rankfeat's
@@ -612,6 +618,9 @@ def main(argv=None) -> int:
             our_args["backend"] = "scipy"
         plans.append((ours, our_args, module, cls, config, note))
         for suffix, switch in OPENOOD_SWITCHES.get(ours, ()):
+            if switch.get("ood_prototype") == "ood_val" and "ood_val" not in splits:
+                print(f"{ours} {suffix}: skipped (the benchmark has no readable ood_val split)")
+                continue
             plans.append((ours, {**our_args, **switch}, None, None, None, suffix))
 
     def loader_dicts(repeat: bool = True):
