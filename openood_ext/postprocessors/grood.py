@@ -102,10 +102,11 @@ class GrOODPostprocessor(Postprocessor):
         mix_layer: ``synthetic``: the layer whose output is mixed, a stage index or module name
             (``layer_features.resolve_layers``); 2 is OpenOOD's ``pre_layer_indx: 3`` (its
             ``feature_list[3]``: ResNet-18's ``layer3``).
+            Its class means hold C activations of that layer (float64 during the id_train pass).
         lam: ``synthetic``: weight of the image's own activation in the mix, in (0, 1).
         k: neighbour rank in gradient space (default 1, the paper's nearest neighbour).
         sampling_ratio: share of the ID training samples that build the class prototypes and the gradient
-            bank, in (0, 1] (OpenOOD default 1).
+            bank, in (0, 1] (OpenOOD default 1); the synthetic prototype's layer means take every sample.
         subset: how the ``sampling_ratio`` and ``n_noise_samples`` subsets are drawn: ``random`` (seeded,
             ``seed``) or ``first`` (the first samples in loader order, OpenOOD's first batches).
         seed: seed of the random subsets.
@@ -292,12 +293,12 @@ class _LayerClassMeans:
         self.sums = self.counts = None
 
     def update(self, reduced, logits, labels) -> None:
-        maps = reduced[self.taps[0].key].double().cpu()
-        labels = labels.long().cpu()
+        maps = reduced[self.taps[0].key].double()  # summed where the pass runs (no per-batch copy to the host)
+        labels = labels.long().to(maps.device)
         keep = labels >= 0
         if self.sums is None:
-            self.sums = torch.zeros(logits.shape[1], *maps.shape[1:], dtype=torch.float64)
-            self.counts = torch.zeros(logits.shape[1], dtype=torch.float64)
+            self.sums = torch.zeros(logits.shape[1], *maps.shape[1:], dtype=torch.float64, device=maps.device)
+            self.counts = torch.zeros(logits.shape[1], dtype=torch.float64, device=maps.device)
         self.sums.index_add_(0, labels[keep], maps[keep])
         self.counts += torch.bincount(labels[keep], minlength=logits.shape[1]).double()
 
