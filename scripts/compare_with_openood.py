@@ -17,6 +17,8 @@ given to OpenOOD as three identical channels (its ODIN/MDSEns step indexes chann
 them as they are) and the network reads channel 0. OpenOOD's network wrappers (ReactNet, ASHNet,
 ScaleNet, AdaScaleANet/LNet, DropoutNet) are applied as its evaluator does. MC dropout runs only on a
 network with a dropout layer (OpenOOD's DropoutNet gets its p), deep ensembles only with ``--members``.
+OpenOOD's GrOOD is given the ``dataset_name`` its setup reads but never sets, and the adapter lists the
+network's layers (``get_layer_list``) for its synthetic prototype's forward pass from an intermediate layer.
 
 Output: a markdown table (per-sample Spearman over all scored samples, max |delta|, AUROC per OOD set
 for OpenOOD / ours and the difference), then the timing: OpenOOD's way and ours alternating, median of
@@ -129,7 +131,6 @@ OPENOOD_SWITCHES = {"nnguide": [("first_batch", {"bank": "first_batch", "bank_ba
                     # OpenOOD's code averages logits; ours (the papers') the softmax outputs
                     "dropout": [("average: logits", {"average": "logits"})],
                     "ensemble": [("average: logits", {"average": "logits"})],
-                    # OpenOOD averages whole OOD-val batches until it has n_noise_samples (100): its first batch
                     # OpenOOD's config averages OOD-val images; its code reads whole batches (one here); the
                     # "(exact index)" rows are compared with OpenOOD's code patched (OPENOOD_PATCHED)
                     "grood": [(f"ood_prototype: ood_val, n_noise_samples: one batch{x}",
@@ -691,6 +692,7 @@ def main(argv=None) -> int:
         train = extract_outputs(net, loader("id_train"), consumers=fitting)
         val = extract_outputs(net, loader("id_val"))
         tapped = [(k, pp) for k, pp in pps if pp.uses_taps]
+
         def extra(pp):  # the splits a method fits on besides the ID ones (GrOOD's ood_val)
             wanted = getattr(pp, "fit_splits", ())
             return {"split_outputs": {s: extract_outputs(net, loader(s)) for s in wanted}} if wanted else {}
