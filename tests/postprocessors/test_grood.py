@@ -209,3 +209,32 @@ def test_synthetic_aps_scores_each_point_as_fitted_alone(tiny):
         alone = fit_and_score(build("grood", **combo), source, ["id_val", "ood_val"], net, "cpu")
         np.testing.assert_allclose(id_val, alone["id_val"], rtol=1e-6)
         np.testing.assert_allclose(ood_val, alone["ood_val"], rtol=1e-6)
+
+
+def test_synthetic_mixes_a_module_input_on_resnets():
+    """``mix_layer: stem`` on a ResNet is layer1's input (the stem's ReLU is functional), mixed through a
+    forward pre-hook."""
+    from conftest import image_loader
+
+    from openood_ext.networks.resnet import ResNet18_32x32
+    from openood_ext.postprocessors.schedule import LoaderSource
+    torch.manual_seed(0)
+    net = ResNet18_32x32(num_classes=3, width=4).eval()
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(24, 3, 16, 16, generator=gen), torch.arange(24) % 3  # 16 x 16: a cheaper pass, same layers
+    xt = torch.randn(6, 3, 16, 16, generator=gen)
+    loaders = {"id_train": image_loader(x, y, batch_size=10), "id_val": image_loader(x[:6], y[:6]),
+               "id_test": image_loader(xt, torch.zeros(6, dtype=torch.long))}
+    pp = build("grood", mix_layer="stem", n_noise_samples=6, seed=1)
+    got = Scheduler({"g": pp}, LoaderSource(net, loaders), net, "cpu").run(["id_test"]).conf("g")["id_test"]
+    with torch.no_grad():
+        a = torch.relu(net.bn1(net.conv1(x)))
+        means = torch.stack([a[y == c].mean(0) for c in range(3)])
+        keep = torch.randperm(24, generator=torch.Generator().manual_seed(1))[:6].sort().values
+        mixed = 0.5 * a[keep] + 0.5 * means[net(x[keep]).topk(2, dim=1).indices[:, 1]]
+        ood = net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(mixed))))).flatten(1).mean(0)
+        logits, feats = net(x, return_feature=True)
+        test_feats = net(xt, return_feature=True)[1]
+    want = by_hand(feats.double().numpy(), y.numpy(), logits.double().numpy(), test_feats.double().numpy(),
+                   ood[None].double().numpy(), 1, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
