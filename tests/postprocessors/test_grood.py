@@ -132,7 +132,9 @@ def test_grood_without_ood_val_says_what_to_do(data):
 @pytest.mark.parametrize("kw, match", [({"k": 0}, "'k'"), ({"n_noise_samples": 0}, "'n_noise_samples'"),
                                        ({"sampling_ratio": 0}, "'sampling_ratio'"),
                                        ({"sampling_ratio": 1.5}, "'sampling_ratio'"),
-                                       ({"ood_prototype": "noise"}, "'ood_prototype'")])
+                                       ({"ood_prototype": "noise"}, "'ood_prototype'"), ({"lam": 1.0}, "'lam'"),
+                                       ({"lam": 0}, "'lam'"), ({"mix_layer": [1]}, "'mix_layer'"),
+                                       ({"subset": "last"}, "'subset'")])
 def test_grood_bad_settings_are_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         build("grood", **kw)
