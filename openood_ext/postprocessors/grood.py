@@ -14,15 +14,16 @@ of the correctly classified ID training samples.
 
 Where the OOD prototype comes from (``ood_prototype``):
 
-* ``synthetic`` (default; the paper's OOD prototype "derived from synthetic samples", OpenOOD's
-  ``use_synthetic``): the mean penultimate feature of ``n_noise_samples`` ID training images whose
-  activation at an early layer (``mix_layer``) is interpolated towards the mean activation of their second
-  most likely class, ``lam * a(x) + (1 - lam) * a_bar[c2(x)]``. The class means ``a_bar`` are taken on the
-  id_train shared pass (layer taps), the mixed images cost one forward pass over those few images, and
-  every split is scored from the classifier's input tapped on its shared pass;
-* ``ood_val`` (OpenOOD v1.5's configuration, ``use_val_ood: True``, with which the authors report their
-  OpenOOD numbers): the mean penultimate feature of ``n_noise_samples`` samples of the benchmark's
-  ``ood_val`` split, read from its cached outputs (the scheduler hands them to ``fit``);
+* ``synthetic`` (default; the paper "derives an OOD prototype from synthetic samples" made by a mix-up
+  at an early intermediate layer; the mix itself as OpenOOD's ``use_synthetic`` code does it): the mean
+  penultimate feature of ``n_noise_samples`` ID training images whose activation at an early layer
+  (``mix_layer``) is interpolated towards the mean activation of their second most likely class,
+  ``lam * a(x) + (1 - lam) * a_bar[c2(x)]``. The class means ``a_bar`` are taken on the id_train shared
+  pass (layer taps), the mixed images cost one forward pass over those few images, and every split is
+  scored from the classifier's input tapped on its shared pass;
+* ``ood_val`` (OpenOOD v1.5's configuration, ``use_val_ood: True``): the mean penultimate feature of
+  ``n_noise_samples`` samples of the benchmark's ``ood_val`` split, read from its cached outputs (the
+  scheduler hands them to ``fit``);
 * ``class_mean`` (OpenOOD's ``use_proto_mean``): the mean of the class prototypes.
 The last two score from the cached outputs alone.
 
