@@ -111,6 +111,9 @@ class GrOODPostprocessor(Postprocessor):
         subset: how the ``sampling_ratio`` and ``n_noise_samples`` subsets are drawn: ``random`` (seeded,
             ``seed``) or ``first`` (the first samples in loader order, OpenOOD's first batches).
         seed: seed of the random subsets.
+        prediction: the class a sample is predicted as (ID accuracy): ``nearest_prototype`` (the class
+            prototype nearest its feature, what the paper reports and OpenOOD's GrOOD returns) or ``logits``
+            (the network's argmax, as the other postprocessors).
         backend, memory_mb: the exact nearest-neighbour search (:class:`~.knn_search.KNNIndex`).
     """
 
@@ -119,12 +122,13 @@ class GrOODPostprocessor(Postprocessor):
                  lam: Annotated[float, Range(0, 1, open_low=True, open_high=True)] = 0.5,
                  sampling_ratio: Annotated[float, Range(0, 1, open_low=True)] = 1.0,
                  subset: Literal["random", "first"] = "random", seed: NonNegativeInt = 0,
+                 prediction: Literal["nearest_prototype", "logits"] = "nearest_prototype",
                  backend: Literal["auto", "faiss", "torch"] = "auto", memory_mb: PositiveFloat = 1024.0):
         self.ood_prototype, self.n_noise_samples = ood_prototype, int(n_noise_samples)
         self.k, self.sampling_ratio = int(k), float(sampling_ratio)
         self.subset, self.seed = subset, int(seed)
         self.mix_layer, self.lam = mix_layer, float(lam)
-        self.backend, self.memory_mb = backend, float(memory_mb)
+        self.prediction, self.backend, self.memory_mb = prediction, backend, float(memory_mb)
         self._prototypes = self._ood = self._index = None
         self._mix_module = self._fc_input = self._layer_means = self._train = None
         self._mixed: dict = {}  # (n_noise_samples, subset, seed) -> synthetic features, shared by APS's points
@@ -262,6 +266,13 @@ class GrOODPostprocessor(Postprocessor):
 
     def score(self, outputs: NetOutputs) -> np.ndarray:
         return self.confidence(outputs.features)
+
+    def predict(self, outputs: NetOutputs) -> np.ndarray:
+        """Predicted class per sample, int64 [N] (``prediction``)."""
+        if self.prediction == "logits":
+            return super().predict(outputs)
+        check_fitted(self._prototypes, "grood")
+        return torch.cdist(outputs.features.double(), self._prototypes).argmin(dim=1).numpy()
 
     def confidence(self, features: torch.Tensor) -> np.ndarray:
         """conf per sample from penultimate features [N, D], float64 [N]."""

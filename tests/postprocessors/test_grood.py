@@ -102,6 +102,22 @@ def test_random_subsets_are_seeded_draws(data):
     np.testing.assert_allclose(pp.score(outputs(d["test"], d["w"])), want, rtol=1e-4, atol=1e-6)
 
 
+def test_prediction_is_the_nearest_class_prototype(data):
+    d = data
+    train = outputs(d["train"], d["w"], labels=d["labels"])
+    test = outputs([[2.9, 0, 0, 0], [0, 0, 2.0, 0.5], [1.0, 3.0, 0, 0]], -np.asarray(d["w"]))  # logits disagree
+    ood_val = {"ood_val": outputs(d["ood_val"])}
+    pp = build("grood", **OOD_VAL).fit(train, split_outputs=ood_val)
+    f32 = d["f32"](d["train"])
+    protos = np.stack([f32[d["labels"] == c].mean(0) for c in range(3)])
+    want = np.linalg.norm(np.asarray(test.features, dtype=np.float64)[:, None] - protos[None], axis=2).argmin(1)
+    np.testing.assert_array_equal(pp.predict(test), want)
+    np.testing.assert_array_equal(want, [0, 2, 1])
+    assert (want != test.logits.argmax(1).numpy()).all()  # the logits would say otherwise
+    logits = build("grood", **OOD_VAL, prediction="logits").fit(train, split_outputs=ood_val)
+    np.testing.assert_array_equal(logits.predict(test), test.logits.argmax(1).numpy())
+
+
 def test_grood_sign_sample_at_the_ood_prototype_scores_lower(data):
     d = data
     pp = build("grood", **OOD_VAL).fit(outputs(d["train"], d["w"], labels=d["labels"]),
