@@ -17,6 +17,8 @@ given to OpenOOD as three identical channels (its ODIN/MDSEns step indexes chann
 them as they are) and the network reads channel 0. OpenOOD's network wrappers (ReactNet, ASHNet,
 ScaleNet, AdaScaleANet/LNet, DropoutNet) are applied as its evaluator does. MC dropout runs only on a
 network with a dropout layer (OpenOOD's DropoutNet gets its p), deep ensembles only with ``--members``.
+OpenOOD's GrOOD is given the ``dataset_name`` its setup reads but never sets, and the adapter lists the
+network's layers (``get_layer_list``) for its synthetic prototype's forward pass from an intermediate layer.
 
 Output: a markdown table (per-sample Spearman over all scored samples, max |delta|, AUROC per OOD set
 for OpenOOD / ours and the difference), then the timing: OpenOOD's way and ours alternating, median of
@@ -35,6 +37,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.machinery
+import io
 import statistics
 import tempfile
 import sys
@@ -82,6 +85,8 @@ METHODS = [
     ("cfood", "cfood", "CFOODPostprocessor", "cfood"),
     ("ssd", "ssd", "SSDPostprocessor", "ssd"),
     ("rankfeat", "rankfeat", "RankFeatPostprocessor", "rankfeat"),
+    ("grood", "grood", "GrOODPostprocessor", "grood.yaml"),
+    ("grood_synthetic", "grood", "GrOODPostprocessor", "grood.yaml"),  # its code's synthetic OOD prototype
     # input perturbation, MC dropout, deep ensembles (dropout needs a network with a dropout layer,
     # ensemble the member checkpoints: --members)
     ("iodin", "iodin", "IODINPostprocessor", "iodin"),
@@ -90,8 +95,12 @@ METHODS = [
     ("dropout", "dropout", "DropoutPostProcessor", "dropout"),
     ("ensemble", "ensemble", "EnsemblePostprocessor", "ensemble"),
 ]
+#: OpenOOD modules not named <module>_postprocessor.py
+OPENOOD_MODULE_FILES = {"grood": "grood"}
 #: row label -> (our registered name, extra arguments) where the two differ
-BUILD_AS = {"adascale_l": ("adascale", {"variant": "l"})}
+BUILD_AS = {"adascale_l": ("adascale", {"variant": "l"}), "grood_synthetic": ("grood", {})}
+#: row label -> OpenOOD postprocessor_args other than its config file's (GrOOD's sources of the OOD prototype)
+OPENOOD_ARGS = {"grood_synthetic": {"use_val_ood": False, "use_synthetic": True, "synthetic_name": "synthetic"}}
 
 OPENOOD_BATCH = 200  # OpenOOD v1.5's evaluator batch size
 
@@ -106,6 +115,7 @@ ARG_NAMES = {"knn": {"K": "k"}, "odin": {"temperature": "temperature", "noise": 
              "gmm": {"num_clusters_list": "num_clusters", "feature_type_list": "feature_type", "alpha_list": "alpha",
                      "reduce_dim_list": "reduce_dim"},
              "cfood": {"alpha": "alpha", "k": "k"}, "rankfeat": {"temperature": "temperature"},
+             **{g: {k: k for k in ("k", "n_noise_samples", "sampling_ratio")} for g in ("grood", "grood_synthetic")},
              "iodin": {"temperature": "temperature", "noise": "noise"}, "dropout": {"dropout_times": "T"},
              **{a: {k: k for k in ("percentile", "k1", "k2", "lmbda", "o", "num_samples")}
                 for a in ("adascale", "adascale_l")}}
@@ -120,18 +130,50 @@ OPENOOD_SWITCHES = {"nnguide": [("first_batch", {"bank": "first_batch", "bank_ba
                             ("density: openood, pca_solver: full", {"density": "openood", "pca_solver": "full"})],
                     # OpenOOD's code averages logits; ours (the papers') the softmax outputs
                     "dropout": [("average: logits", {"average": "logits"})],
-                    "ensemble": [("average: logits", {"average": "logits"})]}
+                    "ensemble": [("average: logits", {"average": "logits"})],
+                    # OpenOOD's config averages OOD-val images; its code reads whole batches (one here); the
+                    # "(exact index)" rows are compared with OpenOOD's code patched (OPENOOD_PATCHED)
+                    "grood": [(f"ood_prototype: ood_val, n_noise_samples: one batch{x}",
+                               {"ood_prototype": "ood_val", "n_noise_samples": OPENOOD_BATCH}) for x in ("", " (exact index)")],
+                    # its code mixes the first whole batch of training images
+                    "grood_synthetic": [(f"subset: first, n_noise_samples: one batch{x}",
+                                         {"subset": "first", "n_noise_samples": OPENOOD_BATCH})
+                                        for x in ("", " (exact index)")]}
 #: switch rows compared with OpenOOD's code run again with a module attribute replaced (the switch row's
 #: label -> (OpenOOD module, attribute, replacement factory taking the sklearn/torch module))
 _EXACT_PCA = ("openood.postprocessors.mds_ensemble_postprocessor", "PCA",
               lambda PCA: (lambda n_components: PCA(n_components, svd_solver="full")))
-OPENOOD_PATCHED = {"gmm pca_solver: full": _EXACT_PCA, "gmm density: openood, pca_solver: full": _EXACT_PCA}
+
+
+def _exact_grood_index(cls):
+    """OpenOOD's GrOOD searching an exact index of every training batch's gradients: its own searches an
+    approximate IVF index and leaves out the batch it reaches when it trains that index."""
+    import faiss
+
+    class ExactIndex(cls):
+        def index_grads(self):
+            grads = [self._compute_grad(batch)["grads"] for batch in self.id_loader_dict["train"]]
+            self.index = faiss.IndexFlatL2(self.penultimate_dim)
+            self.index.add(np.concatenate(grads))
+
+    return ExactIndex
+
+
+_EXACT_GROOD = ("openood.postprocessors.grood", "GrOODPostprocessor", _exact_grood_index)
+OPENOOD_PATCHED = {"gmm pca_solver: full": _EXACT_PCA, "gmm density: openood, pca_solver: full": _EXACT_PCA,
+                   "grood ood_prototype: ood_val, n_noise_samples: one batch (exact index)": _EXACT_GROOD,
+                   "grood_synthetic subset: first, n_noise_samples: one batch (exact index)": _EXACT_GROOD}
+#: what each patch changes, in the row's note (default: the exact PCA)
+PATCH_NOTES = {"openood.postprocessors.grood": "OpenOOD run with an exact index of every training batch"}
 #: notes on rows whose two sides compute different things by design
 NOTES = {"ssd": "OpenOOD's ssd has no postprocess of its own: it scores MSP",
          "fdbd": "paper's mean over C-1 classes: OpenOOD's sum / (C-1)",
          "vra": "paper: low activations set to 0; OpenOOD raises them to the low threshold",
          "dropout": "our default (paper): mean of softmax; the two sides draw different masks",
-         "ensemble": "our default (paper): mean of softmax"}
+         "ensemble": "our default (paper): mean of softmax",
+         "grood": "ours (paper): synthetic OOD prototype; OpenOOD's config: OOD-val images; both: minus (squared) "
+                  "nearest gradient distance, OpenOOD's from an approximate faiss IVF index",
+         "grood_synthetic": "OpenOOD with use_synthetic (its mixup at a fixed 0.5), ours with the defaults"}
 
 #: OpenOOD's network wrappers, as its evaluator applies them (evaluation_api/evaluator.py; DropoutNet:
 #: networks/utils.py): our name -> (module, class); DropoutNet also takes the config's dropout_p
@@ -264,7 +306,8 @@ class _TorchOnCPU:
 
 
 def openood_config(root: Path, name: str, dataset: str, overrides: dict) -> AttrDict:
-    data = yaml.safe_load((root / "configs" / "postprocessors" / f"{name}.yml").read_text())["postprocessor"]
+    file = name if name.endswith((".yml", ".yaml")) else f"{name}.yml"  # grood's is grood.yaml
+    data = yaml.safe_load((root / "configs" / "postprocessors" / file).read_text())["postprocessor"]
     args = dict(data.get("postprocessor_args") or {})
     args.update(overrides)
     data["postprocessor_args"] = args
@@ -295,6 +338,21 @@ class OpenOODNet(torch.nn.Module):
 
     def get_fc_layer(self):
         return self.net.get_fc_layer()
+
+    def get_layer_list(self):
+        """The modules in forward order, which OpenOOD's GrOOD walks (in place of ``children()``, our whole network)
+        to continue a forward pass from an intermediate layer for its synthetic OOD prototype, after keeping
+        the input's own channels: DigitsCNN's Sequential ``body`` then ``fc``; our ResNets' stem (its ReLU is
+        functional), stages, pool and ``fc``; none for other networks."""
+        net, first = self.net, _FirstChannels(self.in_channels)
+        body, fc = getattr(net, "body", None), getattr(net, "fc", None)
+        if isinstance(body, torch.nn.Sequential) and isinstance(fc, torch.nn.Linear):
+            return [first, *body, fc]
+        resnet = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+        if all(isinstance(getattr(net, a, None), torch.nn.Module) for a in resnet):
+            return [first, net.conv1, net.bn1, torch.nn.ReLU(), net.layer1, net.layer2, net.layer3, net.layer4,
+                    net.avgpool, torch.nn.Flatten(), net.fc]
+        return []
 
     # RankFeat's ResNet API: blocks 3 and 4 are the two stages before the global pool (our rankfeat's
     # default layers [-3, -2]); ``layer4`` continues the last input's forward from an edited block-3 map
@@ -342,6 +400,15 @@ class OpenOODNet(torch.nn.Module):
     def get_fc(self):
         fc = self.get_fc_layer()
         return fc.weight.detach().cpu().numpy(), fc.bias.detach().cpu().numpy()
+
+
+class _FirstChannels(torch.nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x):
+        return x[:, : self.channels]
 
 
 class DictLoader:
@@ -436,7 +503,8 @@ def main(argv=None) -> int:
     parser.add_argument("--openood", required=True, type=Path, help="path of an OpenOOD checkout")
     parser.add_argument("--config", nargs="+", default=["configs/pipelines/test_ood.yml"])
     parser.add_argument("--subset", nargs="*", default=[], help="SPLIT_OR_GROUP=N, e.g. id_train=2000 far=500")
-    parser.add_argument("--methods", nargs="*", help="row names of METHODS (default: all; adascale brings adascale_l)")
+    parser.add_argument("--methods", nargs="*",
+                        help="row names of METHODS (default: all; adascale brings adascale_l, grood grood_synthetic)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--libmr-shim", action="store_true", help="run OpenOOD's OpenMax on our Weibull fit")
@@ -498,6 +566,8 @@ def main(argv=None) -> int:
     names = args.methods or [m[0] for m in METHODS]
     if "adascale" in names and "adascale_l" not in names:
         names.append("adascale_l")
+    if "grood" in names and "grood_synthetic" not in names:
+        names.append("grood_synthetic")
     plans = []
     for ours, module, cls, conf in METHODS:
         if ours not in names:
@@ -526,6 +596,9 @@ def main(argv=None) -> int:
                 overrides["dim"] = feat_dim // 2
                 note = f"dim {dim} >= D={feat_dim}: both use {feat_dim // 2}"
         config = openood_config(args.openood, conf, bench.name, overrides)
+        config.postprocessor.postprocessor_args.update(OPENOOD_ARGS.get(ours, {}))
+        if ours.startswith("grood"):  # its setup reads the dataset's image size and class count
+            config.dataset.update(image_size=int(pre.image_size), num_classes=bench.num_classes)
         our_args = {ARG_NAMES.get(ours, {}).get(k): v for k, v in config.postprocessor.postprocessor_args.items()
                     if ARG_NAMES.get(ours, {}).get(k)}
         if ours == "mds_ensemble":
@@ -546,6 +619,9 @@ def main(argv=None) -> int:
             our_args["backend"] = "scipy"
         plans.append((ours, our_args, module, cls, config, note))
         for suffix, switch in OPENOOD_SWITCHES.get(ours, ()):
+            if switch.get("ood_prototype") == "ood_val" and "ood_val" not in splits:
+                print(f"{ours} {suffix}: skipped (the benchmark has no readable ood_val split)")
+                continue
             plans.append((ours, {**our_args, **switch}, None, None, None, suffix))
 
     def loader_dicts(repeat: bool = True):
@@ -575,12 +651,16 @@ def main(argv=None) -> int:
                 wrapper_module, wrapper = OPENOOD_WRAPPERS[ours]
                 extra = (config.postprocessor.postprocessor_args.dropout_p,) if ours == "dropout" else ()
                 model = getattr(importer(wrapper_module), wrapper)(adapter, *extra)
-            oo_module = importer(f"openood.postprocessors.{module}_postprocessor")
+            oo_module = importer(f"openood.postprocessors.{OPENOOD_MODULE_FILES.get(module, module + '_postprocessor')}")
             if ours == "cfood":  # its unseeded torch.randperm (on the global generator) draws our seed-0 set
                 oo_module.torch = _SeededRandperm(oo_module.torch, seed=0)
             pp = getattr(oo_module, cls)(config)
+            if ours.startswith("grood"):  # the end of its setup reads self.dataset_name, which nothing sets
+                pp.dataset_name = bench.name
             try:
-                pp.setup(model, id_dict, ood_dict)
+                # GrOOD's synthetic prototype prints seven lines per training image
+                with contextlib.redirect_stdout(io.StringIO()) if ours.startswith("grood") else contextlib.nullcontext():
+                    pp.setup(model, id_dict, ood_dict)
                 if ours in ("adascale", "adascale_l"):  # its evaluator sets the point before scoring (APS or not)
                     a = config.postprocessor.postprocessor_args
                     pp.set_hyperparam([list(a.percentile), a.k1, a.k2, a.lmbda, a.o])
@@ -612,8 +692,13 @@ def main(argv=None) -> int:
         train = extract_outputs(net, loader("id_train"), consumers=fitting)
         val = extract_outputs(net, loader("id_val"))
         tapped = [(k, pp) for k, pp in pps if pp.uses_taps]
+
+        def extra(pp):  # the splits a method fits on besides the ID ones (GrOOD's ood_val)
+            wanted = getattr(pp, "fit_splits", ())
+            return {"split_outputs": {s: extract_outputs(net, loader(s)) for s in wanted}} if wanted else {}
+
         for _, pp in tapped:
-            pp.fit(train, val_outputs=val)
+            pp.fit(train, val_outputs=val, **extra(pp))
         outs, scores = {}, {k: {} for k, _ in pps}
         for name in ["id_test", *[s.name for s in tests]]:
             outs[name] = extract_outputs(net, loader(name), consumers=[pp.score_taps() for _, pp in tapped])
@@ -625,7 +710,7 @@ def main(argv=None) -> int:
             if pp.uses_taps:
                 continue
             t1 = time.perf_counter()
-            pp.fit(train, val_outputs=val)
+            pp.fit(train, val_outputs=val, **extra(pp))
             for name, out in outs.items():
                 conf = split_result(pp.score_loader(loader(name)))[0] if pp.needs_network else pp.score(out)
                 scores[k][name] = np.asarray(conf, dtype=np.float64)
@@ -734,7 +819,7 @@ def main(argv=None) -> int:
             continue
         ref = oo_scores["gram same holdout" if note == GRAM_HOLDOUT else label if label in OPENOOD_PATCHED else ours]
         if label in OPENOOD_PATCHED:
-            note += "; OpenOOD run with the same (exact) PCA"
+            note += "; " + PATCH_NOTES.get(OPENOOD_PATCHED[label][0], "OpenOOD run with the same (exact) PCA")
         got = our_scores[ours if note == GRAM_HOLDOUT else label]
         a = np.concatenate([ref[k] for k in ref])
         b = np.concatenate([got[k] for k in ref])

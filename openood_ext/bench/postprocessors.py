@@ -53,7 +53,7 @@ ZOO = ("msp", "temp_scaling", "odin", "mds", "mds_ensemble", "rmds", "gram", "eb
 #: network has dropout layers, the ensemble when member checkpoints are given (``--members``); those two are
 #: counted apart, against their own number of plain passes
 LATER_ZOO = ("scale", "fdbd", "nci", "gmm", "vra", "cfood", "ssd", "rankfeat", "iodin", "adascale", "dropout",
-             "ensemble")
+             "ensemble", "grood")
 GOALS = {"gradient_free_over_fwd": 0.25, "all_over_fwd": 3.0, "all_aps_over_fwd": 12.0}
 
 

@@ -77,6 +77,7 @@ def validate_run(cfg: DictConfig) -> None:
     check_pipeline_sections(cfg, pipeline)
     bench = check_benchmark(cfg, pipeline)
     check_network(cfg, bench)
+    check_postprocessor_splits(cfg, bench)
     check_checkpoint_path(cfg, pipeline)
     check_checkpoint_fits(cfg, pipeline)
     if needs_training(cfg, pipeline):
@@ -247,6 +248,21 @@ def check_postprocessors_on_network(specs: Any, cfg: DictConfig) -> None:
             rule(spec, net, network_spec)
         except ValueError as exc:
             raise ConfigError(f"postprocessors[{i}] ({spec['name']}): {exc}") from None
+
+
+def check_postprocessor_splits(cfg: DictConfig, bench) -> None:
+    """A method that fits on a split besides the ID ones (``fit_splits``: GrOOD's ood_val) finds it declared
+    by the benchmark before anything runs (its images may be prepared by the run: the embedded digits)."""
+    if bench is None or not cfg.get("postprocessors"):
+        return
+    specs = to_plain(cfg.postprocessors)
+    splits = {s.name: s for s in bench.splits()}
+    for i, raw in enumerate([specs] if isinstance(specs, str) else specs):
+        spec, _, _ = aps.split_spec(raw, False)
+        for split in getattr(POSTPROCESSORS.build(spec), "fit_splits", ()) or ():
+            if split not in splits:
+                raise ConfigError(f"postprocessors[{i}] ({spec['name']}): fits on split '{split}', which benchmark "
+                                  f"{bench.name} does not declare")
 
 
 def check_run_identity(cfg: DictConfig) -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluators.ood import SplitScores
 from ..features import EmptySplit, NetOutputs, extract_outputs
 from ..utils.runtime import autocast, check_precision
@@ -136,7 +136,8 @@ class Scheduler:
         self.outputs[self.fit_split] = self._pass(self.fit_split, fitting)
         self.outputs[self.val_split] = self.source.outputs(self.val_split)
         for pp in tapped.values():  # fitted before the scored splits' passes, which score them
-            pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+            pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split],
+                   **fit_extras(pp, self.source))
         self._tap_conf = {label: {} for label in tapped}
         for split in splits:
             scorers = [pp.score_taps() for pp in tapped.values()]
@@ -175,7 +176,8 @@ class Scheduler:
         pp, how = self.pps[label], self.routes[label]
         t = self.clock()
         if how != "taps":
-            pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+            pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split],
+                   **fit_extras(pp, self.source))
         scored = {}
         for split in self._splits:
             outputs = self.outputs[split]
@@ -212,8 +214,25 @@ def fit_alone(pp, source, net=None, device=None, fit_split: str = "id_train", va
     their own passes (an APS grid that the method scores jointly, see ``pipelines/aps.py``)."""
     if route(pp, share_taps=False) != "outputs":
         pp.attach_network(net, device, source.loader_for)
-    pp.fit(source.outputs(fit_split), val_outputs=source.outputs(val_split))
+    pp.fit(source.outputs(fit_split), val_outputs=source.outputs(val_split), **fit_extras(pp, source))
     return pp
+
+
+def fit_extras(pp, source) -> dict:
+    """``fit``'s keyword arguments beyond the ID splits: ``split_outputs`` ({split: NetOutputs}) of the
+    splits a method names in ``fit_splits`` (GrOOD's OOD prototype reads ood_val), from the source's cached
+    outputs; nothing for the others. A split the source lacks is a DataError naming the method."""
+    wanted = tuple(getattr(pp, "fit_splits", ()) or ())
+    if not wanted:
+        return {}
+    got = {}
+    for split in wanted:
+        try:
+            got[split] = source.outputs(split)
+        except (KeyError, ConfigError, EmptySplit) as exc:
+            raise DataError(f"postprocessor '{pp.name}' fits on split '{split}', which cannot be read: "
+                            f"{str(exc).splitlines()[0]}") from exc
+    return {"split_outputs": got}
 
 
 def fit_and_score(pp, source, splits: Sequence[str], net=None, device=None, **kw) -> dict[str, np.ndarray]:

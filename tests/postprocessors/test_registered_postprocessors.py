@@ -88,7 +88,9 @@ def test_registered_postprocessor_fits_and_scores(name, setups, request):
     from_images = bool(pp.needs_network or pp.uses_taps)
     if from_images:
         pp.attach_network(net, torch.device("cpu"), lambda split: loaders[split]())
-    pp.fit(outputs["id_train"], val_outputs=outputs["id_val"])
+    # splits a method fits on besides the ID ones (GrOOD's ood_val): the OOD samples stand in
+    extra = {"split_outputs": {s: outputs["ood"] for s in pp.fit_splits}} if getattr(pp, "fit_splits", ()) else {}
+    pp.fit(outputs["id_train"], val_outputs=outputs["id_val"], **extra)
     confs = {}
     for split in ("id_test", "ood"):
         conf = pp.score_loader(loaders[split]()) if from_images else pp.score(outputs[split])
