@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from ..config import load_yaml, to_plain
-from ..datasets import Benchmark
+from ..datasets import Benchmark, cpu_loops
 from ..datasets.benchmark import REPO_ROOT
 from ..datasets.data_settings import DataSettings
 from ..networks import NETWORKS
@@ -176,6 +176,10 @@ def main(argv) -> int:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # per-core figures: the tensor path and the main process on one thread
+    t0 = time.perf_counter()
+    compiled = cpu_loops.load_kernels()  # one-off per process: not part of the per-image figures
+    print(f"colour jitter and crop on the CPU: {'compiled loops (numba), loaded' if compiled else 'tensor kernels (no numba)'}"
+          f"{f' in {time.perf_counter() - t0:.2f} s' if compiled else ''}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         lists = {"cifar10": lambda: cifar_images(Path(args.shared), args.images, root),

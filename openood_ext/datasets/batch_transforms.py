@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from . import jitter_cpu
+from . import cpu_loops
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
@@ -92,6 +92,8 @@ class PadCrop:
         n, c, h, w = x.shape
         i, j = self.offsets(n, h, w, g, x.device)
         p, s = self.padding, self.size
+        if x.device.type == "cpu" and cpu_loops.available():  # one compiled copy of the kept rows
+            return cpu_loops.pad_crop(x, i, j, s, p)
         padded = F.pad(x, (p,) * 4) if p else x.contiguous()
         height, width = h + 2 * p, w + 2 * p
         # every run of s consecutive values of the padded batch, as a view; the crop is s of them per channel,
@@ -166,11 +168,11 @@ class ColorJitter:
     1/255 turn leaves the hue as it is, and the HSV round trip alone moves colours by up to a few levels);
     here the shift is the drawn one, as torchvision's tensor kernel.
 
-    On the CPU, with numba, the adjustments run as one compiled loop (:mod:`.jitter_cpu`, ~10x less
+    On the CPU, with numba, the adjustments run as one compiled loop (:mod:`.cpu_loops`, ~10x less
     time); elsewhere as the tensor kernels below (equal to float rounding)."""
 
-    exact_on_uint8 = False
     pixelwise = True  # each output pixel: a function of its own value and of permutation-invariant statistics
+    takes_uint8 = True  # a uint8 batch is converted as ToTensor (/ 255) first: by the compiled loop as it copies
 
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
                  eight_bit: bool = True):
@@ -209,11 +211,11 @@ class ColorJitter:
         the CPU when numba imports, masked on a GPU, else subset. The results are equal (to float rounding)."""
         order, factors = self.params(len(x), g, x.device)
         if path == "auto":
-            compiled = x.device.type == "cpu" and x.dtype == torch.float32 and jitter_cpu.available()
+            compiled = x.device.type == "cpu" and x.dtype in (torch.float32, torch.uint8) and cpu_loops.available()
             path = "compiled" if compiled else "masked" if x.is_cuda else "subset"
         if path == "compiled":
-            return jitter_cpu.jitter(x, order, factors, self.eight_bit)
-        x = x.clone()
+            return cpu_loops.jitter(x, order, factors, self.eight_bit)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.clone()
         for slot in range(4):
             for op, f in enumerate(factors):
                 if f is None:
@@ -321,14 +323,16 @@ class Normalize:
     def __init__(self, mean, std):
         self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
-    def __call__(self, x, g=None, labels=None):
+    def __call__(self, x, g=None, labels=None, inplace: bool = False):
+        """``inplace``: in ``x``'s buffer (a pipeline's own batch): the same values, no new allocations."""
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         if mean.ndim == 2:
             if labels is None:
                 raise ValueError("per-class normalisation needs the batch's labels")
-            mean, std = mean[labels], std[labels]
-            return (x - mean[:, :, None, None]) / std[:, :, None, None]
-        return (x - mean[:, None, None]) / std[:, None, None]
+            mean, std = mean[labels][:, :, None, None], std[labels][:, :, None, None]
+        else:
+            mean, std = mean[:, None, None], std[:, None, None]
+        return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
 
 class LocalContrast:
@@ -421,9 +425,13 @@ class BatchPipeline:
             return x
         for op in self.lead:
             images = op(images, g, labels)
-        x = images.float().div_(255)
-        for op in self.rest:
-            x = op(x, g, labels)
+        rest = self.rest
+        if rest and getattr(rest[0], "takes_uint8", False):
+            x, rest = rest[0](images, g, labels), rest[1:]
+        else:
+            x = images.float().div_(255)
+        for op in rest:  # x is this call's own batch from here on: normalised in place
+            x = op(x, g, labels, inplace=True) if isinstance(op, Normalize) else op(x, g, labels)
         return x
 
     def __repr__(self) -> str:

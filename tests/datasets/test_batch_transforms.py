@@ -27,8 +27,12 @@ def batch(n=8, c=3, size=12, seed=0):
 
 
 # ------------------------------------------------------------------------------ pad-and-crop, flip
-@pytest.mark.parametrize("dtype,padding,size", [(torch.float32, 3, 10), (torch.uint8, 4, 8), (torch.float32, 0, 7)])
-def test_pad_crop_equals_torchvision_crop_at_the_drawn_offsets(dtype, padding, size):
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype,padding,size", [(torch.float32, 3, 10), (torch.uint8, 4, 8), (torch.float32, 0, 7),
+                                                (torch.uint8, 12, 4)])
+def test_pad_crop_equals_torchvision_crop_at_the_drawn_offsets(dtype, padding, size, compiled, monkeypatch):
+    if not compiled:  # the tensor form (the GPU's), on the CPU
+        monkeypatch.setattr(bt.cpu_loops, "available", lambda: False)
     x = (batch(6, size=10) * 255).to(dtype)
     op = bt.PadCrop(size, padding=padding)
     i, j = op.offsets(6, 10, 10, gen(5), x.device)
@@ -224,8 +228,8 @@ def test_pipeline_runs_a_flip_after_the_jitter_first_on_uint8_and_the_same_op_ot
     # flip then jitter is jitter then flip for the same draws (contrast's mean is order-free)
     f, order_g = x.float() / 255, gen(15)
     order, factors = jitter.params(8, order_g, f.device)
-    one = bt.jitter_cpu.jitter(f.flip(-1), order, factors, True)
-    other = bt.jitter_cpu.jitter(f, order, factors, True).flip(-1)
+    one = bt.cpu_loops.jitter(f.flip(-1), order, factors, True)
+    other = bt.cpu_loops.jitter(f, order, factors, True).flip(-1)
     assert torch.allclose(one, other, atol=1e-6)
     assert bt.BatchPipeline([crop, jitter, flip]).lead == [crop, flip]  # a crop does not commute
 
