@@ -97,7 +97,7 @@ class PadCrop:
         padded = F.pad(x, (p,) * 4) if p else x.contiguous()
         height, width = h + 2 * p, w + 2 * p
         # every run of s consecutive values of the padded batch, as a view; the crop is s of them per channel,
-        # one per output row (a copy by rows: a quarter of the index reads of a per-pixel gather)
+        # one per output row (one index read per row instead of one per pixel, as a gather would take)
         runs = padded.view(-1).unfold(0, s, 1)
         ar = torch.arange(s, device=x.device)
         plane = torch.arange(n * c, device=x.device).view(n, c, 1) * (height * width)
@@ -168,7 +168,7 @@ class ColorJitter:
     1/255 turn leaves the hue as it is, and the HSV round trip alone moves colours by up to a few levels);
     here the shift is the drawn one, as torchvision's tensor kernel.
 
-    On the CPU, with numba, the adjustments run as one compiled loop (:mod:`.cpu_loops`, ~10x less
+    On the CPU, with numba, the adjustments run as one compiled loop (:mod:`.cpu_loops`, 15-20x less
     time); elsewhere as the tensor kernels below (equal to float rounding)."""
 
     pixelwise = True  # each output pixel: a function of its own value and of permutation-invariant statistics

@@ -1,11 +1,11 @@
 """Compiled CPU loops (numba) for the batched ops whose tensor form is many passes over memory: the
 colour jitter of :class:`.batch_transforms.ColorJitter` and the pad-and-crop of :class:`.PadCrop`.
 
-The jitter's tensor kernels run each adjustment as a dozen whole-batch passes (the hue rotation alone as
-about twenty, through HSV), so on a CPU one jittered 32x32 image costs about 0.1 ms on one core. Here
+The jitter's tensor kernels run the four adjustments as about 50 whole-batch ops (half of them the hue
+rotation, through HSV), so on a CPU one jittered 32x32 image costs about 0.1 ms on one core. Here
 each sample is copied once into the output and all its adjustments run on it while it sits in the
-core's cache, pixel by pixel, in the sample's own order: about 10x less time. Same arithmetic as the
-tensor kernels in float32 (grey weights, clamping, contrast about the mean grey level, the closed-form
+core's cache, pixel by pixel, in the sample's own order: 15-20x less time (BENCHMARKS.md). Same
+arithmetic as the tensor kernels in float32 (grey weights, clamping, contrast about the mean grey level, the closed-form
 HSV hue rotation), so the two agree to float rounding (tested); the tensor kernels stay the GPU's path
 and the fallback without numba.
 
