@@ -126,6 +126,26 @@ def test_jitter_compiled_path_with_some_adjustments_off_and_an_empty_batch():
     assert bt.ColorJitter(0.5, 0.5, 0.5, 0.1)(x[:0], gen(0)).shape == (0, 3, 12, 12)
 
 
+def test_jitter_takes_uint8_as_totensor_would_and_falls_back_without_numba(monkeypatch):
+    jitter = bt.ColorJitter(0.5, 0.5, 0.5, 0.2)
+    u8 = (batch(6) * 255).to(torch.uint8)
+    as_float = u8.float().div_(255)  # ToTensor's conversion
+    assert torch.equal(jitter(u8, gen(16)), jitter(as_float, gen(16)))
+    assert torch.allclose(jitter(u8, gen(16), path="subset"), jitter(as_float, gen(16)), atol=1e-5)
+    monkeypatch.setattr(bt.cpu_loops, "available", lambda: False)  # auto: the tensor kernels
+    assert torch.allclose(jitter(as_float, gen(16)), jitter(as_float, gen(16), path="compiled"), atol=1e-5)
+
+
+def test_pipeline_normalises_its_own_batch_in_place_but_never_its_input():
+    norm = bt.Normalize([0.5] * 3, [0.25] * 3)
+    x = batch(4)
+    kept = x.clone()
+    assert torch.equal(bt.BatchPipeline([norm])(x, gen(0)), (kept - 0.5) / 0.25) and torch.equal(x, kept)
+    u8 = (batch(4) * 255).to(torch.uint8)
+    out = bt.BatchPipeline([bt.ColorJitter(0.3, 0.3, 0.3, 0.1), norm])(u8, gen(1))
+    assert torch.allclose(out, norm(bt.ColorJitter(0.3, 0.3, 0.3, 0.1)(u8, gen(1))), atol=1e-6)
+
+
 def test_eight_bit_jitter_lands_on_pil_levels_and_equals_pils_brightness_and_contrast():
     from PIL import Image
     rng = np.random.default_rng(0)
