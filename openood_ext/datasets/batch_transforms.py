@@ -17,8 +17,9 @@ op                     torchvision counterpart and what differs
                        the four adjustments in a uniformly random order *per sample* (torchvision draws one
                        order per call, i.e. per image in a per-image pipeline: the same distribution). The
                        adjustments follow torchvision's tensor kernels (grey = 0.2989 R + 0.587 G + 0.114 B,
-                       contrast about the mean grey level, hue in HSV); the PIL path rounds to 8 bits after
-                       every adjustment, this path does not (differences up to a few 1/255).
+                       contrast about the mean grey level, hue in HSV), with the PIL path's 8-bit levels
+                       between them (``eight_bit``: brightness and contrast equal PIL's, saturation within
+                       1/255); PIL's 8-bit HSV round trip for hue is not reproduced (a few 1/255).
 :class:`GaussianNoise` EOE's ``x + std * randn_like(x)``; exact in distribution.
 :class:`Rotate`        ``RandomRotation(degrees)``: angle uniform in [-d, d], counter-clockwise, about the
                        centre, nearest neighbour, zero fill, same size (sampled with ``grid_sample``; PIL's
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from . import cpu_loops
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
@@ -89,19 +91,25 @@ class PadCrop:
     def __call__(self, x, g, labels=None):
         n, c, h, w = x.shape
         i, j = self.offsets(n, h, w, g, x.device)
-        padded = F.pad(x, (self.padding,) * 4) if self.padding else x
-        width = w + 2 * self.padding
-        ar = torch.arange(self.size, device=x.device)
-        window = (ar[:, None] * width + ar[None, :]).view(-1)  # the crop's flat pixel offsets at (0, 0)
-        index = (i * width + j)[:, None] + window
-        out = padded.reshape(n, c, -1).gather(2, index[:, None, :].expand(n, c, -1))
-        return out.view(n, c, self.size, self.size)
+        p, s = self.padding, self.size
+        if x.device.type == "cpu" and cpu_loops.available():  # one compiled copy of the kept rows
+            return cpu_loops.pad_crop(x, i, j, s, p)
+        padded = F.pad(x, (p,) * 4) if p else x.contiguous()
+        height, width = h + 2 * p, w + 2 * p
+        # every run of s consecutive values of the padded batch, as a view; the crop is s of them per channel,
+        # one per output row (one index read per row instead of one per pixel, as a gather would take)
+        runs = padded.view(-1).unfold(0, s, 1)
+        ar = torch.arange(s, device=x.device)
+        plane = torch.arange(n * c, device=x.device).view(n, c, 1) * (height * width)
+        start = plane + ((i[:, None] + ar) * width + j[:, None])[:, None, :]
+        return runs.index_select(0, start.view(-1)).view(n, c, s, s)
 
 
 class HFlip:
     """Mirror each sample left-right with probability ``p``."""
 
     exact_on_uint8 = True
+    permutes_pixels = True  # commutes with a pixelwise op (ColorJitter): the pipeline may run it first
 
     def __init__(self, p: float = 0.5):
         self.p = float(p)
@@ -116,10 +124,25 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
     return (f * x + (1 - f) * other).clamp(0, 1)
 
 
+def _truncate8(x: torch.Tensor) -> torch.Tensor:
+    """Each value cast to its 8-bit level, as PIL's ``Image.blend`` stores its float result (the 1e-3 of a
+    level absorbs the float error of ``k / 255`` times a factor)."""
+    return x.mul(255).add_(1e-3).floor_().div_(255)
+
+
+def _nearest8(x: torch.Tensor) -> torch.Tensor:
+    return x.mul(255).add_(0.5).floor_().div_(255)
+
+
+#: hue channel offsets n of c_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, for R, G, B
+_HUE_OFFSETS = (5.0, 3.0, 1.0)
+
+
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue of an RGB batch by ``shift`` (fractions of a turn, per sample), keeping S and V:
     torchvision's ``adjust_hue`` (RGB -> HSV, h + shift mod 1, HSV -> RGB), with hue in sixths of a turn
-    and the closed-form HSV -> RGB ``c_n = V - (V - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6``."""
+    and the closed-form HSV -> RGB ``c_n = V - (V - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6``
+    (the three channels in one pass over a [B, 3, H, W] k)."""
     maxc, _ = x.max(1)
     minc, _ = x.min(1)
     r, g, b = x.unbind(1)
@@ -127,22 +150,37 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
     h = torch.where(chroma > 0, h, torch.zeros_like(h)).add_(6.0 * shift.view(-1, 1, 1))
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(h + n, 6.0)
-        out.append(maxc - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0, 1))
-    return torch.stack(out, 1)
+    k = torch.remainder(h.unsqueeze(1) + x.new_tensor(_HUE_OFFSETS).view(1, 3, 1, 1), 6.0)
+    k = torch.minimum(k, 4.0 - k).clamp_(0, 1)
+    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * k
 
 
 class ColorJitter:
     """Brightness, contrast, saturation and hue, each factor drawn per sample, applied in a per-sample
-    random order (see the module table). 1-channel batches: saturation and hue do nothing (as torchvision)."""
+    random order (see the module table). 1-channel batches: saturation and hue do nothing (as torchvision).
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+    ``eight_bit`` (default) keeps what the PIL path's 8-bit images do between the adjustments: grey levels
+    (the saturation blend's target, contrast's mean) are whole 8-bit levels, a blend's result is truncated
+    to its level (PIL's ``Image.blend``), the hue rotation's rounded to the nearest. For the same factors
+    brightness and contrast then equal PIL's exactly and saturation to one level (PIL's integer grey
+    weights), where the float result sits about half a level above PIL's after each blend. Not reproduced: PIL
+    rotates hue on an 8-bit HSV image with the shift truncated to whole 1/255 turns (so a shift under
+    1/255 turn leaves the hue as it is, and the HSV round trip alone moves colours by up to a few levels);
+    here the shift is the drawn one, as torchvision's tensor kernel.
+
+    On the CPU, with numba, the adjustments run as one compiled loop (:mod:`.cpu_loops`, 15-20x less
+    time); elsewhere as the tensor kernels below (equal to float rounding)."""
+
+    pixelwise = True  # each output pixel: a function of its own value and of permutation-invariant statistics
+    takes_uint8 = True  # a uint8 batch is converted as ToTensor (/ 255) first: by the compiled loop as it copies
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
+                 eight_bit: bool = True):
         if not 0 <= hue <= 0.5:
             raise ConfigError(f"color_jitter: hue must be in [0, 0.5], got {hue}")
         self.ranges = [(max(0.0, 1 - v), 1 + v) if v else None for v in (brightness, contrast, saturation)]
         self.ranges.append((-hue, hue) if hue else None)
+        self.eight_bit = bool(eight_bit)
 
     def params(self, n: int, g: torch.Generator, device) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         order = _rand((n, 4), g, device).argsort(1)  # a uniformly random permutation per sample
@@ -150,37 +188,45 @@ class ColorJitter:
         return order, factors
 
     @staticmethod
-    def adjust(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    def adjust(op: int, x: torch.Tensor, f: torch.Tensor, eight_bit: bool = False) -> torch.Tensor:
         rgb = x.shape[1] == 3
-        if op == 0:
-            return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
-        if op == 1:
-            mean = (grey(x) if rgb else x).mean(dim=(1, 2, 3), keepdim=True)
-            return _blend(x, mean, f)
-        if not rgb:
+        if op >= 2 and not rgb:
             return x
-        if op == 2:
-            return _blend(x, grey(x), f)
-        return _shift_hue(x, f)
+        if op == 3:
+            out = _shift_hue(x, f)
+            return _nearest8(out) if eight_bit else out
+        if op == 0:
+            out = (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+        elif op == 1:
+            mean = (grey(x) if rgb else x).mean(dim=(1, 2, 3), keepdim=True)
+            out = _blend(x, _nearest8(mean) if eight_bit else mean, f)
+        else:
+            out = _blend(x, _nearest8(grey(x)) if eight_bit else grey(x), f)
+        return _truncate8(out) if eight_bit else out
 
-    def __call__(self, x, g, labels=None, masked: bool | None = None):
-        """``masked`` (default: on CUDA) computes each adjustment on the whole batch and keeps it where the
-        sample's order says so: no host sync (``nonzero``) at four times the arithmetic; otherwise each
-        adjustment runs on the samples that need it at that position only. The results are equal."""
+    def __call__(self, x, g, labels=None, path: str = "auto"):
+        """``path``: ``compiled`` (the numba loop, CPU float32 only), ``masked`` (each adjustment on the
+        whole batch, kept where the sample's order says so: no host sync, four times the arithmetic) or
+        ``subset`` (each adjustment on the samples that need it at that position); ``auto``: compiled on
+        the CPU when numba imports, masked on a GPU, else subset. The results are equal (to float rounding)."""
         order, factors = self.params(len(x), g, x.device)
-        masked = x.is_cuda if masked is None else masked
-        x = x.clone()
+        if path == "auto":
+            compiled = x.device.type == "cpu" and x.dtype in (torch.float32, torch.uint8) and cpu_loops.available()
+            path = "compiled" if compiled else "masked" if x.is_cuda else "subset"
+        if path == "compiled":
+            return cpu_loops.jitter(x, order, factors, self.eight_bit)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.clone()
         for slot in range(4):
             for op, f in enumerate(factors):
                 if f is None:
                     continue
                 take = order[:, slot] == op
-                if masked:
-                    x = torch.where(take[:, None, None, None], self.adjust(op, x, f), x)
+                if path == "masked":
+                    x = torch.where(take[:, None, None, None], self.adjust(op, x, f, self.eight_bit), x)
                     continue
                 idx = take.nonzero().squeeze(1)
                 if len(idx):
-                    x[idx] = self.adjust(op, x[idx], f[idx])
+                    x[idx] = self.adjust(op, x[idx], f[idx], self.eight_bit)
         return x
 
 
@@ -192,7 +238,7 @@ class GaussianNoise:
 
     def __call__(self, x, g, labels=None):
         noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)
-        return x + self.std * noise
+        return noise.mul_(self.std).add_(x)  # x + std * noise, in the noise's buffer
 
 
 def _affine_sample(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -277,14 +323,16 @@ class Normalize:
     def __init__(self, mean, std):
         self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
-    def __call__(self, x, g=None, labels=None):
+    def __call__(self, x, g=None, labels=None, inplace: bool = False):
+        """``inplace``: in ``x``'s buffer (a pipeline's own batch): the same values, no new allocations."""
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         if mean.ndim == 2:
             if labels is None:
                 raise ValueError("per-class normalisation needs the batch's labels")
-            mean, std = mean[labels], std[labels]
-            return (x - mean[:, :, None, None]) / std[:, :, None, None]
-        return (x - mean[:, None, None]) / std[:, None, None]
+            mean, std = mean[labels][:, :, None, None], std[labels][:, :, None, None]
+        else:
+            mean, std = mean[:, None, None], std[:, None, None]
+        return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
 
 class LocalContrast:
@@ -348,29 +396,42 @@ class BatchPipeline:
     """uint8 batch [B, C, H, W] -> float batch: ``/ 255`` (as ``ToTensor``), then ``ops`` in order.
 
     Leading ops that only move pixels (``exact_on_uint8``: crop, flip) run on the uint8 batch, before
-    the conversion (the same result, a quarter of the memory traffic). The conversion and a following
+    the conversion (the same result, a quarter of the memory traffic); a flip (``permutes_pixels``) after
+    a colour jitter (``pixelwise``) runs before it, since the two commute (an equal result up to the
+    float rounding of contrast's mean, from different draws of the same distributions), and so on uint8
+    too. The conversion and a following
     :class:`Normalize` are the per-image path's own float operations in the same order (``/ 255``, then
     ``- mean``, ``/ std``), so without augmentation a batch is bit-identical to the PIL path's and a
     training run gives the same numbers on either backend."""
 
     def __init__(self, ops: Sequence):
         self.ops = list(ops)
+        run = list(self.ops)
+        for k in range(1, len(run)):
+            j = k
+            while j > 0 and getattr(run[j], "permutes_pixels", False) and getattr(run[j - 1], "pixelwise", False):
+                run[j - 1], run[j] = run[j], run[j - 1]
+                j -= 1
         lead = 0
-        while lead < len(self.ops) and getattr(self.ops[lead], "exact_on_uint8", False):
+        while lead < len(run) and getattr(run[lead], "exact_on_uint8", False):
             lead += 1
-        self.lead, self.rest = self.ops[:lead], self.ops[lead:]
+        self.lead, self.rest = run[:lead], run[lead:]
 
     def __call__(self, images: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8:
             x = images
-            for op in self.ops:
+            for op in self.lead + self.rest:
                 x = op(x, g, labels)
             return x
         for op in self.lead:
             images = op(images, g, labels)
-        x = images.float().div_(255)
-        for op in self.rest:
-            x = op(x, g, labels)
+        rest = self.rest
+        if rest and getattr(rest[0], "takes_uint8", False):
+            x, rest = rest[0](images, g, labels), rest[1:]
+        else:
+            x = images.float().div_(255)
+        for op in rest:  # x is this call's own batch from here on: normalised in place
+            x = op(x, g, labels, inplace=True) if isinstance(op, Normalize) else op(x, g, labels)
         return x
 
     def __repr__(self) -> str:

@@ -34,9 +34,9 @@ def test_each_backend_reads_every_image_of_the_recipe(cifar, recipe):
 
 
 @pytest.mark.slow  # two short engine runs of eoe_cnn32
-def test_training_comparison_runs_the_same_steps_with_each_backend(cifar):
+@pytest.mark.parametrize("recipe", ["eoe_cifar10", "openood_cifar10"])
+def test_training_comparison_runs_the_same_steps_with_each_backend(cifar, recipe):
     root, imglist = cifar
-    t = bench_loader.bench_training(bench_loader.recipe_benchmark("openood_cifar10", imglist, root), args(),
-                                    root / "cache")
+    t = bench_loader.bench_training(bench_loader.recipe_benchmark(recipe, imglist, root), args(), root / "cache")
     assert t["steps"] == 2 and t["images"] == 16
     assert t["ratio"] == pytest.approx(t["tensor"]["img_s"] / t["pil"]["img_s"])

@@ -27,14 +27,20 @@ def batch(n=8, c=3, size=12, seed=0):
 
 
 # ------------------------------------------------------------------------------ pad-and-crop, flip
-def test_pad_crop_equals_torchvision_crop_at_the_drawn_offsets():
-    x = batch(6, size=10)
-    op = bt.PadCrop(10, padding=3)
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype,padding,size", [(torch.float32, 3, 10), (torch.uint8, 4, 8), (torch.float32, 0, 7),
+                                                (torch.uint8, 12, 4)])
+def test_pad_crop_equals_torchvision_crop_at_the_drawn_offsets(dtype, padding, size, compiled, monkeypatch):
+    if not compiled:  # the tensor form (the GPU's), on the CPU
+        monkeypatch.setattr(bt.cpu_loops, "available", lambda: False)
+    x = (batch(6, size=10) * 255).to(dtype)
+    op = bt.PadCrop(size, padding=padding)
     i, j = op.offsets(6, 10, 10, gen(5), x.device)
     out = op(x, gen(5))
+    assert out.shape == (6, 3, size, size) and out.dtype == dtype
     for b in range(6):
-        padded = TF.pad(x[b], [3])
-        assert torch.equal(out[b], TF.crop(padded, int(i[b]), int(j[b]), 10, 10))
+        padded = TF.pad(x[b], [padding])
+        assert torch.equal(out[b], TF.crop(padded, int(i[b]), int(j[b]), size, size))
 
 
 def test_pad_crop_offsets_are_uniform_over_torchvisions_range():
@@ -89,21 +95,74 @@ def test_jitter_factors_span_torchvisions_ranges_uniformly():
     assert stats.chisquare(counts).pvalue > 1e-3
 
 
-def test_jitter_applies_each_samples_own_order():
-    jitter = bt.ColorJitter(0.5, 0.5, 0.5, 0.2)
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_jitter_applies_each_samples_own_order(eight_bit):
+    jitter = bt.ColorJitter(0.5, 0.5, 0.5, 0.2, eight_bit=eight_bit)
     x = batch(6)
     order, factors = jitter.params(6, gen(4), x.device)
     out = jitter(x, gen(4))
     for b in range(6):
         y = x[b:b + 1]
         for op in order[b].tolist():
-            y = bt.ColorJitter.adjust(op, y, factors[op][b:b + 1])
+            y = bt.ColorJitter.adjust(op, y, factors[op][b:b + 1], eight_bit)
         assert torch.allclose(out[b], y[0], atol=1e-6)
 
 
-def test_jitter_without_host_syncs_equals_the_subset_version():
-    jitter, x = bt.ColorJitter(0.5, 0.5, 0.5, 0.2), batch(16)
-    assert torch.allclose(jitter(x, gen(12), masked=True), jitter(x, gen(12), masked=False), atol=1e-6)
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_jitter_paths_agree_compiled_masked_and_subset(channels, eight_bit):
+    jitter = bt.ColorJitter(0.6, 0.6, 0.6, 0.4, eight_bit=eight_bit)
+    x = (batch(16, c=channels) * 255).round() / 255  # 8-bit images, as the pipeline's
+    subset = jitter(x, gen(12), path="subset")
+    assert torch.allclose(jitter(x, gen(12), path="masked"), subset, atol=1e-6)
+    assert torch.allclose(jitter(x, gen(12), path="compiled"), subset, atol=1e-5)
+    assert not torch.equal(subset, x)
+
+
+def test_jitter_compiled_path_with_some_adjustments_off_and_an_empty_batch():
+    x = batch(5)
+    for jitter in (bt.ColorJitter(brightness=0.5), bt.ColorJitter(hue=0.3), bt.ColorJitter(0, 0.5, 0.5, 0)):
+        assert torch.allclose(jitter(x, gen(13), path="compiled"), jitter(x, gen(13), path="subset"), atol=1e-6)
+    assert bt.ColorJitter(0.5, 0.5, 0.5, 0.1)(x[:0], gen(0)).shape == (0, 3, 12, 12)
+
+
+def test_jitter_takes_uint8_as_totensor_would_and_falls_back_without_numba(monkeypatch):
+    jitter = bt.ColorJitter(0.5, 0.5, 0.5, 0.2)
+    u8 = (batch(6) * 255).to(torch.uint8)
+    as_float = u8.float().div_(255)  # ToTensor's conversion
+    assert torch.equal(jitter(u8, gen(16)), jitter(as_float, gen(16)))
+    assert torch.allclose(jitter(u8, gen(16), path="subset"), jitter(as_float, gen(16)), atol=1e-5)
+    monkeypatch.setattr(bt.cpu_loops, "available", lambda: False)  # auto: the tensor kernels
+    assert torch.allclose(jitter(as_float, gen(16)), jitter(as_float, gen(16), path="compiled"), atol=1e-5)
+
+
+def test_pipeline_normalises_its_own_batch_in_place_but_never_its_input():
+    norm = bt.Normalize([0.5] * 3, [0.25] * 3)
+    x = batch(4)
+    kept = x.clone()
+    assert torch.equal(bt.BatchPipeline([norm])(x, gen(0)), (kept - 0.5) / 0.25) and torch.equal(x, kept)
+    u8 = (batch(4) * 255).to(torch.uint8)
+    out = bt.BatchPipeline([bt.ColorJitter(0.3, 0.3, 0.3, 0.1), norm])(u8, gen(1))
+    assert torch.allclose(out, norm(bt.ColorJitter(0.3, 0.3, 0.3, 0.1)(u8, gen(1))), atol=1e-6)
+
+
+def test_eight_bit_jitter_lands_on_pil_levels_and_equals_pils_brightness_and_contrast():
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    for op, fn in enumerate((TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)):
+        for f in (0.7, 0.99, 1.01, 1.4):
+            pil = np.stack([np.asarray(fn(Image.fromarray(im), f)) for im in pixels])
+            pil = torch.from_numpy(pil).permute(0, 3, 1, 2).float()
+            ours = bt.ColorJitter.adjust(op, x, torch.full((4,), f), eight_bit=True) * 255
+            assert torch.allclose(ours, ours.round(), atol=1e-3)
+            if op < 2:
+                assert torch.equal(ours.round(), pil)
+            else:  # PIL's grey uses integer weights: one level at most, rarely
+                assert (ours - pil).abs().max() <= 1 + 1e-3 and (ours.round() != pil).float().mean() < 0.01
+            # the float kernels sit above PIL's truncated levels: about half a level
+            assert 0.2 < float((bt.ColorJitter.adjust(op, x, torch.full((4,), f)) * 255 - pil).mean()) < 0.6
 
 
 def test_jitter_rejects_hue_outside_torchvisions_bound():
@@ -176,6 +235,23 @@ def test_local_contrast_normalisation_by_hand():
     x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])  # mean 1.5, |x - mean| mean 1.0, std sqrt(1.25)
     assert torch.allclose(bt.LocalContrast("l1")(x), x - 1.5)
     assert torch.allclose(bt.LocalContrast("l2")(x), (x - 1.5) / math.sqrt(1.25))
+
+
+def test_pipeline_runs_a_flip_after_the_jitter_first_on_uint8_and_the_same_op_otherwise():
+    jitter, flip, crop = bt.ColorJitter(0.4, 0.4, 0.4, 0.1), bt.HFlip(), bt.PadCrop(12, 2)
+    pipe = bt.BatchPipeline([jitter, flip, crop])
+    assert pipe.lead == [flip] and pipe.rest == [jitter, crop] and pipe.ops == [jitter, flip, crop]
+    x = (batch(8) * 255).to(torch.uint8)
+    g = gen(14)
+    expected = crop(jitter(flip(x, g).float().div_(255), g), g)
+    assert torch.allclose(pipe(x, gen(14)), expected, atol=1e-6)
+    # flip then jitter is jitter then flip for the same draws (contrast's mean is order-free)
+    f, order_g = x.float() / 255, gen(15)
+    order, factors = jitter.params(8, order_g, f.device)
+    one = bt.cpu_loops.jitter(f.flip(-1), order, factors, True)
+    other = bt.cpu_loops.jitter(f, order, factors, True).flip(-1)
+    assert torch.allclose(one, other, atol=1e-6)
+    assert bt.BatchPipeline([crop, jitter, flip]).lead == [crop, flip]  # a crop does not commute
 
 
 # ------------------------------------------------------------------------------ generator contract
