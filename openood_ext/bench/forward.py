@@ -27,16 +27,16 @@ from omegaconf import OmegaConf
 from ..networks import NETWORKS
 from ..networks.checkpoint import save_checkpoint
 from ..pipelines.outputs import OutputStore
-from ..utils.runtime import resolve_device
+from ..utils.runtime import get_logger, resolve_device
 from ..utils.timing import alternate
 from .imglist import benchmark_subset
 
 
 class _BenchContext:
-    """The two things OutputStore reads from a run context (no run directory is made)."""
+    """What OutputStore reads from a run context (no run directory is made)."""
 
     def __init__(self, device):
-        self.device, self.timings = device, {}
+        self.device, self.timings, self.log = device, {}, get_logger()
 
     def timed(self, label):
         import contextlib
