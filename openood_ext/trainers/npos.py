@@ -43,6 +43,7 @@ from ..datasets import batch_transforms as bt
 from ..errors import ConfigError
 from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from ..utils.runtime import full_precision, upcast
+from .drop_last import DropLastBatchSampler
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -78,27 +79,6 @@ def npos_batch_augment(pre: dict, crop_scale=(0.2, 1.0)):
     if channels == 3:  # RandomGrayscale keeps the channel count; a grey image stays grey
         ops.append(bt.RandomApply(bt.Grayscale(3), 0.2))
     return bt.BatchPipeline([*ops, bt.Normalize(mean, std)])
-
-
-class DropLastBatchSampler:
-    """Shuffled batches of ``batch_size`` indices over ``n`` items, the short last batch dropped; the
-    order is a permutation seeded by (seed, epoch) (``set_epoch``), so a resumed run sees the same one."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n < batch_size:
-            raise ConfigError(f"trainer.drop_last: {n} training images make no full batch of {batch_size}")
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size
-
-    def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
-        for i in range(len(self)):
-            yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
 
 
 class PrototypeBank:

@@ -460,7 +460,7 @@ def test_prototypes_are_restored_onto_the_training_device():
 
 
 def test_drop_last_sampler_drops_the_short_batch_and_reshuffles_per_epoch():
-    from openood_ext.trainers.npos import DropLastBatchSampler
+    from openood_ext.trainers.drop_last import DropLastBatchSampler
     s = DropLastBatchSampler(10, 4, seed=3)
     e0 = list(s)
     assert len(s) == 2 and [len(b) for b in e0] == [4, 4] and len({i for b in e0 for i in b}) == 8
