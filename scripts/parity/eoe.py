@@ -703,6 +703,9 @@ RECIPES = {**{f"ad_cifar10_eoe_{o}.yml": ("train_cifar.py", o) for o in ("hsc", 
            "ad_imagenet30_eoe_bce.yml": ("train_imagenet.py", "bce"),
            "ad_cifar100_eoe_hsc.yml": ("train_cifar.py", "hsc"),
            "ad_mvtec_eoe_hsc.yml": ("train_mvtec.py", "hsc")}
+#: EOE's dataset -> the merge_val_into that gives its full splits from OpenOOD-style lists (None: folder
+#: benchmarks, whose splits are whole by construction)
+FULL_SPLITS = {"cifar10": "test", "cifar100": "test", "fmnist": "train", "imagenet": None, "mvtec": None}
 #: configs that are not a published recipe (reduced scale, documented in docs/methods/eoe.md)
 NOT_RECIPES = {"ad_cifar10_eoe_oe_limits_cpu.yml": "reduced-scale CPU check (documented; repeats the runs as they ran)"}
 #: deliberate, documented differences of a config from its runner: key -> why
@@ -736,6 +739,8 @@ def check_recipes(eoe, root: Path):
             continue
         script, objective = RECIPES[config]
         pub, ours = script_recipe(root, script), our_recipe(config)
+        if "cifar100" in config:
+            pub["dataset"] = "cifar100"  # train_cifar.py --dataset cifar100 (EOE has no CIFAR-100 runner)
         clip = pub["network"] == "clip"
         want_opt = {"name": "sgd", "lr": pub["learning_rate"], "momentum": const["sgd"]["momentum"],
                     "nesterov": const["sgd"]["nesterov"], "weight_decay": pub["weight_decay"]} if clip else \
@@ -755,6 +760,8 @@ def check_recipes(eoe, root: Path):
             "ad_mode": ({"ovr": "one_vs_rest", "loo": "leave_one_out"}[pub["ad_mode"]], ours["ad_mode"]),
             "oe_size": (None, ours["oe_limit"]),
             "train transform": (pub["train_ops"], ours["train_ops"]),
+            # EOE tests on the whole test split and trains on every training image of the class
+            "full splits": (FULL_SPLITS.get(pub.get("dataset")), ours["cfg"]["benchmark"].get("merge_val_into")),
             "normalisation": ({"normalize": "normal_class", "gcn-normalize": "gcn_min_max"}.get(
                 pub.get("normalisation"), "clip" if clip else "?"), "clip" if clip else ours["normalize"]),
         }

@@ -467,6 +467,22 @@ def paper_extra_rows(t: Table, src: Path, cfg) -> None:
     t.add("recipe CIFAR-100 (train_CIFAR100.py + train_npos_cifar100.sh) -> train_npos_cifar100.yml: "
           + "; ".join(f"{k} {v[0]}" for k, v in pairs.items()), "0" if not bad else f"differs: {bad}",
           "equal" if not bad else "DIFFERS")
+    covered = {"train_npos_cifar10.yml": "the paper's CIFAR-10 rows above (+ npos_openood_v15.yml: OpenOOD's, below)",
+               "test_ood_npos_cifar10.yml": "test-time K row above (OpenOOD: its APS row below)",
+               "train_npos_cifar100.yml": "the CIFAR-100 row above", "test_ood_npos_cifar100.yml": "the CIFAR-100 row "
+               "above; test_npos_cifar100.sh --K 300"}
+    cpu = {"train_npos_digits.yml": "CPU check on the embedded digits set", "test_ood_npos_digits.yml": "CPU check",
+           "test_ood_npos_digits_base.yml": "its cross-entropy baseline"}
+    for path in sorted(Path("configs/experiments/npos").glob("*.yml")):
+        if path.name in covered:
+            t.add(f"recipe configs/experiments/npos/{path.name}", "-", f"equal ({covered[path.name]})")
+        else:
+            t.add(f"recipe configs/experiments/npos/{path.name}", "-",
+                  f"not a published recipe (documented): {cpu[path.name]}" if path.name in cpu else "DIFFERS (unmapped)")
+    k100 = shell_overrides(src / "test_npos_cifar100.sh").get("K")
+    ours100 = [p["k"] for p in to_plain(load_config(["configs/experiments/npos/test_ood_npos_cifar100.yml"]))["postprocessors"]]
+    t.add(f"recipe test-time K CIFAR-100: published --K {k100}, ours {ours100}", "0" if ours100 == [k100] else "differs",
+          "equal" if ours100 == [k100] else "DIFFERS")
 
 
 def run_openood(root: Path, golden: dict) -> Table:
