@@ -305,7 +305,33 @@ def check_clip(eoe):
             "documented departure (default tensor path; the EOE CLIP configs set pil)"
         row(f"clip preprocessing ({pre}) vs clip.load's transform, 32 px -> 224 px", d, verdict)
     GOLDEN["clip/preprocess"] = {"image": torch.from_numpy(img), "out": want[:, ::8, ::8].clone()}
+    # training: train_clip_cifar.py adds its +0.001 N(0, 1) after CLIP's PIL resize (at 224 px, before CLIP's
+    # Normalize); here the benchmark adds it at 32 px and CLIP's 8-bit PIL path rounds most of it away
+    from eoe.models.clip_official.clip.clip import _transform as clip_transform
+    from openood_ext.networks.clip import pil_resize_crop
+    tf = clip_transform(224)
+    pil_part, norm = tf.transforms[:3], tf.transforms[-1]
+    base = pil_part[2](pil_part[1](pil_part[0](pil))) if len(pil_part) == 3 else pil
+    clean = norm(T_to_tensor(base))
+    torch.manual_seed(0)
+    published_noisy = norm(T_to_tensor(base) + 0.001 * torch.randn_like(clean))
+    torch.manual_seed(0)
+    x32 = (torch.from_numpy(img).permute(2, 0, 1).float() / 255)[None]
+    ours_noisy = (pil_resize_crop((x32 + 0.001 * torch.randn_like(x32)).clamp(0, 1), 224) - net.mean) / net.std
+    kept = float((pil_resize_crop(x32, 224) != pil_resize_crop((x32 + 0.001 * torch.randn_like(x32)).clamp(0, 1), 224))
+                 .float().mean())
+    row("clip training noise (train_clip_cifar.py: +0.001 N(0,1) at 224 px after CLIP's PIL resize; ours: at 32 px, "
+        "then CLIP's 8-bit PIL path): CLIP-input difference published noisy vs clean / ours noisy vs clean",
+        f"{float((published_noisy - clean).abs().max()):.1e} / {float((ours_noisy[0] - clean).abs().max()):.1e} "
+        f"({kept:.0%} of 224-px values changed by ours)",
+        "documented departure (noise of 0.001 on [0, 1] pixels; geometry, jitter and the PIL path are equal: "
+        "rows above)")
     check_clip_network()
+
+
+def T_to_tensor(img):
+    import torchvision.transforms as T
+    return T.ToTensor()(img)
 
 
 def check_clip_network():
