@@ -492,7 +492,7 @@ def check_pairing(eoe):
         row(f"OE use per epoch, pool {n_oe}: each image used min..max times",
             f"ours {counts.min()}..{counts.max()}, EOE {pub_counts.min()}..{pub_counts.max()}",
             ("equal in counts; " if same_counts else "") + "order: the default shuffles each pass over the pool on "
-            "its own, EOE the pool repeated ceil(N/|pool|) times at once (with replacement for pools of 10,000 or "
+            "its own, EOE the pool repeated ceil(N / pool size) times at once (with replacement for pools of 10,000 or "
             "more): equal with switch trainer.outliers.order=published")
     GOLDEN["pairing"] = {"n_normal": n_normal, "batch": batch, "sizes": pub_sizes}
 

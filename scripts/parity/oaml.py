@@ -578,7 +578,7 @@ def run_generation(root: Path, golden: dict, oaml) -> Table:
     feats, anchors = text_sampler_inputs()
     pub_out, draws = published_text_sampler(knn, faiss, feats, anchors)
     t.equal("text outliers (2 classes x 2 repeats, 5 boundary points all used, fresh G per class and repeat, "
-            "re-normalised, x ||anchor||)", maxdiff(ours_text_sampler(feats, anchors, draws, "published"), pub_out),
+            "re-normalised, x the anchor norm)", maxdiff(ours_text_sampler(feats, anchors, draws, "published"), pub_out),
             1e-5, switch="`ranking: published`")
     inten = ours_text_sampler(feats, anchors, draws, "intended")
     t.add("text outliers, `ranking: intended` (default)", f"{maxdiff(inten, pub_out):.1e}",

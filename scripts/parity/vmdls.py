@@ -220,7 +220,7 @@ def encoders(pub: Path, table: Table, golden: dict) -> None:
             d_layers = max(diff(pooled[i], theirs.get_layer_output(x, i + 1).flatten(1)) for i in range(3))
             d_out = diff(out, theirs.get_layer_output(x, 4).flatten(1))
         scale = float(out.abs().max())
-        table.equal(f"{name} encoder: l1-l3 and output (relative to max |out| {scale:.2g})",
+        table.equal(f"{name} encoder: l1-l3 and output (relative to max abs(out) {scale:.2g})",
                     max(d_layers, d_out) / max(scale, 1e-12), note=f"unmatched modules: {extra}" if extra else "",
                     tol=1e-6)
 
