@@ -604,7 +604,8 @@ def run_openood(root: Path, golden: dict) -> Table:
           "equal" if pub_drop == bool(c.drop_last) else "DIFFERS")
     norm = load_file("openood_transform_consts", root / "openood/preprocessors/transform.py").normalization_dict["cifar10"]
     pre = v15.benchmark.preprocessor
-    t.equal(f"recipe normalisation (normalization_dict['cifar10'] {norm}) vs ours {list(pre.mean)}/{list(pre.std)}",
+    t.equal(f"recipe normalisation (normalization_dict cifar10: mean {tuple(norm[0])}, std {tuple(norm[1])}) "
+            f"vs ours {list(pre.mean)}/{list(pre.std)}",
             maxdiff(torch.tensor(norm[0] + norm[1]), torch.tensor(list(pre.mean) + list(pre.std))), 0)
     net_yml = yaml.safe_load((root / "configs/networks/npos_net.yml").read_text())["network"]
     backbone = sh.get("network.backbone.name", net_yml["backbone"]["name"])

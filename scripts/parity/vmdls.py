@@ -579,7 +579,7 @@ def cifar_transforms(pub: Path, table: Table) -> None:
     arr = np.random.default_rng(5).integers(0, 256, (32, 32, 3)).astype(np.uint8)
     pil = Image.fromarray(arr)
     ours_test = build_transform(pre, train=False)
-    table.equal("CIFAR test transform (vmdls_cifar10 benchmark vs data_transforms['cifar']['test'])",
+    table.equal("CIFAR test transform (vmdls_cifar10 benchmark vs the published 'cifar' test transform)",
                 diff(ours_test(pil), dt.data_transforms["cifar"]["test"](pil)))
     # training: published RandomCrop(32, 4) then flip; ours flip then crop. Fixed draws: crop at (top, left)
     # then flip equals flip then crop at the mirrored offset (the RNG consumes them in another order)
