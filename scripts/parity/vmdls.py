@@ -548,6 +548,7 @@ def recipes(pub: Path, table: Table) -> None:
         else:
             table.add(f"recipe README `{args['enc_type']}` on {args['known_dataset']} -> configs/trainers/{trainer}.yml "
                       f"+ networks/{network}.yml", 0.0, "equal", note)
+    test_commands(pub, table)
     experiments = sorted((cfgdir / "experiments" / "vmdls").glob("*.yml"))
     used = {f"{t}.yml" for t, _, _ in RECIPE_CONFIGS.values()}
     for path in experiments:
@@ -561,6 +562,62 @@ def recipes(pub: Path, table: Table) -> None:
                   "equal (its trainer is a README recipe above)" if trainer in used else "DIFFERS",
                   f"trainer {trainer}" + (f"; reduced scale, documented: {REDUCED[path.name]}" if path.name in REDUCED
                                           else ""))
+
+
+#: README test command (encoder, known set) -> our test config
+TEST_CONFIGS = {("vgg", "cifar_known"): "test_ood_vmdls_cifar10_vgg.yml",
+                ("densenet", "cifar_known"): "test_ood_vmdls_cifar10_densenet.yml",
+                ("densenet", "cifar100_known"): "test_ood_vmdls_cifar100_densenet_finetune.yml"}
+
+
+def test_commands(pub: Path, table: Table) -> None:
+    """The README's ``python test.py`` commands: the reconstruction weight (``--ae_features``) against our
+    test configs, and the images per class the published test-time Gaussian fit sees (its
+    ``TestingBalancedBatchSampler`` over the training set with the command's batch_classes x sample_count)."""
+    import shlex
+
+    from openood_ext.config import load_config, to_plain
+
+    loader_mod = load("data.open_set_data_loader")
+    text = (pub / "README.md").read_text()
+    for line in text.splitlines():
+        if "python test.py" not in line:
+            continue
+        tokens, args = shlex.split(line.strip("` ").split("python test.py", 1)[1]), {}
+        for i, tok in enumerate(tokens):
+            if tok.startswith("--"):
+                nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+                args[tok[2:]] = True if not nxt or nxt.startswith("--") else nxt
+        key = (args["enc_type"], args["known_dataset"])
+        label = f"README test `{args['enc_type']}` on {args['known_dataset']}"
+        # the test-time fit: images per class the published sampler yields (CIFAR: 5,000 per class)
+        n_cls = int(args["class_num"])
+        per = 50_000 // n_cls if "cifar" in args["known_dataset"] else None
+        if per:
+            labels = torch.arange(n_cls).repeat_interleave(per)
+            np.random.seed(0)
+            seen = np.bincount(np.concatenate([np.asarray(b) for b in loader_mod.TestingBalancedBatchSampler(
+                labels, int(args["batch_classes"]), int(args["sample_count"]))]) // per, minlength=n_cls)
+            unique = np.unique(np.concatenate([np.asarray(b) for b in loader_mod.TestingBalancedBatchSampler(
+                labels, int(args["batch_classes"]), int(args["sample_count"]))]))
+            distinct = np.bincount(unique // per, minlength=n_cls)
+            table.add(f"{label}: test-time Gaussian fit, training images per class (published "
+                      f"TestingBalancedBatchSampler, {args['batch_classes']} x {args['sample_count']})", None,
+                      "documented published defect" if distinct.min() < per else "equal",
+                      f"published: {distinct.min()}..{distinct.max()} distinct images per class "
+                      f"({seen.min()}..{seen.max()} drawn); ours: every training image ({per} per class)")
+        cfg_name = TEST_CONFIGS.get(key)
+        if cfg_name is None:
+            table.add(f"{label}: --ae_features {bool(args.get('ae_features'))}", None, "not run here",
+                      "no test config of ours for this command (its trainer config is a README recipe above)")
+            continue
+        cfg = to_plain(load_config([REPO / "configs" / "experiments" / "vmdls" / cfg_name]))
+        ours = [p for p in cfg["postprocessors"] if isinstance(p, dict) and p.get("name") == "vmdls"]
+        has_ae = bool(ours and ours[0].get("ae"))
+        table.add(f"{label}: --ae_features {bool(args.get('ae_features'))} -> configs/experiments/vmdls/{cfg_name}",
+                  0.0 if has_ae == bool(args.get("ae_features")) else None,
+                  "equal" if has_ae == bool(args.get("ae_features")) else "DIFFERS",
+                  f"ours: vmdls ae {ours[0].get('ae') if ours else None}")
 
 
 #: experiment configs that run a README recipe at a documented reduced scale: what they change

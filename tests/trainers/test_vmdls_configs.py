@@ -21,3 +21,14 @@ def test_cifar100_finetune_config_is_the_readme_command(tmp_path, monkeypatch):
     assert (tr["head_lr"], tr["freeze_encoder_epochs"]) == (0.01, 22)
     pre = c["benchmark"]["preprocessor"]
     assert pre["mean"] == [0.4914, 0.4822, 0.4465] and pre["std"] == [0.2023, 0.1994, 0.2010]
+
+
+def test_cifar_test_configs_use_the_published_reconstruction_weight():
+    """The README's CIFAR test commands pass --ae_features: the vmdls score carries the reconstruction weight
+    of bolts' autoencoder (resnet18 for CIFAR-10, resnet50 for CIFAR-100); its checkpoint is read at test time."""
+    for name, arch in (("test_ood_vmdls_cifar10_vgg.yml", "ae_resnet18_32x32"),
+                       ("test_ood_vmdls_cifar10_densenet.yml", "ae_resnet18_32x32"),
+                       ("test_ood_vmdls_cifar100_densenet_finetune.yml", "ae_resnet50_32x32")):
+        cfg = load_config([f"configs/experiments/vmdls/{name}"])
+        vmdls = [p for p in to_plain(cfg.postprocessors) if isinstance(p, dict) and p.get("name") == "vmdls"]
+        assert vmdls and vmdls[0]["ae"]["name"] == arch and vmdls[0]["ae"]["checkpoint"], name
