@@ -813,6 +813,18 @@ def check_recipes(eoe, root: Path):
         else:
             verdict, diff = "equal", "identical"
         row(f"recipe {script} -> configs/experiments/eoe/{config}: {shown}", diff, verdict)
+    # the OE sets: EOE's are not available here; each config names its substitute
+    oe = {}
+    for config, (script, _) in RECIPES.items():
+        if not (REPO / "configs" / "experiments" / "eoe" / config).is_file():
+            continue
+        src = (our_recipe(config)["cfg"]["trainer"].get("outliers") or {})
+        where = src.get("imglist") or src.get("folder") or "none"
+        oe.setdefault((script_recipe(root, script).get("oe_dataset"), Path(str(where)).name), []).append(config)
+    shown = "; ".join(f"{pub} -> {ours} ({len(cs)} configs)" for (pub, ours), cs in sorted(oe.items(), key=str))
+    row(f"OE sets (published runner's oe_dataset -> ours): {shown}", "data not available here",
+        "documented departure: 80MTI (withdrawn) -> DTD Textures; CIFAR-100 (absent) -> CIFAR-10 in grey; "
+        "ImageNet-21k -> the folder a user provides (the same set when given); DSVDD and zero-shot CLIP use none, the OE search draws its candidates from DTD Textures")
     mag = published_defaults(root / "src" / "eoe" / "main" / "multiscale_cifar.py").get("magnitudes")
     ours = load_config([REPO / "configs" / "experiments" / "eoe" / "ad_cifar10_eoe_multiscale.yml"]).ad_sweep.magnitudes
     row("multiscale magnitudes: the script's default 0,1,2,4,8,16,32; EOE's README command 0,1,2,4,8,12,14,15 "
