@@ -594,6 +594,23 @@ def check_filters(eoe):
 
 
 # ------------------------------------------------------------------------------------------------ statistics
+def check_gcn(eoe):
+    """EOE's 'gcn-normalize' (MVTec): GlobalContrastNormalization('l1') on the GPU batch and
+    global_contrast_normalization per image for the min/max statistics, against GlobalContrastNorm."""
+    from eoe.datasets.bases import global_contrast_normalization
+    from eoe.utils.transformations import GlobalContrastNormalization
+
+    from openood_ext.datasets.transforms import GlobalContrastNorm
+
+    x = images(n=4, size=16, seed=41)
+    d_batch = float((GlobalContrastNormalization(scale="l1")(x.clone()) - GlobalContrastNorm()(x)).abs().max())
+    d_image = max(float((global_contrast_normalization(x[i].clone(), scale="l1") - GlobalContrastNorm()(x[i])).abs().max())
+                  for i in range(len(x)))
+    row("GCN (L1) of EOE's MVTec 'gcn-normalize': the batch transform and the per-image statistics function vs "
+        "GlobalContrastNorm (preprocessor.gcn: l1, normalize: gcn_min_max)", max(d_batch, d_image),
+        equal_if(max(d_batch, d_image), 1e-6))
+
+
 def check_statistics(eoe):
     from eoe.utils.stats import RunningStats
 
@@ -741,8 +758,6 @@ DEPARTURES = {
     ("ad_cifar10_eoe_clip_zero_shot.yml", "optimizer"): "not used: zero-shot has no training step",
     ("ad_cifar10_eoe_clip_zero_shot.yml", "schedule"): "not used: zero-shot has no training step",
     ("ad_cifar10_eoe_multiscale.yml", "oe_size"): "EOE's README command: --oe-size 16",
-    ("ad_mvtec_eoe_hsc.yml", "normalisation"): "EOE's gcn-normalize (per-image GCN-L1, then min-max over the "
-                                               "normal training images) is not ported; normal-class mean/std",
 }
 
 
@@ -845,7 +860,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     eoe = import_published(args.published)
     for check in (check_networks, check_objectives, check_dsvdd, check_clip, check_transforms, check_pairing,
-                  check_oe_limit_classes, check_cifar100_groups, check_filters, check_statistics):
+                  check_oe_limit_classes, check_cifar100_groups, check_filters, check_gcn, check_statistics):
         check(eoe)
     check_recipes(eoe, args.published)
     print(f"Published: liznerski/eoe @ {COMMIT} (from {args.published}); `python scripts/parity/eoe.py "
