@@ -456,7 +456,7 @@ RECIPE_CONFIGS = {
     ("vgg", "cifar_known", False): ("vmdls_cifar10_vgg", "vmdls_vgg", "vmdls_cifar10"),
     ("resnet18", "cifar_known", False): ("vmdls_cifar10", "vmdls_resnet18_32x32", "vmdls_cifar10"),
     ("densenet", "cifar_known", False): ("vmdls_cifar10_densenet", "vmdls_densenet", "vmdls_cifar10"),
-    ("mnist-conv", "mnist", False): ("vmdls_mnist", "vmdls_mnist_conv", "vmdls_fmnist"),
+    ("mnist-conv", "mnist", False): ("vmdls_mnist", "vmdls_mnist_conv", "vmdls_mnist"),
     ("densenet", "cifar100_known", True): ("vmdls_cifar100_densenet_finetune", "vmdls_densenet",
                                            "vmdls_cifar100"),
     ("wresnet", "cifar_known", True): ("vmdls_cifar10_wrn_finetune", "vmdls_wide_resnet", "vmdls_cifar10"),
@@ -566,6 +566,9 @@ def recipes(pub: Path, table: Table) -> None:
 
 #: README test command (encoder, known set) -> our test config
 TEST_CONFIGS = {("vgg", "cifar_known"): "test_ood_vmdls_cifar10_vgg.yml",
+                ("resnet18", "cifar_known"): "test_ood_vmdls_cifar10_resnet18.yml",
+                ("wresnet", "cifar_known"): "test_ood_vmdls_cifar10_wrn_finetune.yml",
+                ("mnist-conv", "mnist"): "test_ood_vmdls_mnist.yml",
                 ("densenet", "cifar_known"): "test_ood_vmdls_cifar10_densenet.yml",
                 ("densenet", "cifar100_known"): "test_ood_vmdls_cifar100_densenet_finetune.yml"}
 

@@ -28,7 +28,12 @@ def test_cifar_test_configs_use_the_published_reconstruction_weight():
     of bolts' autoencoder (resnet18 for CIFAR-10, resnet50 for CIFAR-100); its checkpoint is read at test time."""
     for name, arch in (("test_ood_vmdls_cifar10_vgg.yml", "ae_resnet18_32x32"),
                        ("test_ood_vmdls_cifar10_densenet.yml", "ae_resnet18_32x32"),
-                       ("test_ood_vmdls_cifar100_densenet_finetune.yml", "ae_resnet50_32x32")):
+                       ("test_ood_vmdls_cifar10_resnet18.yml", "ae_resnet18_32x32"),
+                       ("test_ood_vmdls_cifar100_densenet_finetune.yml", "ae_resnet50_32x32"),
+                       ("test_ood_vmdls_mnist.yml", "ae_mnist_conv")):
         cfg = load_config([f"configs/experiments/vmdls/{name}"])
         vmdls = [p for p in to_plain(cfg.postprocessors) if isinstance(p, dict) and p.get("name") == "vmdls"]
         assert vmdls and vmdls[0]["ae"]["name"] == arch and vmdls[0]["ae"]["checkpoint"], name
+    # the WRN test command has no --ae_features
+    wrn = load_config(["configs/experiments/vmdls/test_ood_vmdls_cifar10_wrn_finetune.yml"])
+    assert "vmdls" in to_plain(wrn.postprocessors) and wrn.network.encoder_args.ensemble_draws == "separate"
