@@ -54,6 +54,8 @@ def unsupported(pre: Mapping[str, Any], train: bool) -> str | None:
     """Why ``pre`` cannot run as a tensor pipeline (naming the transform), or None when it can."""
     if train and pre.get("train_crop", "center") != "center":
         return f"benchmark.preprocessor.train_crop: {pre.get('train_crop')} (a random crop of the resized image)"
+    if pre.get("gcn"):
+        return "benchmark.preprocessor.gcn (per-image global contrast normalisation)"
     if pre.get("raw_size"):
         return "benchmark.preprocessor.raw_size (images stored at another size first, as FCDD's MVTec-AD)"
     if train:

@@ -27,6 +27,9 @@ Config keys (``benchmark.preprocessor``)::
     #   relative_noise: with p = 1/2, x + relative_noise_scale * std(x) * N(0, 1), clamped to [0, 1]
     jitter_choices: [[0.04, 0.04, 0.04, 0.04], [0.005, 0.0005, 0.0005, 0.0005]]
     relative_noise_scale: 0.1
+    gcn: null               # l1: per-image global contrast normalisation (x - mean(x)) / mean|x - mean(x)|
+                            # over all of C, H, W, after ToTensor (and noise), before Normalize; train and test
+                            # (EOE's MVTec 'gcn-normalize', with mean/std = the normal class's GCN min / range)
 """
 
 from __future__ import annotations
@@ -40,6 +43,19 @@ from ..errors import ConfigError
 _AUGMENTS = ("random_crop", "hflip", "color_jitter", "gaussian_noise", "random_rotation", "random_resized_crop",
              "jitter_choice", "relative_noise")
 TRAIN_CROPS = ("center", "random", "choice")
+
+
+class GlobalContrastNorm:
+    """Per-image global contrast normalisation with the L1 scale: (x - mean(x)) / mean|x - mean(x)|, the
+    means over every value of the image [C, H, W] (or of each image of a batch [B, C, H, W])."""
+
+    def __call__(self, x):
+        dims = tuple(range(x.ndim - 3, x.ndim))
+        centred = x - x.mean(dim=dims, keepdim=True)
+        return centred / centred.abs().mean(dim=dims, keepdim=True)
+
+    def __repr__(self) -> str:
+        return "GlobalContrastNorm(l1)"
 
 
 class GaussianNoise:
@@ -207,5 +223,10 @@ def build_transform(pre: Mapping[str, Any], train: bool = False):
                 tensor_steps.append(RelativeNoise(float(pre.get("relative_noise_scale", 0.1))))
             else:
                 raise ConfigError(f"benchmark.preprocessor.train_augment: unknown '{aug}' (known: {', '.join(_AUGMENTS)})")
+    gcn = pre.get("gcn")
+    if gcn not in (None, "l1"):
+        raise ConfigError(f"benchmark.preprocessor.gcn: expected null or l1, got {gcn!r}")
+    if gcn:
+        tensor_steps.append(GlobalContrastNorm())
     steps += [T.ToTensor(), *tensor_steps, T.Normalize(mean, std)]
     return T.Compose(steps)

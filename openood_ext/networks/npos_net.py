@@ -90,6 +90,21 @@ def npos_resnet18_32x32(num_classes: int = 10, in_channels: int = 3, width: int 
     return NPOSNet(body, body.feature_dim, num_classes, head_dim, mlp_hidden)
 
 
+@NETWORKS.register("resnet34_32x32")
+class ResNet34_32x32(Classifier):
+    """CIFAR ResNet-34 (3x3 stem, no max-pool, Kaiming init; the SupCon-style backbone NPOS and Dream-OOD
+    use) with a linear classifier; features 8*width-d (512 at width 64)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.body = ResNet32x32((3, 4, 6, 3), in_channels, width)
+        self.feature_dim = self.body.feature_dim
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x):
+        return self.body.features(x)
+
+
 @NETWORKS.register("npos_resnet34_32x32")
 def npos_resnet34_32x32(num_classes: int = 100, in_channels: int = 3, width: int = 64, head_dim: int = 128,
                         mlp_hidden: int = 128) -> NPOSNet:

@@ -18,8 +18,14 @@ after view as published):
 * loss = w_disp L_disp + w_comp L_comp + w_reg R_open (0.5, 1, 0.1). No cross-entropy (``fc`` is untrained).
 
 Prototypes start as the normalised class means of z over the ID validation split with the freshly
-initialised network (OpenOOD; the paper's code uses the test loader), ``prototype_init: val``;
+initialised network (OpenOOD), ``prototype_init: val``; ``prototype_init: test`` averages over the ID
+validation and test splits, i.e. the whole CIFAR test split as the paper's code does (its ``DispLoss`` is
+handed the test loader: test images shape training, so this is a switch, not the default);
 ``prototype_init: batch`` initialises them from the first batch instead (no benchmark needed).
+
+Batches: ``drop_last: true`` drops an epoch's short last batch (the paper's training loader; 50,000
+CIFAR images in batches of 256 make 195 steps, not 196), in a seeded reshuffle per epoch; false (default,
+OpenOOD's loader) keeps it.
 
 Test time: KNN on normalised penultimate features (postprocessor ``npos`` = ``knn``; K = 300 in the paper).
 """
@@ -37,6 +43,7 @@ from ..datasets import batch_transforms as bt
 from ..errors import ConfigError
 from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from ..utils.runtime import full_precision, upcast
+from .drop_last import DropLastBatchSampler
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -144,7 +151,8 @@ class NPOSTrainer(Trainer):
 
     Args: proto_m (0.95 CIFAR-10, 0.5 CIFAR-100), temperature (0.1), base_temperature (0.07, the L_comp
     scale is temperature / base_temperature), w_disp / w_comp / w_reg (0.5 / 1 / 0.1), views (2),
-    crop_min (0.2: RandomResizedCrop scale [crop_min, 1]), prototype_init (val | batch).
+    crop_min (0.2: RandomResizedCrop scale [crop_min, 1]), prototype_init (val | test | batch), drop_last
+    (module docstring).
     """
 
     needs_outliers = "features"
@@ -154,11 +162,12 @@ class NPOSTrainer(Trainer):
                  temperature: PositiveFloat = 0.1, base_temperature: PositiveFloat = 0.07,
                  w_disp: NonNegativeFloat = 0.5, w_comp: NonNegativeFloat = 1.0, w_reg: NonNegativeFloat = 0.1,
                  views: PositiveInt = 2, crop_min: Annotated[float, Range(0, 1, open_low=True)] = 0.2,
-                 prototype_init: Literal["val", "batch"] = "val"):
+                 prototype_init: Literal["val", "test", "batch"] = "val", drop_last: bool = False):
         crop_scale = (float(crop_min), 1.0)
         self.proto_m, self.temperature, self.base_temperature = float(proto_m), float(temperature), float(base_temperature)
         self.w_disp, self.w_comp, self.w_reg = float(w_disp), float(w_comp), float(w_reg)
         self.views, self.crop_scale, self.prototype_init = views, crop_scale, prototype_init
+        self.drop_last = drop_last
 
     # ------------------------------------------------------------------ setup
     def setup(self, net, ctx):
@@ -173,17 +182,18 @@ class NPOSTrainer(Trainer):
                               "{name: npos, ...})")
         self.source = source
         self.prototypes = ctx.register_state("npos_prototypes", PrototypeBank(ctx.device))
-        if self.prototype_init == "val" and ctx.benchmark is not None:
+        if self.prototype_init in ("val", "test") and ctx.benchmark is not None:
             self.prototypes.value = self._val_prototypes()
 
     @torch.no_grad()
     def _val_prototypes(self) -> torch.Tensor:
         bench, C = self.ctx.benchmark, self.ctx.num_classes
-        loader = bench.loader(bench.split("id_val"), batch_size=256, num_workers=0)
+        splits = ("id_val",) if self.prototype_init == "val" else ("id_val", "id_test")
+        loaders = [bench.loader(bench.split(name), batch_size=256, num_workers=0) for name in splits]
         was_training = self.net.training
         self.net.eval()
         sums, counts = None, torch.zeros(C, device=self.ctx.device)
-        for data in loader:
+        for data in (d for loader in loaders for d in loader):
             images, labels = data[0].to(self.ctx.device), data[1].to(self.ctx.device)
             if not len(images):
                 continue
@@ -203,6 +213,9 @@ class NPOSTrainer(Trainer):
 
     def train_transform(self, preprocessor):
         return MultiView(npos_augment(preprocessor, self.crop_scale), self.views)
+
+    def batch_sampler(self, labels, batch_size, seed):
+        return DropLastBatchSampler(len(labels), batch_size, seed) if self.drop_last else None
 
     def train_batch_transform(self, preprocessor):
         return bt.MultiView(npos_batch_augment(preprocessor, self.crop_scale), self.views)

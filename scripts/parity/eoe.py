@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import re
 import sys
 import types
 from pathlib import Path
@@ -304,7 +305,33 @@ def check_clip(eoe):
             "documented departure (default tensor path; the EOE CLIP configs set pil)"
         row(f"clip preprocessing ({pre}) vs clip.load's transform, 32 px -> 224 px", d, verdict)
     GOLDEN["clip/preprocess"] = {"image": torch.from_numpy(img), "out": want[:, ::8, ::8].clone()}
+    # training: train_clip_cifar.py adds its +0.001 N(0, 1) after CLIP's PIL resize (at 224 px, before CLIP's
+    # Normalize); here the benchmark adds it at 32 px and CLIP's 8-bit PIL path rounds most of it away
+    from eoe.models.clip_official.clip.clip import _transform as clip_transform
+    from openood_ext.networks.clip import pil_resize_crop
+    tf = clip_transform(224)
+    pil_part, norm = tf.transforms[:3], tf.transforms[-1]
+    base = pil_part[2](pil_part[1](pil_part[0](pil))) if len(pil_part) == 3 else pil
+    clean = norm(T_to_tensor(base))
+    torch.manual_seed(0)
+    published_noisy = norm(T_to_tensor(base) + 0.001 * torch.randn_like(clean))
+    torch.manual_seed(0)
+    x32 = (torch.from_numpy(img).permute(2, 0, 1).float() / 255)[None]
+    ours_noisy = (pil_resize_crop((x32 + 0.001 * torch.randn_like(x32)).clamp(0, 1), 224) - net.mean) / net.std
+    kept = float((pil_resize_crop(x32, 224) != pil_resize_crop((x32 + 0.001 * torch.randn_like(x32)).clamp(0, 1), 224))
+                 .float().mean())
+    row("clip training noise (train_clip_cifar.py: +0.001 N(0,1) at 224 px after CLIP's PIL resize; ours: at 32 px, "
+        "then CLIP's 8-bit PIL path): CLIP-input difference published noisy vs clean / ours noisy vs clean",
+        f"{float((published_noisy - clean).abs().max()):.1e} / {float((ours_noisy[0] - clean).abs().max()):.1e} "
+        f"({kept:.0%} of 224-px values changed by ours)",
+        "documented departure (noise of 0.001 on [0, 1] pixels; geometry, jitter and the PIL path are equal: "
+        "rows above)")
     check_clip_network()
+
+
+def T_to_tensor(img):
+    import torchvision.transforms as T
+    return T.ToTensor()(img)
 
 
 def check_clip_network():
@@ -465,9 +492,63 @@ def check_pairing(eoe):
         row(f"OE use per epoch, pool {n_oe}: each image used min..max times",
             f"ours {counts.min()}..{counts.max()}, EOE {pub_counts.min()}..{pub_counts.max()}",
             ("equal in counts; " if same_counts else "") + "order: the default shuffles each pass over the pool on "
-            "its own, EOE the pool repeated ceil(N/|pool|) times at once (with replacement for pools of 10,000 or "
+            "its own, EOE the pool repeated ceil(N / pool size) times at once (with replacement for pools of 10,000 or "
             "more): equal with switch trainer.outliers.order=published")
     GOLDEN["pairing"] = {"n_normal": n_normal, "batch": batch, "sizes": pub_sizes}
+
+
+# ------------------------------------------------------------------------------------------------ OE classes
+def check_oe_limit_classes(eoe):
+    """EOE's ``oe_limit_classes`` K with ``oe_size`` N: K classes drawn without replacement, then N images
+    drawn without replacement among theirs (``create_subset``). Ours draws with another RNG; compared: given
+    the classes ours drew, EOE's own ``create_subset`` keeps a set of the same size from the same candidates."""
+    import tempfile
+
+    from eoe.datasets.bases import TorchvisionDataset
+
+    from openood_ext.datasets.imglist import ImglistEntry
+    from openood_ext.synthesizers.oe_images import OEImages
+
+    n_cls, per, k, n = 10, 7, 3, 5
+    labels = [c for c in range(n_cls) for _ in range(per)]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "img0.png").write_bytes(b"")
+        entries = [ImglistEntry(f"img{i}.png", c, i + 1) for i, c in enumerate(labels)]
+        mismatches = 0
+        for seed in range(20):
+            src = OEImages(limit=n, limit_classes=k)
+            src.imglist, src.ctx = "oe.txt", SimpleNamespace(seed=seed, subset_key=seed)
+            src.dataset = type("DS", (), {"entries": entries, "data_root": Path(tmp),
+                                          "__len__": lambda self: len(entries)})()
+            src.check()
+            host = SimpleNamespace(normal_classes=list(src.classes), limit_samples=n)
+            np.random.seed(seed)
+            theirs = TorchvisionDataset.create_subset(host, list(range(len(labels))), labels).indices
+            ours = [int(i) for i in src.pool]
+            mismatches += not (len(theirs) == len(ours) == n and len(set(ours)) == n
+                               and {labels[i] for i in theirs} <= set(src.classes)
+                               and {labels[i] for i in ours} <= set(src.classes) and len(src.classes) == k)
+    row(f"OE classes (oe_limit_classes {k} of {n_cls}, oe_size {n}), 20 seeds: K classes, then N distinct images "
+        "among theirs; EOE's create_subset on the classes ours drew", f"{mismatches} of 20 draws differ in size or "
+        "support", "equal in distribution (another RNG)" if mismatches == 0 else "DIFFERENT")
+
+
+def check_cifar100_groups(eoe):
+    """Our CIFAR-100 superclasses against EOE's ``str_labels`` for cifar100 (listed by superclass, 5 each)."""
+    from eoe.datasets import DS_CHOICES
+
+    from openood_ext.datasets.openood_benchmarks import CIFAR100_FINE, CIFAR100_SUPERCLASSES
+
+    theirs = DS_CHOICES["cifar100"]["str_labels"]
+    groups = [tuple(theirs[i:i + 5]) for i in range(0, 100, 5)]
+    same = groups == list(CIFAR100_SUPERCLASSES.values())
+    row("CIFAR-100 superclasses (benchmark cifar100_ad, groups: superclass) vs EOE's cifar100 str_labels taken 5 "
+        "at a time", "identical" if same else "differs", "equal" if same else "DIFFERENT")
+    wrong = sum(a != b for a, b in zip(theirs, CIFAR100_FINE))
+    row("CIFAR-100 class names by fine label: EOE's str_labels (superclass order) vs the dataset's labels "
+        "(alphabetical)", f"{wrong} of 100 names differ",
+        "documented published defect (EOE names label i with the i-th name of its superclass-ordered list: only "
+        "CLIP prompts read it, and EOE has no CLIP CIFAR-100 runner); ours names labels as the dataset does")
 
 
 # ------------------------------------------------------------------------------------------------ filters
@@ -513,6 +594,23 @@ def check_filters(eoe):
 
 
 # ------------------------------------------------------------------------------------------------ statistics
+def check_gcn(eoe):
+    """EOE's 'gcn-normalize' (MVTec): GlobalContrastNormalization('l1') on the GPU batch and
+    global_contrast_normalization per image for the min/max statistics, against GlobalContrastNorm."""
+    from eoe.datasets.bases import global_contrast_normalization
+    from eoe.utils.transformations import GlobalContrastNormalization
+
+    from openood_ext.datasets.transforms import GlobalContrastNorm
+
+    x = images(n=4, size=16, seed=41)
+    d_batch = float((GlobalContrastNormalization(scale="l1")(x.clone()) - GlobalContrastNorm()(x)).abs().max())
+    d_image = max(float((global_contrast_normalization(x[i].clone(), scale="l1") - GlobalContrastNorm()(x[i])).abs().max())
+                  for i in range(len(x)))
+    row("GCN (L1) of EOE's MVTec 'gcn-normalize': the batch transform and the per-image statistics function vs "
+        "GlobalContrastNorm (preprocessor.gcn: l1, normalize: gcn_min_max)", max(d_batch, d_image),
+        equal_if(max(d_batch, d_image), 1e-6))
+
+
 def check_statistics(eoe):
     from eoe.utils.stats import RunningStats
 
@@ -537,34 +635,212 @@ def published_defaults(path: Path) -> dict:
     return {}
 
 
-def check_recipes(eoe, root: Path):
-    from openood_ext.config import load_config, to_plain
+def argparse_defaults(path: Path) -> dict:
+    """``dest -> default`` of every ``add_argument('--long-name', ..., default=<literal>)`` in a file."""
+    out = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            longs = [a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")]
+            for k in node.keywords:
+                if k.arg == "default" and longs:
+                    try:
+                        out[longs[0][2:].replace("-", "_")] = ast.literal_eval(k.value)
+                    except ValueError:
+                        pass  # np.infty and other names: not a literal
+    return out
 
-    main = root / "src" / "eoe" / "main"
-    recipes = [("train_cifar.py", f"ad_cifar10_eoe_{obj}.yml") for obj in ("hsc", "bce", "focal", "dsad", "dsvdd")]
-    recipes += [
-               ("train_fmnist.py", "ad_fmnist_eoe_hsc.yml"), ("train_imagenet.py", "ad_imagenet30_eoe_hsc.yml"),
-               ("train_clip_cifar.py", "ad_cifar10_eoe_clip_oe.yml"), ("multiscale_cifar.py", "ad_cifar10_eoe_multiscale.yml"),
-               ("evolve_oe_cifar.py", "oe_search_cifar10.yml")]
-    for script, config in recipes:
-        pub = published_defaults(main / script)
-        cfg = to_plain(load_config([REPO / "configs" / "experiments" / "eoe" / config]))
-        tr, opt = cfg["trainer"], cfg["trainer"]["optimizer"]
-        ours = {"epochs": tr["epochs"], "learning_rate": opt["lr"], "weight_decay": opt.get("weight_decay", 0.0),
-                "milestones": tr["scheduler"]["milestones"], "batch_size": tr["batch_size"],
-                "iterations": cfg["ad"]["seeds"]}
-        if script.startswith("evolve"):
-            s = cfg["oe_search"]
-            ours.update(ev_generation_pool=s["population"], ev_generations=s["generations"],
-                        ev_select_toursize=s["tournament"], ev_mate_chance=s["mate_prob"],
-                        ev_mutation_chance=s["mutation_prob"], ev_mutation_pool=s["mutation_pool"],
-                        ev_mutation_oneofkbest=s["one_of_k_best"])
-        diffs = {k: (pub[k], v) for k, v in ours.items() if k in pub and float(np.sum(np.asarray(pub[k], float)))
-                 != float(np.sum(np.asarray(v, float)))}
-        shown = ", ".join(f"{k} {pub[k]}" for k in ours if k in pub)
-        row(f"recipe {script} -> configs/experiments/eoe/{config}: {shown}",
-            "identical" if not diffs else f"differs: {diffs}", "equal" if not diffs else "DIFFERENT")
-    mag = published_defaults(main / "multiscale_cifar.py").get("magnitudes")
+
+def trainer_constants(root: Path) -> dict:
+    """What ``ADTrainer.train_cls`` fixes for every script: the optimizers' keywords, MultiStepLR's gamma and
+    whether ``sched.step()`` runs once per epoch (inside the epoch loop, outside the batch loop)."""
+    tree = ast.parse((root / "src" / "eoe" / "training" / "ad_trainer.py").read_text())
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords if isinstance(k.value, ast.Constant)}
+            if node.func.attr in ("SGD", "Adam"):
+                out[node.func.attr.lower()] = kw
+            elif node.func.attr == "MultiStepLR":
+                out["gamma"] = ast.literal_eval(node.args[2])
+
+    def step_depth(node, fors):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and \
+                getattr(node.value.func, "attr", "") == "step" and getattr(node.value.func.value, "id", "") == "sched":
+            return fors
+        for child in ast.iter_child_nodes(node):
+            d = step_depth(child, fors + [child.target.id if isinstance(child.target, ast.Name) else "batch"]
+                           if isinstance(child, ast.For) else fors)
+            if d is not None:
+                return d
+        return None
+
+    out["sched_step_loops"] = step_depth(tree, [])
+    return out
+
+
+#: published model constructor -> our network name
+NETS = {"CNN32": "eoe_cnn32", "CNN28": "eoe_cnn28", "WideResNet": "eoe_resnet224", "None": "clip"}
+#: our train_augment / crop keys -> the torchvision op EOE's scripts name
+OPS = {"color_jitter": "ColorJitter", "hflip": "RandomHorizontalFlip", "random_crop": "RandomCrop",
+       "gaussian_noise": "Lambda(+0.001 noise)"}
+
+
+def script_recipe(root: Path, script: str) -> dict:
+    """One published runner's recipe: argparse defaults under its set_defaults, its model, its training
+    transform's operations (live lines only) and its normalisation placeholder."""
+    path = root / "src" / "eoe" / "main" / script
+    rec = {**argparse_defaults(root / "src" / "eoe" / "main" / "__init__.py"), **published_defaults(path)}
+    text = path.read_text()
+    model = re.search(r"^\s*model = (\w+)", text, re.M).group(1)
+    rec["network"], rec["clf_for"] = NETS[model], ("bce", "focal")
+    body = re.search(r"train_transform = transforms\.Compose\(\[(.*?)\n    \]\)", text, re.S).group(1)
+    live = [ln for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    ops = []
+    for ln in live:
+        m = re.search(r"transforms\.(\w+)\((.*)\)", ln)
+        if m:
+            name, args = m.groups()
+            if name == "Lambda":
+                name = "Lambda(+0.001 noise)"
+            if name == "Resize" and args.replace(" ", "") in ("(32,32)",):
+                continue  # CLIP's Resize((32, 32)) on 32x32 CIFAR images: the identity
+            if name not in ("ToTensor", "Grayscale"):
+                ops.append(name if name != "Resize" else f"Resize({args})")
+        elif "'" in ln:
+            rec["normalisation"] = ln.strip().strip(",").strip("'")
+    rec["train_ops"] = sorted(ops)
+    return rec
+
+
+def our_recipe(config: str) -> dict:
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.trainers.optim import check_optimizer_spec, check_schedule_spec
+
+    cfg = to_plain(load_config([REPO / "configs" / "experiments" / "eoe" / config]))
+    tr, pre = cfg["trainer"], cfg["benchmark"].get("preprocessor", {})
+    opt = check_optimizer_spec(tr.get("optimizer"))
+    sched = check_schedule_spec(tr.get("scheduler"), int(tr["epochs"]))
+    ops = [OPS[a] for a in pre.get("train_augment", [])]
+    if pre.get("train_crop") == "random":
+        ops.append("RandomCrop")
+    if pre.get("resize") not in (None, pre.get("image_size")):
+        ops.append(f"Resize({pre['resize']})")
+    seeds = cfg["ad"]["seeds"]
+    return {"cfg": cfg, "objective": tr["name"].removeprefix("eoe_").replace("clip_zero_shot", "clip"),
+            "network": cfg["network"]["name"], "clf": bool(cfg["network"].get("clf", False)),
+            "optimizer": opt, "scheduler": sched, "epochs": tr["epochs"], "batch_size": tr["batch_size"],
+            "iterations": seeds if isinstance(seeds, int) else len(seeds), "ad_mode": cfg["ad"]["protocol"],
+            "train_ops": sorted(ops), "normalize": pre.get("normalize", "fixed"),
+            "oe_limit": (tr.get("outliers") or {}).get("limit")}
+
+
+#: every config of configs/experiments/eoe -> (published runner, objective given on its command line)
+RECIPES = {**{f"ad_cifar10_eoe_{o}.yml": ("train_cifar.py", o) for o in ("hsc", "bce", "focal", "dsad", "dsvdd")},
+           "ad_cifar10_eoe_oe_limits.yml": ("train_cifar.py", "hsc"),
+           "ad_cifar10_eoe_clip_oe.yml": ("train_clip_cifar.py", "clip"),
+           "ad_cifar10_eoe_clip_zero_shot.yml": ("train_clip_cifar.py", "clip"),
+           "ad_cifar10_eoe_multiscale.yml": ("multiscale_cifar.py", "hsc"),
+           "oe_search_cifar10.yml": ("evolve_oe_cifar.py", "hsc"),
+           "ad_fmnist_eoe_hsc.yml": ("train_fmnist.py", "hsc"), "ad_fmnist_eoe_bce.yml": ("train_fmnist.py", "bce"),
+           "ad_imagenet30_eoe_hsc.yml": ("train_imagenet.py", "hsc"),
+           "ad_imagenet30_eoe_bce.yml": ("train_imagenet.py", "bce"),
+           "ad_cifar100_eoe_hsc.yml": ("train_cifar.py", "hsc"),
+           "ad_mvtec_eoe_hsc.yml": ("train_mvtec.py", "hsc")}
+#: EOE's dataset -> the merge_val_into that gives its full splits from OpenOOD-style lists (None: folder
+#: benchmarks, whose splits are whole by construction)
+FULL_SPLITS = {"cifar10": "test", "cifar100": "test", "fmnist": "train", "imagenet": None, "mvtec": None}
+#: configs that are not a published recipe (reduced scale, documented in docs/methods/eoe.md)
+NOT_RECIPES = {"ad_cifar10_eoe_oe_limits_cpu.yml": "reduced-scale CPU check (documented; repeats the runs as they ran)"}
+#: deliberate, documented differences of a config from its runner: key -> why
+DEPARTURES = {
+    ("ad_cifar10_eoe_clip_zero_shot.yml", "epochs"): "zero-shot = the runner with -e 0 (no training)",
+    ("ad_cifar10_eoe_clip_zero_shot.yml", "iterations"): "zero-shot is deterministic: 1 seed gives all 10",
+    ("ad_cifar10_eoe_clip_zero_shot.yml", "optimizer"): "not used: zero-shot has no training step",
+    ("ad_cifar10_eoe_clip_zero_shot.yml", "schedule"): "not used: zero-shot has no training step",
+    ("ad_cifar10_eoe_multiscale.yml", "oe_size"): "EOE's README command: --oe-size 16",
+}
+
+
+def check_recipes(eoe, root: Path):
+    from openood_ext.config import load_config
+
+    const = trainer_constants(root)
+    loops = const["sched_step_loops"]
+    row("recipe constants (training/ad_trainer.py): Adam "
+        f"{const['adam']}, SGD (CLIP) {const['sgd']}, MultiStepLR gamma {const['gamma']}, sched.step() inside "
+        f"the loops {loops}", "read from the checkout",
+        "equal: every config below is checked against them" if loops == ["ep"] else "DIFFERENT (schedule step)")
+    configs = sorted(p.name for p in (REPO / "configs" / "experiments" / "eoe").glob("*.yml"))
+    for config in configs:
+        if config in NOT_RECIPES:
+            row(f"recipe configs/experiments/eoe/{config}", "not a published recipe", f"documented: {NOT_RECIPES[config]}")
+            continue
+        if config not in RECIPES:
+            row(f"recipe configs/experiments/eoe/{config}", "no published runner named here", "DIFFERENT (unmapped)")
+            continue
+        script, objective = RECIPES[config]
+        pub, ours = script_recipe(root, script), our_recipe(config)
+        if "cifar100" in config:
+            pub["dataset"] = "cifar100"  # train_cifar.py --dataset cifar100 (EOE has no CIFAR-100 runner)
+        clip = pub["network"] == "clip"
+        want_opt = {"name": "sgd", "lr": pub["learning_rate"], "momentum": const["sgd"]["momentum"],
+                    "nesterov": const["sgd"]["nesterov"], "weight_decay": pub["weight_decay"]} if clip else \
+            {"name": "adam", "lr": pub["learning_rate"], "weight_decay": pub["weight_decay"],
+             "amsgrad": const["adam"]["amsgrad"]}
+        got_opt = {k: ours["optimizer"].get(k, False if k == "amsgrad" else None) for k in want_opt}
+        pairs = {
+            "objective": (objective, ours["objective"]),
+            "network": (pub["network"], ours["network"]),
+            "1-logit head": (objective in pub["clf_for"], ours["clf"]) if not clip else (False, False),
+            "optimizer": (want_opt, got_opt),
+            "schedule": ((pub["milestones"], const["gamma"], "epoch"),
+                         (ours["scheduler"]["milestones"], ours["scheduler"]["gamma"], ours["scheduler"]["interval"])),
+            "epochs": (pub["epochs"], ours["epochs"]),
+            "batch_size": (pub["batch_size"], ours["batch_size"]),
+            "iterations": (pub["iterations"], ours["iterations"]),
+            "ad_mode": ({"ovr": "one_vs_rest", "loo": "leave_one_out"}[pub["ad_mode"]], ours["ad_mode"]),
+            "oe_size": (None, ours["oe_limit"]),
+            "train transform": (pub["train_ops"], ours["train_ops"]),
+            # EOE tests on the whole test split and trains on every training image of the class
+            "full splits": (FULL_SPLITS.get(pub.get("dataset")), ours["cfg"]["benchmark"].get("merge_val_into")),
+            "normalisation": ({"normalize": "normal_class", "gcn-normalize": "gcn_min_max"}.get(
+                pub.get("normalisation"), "clip" if clip else "?"), "clip" if clip else ours["normalize"]),
+        }
+        if config == "ad_cifar10_eoe_multiscale.yml":
+            pairs["oe_size"] = (16, ours["oe_limit"])
+        if config == "oe_search_cifar10.yml":
+            s = ours["cfg"]["oe_search"]
+            for pk, ok in (("ev_generation_pool", "population"), ("ev_generations", "generations"),
+                           ("ev_select_toursize", "tournament"), ("ev_mate_chance", "mate_prob"),
+                           ("ev_mutation_chance", "mutation_prob"), ("ev_mutation_pool", "mutation_pool"),
+                           ("ev_mutation_oneofkbest", "one_of_k_best"), ("ev_oesize", None)):
+                pairs[pk] = (pub[pk], s[ok] if ok else 1)
+            pairs["classes"] = (pub["classes"], ours["cfg"]["ad"]["classes"])
+        differs = {k: v for k, v in pairs.items() if v[0] != v[1]}
+        documented = {k: DEPARTURES[(config, k)] for k in differs if (config, k) in DEPARTURES}
+        bad = {k: v for k, v in differs.items() if k not in documented}
+        shown = "; ".join(f"{k} {v[0]}" for k, v in pairs.items())
+        if bad:
+            verdict, diff = "DIFFERENT", "differs: " + "; ".join(f"{k} published {v[0]}, ours {v[1]}" for k, v in bad.items())
+        elif documented:
+            verdict = "documented departure: " + "; ".join(f"{k}: {why}" for k, why in documented.items())
+            diff = "; ".join(f"{k} published {differs[k][0]}, ours {differs[k][1]}" for k in documented)
+        else:
+            verdict, diff = "equal", "identical"
+        row(f"recipe {script} -> configs/experiments/eoe/{config}: {shown}", diff, verdict)
+    # the OE sets: EOE's are not available here; each config names its substitute
+    oe = {}
+    for config, (script, _) in RECIPES.items():
+        if not (REPO / "configs" / "experiments" / "eoe" / config).is_file():
+            continue
+        src = (our_recipe(config)["cfg"]["trainer"].get("outliers") or {})
+        where = src.get("imglist") or src.get("folder") or "none"
+        oe.setdefault((script_recipe(root, script).get("oe_dataset"), Path(str(where)).name), []).append(config)
+    shown = "; ".join(f"{pub} -> {ours} ({len(cs)} configs)" for (pub, ours), cs in sorted(oe.items(), key=str))
+    row(f"OE sets (published runner's oe_dataset -> ours): {shown}", "data not available here",
+        "documented departure: 80MTI (withdrawn) -> DTD Textures; CIFAR-100 (absent) -> CIFAR-10 in grey; "
+        "ImageNet-21k -> the folder a user provides (the same set when given); DSVDD and zero-shot CLIP use none, the OE search draws its candidates from DTD Textures")
+    mag = published_defaults(root / "src" / "eoe" / "main" / "multiscale_cifar.py").get("magnitudes")
     ours = load_config([REPO / "configs" / "experiments" / "eoe" / "ad_cifar10_eoe_multiscale.yml"]).ad_sweep.magnitudes
     row("multiscale magnitudes: the script's default 0,1,2,4,8,16,32; EOE's README command 0,1,2,4,8,12,14,15 "
         "with 16 OE images", f"ours {list(ours)}",
@@ -584,7 +860,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     eoe = import_published(args.published)
     for check in (check_networks, check_objectives, check_dsvdd, check_clip, check_transforms, check_pairing,
-                  check_filters, check_statistics):
+                  check_oe_limit_classes, check_cifar100_groups, check_filters, check_gcn, check_statistics):
         check(eoe)
     check_recipes(eoe, args.published)
     print(f"Published: liznerski/eoe @ {COMMIT} (from {args.published}); `python scripts/parity/eoe.py "

@@ -386,7 +386,103 @@ def run_published(root: Path, golden: dict) -> Table:
                 pick=o.pick, candidates=o.candidates, keep=o.keep, sigma=o.sigma, start_epoch=o.start_epoch,
                 head_dim=128, warmup=spec["warmup_epochs"] > 0)
     recipe_rows(t, pub_recipe, ours)
+    paper_extra_rows(t, src, cfg)
     return t
+
+
+def npos_view_transform_rows(t: Table, published_transform, config: list, label: str) -> None:
+    """The training views: the published transform (TwoCropTransform of a torchvision Compose) against
+    our trainer's ``train_transform`` on the config's preprocessor, the same seed before each side."""
+    from PIL import Image
+
+    from openood_ext.config import to_plain
+    from openood_ext.trainers import TRAINERS
+
+    cfg = to_plain(load_config(config))
+    tr = {k: v for k, v in cfg["trainer"].items() if k in ("views", "crop_min")}
+    ours = TRAINERS.build({"name": "npos", **tr}).train_transform(cfg["benchmark"]["preprocessor"])
+    img = Image.fromarray(np.random.default_rng(9).integers(0, 256, (32, 32, 3)).astype(np.uint8))
+    worst = 0.0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        a = torch.stack(published_transform(img))
+        torch.manual_seed(seed)
+        worst = max(worst, maxdiff(a, ours(img)))
+    t.equal(f"{label}: training views (RandomResizedCrop 0.2, flip, jitter p 0.8, grey p 0.2, Normalize), "
+            f"2 views x 20 fixed draws", worst, 1e-6)
+
+
+def paper_extra_rows(t: Table, src: Path, cfg) -> None:
+    """The paper recipe's loader, optimizer, network, normalisation, views and test-time K, each read from
+    the checkout, against configs/experiments/npos/{train,test_ood}_npos_cifar10.yml (and cifar100)."""
+    from openood_ext.config import to_plain
+
+    text = (src / "train_CIFAR10.py").read_text()
+    t.add(f"recipe `nesterov`: published {'nesterov=True' in text}, ours {cfg.optimizer.nesterov}",
+          "0" if ("nesterov=True" in text) == bool(cfg.optimizer.nesterov) else "differs",
+          "equal" if ("nesterov=True" in text) == bool(cfg.optimizer.nesterov) else "DIFFERS")
+    pub_drop = bool(re.search(r"labeled_trainloader = .*?drop_last=True", text, re.S))
+    t.add(f"recipe `drop_last` (training loader): published {pub_drop}, ours trainer.drop_last {cfg.drop_last}",
+          "0" if pub_drop == bool(cfg.drop_last) else "differs", "equal" if pub_drop == bool(cfg.drop_last) else "DIFFERS")
+    d = argparse_defaults(src / "train_CIFAR10.py")
+    sh = shell_overrides(src / "train_npos_cifar10.sh")
+    full = to_plain(load_config(["configs/experiments/npos/train_npos_cifar10.yml"]))
+    model = sh.get("model", d["model"])
+    same = (f"npos_{model}_32x32", d["feat_dim"], d["penultimate_dim"]) == (full["network"]["name"], 128, 512)
+    t.add(f"recipe network: published {model} (SupCEHeadResNet, head {d['feat_dim']}, penultimate "
+          f"{d['penultimate_dim']}), ours {full['network']['name']} (head 128, penultimate 512)",
+          "0" if same else "differs", "equal" if same else "DIFFERS")
+    cifar = load_file("npos_published_cifar", src / "cifar.py")
+    pre = full["benchmark"]["preprocessor"]
+    d_norm = maxdiff(torch.tensor([*cifar.cifar10_mean, *cifar.cifar10_std]), torch.tensor([*pre["mean"], *pre["std"]]))
+    t.equal(f"recipe normalisation: published cifar10 mean/std {cifar.cifar10_mean}/{cifar.cifar10_std}, ours "
+            f"{pre['mean']}/{pre['std']}", d_norm, 0)
+    npos_view_transform_rows(t, cifar.get_transforms(cifar.cifar10_mean, cifar.cifar10_std),
+                             ["configs/experiments/npos/train_npos_cifar10.yml"], "paper CIFAR-10")
+    test_k = shell_overrides(src / "test_npos_cifar10.sh").get("K")
+    ours_k = [p["k"] for p in to_plain(load_config(["configs/experiments/npos/test_ood_npos_cifar10.yml"]))["postprocessors"]
+              if p["name"] == "npos"]
+    t.add(f"recipe test-time K: published test_npos_cifar10.sh --K {test_k}, ours test_ood_npos_cifar10.yml {ours_k}",
+          "0" if ours_k == [test_k] else "differs", "equal" if ours_k == [test_k] else "DIFFERS")
+    uses_test = "DispLoss(args, model, val_loader" in text and "testloader" in text
+    t.add("prototype initialisation: published DispLoss(..., val_loader) where val_loader is the CIFAR *test* "
+          f"loader ({uses_test}); ours prototype_init {cfg.prototype_init}", "by construction",
+          "documented published defect (test images shape training); equal with switch `prototype_init: test` "
+          "(id_val + id_test = the whole CIFAR test split)")
+    t.add(f"run seed: published torch/numpy seed fixed at 20 in the script; ours `seed` {full['seed']} "
+          "(any seed; `scripts/cifar10_train_npos.sh SEED=...`)", "-", "documented: a run setting, not a recipe value")
+    # CIFAR-100: train_CIFAR100.py + train_npos_cifar100.sh against configs/experiments/npos/train_npos_cifar100.yml
+    d100 = {**argparse_defaults(src / "train_CIFAR100.py"), **shell_overrides(src / "train_npos_cifar100.sh")}
+    c100 = to_plain(load_config(["configs/experiments/npos/train_npos_cifar100.yml"]))
+    tr, o = c100["trainer"], c100["trainer"]["outliers"]
+    pairs = {"network": (f"npos_{d100['model']}_32x32", c100["network"]["name"]), "proto_m": (d100["proto_m"], tr["proto_m"]),
+             "lr": (d100["learning_rate"], tr["optimizer"]["lr"]), "epochs": (d100["epochs"], tr["epochs"]),
+             "batch": (d100["batch_size"], tr["batch_size"]), "K": (d100["K"], o["K"]),
+             "candidates": (d100["sample_from"], o["candidates"]), "keep": (d100["ID_points_num"], o["keep"]),
+             "sigma": (d100["cov_mat"], o["sigma"]), "start_epoch": (d100["start_epoch_KNN"], o["start_epoch"]),
+             "temperature": (d100["temp"], tr["temperature"]), "drop_last": (pub_drop, tr["drop_last"]),
+             "mean/std": ((list(cifar.cifar100_mean), list(cifar.cifar100_std)),
+                          (c100["benchmark"]["preprocessor"]["mean"], c100["benchmark"]["preprocessor"]["std"]))}
+    bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
+    t.add("recipe CIFAR-100 (train_CIFAR100.py + train_npos_cifar100.sh) -> train_npos_cifar100.yml: "
+          + "; ".join(f"{k} {v[0]}" for k, v in pairs.items()), "0" if not bad else f"differs: {bad}",
+          "equal" if not bad else "DIFFERS")
+    covered = {"train_npos_cifar10.yml": "the paper's CIFAR-10 rows above (+ npos_openood_v15.yml: OpenOOD's, below)",
+               "test_ood_npos_cifar10.yml": "test-time K row above (OpenOOD: its APS row below)",
+               "train_npos_cifar100.yml": "the CIFAR-100 row above", "test_ood_npos_cifar100.yml": "the CIFAR-100 row "
+               "above; test_npos_cifar100.sh --K 300"}
+    cpu = {"train_npos_digits.yml": "CPU check on the embedded digits set", "test_ood_npos_digits.yml": "CPU check",
+           "test_ood_npos_digits_base.yml": "its cross-entropy baseline"}
+    for path in sorted(Path("configs/experiments/npos").glob("*.yml")):
+        if path.name in covered:
+            t.add(f"recipe configs/experiments/npos/{path.name}", "-", f"equal ({covered[path.name]})")
+        else:
+            t.add(f"recipe configs/experiments/npos/{path.name}", "-",
+                  f"not a published recipe (documented): {cpu[path.name]}" if path.name in cpu else "DIFFERS (unmapped)")
+    k100 = shell_overrides(src / "test_npos_cifar100.sh").get("K")
+    ours100 = [p["k"] for p in to_plain(load_config(["configs/experiments/npos/test_ood_npos_cifar100.yml"]))["postprocessors"]]
+    t.add(f"recipe test-time K CIFAR-100: published --K {k100}, ours {ours100}", "0" if ours100 == [k100] else "differs",
+          "equal" if ours100 == [k100] else "DIFFERS")
 
 
 def run_openood(root: Path, golden: dict) -> Table:
@@ -496,6 +592,53 @@ def run_openood(root: Path, golden: dict) -> Table:
                 candidates=o.candidates, keep=o.keep, sigma=o.sigma, start_epoch_1based=o.start_epoch + 1,
                 warmup_epochs=c.scheduler.warmup_epochs, min_lr_ratio=c.scheduler.min_lr_ratio)
     recipe_rows(t, pub, ours)
+    v15_config = ["configs/experiments/npos/train_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"]
+    trainer_src = (root / "openood/trainers/npos_trainer.py").read_text()
+    nest = "nesterov=True" in trainer_src
+    t.add(f"recipe `nesterov`: published {nest}, ours {c.optimizer.nesterov}", "0" if nest == bool(c.optimizer.nesterov)
+          else "differs", "equal" if nest == bool(c.optimizer.nesterov) else "DIFFERS")
+    utils_src = (root / "openood/datasets/utils.py").read_text()
+    pub_drop = "drop_last=True" in utils_src
+    t.add(f"recipe `drop_last` (training loader, openood/datasets/utils.py): published {pub_drop}, ours "
+          f"{c.drop_last}", "0" if pub_drop == bool(c.drop_last) else "differs",
+          "equal" if pub_drop == bool(c.drop_last) else "DIFFERS")
+    norm = load_file("openood_transform_consts", root / "openood/preprocessors/transform.py").normalization_dict["cifar10"]
+    pre = v15.benchmark.preprocessor
+    t.equal(f"recipe normalisation (normalization_dict cifar10: mean {tuple(norm[0])}, std {tuple(norm[1])}) "
+            f"vs ours {list(pre.mean)}/{list(pre.std)}",
+            maxdiff(torch.tensor(norm[0] + norm[1]), torch.tensor(list(pre.mean) + list(pre.std))), 0)
+    net_yml = yaml.safe_load((root / "configs/networks/npos_net.yml").read_text())["network"]
+    backbone = sh.get("network.backbone.name", net_yml["backbone"]["name"])
+    from openood_ext.config import to_plain
+    v15_plain = to_plain(load_config(v15_config))
+    same = (f"npos_{backbone}", net_yml["feat_dim"]) == (v15_plain["network"]["name"], 128)
+    t.add(f"recipe network: published npos_net, backbone {backbone}, feat_dim {net_yml['feat_dim']}; ours "
+          f"{v15_plain['network']['name']} (head 128)", "0" if same else "differs", "equal" if same else "DIFFERS")
+    import torchvision.transforms as tvs
+
+    class _Cfg(dict):
+        __getattr__ = dict.__getitem__
+
+    cider_cfg = _Cfg(dataset=_Cfg(pre_size=32, image_size=32, interpolation="bilinear", normalization_type="cifar10",
+                                  name="cifar10"))
+    stub_modules("openood.utils.config")
+    sys.modules["openood.utils.config"].Config = dict
+    transform_mod = sys.modules["openood_transform_consts"]
+    pkg = types.ModuleType("openood.preprocessors")
+    pkg.__path__ = []
+    sys.modules.setdefault("openood.preprocessors", pkg)
+    sys.modules["openood.preprocessors.transform"] = transform_mod
+    cider = load_file("openood.preprocessors.cider_preprocessor", root / "openood/preprocessors/cider_preprocessor.py")
+    views = cider.CiderPreprocessor(cider_cfg).transform
+    assert isinstance(views.transform, tvs.Compose)
+    npos_view_transform_rows(t, views, v15_config, "OpenOOD cider preprocessor")
+    aps_yml = yaml.safe_load((root / "configs/postprocessors/npos.yml").read_text())["postprocessor"]
+    ours_grid = yaml.safe_load(Path("configs/postprocessors/npos.yml").read_text())["aps_grid"]["k"]
+    test_cfg = to_plain(load_config(["configs/experiments/npos/test_ood_npos_cifar10.yml", v15_config[1]]))
+    same = aps_yml["APS_mode"] == bool(test_cfg.get("aps")) and aps_yml["postprocessor_sweep"]["K_list"] == ours_grid
+    t.add(f"recipe test-time K: published APS_mode {aps_yml['APS_mode']} over K {aps_yml['postprocessor_sweep']['K_list']}; "
+          f"ours test_ood_npos_cifar10.yml + npos_openood_v15.yml aps {test_cfg.get('aps')} over {ours_grid}",
+          "0" if same else "differs", "equal" if same else "DIFFERS")
     return t
 
 

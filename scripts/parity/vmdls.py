@@ -22,6 +22,7 @@ import argparse
 import importlib
 import importlib.abc
 import importlib.util
+import tempfile
 import sys
 import types
 from pathlib import Path
@@ -219,7 +220,7 @@ def encoders(pub: Path, table: Table, golden: dict) -> None:
             d_layers = max(diff(pooled[i], theirs.get_layer_output(x, i + 1).flatten(1)) for i in range(3))
             d_out = diff(out, theirs.get_layer_output(x, 4).flatten(1))
         scale = float(out.abs().max())
-        table.equal(f"{name} encoder: l1-l3 and output (relative to max |out| {scale:.2g})",
+        table.equal(f"{name} encoder: l1-l3 and output (relative to max abs(out) {scale:.2g})",
                     max(d_layers, d_out) / max(scale, 1e-12), note=f"unmatched modules: {extra}" if extra else "",
                     tol=1e-6)
 
@@ -367,16 +368,16 @@ def sampler(pub: Path, table: Table) -> None:
     img[6:22, 12:16] = 255
     from PIL import Image
     pil = Image.fromarray(img.numpy(), "L")
-    pre = {"image_size": 28, "resize": 28, "channels": 1, "mean": [0.5], "std": [0.5],
-           "train_augment": ["random_rotation", "random_resized_crop"], "rotation_degrees": 10,
-           "resized_crop_scale": [0.95, 1.0]}
+    from openood_ext.config import load_config, to_plain
+    # the preprocessor users run: the benchmark the MNIST-recipe configs (F-MNIST) are built on
+    pre = to_plain(load_config([REPO / "configs" / "benchmarks" / "vmdls_fmnist.yml"]).benchmark.preprocessor)
     ours, theirs, worst = build_transform(pre, train=True), dt.data_transforms["mnist"]["train"], 0.0
     for seed in range(20):
         torch.manual_seed(seed)
         a = theirs(pil)
         torch.manual_seed(seed)
         worst = max(worst, diff(ours(pil), a))
-    table.equal("MNIST training transform (rotation + resized crop), 20 fixed draws", worst)
+    table.equal("MNIST training transform (configs/benchmarks/vmdls_fmnist.yml: rotation + resized crop), 20 fixed draws", worst)
     worst = max(diff(build_transform(pre, train=False)(pil), dt.data_transforms["mnist"][split](pil))
                 for split in ("val", "test"))
     table.equal("MNIST test transform", worst)
@@ -407,6 +408,255 @@ def score(pub: Path, table: Table) -> None:
     table.equal("predicted class = argmax_c lp_c", float((lp.argmax(1) != labels).sum()), tol=0)
 
 
+# ------------------------------------------------------------------------------------------------ recipes
+def readme_commands(pub: Path) -> list[dict]:
+    """The README's ``python main.py ...`` training commands, each as ``{option: value}`` (flags: True)."""
+    import shlex
+
+    text = (pub / "README.md").read_text()
+    out = []
+    for block in text.split("```")[1::2]:
+        joined = " ".join(block.split("\n"))
+        for cmd in joined.split("python main.py")[1:]:
+            tokens, args, i = shlex.split(cmd), {}, 0
+            while i < len(tokens):
+                key = tokens[i].lstrip("-")
+                if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                    args[key], i = tokens[i + 1], i + 2
+                else:
+                    args[key], i = True, i + 1
+            out.append(args)
+    return out
+
+
+def code_constants(pub: Path) -> dict:
+    """What models/vae.py fixes for every command: SGD's keywords, Adam's, the argparse defaults the commands
+    leave out (kl_coeff, step_gamma), and the epoch at whose end fine-tuning unfreezes the encoder."""
+    import ast
+    import re
+
+    src = (pub / "models" / "vae.py").read_text()
+    out = {"defaults": {}}
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("SGD", "Adam") and getattr(node.func.value, "attr", "") == "optim":
+                out[node.func.attr.lower()] = {k.arg: ast.literal_eval(k.value) for k in node.keywords
+                                               if isinstance(k.value, ast.Constant)}
+            elif node.func.attr == "add_argument" and node.args:
+                name = node.args[0].value.lstrip("-")
+                for k in node.keywords:
+                    if k.arg == "default":
+                        out["defaults"][name] = ast.literal_eval(k.value)
+    out["unfreeze_after_epoch"] = int(re.search(r"current_epoch == (\d+) and self\.finetune", src).group(1))
+    return out
+
+
+#: README command (encoder, known set, fine-tuning) -> our (trainer, network, benchmark) configs
+RECIPE_CONFIGS = {
+    ("vgg", "cifar_known", False): ("vmdls_cifar10_vgg", "vmdls_vgg", "vmdls_cifar10"),
+    ("resnet18", "cifar_known", False): ("vmdls_cifar10", "vmdls_resnet18_32x32", "vmdls_cifar10"),
+    ("densenet", "cifar_known", False): ("vmdls_cifar10_densenet", "vmdls_densenet", "vmdls_cifar10"),
+    ("mnist-conv", "mnist", False): ("vmdls_mnist", "vmdls_mnist_conv", "vmdls_mnist"),
+    ("densenet", "cifar100_known", True): ("vmdls_cifar100_densenet_finetune", "vmdls_densenet",
+                                           "vmdls_cifar100"),
+    ("wresnet", "cifar_known", True): ("vmdls_cifar10_wrn_finetune", "vmdls_wide_resnet", "vmdls_cifar10"),
+}
+#: README recipes whose experiment config sets what the shared network config does not (latent 64)
+RECIPE_EXPERIMENTS = {
+    ("densenet", "cifar100_known", True): "test_ood_vmdls_cifar100_densenet_finetune.yml",
+}
+ENCODERS = {"vgg": "vgg", "resnet18": "resnet18_32x32", "densenet": "densenet", "mnist-conv": "mnist_conv",
+            "wresnet": "wide_resnet"}
+#: the published data_transforms' training operations and Normalize constants, in our preprocessor's terms
+TRANSFORMS = {"cifar": (["hflip", "random_crop"], [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+              "mnist": (["random_rotation", "random_resized_crop"], [0.5], [0.5])}
+#: experiment configs that are not a README recipe (documented in docs/methods/vmdls.md)
+NOT_RECIPES = {
+    "test_ood_mnist_conv_digits.yml": "cross-entropy baseline on the embedded digits set (CPU)",
+    "test_ood_mnist_conv_fmnist_small.yml": "cross-entropy baseline beside the reduced F-MNIST check",
+    "test_ood_vmdls_ae_digits.yml": "digits CPU check (AE weight d, shift: fit labelled)",
+    "test_ood_vmdls_digits.yml": "digits CPU check (6 classes, Adam 1e-3)",
+    "train_ae_digits.yml": "the digits autoencoder for the check above",
+}
+
+
+def recipes(pub: Path, table: Table) -> None:
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.trainers.optim import check_optimizer_spec, check_schedule_spec
+
+    const = code_constants(pub)
+    table.add(f"recipe constants (models/vae.py): SGD {const['sgd']}, Adam {const['adam'] or '{}'}, "
+              f"unfreeze after epoch {const['unfreeze_after_epoch']}", None, "read from the checkout")
+    cfgdir = REPO / "configs"
+    commands = readme_commands(pub)
+    for args in commands:
+        key = (args["enc_type"], args["known_dataset"], bool(args.get("finetune")))
+        if key not in RECIPE_CONFIGS:
+            table.add(f"recipe README command {key}", None, "DIFFERS", "no config of ours named for it")
+            continue
+        trainer, network, bench = RECIPE_CONFIGS[key]
+        files = [cfgdir / "benchmarks" / f"{bench}.yml", cfgdir / "networks" / f"{network}.yml",
+                 cfgdir / "trainers" / f"{trainer}.yml"]
+        has_bench = files[0].is_file()
+        stub = Path(tempfile.mkdtemp()) / "stub.yml"  # what the network config interpolates, without a benchmark
+        stub.write_text("seed: 0\n" + ("" if has_bench else
+                        "benchmark: {name: x, num_classes: 100, preprocessor: {channels: 3, image_size: 32}}\n"))
+        cfg = to_plain(load_config([stub] + (files if has_bench else files[1:])))
+        if key in RECIPE_EXPERIMENTS:  # the experiment config's own settings on top
+            exp = to_plain(load_config([cfgdir / "experiments" / "vmdls" / RECIPE_EXPERIMENTS[key]]))
+            cfg.update({k: exp[k] for k in ("trainer", "network", "benchmark")})
+        tr, net = cfg["trainer"], cfg["network"]
+        epochs, step = int(args["max_epochs"]), int(args.get("step_size", const["defaults"]["step_size"]))
+        opt = check_optimizer_spec(tr["optimizer"])
+        sched = check_schedule_spec(tr["scheduler"], int(tr["epochs"]))
+        sgd = args.get("opt", const["defaults"]["opt"]) == "sgd"
+        want_opt = ({"name": "sgd", "lr": float(args["lr"]), "momentum": const["sgd"]["momentum"],
+                     "nesterov": const["sgd"]["nesterov"], "weight_decay": const["sgd"]["weight_decay"]} if sgd
+                    else {"name": "adam", "lr": float(args["lr"]), "weight_decay": 0})
+        pairs = {
+            "optimizer": (want_opt, {k: opt.get(k) for k in want_opt}),
+            "StepLR": ((list(range(step, epochs, step)), float(args.get("step_gamma", const["defaults"]["step_gamma"])),
+                        "epoch"), (sched["milestones"], sched["gamma"], sched["interval"])),
+            "epochs": (epochs, tr["epochs"]),
+            "batch_classes x sample_count": ((int(args["batch_classes"]), int(args["sample_count"])),
+                                             (tr["batch_classes"], tr["sample_count"])),
+            "M_d, jump, margins_epoch": ((float(args["margin_max_distance"]), float(args["margin_jump"]),
+                                          int(args["margins_epoch"])),
+                                         (float(tr["margin_max_distance"]), float(tr.get("margin_jump", 1.0)),
+                                          int(tr["margins_epoch"]))),
+            "kl_coeff, generation_epoch": ((float(args.get("kl_coeff", const["defaults"]["kl_coeff"])),
+                                            int(args["generation_epoch"])),
+                                           (float(tr["kl_coeff"]), int(tr["generation_epoch"]))),
+            "encoder, latent_dim": ((ENCODERS[args["enc_type"]], int(args["latent_dim"])),
+                                    (net["encoder"], int(net["latent_dim"]))),
+        }
+        if args.get("finetune"):
+            pairs["fine-tuning: head lr, frozen epochs"] = (
+                (float(args["finetune_lr"]), const["unfreeze_after_epoch"] + 1),
+                (float(tr["head_lr"]), int(tr["freeze_encoder_epochs"])))
+        if has_bench:
+            pre = cfg["benchmark"]["preprocessor"]
+            ops, mean, std = TRANSFORMS[args["data_transforms"]]
+            pairs["training augmentation, Normalize"] = ((sorted(ops), mean, std),
+                                                          (sorted(pre["train_augment"]), pre["mean"], pre["std"]))
+        differs = {k: v for k, v in pairs.items() if v[0] != v[1]}
+        note = "; ".join(f"{k} {v[0]}" for k, v in pairs.items())
+        if differs:
+            table.add(f"recipe README `{args['enc_type']}` on {args['known_dataset']} -> configs/trainers/{trainer}.yml "
+                      f"+ networks/{network}.yml", None, "DIFFERS",
+                      "; ".join(f"{k}: published {v[0]}, ours {v[1]}" for k, v in differs.items()))
+        else:
+            table.add(f"recipe README `{args['enc_type']}` on {args['known_dataset']} -> configs/trainers/{trainer}.yml "
+                      f"+ networks/{network}.yml", 0.0, "equal", note)
+    test_commands(pub, table)
+    experiments = sorted((cfgdir / "experiments" / "vmdls").glob("*.yml"))
+    used = {f"{t}.yml" for t, _, _ in RECIPE_CONFIGS.values()}
+    for path in experiments:
+        if path.name in NOT_RECIPES:
+            table.add(f"recipe configs/experiments/vmdls/{path.name}", None, "not a published recipe",
+                      NOT_RECIPES[path.name])
+            continue
+        base = [ln.strip(" -\n") for ln in path.read_text().splitlines() if "../../trainers/" in ln]
+        trainer = Path(base[0]).name if base else "?"
+        table.add(f"recipe configs/experiments/vmdls/{path.name}", None,
+                  "equal (its trainer is a README recipe above)" if trainer in used else "DIFFERS",
+                  f"trainer {trainer}" + (f"; reduced scale, documented: {REDUCED[path.name]}" if path.name in REDUCED
+                                          else ""))
+
+
+#: README test command (encoder, known set) -> our test config
+TEST_CONFIGS = {("vgg", "cifar_known"): "test_ood_vmdls_cifar10_vgg.yml",
+                ("resnet18", "cifar_known"): "test_ood_vmdls_cifar10_resnet18.yml",
+                ("wresnet", "cifar_known"): "test_ood_vmdls_cifar10_wrn_finetune.yml",
+                ("mnist-conv", "mnist"): "test_ood_vmdls_mnist.yml",
+                ("densenet", "cifar_known"): "test_ood_vmdls_cifar10_densenet.yml",
+                ("densenet", "cifar100_known"): "test_ood_vmdls_cifar100_densenet_finetune.yml"}
+
+
+def test_commands(pub: Path, table: Table) -> None:
+    """The README's ``python test.py`` commands: the reconstruction weight (``--ae_features``) against our
+    test configs, and the images per class the published test-time Gaussian fit sees (its
+    ``TestingBalancedBatchSampler`` over the training set with the command's batch_classes x sample_count)."""
+    import shlex
+
+    from openood_ext.config import load_config, to_plain
+
+    loader_mod = load("data.open_set_data_loader")
+    text = (pub / "README.md").read_text()
+    for line in text.splitlines():
+        if "python test.py" not in line:
+            continue
+        tokens, args = shlex.split(line.strip("` ").split("python test.py", 1)[1]), {}
+        for i, tok in enumerate(tokens):
+            if tok.startswith("--"):
+                nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+                args[tok[2:]] = True if not nxt or nxt.startswith("--") else nxt
+        key = (args["enc_type"], args["known_dataset"])
+        label = f"README test `{args['enc_type']}` on {args['known_dataset']}"
+        # the test-time fit: images per class the published sampler yields (CIFAR: 5,000 per class)
+        n_cls = int(args["class_num"])
+        per = 50_000 // n_cls if "cifar" in args["known_dataset"] else None
+        if per:
+            labels = torch.arange(n_cls).repeat_interleave(per)
+            np.random.seed(0)
+            seen = np.bincount(np.concatenate([np.asarray(b) for b in loader_mod.TestingBalancedBatchSampler(
+                labels, int(args["batch_classes"]), int(args["sample_count"]))]) // per, minlength=n_cls)
+            unique = np.unique(np.concatenate([np.asarray(b) for b in loader_mod.TestingBalancedBatchSampler(
+                labels, int(args["batch_classes"]), int(args["sample_count"]))]))
+            distinct = np.bincount(unique // per, minlength=n_cls)
+            table.add(f"{label}: test-time Gaussian fit, training images per class (published "
+                      f"TestingBalancedBatchSampler, {args['batch_classes']} x {args['sample_count']})", None,
+                      "documented published defect" if distinct.min() < per else "equal",
+                      f"published: {distinct.min()}..{distinct.max()} distinct images per class "
+                      f"({seen.min()}..{seen.max()} drawn); ours: every training image ({per} per class)")
+        cfg_name = TEST_CONFIGS.get(key)
+        if cfg_name is None:
+            table.add(f"{label}: --ae_features {bool(args.get('ae_features'))}", None, "not run here",
+                      "no test config of ours for this command (its trainer config is a README recipe above)")
+            continue
+        cfg = to_plain(load_config([REPO / "configs" / "experiments" / "vmdls" / cfg_name]))
+        ours = [p for p in cfg["postprocessors"] if isinstance(p, dict) and p.get("name") == "vmdls"]
+        has_ae = bool(ours and ours[0].get("ae"))
+        table.add(f"{label}: --ae_features {bool(args.get('ae_features'))} -> configs/experiments/vmdls/{cfg_name}",
+                  0.0 if has_ae == bool(args.get("ae_features")) else None,
+                  "equal" if has_ae == bool(args.get("ae_features")) else "DIFFERS",
+                  f"ours: vmdls ae {ours[0].get('ae') if ours else None}")
+
+
+#: experiment configs that run a README recipe at a documented reduced scale: what they change
+REDUCED = {"test_ood_vmdls_fmnist_small.yml": "1,000-image subset, 20 epochs, 10 x 10 per batch (CPU)"}
+
+
+def cifar_transforms(pub: Path, table: Table) -> None:
+    """The CIFAR recipes' transforms (data_transforms['cifar']) against configs/benchmarks/vmdls_cifar10.yml."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from openood_ext.config import load_config, to_plain
+
+    dt = load("data.data_transforms")
+    pre = to_plain(load_config([REPO / "configs" / "benchmarks" / "vmdls_cifar10.yml"]).benchmark.preprocessor)
+    arr = np.random.default_rng(5).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    pil = Image.fromarray(arr)
+    ours_test = build_transform(pre, train=False)
+    table.equal("CIFAR test transform (vmdls_cifar10 benchmark vs the published 'cifar' test transform)",
+                diff(ours_test(pil), dt.data_transforms["cifar"]["test"](pil)))
+    # training: published RandomCrop(32, 4) then flip; ours flip then crop. Fixed draws: crop at (top, left)
+    # then flip equals flip then crop at the mirrored offset (the RNG consumes them in another order)
+    norm = dt.data_transforms["cifar"]["train"].transforms[-1]
+    padded = T.functional.pad(pil, 4)
+    worst = 0.0
+    for top, left, flip in ((0, 0, True), (3, 7, False), (8, 8, True), (5, 1, True)):
+        crop = T.functional.crop(padded, top, left, 32, 32)
+        a = norm(T.ToTensor()(T.functional.hflip(crop) if flip else crop))
+        src = T.functional.hflip(padded) if flip else padded
+        b = norm(T.ToTensor()(T.functional.crop(src, top, 8 - left if flip else left, 32, 32)))
+        worst = max(worst, diff(a, b))
+    kinds = [type(t).__name__ for t in build_transform(pre, train=True).transforms]
+    table.equal(f"CIFAR training transform (ours {kinds}), 4 fixed draws", worst, tol=0,
+                note="equal in distribution: flip and crop commute, the RNG order differs")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--published", required=True, type=Path, help="checkout of BGU-CS-VIL/vmdls")
@@ -426,6 +676,8 @@ def main(argv=None) -> int:
     training_loss(args.published, table, golden)
     sampler(args.published, table)
     score(args.published, table)
+    cifar_transforms(args.published, table)
+    recipes(args.published, table)
     md = table.markdown()
     if args.out:
         args.out.write_text(md + "\n")

@@ -49,6 +49,7 @@ SPECS = {
     "npos_resnet34_32x32": ({"num_classes": 3, "width": 4, "head_dim": 8, "mlp_hidden": 8}, (3, 32, 32), "classifier"),
     "resnet18_224x224": ({"num_classes": 3}, (3, 224, 224), "classifier"),
     "resnet18_32x32": ({"num_classes": 3, "width": 4}, (3, 32, 32), "classifier"),
+    "resnet34_32x32": ({"num_classes": 3, "width": 4}, (3, 32, 32), "classifier"),
     "resnet50": ({"num_classes": 3}, (3, 224, 224), "classifier"),
     "timm": ({"model": "resnet18", "num_classes": 3}, (3, 32, 32), "classifier"),
     "timm_vit": ({"num_classes": 3, "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "embed_dim": 16,

@@ -457,3 +457,52 @@ def test_prototypes_are_restored_onto_the_training_device():
     queues = ClassQueues(3, 5, dim=4, device="meta")
     queues.load_state_dict(ClassQueues(3, 5, dim=4).state_dict())
     assert queues.data.device.type == "meta"
+
+
+def test_drop_last_sampler_drops_the_short_batch_and_reshuffles_per_epoch():
+    from openood_ext.trainers.drop_last import DropLastBatchSampler
+    s = DropLastBatchSampler(10, 4, seed=3)
+    e0 = list(s)
+    assert len(s) == 2 and [len(b) for b in e0] == [4, 4] and len({i for b in e0 for i in b}) == 8
+    assert list(s) == e0  # the same epoch, the same order (resume)
+    s.set_epoch(1)
+    assert list(s) != e0
+    with pytest.raises(ConfigError, match="no full batch"):
+        DropLastBatchSampler(3, 4, seed=0)
+    # the trainer hands it to the loader only when asked to (default: the engine's shuffled loader)
+    assert TRAINERS.build({"name": "npos"}).batch_sampler(torch.zeros(10), 4, 0) is None
+    assert len(TRAINERS.build({"name": "npos", "drop_last": True}).batch_sampler(torch.zeros(50_000), 256, 0)) == 195
+
+
+def test_prototype_init_test_averages_the_val_and_test_splits():
+    """The paper's DispLoss averages z over its test loader: ``prototype_init: test`` = id_val + id_test."""
+    from types import SimpleNamespace
+    net, _, _ = _parts()
+    g = torch.Generator().manual_seed(4)
+    splits = {name: (torch.randn(n, 1, 8, 8, generator=g), torch.arange(n) % 3) for name, n in
+              (("id_val", 6), ("id_test", 9))}
+    bench = SimpleNamespace(split=lambda name: name, loader=lambda split, **k: [splits[split]])
+    want = {}
+    net.eval()
+    with torch.no_grad():
+        for init, names in (("val", ["id_val"]), ("test", ["id_val", "id_test"])):
+            z = torch.cat([net.project(net.features(splits[n][0])) for n in names])
+            y = torch.cat([splits[n][1] for n in names])
+            want[init] = F.normalize(torch.stack([z[y == c].sum(0) for c in range(3)]), dim=1)
+    for init in ("val", "test"):
+        trainer = TRAINERS.build({"name": "npos", "prototype_init": init})
+        trainer.net, trainer.ctx = net, SimpleNamespace(benchmark=bench, num_classes=3, device=torch.device("cpu"))
+        torch.testing.assert_close(trainer._val_prototypes(), want[init])
+    assert not torch.allclose(want["val"], want["test"])
+
+
+def test_paper_and_openood_recipes_keep_their_own_loader_and_normalisation():
+    from openood_ext.config import load_config
+    paper = load_config(["configs/experiments/npos/train_npos_cifar10.yml"])
+    v15 = load_config(["configs/experiments/npos/train_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"])
+    assert paper.trainer.drop_last is True and list(paper.benchmark.preprocessor.std) == [0.2471, 0.2435, 0.2616]
+    assert v15.trainer.drop_last is False and list(v15.benchmark.preprocessor.std) == [0.2470, 0.2435, 0.2616]
+    c100 = load_config(["configs/experiments/npos/test_ood_npos_cifar100.yml"])
+    assert (c100.network.name, c100.trainer.proto_m, c100.trainer.drop_last) == ("npos_resnet34_32x32", 0.5, True)
+    assert c100.postprocessors[0].k == 300 and c100.benchmark.num_classes == 100
+    assert load_config(["configs/experiments/npos/test_ood_npos_cifar10.yml", "configs/trainers/npos_openood_v15.yml"]).aps

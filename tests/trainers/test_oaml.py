@@ -115,6 +115,25 @@ def test_oaml_configs_published_student_and_latent_count():
     assert anchor.scheduler.min_lr_ratio == pytest.approx(1e-6 / anchor.optimizer.lr)
 
 
+def test_published_loop_length_and_anchor_model():
+    """OAML's loop skips each epoch's last batch (390 steps of 128 on CIFAR-10's 50,000 images), which
+    trainer.drop_last reproduces; Dream-OOD's anchor model is a CIFAR ResNet-34 with its own constants."""
+    from openood_ext.config import load_config
+    from openood_ext.networks import NETWORKS
+    from openood_ext.trainers import TRAINERS
+    pub = load_config(["configs/experiments/oaml/train_oaml_cifar10_224.yml"])
+    assert pub.trainer.drop_last is True
+    trainer = TRAINERS.build({"name": "oaml", "teacher": {"checkpoint": "t.pt"}, "drop_last": True})
+    assert len(trainer.batch_sampler(torch.zeros(50_000), 128, 0)) == 390
+    assert TRAINERS.build({"name": "oaml", "teacher": {"checkpoint": "t.pt"}}).batch_sampler(torch.zeros(9), 4, 0) is None
+    anchor = load_config(["configs/experiments/oaml/train_dream_anchor_cifar10.yml"])
+    assert anchor.network.backbone == "resnet34_32x32"
+    assert list(anchor.benchmark.preprocessor.std) == pytest.approx([63.0 / 255, 62.1 / 255, 66.7 / 255])
+    net = NETWORKS.build({"name": "resnet34_32x32", "num_classes": 10, "width": 4})
+    logits, feat = net(torch.randn(2, 3, 32, 32), return_feature=True)
+    assert logits.shape == (2, 10) and feat.shape == (2, 32) and len(net.body.layer3) == 6
+
+
 def test_hub_id_offline_is_one_line_error(tmp_path):
     from openood_ext.synthesizers.sd_pipeline import SDConfig, load_pipeline
     with pytest.raises(ConfigError, match="not available offline.*local directory") as e:

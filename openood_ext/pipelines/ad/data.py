@@ -10,6 +10,10 @@ Both are keys of ``benchmark.preprocessor`` and act on the benchmark of one (nor
   (``RunningStats`` over batches of 2); here they are exact (float64 sums over all pixels). The cache is
   ``stats_cache.json`` next to the cell's training image list. ``normalize: fixed`` (default) keeps the
   configured constants.
+* ``normalize: gcn_min_max`` -- EOE's ``'gcn-normalize'`` (its MVTec-AD runner): every image gets a global
+  contrast normalisation (``preprocessor.gcn: l1``, train and test, OE images included), then Normalize
+  with mean = the smallest value and std = the range of the GCN'd normal training images (resized to
+  ``resize``, not cropped, no augmentation, as EOE's raw training set), one number for every channel.
 * ``ms_mode: {mode, magnitude, parts}`` (:class:`~openood_ext.synthesizers.fourier_filter.MSMode`) --
   EOE's multiscale filters (lpf, hpf, blur, sharpen) on any of the normal training images (``train_nominal``), the OE images
   (``train_oe``; the outlier source is wrapped in ``fourier_filter``), the normal test images
@@ -35,7 +39,7 @@ from ...synthesizers.fourier_filter import FourierFiltered, FourierTransform, MS
 from ...synthesizers.pixels import PixelSpace
 from ...utils.io import write_text
 
-NORMALIZE = ("fixed", "normal_class")
+NORMALIZE = ("fixed", "normal_class", "gcn_min_max")
 #: ms_mode part -> the benchmark split it filters (train_oe is the outlier source, not a split)
 PART_SPLITS = {"train_nominal": "id_train", "test_nominal": "id_test", "test_anomalous": "anomalies"}
 
@@ -46,7 +50,11 @@ def check_preprocessor(pre: Mapping[str, Any] | None) -> MSMode | None:
     norm = pre.get("normalize", "fixed")
     if norm not in NORMALIZE:
         raise ConfigError(f"benchmark.preprocessor.normalize: expected one of {', '.join(NORMALIZE)}, got {norm!r}")
-    return MSMode.from_config(pre.get("ms_mode"), int(pre.get("image_size", 32)))
+    ms = MSMode.from_config(pre.get("ms_mode"), int(pre.get("image_size", 32)))
+    if norm == "gcn_min_max" and ms is not None and ms.magnitude:
+        raise ConfigError("benchmark.preprocessor.ms_mode: the filters work in pixel units, which "
+                          "normalize: gcn_min_max does not keep; use normal_class")
+    return ms
 
 
 def adapt_benchmark(bench) -> None:
@@ -55,6 +63,11 @@ def adapt_benchmark(bench) -> None:
     if bench.preprocessor.get("normalize", "fixed") == "normal_class":
         mean, std = normal_class_stats(bench)
         bench.preprocessor = {**bench.preprocessor, "mean": mean, "std": std}
+    elif bench.preprocessor.get("normalize") == "gcn_min_max":
+        low, high = gcn_min_max_stats(bench)
+        channels = int(bench.preprocessor.get("channels", 3))
+        bench.preprocessor = {**bench.preprocessor, "gcn": "l1", "mean": [low] * channels,
+                              "std": [high - low] * channels}
     if ms is None or ms.magnitude == 0:
         return
     pixels = PixelSpace(bench.preprocessor)
@@ -74,6 +87,50 @@ def adapt_benchmark(bench) -> None:
     bench.dataset = dataset
     if "train_oe" in ms.parts:
         bench.wrap_outlier_source = lambda source: FourierFiltered.around(source, ms.mode, ms.magnitude)
+
+
+def gcn_min_max_stats(bench, batch_size: int = 64) -> tuple[float, float]:
+    """(min, max) over every value of the GCN'd (L1) normal training images, resized to ``resize`` and not
+    cropped (EOE's raw training set), cached in ``stats_cache.json`` like :func:`normal_class_stats`."""
+    from ...datasets.transforms import GlobalContrastNorm
+
+    pre = bench.preprocessor
+    split = bench.split("id_train")
+    channels = int(pre.get("channels", 3))
+    side = int(pre.get("resize") or pre.get("image_size", 32))
+    stat = split.imglist.stat() if split.imglist.is_file() else None
+    key = json.dumps({"list": split.imglist.name, "size": stat.st_size if stat else None, "gcn": "l1",
+                      "mtime": stat.st_mtime_ns if stat else None, "side": side,
+                      "interpolation": pre.get("interpolation")}, sort_keys=True)
+    cache = split.imglist.parent / "stats_cache.json"
+    try:
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return cached[key]["min"], cached[key]["max"]
+    raw = {**pre, "image_size": side, "resize": side, "mean": [0.0] * channels, "std": [1.0] * channels,
+           "ms_mode": None, "gcn": None}
+    saved = bench.preprocessor
+    bench.preprocessor = raw
+    try:
+        ds = bench.dataset(split, train=False)
+    finally:
+        bench.preprocessor = saved
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=lambda b: torch.stack([x[0] for x in b]))
+    gcn, low, high = GlobalContrastNorm(), float("inf"), float("-inf")
+    for images in loader:
+        x = gcn(images.double())
+        low, high = min(low, float(x.min())), max(high, float(x.max()))
+    if not high > low:
+        raise DataError(f"benchmark {bench.name}: no normal training images (or only constant ones) to compute "
+                        f"the GCN min-max normalisation from")
+    cached[key] = {"min": low, "max": high}
+    try:
+        write_text(cache, json.dumps(cached, indent=1) + "\n")
+    except OSError:
+        pass
+    return low, high
 
 
 def normal_class_stats(bench, batch_size: int = 500) -> tuple[list[float], list[float]]:

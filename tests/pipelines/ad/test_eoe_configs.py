@@ -38,3 +38,30 @@ def test_published_recipes_of_the_sweeps_and_clip():
     assert cpu["benchmark"]["merge_val_into"] is None and cpu["trainer"]["outliers"]["batch_size"] == 128
     assert cpu["ad"]["seeds"] == 2 and cpu["ad"]["classes"] == [0, 1, 2] and cpu["trainer"]["epochs"] == 5
     assert load_config(["configs/experiments/eoe/ad_fmnist_eoe_hsc.yml"]).benchmark.merge_val_into == "train"
+
+
+@pytest.mark.parametrize("config, epochs, milestones, seeds, net", [
+    ("ad_cifar100_eoe_hsc.yml", 200, [100, 150], 10, "eoe_cnn32"),   # train_cifar.py with --dataset cifar100
+    ("ad_mvtec_eoe_hsc.yml", 30, [20, 25], 2, "eoe_resnet224"),      # train_mvtec.py
+])
+def test_settings_without_data_here_load_and_validate(config, epochs, milestones, seeds, net, tmp_path, monkeypatch):
+    """The CIFAR-100 and MVTec-AD recipes load with EOE's settings and pass run validation without their
+    data (CIFAR-100's lists are read when the run starts; MVTec's tree is looked at by validation, which
+    then names the missing folder in one line)."""
+    from openood_ext.errors import DataError
+    from openood_ext.pipelines.validation import validate_run
+
+    monkeypatch.setenv("OPENOOD_EXT_DATA", str(tmp_path))
+    cfg = load_config([f"configs/experiments/eoe/{config}"])
+    tr = to_plain(cfg.trainer)
+    assert tr["name"] == "eoe_hsc" and tr["epochs"] == epochs and tr["batch_size"] == 128
+    assert tr["optimizer"] == {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}
+    assert tr["scheduler"] == {"name": "multistep", "milestones": milestones, "gamma": 0.1, "interval": "epoch"}
+    assert cfg.ad.seeds == seeds and cfg.network.name == net
+    assert cfg.benchmark.preprocessor.normalize == ("gcn_min_max" if "mvtec" in config else "normal_class")
+    if "mvtec" in config:
+        with pytest.raises(DataError, match="mvtec_anomaly_detection"):
+            validate_run(cfg)
+    else:
+        validate_run(cfg)
+        assert cfg.benchmark.groups == "superclass" and cfg.benchmark.merge_val_into == "test"
