@@ -10,6 +10,11 @@ state the engine saves with the training state and restores on resume (same batc
 Shuffling draws from the generator exactly what a ``DataLoader(shuffle=True, generator=g)`` draws (a
 base seed, the epoch's permutation and a second, unused permutation), so a CPU generator yields the
 DataLoader's order; with a trainer's batch sampler (class-balanced batches), its index batches are used.
+
+``raw_stage`` (optional, set by the caller): ``(uint8 batch, generator) -> (uint8 batch, marked [B] bool)``
+applied to the decoded batch before the pipeline (FCDD's online supervisor,
+:class:`~openood_ext.synthesizers.supervisor.RawBatchSupervision`); marked samples get label -1. The
+pipeline still sees the images' own labels (per-class normalisation).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class TensorBatchSource:
         self.pipeline, self.batch_size = pipeline, int(batch_size)
         self.batch_sampler = batch_sampler
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.raw_stage = None
 
     def __len__(self) -> int:
         if self.batch_sampler is not None:
@@ -67,5 +73,8 @@ class TensorBatchSource:
 
     def __iter__(self):
         for idx in self.index_batches():
-            labels = self.labels[idx]
-            yield self.pipeline(self.images[idx], self.generator, labels), labels, 0
+            labels, images, marked = self.labels[idx], self.images[idx], None
+            if self.raw_stage is not None:
+                images, marked = self.raw_stage(images, self.generator)
+            out = self.pipeline(images, self.generator, labels)
+            yield out, labels if marked is None else labels.masked_fill(marked, -1), 0

@@ -114,6 +114,9 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         if extra:  # e.g. EOE's Fourier filter on the normalised training images
             pipeline = Then(pipeline, extra)
     sampler = trainer.batch_sampler(decoded.labels, batch_size, seed)
-    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)", len(decoded), where,
-             decoded.source, pipeline)
-    return TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler)
+    batches = TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler)
+    stage = getattr(trainer, "raw_batch_stage", None)
+    batches.raw_stage = stage(source) if stage is not None else None  # e.g. FCDD's online supervisor
+    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s%s)", len(decoded), where,
+             decoded.source, f"{batches.raw_stage} then " if batches.raw_stage is not None else "", pipeline)
+    return batches
