@@ -108,7 +108,9 @@ def recipe_rows(root: Path) -> list[tuple[str, str, str]]:
                  "optimizer": (pub.optimizer_type, tr["optimizer"]["name"]),
                  "gauss_std": (float(pub.gauss_std), float(net["gauss_std"])),
                  "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile)),
-                 "passes per epoch": (passes_per_epoch(pub.dataset), tr.get("epoch_repeats", 1))}
+                 "passes per epoch": (passes_per_epoch(pub.dataset), tr.get("epoch_repeats", 1)),
+                 "supervisor": ("online" if pub.online_supervision else "offline",
+                                (tr.get("outliers") or {}).get("supervisor", "batch"))}
         bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
         out.append((f"recipe {name} ({config}.yml): " + ", ".join(pairs),
                     "none" if not bad else "; ".join(f"{k}: published {a}, ours {b}" for k, (a, b) in bad.items()),
@@ -382,19 +384,50 @@ def small_rows(row, golden) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def small_rows_on(root: str, fm: torch.Tensor, cf: torch.Tensor, row, golden) -> None:
-    import random as pyrandom
+SMALL_CASES = (("F-MNIST", "ad_fmnist_fcdd"), ("CIFAR-10", "ad_cifar10_fcdd"))
 
-    import fcdd.datasets.online_supervisor as pub_sup
-    import torchvision
+
+def small_fixed_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """(the one grey 28 px outlier image uint8 [1, 1, 28, 28], the confetti noise [1, 3, 32, 32]) both
+    sides get in the CIFAR-10/F-MNIST rows."""
+    oe = torch.randint(0, 256, (1, 1, 28, 28), generator=torch.Generator().manual_seed(13), dtype=torch.uint8)
+    noise = torch.randint(-300, 300, (1, 3, 32, 32), generator=torch.Generator().manual_seed(14)).float()
+    return oe, noise
+
+
+def small_ours(config: str):
+    """(tensor-path supervisor stage, batch pipeline, what keeps the recipe off the tensor path or None)
+    of our recipe ``config``, its source given the fixed inputs (:func:`small_fixed_inputs`; confetti
+    with ``published_noise_clamp: true``)."""
+    from types import SimpleNamespace
 
     from openood_ext.config import load_config, to_plain
     from openood_ext.datasets.tensor_recipe import tensor_pipeline, unsupported
     from openood_ext.synthesizers import OUTLIER_SOURCES
     from openood_ext.trainers import TRAINERS, split_trainer_config
     from openood_ext.trainers.data import tensor_backend_obstacle
+    cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
+    settings, method = split_trainer_config(to_plain(cfg.trainer))
+    trainer, source = TRAINERS.build(method), OUTLIER_SOURCES.build(dict(settings.outliers))
+    pre = to_plain(cfg.benchmark.preprocessor)
+    obstacle = tensor_backend_obstacle(SimpleNamespace(preprocessor=pre), trainer, source) or unsupported(pre, True)
+    oe, noise = small_fixed_inputs()
+    if hasattr(source, "stored_pool"):
+        source._stored = oe.clone()  # the outlier pool: the published loader's one image
+    else:
+        source.noise255 = lambda shape, generator: noise.expand(shape[0], -1, -1, -1).clone()
+        source.published_noise_clamp = True
+    return trainer.raw_batch_stage(source), tensor_pipeline(pre, train=True), obstacle
 
-    oe = torch.randint(0, 256, (1, 1, 28, 28), generator=torch.Generator().manual_seed(13), dtype=torch.uint8)
+
+def small_rows_on(root: str, fm: torch.Tensor, cf: torch.Tensor, row, golden) -> None:
+    import random as pyrandom
+
+    import fcdd.datasets.online_supervisor as pub_sup
+    import torchvision
+    import torchvision.datasets.cifar as tv_cifar
+
+    oe, noise = small_fixed_inputs()
 
     class FakeOE:  # FCDD's OECifar100 loader, one fixed grey 28 px outlier (CIFAR-100 is not here)
         def __init__(self, size, limit_var=None, root=None):
@@ -403,34 +436,21 @@ def small_rows_on(root: str, fm: torch.Tensor, cf: torch.Tensor, row, golden) ->
         def data_loader(self):
             return [oe.clone()]
     pub_sup.OECifar100 = FakeOE
-    import torchvision.datasets.cifar as tv_cifar
     # the fake batches have no published md5
     torchvision.datasets.CIFAR10._check_integrity = lambda self: True
     tv_cifar.check_integrity = lambda path, md5=None: Path(path).is_file()
     from fcdd.datasets.cifar import ADCIFAR10
     from fcdd.datasets.fmnist import ADFMNIST
 
-    def ours(config):
-        cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
-        settings, method = split_trainer_config(to_plain(cfg.trainer))
-        trainer, source = TRAINERS.build(method), OUTLIER_SOURCES.build(dict(settings.outliers))
-        pre = to_plain(cfg.benchmark.preprocessor)
-        from types import SimpleNamespace
-        obstacle = tensor_backend_obstacle(SimpleNamespace(preprocessor=pre), trainer, source) or unsupported(pre, True)
-        return trainer, source, pre, obstacle
-
-    noise = torch.randint(-300, 300, (1, 3, 32, 32), generator=torch.Generator().manual_seed(14)).float()
-    cases = (
-        ("F-MNIST", "ad_fmnist_fcdd", lambda: ADFMNIST(root, 0, "lcnaug1", 0, "noise", "cifar100", np.inf, True), fm),
-        ("CIFAR-10", "ad_cifar10_fcdd", lambda: ADCIFAR10(root, 0, "aug1", 0, "noise", "confetti", np.inf, True), cf),
-    )
-    for name, config, make, normals in cases:
+    makers = {"F-MNIST": (lambda: ADFMNIST(root, 0, "lcnaug1", 0, "noise", "cifar100", np.inf, True), fm),
+              "CIFAR-10": (lambda: ADCIFAR10(root, 0, "aug1", 0, "noise", "confetti", np.inf, True), cf)}
+    for name, config in SMALL_CASES:
+        make, normals = makers[name]
         ds = make()
         train_set = ds.train_set.dataset
         sup = next(t for t in train_set.all_transform.transforms if isinstance(t, pub_sup.OnlineSupervisor))
         ds._generate_noise = lambda *a, **kw: noise.clone()
-        trainer, source, pre, obstacle = ours(config)
-        stage, pipeline = trainer.raw_batch_stage(source), tensor_pipeline(pre, train=True)
+        stage, pipeline, obstacle = small_ours(config)
         pub_order, our_order = " → ".join(published_steps(train_set)), " → ".join(our_steps(stage, pipeline))
         row(f"{name} online position (`{config}.yml`, `supervisor: online`, tensor backend: "
             f"{'yes' if obstacle is None else obstacle}): published {pub_order}, ours {our_order}",
@@ -445,19 +465,13 @@ def small_rows_on(root: str, fm: torch.Tensor, cf: torch.Tensor, row, golden) ->
         train_set.transform = transform
         pub_stored = torch.stack([c.permute(2, 0, 1) if c.dim() == 3 else c[None] for c in captured])
         raw = normals[:, None] if normals.dim() == 3 else normals
-        if name == "F-MNIST":
-            source._stored = oe[0].expand(1, -1, -1, -1).clone()  # the same outlier as the published loader's
-            switch = ""
-        else:
-            source.noise255 = lambda shape, generator: noise.expand(shape[0], -1, -1, -1).clone()
-            source.published_noise_clamp = True
-            switch = " with `published_noise_clamp: true`"
         stage.p = 1.0
         ours_stored, marked = stage(raw, torch.Generator().manual_seed(0))
         ours_targets = [1 if m else 0 for m in marked.tolist()]
         diff = float((pub_stored.float() - ours_stored.float()).abs().max())
         golden.setdefault("small_online_stored", {})[name] = {"sum": float(pub_stored.double().sum()),
                                                              "targets": pub_targets}
+        switch = " with `published_noise_clamp: true`" if name == "CIFAR-10" else ""
         row(f"{name} online anomaly handed to the training transform (same stored images and "
             f"{'outlier image' if name == 'F-MNIST' else 'confetti'}, every image replaced){switch}; labels",
             f"{diff:.1e}; published {pub_targets}, ours {ours_targets}",

@@ -382,3 +382,19 @@ def test_oe_images_online_replace_with_the_outlier_stored_as_the_id_images(tmp_p
     from openood_ext.synthesizers import OUTLIER_SOURCES
     with pytest.raises(ConfigError, match="supervisor"):  # no offline set of outlier images
         OUTLIER_SOURCES.build({"name": "oe_images", "folder": str(tmp_path), "supervisor": "offline"})
+
+
+@pytest.mark.parametrize("name,config", [("F-MNIST", "ad_fmnist_fcdd"), ("CIFAR-10", "ad_cifar10_fcdd")])
+def test_small_online_anomaly_equals_the_published_supervisors(harness, golden, name, config):
+    """The harness's fixed inputs through our recipe's tensor-path stage give the stored anomalies and
+    labels FCDD's ADFMNIST/ADCIFAR10 online supervisor handed to its training transform."""
+    import shutil
+    root, fm, cf = harness.fake_small_roots()
+    shutil.rmtree(root)
+    normals = fm[:, None] if name == "F-MNIST" else cf
+    stage, _, obstacle = harness.small_ours(config)
+    stage.p = 1.0
+    stored, marked = stage(normals, torch.Generator().manual_seed(0))
+    want = golden["small_online_stored"][name]
+    assert obstacle is None and float(stored.double().sum()) == want["sum"]
+    assert [1 if m else 0 for m in marked.tolist()] == want["targets"]
