@@ -3,7 +3,8 @@ image *before* the training transform (FCDD's ``OnlineSupervisor`` is the first 
 transforms, and its offline supervisor writes the anomalies into the training data), so the random crop,
 the colour jitter, the noise and the normalisation act on the anomaly as on a normal image.
 
-An image source with ``supervisor: online`` or ``offline`` (``confetti``, ``fcdd_noise``) is not drawn by
+An image source with ``supervisor: online`` or ``offline`` (``confetti``, ``fcdd_noise``; ``oe_images``
+online: the outlier image replaces the stored image) is not drawn by
 the engine; the trainer wraps the training set in :class:`DatasetSupervision` instead. Items are
 ``(stack [2, C, H, W], label)``: the transformed image and its ground-truth map (broadcast over the
 channels: 1 = anomalous pixel), with label -1 for an artificial anomaly (the image list's label
@@ -12,16 +13,16 @@ for ``malformed_normal_gt``, zeros for a normal image; the map takes the image's
 
 * ``online`` (FCDD's ``OnlineSupervisor``): each item is replaced with probability ``p`` by an anomaly
   made from it (a Python ``random.random()`` draw, as FCDD's), drawn afresh at every access;
+* ``offline`` (FCDD's ``--offline-supervision``, ``_generate_artificial_anomalies_train_set``): the set
+  holds the N images and N anomalies, anomaly k made from image k once for the whole run. Here anomaly k
+  is made again at each access from a generator seeded by (seed, k), which gives the same anomaly every
+  epoch without storing the set.
+
 On the tensor data path (``data.backend: tensor|auto``, the decoded uint8 images augmented per batch)
 ``online`` is :class:`RawBatchSupervision`: the same rule applied per sample to the raw decoded batch,
 before the batched augmentation (:class:`~openood_ext.datasets.batch_source.TensorBatchSource`'s
 ``raw_stage``); the trainer decides which of the two a run gets
 (:meth:`~openood_ext.trainers.fcdd.OnlineSupervision.raw_batch_stage`).
-
-* ``offline`` (FCDD's ``--offline-supervision``, ``_generate_artificial_anomalies_train_set``): the set
-  holds the N images and N anomalies, anomaly k made from image k once for the whole run. Here anomaly k
-  is made again at each access from a generator seeded by (seed, k), which gives the same anomaly every
-  epoch without storing the set.
 """
 
 from __future__ import annotations
