@@ -19,6 +19,11 @@ one-process run of the same sampler reads. The engine's ``set_epoch`` reaches it
 The generator then draws augmentation only, seeded per rank (``seed + 7919 * rank``, as the per-image
 path seeds its workers), so the ranks augment independently. A trainer's batch sampler is dealt over the
 ranks by the caller (``distributed.ShardedBatchSampler``).
+
+``raw_stage`` (optional, set by the caller): ``(uint8 batch, generator) -> (uint8 batch, marked [B] bool)``
+applied to the decoded batch before the pipeline (FCDD's online supervisor,
+:class:`~openood_ext.synthesizers.supervisor.RawBatchSupervision`); marked samples get label -1. The
+pipeline still sees the images' own labels (per-class normalisation).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class TensorBatchSource:
             self.sampler = torch.utils.data.DistributedSampler(decoded, num_replicas=world, rank=rank, shuffle=True,
                                                                seed=int(seed), drop_last=False)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed) + (7919 * rank if world > 1 else 0))
+        self.raw_stage = None
 
     def __len__(self) -> int:
         if self.batch_sampler is not None:
@@ -86,5 +92,8 @@ class TensorBatchSource:
 
     def __iter__(self):
         for idx in self.index_batches():
-            labels = self.labels[idx]
-            yield self.pipeline(self.images[idx], self.generator, labels), labels, 0
+            labels, images, marked = self.labels[idx], self.images[idx], None
+            if self.raw_stage is not None:
+                images, marked = self.raw_stage(images, self.generator)
+            out = self.pipeline(images, self.generator, labels)
+            yield out, labels if marked is None else labels.masked_fill(marked, -1), 0

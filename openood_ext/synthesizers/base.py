@@ -12,9 +12,10 @@ Image sources (``kind = "images"``) fill ``batch.outliers`` in the engine. Featu
 the network's embeddings of the current batch. Both save what resume needs in ``state_dict``.
 
 An image source with ``dataset_side = True`` (FCDD's supervisor position: ``supervisor: online|offline``
-of ``confetti`` and ``fcdd_noise``) is not drawn by the engine: its trainer wraps the training set
-(``Trainer.train_dataset``) and the source's ``corrupt255`` makes the anomalies there, before the
-training transform (:mod:`.supervisor`).
+of ``confetti`` and ``fcdd_noise``, ``supervisor: online`` of ``oe_images``) is not drawn by the engine:
+its trainer wraps the training set (``Trainer.train_dataset``) and the source's ``corrupt255`` makes the anomalies there, before the
+training transform (:mod:`.supervisor`; on the tensor data path the batch source applies the
+trainer's ``raw_batch_stage`` to the raw decoded batch instead).
 """
 
 from __future__ import annotations

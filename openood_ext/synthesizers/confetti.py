@@ -202,7 +202,8 @@ class Confetti(OutlierSource):
     ``supervisor``: where the confetti is made. ``batch`` (default): by the engine, on the transformed
     training batch (after crop, jitter, noise; normalisation undone and redone). ``online``: FCDD's
     ``OnlineSupervisor`` position, on the stored image before the training transform (so the crop/resize,
-    the colour jitter and the noise of FCDD's ``lcnaug1`` act on the anomaly too; the MVTec recipe);
+    the colour jitter and the noise of FCDD's ``lcnaug1`` act on the anomaly too; the MVTec and CIFAR-10
+    recipes; on the tensor data path it is made on the raw decoded batch before the batched augmentation);
     ``offline``: FCDD's offline supervision, a fixed set of N anomalies, one per training image, made once
     (:mod:`.supervisor`). With ``online``/``offline`` the noise is drawn at the stored size and
     ``draw_size`` is not used.
@@ -267,4 +268,5 @@ class Confetti(OutlierSource):
         return self.corrupt(batch.images)
 
     def describe(self) -> str:
-        return f"confetti ({self.mode}, blob sides {self.side_range[0]}..{self.side_range[1]})"
+        where = "" if self.supervisor == "batch" else f", supervisor {self.supervisor}"
+        return f"confetti ({self.mode}, blob sides {self.side_range[0]}..{self.side_range[1]}{where})"

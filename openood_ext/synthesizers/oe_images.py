@@ -99,6 +99,16 @@ class OEImages(OutlierSource):
     With ``data.backend: tensor`` (the ID images on the tensor path, :meth:`use_tensor_path`), the
     outlier images are decoded once into the same decoded-image cache, held on the training device and
     augmented per batch there, with a generator seeded by (seed, epoch); the drawn indices are the same.
+
+    ``supervisor``: where the outliers enter (FCDD's trainers, ``supervise_mode: noise``). ``batch``
+    (default): drawn by the engine, through the training transform of their own, as above. ``online``:
+    FCDD's ``OnlineSupervisor`` with an outlier-exposure set (``noise_mode: cifar100``): a training image
+    is replaced by an outlier image *stored as the ID images are* (the ID benchmark's mode, resize and
+    centre crop, uint8) before the ID training transform, which then acts on it as on a normal image
+    (:mod:`.supervisor`; :meth:`corrupt255`). FCDD cycles through a shuffled outlier loader; here each
+    replacement draws one pooled image uniformly (the same image distribution; ``order`` is not used).
+    FCDD's CIFAR-100 outliers are resized in RGB and then made grey; ours are made grey (the ID mode) and
+    then resized, as the ID images.
     """
 
     kind = "images"
@@ -107,7 +117,7 @@ class OEImages(OutlierSource):
                  image_dir: str | None = None, limit: NonNegativeInt | None = None,
                  batch_size: PositiveInt | None = None, augment: bool = True,
                  limit_classes: PositiveInt | None = None, order: Literal["cycle", "published"] = "cycle",
-                 masks: bool | None = None):
+                 masks: bool | None = None, supervisor: Literal["batch", "online"] = "batch"):
         if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
@@ -118,6 +128,9 @@ class OEImages(OutlierSource):
         self._iter = None
         self._tensor = None  # (uint8 images on the device, BatchPipeline) on the tensor path
         self.masks, self.last_masks = masks, None
+        self.supervisor = supervisor
+        self.dataset_side = supervisor != "batch"
+        self._stored = None  # the pooled images as stored ID pixels (uint8, CPU), for supervisor: online
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -195,6 +208,8 @@ class OEImages(OutlierSource):
             size += f" (classes {', '.join(map(str, self.classes))})"
         per_step = f"{self.out_batch} per step" if self.batch_size else \
             f"as many per step as the ID batch ({self.out_batch})"
+        if self.dataset_side:
+            per_step = "replacing training images before their transform (supervisor: online)"
         return f"oe_images: {size} images from {self._where()}, {per_step}"
 
     def label(self) -> str:
@@ -248,7 +263,39 @@ class OEImages(OutlierSource):
         self._iter = None
         return True
 
+    # ------------------------------------------------------------------ before the transform (online)
+    def stored_pool(self) -> torch.Tensor:
+        """The pooled outlier images as the ID images are stored (uint8 [P, C, H, W] on the CPU: the ID
+        benchmark's mode, resize and centre crop), decoded once (the tensor path's decoded set when
+        there is one)."""
+        if self._stored is None:
+            if self._tensor is not None:
+                pixels = self._tensor[0].cpu()
+            else:
+                decoded = DecodedCache(None, 2**31, logging.getLogger("openood_ext")).load(
+                    self.dataset, geometry(self.ctx.benchmark.preprocessor))
+                if decoded.skipped:
+                    raise DataError(f"outlier-exposure set ({self._where()}): {decoded.skipped} unreadable image(s) "
+                                    f"skipped; supervisor: online needs every pooled image (or use supervisor: batch)")
+                pixels = decoded.images
+            self._stored = pixels[torch.as_tensor(self.pool, dtype=torch.long)]
+        return self._stored
+
+    def corrupt255(self, raw: torch.Tensor, generator: torch.Generator | None,
+                   offline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, C, H, W] (0..255) -> (B pooled outlier images in their stored form, float 0..255;
+        maps [B, 1, H, W] of ones): FCDD's ``noise`` supervision with an outlier-exposure set, the
+        outlier replacing the image. ``generator`` None draws from the global torch RNG."""
+        pool = self.stored_pool()
+        if tuple(pool.shape[1:]) != tuple(raw.shape[1:]):
+            raise ConfigError(f"trainer.outliers.supervisor: online: the outlier images are stored as "
+                              f"{tuple(pool.shape[1:])}, the training images as {tuple(raw.shape[1:])} (C, H, W)")
+        pick = torch.randint(0, len(pool), (len(raw),), generator=generator)
+        return pool[pick].float(), torch.ones(len(raw), 1, *raw.shape[-2:])
+
     def on_epoch_start(self, epoch: int) -> None:
+        if self.dataset_side:  # not drawn by the engine: its images enter through corrupt255
+            return
         entropy = [self.ctx.seed, epoch, *rank_key(self.ctx)]  # augmentation differs per rank
         seed = int(np.random.default_rng(entropy).integers(2**62))
         if self._tensor is not None:

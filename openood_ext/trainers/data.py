@@ -167,6 +167,10 @@ def tensor_train_source(benchmark, trainer, batch_size: int, seed: int, data, de
         elif world > len(decoded):
             raise ConfigError(f"trainer: the training split has {len(decoded)} sample(s) for {world} processes "
                               f"(run torchrun with --nproc_per_node <= {len(decoded)})")
-    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s)%s", len(decoded), where,
-             decoded.source, pipeline, f"; rank {rank} of {world} reads its share" if world > 1 else "")
-    return TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler, rank=rank, world=world)
+    batches = TensorBatchSource(decoded, pipeline, batch_size, seed, where, batch_sampler=sampler, rank=rank, world=world)
+    stage = getattr(trainer, "raw_batch_stage", None)
+    batches.raw_stage = stage(source) if stage is not None else None  # e.g. FCDD's online supervisor
+    log.info("data backend: tensor (%d images as one uint8 tensor on %s, %s; %s%s)%s", len(decoded), where,
+             decoded.source, f"{batches.raw_stage} then " if batches.raw_stage is not None else "", pipeline,
+             f"; rank {rank} of {world} reads its share" if world > 1 else "")
+    return batches

@@ -35,7 +35,11 @@ Where the anomalies are made is the source's ``supervisor`` option: ``batch`` (d
 transformed batch here; ``online``/``offline`` in the training set, before the training transform, as
 FCDD (:mod:`openood_ext.synthesizers.supervisor`): online replaces each image with probability
 ``p_outlier`` there; offline adds a fixed anomaly per training image (an epoch then holds N images and
-N anomalies).
+N anomalies). ``online`` runs on either data path: on the per-image path the training set is wrapped
+(:meth:`OnlineSupervision.train_dataset`), on the tensor path the anomalies are made on the raw decoded
+batch before the batched augmentation (:meth:`OnlineSupervision.raw_batch_stage`); ``offline``,
+changed-pixel maps (``malformed_normal_gt``, the maps would have to follow each image's crop) and
+``epoch_repeats`` keep the per-image path.
 
 Anomaly score (:meth:`anomaly_scores`): the mean of A (higher = more anomalous), heatmap = upsampled A.
 """
@@ -50,7 +54,7 @@ import torch
 from .. import distributed
 from ..datasets.repeated import RepeatedDataset
 from ..schema import PositiveInt, Probability
-from ..synthesizers.supervisor import DatasetSupervision
+from ..synthesizers.supervisor import DatasetSupervision, RawBatchSupervision
 from .registry import TRAINERS
 from .trainer import Trainer
 
@@ -128,23 +132,43 @@ class OnlineSupervision(Trainer):
         """The first ``b`` rows of ``x``, cycled when shorter (as the outliers)."""
         return x[torch.arange(b, device=x.device) % len(x)] if len(x) < b else x[:b]
 
+    #: this trainer reads the anomalies a dataset-side source (``supervisor: online|offline``) makes
+    reads_dataset_side = True
+
+    def dataset_side(self, source) -> bool:
+        """Whether ``source``'s anomalies are made in the training data (before the training transform)
+        rather than drawn by the engine on the transformed batch: the one test both data paths use."""
+        return bool(self.needs_outliers) and bool(getattr(source, "dataset_side", False))
+
     def train_dataset(self, dataset, preprocessor, source=None, seed=0):
         """``epoch_repeats`` copies of the training set per epoch (FCDD's MVTec ``enlarge``), then, for a
         dataset-side source (``supervisor: online|offline``), its anomalies made in the set
         (:class:`~openood_ext.synthesizers.supervisor.DatasetSupervision`)."""
         if self.epoch_repeats > 1:
             dataset = RepeatedDataset(dataset, self.epoch_repeats)
-        if self.needs_outliers and getattr(source, "dataset_side", False):
+        if self.dataset_side(source):
             dataset = DatasetSupervision(dataset, source, preprocessor, p=self.p_outlier, seed=seed,
                                          changed_maps=self.supervise_mode == "malformed_normal_gt")
         return dataset
 
     def train_dataset_change(self, source=None) -> str | None:
-        if self.needs_outliers and getattr(source, "dataset_side", False):
-            return f"trainer.outliers.supervisor: {source.supervisor} (anomalies made before the training transform)"
+        """What keeps the training set on the per-image path (None: the tensor path can run it, online
+        anomalies included, :meth:`raw_batch_stage`)."""
+        if self.dataset_side(source):
+            if source.supervisor != "online":
+                return f"trainer.outliers.supervisor: {source.supervisor} (a fixed set of anomalies per training image)"
+            if self.supervise_mode == "malformed_normal_gt":
+                return "trainer.supervise_mode: malformed_normal_gt with supervisor: online (changed-pixel maps)"
+            if not hasattr(source, "corrupt255"):
+                return f"trainer.outliers.supervisor: online ({type(source).__name__} makes no raw anomalies)"
         if self.epoch_repeats > 1:
             return f"trainer.epoch_repeats: {self.epoch_repeats}"
         return None
+
+    def raw_batch_stage(self, source=None) -> RawBatchSupervision | None:
+        """The tensor path's online supervisor (anomalies on the raw decoded batch, before the batched
+        augmentation; call :meth:`train_dataset_change` first), or None for a source the engine draws."""
+        return RawBatchSupervision(source, self.p_outlier) if self.dataset_side(source) else None
 
     def supervised_batch(self, batch):
         images = batch.images
@@ -152,6 +176,11 @@ class OnlineSupervision(Trainer):
         if images.dim() == 5:  # dataset-side supervision: (image, map) stacks, anomalies labelled -1
             labels = (batch.labels < 0).long().to(images.device)
             return images[:, 0], labels, (images[:, 1, :1] if want_gt else None)
+        if self.dataset_side(getattr(getattr(self, "ctx", None), "outliers", None)):
+            # the tensor path's online supervisor: anomalies labelled -1, every pixel of one anomalous
+            labels = (batch.labels < 0).long().to(images.device)
+            gt = labels.view(-1, 1, 1, 1).float().expand(-1, 1, *images.shape[-2:]) if want_gt else None
+            return images, labels, gt
         b = len(images)
         labels = torch.zeros(b, dtype=torch.long, device=images.device)
         gt = None

@@ -93,8 +93,7 @@ def _check_source_kind(source, trainer, trainer_name: str) -> None:
     if kind != needs:
         raise ConfigError(f"trainer '{trainer_name}' needs {needs} outliers, but trainer.outliers "
                           f"'{getattr(source, '_registry_name', type(source).__name__)}' gives {kind}")
-    reads = getattr(trainer, "train_dataset_change", None)
-    if getattr(source, "dataset_side", False) and (reads is None or reads(source) is None):
+    if getattr(source, "dataset_side", False) and not getattr(trainer, "reads_dataset_side", False):
         # the engine does not draw a dataset-side source: a trainer that does not wrap the set would get none
         raise ConfigError(f"trainer.outliers.supervisor: {source.supervisor} makes the anomalies in the training "
                           f"set, which trainer '{trainer_name}' does not read (fcdd and hsc do); use supervisor: batch")

@@ -108,7 +108,9 @@ def recipe_rows(root: Path) -> list[tuple[str, str, str]]:
                  "optimizer": (pub.optimizer_type, tr["optimizer"]["name"]),
                  "gauss_std": (float(pub.gauss_std), float(net["gauss_std"])),
                  "quantile": (pub.quantile, float(cfg.ad.heatmap_quantile)),
-                 "passes per epoch": (passes_per_epoch(pub.dataset), tr.get("epoch_repeats", 1))}
+                 "passes per epoch": (passes_per_epoch(pub.dataset), tr.get("epoch_repeats", 1)),
+                 "supervisor": ("online" if pub.online_supervision else "offline",
+                                (tr.get("outliers") or {}).get("supervisor", "batch"))}
         bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
         out.append((f"recipe {name} ({config}.yml): " + ", ".join(pairs),
                     "none" if not bad else "; ".join(f"{k}: published {a}, ours {b}" for k, (a, b) in bad.items()),
@@ -317,6 +319,176 @@ def mvtec_rows_on(root: str, normals: torch.Tensor, row, golden) -> None:
         "equal" if counts[0] == counts[1] else "DIFFERS")
 
 
+def fake_small_roots(n: int = 6) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """A temporary root holding torchvision's stored F-MNIST (idx files) and CIFAR-10 (pickled batches)
+    with ``n`` random images each, classes 0 and 1 alternating; returns (root, the F-MNIST class-0 images
+    [k, 28, 28], the CIFAR-10 class-0 images [k, 3, 32, 32])."""
+    import pickle
+    import tempfile
+    root = Path(tempfile.mkdtemp(prefix="fcdd_small_"))
+    g = torch.Generator().manual_seed(12)
+    labels = [i % 2 for i in range(n)]
+    fm = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    raw = root / "MyFashionMNIST" / "raw"  # torchvision names the folder after the (published) class
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + fm.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            (2049).to_bytes(4, "big") + n.to_bytes(4, "big") + bytes(labels))
+    cf = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(batches / name, "wb") as fh:
+            pickle.dump({"data": cf.reshape(n, -1).numpy(), "labels": labels}, fh)
+    with open(batches / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
+    keep = torch.tensor(labels) == 0
+    return str(root), fm[keep], cf[keep]
+
+
+STEP_NAMES = {"OnlineSupervisor": "supervisor", "RawBatchSupervision": "supervisor", "RandomCrop": "crop",
+              "PadCrop": "crop", "RandomHorizontalFlip": "flip", "HFlip": "flip", "ColorJitter": "jitter",
+              "GaussianNoise": "noise", "Normalize": "normalise"}
+
+
+def published_steps(train_set) -> list[str]:
+    """FCDD's per-item order: the all_transform (its OnlineSupervisor) then the training transform; the
+    noise lambda (``x + s * randn_like(x)``) named by its source, LCN folded into the normalisation."""
+    import inspect
+    steps = []
+    for t in list(train_set.all_transform.transforms) + list(train_set.transform.transforms):
+        name = type(t).__name__
+        if name == "Lambda":
+            src = inspect.getsource(t.lambd)
+            name = "GaussianNoise" if "randn_like" in src else "Normalize" if "contrast" in src else name
+        steps.append(STEP_NAMES.get(name))
+    return [s for i, s in enumerate(steps) if s and (not i or s != steps[i - 1])]
+
+
+def our_steps(stage, pipeline) -> list[str]:
+    steps = [STEP_NAMES.get(type(stage).__name__)] + [STEP_NAMES.get(type(op).__name__) for op in pipeline.ops]
+    return [s for s in steps if s]
+
+
+def small_rows(row, golden) -> None:
+    """FCDD's F-MNIST and CIFAR-10 training sets (``ADFMNIST``, ``ADCIFAR10`` on fake stored files) against
+    our tensor path with ``supervisor: online``: the anomaly's position, the stored anomaly for the same
+    outlier, the label, the replacement rate."""
+    import shutil
+    root, fm, cf = fake_small_roots()
+    try:
+        small_rows_on(root, fm, cf, row, golden)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+SMALL_CASES = (("F-MNIST", "ad_fmnist_fcdd"), ("CIFAR-10", "ad_cifar10_fcdd"))
+
+
+def small_fixed_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """(the one grey 28 px outlier image uint8 [1, 1, 28, 28], the confetti noise [1, 3, 32, 32]) both
+    sides get in the CIFAR-10/F-MNIST rows."""
+    oe = torch.randint(0, 256, (1, 1, 28, 28), generator=torch.Generator().manual_seed(13), dtype=torch.uint8)
+    noise = torch.randint(-300, 300, (1, 3, 32, 32), generator=torch.Generator().manual_seed(14)).float()
+    return oe, noise
+
+
+def small_ours(config: str):
+    """(tensor-path supervisor stage, batch pipeline, what keeps the recipe off the tensor path or None)
+    of our recipe ``config``, its source given the fixed inputs (:func:`small_fixed_inputs`; confetti
+    with ``published_noise_clamp: true``)."""
+    from types import SimpleNamespace
+
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.datasets.tensor_recipe import tensor_pipeline, unsupported
+    from openood_ext.synthesizers import OUTLIER_SOURCES
+    from openood_ext.trainers import TRAINERS, split_trainer_config
+    from openood_ext.trainers.data import tensor_backend_obstacle
+    cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
+    settings, method = split_trainer_config(to_plain(cfg.trainer))
+    trainer, source = TRAINERS.build(method), OUTLIER_SOURCES.build(dict(settings.outliers))
+    pre = to_plain(cfg.benchmark.preprocessor)
+    obstacle = tensor_backend_obstacle(SimpleNamespace(preprocessor=pre), trainer, source) or unsupported(pre, True)
+    oe, noise = small_fixed_inputs()
+    if hasattr(source, "stored_pool"):
+        source._stored = oe.clone()  # the outlier pool: the published loader's one image
+    else:
+        source.noise255 = lambda shape, generator: noise.expand(shape[0], -1, -1, -1).clone()
+        source.published_noise_clamp = True
+    return trainer.raw_batch_stage(source), tensor_pipeline(pre, train=True), obstacle
+
+
+def small_rows_on(root: str, fm: torch.Tensor, cf: torch.Tensor, row, golden) -> None:
+    import random as pyrandom
+
+    import fcdd.datasets.online_supervisor as pub_sup
+    import torchvision
+    import torchvision.datasets.cifar as tv_cifar
+
+    oe, noise = small_fixed_inputs()
+
+    class FakeOE:  # FCDD's OECifar100 loader, one fixed grey 28 px outlier (CIFAR-100 is not here)
+        def __init__(self, size, limit_var=None, root=None):
+            pass
+
+        def data_loader(self):
+            return [oe.clone()]
+    pub_sup.OECifar100 = FakeOE
+    # the fake batches have no published md5
+    torchvision.datasets.CIFAR10._check_integrity = lambda self: True
+    tv_cifar.check_integrity = lambda path, md5=None: Path(path).is_file()
+    from fcdd.datasets.cifar import ADCIFAR10
+    from fcdd.datasets.fmnist import ADFMNIST
+
+    makers = {"F-MNIST": (lambda: ADFMNIST(root, 0, "lcnaug1", 0, "noise", "cifar100", np.inf, True), fm),
+              "CIFAR-10": (lambda: ADCIFAR10(root, 0, "aug1", 0, "noise", "confetti", np.inf, True), cf)}
+    for name, config in SMALL_CASES:
+        make, normals = makers[name]
+        ds = make()
+        train_set = ds.train_set.dataset
+        sup = next(t for t in train_set.all_transform.transforms if isinstance(t, pub_sup.OnlineSupervisor))
+        ds._generate_noise = lambda *a, **kw: noise.clone()
+        stage, pipeline, obstacle = small_ours(config)
+        pub_order, our_order = " → ".join(published_steps(train_set)), " → ".join(our_steps(stage, pipeline))
+        row(f"{name} online position (`{config}.yml`, `supervisor: online`, tensor backend: "
+            f"{'yes' if obstacle is None else obstacle}): published {pub_order}, ours {our_order}",
+            "same order" if pub_order == our_order else "DIFFERENT order",
+            "equal" if pub_order == our_order and obstacle is None else "DIFFERS")
+
+        # the stored anomaly handed to the training transform, and its label: every image replaced
+        captured, transform = [], train_set.transform
+        train_set.transform = lambda img: (captured.append(torch.from_numpy(np.array(img))), transform(img))[1]
+        sup.p = 1.0
+        pub_targets = [int(ds.train_set[i][1]) for i in range(len(normals))]
+        train_set.transform = transform
+        pub_stored = torch.stack([c.permute(2, 0, 1) if c.dim() == 3 else c[None] for c in captured])
+        raw = normals[:, None] if normals.dim() == 3 else normals
+        stage.p = 1.0
+        ours_stored, marked = stage(raw, torch.Generator().manual_seed(0))
+        ours_targets = [1 if m else 0 for m in marked.tolist()]
+        diff = float((pub_stored.float() - ours_stored.float()).abs().max())
+        golden.setdefault("small_online_stored", {})[name] = {"sum": float(pub_stored.double().sum()),
+                                                             "targets": pub_targets}
+        switch = " with `published_noise_clamp: true`" if name == "CIFAR-10" else ""
+        row(f"{name} online anomaly handed to the training transform (same stored images and "
+            f"{'outlier image' if name == 'F-MNIST' else 'confetti'}, every image replaced){switch}; labels",
+            f"{diff:.1e}; published {pub_targets}, ours {ours_targets}",
+            ("equal" + (" with switch" if switch else "")) if diff == 0 and pub_targets == ours_targets else "DIFFERS")
+
+        # replacement rate at p = 0.5
+        n = 2000
+        sup.p, stage.p = 0.5, 0.5
+        pyrandom.seed(0)
+        pub_rate = float(np.mean([int(sup(torch.zeros(1, 1, 1, dtype=torch.uint8), None, 0)[2]) for _ in range(n)]))
+        _, marked = stage(raw[:1].expand(n, -1, -1, -1).contiguous(), torch.Generator().manual_seed(0))
+        our_rate = float(marked.float().mean())
+        z = (our_rate - pub_rate) / math.sqrt(2 * 0.25 / n)
+        row(f"{name} online replacement rate, p = 0.5 ({n} draws each)", f"published {pub_rate:.4f}, ours "
+            f"{our_rate:.4f} (z = {z:.1f})", "equal" if abs(z) < 3 else "DIFFERS")
+
+
 def mine_offline_labels(normals: torch.Tensor, pre) -> torch.Tensor:
     from openood_ext.synthesizers.confetti import Confetti
     from openood_ext.synthesizers.supervisor import DatasetSupervision
@@ -496,6 +668,7 @@ def main() -> None:
     # loading steps: kept out of the table)
     with contextlib.redirect_stdout(io.StringIO()):
         mvtec_rows(row, golden)
+        small_rows(row, golden)
 
     # upsampling with gauss_std null
     a = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(4))

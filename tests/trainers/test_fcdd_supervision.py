@@ -157,7 +157,7 @@ def test_dataset_side_anomalies_train_without_engine_draws():
     src.draw = lambda batch: pytest.fail("the engine drew from a dataset-side source")
     tr = FCDDTrainer(supervise_mode="malformed_normal", gt_path=True, epoch_repeats=2)
     data = tr.train_dataset(parity_script("fcdd").StoredImages(imgs), pre, src, 0)
-    assert len(data) == 16 and tr.train_dataset_change(src).startswith("trainer.outliers.supervisor")
+    assert len(data) == 16 and tr.train_dataset_change(src) == "trainer.epoch_repeats: 2"
     loader = torch.utils.data.DataLoader(data, batch_size=8, collate_fn=SkipCounter())
     from openood_ext.networks.fcdd import FCDDCNN28
     torch.manual_seed(0)
@@ -227,3 +227,244 @@ def test_a_dataset_side_source_needs_a_trainer_that_reads_it():
     with pytest.raises(ConfigError, match="supervisor: online makes the anomalies in the training set"):
         validate_trainer_config(spec)
     validate_trainer_config({"name": "fcdd", "epochs": 1, "outliers": {"name": "confetti", "supervisor": "offline"}})
+
+
+# ------------------------------------------------------------------------------------ 4. online on the tensor path
+def stored_set(n: int = 6, channels: int = 3, size: int = 32, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+def plain_pre(channels: int = 3, size: int = 32, augment=()) -> dict:
+    return {"image_size": size, "resize": size, "channels": channels, "mean": [0.4] * channels,
+            "std": [0.3] * channels, "train_augment": list(augment), "crop_padding": 4}
+
+
+def test_tensor_online_equals_the_per_image_online_supervisor_for_fixed_draws():
+    """Same stored images, the same anomalies (fixed noise), every image replaced: the tensor path's batch
+    (anomaly on the raw uint8 batch, then the batched transform) equals the per-image path's items."""
+    from openood_ext.datasets.tensor_recipe import tensor_pipeline
+    from openood_ext.synthesizers.supervisor import RawBatchSupervision
+    imgs, pre = stored_set(), plain_pre()
+    fixed = torch.randint(-300, 300, (1, 3, 32, 32), generator=torch.Generator().manual_seed(4)).float()
+    for mode in ("noise", "malformed_normal"):
+        src = Confetti(mode=mode, supervisor="online")
+        src.noise255 = lambda shape, generator: fixed.expand(shape[0], -1, -1, -1).clone()
+        per_image = DatasetSupervision(parity_script("fcdd").StoredImages(imgs), src, pre, p=1.0)
+        items = [per_image[i] for i in range(len(imgs))]
+        raw, marked = RawBatchSupervision(src, p=1.0)(imgs, torch.Generator().manual_seed(0))
+        batch = tensor_pipeline(pre, train=True)(raw, torch.Generator())
+        assert marked.all() and all(label == -1 for _, label in items)
+        assert torch.equal(batch, torch.stack([x[0] for x, _ in items])), mode
+
+
+def test_tensor_online_anomalies_replace_with_probability_p_and_are_labelled():
+    from openood_ext.synthesizers.supervisor import RawBatchSupervision
+    src = FCDDNoise(noise="uniform", mode="noise", supervisor="online")
+    imgs = stored_set(n=4000, channels=1, size=4)
+    stage = RawBatchSupervision(src, p=0.5)
+    raw, marked = stage(imgs, torch.Generator().manual_seed(1))
+    rate, n = float(marked.float().mean()), len(imgs)
+    assert abs(rate - 0.5) < 4 * math.sqrt(0.25 / n)  # binomial: 4 standard errors
+    assert torch.equal(raw[~marked], imgs[~marked])  # the normal images untouched
+    assert (raw[marked] != imgs[marked]).flatten(1).any(1).all()  # each anomaly is new noise
+    again, marked2 = stage(imgs, torch.Generator().manual_seed(1))
+    assert torch.equal(again, raw) and torch.equal(marked, marked2)  # one seeded stream
+
+
+def test_tensor_online_anomalies_pass_through_the_crop():
+    """Made before the augmentation: the zero padding of the random crop shows on the (uniform-noise)
+    anomalies, as on FCDD's stored anomalies; anomalies made after the crop would have no zero border."""
+    from openood_ext.datasets.decoded_cache import DecodedImages
+    from openood_ext.datasets.tensor_recipe import tensor_pipeline
+    from openood_ext.datasets.batch_source import TensorBatchSource
+    from openood_ext.synthesizers.supervisor import RawBatchSupervision
+    pre = plain_pre(channels=3, size=16, augment=["random_crop"])
+    imgs = torch.full((64, 3, 16, 16), 200, dtype=torch.uint8)
+    source = TensorBatchSource(DecodedImages(imgs, torch.full((64,), 7)), tensor_pipeline(pre, train=True), 64, 0)
+    source.raw_stage = RawBatchSupervision(FCDDNoise(noise="uniform", mode="noise", supervisor="online"), p=0.5)
+    x, labels, _ = next(iter(source))
+    pixels = x * 0.3 + 0.4
+    zero_border = (pixels.abs() < 1e-6).all(1).flatten(1).any(1)
+    anomalous = labels < 0
+    assert set(labels.tolist()) == {-1, 7} and zero_border[anomalous].float().mean() > 0.5
+    normal = pixels[~anomalous]
+    assert torch.all((normal.abs() < 1e-6) | ((normal - 200 / 255).abs() < 1e-6))  # normals: image or padding
+
+
+def test_tensor_online_trains_through_the_engine_without_engine_draws():
+    from openood_ext.datasets.decoded_cache import DecodedImages
+    from openood_ext.datasets.tensor_recipe import tensor_pipeline
+    from openood_ext.datasets.batch_source import TensorBatchSource
+    from openood_ext.networks.fcdd import FCDDCNN28
+    pre = plain_pre(channels=1, size=28, augment=["random_crop", "hflip"])
+    src = Confetti(mode="noise", supervisor="online")
+    src.setup(SourceContext(SimpleNamespace(preprocessor=pre), torch.device("cpu"), 0, 16, 2))
+    src.draw = lambda batch: pytest.fail("the engine drew from a dataset-side source")
+    tr = FCDDTrainer(supervise_mode="noise", gt_path=True)
+    assert tr.train_dataset_change(src) is None  # the tensor path can run it
+    source = TensorBatchSource(DecodedImages(stored_set(32, 1, 28), torch.zeros(32, dtype=torch.long)),
+                               tensor_pipeline(pre, train=True), 16, 0)
+    source.raw_stage = tr.raw_batch_stage(src)
+    torch.manual_seed(0)
+    net = FCDDCNN28(in_channels=1, image_size=28)
+    settings = EngineSettings.from_config({"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.01}, "scheduler": "constant"})
+    record = Engine(tr, net, source, settings, num_classes=1, source=src).run_epoch(0)
+    assert 0 < record["frac_anomalous"] < 1 and math.isfinite(record["loss"])
+    x = torch.zeros(3, 1, 28, 28)
+    images, labels, gt = tr.supervised_batch(Batch(x, torch.tensor([-1, 0, -1]), None, 0, 0, 0))
+    assert labels.tolist() == [1, 0, 1] and gt.shape == (3, 1, 28, 28)
+    assert gt.flatten(1).amin(1).tolist() == [1, 0, 1] and gt.flatten(1).amax(1).tolist() == [1, 0, 1]
+
+
+def test_what_keeps_dataset_side_supervision_on_the_per_image_path():
+    tr = FCDDTrainer(supervise_mode="malformed_normal")
+    assert tr.train_dataset_change(Confetti(supervisor="online")) is None
+    assert tr.train_dataset_change(Confetti(supervisor="batch")) is None
+    assert "offline" in tr.train_dataset_change(Confetti(supervisor="offline"))
+    gt = FCDDTrainer(supervise_mode="malformed_normal_gt")
+    assert "changed-pixel maps" in gt.train_dataset_change(Confetti(supervisor="online"))
+    assert tr.raw_batch_stage(Confetti(supervisor="batch")) is None
+
+
+@pytest.mark.parametrize("config", ["ad_cifar10_fcdd", "ad_fmnist_fcdd", "ad_fmnist_hsc"])
+def test_cifar10_and_fmnist_recipes_use_the_published_position_on_the_tensor_backend(config):
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.synthesizers import OUTLIER_SOURCES
+    from openood_ext.synthesizers.supervisor import RawBatchSupervision
+    from openood_ext.trainers import TRAINERS, split_trainer_config
+    from openood_ext.trainers.data import tensor_backend_obstacle
+    cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
+    settings, method = split_trainer_config(to_plain(cfg.trainer))
+    trainer, source = TRAINERS.build(method), OUTLIER_SOURCES.build(dict(settings.outliers))
+    bench = SimpleNamespace(preprocessor=to_plain(cfg.benchmark.preprocessor))
+    assert source.supervisor == "online" and tensor_backend_obstacle(bench, trainer, source) is None
+    assert isinstance(trainer.raw_batch_stage(source), RawBatchSupervision)
+
+
+def test_oe_images_online_replace_with_the_outlier_stored_as_the_id_images(tmp_path):
+    """FCDD's OnlineSupervisor with an OE set: the outlier image, stored as the ID images are (grey, 28 px,
+    uint8), replaces the training image before the transform, on either data path."""
+    from openood_ext.synthesizers.oe_images import OEImages
+    from openood_ext.synthesizers.supervisor import RawBatchSupervision
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(3):
+        arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"o{i}.png")
+        files.append(arr)
+    pre = plain_pre(channels=1, size=28)
+    bench = SimpleNamespace(preprocessor=pre, data_root=tmp_path, on_bad_image="error", name="fmnist")
+    src = OEImages(folder=str(tmp_path), supervisor="online")
+    src.setup(SourceContext(bench, torch.device("cpu"), 0, 4, 2))
+    src.check()
+    expected = torch.stack([torch.from_numpy(np.array(Image.fromarray(a).convert("L").resize((28, 28), Image.BILINEAR)))
+                            for a in files])[:, None]
+    assert torch.equal(src.stored_pool(), expected)
+    imgs = stored_set(8, 1, 28)
+    raw, marked = RawBatchSupervision(src, p=1.0)(imgs, torch.Generator().manual_seed(0))
+    assert marked.all() and all(any(torch.equal(r, e) for e in expected) for r in raw)
+    class GreyImages(torch.utils.data.Dataset):
+        transform = None
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return self.transform(Image.fromarray(imgs[i, 0].numpy(), mode="L")), 0
+
+        def labels(self):
+            return torch.zeros(2, dtype=torch.long)
+    x, label = DatasetSupervision(GreyImages(), src, pre, p=1.0)[0]
+    pixels = torch.round((x[0] * 0.3 + 0.4) * 255).to(torch.uint8)
+    assert label == -1 and any(torch.equal(pixels, e) for e in expected)
+    from openood_ext.errors import ConfigError
+    from openood_ext.synthesizers import OUTLIER_SOURCES
+    with pytest.raises(ConfigError, match="supervisor"):  # no offline set of outlier images
+        OUTLIER_SOURCES.build({"name": "oe_images", "folder": str(tmp_path), "supervisor": "offline"})
+
+
+@pytest.mark.parametrize("name,config", [("F-MNIST", "ad_fmnist_fcdd"), ("CIFAR-10", "ad_cifar10_fcdd")])
+def test_small_online_anomaly_equals_the_published_supervisors(harness, golden, name, config):
+    """The harness's fixed inputs through our recipe's tensor-path stage give the stored anomalies and
+    labels FCDD's ADFMNIST/ADCIFAR10 online supervisor handed to its training transform."""
+    import shutil
+    root, fm, cf = harness.fake_small_roots()
+    shutil.rmtree(root)
+    normals = fm[:, None] if name == "F-MNIST" else cf
+    stage, _, obstacle = harness.small_ours(config)
+    stage.p = 1.0
+    stored, marked = stage(normals, torch.Generator().manual_seed(0))
+    want = golden["small_online_stored"][name]
+    assert obstacle is None and float(stored.double().sum()) == want["sum"]
+    assert [1 if m else 0 for m in marked.tolist()] == want["targets"]
+
+
+# ------------------------------------------------------------------------------------ 5. wiring and resume
+def tiny_bench(tmp_path, augment):
+    from openood_ext.datasets import Benchmark
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir(exist_ok=True)
+    lines = []
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png 0")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    pre = {"image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "train_augment": augment,
+           "crop_padding": 2}
+    return Benchmark(num_classes=1, id={"train": "list.txt", "val": "list.txt", "test": "list.txt"},
+                     imglist_dir=str(tmp_path), data_root=str(tmp_path), preprocessor=pre, oe="list.txt")
+
+
+def tensor_run(bench, tmp_path, epochs, resume=False):
+    """A tiny online-supervised run (OE images replacing training images) on the tensor backend."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from openood_ext.datasets.batch_source import TensorBatchSource
+    from openood_ext.datasets.data_settings import DataSettings
+    from openood_ext.synthesizers.oe_images import OEImages
+    from openood_ext.trainers import split_trainer_config
+    from openood_ext.trainers.data import build_train_loader
+    from openood_ext.trainers.fcdd import OnlineSupervision
+
+    class TinySupervised(OnlineSupervision):
+        def training_step(self, batch):
+            images, labels, _ = self.supervised_batch(batch)
+            return {"loss": F.binary_cross_entropy_with_logits(self.net(images).squeeze(1), labels.float())}
+
+    trainer, data = TinySupervised(), DataSettings(backend="tensor", cache_dir=str(tmp_path / "cache"))
+    src = OEImages(split="oe", supervisor="online")
+    src.setup(SourceContext(bench, torch.device("cpu"), 4, 6, 4))
+    src.check()
+    loader = build_train_loader(bench, trainer, 6, seed=4, data=data, source=src)
+    assert isinstance(loader, TensorBatchSource) and loader.raw_stage is not None
+    assert src.use_tensor_path(data, "cpu", None)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1))
+    settings = split_trainer_config({"name": "x", "epochs": epochs, "batch_size": 6, "scheduler": {"name": "constant"},
+                                     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})[0]
+    engine = Engine(trainer, net, loader, settings, num_classes=1, source=src, state_path=tmp_path / "last.pt")
+    engine.fit(resume=resume)
+    return net, loader, src
+
+
+def test_tensor_backend_wires_the_online_stage_and_replaces_with_stored_outliers(tmp_path):
+    bench = tiny_bench(tmp_path, [])
+    _, loader, src = tensor_run(bench, tmp_path, 1)
+    x, labels, _ = next(iter(loader))
+    assert 0 < int((labels < 0).sum()) < len(labels)
+    pool = (src.stored_pool().float() / 255 - 0.5) / 0.25  # the stored outliers, normalised as ID images
+    for image in x[labels < 0]:
+        assert any(torch.equal(image, p) for p in pool)
+
+
+def test_tensor_online_training_resumes_bit_identically(tmp_path):
+    """The replacement and anomaly draws come from the batch source's generator, which the engine saves:
+    two epochs equal one epoch and a resumed second."""
+    bench = tiny_bench(tmp_path, ["random_crop", "hflip"])
+    straight, _, _ = tensor_run(bench, tmp_path / "a", 2)
+    tensor_run(bench, tmp_path / "b", 1)
+    resumed, _, _ = tensor_run(bench, tmp_path / "b", 2, resume=True)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
