@@ -88,7 +88,7 @@ class DatasetSupervision(torch.utils.data.Dataset):
         self.paired = PairedTransform({**pre, "raw_size": None}, train=True)
         self.n = len(dataset)
         if hasattr(source, "stored_pool"):  # an outlier-image source decodes its pool here, not in each worker
-            source.stored_pool()
+            source.stored_pool()  # (a pool of large images is not decoded: each replacement reads its image)
 
     def __len__(self) -> int:
         return 2 * self.n if self.offline else self.n
@@ -116,7 +116,11 @@ class DatasetSupervision(torch.utils.data.Dataset):
         return torch.stack([x, m.expand_as(x)]), label
 
     def anomaly(self, img: Image.Image, generator: torch.Generator | None) -> tuple[Image.Image, Image.Image]:
-        """(anomaly, ground-truth map) of a stored image, both PIL at the stored size."""
+        """(anomaly, ground-truth map) of a stored image, both PIL at the stored size (an outlier image read
+        from disk, ``source.reads_per_image``, keeps its own stored size: FCDD's large outlier images)."""
+        if getattr(self.source, "reads_per_image", False):
+            out = self.source.stored_outlier(generator)
+            return out, Image.new("L", out.size, 255)
         arr = np.asarray(img)
         raw = torch.from_numpy(arr.copy()).float()
         raw = (raw[None] if raw.dim() == 2 else raw.permute(2, 0, 1))[None]
