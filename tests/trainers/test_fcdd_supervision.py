@@ -599,3 +599,23 @@ def test_fmnist_outlier_stored_as_the_published_oecifar100(harness, golden, tmp_
     want = golden["oecifar100_stored"]
     assert src.resize_in_rgb and want["n"] == len(images)
     assert float(src.stored_pool().double().sum()) == want["sum"]
+
+
+@pytest.mark.parametrize("max_side,reads", [(64, True), (512, False)])
+def test_training_loader_hands_data_max_side_to_the_outlier_pool(tmp_path, max_side, reads):
+    """Through build_train_loader (per-image path): data.max_side decides whether the pool is decoded."""
+    from openood_ext.datasets.data_settings import DataSettings
+    from openood_ext.synthesizers.oe_images import OEImages
+    from openood_ext.trainers.data import build_train_loader
+    bench = tiny_bench(tmp_path, ["hflip"])
+    (tmp_path / "oe").mkdir()
+    large_oe_folder(tmp_path / "oe")
+    src = OEImages(folder=str(tmp_path / "oe"), supervisor="online")
+    src.setup(SourceContext(bench, torch.device("cpu"), 0, 10, 2))
+    src.check()
+    loader = build_train_loader(bench, FCDDTrainer(), 10, seed=0, data=DataSettings(backend="pil", max_side=max_side),
+                                source=src)
+    import random
+    random.seed(0)  # FCDD's replacement coin (Python's RNG, in the loading process)
+    x, labels = next(iter(loader))[:2]
+    assert src.reads_per_image == reads and x.shape == (10, 2, 3, 8, 8) and 0 < int((labels < 0).sum()) < 10
