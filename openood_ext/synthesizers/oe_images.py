@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+import torchvision.transforms as T
+from PIL import Image
 
+from ..datasets.data_settings import DataSettings
 from ..datasets.decoded_cache import DecodedCache, NotSmall
 from ..datasets.imglist import ImglistDataset, ImglistEntry, SkipCounter
 from ..datasets.tensor_recipe import geometry, tensor_pipeline, unsupported
-from ..datasets.transforms import PairedTransform, build_transform, image_mode
+from ..datasets.transforms import PairedTransform, TorchNearestResize, build_transform, image_mode
 from ..errors import ConfigError, DataError
 from ..schema import NonNegativeInt, PositiveInt
 from .base import OutlierSource, rank_key
@@ -107,8 +111,12 @@ class OEImages(OutlierSource):
     centre crop, uint8) before the ID training transform, which then acts on it as on a normal image
     (:mod:`.supervisor`; :meth:`corrupt255`). FCDD cycles through a shuffled outlier loader; here each
     replacement draws one pooled image uniformly (the same image distribution; ``order`` is not used).
+    A pool of small images (the recipe's stored size and every pooled image within ``data.max_side``) is
+    decoded once and held in memory (:meth:`stored_pool`); a pool of large images (FCDD's ImageNet-22k)
+    is never decoded as a whole: each replacement reads its one drawn image from disk
+    (:meth:`stored_outlier`; an unreadable one follows ``benchmark.on_bad_image``: ``skip`` draws another).
     FCDD's CIFAR-100 outliers are resized in RGB and then made grey; ours are made grey (the ID mode) and
-    then resized, as the ID images.
+    then resized, as the ID images; ``resize_in_rgb: true`` takes FCDD's order (a grey ID recipe only).
     """
 
     kind = "images"
@@ -117,7 +125,8 @@ class OEImages(OutlierSource):
                  image_dir: str | None = None, limit: NonNegativeInt | None = None,
                  batch_size: PositiveInt | None = None, augment: bool = True,
                  limit_classes: PositiveInt | None = None, order: Literal["cycle", "published"] = "cycle",
-                 masks: bool | None = None, supervisor: Literal["batch", "online"] = "batch"):
+                 masks: bool | None = None, supervisor: Literal["batch", "online"] = "batch",
+                 resize_in_rgb: bool = False):
         if limit == 0:  # allowed by the hint so that the reason can be said here
             raise ConfigError("trainer.outliers.limit: 0 leaves no outlier images, but this trainer draws outliers "
                               "from them; give a limit >= 1 or null (all), or use a trainer without outliers "
@@ -131,6 +140,9 @@ class OEImages(OutlierSource):
         self.supervisor = supervisor
         self.dataset_side = supervisor != "batch"
         self._stored = None  # the pooled images as stored ID pixels (uint8, CPU), for supervisor: online
+        self.resize_in_rgb = bool(resize_in_rgb)
+        self.max_side = DataSettings.max_side  # the run's data.max_side once use_data_settings has it
+        self.reads_per_image = False  # supervisor: online with large images: one file read per replacement
 
     # ------------------------------------------------------------------ setup
     def _where(self) -> str:
@@ -209,7 +221,8 @@ class OEImages(OutlierSource):
         per_step = f"{self.out_batch} per step" if self.batch_size else \
             f"as many per step as the ID batch ({self.out_batch})"
         if self.dataset_side:
-            per_step = "replacing training images before their transform (supervisor: online)"
+            per_step = "replacing training images before their transform (supervisor: online" + \
+                ("; one image read per replacement)" if self.reads_per_image else ")")
         return f"oe_images: {size} images from {self._where()}, {per_step}"
 
     def label(self) -> str:
@@ -264,34 +277,93 @@ class OEImages(OutlierSource):
         return True
 
     # ------------------------------------------------------------------ before the transform (online)
-    def stored_pool(self) -> torch.Tensor:
+    def use_data_settings(self, data) -> None:
+        """The run's ``data:`` settings (:class:`~openood_ext.datasets.data_settings.DataSettings`): its
+        ``max_side`` decides whether ``supervisor: online`` holds the pool decoded (:meth:`stored_pool`)."""
+        self.max_side = int(data.max_side)
+
+    def stored_pool(self) -> torch.Tensor | None:
         """The pooled outlier images as the ID images are stored (uint8 [P, C, H, W] on the CPU: the ID
         benchmark's mode, resize and centre crop), decoded once (the tensor path's decoded set when
-        there is one)."""
-        if self._stored is None:
-            if self._tensor is not None:
+        there is one); None, and ``reads_per_image`` set, when the recipe's stored size or a pooled image
+        is larger than ``data.max_side`` (each replacement then reads its image, :meth:`stored_outlier`)."""
+        if self._stored is None and not self.reads_per_image:
+            log = logging.getLogger("openood_ext")
+            if self._tensor is not None and not self.resize_in_rgb:
                 pixels = self._tensor[0].cpu()
             else:
-                decoded = DecodedCache(None, 2**31, logging.getLogger("openood_ext")).load(
-                    self.dataset, geometry(self.ctx.benchmark.preprocessor))
+                pre = self.ctx.benchmark.preprocessor
+                rgb = self.resize_in_rgb and image_mode(pre) == "L"
+                dataset = self.dataset
+                if rgb:  # FCDD's OECifar100: resized in RGB, made grey afterwards
+                    dataset = copy.copy(self.dataset)
+                    dataset.mode = "RGB"
+                try:
+                    decoded = DecodedCache(None, self.max_side, log).load(
+                        dataset, {**geometry(pre), "mode": dataset.mode})
+                except NotSmall as exc:
+                    self.reads_per_image = True
+                    log.info("outlier images (supervisor: online): one image read from disk per replacement (%s)",
+                             exc)
+                    return None
                 if decoded.skipped:
                     raise DataError(f"outlier-exposure set ({self._where()}): {decoded.skipped} unreadable image(s) "
                                     f"skipped; supervisor: online needs every pooled image (or use supervisor: batch)")
-                pixels = decoded.images
+                pixels = grey_after_resize(decoded.images) if rgb else decoded.images
             self._stored = pixels[torch.as_tensor(self.pool, dtype=torch.long)]
         return self._stored
+
+    def stored_outlier(self, generator: torch.Generator | None) -> Image.Image:
+        """One pooled outlier image drawn uniformly (``generator`` None: the global torch RNG) and read
+        from its file, stored as FCDD stores its large outlier images before the ID training transform:
+        the ID mode, then ``raw_size`` x ``raw_size`` (torch nearest, as the ID images) when the recipe
+        stores its images at ``raw_size``, else the shorter side resized to ``preprocessor.resize``
+        (``interpolation``, default bilinear: FCDD's ``OEImageNet22k``, ``Resize(256)``; the aspect ratio
+        kept, no crop). An unreadable image follows ``on_bad_image``: a DataError naming it, or (``skip``)
+        another draw."""
+        pre = self.ctx.benchmark.preprocessor
+        rgb = self.resize_in_rgb and image_mode(pre) == "L"
+        for _ in range(_MAX_REDRAWS):
+            entry = self.dataset.entries[int(self.pool[int(torch.randint(0, len(self.pool), (), generator=generator))])]
+            if rgb:  # FCDD's OECifar100 order: resized in RGB, made grey afterwards
+                mode, self.dataset.mode = self.dataset.mode, "RGB"
+                try:
+                    img = self.dataset.image_or_skip(entry)
+                finally:
+                    self.dataset.mode = mode
+            else:
+                img = self.dataset.image_or_skip(entry)
+            if img is not None:
+                raw_size = pre.get("raw_size")
+                size = int(pre.get("resize", pre.get("image_size", 32)))
+                img = TorchNearestResize(int(raw_size))(img) if raw_size else \
+                    T.Resize(size, interpolation=T.InterpolationMode(str(pre.get("interpolation", "bilinear"))))(img)
+                return img.convert("L") if rgb else img
+        raise DataError(f"outlier-exposure set ({self._where()}): {_MAX_REDRAWS} unreadable images drawn in a row "
+                        f"(on_bad_image: skip)")
 
     def corrupt255(self, raw: torch.Tensor, generator: torch.Generator | None,
                    offline: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [B, C, H, W] (0..255) -> (B pooled outlier images in their stored form, float 0..255;
         maps [B, 1, H, W] of ones): FCDD's ``noise`` supervision with an outlier-exposure set, the
-        outlier replacing the image. ``generator`` None draws from the global torch RNG."""
+        outlier replacing the image. ``generator`` None draws from the global torch RNG. With large
+        images (``reads_per_image``) each is read (:meth:`stored_outlier`) and centre-cropped to the
+        batch's H x W, as the tensor path's decoded ID images are."""
+        maps = torch.ones(len(raw), 1, *raw.shape[-2:])
         pool = self.stored_pool()
+        if pool is None:
+            crop = T.CenterCrop(tuple(raw.shape[-2:]))
+            read = torch.stack([_chw(np.asarray(crop(self.stored_outlier(generator)), dtype=np.uint8))
+                                for _ in range(len(raw))])
+            if read.shape[1] != raw.shape[1]:
+                raise ConfigError(f"trainer.outliers.supervisor: online: the outlier images are read with "
+                                  f"{read.shape[1]} channel(s), the training images have {raw.shape[1]}")
+            return read.float(), maps
         if tuple(pool.shape[1:]) != tuple(raw.shape[1:]):
             raise ConfigError(f"trainer.outliers.supervisor: online: the outlier images are stored as "
                               f"{tuple(pool.shape[1:])}, the training images as {tuple(raw.shape[1:])} (C, H, W)")
         pick = torch.randint(0, len(pool), (len(raw),), generator=generator)
-        return pool[pick].float(), torch.ones(len(raw), 1, *raw.shape[-2:])
+        return pool[pick].float(), maps
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.dataset_side:  # not drawn by the engine: its images enter through corrupt255
@@ -339,6 +411,22 @@ class OEImages(OutlierSource):
             if self.masks:
                 self.last_masks = self._short(data[1], batch).to(self.ctx.device, non_blocking=True)
         return images.to(self.ctx.device, non_blocking=True)
+
+
+_MAX_REDRAWS = 100  # unreadable outlier images in a row before a skip-mode draw gives up
+
+
+def _chw(arr: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W] or [H, W, C] -> tensor [C, H, W]."""
+    return torch.from_numpy((arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy())
+
+
+def grey_after_resize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB images [N, 3, H, W] -> [N, 1, H, W] by PIL's ``convert("L")`` (ITU-R 601-2 luma), as
+    torchvision's ``Grayscale`` after FCDD's resize."""
+    grey = [_chw(np.asarray(Image.fromarray(np.ascontiguousarray(p.permute(1, 2, 0).numpy())).convert("L")))
+            for p in pixels]
+    return torch.stack(grey) if grey else torch.empty((0, 1, *pixels.shape[2:]), dtype=torch.uint8)
 
 
 class _EpochBatches:

@@ -88,7 +88,7 @@ class DatasetSupervision(torch.utils.data.Dataset):
         self.paired = PairedTransform({**pre, "raw_size": None}, train=True)
         self.n = len(dataset)
         if hasattr(source, "stored_pool"):  # an outlier-image source decodes its pool here, not in each worker
-            source.stored_pool()
+            source.stored_pool()  # (a pool of large images is not decoded: each replacement reads its image)
 
     def __len__(self) -> int:
         return 2 * self.n if self.offline else self.n
@@ -98,25 +98,34 @@ class DatasetSupervision(torch.utils.data.Dataset):
         return torch.cat([own, torch.full((self.n,), -1, dtype=torch.long)]) if self.offline else own
 
     def __getitem__(self, index: int):
-        item = self.dataset[index % self.n]
-        if item is None:  # an unreadable image skipped by the loader
-            return None
-        img, label = item
         if self.offline:
             anomalous = index >= self.n
             generator = seeded(self.seed, index - self.n) if anomalous else None
         else:
             anomalous, generator = random.random() < self.p, None  # None: the worker's global torch RNG
-        if anomalous:
-            img, mask = self.anomaly(img, generator)
+        if anomalous and getattr(self.source, "reads_per_image", False):
+            img, mask = self.anomaly(None, generator)  # the replaced image is not read (as FCDD's ImageNet)
             label = -1
         else:
-            mask = Image.new("L", img.size, 0)
+            item = self.dataset[index % self.n]
+            if item is None:  # an unreadable image skipped by the loader
+                return None
+            img, label = item
+            if anomalous:
+                img, mask = self.anomaly(img, generator)
+                label = -1
+            else:
+                mask = Image.new("L", img.size, 0)
         x, m = self.paired(img, mask)
         return torch.stack([x, m.expand_as(x)]), label
 
-    def anomaly(self, img: Image.Image, generator: torch.Generator | None) -> tuple[Image.Image, Image.Image]:
-        """(anomaly, ground-truth map) of a stored image, both PIL at the stored size."""
+    def anomaly(self, img: Image.Image | None, generator: torch.Generator | None) -> tuple[Image.Image, Image.Image]:
+        """(anomaly, ground-truth map) of a stored image, both PIL at the stored size (an outlier image read
+        from disk, ``source.reads_per_image``, keeps its own stored size, FCDD's large outlier images, and
+        needs no ``img``)."""
+        if getattr(self.source, "reads_per_image", False):
+            out = self.source.stored_outlier(generator)
+            return out, Image.new("L", out.size, 255)
         arr = np.asarray(img)
         raw = torch.from_numpy(arr.copy()).float()
         raw = (raw[None] if raw.dim() == 2 else raw.permute(2, 0, 1))[None]

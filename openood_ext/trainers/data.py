@@ -37,8 +37,11 @@ def build_train_loader(benchmark, trainer, batch_size: int, seed: int, num_worke
 
     ``source``: the run's outlier source; the trainer may wrap the training set around it
     (:meth:`~openood_ext.trainers.trainer.Trainer.train_dataset`, e.g. FCDD's dataset-side supervision).
+    A source with ``use_data_settings`` gets ``data`` first (``oe_images`` reads ``data.max_side``).
     """
     opts = dict(loader_options) if loader_options is not None else {"num_workers": num_workers}
+    if data is not None and hasattr(source, "use_data_settings"):  # e.g. data.max_side for an outlier pool
+        source.use_data_settings(data)
     if data is not None and data.backend != "pil":
         tensors = tensor_train_source(benchmark, trainer, batch_size, seed, data, device, log, source,
                                       num_workers=int(opts.get("num_workers", 0)))

@@ -489,6 +489,111 @@ def small_rows_on(root: str, fm: torch.Tensor, cf: torch.Tensor, row, golden) ->
             f"{our_rate:.4f} (z = {z:.1f})", "equal" if abs(z) < 3 else "DIFFERS")
 
 
+def our_oe_source(config: str, folder: Path, **kw):
+    """Our recipe ``config``'s ``oe_images`` source (its options, ``kw`` over them) on the images of ``folder``."""
+    from types import SimpleNamespace
+
+    from openood_ext.config import load_config, to_plain
+    from openood_ext.synthesizers import OUTLIER_SOURCES, SourceContext
+    cfg = load_config([f"configs/experiments/fcdd/{config}.yml"])
+    spec = {**to_plain(cfg.trainer)["outliers"], **kw, "folder": str(folder)}
+    spec.pop("imglist", None), spec.pop("image_dir", None)
+    src = OUTLIER_SOURCES.build(spec)
+    bench = SimpleNamespace(preprocessor=to_plain(cfg.benchmark.preprocessor), data_root=folder,
+                            on_bad_image="error", name=config)
+    src.setup(SourceContext(bench, torch.device("cpu"), 0, 4, 2))
+    src.check()
+    return src
+
+
+def oe_fixed_inputs() -> tuple[list[np.ndarray], np.ndarray]:
+    """(4 random RGB images [H, W, 3] larger than data.max_side, saved as JPEGs for the ImageNet-22k row;
+    6 random RGB 32 px images [6, 3, 32, 32], CIFAR-100's stand-in for the F-MNIST row), uint8."""
+    rng = np.random.default_rng(21)
+    large = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in ((300, 400), (500, 333), (257, 256), (640, 480))]
+    return large, rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+
+
+def oe_rows(row, golden) -> None:
+    """The outlier image as FCDD stores it before its training transform, against ours: ImageNet-30's
+    ImageNet-22k (``OEImageNet22k`` on a temporary folder of generated JPEGs larger than data.max_side) and
+    F-MNIST's CIFAR-100 (``OECifar100`` on a fake stored CIFAR-100 of random RGB images), and how the
+    outliers are drawn."""
+    import shutil
+    import tempfile
+
+    from PIL import Image
+    if not hasattr(torch, "_six"):  # MyImageFolder reads torch._six.string_classes (removed from torch)
+        torch._six = types.SimpleNamespace(string_classes=(str, bytes))
+    from fcdd.datasets.outlier_exposure.cifar100 import OECifar100
+    from fcdd.datasets.outlier_exposure.imagenet import OEImageNet22k
+
+    class QuietLogger:  # what OEImageNet22k asks of FCDD's Logger
+        timeit = staticmethod(lambda msg: contextlib.nullcontext())
+        print = warning = staticmethod(lambda *a, **k: None)
+    tmp = Path(tempfile.mkdtemp(prefix="fcdd_oe_"))
+    try:
+        large, images = oe_fixed_inputs()
+        sizes = [(a.shape[1], a.shape[0]) for a in large]
+        synset = tmp / "imagenet22k" / "fall11_whole_extracted" / "n99999999"
+        synset.mkdir(parents=True)
+        for i, arr in enumerate(large):
+            Image.fromarray(arr).save(synset / f"x{i}.jpg", quality=85)
+        pub = OEImageNet22k((1, 3, 256, 256), root=str(tmp), logger=QuietLogger())
+        ours = our_oe_source("ad_imagenet30_fcdd", synset)
+        diffs, shapes = [], []
+        for i in range(len(sizes)):
+            want = pub[[s[0] for s in pub.samples].index(str(synset / f"x{i}.jpg"))]
+            ours.pool = np.array([i])
+            ours.stored_pool()
+            got = torch.from_numpy(np.asarray(ours.stored_outlier(None)).copy()).permute(2, 0, 1)
+            shapes.append(f"{tuple(want.shape[1:])}/{tuple(got.shape[1:])}")
+            diffs.append(float((want.float() - got.float()).abs().max()) if want.shape == got.shape else math.inf)
+        row(f"ImageNet-30 outlier as stored before `aug1` (ImageNet-22k, {len(sizes)} generated JPEGs "
+            f"{', '.join(f'{w}x{h}' for w, h in sizes)}; `ad_imagenet30_fcdd.yml`, `supervisor: online`, "
+            f"pool read per replacement: {ours.reads_per_image}): published `OEImageNet22k` (RGB, Resize(256), "
+            f"x255 uint8) H x W {', '.join(shapes)} (published/ours)",
+            f"{max(diffs):.1e} (max pixel)", "equal" if max(diffs) == 0 and ours.reads_per_image else "DIFFERS")
+
+        # F-MNIST: FCDD's OECifar100 on a fake stored CIFAR-100, our grey recipe's source on the same images
+        import pickle
+
+        import torchvision
+        import torchvision.datasets.cifar as tv_cifar
+        torchvision.datasets.CIFAR100._check_integrity = lambda self: True  # fake batches: no published md5
+        tv_cifar.check_integrity = lambda path, md5=None: Path(path).is_file()
+        n = len(images)
+        batches = tmp / "cifar100" / "cifar-100-python"
+        batches.mkdir(parents=True)
+        for name in ("train", "test"):
+            with open(batches / name, "wb") as fh:
+                pickle.dump({"data": images.reshape(n, -1), "fine_labels": list(range(n))}, fh)
+        with open(batches / "meta", "wb") as fh:
+            pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, fh)
+        with contextlib.redirect_stderr(io.StringIO()):
+            pub100 = OECifar100((1, 1, 28, 28), root=str(tmp), limit_var=None)
+        want = torch.stack([pub100[i] for i in range(n)])
+        flat = tmp / "cifar100_png"
+        flat.mkdir()
+        for i in range(n):
+            Image.fromarray(images[i].transpose(1, 2, 0)).save(flat / f"{i}.png")
+        got = {flag: our_oe_source("ad_fmnist_fcdd", flat, resize_in_rgb=flag).stored_pool() for flag in (False, True)}
+        golden["oecifar100_stored"] = {"n": n, "sum": float(want.double().sum())}
+        d_rgb, d_grey = (float((want.float() - got[f].float()).abs().max()) for f in (True, False))
+        configured = our_oe_source("ad_fmnist_fcdd", flat).resize_in_rgb
+        row(f"F-MNIST outlier as stored (`OECifar100`: Resize(28) in RGB, then Grayscale, x255 uint8; {n} random "
+            f"RGB 32 px images) against ours with `resize_in_rgb: true` (`ad_fmnist_fcdd.yml` sets it: "
+            f"{configured}); grey first, then resized (`resize_in_rgb: false`): {d_grey:.0f}",
+            f"{d_rgb:.1e} (max pixel)", "equal with switch" if d_rgb == 0 and configured else "DIFFERS")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    row("outlier drawing (`oe_images`, `supervisor: online`): published `cycle(DataLoader(shuffle=True, "
+        "batch_size=1))` per dataset copy (each loader worker and epoch: a fresh shuffle, then the pool in "
+        "that order; a pass saved and repeated), ours one uniform draw from the pool per replacement",
+        "without vs with replacement (the same distribution per draw)",
+        "documented departure (`oe_images` docstring, docs/methods/fcdd.md)")
+
+
 def mine_offline_labels(normals: torch.Tensor, pre) -> torch.Tensor:
     from openood_ext.synthesizers.confetti import Confetti
     from openood_ext.synthesizers.supervisor import DatasetSupervision
@@ -669,6 +774,7 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         mvtec_rows(row, golden)
         small_rows(row, golden)
+        oe_rows(row, golden)
 
     # upsampling with gauss_std null
     a = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(4))

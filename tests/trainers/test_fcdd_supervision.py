@@ -468,3 +468,154 @@ def test_tensor_online_training_resumes_bit_identically(tmp_path):
     resumed, _, _ = tensor_run(bench, tmp_path / "b", 2, resume=True)
     for p, q in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+# ------------------------------------------------------------------------------------ 6. large outlier images
+def large_oe_folder(tmp_path, sizes=((96, 72), (70, 110), (120, 80))) -> list[Path]:
+    """JPEGs larger than data.max_side (64), of different aspect ratios (width, height)."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(tmp_path / f"oe{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1], quality=90)
+    return paths
+
+
+def large_source(folder, pre, on_bad_image="error", **kw):
+    from openood_ext.synthesizers.oe_images import OEImages
+    bench = SimpleNamespace(preprocessor=pre, data_root=folder, on_bad_image=on_bad_image, name="imagenet30")
+    src = OEImages(folder=str(folder), supervisor="online", **kw)
+    src.setup(SourceContext(bench, torch.device("cpu"), 0, 4, 2))
+    src.check()
+    return src
+
+
+def shorter_side(path: Path, size: int) -> np.ndarray:
+    """The file in RGB, its shorter side resized to ``size`` by PIL bilinear (FCDD's OEImageNet22k Resize)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        return np.asarray(img.resize(new, Image.BILINEAR))
+
+
+IN30_PRE = {"image_size": 64, "resize": 72, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "train_crop": "random", "train_augment": ["hflip"]}
+
+
+def test_oe_images_online_reads_one_large_image_per_replacement_at_the_published_stored_size(tmp_path):
+    """A pool of images larger than data.max_side is not decoded: each replacement reads its drawn file and
+    stores it as FCDD's ImageNet-22k outliers (RGB, shorter side to the recipe's resize, aspect kept, uint8)."""
+    paths = large_oe_folder(tmp_path)
+    src = large_source(tmp_path, IN30_PRE)
+    assert src.stored_pool() is None and src.reads_per_image and src._stored is None
+    expected = [shorter_side(p, 72) for p in paths]
+    drawn = [np.asarray(src.stored_outlier(torch.Generator().manual_seed(s))) for s in range(12)]
+    assert all(any(d.shape == e.shape and np.array_equal(d, e) for e in expected) for d in drawn)
+    assert len({d.shape for d in drawn}) > 1  # several files drawn, each at its own aspect ratio
+    assert "one image read per replacement" in src.describe()
+
+    class Files(torch.utils.data.Dataset):  # ID images at their file sizes (the recipe has no raw_size)
+        transform = None
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return self.transform(Image.new("RGB", (90 + i, 75), (10, 20, 30))), 3
+
+        def labels(self):
+            return torch.full((2,), 3, dtype=torch.long)
+    data = DatasetSupervision(Files(), src, IN30_PRE, p=1.0)
+    img, mask = data.anomaly(Image.new("RGB", (90, 75)), torch.Generator().manual_seed(0))
+    assert img.mode == "RGB" and mask.size == img.size and np.asarray(mask).min() == 255
+    Files.__getitem__ = lambda self, i: pytest.fail("a replaced training image was read")  # FCDD skips it too
+    stack, label = data[0]
+    assert stack.shape == (2, 3, 64, 64) and label == -1 and stack[1].unique().tolist() == [1.0]
+
+
+def test_large_outlier_images_on_the_tensor_path_take_the_id_geometry(tmp_path):
+    """On a raw decoded batch (stored as Resize + CentreCrop) each read outlier is centre-cropped alike."""
+    import torchvision.transforms as T
+
+    from openood_ext.synthesizers.supervisor import RawBatchSupervision
+    paths = large_oe_folder(tmp_path)
+    src = large_source(tmp_path, IN30_PRE)
+    expected = [np.asarray(T.CenterCrop(64)(Image.fromarray(shorter_side(p, 72)))).transpose(2, 0, 1) for p in paths]
+    raw, marked = RawBatchSupervision(src, p=1.0)(stored_set(4, 3, 64), torch.Generator().manual_seed(1))
+    assert marked.all() and all(any(np.array_equal(r.numpy(), e) for e in expected) for r in raw)
+
+
+def test_large_pool_unreadable_images_follow_on_bad_image(tmp_path):
+    from openood_ext.errors import DataError
+    large_oe_folder(tmp_path, sizes=((96, 72),))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    good = shorter_side(tmp_path / "oe0.jpg", 72)
+    skip = large_source(tmp_path, IN30_PRE, on_bad_image="skip")
+    assert skip.stored_pool() is None  # the pool is not decoded, so the broken file is met only when drawn
+    for s in range(8):  # the broken image is drawn again instead
+        assert np.array_equal(np.asarray(skip.stored_outlier(torch.Generator().manual_seed(s))), good)
+    strict = large_source(tmp_path, IN30_PRE)
+    strict.pool = np.array([0])  # sorted: broken.jpg first
+    assert strict.stored_pool() is None  # the recipe's stored size (72) exceeds max_side: nothing decoded
+    with pytest.raises(DataError, match="broken.jpg"):
+        strict.stored_outlier(None)
+    skip.pool = np.array([0])
+    with pytest.raises(DataError, match="unreadable images drawn in a row"):
+        skip.stored_outlier(None)
+
+
+def test_data_max_side_decides_whether_the_pool_is_held_decoded(tmp_path):
+    from openood_ext.datasets.data_settings import DataSettings
+    large_oe_folder(tmp_path)
+    src = large_source(tmp_path, IN30_PRE)
+    src.use_data_settings(DataSettings(max_side=512))
+    pool = src.stored_pool()
+    assert not src.reads_per_image and pool.shape == (3, 3, 64, 64) and pool.dtype == torch.uint8
+
+
+def test_resize_in_rgb_takes_the_published_oecifar100_order(tmp_path):
+    """``resize_in_rgb``: FCDD's OECifar100 (Resize in RGB, then Grayscale, then x255 to uint8) for a grey
+    ID recipe; the default makes the image grey first, as the ID images."""
+    rng = np.random.default_rng(2)
+    arrs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrs):
+        Image.fromarray(a).save(tmp_path / f"o{i}.png")
+    pre = plain_pre(channels=1, size=28)
+    published = np.stack([np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR).convert("L"))
+                          for a in arrs])[:, None]
+    rgb = large_source(tmp_path, pre, resize_in_rgb=True).stored_pool()
+    grey = large_source(tmp_path, pre).stored_pool()
+    assert np.array_equal(rgb.numpy(), published) and not torch.equal(rgb, grey)
+
+
+def test_fmnist_outlier_stored_as_the_published_oecifar100(harness, golden, tmp_path):
+    """The harness's CIFAR-100 stand-in images through ``ad_fmnist_fcdd.yml``'s source give the stored
+    outliers FCDD's OECifar100 gave (resized in RGB, then grey)."""
+    _, images = harness.oe_fixed_inputs()
+    for i, arr in enumerate(images):
+        Image.fromarray(arr.transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
+    src = harness.our_oe_source("ad_fmnist_fcdd", tmp_path)
+    want = golden["oecifar100_stored"]
+    assert src.resize_in_rgb and want["n"] == len(images)
+    assert float(src.stored_pool().double().sum()) == want["sum"]
+
+
+@pytest.mark.parametrize("max_side,reads", [(64, True), (512, False)])
+def test_training_loader_hands_data_max_side_to_the_outlier_pool(tmp_path, max_side, reads):
+    """Through build_train_loader (per-image path): data.max_side decides whether the pool is decoded."""
+    from openood_ext.datasets.data_settings import DataSettings
+    from openood_ext.synthesizers.oe_images import OEImages
+    from openood_ext.trainers.data import build_train_loader
+    bench = tiny_bench(tmp_path, ["hflip"])
+    (tmp_path / "oe").mkdir()
+    large_oe_folder(tmp_path / "oe")
+    src = OEImages(folder=str(tmp_path / "oe"), supervisor="online")
+    src.setup(SourceContext(bench, torch.device("cpu"), 0, 10, 2))
+    src.check()
+    loader = build_train_loader(bench, FCDDTrainer(), 10, seed=0, data=DataSettings(backend="pil", max_side=max_side),
+                                source=src)
+    import random
+    random.seed(0)  # FCDD's replacement coin (Python's RNG, in the loading process)
+    x, labels = next(iter(loader))[:2]
+    assert src.reads_per_image == reads and x.shape == (10, 2, 3, 8, 8) and 0 < int((labels < 0).sum()) < 10
