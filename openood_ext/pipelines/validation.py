@@ -77,12 +77,12 @@ def validate_run(cfg: DictConfig) -> None:
     check_pipeline_sections(cfg, pipeline)
     bench = check_benchmark(cfg, pipeline)
     check_network(cfg, bench)
-    check_postprocessor_splits(cfg, bench)
     check_checkpoint_path(cfg, pipeline)
     check_checkpoint_fits(cfg, pipeline)
     if needs_training(cfg, pipeline):
         check_trainer(cfg)
     check_parts(cfg)
+    check_postprocessor_splits(cfg, bench)  # after check_parts: the specs are known to build
     check_run_identity(cfg)
     check_unfinished(cfg)
 
