@@ -14,6 +14,14 @@ Each postprocessor takes one *route* (:func:`route`):
 * ``network``: re-runs the network on each scored split's loader (``needs_network``: input gradients,
   perturbed inputs), after ``attach_network``.
 
+Among the ``network`` methods, those that perturb their inputs along an input gradient and offer a
+``gradient_scorer(loader)`` (ODIN, iODIN, AdaSCALE; see :mod:`.input_gradients`) share one clean forward
+pass with gradients per micro-batch on each scored split, and one backward per distinct gradient (ODIN and
+iODIN at the same temperature take the same one): the first of them to be scored fits them all and
+scores them all on every split (``share_gradients=True``, the default). Their scores are those each
+computes alone; ``ScheduleResult.seconds`` keeps each one's own part (fit, backward, perturbed passes) and
+``ScheduleResult.shared_seconds`` the shared clean passes (with the image loading).
+
 With ``share_taps=False`` (one postprocessor under APS, whose grid points are built one by one) a tap
 method runs its own passes over the loaders instead, like a ``network`` one; the shared passes are
 then never re-run. Under ``share_taps=True`` the fit split and every scored split go through the network
@@ -71,12 +79,15 @@ class ScheduleResult:
             [N]; labels [N], -1 where unknown).
         seconds: label -> seconds of its own fit and scoring (its share of the shared passes excluded).
         pass_seconds: split -> seconds of the shared pass that carried tap consumers (fit split included).
+        shared_seconds: ``"input gradients: <labels>"`` -> seconds of the clean forward passes with
+            gradients (and image loading) those methods shared, on every scored split.
         skipped: optional splits of which no image could be read -> their EmptySplit.
     """
 
     scores: dict[str, dict[str, SplitScores]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     pass_seconds: dict[str, float] = field(default_factory=dict)
+    shared_seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, EmptySplit] = field(default_factory=dict)
 
     def conf(self, label: str) -> dict[str, np.ndarray]:
@@ -94,6 +105,8 @@ class Scheduler:
         net, device: the network (attached to ``taps``/``network`` postprocessors); None when every
             postprocessor takes the ``outputs`` route.
         share_taps: tap methods ride the shared passes (True) or run their own (False, APS).
+        share_gradients: input-gradient methods with a ``gradient_scorer`` share their clean forward
+            passes and equal gradients (True) or each runs its own (False); the scores are the same.
         fit_split, val_split: the ID training split (fit, and the tap fit pass) and the ID validation split.
         clock: the timer of ``seconds``/``pass_seconds`` (``time.process_time`` for CPU time).
 
@@ -103,12 +116,19 @@ class Scheduler:
 
     def __init__(self, postprocessors: Mapping[str, object], source, net: torch.nn.Module | None = None,
                  device: torch.device | str | None = None, *, share_taps: bool = True,
-                 fit_split: str = "id_train", val_split: str = "id_val",
+                 share_gradients: bool = True, fit_split: str = "id_train", val_split: str = "id_val",
                  clock: Callable[[], float] = time.perf_counter):
         self.pps = {label: as_postprocessor(pp) for label, pp in postprocessors.items()}
         self.source, self.net, self.device = source, net, device
         self.share_taps, self.fit_split, self.val_split, self.clock = share_taps, fit_split, val_split, clock
         self.routes = {label: route(pp, share_taps) for label, pp in self.pps.items()}
+        #: the labels scored from one shared gradient pass (empty: none is shared)
+        self.gradient_group = [label for label, pp in self.pps.items()
+                               if self.routes[label] == "network" and callable(getattr(pp, "gradient_scorer", None))]
+        if not share_gradients or len(self.gradient_group) < 2:
+            self.gradient_group = []
+        self._gradient_conf: dict[str, dict[str, object]] = {}
+        self._gradient_seconds: dict[str, float] = {}
         self.outputs: dict[str, NetOutputs] = {}
         self.result = ScheduleResult()
         self._tap_conf: dict[str, dict[str, object]] = {}
@@ -173,14 +193,19 @@ class Scheduler:
         if not self._prepared:
             raise RuntimeError("Scheduler.score: call prepare(splits) first")
         pp, how = self.pps[label], self.routes[label]
+        shared = label in self.gradient_group
+        if shared and label not in self._gradient_conf:
+            self._score_gradient_group()
         t = self.clock()
-        if how != "taps":
+        if how != "taps" and not shared:
             pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
         scored = {}
         for split in self._splits:
             outputs = self.outputs[split]
             if how == "taps":
                 result = self._tap_conf[label][split]
+            elif shared:
+                result = self._gradient_conf[label][split]
             elif how == "network":
                 result = pp.score_loader(self.source.loader_for(split))
             else:
@@ -194,9 +219,40 @@ class Scheduler:
             labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
             scored[split] = SplitScores(conf, preds, labels, parts,
                                         getattr(pp, "rescore_pair", None) if parts is not None else None)
-        self.result.seconds[label] = self.clock() - t
+        self.result.seconds[label] = self.clock() - t + (self._gradient_seconds[label] if shared else 0.0)
         self.result.scores[label] = scored
         return scored
+
+    def _score_gradient_group(self) -> None:
+        """Fit every method of :attr:`gradient_group`, then score them all on every split, each split from
+        one gradient pass per micro-batch size (see :mod:`.input_gradients`)."""
+        from .input_gradients import run_gradient_pass
+        group = self.gradient_group
+        seconds = dict.fromkeys(group, 0.0)
+        for label in group:
+            t = self.clock()
+            self.pps[label].fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+            seconds[label] += self.clock() - t
+        self._gradient_conf = {label: {} for label in group}
+        key = "input gradients: " + ", ".join(group)
+        self.result.shared_seconds[key] = 0.0
+        for split in self._splits:
+            t = self.clock()
+            loader = self.source.loader_for(split)
+            scorers = {label: self.pps[label].gradient_scorer(loader) for label in group}
+            by_chunk: dict[int, list[str]] = {}
+            for label, scorer in scorers.items():
+                by_chunk.setdefault(scorer.chunk, []).append(label)
+            self.result.shared_seconds[key] += self.clock() - t
+            for labels in by_chunk.values():
+                results, took = run_gradient_pass(self.net, loader, self.device,
+                                                  [scorers[label] for label in labels], desc=f"gradients {split}",
+                                                  clock=self.clock)
+                self.result.shared_seconds[key] += took["shared"]
+                for label, conf, own in zip(labels, results, took["scorers"]):
+                    self._gradient_conf[label][split] = conf
+                    seconds[label] += own
+        self._gradient_seconds = seconds
 
     def run(self, splits: Sequence[str], optional: Iterable[str] = ()) -> ScheduleResult:
         """:meth:`prepare`, then :meth:`score` every postprocessor in order."""
