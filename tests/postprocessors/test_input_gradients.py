@@ -132,3 +132,38 @@ def test_gradient_batch_memoises_by_key_and_pass_concatenates(setup):
     assert set(seconds) == {"scorers", "shared"}
     with pytest.raises(ValueError, match="micro-batch sizes differ"):
         run_gradient_pass(net, loaders["far"], "cpu", [scorer, GradientScorer(scorer.score, chunk=4)])
+
+
+class CountingLoader:
+    """An image loader that counts how often it is iterated in full or in part."""
+
+    def __init__(self, loader):
+        self.inner, self.dataset, self.iterations = loader, loader.dataset, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        self.iterations += 1
+        return iter(self.inner)
+
+
+@pytest.mark.parametrize("budget_mib", [512, 0, 0.004])
+def test_network_methods_after_the_first_replay_the_kept_batches(setup, budget_mib):
+    """RankFeat and MDSEns after the gradient group: with the cache each split is read once; without it
+    (or with a budget smaller than a split: 0.004 MiB < 30 8x8 images) once per method. Same scores."""
+    net, loaders = setup
+    counted = {k: CountingLoader(v) for k, v in loaders.items()}
+    names = {"odin": {}, "iodin": {}, "rankfeat": {"layers": [0, 1]}, "mds_ensemble": {}}
+    pps = {k: POSTPROCESSORS.build({"name": k, **a}) for k, a in names.items()}
+    sched = Scheduler(pps, LoaderSource(net, counted), net, "cpu", batch_cache_mib=budget_mib)
+    sched.prepare(["id_test", "far"])
+    before = counted["far"].iterations
+    for label in pps:
+        sched.score(label)
+    methods_reading = 3  # the gradient group (one read for odin and iodin), rankfeat, mds_ensemble
+    assert counted["far"].iterations - before == (1 if budget_mib == 512 else methods_reading)
+    plain = Scheduler({k: POSTPROCESSORS.build({"name": k, **a}) for k, a in names.items()},
+                      LoaderSource(net, loaders), net, "cpu", batch_cache_mib=0).run(["id_test", "far"])
+    for label in pps:
+        np.testing.assert_array_equal(sched.result.scores[label]["far"].conf, plain.scores[label]["far"].conf)
