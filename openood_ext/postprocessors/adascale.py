@@ -115,7 +115,11 @@ class AdaScalePostprocessor(Postprocessor):
 
     # ------------------------------------------------------------------ passes
     def _pair(self, batch: GradientBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, z~) of one micro-batch: features of x and of the perturbed x, float32 on the device."""
+        """(z, z~) of one micro-batch: features of x and of the perturbed x, float32 on the device (computed
+        once per batch for every AdaSCALE with the same perturbation, e.g. the two variants)."""
+        return batch.shared(("adascale_pair", self.o, self.noise), self._perturbed_pair)
+
+    def _perturbed_pair(self, batch: GradientBatch) -> tuple[torch.Tensor, torch.Tensor]:
         grad = batch.input_grad(("top_logit",), top_logit)
         with torch.no_grad():
             _, feat_perturbed = self.net(perturb_least_sensitive(batch.x, grad, self.o, self.noise),

@@ -3,8 +3,9 @@
 ODIN, iODIN and AdaSCALE score a micro-batch in three steps: (1) a forward pass of the clean images with
 gradients on, (2) the input gradient of a loss on that pass's outputs, (3) forward passes over images
 perturbed along it. Step (1) is the same pass for all of them, and ODIN and iODIN at the same temperature
-take the same gradient in step (2). A :class:`GradientBatch` holds the pass of one micro-batch and memoises
-its input gradients by key, so that :func:`run_gradient_pass` runs step (1) once per micro-batch for every
+take the same gradient in step (2), and AdaSCALE's two variants the same perturbed pass in step (3). A
+:class:`GradientBatch` holds the pass of one micro-batch and memoises its input gradients (and such shared
+values) by key, so that :func:`run_gradient_pass` runs step (1) once per micro-batch for every
 method given to it and each distinct gradient once::
 
     scorers = [odin.gradient_scorer(loader), iodin.gradient_scorer(loader)]
@@ -45,6 +46,7 @@ class GradientBatch:
         out = net(self.x, return_feature=True) if features else net(self.x)
         self.logits, self.features = out if features else (out, None)
         self._grads: dict[Hashable, torch.Tensor] = {}
+        self._values: dict[Hashable, object] = {}
         self.backward_calls = 0
 
     def input_grad(self, key: Hashable, loss: Callable[[GradientBatch], torch.Tensor]) -> torch.Tensor:
@@ -54,6 +56,13 @@ class GradientBatch:
             (self._grads[key],) = torch.autograd.grad(loss(self), self.x, retain_graph=True)
             self.backward_calls += 1
         return self._grads[key]
+
+    def shared(self, key: Hashable, compute: Callable[[GradientBatch], object]):
+        """``compute(self)``, once per ``key``: what several methods derive identically from this batch
+        (AdaSCALE-A's and AdaSCALE-L's perturbed pass); the key must name everything the value depends on."""
+        if key not in self._values:
+            self._values[key] = compute(self)
+        return self._values[key]
 
 
 @dataclass

@@ -167,3 +167,16 @@ def test_network_methods_after_the_first_replay_the_kept_batches(setup, budget_m
                       LoaderSource(net, loaders), net, "cpu", batch_cache_mib=0).run(["id_test", "far"])
     for label in pps:
         np.testing.assert_array_equal(sched.result.scores[label]["far"].conf, plain.scores[label]["far"].conf)
+
+
+def test_adascale_variants_share_the_perturbed_pass(setup, monkeypatch):
+    """AdaSCALE-A and -L with the same perturbation: one clean pass, one backward and one perturbed pass
+    per micro-batch for both (alone: two of each), and the scores each gives alone."""
+    net, loaders = setup
+    pps = lambda: {v: POSTPROCESSORS.build({"name": "adascale", "variant": v, "k1": 50, "k2": 25,  # noqa: E731
+                                            "grad_batch_size": CHUNK}) for v in ("a", "l")}
+    fwd_alone, bwd_alone, alone = count_scoring(net, loaders, False, monkeypatch, pps())
+    fwd_shared, bwd_shared, shared = count_scoring(net, loaders, True, monkeypatch, pps())
+    assert (fwd_alone, bwd_alone) == (4 * 7, 2 * 7) and (fwd_shared, bwd_shared) == (2 * 7, 7)
+    for v in ("a", "l"):
+        np.testing.assert_array_equal(shared.scores[v]["far"].conf, alone.scores[v]["far"].conf)
