@@ -16,7 +16,8 @@ import torch
 
 from ..schema import Length, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from .base import Postprocessor
-from .layer_features import GRAD_BATCH_SIZE, iter_images
+from .input_gradients import GradientBatch, GradientScorer, run_gradient_pass
+from .layer_features import GRAD_BATCH_SIZE
 from .registry import POSTPROCESSORS
 
 OpenPercent = Annotated[float, Range(0, 100, open_low=True, open_high=True)]
@@ -31,6 +32,11 @@ def perturb_least_sensitive(images: torch.Tensor, grad: torch.Tensor, fraction: 
     mask = torch.zeros_like(flat)
     mask.scatter_(1, torch.topk(flat, n, dim=1, largest=False).indices, 1.0)
     return images.detach() + step * grad.sign() * mask.view_as(grad)
+
+
+def top_logit(batch: GradientBatch) -> torch.Tensor:
+    """The sum over the batch of each sample's largest logit (its input gradient steers AdaSCALE's step)."""
+    return batch.logits.gather(1, batch.logits.detach().argmax(dim=1, keepdim=True)).sum()
 
 
 def shift_statistic(feat: torch.Tensor, feat_perturbed: torch.Tensor, k1: float, k2: float,
@@ -108,25 +114,30 @@ class AdaScalePostprocessor(Postprocessor):
             raise ValueError(f"percentile: expected [p_min, p_max] with p_min <= p_max, got {list(p)}")
 
     # ------------------------------------------------------------------ passes
-    def _pairs(self, loader, desc: str):
-        """Yield (z, z~) per micro-batch: features of x and of the perturbed x, float32 on the device."""
+    def _pair(self, batch: GradientBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, z~) of one micro-batch: features of x and of the perturbed x, float32 on the device (computed
+        once per batch for every AdaSCALE with the same perturbation, e.g. the two variants)."""
+        return batch.shared(("adascale_pair", self.o, self.noise), self._perturbed_pair)
+
+    def _perturbed_pair(self, batch: GradientBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        grad = batch.input_grad(("top_logit",), top_logit)
+        with torch.no_grad():
+            _, feat_perturbed = self.net(perturb_least_sensitive(batch.x, grad, self.o, self.noise),
+                                         return_feature=True)
+        return batch.features.detach().float(), feat_perturbed.float()
+
+    def _run(self, loader, score, desc: str):
         if self.net is None:
             raise RuntimeError("adascale: attach_network() must be called before fit or scoring")
-        self.net.eval()
-        for images, _ in iter_images(loader, self.device, desc=desc, chunk=self._grad_batch_size):
-            x = images.detach().clone().requires_grad_(True)
-            logits, feat = self.net(x, return_feature=True)
-            top = logits.gather(1, logits.detach().argmax(dim=1, keepdim=True)).sum()
-            (grad,) = torch.autograd.grad(top, x)
-            with torch.no_grad():
-                _, feat_perturbed = self.net(perturb_least_sensitive(x, grad, self.o, self.noise), return_feature=True)
-            yield feat.detach().float(), feat_perturbed.float()
+        (result,), _ = run_gradient_pass(self.net, loader, self.device,
+                                         [GradientScorer(score, self._grad_batch_size, features=True)], desc=desc)
+        return result
 
     def fit(self, train_outputs=None, val_outputs=None, **_):
         if self.loaders is None:
             raise RuntimeError("adascale: attach_network(net, device, loaders) must be called before fit")
-        q = torch.cat([shift_statistic(z, zp, self.k1, self.k2, self.lmbda).cpu()
-                       for z, zp in self._pairs(self.loaders("id_val"), "adascale fit")])
+        q = torch.from_numpy(self._run(self.loaders("id_val"), lambda batch: self._shift(*self._pair(batch)).cpu(),
+                                       "adascale fit"))
         if len(q) == 0:
             raise ValueError("adascale: the id_val split has no image to fit on")
         if len(q) > self.num_samples:
@@ -134,6 +145,9 @@ class AdaScalePostprocessor(Postprocessor):
             q = q[keep]
         self._fit_q = q.double().sort().values
         return self
+
+    def _shift(self, feat: torch.Tensor, feat_perturbed: torch.Tensor) -> torch.Tensor:
+        return shift_statistic(feat, feat_perturbed, self.k1, self.k2, self.lmbda)
 
     def percentiles(self, q: torch.Tensor, p_range) -> torch.Tensor:
         """p [B] = p_min + (1 - F(Q')) (p_max - p_min), F(v) the fraction of fitted Q' values <= v."""
@@ -153,16 +167,28 @@ class AdaScalePostprocessor(Postprocessor):
                 logits = fc(feat) * (scale ** 2)[:, None].to(feat.dtype)
         return torch.logsumexp(logits.double(), dim=1).cpu()
 
-    def grid_scores(self, loader, p_ranges) -> list[np.ndarray]:
-        """Confidences of a whole split for every ``[p_min, p_max]`` in ``p_ranges`` from one set of passes."""
+    def gradient_scorer(self, loader=None, p_ranges=None) -> GradientScorer:
+        """This method's part of a shared gradient pass (see :mod:`.input_gradients`): per micro-batch the
+        confidences [B] at its own percentile range, or a list of them, one per range in ``p_ranges``."""
         if self._fit_q is None:
             raise RuntimeError("adascale: fit() must be called before scoring")
-        confs = [[] for _ in p_ranges]
-        for feat, feat_perturbed in self._pairs(loader, "adascale"):
-            q = shift_statistic(feat, feat_perturbed, self.k1, self.k2, self.lmbda)
-            for store, p_range in zip(confs, p_ranges):
-                store.append(self.confidences(feat, q, p_range))
-        return [torch.cat(c).numpy() if c else np.zeros(0) for c in confs]
+        ranges = [self.percentile] if p_ranges is None else list(p_ranges)
+
+        def score(batch: GradientBatch):
+            feat, feat_perturbed = self._pair(batch)
+            q = self._shift(feat, feat_perturbed)
+            confs = [self.confidences(feat, q, p_range) for p_range in ranges]
+            return confs[0] if p_ranges is None else confs
+
+        return GradientScorer(score, self._grad_batch_size, features=True)
+
+    def grid_scores(self, loader, p_ranges) -> list[np.ndarray]:
+        """Confidences of a whole split for every ``[p_min, p_max]`` in ``p_ranges`` from one set of passes."""
+        if self.net is None:
+            raise RuntimeError("adascale: attach_network() must be called before fit or scoring")
+        (confs,), _ = run_gradient_pass(self.net, loader, self.device, [self.gradient_scorer(loader, p_ranges)],
+                                        desc="adascale")
+        return confs if isinstance(confs, list) else [confs] * len(p_ranges)  # an empty split: zeros(0) each
 
     def score_loader(self, loader) -> np.ndarray:
         return self.grid_scores(loader, [self.percentile])[0]

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ..schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from ..utils.runtime import get_logger
 from .base import Postprocessor
-from .layer_features import GRAD_BATCH_SIZE, input_std, iter_images, signed_input_step
+from .input_gradients import GradientBatch, GradientScorer, run_gradient_pass
+from .layer_features import GRAD_BATCH_SIZE, input_std, signed_input_step
 from .registry import POSTPROCESSORS
 
 
@@ -41,25 +42,22 @@ class ODINPostprocessor(Postprocessor):
         self._grad_batch_size = int(grad_batch_size)
         self.net = self.device = None
 
-    def grid_batch(self, images: torch.Tensor, std: torch.Tensor, settings) -> list[torch.Tensor]:
-        """ODIN confidences of one batch for every ``(temperature, noise)`` in ``settings``, float64 [B] each.
+    def grid_batch(self, batch: GradientBatch, std: torch.Tensor, settings) -> list[torch.Tensor]:
+        """ODIN confidences of one micro-batch for every ``(temperature, noise)`` in ``settings``, float64 [B]
+        each, from its clean pass with gradients (``batch``, possibly shared with other methods).
 
-        One forward pass with gradients, one backward per distinct temperature (the step's sign depends
-        on T, not on the noise magnitude) and one forward pass per setting over the perturbed batch.
+        One backward per distinct temperature (the step's sign depends on T, not on the noise magnitude;
+        memoised in ``batch``, so iODIN at the same T reuses ODIN's) and one forward pass per setting
+        over the perturbed batch.
         """
-        x = images.detach().clone().requires_grad_(True)
-        logits = self.net(x)
-        target = logits.detach().argmax(dim=1)
-        temps = list(dict.fromkeys(float(t) for t, _ in settings))
-        grads = {}
-        for i, t in enumerate(temps):
-            loss = F.cross_entropy(logits / t, target)
-            (grads[t],) = torch.autograd.grad(loss, x, retain_graph=i + 1 < len(temps))
+        target = batch.logits.detach().argmax(dim=1)
         out = []
-        with torch.no_grad():
-            for t, eps in settings:
-                perturbed = self.perturb(x, grads[float(t)], std, float(eps))
-                out.append((self.net(perturbed).double() / float(t)).softmax(dim=1).max(dim=1).values.cpu())
+        for t, eps in settings:
+            t = float(t)
+            grad = batch.input_grad(("odin_tempered_nll", t), lambda b, t=t: F.cross_entropy(b.logits / t, target))
+            with torch.no_grad():
+                perturbed = self.perturb(batch.x, grad, std, float(eps))
+                out.append((self.net(perturbed).double() / t).softmax(dim=1).max(dim=1).values.cpu())
         return out
 
     def perturb(self, images: torch.Tensor, grad: torch.Tensor, std: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,24 +65,30 @@ class ODINPostprocessor(Postprocessor):
         perturb other elements (iODIN) override only this."""
         return signed_input_step(images, grad, std, eps)
 
-    def score_batch(self, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """ODIN confidences of one batch (on the attached network), float64 [B]."""
-        return self.grid_batch(images, std, [(self.temperature, self.noise)])[0]
+    def gradient_scorer(self, loader, settings=None) -> GradientScorer:
+        """This method's part of a shared gradient pass over ``loader`` (see :mod:`.input_gradients`): per
+        micro-batch the confidences [B] at its own setting, or a list of them, one per ``(temperature,
+        noise)`` in ``settings``."""
+        if self.net is None:
+            raise RuntimeError(f"{self.name}: attach_network() must be called before scoring")
+        grid = [(self.temperature, self.noise)] if settings is None else list(settings)
+        std = []
+
+        def score(batch: GradientBatch):
+            if not std:
+                std.append(input_std(loader, batch.x.shape[1], self.input_std))
+                get_logger().debug("%s: input std %s", self.name, std[0].tolist())
+            confs = self.grid_batch(batch, std[0], grid)
+            return confs[0] if settings is None else confs
+
+        return GradientScorer(score, self._grad_batch_size)
 
     def grid_scores(self, loader, settings) -> list[np.ndarray]:
         """Confidences of a whole split for every ``(temperature, noise)`` setting (APS over ODIN's
         grid re-uses the clean pass and each temperature's gradient across noise magnitudes)."""
-        if self.net is None:
-            raise RuntimeError(f"{self.name}: attach_network() must be called before scoring")
-        self.net.eval()
-        std, confs = None, [[] for _ in settings]
-        for images, _ in iter_images(loader, self.device, desc=self.name, chunk=self._grad_batch_size):
-            if std is None:
-                std = input_std(loader, images.shape[1], self.input_std)
-                get_logger().debug("%s: input std %s", self.name, std.tolist())
-            for store, conf in zip(confs, self.grid_batch(images, std, settings)):
-                store.append(conf)
-        return [torch.cat(c).numpy() if c else np.zeros(0) for c in confs]
+        scorer = self.gradient_scorer(loader, settings)
+        (confs,), _ = run_gradient_pass(self.net, loader, self.device, [scorer], desc=self.name)
+        return confs if isinstance(confs, list) else [confs] * len(settings)  # an empty split: zeros(0) each
 
     def score_loader(self, loader) -> np.ndarray:
         return self.grid_scores(loader, [(self.temperature, self.noise)])[0]

@@ -14,6 +14,18 @@ Each postprocessor takes one *route* (:func:`route`):
 * ``network``: re-runs the network on each scored split's loader (``needs_network``: input gradients,
   perturbed inputs), after ``attach_network``.
 
+Among the ``network`` methods, those that perturb their inputs along an input gradient and offer a
+``gradient_scorer(loader)`` (ODIN, iODIN, AdaSCALE; see :mod:`.input_gradients`) share one clean forward
+pass with gradients per micro-batch on each scored split, and one backward per distinct gradient (ODIN and
+iODIN at the same temperature take the same one): the first of them to be scored fits them all and
+scores them all on every split (``share_gradients=True``, the default). Their scores are those each
+computes alone; ``ScheduleResult.seconds`` keeps each one's own part (fit, backward, perturbed passes) and
+``ScheduleResult.shared_seconds`` the shared clean passes (with the image loading).
+
+The ``network`` methods read their splits through :meth:`Scheduler.loader_for`, which keeps each split's
+loader batches in memory after the first complete read (``batch_cache_mib``), so the methods after the
+first replay them instead of decoding the images again.
+
 With ``share_taps=False`` (one postprocessor under APS, whose grid points are built one by one) a tap
 method runs its own passes over the loaders instead, like a ``network`` one; the shared passes are
 then never re-run. Under ``share_taps=True`` the fit split and every scored split go through the network
@@ -71,12 +83,15 @@ class ScheduleResult:
             [N]; labels [N], -1 where unknown).
         seconds: label -> seconds of its own fit and scoring (its share of the shared passes excluded).
         pass_seconds: split -> seconds of the shared pass that carried tap consumers (fit split included).
+        shared_seconds: ``"input gradients: <labels>"`` -> seconds of the clean forward passes with
+            gradients (and image loading) those methods shared, on every scored split.
         skipped: optional splits of which no image could be read -> their EmptySplit.
     """
 
     scores: dict[str, dict[str, SplitScores]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     pass_seconds: dict[str, float] = field(default_factory=dict)
+    shared_seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, EmptySplit] = field(default_factory=dict)
 
     def conf(self, label: str) -> dict[str, np.ndarray]:
@@ -94,6 +109,12 @@ class Scheduler:
         net, device: the network (attached to ``taps``/``network`` postprocessors); None when every
             postprocessor takes the ``outputs`` route.
         share_taps: tap methods ride the shared passes (True) or run their own (False, APS).
+        share_gradients: input-gradient methods with a ``gradient_scorer`` share their clean forward
+            passes and equal gradients (True) or each runs its own (False); the scores are the same.
+        batch_cache_mib: the ``network`` methods' loaders (:meth:`loader_for`) keep each split's batches
+            in memory after their first full read, up to this many MiB in all, so that the methods after
+            the first do not decode the images again (0: off). The batches are the loader's own tensors:
+            the scores do not change.
         fit_split, val_split: the ID training split (fit, and the tap fit pass) and the ID validation split.
         clock: the timer of ``seconds``/``pass_seconds`` (``time.process_time`` for CPU time).
 
@@ -103,12 +124,20 @@ class Scheduler:
 
     def __init__(self, postprocessors: Mapping[str, object], source, net: torch.nn.Module | None = None,
                  device: torch.device | str | None = None, *, share_taps: bool = True,
-                 fit_split: str = "id_train", val_split: str = "id_val",
-                 clock: Callable[[], float] = time.perf_counter):
+                 share_gradients: bool = True, fit_split: str = "id_train", val_split: str = "id_val",
+                 clock: Callable[[], float] = time.perf_counter, batch_cache_mib: float = 512):
         self.pps = {label: as_postprocessor(pp) for label, pp in postprocessors.items()}
         self.source, self.net, self.device = source, net, device
         self.share_taps, self.fit_split, self.val_split, self.clock = share_taps, fit_split, val_split, clock
         self.routes = {label: route(pp, share_taps) for label, pp in self.pps.items()}
+        #: the labels scored from one shared gradient pass (empty: none is shared)
+        self.gradient_group = [label for label, pp in self.pps.items()
+                               if self.routes[label] == "network" and callable(getattr(pp, "gradient_scorer", None))]
+        if not share_gradients or len(self.gradient_group) < 2:
+            self.gradient_group = []
+        self._gradient_conf: dict[str, dict[str, object]] = {}
+        self._gradient_seconds: dict[str, float] = {}
+        self._batches = BatchCache(int(batch_cache_mib * 2 ** 20))
         self.outputs: dict[str, NetOutputs] = {}
         self.result = ScheduleResult()
         self._tap_conf: dict[str, dict[str, object]] = {}
@@ -126,7 +155,7 @@ class Scheduler:
         optional = set(optional)
         for label, pp in self.pps.items():
             if self.routes[label] != "outputs":
-                pp.attach_network(self.net, self.device, self.source.loader_for)
+                pp.attach_network(self.net, self.device, self.loader_for)
         tapped = {label: pp for label, pp in self.pps.items() if self.routes[label] == "taps"}
         layered = [pp for label, pp in self.pps.items() if self.routes[label] != "outputs"]
         fitting = []
@@ -163,6 +192,11 @@ class Scheduler:
         self.result.pass_seconds[split] = self.clock() - t
         return out
 
+    def loader_for(self, split: str):
+        """The loader the ``network`` methods read a split from: the source's, replayed from memory once
+        it has been read in full (see ``batch_cache_mib``)."""
+        return self._batches.loader(split, self.source.loader_for)
+
     @property
     def splits(self) -> list[str]:
         """The scored splits that were read (optional empty ones left out), in order."""
@@ -174,8 +208,11 @@ class Scheduler:
         if not self._prepared:
             raise RuntimeError("Scheduler.score: call prepare(splits) first")
         pp, how = self.pps[label], self.routes[label]
+        shared = label in self.gradient_group
+        if shared and label not in self._gradient_conf:
+            self._score_gradient_group()
         t = self.clock()
-        if how != "taps":
+        if how != "taps" and not shared:
             pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split],
                    **fit_extras(pp, self.source))
         scored = {}
@@ -183,8 +220,10 @@ class Scheduler:
             outputs = self.outputs[split]
             if how == "taps":
                 result = self._tap_conf[label][split]
+            elif shared:
+                result = self._gradient_conf[label][split]
             elif how == "network":
-                result = pp.score_loader(self.source.loader_for(split))
+                result = pp.score_loader(self.loader_for(split))
             else:
                 result = pp.score(outputs)
             conf, preds, parts = split_result(result)
@@ -196,9 +235,40 @@ class Scheduler:
             labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
             scored[split] = SplitScores(conf, preds, labels, parts,
                                         getattr(pp, "rescore_pair", None) if parts is not None else None)
-        self.result.seconds[label] = self.clock() - t
+        self.result.seconds[label] = self.clock() - t + (self._gradient_seconds[label] if shared else 0.0)
         self.result.scores[label] = scored
         return scored
+
+    def _score_gradient_group(self) -> None:
+        """Fit every method of :attr:`gradient_group`, then score them all on every split, each split from
+        one gradient pass per micro-batch size (see :mod:`.input_gradients`)."""
+        from .input_gradients import run_gradient_pass
+        group = self.gradient_group
+        seconds = dict.fromkeys(group, 0.0)
+        for label in group:
+            t = self.clock()
+            self.pps[label].fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+            seconds[label] += self.clock() - t
+        self._gradient_conf = {label: {} for label in group}
+        key = "input gradients: " + ", ".join(group)
+        self.result.shared_seconds[key] = 0.0
+        for split in self._splits:
+            t = self.clock()
+            loader = self.loader_for(split)
+            scorers = {label: self.pps[label].gradient_scorer(loader) for label in group}
+            by_chunk: dict[int, list[str]] = {}
+            for label, scorer in scorers.items():
+                by_chunk.setdefault(scorer.chunk, []).append(label)
+            self.result.shared_seconds[key] += self.clock() - t
+            for labels in by_chunk.values():
+                results, took = run_gradient_pass(self.net, loader, self.device,
+                                                  [scorers[label] for label in labels], desc=f"gradients {split}",
+                                                  clock=self.clock)
+                self.result.shared_seconds[key] += took["shared"]
+                for label, conf, own in zip(labels, results, took["scorers"]):
+                    self._gradient_conf[label][split] = conf
+                    seconds[label] += own
+        self._gradient_seconds = seconds
 
     def run(self, splits: Sequence[str], optional: Iterable[str] = ()) -> ScheduleResult:
         """:meth:`prepare`, then :meth:`score` every postprocessor in order."""
@@ -241,6 +311,67 @@ def fit_and_score(pp, source, splits: Sequence[str], net=None, device=None, **kw
     sched = Scheduler({"pp": pp}, source, net, device, share_taps=False, **kw)
     sched.prepare(splits)
     return {split: s.conf for split, s in sched.score("pp").items()}
+
+
+class BatchCache:
+    """Batches of split loaders kept in memory, up to ``budget`` bytes in all (a split that does not fit
+    is not kept). ``loader(split, make)`` returns a :class:`_Replay` of a kept split, else a
+    :class:`_Recording` of ``make(split)`` that keeps the split's batches when one iteration completes
+    within the budget. ``reads`` counts the iterations that went to a source loader."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.kept, self.reads = budget, 0, {}, 0
+
+    def loader(self, split: str, make: Callable[[str], object]):
+        if split in self.kept:
+            return _Replay(*self.kept[split])
+        loader = make(split)
+        return _Recording(self, split, loader) if self.budget > 0 else loader
+
+    def keep(self, split: str, loader, batches: list) -> None:
+        size = sum(t.numel() * t.element_size() for b in batches for t in b if isinstance(t, torch.Tensor))
+        if split not in self.kept and self.used + size <= self.budget:
+            self.kept[split] = (loader, batches)
+            self.used += size
+
+
+class _Recording:
+    """A source loader whose batches are handed to the cache after a complete iteration; ``dataset`` (read
+    for its Normalize transform) and ``len`` are the loader's."""
+
+    def __init__(self, cache: BatchCache, split: str, loader):
+        self.cache, self.split, self.inner = cache, split, loader
+        self.dataset = getattr(loader, "dataset", None)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        self.cache.reads += 1
+        batches, size = [], 0
+        for batch in self.inner:
+            if batches is not None:
+                size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
+                if size <= self.cache.budget - self.cache.used:
+                    batches.append(batch)
+                else:  # the split does not fit: stop keeping it
+                    batches = None
+            yield batch
+        if batches is not None:  # only a complete iteration is kept (first_batch stops early)
+            self.cache.keep(self.split, self.inner, batches)
+
+
+class _Replay:
+    """A kept split's batches, replayed; ``dataset`` and ``len`` are its source loader's."""
+
+    def __init__(self, loader, batches: list):
+        self.dataset, self.batches = getattr(loader, "dataset", None), batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
 
 
 # ---------------------------------------------------------------------- sources

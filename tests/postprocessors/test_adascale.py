@@ -13,6 +13,7 @@ from conftest import image_loader
 from openood_ext.errors import ConfigError
 from openood_ext.postprocessors import POSTPROCESSORS
 from openood_ext.postprocessors.adascale import adaptive_scale, perturb_least_sensitive, shift_statistic
+from openood_ext.postprocessors.input_gradients import GradientBatch
 
 
 class LinearFeatures(nn.Module):
@@ -54,7 +55,7 @@ def test_perturbation_steps_the_least_sensitive_elements_up_the_top_logit():
     np.testing.assert_allclose(got, expected)
     pp = POSTPROCESSORS.build({"name": "adascale", "o": 0.5, "k1": 50, "k2": 25})
     pp.attach_network(net, "cpu", None)
-    ((z, z_perturbed),) = list(pp._pairs(image_loader(x, torch.tensor([0])), "test"))
+    z, z_perturbed = pp._pair(GradientBatch(net, x, features=True))
     np.testing.assert_allclose(z.flatten(), A @ x.flatten(), rtol=1e-6)
     np.testing.assert_allclose(z_perturbed.flatten(), A @ expected, rtol=1e-6)
     assert net(expected.view(1, 1, 1, 4))[0, c] > logits[c]  # the step raises the top logit
