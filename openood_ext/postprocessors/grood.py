@@ -237,11 +237,8 @@ class GrOODPostprocessor(Postprocessor):
         """Penultimate features [n, D] of ``n_noise_samples`` ID training images whose ``mix_layer`` output
         a is replaced by ``lam * a + (1 - lam) * a_bar[c2]``, c2 the image's second most likely class."""
         loader = self.loaders("id_train")
-        dataset = loader.dataset
-        keep = self.draw(len(dataset), min(self.n_noise_samples, len(dataset)))
-        subset = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep.tolist()),
-                                             batch_size=loader.batch_size or 64, shuffle=False,
-                                             collate_fn=loader.collate_fn)
+        n = len(loader.dataset)
+        subset = rows_of(loader, self.draw(n, min(self.n_noise_samples, n)))
         name, on_input = split_tap_layer(self._mix_module)
         module = dict(self.net.named_modules())[name]
         means = self._layer_means.to(self.device)
@@ -334,3 +331,27 @@ class _TappedScore:
 
 def _identity(t):
     return t
+
+
+def rows_of(loader, keep: torch.Tensor):
+    """The batches of rows ``keep`` (increasing list positions) of an unshuffled evaluation loader. A
+    DataLoader over an indexable dataset (possibly behind the scheduler's recording wrapper) reads only
+    those rows; any other loader (decoded-cache batches, replayed batches) is streamed and the rows picked
+    out of its batches."""
+    inner = getattr(loader, "inner", loader)
+    if isinstance(inner, torch.utils.data.DataLoader):
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(inner.dataset, keep.tolist()),
+                                           batch_size=inner.batch_size or 64, shuffle=False,
+                                           collate_fn=inner.collate_fn)
+    wanted, picked, start = keep.tolist(), [], 0
+    for batch in loader:
+        images, labels = batch[0], torch.as_tensor(batch[1])
+        rows = []
+        while wanted and wanted[0] < start + len(images):
+            rows.append(wanted.pop(0) - start)
+        start += len(images)
+        if rows:
+            picked.append((images[rows], labels[rows]))
+        if not wanted:
+            break
+    return picked

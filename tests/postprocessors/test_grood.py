@@ -256,3 +256,17 @@ def test_synthetic_mixes_a_module_input_on_resnets():
     want = by_hand(feats.double().numpy(), y.numpy(), logits.double().numpy(), test_feats.double().numpy(),
                    ood[None].double().numpy(), 1, 1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_rows_of_picks_the_same_rows_from_any_evaluation_loader():
+    """The synthetic prototype's images are the same rows whether the split comes as a DataLoader (read
+    at those rows only) or as batches from the decoded cache or the scheduler's replay (streamed)."""
+    from openood_ext.postprocessors.grood import rows_of
+    images, labels = torch.arange(23 * 2.0).reshape(23, 2), torch.arange(23)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=5)
+    keep = torch.tensor([0, 4, 5, 11, 22])
+    direct = [b for b in rows_of(loader, keep)]
+    streamed = rows_of(list(loader), keep)  # a plain list of batches: no DataLoader to index
+    for got in (direct, streamed):
+        assert torch.equal(torch.cat([b[0] for b in got]), images[keep])
+        assert torch.equal(torch.cat([torch.as_tensor(b[1]) for b in got]), labels[keep])
