@@ -89,94 +89,88 @@ def adapt_benchmark(bench) -> None:
         bench.wrap_outlier_source = lambda source: FourierFiltered.around(source, ms.mode, ms.magnitude)
 
 
-def gcn_min_max_stats(bench, batch_size: int = 64) -> tuple[float, float]:
-    """(min, max) over every value of the GCN'd (L1) normal training images, resized to ``resize`` and not
-    cropped (EOE's raw training set), cached in ``stats_cache.json`` like :func:`normal_class_stats`."""
-    from ...datasets.transforms import GlobalContrastNorm
-
-    pre = bench.preprocessor
+def cached_train_statistic(bench, key_fields: dict, raw_preprocessor: dict, batch_size: int, reduce) -> dict:
+    """``reduce(loader)`` over ``bench``'s ``id_train`` images read with ``raw_preprocessor`` (no
+    augmentation; the loader yields image batches [B, C, H, W]), cached in the image lists' folder
+    (``stats_cache.json``) under the list's name, size and mtime plus ``key_fields``; a read-only data
+    directory only costs the recomputation. ``reduce`` returns a JSON-serialisable dict."""
     split = bench.split("id_train")
-    channels = int(pre.get("channels", 3))
-    side = int(pre.get("resize") or pre.get("image_size", 32))
     stat = split.imglist.stat() if split.imglist.is_file() else None
-    key = json.dumps({"list": split.imglist.name, "size": stat.st_size if stat else None, "gcn": "l1",
-                      "mtime": stat.st_mtime_ns if stat else None, "side": side,
-                      "interpolation": pre.get("interpolation")}, sort_keys=True)
+    key = json.dumps({"list": split.imglist.name, "size": stat.st_size if stat else None,
+                      "mtime": stat.st_mtime_ns if stat else None, **key_fields}, sort_keys=True)
     cache = split.imglist.parent / "stats_cache.json"
     try:
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
     except (OSError, ValueError):
         cached = {}
     if key in cached:
-        return cached[key]["min"], cached[key]["max"]
-    raw = {**pre, "image_size": side, "resize": side, "mean": [0.0] * channels, "std": [1.0] * channels,
-           "ms_mode": None, "gcn": None}
+        return cached[key]
     saved = bench.preprocessor
-    bench.preprocessor = raw
+    bench.preprocessor = raw_preprocessor
     try:
         ds = bench.dataset(split, train=False)
     finally:
         bench.preprocessor = saved
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=lambda b: torch.stack([x[0] for x in b]))
-    gcn, low, high = GlobalContrastNorm(), float("inf"), float("-inf")
-    for images in loader:
-        x = gcn(images.double())
-        low, high = min(low, float(x.min())), max(high, float(x.max()))
-    if not high > low:
-        raise DataError(f"benchmark {bench.name}: no normal training images (or only constant ones) to compute "
-                        f"the GCN min-max normalisation from")
-    cached[key] = {"min": low, "max": high}
+    cached[key] = reduce(loader)
     try:
         write_text(cache, json.dumps(cached, indent=1) + "\n")
     except OSError:
         pass
-    return low, high
+    return cached[key]
+
+
+def gcn_min_max_stats(bench, batch_size: int = 64) -> tuple[float, float]:
+    """(min, max) over every value of the GCN'd (L1) normal training images, resized to ``resize`` and not
+    cropped (EOE's raw training set), cached like :func:`normal_class_stats`."""
+    from ...datasets.transforms import GlobalContrastNorm
+
+    pre = bench.preprocessor
+    channels = int(pre.get("channels", 3))
+    side = int(pre.get("resize") or pre.get("image_size", 32))
+    raw = {**pre, "image_size": side, "resize": side, "mean": [0.0] * channels, "std": [1.0] * channels,
+           "ms_mode": None, "gcn": None}
+
+    def reduce(loader) -> dict:
+        gcn, low, high = GlobalContrastNorm(), float("inf"), float("-inf")
+        for images in loader:
+            x = gcn(images.double())
+            low, high = min(low, float(x.min())), max(high, float(x.max()))
+        if not high > low:
+            raise DataError(f"benchmark {bench.name}: no normal training images (or only constant ones) to "
+                            f"compute the GCN min-max normalisation from")
+        return {"min": low, "max": high}
+
+    found = cached_train_statistic(bench, {"gcn": "l1", "side": side, "interpolation": pre.get("interpolation")},
+                                   raw, batch_size, reduce)
+    return found["min"], found["max"]
 
 
 def normal_class_stats(bench, batch_size: int = 500) -> tuple[list[float], list[float]]:
     """Exact per-channel (mean, std) of ``bench``'s ``id_train`` images in [0, 1] (no augmentation), cached."""
     pre = bench.preprocessor
-    split = bench.split("id_train")
     channels = int(pre.get("channels", 3))
     geometry = {k: pre.get(k) for k in ("image_size", "resize", "channels", "interpolation")}
-    stat = split.imglist.stat() if split.imglist.is_file() else None
-    key = json.dumps({"list": split.imglist.name, "size": stat.st_size if stat else None,
-                      "mtime": stat.st_mtime_ns if stat else None, **geometry}, sort_keys=True)
-    cache = split.imglist.parent / "stats_cache.json"
-    try:
-        cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    except (OSError, ValueError):
-        cached = {}
-    if key in cached:
-        return cached[key]["mean"], cached[key]["std"]
     raw = {**pre, "mean": [0.0] * channels, "std": [1.0] * channels, "ms_mode": None}
-    saved = bench.preprocessor
-    bench.preprocessor = raw
-    try:
-        ds = bench.dataset(split, train=False)
-    finally:
-        bench.preprocessor = saved
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=lambda b: torch.stack([x[0] for x in b]))
-    total, sq, count = np.zeros(channels), np.zeros(channels), 0
-    for images in loader:
-        x = images.double().transpose(0, 1).flatten(1)  # [C, B*H*W]
-        total += x.sum(1).numpy()
-        sq += x.pow(2).sum(1).numpy()
-        count += x.shape[1]
-    if count == 0:
-        raise DataError(f"benchmark {bench.name}: no normal training images to compute the normalisation from")
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
-    if (std <= 0).any():
-        raise DataError(f"benchmark {bench.name}: the normal training images have a constant channel "
-                        f"(std {std.tolist()}); use benchmark.preprocessor.normalize: fixed")
-    out = (mean.tolist(), std.tolist())
-    cached[key] = {"mean": out[0], "std": out[1]}
-    try:
-        write_text(cache, json.dumps(cached, indent=1) + "\n")
-    except OSError:
-        pass  # a read-only data directory only costs the recomputation
-    return out
+
+    def reduce(loader) -> dict:
+        total, sq, count = np.zeros(channels), np.zeros(channels), 0
+        for images in loader:
+            x = images.double().transpose(0, 1).flatten(1)  # [C, B*H*W]
+            total += x.sum(1).numpy()
+            sq += x.pow(2).sum(1).numpy()
+            count += x.shape[1]
+        if count == 0:
+            raise DataError(f"benchmark {bench.name}: no normal training images to compute the normalisation from")
+        mean = total / count
+        std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
+        if (std <= 0).any():
+            raise DataError(f"benchmark {bench.name}: the normal training images have a constant channel "
+                            f"(std {std.tolist()}); use benchmark.preprocessor.normalize: fixed")
+        return {"mean": mean.tolist(), "std": std.tolist()}
+
+    found = cached_train_statistic(bench, geometry, raw, batch_size, reduce)
+    return found["mean"], found["std"]
 
 
 def subset_key(cls) -> int:
