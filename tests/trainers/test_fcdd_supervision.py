@@ -167,7 +167,7 @@ def test_dataset_side_anomalies_train_without_engine_draws():
     record = eng.run_epoch(0)
     assert 0 < record["frac_anomalous"] < 1 and math.isfinite(record["loss"])
     x = torch.stack([data[i][0] for i in range(4)])
-    labels = torch.tensor([data.labels()[i] for i in range(4)])
+    labels = data.labels()[:4].clone()
     images, lab, gt = tr.supervised_batch(Batch(x, labels, None, 0, 0, 0))
     assert images.shape == (4, 3, 28, 28) and gt.shape == (4, 1, 28, 28)
 
