@@ -61,6 +61,13 @@ class OutlierSource:
     """Base class of outlier sources. ``kind``: ``"images"`` or ``"features"``."""
 
     kind: str = "images"
+    supervisor: str = "batch"  # where an image source's anomalies are made (FCDD's position)
+
+    @property
+    def dataset_side(self) -> bool:
+        """The anomalies are made in the training set (``supervisor`` other than ``batch``), not drawn by
+        the engine."""
+        return self.supervisor != "batch"
 
     def setup(self, ctx: SourceContext) -> None:
         self.ctx = ctx

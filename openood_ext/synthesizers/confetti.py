@@ -226,7 +226,6 @@ class Confetti(OutlierSource):
         self.blur_kernel, self.blur_sigma = int(blur_kernel), float(blur_sigma)
         self.draw_size, self.published_noise_clamp = draw_size, bool(published_noise_clamp)
         self.supervisor = supervisor
-        self.dataset_side = supervisor != "batch"
         self.last_changed = None
 
     def setup(self, ctx) -> None:

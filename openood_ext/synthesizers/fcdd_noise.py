@@ -83,7 +83,6 @@ class FCDDNoise(OutlierSource):
                  supervisor: Supervisor = "batch"):
         self.noise, self.mode = noise, mode
         self.supervisor = supervisor
-        self.dataset_side = supervisor != "batch"
         self.last_changed = None
 
     def setup(self, ctx) -> None:

@@ -138,7 +138,6 @@ class OEImages(OutlierSource):
         self._tensor = None  # (uint8 images on the device, BatchPipeline) on the tensor path
         self.masks, self.last_masks = masks, None
         self.supervisor = supervisor
-        self.dataset_side = supervisor != "batch"
         self._stored = None  # the pooled images as stored ID pixels (uint8, CPU), for supervisor: online
         self.resize_in_rgb = bool(resize_in_rgb)
         self.max_side = DataSettings.max_side  # the run's data.max_side once use_data_settings has it
