@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .confetti import apply_confetti, apply_offline, draw_blobs, render_blobs
-from .base import OutlierSource
+from .base import OutlierSource, rank_key
 from .pixels import PixelSpace
 from .registry import OUTLIER_SOURCES
 from .supervisor import Supervisor
@@ -88,10 +88,11 @@ class FCDDNoise(OutlierSource):
     def setup(self, ctx) -> None:
         super().setup(ctx)
         self.pixels = PixelSpace(ctx.benchmark.preprocessor)
-        self.generator = torch.Generator().manual_seed(ctx.seed)
+        self.generator = torch.Generator().manual_seed(ctx.seed + 7919 * int(getattr(ctx, "rank", 0)))
 
-    def on_epoch_start(self, epoch: int) -> None:
-        seed = np.random.SeedSequence([self.ctx.seed, 0xF0D, epoch]).generate_state(1, np.uint64)[0]
+    def on_epoch_start(self, epoch: int) -> None:  # torchrun ranks draw differently (rank_key)
+        entropy = [self.ctx.seed, 0xF0D, epoch, *rank_key(self.ctx)]
+        seed = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
         self.generator = torch.Generator().manual_seed(int(seed) % 2**62)
 
     def corrupt255(self, raw: torch.Tensor, generator: torch.Generator | None,

@@ -240,16 +240,18 @@ def test_a_single_process_draws_what_it_drew_before_ranks_existed(folder_bench):
     assert src.epoch_indices(0) == [stream[i:i + 4].tolist() for i in range(0, 12, 4)]
 
 
-def test_confetti_ranks_draw_different_noise(folder_bench):
+@pytest.mark.parametrize("spec", [{"name": "confetti", "side_range": [3, 6], "prob": 0.01},
+                                  {"name": "fcdd_noise", "noise": "gaussian"}], ids=["confetti", "fcdd_noise"])
+def test_synthetic_sources_draw_different_noise_on_each_rank(folder_bench, spec):
     bench, _ = folder_bench
     images = torch.rand(4, 3, 16, 16) * 2 - 1
     draws = []
     for rank in range(2):
-        src = make_rank_source({"name": "confetti", "side_range": [3, 6], "prob": 0.01}, bench, rank, 2)
+        src = make_rank_source(spec, bench, rank, 2)
         src.on_epoch_start(0)
         draws.append(src.draw(dummy_batch(images=images)))
     assert not torch.equal(draws[0], draws[1])
-    alone = make_rank_source({"name": "confetti", "side_range": [3, 6], "prob": 0.01}, bench, 0, 1)
-    again = make_source({"name": "confetti", "side_range": [3, 6], "prob": 0.01}, bench)
+    alone = make_rank_source(spec, bench, 0, 1)
+    again = make_source(spec, bench)
     alone.on_epoch_start(0), again.on_epoch_start(0)
     assert torch.equal(alone.draw(dummy_batch(images=images)), again.draw(dummy_batch(images=images)))
