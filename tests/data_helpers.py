@@ -47,3 +47,17 @@ def cifar_like_tars(tmp: Path, n_train: int = 3, n_test: int = 105) -> tuple[Pat
     test = {f"cifar10/test/{c}/{i:04d}.jpg": png_bytes(10_000 + 100 * k + i)
             for k, c in enumerate(archives.CIFAR10_CLASSES) for i in range(n_test)}
     return make_tar(tmp / "c10_train.tar", train), make_tar(tmp / "c10_test.tar", test)
+
+
+def random_png_list(root: Path, n: int, classes: int = 3, folder: str = "img", list_name: str = "list.txt",
+                    seed: int = 0, size: int = 8) -> Path:
+    """Write ``n`` random RGB ``size`` px PNGs under ``root/folder`` and the image list ``root/list_name``
+    (line i: ``folder/i.png i % classes``); returns the list's path."""
+    rng = np.random.default_rng(seed)
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / folder / f"{i}.png")
+        lines.append(f"{folder}/{i}.png {i % classes}")
+    (root / list_name).write_text("\n".join(lines) + "\n")
+    return root / list_name

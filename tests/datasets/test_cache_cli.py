@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from openood_ext.cli import main as cli_main
 from openood_ext.datasets.cache_cli import find_caches
@@ -16,19 +14,14 @@ from openood_ext.datasets.decoded_cache import DecodedCache
 from openood_ext.datasets.imglist import ImglistDataset
 from openood_ext.datasets.tensor_recipe import geometry
 from openood_ext.datasets.transforms import build_transform
+from data_helpers import random_png_list
 
 PRE = {"image_size": 8, "channels": 3}
 
 
 def dataset(root, name, n):
-    rng = np.random.default_rng(n)
-    (root / name).mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-        lines.append(f"{name}/{i}.png 0")
-    (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    return ImglistDataset(root / f"{name}.txt", root, build_transform(PRE))
+    return ImglistDataset(random_png_list(root, n, classes=1, folder=name, list_name=f"{name}.txt", seed=n), root,
+                          build_transform(PRE))
 
 
 @pytest.fixture

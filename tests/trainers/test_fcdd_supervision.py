@@ -23,6 +23,7 @@ from openood_ext.synthesizers.supervisor import DatasetSupervision, seeded
 from openood_ext.trainers.engine import Engine, EngineSettings
 from openood_ext.trainers.fcdd import FCDDTrainer
 from openood_ext.trainers.trainer import Batch
+from data_helpers import random_png_list
 from parity_helpers import parity_script
 
 GOLDEN = Path(__file__).parents[1] / "pipelines" / "ad" / "golden" / "fcdd_published.json"
@@ -403,13 +404,7 @@ def test_small_online_anomaly_equals_the_published_supervisors(harness, golden, 
 # ------------------------------------------------------------------------------------ 5. wiring and resume
 def tiny_bench(tmp_path, augment):
     from openood_ext.datasets import Benchmark
-    rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir(exist_ok=True)
-    lines = []
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        lines.append(f"img/{i}.png 0")
-    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    random_png_list(tmp_path, 20, classes=1)
     pre = {"image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "train_augment": augment,
            "crop_padding": 2}
     return Benchmark(num_classes=1, id={"train": "list.txt", "val": "list.txt", "test": "list.txt"},

@@ -4,11 +4,9 @@ cache equal the per-image path's (no augmentation) and repeat with the seed."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from openood_ext.datasets import Benchmark
@@ -18,6 +16,7 @@ from openood_ext.synthesizers import SourceContext
 from openood_ext.synthesizers.oe_images import OEImages
 from openood_ext.trainers import Engine, Trainer, split_trainer_config
 from openood_ext.trainers.data import build_train_loader
+from data_helpers import random_png_list
 
 PRE = {"image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
        "train_augment": ["random_crop", "hflip", "color_jitter", "gaussian_noise"], "crop_padding": 2, "jitter": 0.2}
@@ -25,13 +24,7 @@ PRE = {"image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
 
 @pytest.fixture
 def bench(tmp_path):
-    rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir()
-    lines = []
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        lines.append(f"img/{i}.png {i % 3}")
-    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    random_png_list(tmp_path, 20)
     return Benchmark(num_classes=3, id={"train": "list.txt", "val": "list.txt", "test": "list.txt"},
                      imglist_dir=str(tmp_path), data_root=str(tmp_path), preprocessor=PRE, oe="list.txt")
 

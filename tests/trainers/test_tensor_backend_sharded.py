@@ -5,10 +5,8 @@ are the one-process order), augments with its own stream, and the training loade
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from openood_ext import distributed
 from openood_ext.datasets import Benchmark
@@ -20,6 +18,7 @@ from openood_ext.errors import ConfigError
 from openood_ext.trainers import Trainer
 from openood_ext.trainers.data import build_train_loader
 from openood_ext.trainers.vmdls_sampler import ClassBalancedBatchSampler
+from data_helpers import random_png_list
 
 
 def decoded(n=11):
@@ -68,13 +67,7 @@ def test_each_rank_augments_with_its_own_stream_and_one_process_is_unchanged():
 
 @pytest.fixture
 def bench(tmp_path):
-    rng = np.random.default_rng(0)
-    (tmp_path / "img").mkdir()
-    lines = []
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        lines.append(f"img/{i}.png {i % 3}")
-    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    random_png_list(tmp_path, 10)
     pre = {"image_size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "train_augment": ["hflip"]}
     return Benchmark(num_classes=3, id={"train": "list.txt", "val": "list.txt", "test": "list.txt"},
                      imglist_dir=str(tmp_path), data_root=str(tmp_path), preprocessor=pre)
