@@ -76,6 +76,37 @@ def maxdiff(a, b) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
+class SizedLoader:
+    """A list of batches standing in for a DataLoader whose iterator has ``len`` (OpenOOD's and OAML's
+    trainers call ``len(iter(loader))``)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return _SizedIter(self.batches)
+
+
+class _SizedIter:
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= len(self.batches):
+            raise StopIteration
+        self.i += 1
+        return self.batches[self.i - 1]
+
+
 class Table:
     """Rows of (item, measured difference, verdict), printed as markdown."""
 

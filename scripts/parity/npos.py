@@ -36,7 +36,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from _common import CpuTorch, Table, cpu_cuda, faiss_gpu_shim, load_file, maxdiff, stub_modules  # noqa: E402
+from _common import (  # noqa: E402
+    CpuTorch, SizedLoader, Table, cpu_cuda, faiss_gpu_shim, load_file, maxdiff, stub_modules,
+)
 
 from openood_ext.config import load_config  # noqa: E402
 from openood_ext.synthesizers.npos import NPOSParams, NPOSSynthesizer, npos_sample  # noqa: E402
@@ -192,36 +194,6 @@ def openood_config(C, Q, E, start, lr=0.1):
                                          w_comp=1, loss_weight=0.1)),
               optimizer=ns(num_epochs=E, lr=lr, momentum=0.9, weight_decay=1e-4, warm=True, cosine=True,
                            lr_decay_rate=0.1, lr_decay_epochs=[30, 50, 120], mlp_decay_rate=0.1))
-
-
-class SizedLoader:
-    """A list of batches whose iterator has ``len`` (OpenOOD calls ``len(iter(loader))``)."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        outer = self
-
-        class It:
-            def __init__(self):
-                self.i = 0
-
-            def __len__(self):
-                return len(outer.batches)
-
-            def __next__(self):
-                if self.i >= len(outer.batches):
-                    raise StopIteration
-                self.i += 1
-                return outer.batches[self.i - 1]
-
-            def __iter__(self):
-                return self
-        return It()
 
 
 def openood_run(trainer_mod, C=3, Q=12, E=3, start=2, steps=6, seed=0):

@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from _common import Table, cpu_cuda, faiss_gpu_shim, load_file, maxdiff, stub_modules  # noqa: E402
+from _common import SizedLoader, Table, cpu_cuda, faiss_gpu_shim, load_file, maxdiff, stub_modules  # noqa: E402
 
 from openood_ext.config import load_config  # noqa: E402
 from openood_ext.trainers.club import CLUB, club_terms  # noqa: E402
@@ -198,7 +198,7 @@ def published_run(pub, epochs=2, seed=0):
     net = det_init(Student(), seed)
     cfg = types.SimpleNamespace(optimizer=types.SimpleNamespace(lr=0.01, momentum=0.9, weight_decay=5e-4,
                                                                 num_epochs=epochs))
-    loader = _Loader(batches[:2])
+    loader = SizedLoader(batches[:2])
     tr = mod.GenerativeOODDistillTrainer(net, loader, None, cfg, dataset="cifar10")
     for i, m in enumerate((tr.dt, tr.mi_loss, tr.mi_loss2)):
         det_init(m, seed + 1 + i)
@@ -232,34 +232,6 @@ def published_run(pub, epochs=2, seed=0):
 def _record(store: list, out):
     store.append(tuple(o.detach().clone() for o in out))
     return out
-
-
-class _Loader:
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return _SizedIter(self.batches)
-
-
-class _SizedIter:
-    def __init__(self, batches):
-        self.batches, self.i = batches, 0
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= len(self.batches):
-            raise StopIteration
-        self.i += 1
-        return self.batches[self.i - 1]
 
 
 # ------------------------------------------------------------------------------------------ ours
