@@ -185,10 +185,7 @@ class OnlineSupervision(Trainer):
         labels = torch.zeros(b, dtype=torch.long, device=images.device)
         gt = None
         if self.needs_outliers and batch.outliers is not None and self.p_outlier > 0:
-            outliers = batch.outliers
-            if len(outliers) < b:  # cycle a short outlier batch
-                outliers = outliers[torch.arange(b, device=outliers.device) % len(outliers)]
-            outliers = outliers[:b].to(images.device, images.dtype)
+            outliers = self._aligned(batch.outliers, b).to(images.device, images.dtype)  # a short batch cycled
             replace = (torch.rand(b, generator=step_generator(self.ctx.seed, batch.step, 0xFCDD))
                        < self.p_outlier).to(images.device)
             images = torch.where(replace.view(-1, *[1] * (images.dim() - 1)), outliers, images)
