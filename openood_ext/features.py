@@ -12,6 +12,11 @@ distinct reduction once per batch inside the hook (before any later in-place op 
 tensor) and feeds each consumer its reduced tensors batch by batch. Only what the consumers keep
 (per-class statistics, per-sample scores) outlives the batch; full feature maps never do.
 
+Graph consumers: a method that needs the input gradient of the pass's outputs (ODIN and the other
+input-perturbation methods) hands the pass a :class:`GraphConsumer`; the pass then runs in micro-batches of
+its ``graph_chunk`` samples with gradients on for the input, and the consumer gets each micro-batch's
+input and outputs with their graph, so the scored splits need no clean pass of their own for it.
+
 The per-split forward loop is :func:`extract_outputs` (one function, so wrapping it, e.g. to shard a
 split over ranks and gather the results, is done in one place).
 """
@@ -129,6 +134,23 @@ class TapConsumer(Protocol):
     def finish(self) -> Any: ...
 
 
+class GraphConsumer(Protocol):
+    """Reads each micro-batch's autograd graph during :func:`extract_outputs` (see the module docstring).
+
+    ``update_graph(x, logits, features)`` gets the micro-batch's input x [B, C, H, W] (a leaf that requires
+    grad, on the device) and ``net(x, return_feature=True)``'s logits [B, K] and features [B, D], both
+    still attached to x; it runs with gradients on and the taps paused (it may run the network again).
+    ``finish`` returns the consumer's result, kept in ``NetOutputs.tap_results`` like a tap consumer's.
+    """
+
+    taps: Sequence[Tap]
+    graph_chunk: int
+
+    def update_graph(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
 def split_tap_layer(layer: str) -> tuple[str, bool]:
     """(module name, whether the module's input rather than its output is tapped)."""
     if layer.endswith(":input"):
@@ -224,35 +246,53 @@ class TapSet:
 
 @torch.no_grad()
 def extract_outputs(net: torch.nn.Module, loader, device: torch.device | str = "cpu",
-                    desc: str = "forward", consumers: Sequence[TapConsumer] = ()) -> NetOutputs:
+                    desc: str = "forward", consumers: Sequence[TapConsumer | GraphConsumer] = ()) -> NetOutputs:
     """Run ``net`` once over ``loader`` in eval mode (the per-split forward loop).
 
     The loader yields ``(images, labels)`` or ``(images, labels, n_skipped)`` batches. The network must
     accept ``net(x, return_feature=True)`` and return ``(logits, features)``. Every consumer's taps are
     computed in this same pass (see the module docstring); ``NetOutputs.tap_results[i]`` is
-    ``consumers[i].finish()``.
+    ``consumers[i].finish()``. With :class:`GraphConsumer` s among the consumers (all of one
+    ``graph_chunk``) each batch runs in micro-batches of that size with gradients on for the input.
     """
     net.eval()
+    graph = [c for c in consumers if getattr(c, "graph_chunk", None)]
+    chunks = {c.graph_chunk for c in graph}
+    if len(chunks) > 1:
+        raise ValueError(f"extract_outputs: the graph consumers' micro-batch sizes differ ({sorted(chunks)})")
+    chunk = chunks.pop() if chunks else None
+    plain = [c for c in consumers if not getattr(c, "graph_chunk", None)]
     logits, feats, labels = [], [], []
     skipped = 0
     taps = TapSet(net, [t for c in consumers for t in c.taps])
     with taps:
         for batch in progress(loader, desc=desc):
-            images, targets = batch[0], batch[1]
+            images, targets = batch[0], torch.as_tensor(batch[1]).long()
             skipped += int(batch[2]) if len(batch) > 2 else 0
             if len(images) == 0:
                 continue
-            out, feat = net(images.to(device, non_blocking=True), return_feature=True)
-            out = out.float().cpu()
-            targets = torch.as_tensor(targets).long()
-            logits.append(out)
-            feats.append(feat.float().flatten(1).cpu())
-            labels.append(targets)
-            if consumers:
-                reduced = taps.pop()
-                with taps.paused(), full_precision():  # consumers' statistics (min/max, covariances) in float32
-                    for c in consumers:
-                        c.update({t.key: reduced[t.key] for t in c.taps}, out, targets)
+            pieces = zip(images.split(chunk), targets.split(chunk)) if chunk else [(images, targets)]
+            for part, part_targets in pieces:
+                if graph:
+                    with torch.enable_grad():
+                        x = part.to(device, non_blocking=True).detach().clone().requires_grad_(True)
+                        out_graph, feat_graph = net(x, return_feature=True)
+                    out, feat = out_graph.detach(), feat_graph.detach()
+                else:
+                    out, feat = net(part.to(device, non_blocking=True), return_feature=True)
+                out = out.float().cpu()
+                logits.append(out)
+                feats.append(feat.float().flatten(1).cpu())
+                labels.append(part_targets)
+                if consumers:
+                    reduced = taps.pop()
+                    with taps.paused():
+                        with full_precision():  # consumers' statistics (min/max, covariances) in float32
+                            for c in plain:
+                                c.update({t.key: reduced[t.key] for t in c.taps}, out, part_targets)
+                        with torch.enable_grad():
+                            for c in graph:
+                                c.update_graph(x, out_graph, feat_graph)
     if not logits:
         raise EmptySplit(f"{desc}: none of the split's {skipped} images could be read", skipped)
     outputs = NetOutputs(torch.cat(logits), torch.cat(feats), torch.cat(labels), last_linear_layer(net),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import image_loader
 
@@ -59,3 +60,41 @@ def test_input_tap_reads_resnet_stem_output():
     with torch.no_grad():
         stem = torch.relu(net.bn1(net.conv1(x)))
     assert torch.allclose(a.seen[0][0][("layer1:input", "id")], stem, atol=1e-6)
+
+
+class Graph:
+    """A graph consumer that keeps each micro-batch's input gradient of the summed logits."""
+
+    taps = ()
+
+    def __init__(self, chunk):
+        self.graph_chunk, self.grads, self.sizes = chunk, [], []
+
+    def update_graph(self, x, logits, features):
+        assert x.requires_grad and logits.grad_fn is not None and features.grad_fn is not None
+        self.sizes.append(len(x))
+        (grad,) = torch.autograd.grad(logits.sum(), x)
+        self.grads.append(grad)
+
+    def finish(self):
+        return torch.cat(self.grads)
+
+
+def test_graph_consumers_get_micro_batches_with_their_graph_and_the_outputs_are_the_plain_ones():
+    torch.manual_seed(0)
+    net = DigitsCNN(num_classes=3, in_channels=1, width=2).eval()
+    x, y = torch.randn(20, 1, 8, 8), torch.arange(20) % 3
+    taps = Collect([Tap("body.2", "mean", lambda t: t.mean((2, 3)))])
+    graph = Graph(chunk=3)
+    out = extract_outputs(net, image_loader(x, y, batch_size=8), consumers=[taps, graph])
+    assert graph.sizes == [3, 3, 2] * 2 + [3, 1]  # batches of 8, 8, 4 in micro-batches of 3
+    assert out.tap_calls == {"body.2": 8} and out.tap_results[0] == 8
+    plain = extract_outputs(net, image_loader(x, y, batch_size=8))
+    torch.testing.assert_close(out.logits, plain.logits)
+    torch.testing.assert_close(out.features, plain.features)
+    assert torch.equal(out.labels, y) and not out.logits.requires_grad
+    xr = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(net(xr).sum(), xr)
+    torch.testing.assert_close(out.tap_results[1], expected)
+    with pytest.raises(ValueError, match="micro-batch sizes differ"):
+        extract_outputs(net, image_loader(x, y), consumers=[Graph(3), Graph(4)])

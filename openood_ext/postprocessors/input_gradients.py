@@ -44,7 +44,20 @@ class GradientBatch:
         self.net = net
         self.x = images.detach().clone().requires_grad_(True)
         out = net(self.x, return_feature=True) if features else net(self.x)
-        self.logits, self.features = out if features else (out, None)
+        self._hold(*(out if features else (out, None)))
+
+    @classmethod
+    def of_pass(cls, net: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor,
+                features: torch.Tensor | None) -> GradientBatch:
+        """The batch of a clean pass already run elsewhere (a shared forward pass's
+        :class:`~openood_ext.features.GraphConsumer` micro-batch): x the leaf, logits/features attached to it."""
+        batch = cls.__new__(cls)
+        batch.net, batch.x = net, x
+        batch._hold(logits, features)
+        return batch
+
+    def _hold(self, logits: torch.Tensor, features: torch.Tensor | None) -> None:
+        self.logits, self.features = logits, features
         self._grads: dict[Hashable, torch.Tensor] = {}
         self._values: dict[Hashable, object] = {}
         self.backward_calls = 0
@@ -106,6 +119,36 @@ def run_gradient_pass(net: torch.nn.Module, loader, device, scorers: Sequence[Gr
             own[i] += clock() - t
     results = [_concat(p) for p in parts]
     return results, {"scorers": own, "shared": clock() - start - sum(own)}
+
+
+class SharedPassScorers:
+    """Gradient scorers riding a shared forward pass (a :class:`~openood_ext.features.GraphConsumer` of
+    ``extract_outputs``): each micro-batch's clean pass is the shared pass's, so they add only their own
+    backward and perturbed passes. ``finish()`` returns what :func:`run_gradient_pass` returns for the
+    same micro-batches: per scorer its concatenated scores; ``own`` holds each scorer's seconds."""
+
+    taps = ()
+
+    def __init__(self, net: torch.nn.Module, scorers: Sequence[GradientScorer],
+                 clock: Callable[[], float] = time.perf_counter):
+        chunks = {s.chunk for s in scorers}
+        if len(chunks) != 1:
+            raise ValueError(f"SharedPassScorers: the scorers' micro-batch sizes differ ({sorted(chunks)})")
+        self.net, self.scorers, self.clock = net, list(scorers), clock
+        self.graph_chunk = chunks.pop()
+        self.features = any(s.features for s in scorers)
+        self.parts: list[list] = [[] for _ in scorers]
+        self.own = [0.0] * len(scorers)
+
+    def update_graph(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> None:
+        batch = GradientBatch.of_pass(self.net, x, logits, features if self.features else None)
+        for i, scorer in enumerate(self.scorers):
+            t = self.clock()
+            self.parts[i].append(scorer.score(batch))
+            self.own[i] += self.clock() - t
+
+    def finish(self) -> list:
+        return [_concat(p) for p in self.parts]
 
 
 def _concat(parts: list):

@@ -17,10 +17,13 @@ Each postprocessor takes one *route* (:func:`route`):
 Among the ``network`` methods, those that perturb their inputs along an input gradient and offer a
 ``gradient_scorer(loader)`` (ODIN, iODIN, AdaSCALE; see :mod:`.input_gradients`) share one clean forward
 pass with gradients per micro-batch on each scored split, and one backward per distinct gradient (ODIN and
-iODIN at the same temperature take the same one): the first of them to be scored fits them all and
-scores them all on every split (``share_gradients=True``, the default). Their scores are those each
-computes alone; ``ScheduleResult.seconds`` keeps each one's own part (fit, backward, perturbed passes) and
-``ScheduleResult.shared_seconds`` the shared clean passes (with the image loading).
+iODIN at the same temperature take the same one) (``share_gradients=True``, the default). That clean pass
+is each scored split's shared pass of :meth:`Scheduler.prepare` itself, run with gradients on in their
+micro-batches (:class:`~openood_ext.features.GraphConsumer`), where the source's pass is the plain fp32
+network (``source.precision`` fp32, no compiled wrapper); otherwise the first of them to be scored runs
+their clean passes. Their scores are those each computes alone; ``ScheduleResult.seconds`` keeps each
+one's own part (fit, backward, perturbed passes) and ``ScheduleResult.shared_seconds`` their clean passes
+when they run apart (with the image loading).
 
 The ``network`` methods read their splits through :meth:`Scheduler.loader_for`, which keeps each split's
 loader batches in memory after the first complete read (``batch_cache_mib``), so the methods after the
@@ -50,7 +53,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..evaluators.ood import SplitScores
-from ..features import EmptySplit, NetOutputs, extract_outputs
+from ..features import EmptySplit, NetOutputs, Tap, extract_outputs
 from ..utils.runtime import autocast, check_precision
 from .base import Postprocessor, as_postprocessor
 
@@ -84,7 +87,13 @@ class ScheduleResult:
         seconds: label -> seconds of its own fit and scoring (its share of the shared passes excluded).
         pass_seconds: split -> seconds of the shared pass that carried tap consumers (fit split included).
         shared_seconds: ``"input gradients: <labels>"`` -> seconds of the clean forward passes with
-            gradients (and image loading) those methods shared, on every scored split.
+            gradients (and image loading) those methods shared, on every scored split, when they ran
+            apart from the shared passes.
+        tap_seconds: split -> seconds the tap consumers of its shared pass took themselves (reductions in
+            the hooks, updates, finish); with ``gradient_seconds`` it splits ``pass_seconds`` into the
+            methods' own work and the pass.
+        gradient_seconds: split -> seconds the gradient methods riding its shared pass took themselves
+            (their backward and perturbed passes; also in their ``seconds``).
         skipped: optional splits of which no image could be read -> their EmptySplit.
     """
 
@@ -92,6 +101,8 @@ class ScheduleResult:
     seconds: dict[str, float] = field(default_factory=dict)
     pass_seconds: dict[str, float] = field(default_factory=dict)
     shared_seconds: dict[str, float] = field(default_factory=dict)
+    tap_seconds: dict[str, float] = field(default_factory=dict)
+    gradient_seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, EmptySplit] = field(default_factory=dict)
 
     def conf(self, label: str) -> dict[str, np.ndarray]:
@@ -168,10 +179,12 @@ class Scheduler:
             pp.fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split],
                    **fit_extras(pp, self.source))
         self._tap_conf = {label: {} for label in tapped}
+        riding = self._gradients_ride_shared_pass(splits)
         for split in splits:
             scorers = [pp.score_taps() for pp in tapped.values()]
+            gradients = self._gradient_consumer(split) if riding else None
             try:
-                out = self._pass(split, scorers)
+                out = self._pass(split, scorers, gradients)
             except EmptySplit as exc:
                 if split not in optional:
                     raise
@@ -181,16 +194,51 @@ class Scheduler:
             self._splits.append(split)
             for label, result in zip(tapped, out.tap_results if scorers else ()):
                 self._tap_conf[label][split] = result
+            if gradients is not None:
+                for label, conf, own in zip(self.gradient_group, out.tap_results[-1], gradients.own):
+                    self._gradient_conf[label][split] = conf
+                    self._gradient_seconds[label] += own
+                self.result.gradient_seconds[split] = sum(gradients.own)
         self._prepared = True
         return self.result
 
-    def _pass(self, split: str, consumers: list) -> NetOutputs:
-        if not consumers:
+    def _pass(self, split: str, consumers: list, gradients=None) -> NetOutputs:
+        if not consumers and gradients is None:
             return self.source.outputs(split)
+        timed = [_TimedTaps(c, self.clock) for c in consumers]
         t = self.clock()
-        out = self.source.outputs(split, consumers)
+        out = self.source.outputs(split, [*timed, *([gradients] if gradients is not None else [])])
         self.result.pass_seconds[split] = self.clock() - t
+        self.result.tap_seconds[split] = sum(c.seconds for c in timed)
         return out
+
+    def _gradients_ride_shared_pass(self, splits: Sequence[str]) -> bool:
+        """Fit the gradient group and say whether its clean passes can be the scored splits' shared
+        passes: the source's pass is the fp32 network itself (as the group's own passes are), and the
+        group's scorers share one micro-batch size."""
+        if not self.gradient_group or not splits or getattr(self.source, "precision", "fp32") != "fp32" \
+                or getattr(self.source, "forward_net", self.net) is not self.net:
+            return False
+        self._fit_gradient_group()
+        return len({s.chunk for s in self._group_scorers(splits[0])}) == 1
+
+    def _fit_gradient_group(self) -> None:
+        if self._gradient_conf:  # fitted already
+            return
+        self._gradient_seconds = dict.fromkeys(self.gradient_group, 0.0)
+        for label in self.gradient_group:
+            t = self.clock()
+            self.pps[label].fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
+            self._gradient_seconds[label] += self.clock() - t
+        self._gradient_conf = {label: {} for label in self.gradient_group}
+
+    def _group_scorers(self, split: str) -> list:
+        loader = self.loader_for(split)  # read for its Normalize transform (ODIN's step size) only
+        return [self.pps[label].gradient_scorer(loader) for label in self.gradient_group]
+
+    def _gradient_consumer(self, split: str):
+        from .input_gradients import SharedPassScorers
+        return SharedPassScorers(self.net, self._group_scorers(split), clock=self.clock)
 
     def loader_for(self, split: str):
         """The loader the ``network`` methods read a split from: the source's, replayed from memory once
@@ -209,7 +257,7 @@ class Scheduler:
             raise RuntimeError("Scheduler.score: call prepare(splits) first")
         pp, how = self.pps[label], self.routes[label]
         shared = label in self.gradient_group
-        if shared and label not in self._gradient_conf:
+        if shared and not self._gradient_conf.get(label):
             self._score_gradient_group()
         t = self.clock()
         if how != "taps" and not shared:
@@ -244,12 +292,8 @@ class Scheduler:
         one gradient pass per micro-batch size (see :mod:`.input_gradients`)."""
         from .input_gradients import run_gradient_pass
         group = self.gradient_group
-        seconds = dict.fromkeys(group, 0.0)
-        for label in group:
-            t = self.clock()
-            self.pps[label].fit(self.outputs[self.fit_split], val_outputs=self.outputs[self.val_split])
-            seconds[label] += self.clock() - t
-        self._gradient_conf = {label: {} for label in group}
+        self._fit_gradient_group()
+        seconds = self._gradient_seconds
         key = "input gradients: " + ", ".join(group)
         self.result.shared_seconds[key] = 0.0
         for split in self._splits:
@@ -268,7 +312,6 @@ class Scheduler:
                 for label, conf, own in zip(labels, results, took["scorers"]):
                     self._gradient_conf[label][split] = conf
                     seconds[label] += own
-        self._gradient_seconds = seconds
 
     def run(self, splits: Sequence[str], optional: Iterable[str] = ()) -> ScheduleResult:
         """:meth:`prepare`, then :meth:`score` every postprocessor in order."""
@@ -277,6 +320,35 @@ class Scheduler:
             self.score(label)
         return self.result
 
+
+
+class _TimedTaps:
+    """A tap consumer whose own work (its reductions in the hooks, updates and finish) is timed."""
+
+    def __init__(self, consumer, clock: Callable[[], float]):
+        self.inner, self.clock, self.seconds = consumer, clock, 0.0
+        self.taps = [Tap(t.layer, t.reduce, self._timed(t.fn)) for t in consumer.taps]
+
+    def _timed(self, fn):
+        def reduce(t):
+            start = self.clock()
+            try:
+                return fn(t)
+            finally:
+                self.seconds += self.clock() - start
+        return reduce
+
+    def update(self, reduced, logits, labels) -> None:
+        start = self.clock()
+        self.inner.update(reduced, logits, labels)
+        self.seconds += self.clock() - start
+
+    def finish(self):
+        start = self.clock()
+        try:
+            return self.inner.finish()
+        finally:
+            self.seconds += self.clock() - start
 
 
 def fit_alone(pp, source, net=None, device=None, fit_split: str = "id_train", val_split: str = "id_val"):

@@ -55,7 +55,7 @@ def test_gmm_fit_from_taps_equals_sklearn_on_the_same_features(net_and_data):
     net, loaders, train, test = net_and_data
     layer = "body.5"  # a ReLU: 8-channel 8x8 maps; stat pooling, PCA to 6, 2 components
     pp = _fit(net, loaders, layers=[layer], feature_type=["stat"], num_clusters=[2], reduce_dim=["pca_6"], alpha=[1.0],
-              pca_solver="full")
+              pca_solver="full", pca_dtype="float64")
     with torch.no_grad(), LayerTaps(net, [layer], transform=lambda t: reduce_feature_map(t, "stat").clone()) as taps:
         net(train)
         f_train = taps.pop()[0].double().numpy()
@@ -67,6 +67,22 @@ def test_gmm_fit_from_taps_equals_sklearn_on_the_same_features(net_and_data):
     diff = conf - gm.score_samples(f_test @ proj)
     assert np.ptp(diff) < 1e-6 * np.abs(conf).max()  # equal up to sklearn's normalising constant
     assert conf[:20].mean() > conf[20:].mean()  # higher = more ID: the shifted images score lower
+
+
+def test_gmm_float32_pca_spans_the_float64_subspace():
+    # the default float32 fit against OpenOOD's float64 arithmetic, same seeded randomized solver
+    rng = np.random.default_rng(0)
+    feats = (rng.standard_normal((300, 40)) @ rng.standard_normal((40, 2000))).astype(np.float32)
+    fits = {}
+    for dtype in ("float32", "float64"):
+        pp = build("gmm", layers=[0], feature_type=["flat"], num_clusters=[3], reduce_dim=["pca_10"], alpha=[1.0],
+                   pca_solver="randomized", pca_dtype=dtype)
+        pp.layer_names = ["x"]
+        fits[dtype] = pp.fit_layer(0, feats)
+    assert all(a.dtype == torch.float64 for a in fits["float32"])
+    cosines = np.linalg.svd(fits["float32"][0].numpy().T @ fits["float64"][0].numpy(), compute_uv=False)
+    assert cosines.min() > 1 - 1e-5
+    assert build("gmm").pca_dtype == "float32"
 
 
 def test_gmm_rides_the_shared_pass_and_skips_zero_weight_layers(net_and_data):

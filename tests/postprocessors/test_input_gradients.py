@@ -1,6 +1,7 @@
 """The shared gradient pass (postprocessors/input_gradients.py) and the scheduler's use of it: ODIN, iODIN
-and AdaSCALE scored together run one clean forward pass per micro-batch and one backward per distinct
-gradient, and give exactly the scores each gives alone. Passes are counted, not timed."""
+and AdaSCALE scored together run one clean forward pass per micro-batch (the scored split's shared pass
+itself) and one backward per distinct gradient, and give exactly the scores each gives alone. Passes are
+counted, not timed."""
 
 from __future__ import annotations
 
@@ -62,21 +63,28 @@ def scheduled(net, loaders, share: bool, pps):
     return sched.result
 
 
+#: plain passes of prepare: id_train and id_val (3 + 2 loader batches), then id_test and far (2 + 2),
+#: which the gradient group's clean passes replace when it rides them
+FIT_BATCHES, SCORED_BATCHES = 3 + 2, 2 + 2
+
+
 def count_scoring(net, loaders, share: bool, monkeypatch, pps):
-    """(forward passes, backward calls, scores) of scoring the two splits (fits and shared passes done
-    first and not counted)."""
+    """(forward passes, backward calls, scores) of preparing and scoring the two splits (the methods'
+    fits done first and not counted)."""
     fresh = DigitsCNN(num_classes=3, in_channels=1, width=2).eval()
     fresh.load_state_dict(net.state_dict())
-    sched = Scheduler(pps, LoaderSource(fresh, loaders), fresh, "cpu", share_gradients=share)
-    sched.prepare(["id_test", "far"])
-    for pp in pps.values():  # fit first, so that only the scoring is counted
-        pp.fit(sched.outputs["id_train"], val_outputs=sched.outputs["id_val"])
+    fit_source = LoaderSource(fresh, loaders)
+    for pp in pps.values():  # fit first, so that only the passes over the scored splits are counted
+        pp.attach_network(fresh, "cpu", fit_source.loader_for)
+        pp.fit(fit_source.outputs("id_train"), val_outputs=fit_source.outputs("id_val"))
         pp.fit = lambda *a, **k: None
     counter = Counter(fresh, monkeypatch)
+    sched = Scheduler(pps, LoaderSource(fresh, loaders), fresh, "cpu", share_gradients=share)
+    sched.prepare(["id_test", "far"])
     for label in pps:
         sched.score(label)
     monkeypatch.undo()
-    return counter.forwards, counter.backwards, sched.result
+    return counter.forwards - FIT_BATCHES, counter.backwards, sched.result
 
 
 def test_the_group_shares_clean_passes_and_equal_gradients(setup, monkeypatch):
@@ -84,11 +92,14 @@ def test_the_group_shares_clean_passes_and_equal_gradients(setup, monkeypatch):
     micro = 4 + 3  # micro-batches over id_test (30) and far (18), 8 samples each
     fwd_alone, bwd_alone, alone = count_scoring(net, loaders, False, monkeypatch, build())
     fwd_shared, bwd_shared, shared = count_scoring(net, loaders, True, monkeypatch, build())
-    # alone: per micro-batch each of the 3 methods runs a clean pass, a backward and a perturbed pass
-    assert (fwd_alone, bwd_alone) == (6 * micro, 3 * micro)
-    # shared: one clean pass; ODIN and iODIN (same temperature) one backward, AdaSCALE its own
+    # alone: the plain passes, then per micro-batch each of the 3 methods runs a clean pass, a backward
+    # and a perturbed pass
+    assert (fwd_alone, bwd_alone) == (SCORED_BATCHES + 6 * micro, 3 * micro)
+    # shared: the scored splits' pass is the one clean pass; ODIN and iODIN (same temperature) one
+    # backward, AdaSCALE its own
     assert (fwd_shared, bwd_shared) == (4 * micro, 2 * micro)
-    assert list(shared.shared_seconds) == ["input gradients: odin, iodin, adascale"]
+    assert shared.shared_seconds == {} and list(shared.gradient_seconds) == ["id_test", "far"]
+    assert list(alone.shared_seconds) == [] and alone.gradient_seconds == {}
     for label in ("odin", "iodin", "adascale"):
         for split in ("id_test", "far"):
             np.testing.assert_array_equal(shared.scores[label][split].conf, alone.scores[label][split].conf)
@@ -150,8 +161,9 @@ class CountingLoader:
 
 @pytest.mark.parametrize("budget_mib", [512, 0, 0.004])
 def test_network_methods_after_the_first_replay_the_kept_batches(setup, budget_mib):
-    """RankFeat and MDSEns after the gradient group: with the cache each split is read once; without it
-    (or with a budget smaller than a split: 0.004 MiB < 30 8x8 images) once per method. Same scores."""
+    """RankFeat and MDSEns (the gradient group rides prepare's shared pass): with the cache each split is
+    read once; without it (or with a budget smaller than a split: 0.004 MiB < 30 8x8 images) once per
+    method. Same scores."""
     net, loaders = setup
     counted = {k: CountingLoader(v) for k, v in loaders.items()}
     names = {"odin": {}, "iodin": {}, "rankfeat": {"layers": [0, 1]}, "mds_ensemble": {}}
@@ -161,7 +173,7 @@ def test_network_methods_after_the_first_replay_the_kept_batches(setup, budget_m
     before = counted["far"].iterations
     for label in pps:
         sched.score(label)
-    methods_reading = 3  # the gradient group (one read for odin and iodin), rankfeat, mds_ensemble
+    methods_reading = 2  # rankfeat, mds_ensemble
     assert counted["far"].iterations - before == (1 if budget_mib == 512 else methods_reading)
     plain = Scheduler({k: POSTPROCESSORS.build({"name": k, **a}) for k, a in names.items()},
                       LoaderSource(net, loaders), net, "cpu", batch_cache_mib=0).run(["id_test", "far"])
@@ -177,6 +189,34 @@ def test_adascale_variants_share_the_perturbed_pass(setup, monkeypatch):
                                             "grad_batch_size": CHUNK}) for v in ("a", "l")}
     fwd_alone, bwd_alone, alone = count_scoring(net, loaders, False, monkeypatch, pps())
     fwd_shared, bwd_shared, shared = count_scoring(net, loaders, True, monkeypatch, pps())
-    assert (fwd_alone, bwd_alone) == (4 * 7, 2 * 7) and (fwd_shared, bwd_shared) == (2 * 7, 7)
+    assert (fwd_alone, bwd_alone) == (SCORED_BATCHES + 4 * 7, 2 * 7) and (fwd_shared, bwd_shared) == (2 * 7, 7)
     for v in ("a", "l"):
         np.testing.assert_array_equal(shared.scores[v]["far"].conf, alone.scores[v]["far"].conf)
+
+
+def test_the_group_rides_the_tapped_shared_pass_and_scores_as_alone(setup):
+    """With a tap method, the scored splits' one shared pass carries the taps and the group's clean
+    passes; every score is the one computed apart, the taps' and the group's own seconds are kept."""
+    net, loaders = setup
+    pps = lambda: build() | {"gram": POSTPROCESSORS.build({"name": "gram"})}  # noqa: E731
+    ride = Scheduler(pps(), LoaderSource(net, loaders), net, "cpu").run(["id_test", "far"])
+    apart = Scheduler(pps(), LoaderSource(net, loaders), net, "cpu", share_gradients=False).run(["id_test", "far"])
+    assert set(ride.gradient_seconds) == {"id_test", "far"} and ride.shared_seconds == {}
+    assert all(ride.tap_seconds[s] > 0 for s in ("id_train", "id_test", "far"))
+    for split in ("id_test", "far"):
+        for label in ("odin", "iodin", "adascale"):
+            np.testing.assert_array_equal(ride.scores[label][split].conf, apart.scores[label][split].conf)
+        # the pass ran in micro-batches of 8 instead of loader batches of 16: float rounding at most
+        np.testing.assert_allclose(ride.scores["gram"][split].conf, apart.scores["gram"][split].conf, rtol=1e-5)
+
+
+def test_a_half_precision_source_keeps_the_group_on_passes_of_its_own(setup):
+    """The group's passes are fp32: under a bf16 shared pass it does not ride it (same scores either way)."""
+    net, loaders = setup
+    source = LoaderSource(net, loaders)
+    source.precision = "bf16"  # as a source configured with precision: bf16 reports it
+    result = Scheduler(build(), source, net, "cpu").run(["id_test", "far"])
+    assert result.gradient_seconds == {} and list(result.shared_seconds) == ["input gradients: odin, iodin, adascale"]
+    ride = Scheduler(build(), LoaderSource(net, loaders), net, "cpu").run(["id_test", "far"])
+    for label in ("odin", "iodin", "adascale"):
+        np.testing.assert_array_equal(result.scores[label]["far"].conf, ride.scores[label]["far"].conf)
