@@ -772,7 +772,7 @@ def main(argv=None) -> int:
     # imported and Gram's compiled kernel loaded (as `bench postprocessors` does)
     for ours, _, module, _, _, _ in plans:
         if module is not None:
-            importer(f"openood.postprocessors.{module}_postprocessor")
+            importer(f"openood.postprocessors.{OPENOOD_MODULE_FILES.get(module, module + '_postprocessor')}")
         if ours in OPENOOD_WRAPPERS:
             importer(OPENOOD_WRAPPERS[ours][0])
     for library in ("faiss", "sklearn.linear_model", "sklearn.covariance", "sklearn.mixture", "sklearn.decomposition",

@@ -8,7 +8,8 @@ bus decides the time. Two backends give the same numbers (float32 arithmetic, as
 
 * ``numba`` (CPU default when numba is installed): one compiled loop per sample keeps that sample's
   [C, HW] powers in cache while it walks the orders (one read of the map from memory instead of about
-  three per order); about 10x less time than whole-batch tensor ops, 3x less than the chunked ones.
+  three per order), and sweeps the cached powers twice per order (the last product with the column sums,
+  then the dot products); about 10x less time than whole-batch tensor ops, 3x less than the chunked ones.
 * ``torch``: tensor ops; on CPU in chunks of samples small enough to stay in cache, on a GPU the whole
   batch at once.
 
@@ -99,18 +100,32 @@ def _numba_kernel():
         s = np.empty(hw, dtype=np.float32)
         for b in range(n):
             fb = f[b]
-            fp[:] = fb
-            prev = 1
+            prev = 0  # the power fp holds (0: none yet)
             for j in order:
-                for _ in range(powers[j] - prev):
+                steps = powers[j] - prev  # products to take (the first power starts from a copy of fb)
+                s[:] = 0
+                if prev == 0 and steps == 1:  # fp = fb and its column sums, in one sweep
                     for ci in range(c_dim):
                         for k in range(hw):
-                            fp[ci, k] *= fb[ci, k]
+                            fp[ci, k] = fb[ci, k]
+                            s[k] += fb[ci, k]
+                    steps = 0
+                elif prev == 0:
+                    for ci in range(c_dim):
+                        for k in range(hw):
+                            fp[ci, k] = fb[ci, k]
+                    steps -= 1
+                for step in range(steps):  # the last product also sums the columns
+                    if step < steps - 1:
+                        for ci in range(c_dim):
+                            for k in range(hw):
+                                fp[ci, k] *= fb[ci, k]
+                    else:
+                        for ci in range(c_dim):
+                            for k in range(hw):
+                                fp[ci, k] *= fb[ci, k]
+                                s[k] += fp[ci, k]
                 prev = powers[j]
-                s[:] = 0
-                for ci in range(c_dim):
-                    for k in range(hw):
-                        s[k] += fp[ci, k]
                 for ci in range(c_dim):
                     acc = np.float32(0)
                     for k in range(hw):
