@@ -84,7 +84,9 @@ class ScheduleResult:
     Attributes:
         scores: label -> split -> :class:`SplitScores` (conf float64 [N], higher = more ID; preds int64
             [N]; labels [N], -1 where unknown).
-        seconds: label -> seconds of its own fit and scoring (its share of the shared passes excluded).
+        seconds: label -> seconds of its own fit and scoring: for a tap method its consumers' work in the
+            shared passes (reductions in the hooks, updates, fit), for the gradient group its backward
+            and perturbed passes; the shared passes themselves excluded.
         pass_seconds: split -> seconds of the shared pass that carried tap consumers (fit split included).
         shared_seconds: ``"input gradients: <labels>"`` -> seconds of the clean forward passes with
             gradients (and image loading) those methods shared, on every scored split, when they ran
@@ -152,6 +154,7 @@ class Scheduler:
         self.outputs: dict[str, NetOutputs] = {}
         self.result = ScheduleResult()
         self._tap_conf: dict[str, dict[str, object]] = {}
+        self._tap_own: dict[str, float] = {}  # label -> seconds of its tap consumers' own work
         self._splits: list[str] = []
         self._prepared = False
 
@@ -168,11 +171,12 @@ class Scheduler:
             if self.routes[label] != "outputs":
                 pp.attach_network(self.net, self.device, self.loader_for)
         tapped = {label: pp for label, pp in self.pps.items() if self.routes[label] == "taps"}
-        layered = [pp for label, pp in self.pps.items() if self.routes[label] != "outputs"]
-        fitting = []
+        layered = {label: pp for label, pp in self.pps.items() if self.routes[label] != "outputs"}
+        fitting = {}
         if layered and self.share_taps:
             example = self.source.example(self.fit_split)
-            fitting = [c for c in (pp.fit_taps(self.net, example) for pp in layered) if c is not None]
+            fitting = {label: c for label, c in ((label, pp.fit_taps(self.net, example)) for label, pp in layered.items())
+                       if c is not None}
         self.outputs[self.fit_split] = self._pass(self.fit_split, fitting)
         self.outputs[self.val_split] = self.source.outputs(self.val_split)
         for pp in tapped.values():  # fitted before the scored splits' passes, which score them
@@ -181,7 +185,7 @@ class Scheduler:
         self._tap_conf = {label: {} for label in tapped}
         riding = self._gradients_ride_shared_pass(splits)
         for split in splits:
-            scorers = [pp.score_taps() for pp in tapped.values()]
+            scorers = {label: pp.score_taps() for label, pp in tapped.items()}
             gradients = self._gradient_consumer(split) if riding else None
             try:
                 out = self._pass(split, scorers, gradients)
@@ -202,14 +206,18 @@ class Scheduler:
         self._prepared = True
         return self.result
 
-    def _pass(self, split: str, consumers: list, gradients=None) -> NetOutputs:
+    def _pass(self, split: str, consumers: dict, gradients=None) -> NetOutputs:
+        """The split's shared pass with the tap consumers (label -> consumer; each one's own work is
+        timed and charged to its label) and the riding gradient group's consumer."""
         if not consumers and gradients is None:
             return self.source.outputs(split)
-        timed = [_TimedTaps(c, self.clock) for c in consumers]
+        timed = {label: _TimedTaps(c, self.clock) for label, c in consumers.items()}
         t = self.clock()
-        out = self.source.outputs(split, [*timed, *([gradients] if gradients is not None else [])])
+        out = self.source.outputs(split, [*timed.values(), *([gradients] if gradients is not None else [])])
         self.result.pass_seconds[split] = self.clock() - t
-        self.result.tap_seconds[split] = sum(c.seconds for c in timed)
+        self.result.tap_seconds[split] = sum(c.seconds for c in timed.values())
+        for label, c in timed.items():
+            self._tap_own[label] = self._tap_own.get(label, 0.0) + c.seconds
         return out
 
     def _gradients_ride_shared_pass(self, splits: Sequence[str]) -> bool:
@@ -283,7 +291,8 @@ class Scheduler:
             labels = outputs.labels.numpy() if outputs.labels is not None else np.full(len(outputs), -1)
             scored[split] = SplitScores(conf, preds, labels, parts,
                                         getattr(pp, "rescore_pair", None) if parts is not None else None)
-        self.result.seconds[label] = self.clock() - t + (self._gradient_seconds[label] if shared else 0.0)
+        self.result.seconds[label] = (self.clock() - t + (self._gradient_seconds[label] if shared else 0.0)
+                                      + self._tap_own.get(label, 0.0))
         self.result.scores[label] = scored
         return scored
 
