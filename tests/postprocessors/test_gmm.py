@@ -85,6 +85,15 @@ def test_gmm_float32_pca_spans_the_float64_subspace():
     assert build("gmm").pca_dtype == "float32"
 
 
+def test_gmm_projection_in_row_blocks_equals_one_float64_product():
+    from openood_ext.postprocessors.gmm import project_float64
+    rng = np.random.default_rng(1)
+    feats = rng.standard_normal((130, 300)).astype(np.float32)
+    proj = rng.standard_normal((300, 7))
+    np.testing.assert_allclose(project_float64(feats, proj, rows=64), feats.astype(np.float64) @ proj, rtol=1e-12)
+    assert project_float64(feats[:0], proj).shape == (0, 7)
+
+
 def test_gmm_rides_the_shared_pass_and_skips_zero_weight_layers(net_and_data):
     net, loaders, *_ = net_and_data
     pp = build("gmm", layers=["stem", 0, -1], feature_type=["mean", "mean", "mean"], num_clusters=[2, 1, 2],
