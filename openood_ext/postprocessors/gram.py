@@ -29,15 +29,17 @@ def gram_features(t: torch.Tensor, powers, backend: str = "auto") -> list[torch.
     S is computed in float32 like OpenOOD (relative difference to a float64 computation ~1e-6) by
     :func:`~.gram_rowsums.gram_row_sums` (``backend``: see there); the root is taken in float64.
     """
-    sums = gram_row_sums(t, powers, backend).double()
-    return [(s.sign() * s.abs().pow(1.0 / p)).float() for s, p in zip(sums, powers)]
+    sums = gram_row_sums(t, powers, backend)
+    # p = 1: sign(S)|S| is S itself
+    return [s if p == 1 else (s.double().sign() * s.double().abs().pow(1.0 / p)).float() for s, p in zip(sums, powers)]
 
 
 def deviation(mins: torch.Tensor, maxs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``sum_j relu(min_j - g_j) / |min_j + 1e-6| + relu(g_j - max_j) / |max_j + 1e-6|``, float64 [B]."""
+    """``sum_j relu(min_j - g_j) / |min_j + 1e-6| + relu(g_j - max_j) / |max_j + 1e-6|`` over the last
+    dimension j, float64 ([B, C] -> [B], or [P, B, C] -> [P, B])."""
     mins, maxs, g = mins.double(), maxs.double(), g.double()
-    return ((mins - g).clamp_min(0) / (mins + 1e-6).abs()).sum(dim=1) + \
-        ((g - maxs).clamp_min(0) / (maxs + 1e-6).abs()).sum(dim=1)
+    return ((mins - g).clamp_min(0) / (mins + 1e-6).abs()).sum(dim=-1) + \
+        ((g - maxs).clamp_min(0) / (maxs + 1e-6).abs()).sum(dim=-1)
 
 
 @POSTPROCESSORS.register("gram")
@@ -117,15 +119,15 @@ class GramPostprocessor(Postprocessor):
         raise RuntimeError("gram scores from the shared forward pass's layer taps (score_taps), or "
                            "score_loader after attach_network, not from cached outputs")
 
-    def _class_deviation(self, l: int, p: int, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Deviation of each row of g from the min/max of its class (0 for classes never fitted)."""
-        known = classes < self._mins[l][p].shape[0]
+    def _layer_deviation(self, l: int, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Deviation of each sample's Gram features at layer l from the min/max of its class (0 for classes
+        never fitted), every power at once: g [P, B, C] float32, classes [B] -> float64 [P, B]."""
+        mins, maxs = (torch.stack(bound[l]) for bound in (self._mins, self._maxs))
+        known = classes < mins.shape[1]
         idx = torch.where(known, classes, torch.zeros_like(classes))
-        mins, maxs = self._mins[l][p][idx], self._maxs[l][p][idx]
-        fitted = known & torch.isfinite(mins).all(dim=1)
-        mins = torch.where(fitted[:, None], mins, g)
-        maxs = torch.where(fitted[:, None], maxs, g)
-        return deviation(mins, maxs, g)
+        mins, maxs = mins[:, idx], maxs[:, idx]
+        fitted = (known & torch.isfinite(mins).all(dim=2))[..., None]
+        return deviation(torch.where(fitted, mins, g), torch.where(fitted, maxs, g), g)
 
 
 class _HoldoutStream:
@@ -182,8 +184,8 @@ class _GramFit:
             if len(hy) == 0:
                 norms.append(1.0)
                 continue
-            dev = sum(pp._class_deviation(l, p, torch.cat([b[l][p] for b in self.held_feats]), hy)
-                      for p in range(len(pp.powers)))
+            held = torch.stack([torch.cat([b[l][p] for b in self.held_feats]) for p in range(len(pp.powers))])
+            dev = sum(pp._layer_deviation(l, held, hy))  # power by power, in order
             n = float(dev.mean())
             norms.append(n if n > 0 else 1.0)  # no held-out deviation at this layer: leave it unscaled
         pp._norm = norms
@@ -202,8 +204,8 @@ class _GramScore:
         preds = preds.to(dev, non_blocking=True)
         total = torch.zeros(len(logits), dtype=torch.float64, device=dev)
         for l, t in enumerate(self.taps):
-            for p, g in enumerate(reduced[t.key]):
-                total += self.pp._class_deviation(l, p, g, preds) / self.pp._norm[l]
+            for dev_p in self.pp._layer_deviation(l, torch.stack(reduced[t.key]), preds):
+                total += dev_p / self.pp._norm[l]  # power by power, in order
         self.confs.append(-total / msp.to(dev, non_blocking=True))  # on the device until the split ends
 
     def finish(self) -> np.ndarray:
