@@ -107,7 +107,8 @@ class Tap:
             module returns because the ReLU is functional).
         reduce: a key naming the reduction; taps with equal (layer, reduce) are computed once per
             batch however many consumers ask for them, so equal keys must mean equal ``fn``.
-        fn: ``[B, ...] tensor -> object`` (a tensor or a list of tensors) kept for the batch.
+        fn: ``[B, ...] tensor -> object`` (a tensor or a list of tensors) kept for the batch; it may
+            run later modules of the network on the tensor (the hooks ignore those firings).
     """
 
     layer: str
@@ -213,8 +214,9 @@ class TapSet:
                              f"twice?); tap another module")
         self.calls[layer] += 1
         # reductions run in float32 with autocast off: under bf16/fp16 a Gram row sum or a covariance
-        # would be computed (and overflow) in half precision
-        with torch.no_grad(), full_precision():
+        # would be computed (and overflow) in half precision; a reduction may run later modules of the
+        # network on the map (RankFeat continues the pass from an edited map): the hooks ignore those
+        with torch.no_grad(), full_precision(), self.paused():
             t = _as_float32(t)
             for reduce, fn in self.by_layer[layer].items():  # a module may return a list (VMDLS's encoder)
                 self._batch[(layer, reduce)] = fn(t)

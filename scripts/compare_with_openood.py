@@ -723,7 +723,7 @@ def main(argv=None) -> int:
         our_parts.append(parts)
         # label -> seconds of its own work, or what it rides on: the shared passes (taps) or, in part, the
         # clean passes with gradients it shares with the other input-gradient methods
-        our_times = {k: ("in the shared pass" if sched.routes[k] == "taps" else
+        our_times = {k: (f"{v:.2f} in the shared pass" if sched.routes[k] == "taps" else
                          f"{v:.2f} + {'the shared pass' if sched.result.gradient_seconds else 'shared gradient pass'}"
                          if k in sched.gradient_group else f"{v:.2f}")
                      for k, v in sched.result.seconds.items()}

@@ -147,7 +147,10 @@ def bench_postprocessors(cfg, names: list[str] | None = None, aps_on: bool = Tru
                 openood = split_time["id_train"] + plain + 3 * len(combos) * val_pass
             else:  # setup pass, val passes per grid point, test passes, plus its compute
                 openood = split_time["id_train"] + len(combos) * val_pass + test_pass + plain
-            rows.append({"postprocessor": name, "gradient": how == "network" and not passes, "taps": how == "taps",
+            # "gradient": network work of its own (input gradients, perturbed or edited passes; RankFeat's
+            # tails even where it rides the shared pass), so not among the gradient-free methods
+            own_network = how == "network" or getattr(sched.pps[name], "reruns_layers", False)
+            rows.append({"postprocessor": name, "gradient": own_network and not passes, "taps": how == "taps",
                          "route": how, "passes": passes,
                          "over_own_passes": plain / (passes * test_pass) if passes else None,
                          "combinations": len(combos), "ours_s": plain, "ours_aps_s": searched,
@@ -237,7 +240,7 @@ def print_report(r: dict) -> None:
         print(f"{row['postprocessor']:15s} {kind:>8s} {row['combinations']:10d} {row['ours_s']:9.3f} "
               f"{row['ours_aps_s']:12.3f} {row['openood_way_s']:26.2f}")
     print(f"\nT_fwd (one forward pass over all splits): {r['t_fwd_s']:.2f} s")
-    print(f"layer taps (Gram, GMM, GrOOD fit + scores, MDSEns fit), timed in the shared passes: {r['t_taps_s']:.2f} s "
+    print(f"layer taps (Gram, GMM, GrOOD, RankFeat's tails, MDSEns's fit), timed in the shared passes: {r['t_taps_s']:.2f} s "
           f"(in the methods' rows)")
     for group, sec in r.get("shared_gradient_groups", {}).items():
         if group.startswith("input gradients"):  # the group's clean passes, run apart from the shared passes

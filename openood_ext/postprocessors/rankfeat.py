@@ -1,10 +1,12 @@
 """RankFeat: rank-1 feature removal (Song, Sebe & Wang, "RankFeat: Rank-1 Feature Removal for
 Out-of-distribution Detection", NeurIPS 2022), with the paper's fusion of two blocks as in OpenOOD v1.5.
 
-RankFeat edits intermediate feature maps and continues the forward pass from them, so it re-runs the
-network (``needs_network``; no gradient). All edited passes of a batch go through the network together:
-at the first edited layer the batch is copied once per edited layer (copy j is edited at layer j), so
-the layers before it run once and every later layer runs on the stacked copies.
+RankFeat edits intermediate feature maps and continues the forward pass from them (no gradient). Where
+the network after each edited layer is a chain of its later stages, a flatten and its last linear layer
+(ResNets: ``layer3`` -> ``layer4`` -> ``avgpool`` -> ``fc``; checked on an example batch), RankFeat rides
+the shared forward pass: a layer tap edits the map and runs only that tail. Otherwise it re-runs the
+network on its own: at the first edited layer the batch is copied once per edited layer (copy j is
+edited at layer j), so the layers before it run once and every later layer runs on the stacked copies.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..features import split_tap_layer
+from ..features import Tap, split_tap_layer
 from ..schema import PositiveFloat
 from .base import Postprocessor
 from .common import energy
-from .layer_features import first_batch, iter_images, resolve_layers
+from .layer_features import LayerTaps, first_batch, iter_images, resolve_layers, stage_layers
 from .registry import POSTPROCESSORS
 
 
@@ -67,6 +69,58 @@ class _StackedEdits:
             h.remove()
 
 
+class _Tail:
+    """The network after one of its stages, as the chain of the later stages, a flatten and the last
+    linear layer (``net.get_fc_layer()``): ``tail(map) -> logits``. :func:`chained_tails` checks it."""
+
+    def __init__(self, net: torch.nn.Module, stages: list[str], start: str):
+        modules = dict(net.named_modules())
+        self.later = [modules[name] for name in stages[stages.index(start) + 1:]]
+        self.fc = net.get_fc_layer()
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        for module in self.later:
+            h = module(h)
+        return self.fc(h.flatten(1))
+
+
+def chained_tails(net: torch.nn.Module, layers: list[str], example: torch.Tensor) -> list[_Tail] | None:
+    """One :class:`_Tail` per edited layer when each one, applied to that layer's map of ``example``,
+    gives the network's logits (float rounding aside); None when some does not (a layer that is not a
+    stage, modules between stages, a functional step the chain misses, no ``get_fc_layer``)."""
+    if not callable(getattr(net, "get_fc_layer", None)):
+        return None
+    stages = stage_layers(net, example)
+    if any(layer not in stages for layer in layers):
+        return None
+    tails = [_Tail(net, stages, layer) for layer in layers]
+    with torch.no_grad(), LayerTaps(net, layers, transform=lambda t: t.clone()) as taps:
+        logits = net(example)
+        maps = taps.pop()
+        try:
+            ok = all(torch.allclose(tail(h), logits, rtol=1e-4, atol=1e-5) for tail, h in zip(tails, maps))
+        except (RuntimeError, ValueError):  # a later stage that does not take the map as it comes
+            ok = False
+    return tails if ok else None
+
+
+class _TailScores:
+    """Scores a split from the shared pass's taps: each edited layer's tap removes the rank-1 component of
+    its map and runs the tail; ``finish()`` is T logsumexp(mean of the edited logits / T), float64 [N]."""
+
+    def __init__(self, pp: RankFeatPostprocessor):
+        self.pp, self.confs = pp, []
+        self.taps = [Tap(layer, "rankfeat", lambda t, tail=tail: tail(remove_rank1(t)))
+                     for layer, tail in zip(pp.layer_names, pp._tails)]
+
+    def update(self, reduced, logits, labels):
+        edited = torch.stack([reduced[t.key] for t in self.taps])
+        self.confs.append(energy(edited.mean(dim=0).cpu(), self.pp.temperature))
+
+    def finish(self) -> np.ndarray:
+        return torch.cat(self.confs).numpy() if self.confs else np.zeros(0)
+
+
 @POSTPROCESSORS.register("rankfeat")
 class RankFeatPostprocessor(Postprocessor):
     """RankFeat: conf = T logsumexp(mean_l f_l(x) / T), f_l the logits with layer l's rank-1 component removed; higher = more ID.
@@ -82,9 +136,13 @@ class RankFeatPostprocessor(Postprocessor):
         temperature: T of the energy score (OpenOOD default 1).
     The network must treat the samples of a batch independently (eval mode), as the copies share it.
     OpenOOD's optional power-iteration approximation of the SVD (``accelerate``) is not offered.
+    On a network whose tail after the edited layers is a chain (see the module docstring) it rides the
+    shared forward pass (``uses_taps``; the scores equal those of its own passes up to float rounding).
     """
 
     needs_network = True
+    #: it runs network layers of its own (the tails of the edited maps), though no gradient
+    reruns_layers = True
 
     def __init__(self, layers=(-3, -2), temperature: PositiveFloat = 1.0):
         layers = [layers] if isinstance(layers, (str, int)) else list(layers)
@@ -92,7 +150,38 @@ class RankFeatPostprocessor(Postprocessor):
             raise ValueError("rankfeat: layers must name at least one layer")
         self.layers, self.temperature = layers, float(temperature)
         self.layer_names: list[str] | None = None
+        self._tails: list[_Tail] | None = None
         self.net = self.device = self.loaders = None
+
+    @property
+    def uses_taps(self) -> bool:
+        """Whether it rides the shared pass: until a network is attached, assumed; then whether the
+        network has a chained tail after every edited layer (:func:`chained_tails`)."""
+        return self.net is None or self._tails is not None
+
+    def attach_network(self, net, device, loaders=None) -> None:
+        super().attach_network(net, device, loaders)
+        self._tails = None
+        if loaders is not None:  # probe the network on two images of the training split
+            example = first_batch(loaders("id_train"))[:2].to(device)
+            self.layer_names = resolve_layers(net, self.layers, example)
+            self._tails = chained_tails(net, self.layer_names, example)
+
+    def fit_taps(self, net: torch.nn.Module, example: torch.Tensor) -> None:
+        """Resolve the edited layers and find the tails after them (nothing to fit)."""
+        self.layer_names = resolve_layers(net, self.layers, example)
+        self._tails = chained_tails(net, self.layer_names, example)
+        return None
+
+    def score_taps(self) -> _TailScores:
+        """A consumer of a split's shared pass whose ``finish()`` is its confidences (float64 [N])."""
+        if self._tails is None:
+            raise RuntimeError("rankfeat: no chained tail after the edited layers (fit_taps on this network "
+                               "found none): score with score_loader")
+        return _TailScores(self)
+
+    def fit(self, train_outputs=None, val_outputs=None, **_):
+        return self
 
     @torch.no_grad()
     def score_loader(self, loader) -> np.ndarray:
@@ -108,3 +197,4 @@ class RankFeatPostprocessor(Postprocessor):
         finally:
             edits.close()
         return torch.cat(confs).numpy() if confs else np.zeros(0)
+

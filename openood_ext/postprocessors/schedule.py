@@ -170,6 +170,8 @@ class Scheduler:
         for label, pp in self.pps.items():
             if self.routes[label] != "outputs":
                 pp.attach_network(self.net, self.device, self.loader_for)
+        # a method may ride the shared pass on some networks only (RankFeat): it says so once attached
+        self.routes = {label: route(pp, self.share_taps) for label, pp in self.pps.items()}
         tapped = {label: pp for label, pp in self.pps.items() if self.routes[label] == "taps"}
         layered = {label: pp for label, pp in self.pps.items() if self.routes[label] != "outputs"}
         fitting = {}

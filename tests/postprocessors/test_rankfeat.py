@@ -10,7 +10,9 @@ from zoo_helpers import build
 
 from openood_ext.errors import ConfigError
 from openood_ext.networks.resnet import ResNet18_32x32
-from openood_ext.postprocessors.rankfeat import remove_rank1
+from openood_ext.networks.small_cnn import DigitsCNN
+from openood_ext.postprocessors.rankfeat import chained_tails, remove_rank1
+from openood_ext.postprocessors.schedule import LoaderSource, Scheduler
 
 
 def test_remove_rank1_equals_numpy_svd():
@@ -37,7 +39,7 @@ def test_rankfeat_equals_the_blockwise_definition_and_is_batch_independent():
     head = lambda f: net.fc(torch.flatten(net.avgpool(f), 1))  # noqa: E731
     logits = (head(remove_rank1(upto(x, 4))) + head(net.layer4(remove_rank1(upto(x, 3))))) / 2
     pp = build("rankfeat", temperature=2.0)
-    assert pp.needs_network and not pp.uses_taps  # the scheduler's network route
+    assert pp.needs_network and pp.uses_taps  # rides the shared pass unless the network has no chained tail
     pp.attach_network(net, "cpu")
     conf = pp.score_loader(image_loader(x, torch.zeros(5).long(), batch_size=3))
     assert pp.layer_names == ["layer3", "layer4"]
@@ -51,3 +53,41 @@ def test_rankfeat_equals_the_blockwise_definition_and_is_batch_independent():
 def test_rankfeat_bad_temperature_is_a_config_error():
     with pytest.raises(ConfigError, match="'temperature': expected float > 0"):
         build("rankfeat", temperature=0)
+
+
+def _splits(shape, n=(12, 6, 9, 7)):
+    gen = torch.Generator().manual_seed(3)
+    return {k: image_loader(torch.randn(m, *shape, generator=gen), torch.arange(m) % 3, batch_size=4)
+            for k, m in zip(("id_train", "id_val", "id_test", "far"), n)}
+
+
+def test_rankfeat_rides_the_shared_pass_on_a_resnet_and_scores_as_its_own_passes():
+    """The tails after layer3 and layer4 (layer4 -> avgpool -> fc, avgpool -> fc) reproduce the network's
+    logits, so RankFeat scores from the shared pass's taps; its own passes give the same scores."""
+    torch.manual_seed(0)
+    net = ResNet18_32x32(num_classes=3, width=4).eval()
+    loaders = _splits((3, 16, 16))
+    sched = Scheduler({"rankfeat": build("rankfeat"), "gram": build("gram")}, LoaderSource(net, loaders), net, "cpu")
+    result = sched.run(["id_test", "far"])
+    assert sched.routes["rankfeat"] == "taps" and sched.pps["rankfeat"].layer_names == ["layer3", "layer4"]
+    alone = build("rankfeat")
+    alone.attach_network(net, "cpu")
+    for split in ("id_test", "far"):
+        np.testing.assert_allclose(result.scores["rankfeat"][split].conf, alone.score_loader(loaders[split]), rtol=1e-5)
+    assert result.seconds["rankfeat"] > 0  # its taps' work is charged to it
+
+
+def test_rankfeat_without_a_chained_tail_runs_its_own_passes():
+    """DigitsCNN's stages sit inside one Sequential with convolutions between them: no chained tail, so
+    the scheduler gives RankFeat the network route; the scores are its own passes'."""
+    torch.manual_seed(0)
+    net = DigitsCNN(num_classes=3, in_channels=1, width=2).eval()
+    loaders = _splits((1, 8, 8))
+    example = next(iter(loaders["id_train"]))[0][:2]
+    assert chained_tails(net, ["body.2", "body.5"], example) is None
+    sched = Scheduler({"rankfeat": build("rankfeat", layers=[0, 1])}, LoaderSource(net, loaders), net, "cpu")
+    result = sched.run(["far"])
+    assert sched.routes["rankfeat"] == "network"
+    alone = build("rankfeat", layers=[0, 1])
+    alone.attach_network(net, "cpu")
+    np.testing.assert_array_equal(result.scores["rankfeat"]["far"].conf, alone.score_loader(loaders["far"]))
