@@ -162,10 +162,14 @@ class RankFeatPostprocessor(Postprocessor):
     def attach_network(self, net, device, loaders=None) -> None:
         super().attach_network(net, device, loaders)
         self._tails = None
-        if loaders is not None:  # probe the network on two images of the training split
+        if loaders is None:
+            return
+        try:  # probe the network on two images of the training split
             example = first_batch(loaders("id_train"))[:2].to(device)
-            self.layer_names = resolve_layers(net, self.layers, example)
-            self._tails = chained_tails(net, self.layer_names, example)
+        except (KeyError, ValueError):  # no training split to probe with: its own passes, as always
+            return
+        self.layer_names = resolve_layers(net, self.layers, example)
+        self._tails = chained_tails(net, self.layer_names, example)
 
     def fit_taps(self, net: torch.nn.Module, example: torch.Tensor) -> None:
         """Resolve the edited layers and find the tails after them (nothing to fit)."""

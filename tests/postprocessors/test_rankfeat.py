@@ -91,3 +91,13 @@ def test_rankfeat_without_a_chained_tail_runs_its_own_passes():
     alone = build("rankfeat", layers=[0, 1])
     alone.attach_network(net, "cpu")
     np.testing.assert_array_equal(result.scores["rankfeat"]["far"].conf, alone.score_loader(loaders["far"]))
+
+
+def test_rankfeat_attached_without_a_training_split_scores_with_its_own_passes():
+    torch.manual_seed(0)
+    net = ResNet18_32x32(num_classes=3, width=4).eval()
+    loaders = _splits((3, 16, 16))
+    pp = build("rankfeat")
+    pp.attach_network(net, "cpu", lambda split: {"far": loaders["far"]}[split])  # no id_train to probe with
+    assert not pp.uses_taps
+    assert pp.score_loader(loaders["far"]).shape == (7,)
