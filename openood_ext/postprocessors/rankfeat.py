@@ -94,9 +94,10 @@ def chained_tails(net: torch.nn.Module, layers: list[str], example: torch.Tensor
     if any(layer not in stages for layer in layers):
         return None
     tails = [_Tail(net, stages, layer) for layer in layers]
-    with torch.no_grad(), LayerTaps(net, layers, transform=lambda t: t.clone()) as taps:
-        logits = net(example)
-        maps = taps.pop()
+    with torch.no_grad():
+        with LayerTaps(net, layers, transform=lambda t: t.clone()) as taps:
+            logits = net(example)
+            maps = taps.pop()
         try:
             ok = all(torch.allclose(tail(h), logits, rtol=1e-4, atol=1e-5) for tail, h in zip(tails, maps))
         except (RuntimeError, ValueError):  # a later stage that does not take the map as it comes
