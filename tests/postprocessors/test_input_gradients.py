@@ -210,11 +210,16 @@ def test_the_group_rides_the_tapped_shared_pass_and_scores_as_alone(setup):
         np.testing.assert_allclose(ride.scores["gram"][split].conf, apart.scores["gram"][split].conf, rtol=1e-5)
 
 
-def test_a_half_precision_source_keeps_the_group_on_passes_of_its_own(setup):
-    """The group's passes are fp32: under a bf16 shared pass it does not ride it (same scores either way)."""
+@pytest.mark.parametrize("shared_pass", ["bf16", "compiled"])
+def test_a_shared_pass_of_another_network_keeps_the_group_on_passes_of_its_own(setup, shared_pass):
+    """The group's passes run the fp32 network itself: under a bf16 shared pass, or one through a compiled
+    wrapper (OutputStore's ``forward_net``), it does not ride it (same scores either way)."""
     net, loaders = setup
     source = LoaderSource(net, loaders)
-    source.precision = "bf16"  # as a source configured with precision: bf16 reports it
+    if shared_pass == "bf16":
+        source.precision = "bf16"  # as a source configured with precision: bf16 reports it
+    else:
+        source.forward_net = torch.nn.Sequential(net)  # stands for the compiled wrapper of the network
     result = Scheduler(build(), source, net, "cpu").run(["id_test", "far"])
     assert result.gradient_seconds == {} and list(result.shared_seconds) == ["input gradients: odin, iodin, adascale"]
     ride = Scheduler(build(), LoaderSource(net, loaders), net, "cpu").run(["id_test", "far"])
