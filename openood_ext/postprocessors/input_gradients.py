@@ -103,29 +103,20 @@ def run_gradient_pass(net: torch.nn.Module, loader, device, scorers: Sequence[Gr
     work (its backward and perturbed passes)], "shared": seconds of the rest (loading, the clean
     passes)}`` measured with ``clock``.
     """
-    chunks = {s.chunk for s in scorers}
-    if len(chunks) != 1:
-        raise ValueError(f"run_gradient_pass: the scorers' micro-batch sizes differ ({sorted(chunks)})")
-    features = any(s.features for s in scorers)
+    group = ScorerGroup(net, scorers, clock)
     net.eval()
-    parts: list[list] = [[] for _ in scorers]
-    own = [0.0] * len(scorers)
     start = clock()
-    for images, _ in iter_images(loader, device, desc=desc, chunk=chunks.pop()):
-        batch = GradientBatch(net, images, features)
-        for i, scorer in enumerate(scorers):
-            t = clock()
-            parts[i].append(scorer.score(batch))
-            own[i] += clock() - t
-    results = [_concat(p) for p in parts]
-    return results, {"scorers": own, "shared": clock() - start - sum(own)}
+    for images, _ in iter_images(loader, device, desc=desc, chunk=group.graph_chunk):
+        group.score(GradientBatch(net, images, group.features))
+    return group.finish(), {"scorers": group.own, "shared": clock() - start - sum(group.own)}
 
 
-class SharedPassScorers:
-    """Gradient scorers riding a shared forward pass (a :class:`~openood_ext.features.GraphConsumer` of
-    ``extract_outputs``): each micro-batch's clean pass is the shared pass's, so they add only their own
-    backward and perturbed passes. ``finish()`` returns what :func:`run_gradient_pass` returns for the
-    same micro-batches: per scorer its concatenated scores; ``own`` holds each scorer's seconds."""
+class ScorerGroup:
+    """Gradient scorers of one micro-batch size, scoring the same micro-batches: in a pass of their own
+    (:func:`run_gradient_pass`) or riding a shared forward pass as its
+    :class:`~openood_ext.features.GraphConsumer` (``update_graph``: the micro-batch's clean pass is the
+    shared pass's, so they add only their own backward and perturbed passes). ``finish()`` returns per
+    scorer its concatenated scores; ``own`` holds each scorer's seconds, measured with ``clock``."""
 
     taps = ()
 
@@ -133,19 +124,22 @@ class SharedPassScorers:
                  clock: Callable[[], float] = time.perf_counter):
         chunks = {s.chunk for s in scorers}
         if len(chunks) != 1:
-            raise ValueError(f"SharedPassScorers: the scorers' micro-batch sizes differ ({sorted(chunks)})")
+            raise ValueError(f"gradient scorers: the scorers' micro-batch sizes differ ({sorted(chunks)})")
         self.net, self.scorers, self.clock = net, list(scorers), clock
         self.graph_chunk = chunks.pop()
         self.features = any(s.features for s in scorers)
         self.parts: list[list] = [[] for _ in scorers]
         self.own = [0.0] * len(scorers)
 
-    def update_graph(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> None:
-        batch = GradientBatch.of_pass(self.net, x, logits, features if self.features else None)
+    def score(self, batch: GradientBatch) -> None:
+        """Every scorer on one micro-batch's clean pass, each one timed."""
         for i, scorer in enumerate(self.scorers):
             t = self.clock()
             self.parts[i].append(scorer.score(batch))
             self.own[i] += self.clock() - t
+
+    def update_graph(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> None:
+        self.score(GradientBatch.of_pass(self.net, x, logits, features if self.features else None))
 
     def finish(self) -> list:
         return [_concat(p) for p in self.parts]

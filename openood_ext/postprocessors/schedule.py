@@ -247,8 +247,8 @@ class Scheduler:
         return [self.pps[label].gradient_scorer(loader) for label in self.gradient_group]
 
     def _gradient_consumer(self, split: str):
-        from .input_gradients import SharedPassScorers
-        return SharedPassScorers(self.net, self._group_scorers(split), clock=self.clock)
+        from .input_gradients import ScorerGroup
+        return ScorerGroup(self.net, self._group_scorers(split), clock=self.clock)
 
     def loader_for(self, split: str):
         """The loader the ``network`` methods read a split from: the source's, replayed from memory once
