@@ -30,8 +30,12 @@ def gram_features(t: torch.Tensor, powers, backend: str = "auto") -> list[torch.
     :func:`~.gram_rowsums.gram_row_sums` (``backend``: see there); the root is taken in float64.
     """
     sums = gram_row_sums(t, powers, backend)
-    # p = 1: sign(S)|S| is S itself
-    return [s if p == 1 else (s.double().sign() * s.double().abs().pow(1.0 / p)).float() for s, p in zip(sums, powers)]
+    return [s if p == 1 else _signed_root(s.double(), p) for s, p in zip(sums, powers)]  # p = 1: sign(S)|S| is S
+
+
+def _signed_root(s: torch.Tensor, p: int) -> torch.Tensor:
+    """float32 ``sign(s) |s|^(1/p)`` of a float64 tensor."""
+    return (s.sign() * s.abs().pow(1.0 / p)).float()
 
 
 def deviation(mins: torch.Tensor, maxs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -122,7 +126,7 @@ class GramPostprocessor(Postprocessor):
     def _layer_deviation(self, l: int, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Deviation of each sample's Gram features at layer l from the min/max of its class (0 for classes
         never fitted), every power at once: g [P, B, C] float32, classes [B] -> float64 [P, B]."""
-        mins, maxs = (torch.stack(bound[l]) for bound in (self._mins, self._maxs))
+        mins, maxs = self._mins[l], self._maxs[l]  # [P, K, C] each
         known = classes < mins.shape[1]
         idx = torch.where(known, classes, torch.zeros_like(classes))
         mins, maxs = mins[:, idx], maxs[:, idx]
@@ -177,7 +181,8 @@ class _GramFit:
         pp = self.pp
         if self.mins is None:
             raise ValueError("gram: the id_train pass had no samples")
-        pp._mins, pp._maxs = self.mins, self.maxs
+        # per layer, its powers' [K, C] bounds stacked once: [P, K, C] (scoring reads them per batch)
+        pp._mins, pp._maxs = ([torch.stack(layer) for layer in bounds] for bounds in (self.mins, self.maxs))
         hy = torch.cat(self.held_labels)
         norms = []
         for l in range(len(pp.layer_names)):
