@@ -173,9 +173,11 @@ class RankFeatPostprocessor(Postprocessor):
         self._tails = chained_tails(net, self.layer_names, example)
 
     def fit_taps(self, net: torch.nn.Module, example: torch.Tensor) -> None:
-        """Resolve the edited layers and find the tails after them (nothing to fit)."""
-        self.layer_names = resolve_layers(net, self.layers, example)
-        self._tails = chained_tails(net, self.layer_names, example)
+        """Resolve the edited layers and find the tails after them, unless attaching this network did
+        (nothing to fit)."""
+        if self.layer_names is None or net is not self.net:
+            self.layer_names = resolve_layers(net, self.layers, example)
+            self._tails = chained_tails(net, self.layer_names, example)
         return None
 
     def score_taps(self) -> _TailScores:
