@@ -189,11 +189,10 @@ def _shared_pass_parts(sched: Scheduler, split_time: dict[str, float]) -> tuple[
     """(seconds of the layer taps, {what: seconds} of the rest of the shared passes) on the scheduler's
     shared passes. The taps are timed directly (their reductions in the hooks, updates and fits; each
     method's part is in its row): the difference of two whole passes moves by about a second between
-    runs here. The rest of each shared
-    pass over the split's plain pass, less the taps and the gradient group's own backward and perturbed
-    passes (in their rows), is the passes' own cost: on the scored splits that carried the gradient group
-    its clean pass with gradients (in micro-batches; it can come out below the plain pass in 256-image
-    batches), plus the hooks and the timing noise."""
+    runs here. The rest of each shared pass over the split's plain pass, less the taps and the gradient
+    group's own backward and perturbed passes (in their rows), is the passes' own cost: on the scored
+    splits that carried the gradient group its clean pass with gradients (in micro-batches; it can come
+    out below the plain pass in 256-image batches), plus the hooks and the timing noise."""
     r = sched.result
     taps = sum(r.tap_seconds.values())
     rest = sum(sec - split_time[split] - r.tap_seconds.get(split, 0.0) - r.gradient_seconds.get(split, 0.0)
