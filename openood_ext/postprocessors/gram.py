@@ -21,29 +21,40 @@ from .layer_features import first_batch, resolve_layers
 from .registry import POSTPROCESSORS
 
 
-def gram_features(t: torch.Tensor, powers, backend: str = "auto") -> list[torch.Tensor]:
+def gram_features(t: torch.Tensor, powers, backend: str = "auto") -> torch.Tensor:
     """For each p: ``G_p = sign(S) |S|^(1/p)`` with ``S = rowsum((F^p)(F^p)^T)``, F = [B, C, HW]; float32
-    [B, C] each, on t's device (a [B, D] input is treated as D channels of one position): the fit's
+    [P, B, C] on t's device (a [B, D] input is treated as D channels of one position): the fit's
     min/max and the scoring stay there, so a GPU pass copies no tapped layer to the host per batch.
 
-    S is computed in float32 like OpenOOD (relative difference to a float64 computation ~1e-6) by
-    :func:`~.gram_rowsums.gram_row_sums` (``backend``: see there); the root is taken in float64.
+    S and the root are computed in float32 like OpenOOD (relative difference to a float64 computation
+    ~1e-6: the root adds at most one float32 rounding); S by :func:`~.gram_rowsums.gram_row_sums`
+    (``backend``: see there).
     """
-    sums = gram_row_sums(t, powers, backend)
-    return [s if p == 1 else _signed_root(s.double(), p) for s, p in zip(sums, powers)]  # p = 1: sign(S)|S| is S
+    g = gram_row_sums(t, powers, backend)
+    for row, p in zip(g, powers):
+        if p != 1:  # p = 1: sign(S)|S| is S
+            row.copy_(row.sign() * row.abs().pow_(1.0 / p))
+    return g
 
 
-def _signed_root(s: torch.Tensor, p: int) -> torch.Tensor:
-    """float32 ``sign(s) |s|^(1/p)`` of a float64 tensor."""
-    return (s.sign() * s.abs().pow(1.0 / p)).float()
+def class_bounds(mins: torch.Tensor, maxs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What scoring reads per class from the fitted element-wise bounds ([..., K, C] float32, +inf/-inf
+    for a class without training samples): ``(lo, hi, 1/|lo + 1e-6|, 1/|hi + 1e-6|)``, with the bounds of
+    a class never fitted opened to (-inf, inf) and its reciprocals 0, so it adds no deviation."""
+    unfitted = ~torch.isfinite(mins).all(dim=-1, keepdim=True)
+    lo = mins.masked_fill(unfitted, float("-inf"))
+    hi = maxs.masked_fill(unfitted, float("inf"))
+    inv = [(1.0 / (b.double() + 1e-6).abs()).float().masked_fill(unfitted, 0.0) for b in (mins, maxs)]
+    return lo, hi, *inv
 
 
-def deviation(mins: torch.Tensor, maxs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``sum_j relu(min_j - g_j) / |min_j + 1e-6| + relu(g_j - max_j) / |max_j + 1e-6|`` over the last
-    dimension j, float64 ([B, C] -> [B], or [P, B, C] -> [P, B])."""
-    mins, maxs, g = mins.double(), maxs.double(), g.double()
-    return ((mins - g).clamp_min(0) / (mins + 1e-6).abs()).sum(dim=-1) + \
-        ((g - maxs).clamp_min(0) / (maxs + 1e-6).abs()).sum(dim=-1)
+def deviation(lo: torch.Tensor, hi: torch.Tensor, inv_lo: torch.Tensor, inv_hi: torch.Tensor,
+              g: torch.Tensor) -> torch.Tensor:
+    """``sum_j relu(lo_j - g_j) / |lo_j + 1e-6| + relu(g_j - hi_j) / |hi_j + 1e-6|`` over the last dimension
+    j (OpenOOD's deviation; the reciprocals come from :func:`class_bounds`): float32 terms summed in
+    float64, [..., C] -> float64 [...]."""
+    below = (lo - g).clamp_min_(0).mul_(inv_lo)
+    return below.add_((g - hi).clamp_min_(0).mul_(inv_hi)).sum(dim=-1, dtype=torch.float64)
 
 
 @POSTPROCESSORS.register("gram")
@@ -80,7 +91,7 @@ class GramPostprocessor(Postprocessor):
         self.powers, self.holdout, self.seed = powers, float(holdout), int(seed)
         self.layers = layers if isinstance(layers, str) else list(layers)
         self.layer_names: list[str] | None = None
-        self._mins = self._maxs = self._norm = None
+        self._mins = self._maxs = self._bounds = self._norm = None
         self.net = self.device = self.loaders = None
 
     # ------------------------------------------------------------------ taps
@@ -125,13 +136,8 @@ class GramPostprocessor(Postprocessor):
 
     def _layer_deviation(self, l: int, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Deviation of each sample's Gram features at layer l from the min/max of its class (0 for classes
-        never fitted), every power at once: g [P, B, C] float32, classes [B] -> float64 [P, B]."""
-        mins, maxs = self._mins[l], self._maxs[l]  # [P, K, C] each
-        known = classes < mins.shape[1]
-        idx = torch.where(known, classes, torch.zeros_like(classes))
-        mins, maxs = mins[:, idx], maxs[:, idx]
-        fitted = (known & torch.isfinite(mins).all(dim=2))[..., None]
-        return deviation(torch.where(fitted, mins, g), torch.where(fitted, maxs, g), g)
+        never fitted), every power at once: g [P, B, C] float32, classes [B] (< K) -> float64 [P, B]."""
+        return deviation(*(b[:, classes] for b in self._bounds[l]), g)
 
 
 class _HoldoutStream:
@@ -151,46 +157,45 @@ class _GramFit:
         self.pp, self.taps = pp, pp._taps()
         self.held = _HoldoutStream(pp.holdout, pp.seed)
         self.mins = self.maxs = None
-        self.held_feats: list = []  # per batch: [layer][power] float32 [n_held, C]
+        self.held_feats: list = []  # per batch, per layer: float32 [P, n_held, C]
         self.held_labels: list = []
 
     def update(self, reduced, logits, labels):
         feats = [reduced[t.key] for t in self.taps]
         labels = labels.long().cpu()
-        dev = feats[0][0].device  # the features stay where the pass computed them
-        if self.mins is None:
+        dev = feats[0].device  # the features stay where the pass computed them
+        if self.mins is None:  # per layer [P, K, C]
             k = max(int(labels.max()) + 1, logits.shape[1])
-            self.mins = [[torch.full((k, g.shape[1]), float("inf"), device=dev) for g in layer] for layer in feats]
-            self.maxs = [[-m for m in layer] for layer in self.mins]
+            self.mins = [torch.full((g.shape[0], k, g.shape[2]), float("inf"), device=dev) for g in feats]
+            self.maxs = [-m for m in self.mins]
         held = self.held.take(len(labels))
         # row indices chosen on the host (labels and the hold-out stream are host data), then moved once
         fit_rows = (~held & (labels >= 0)).nonzero().squeeze(1)
         keep = (held & (labels >= 0)).nonzero().squeeze(1)
         fit_dev, keep_dev = fit_rows.to(dev, non_blocking=True), keep.to(dev, non_blocking=True)
         y = labels[fit_rows].to(dev, non_blocking=True)
-        for l, layer in enumerate(feats):
-            for p, g in enumerate(layer):
-                g = g.index_select(0, fit_dev)
-                idx = y[:, None].expand_as(g)
-                self.mins[l][p].scatter_reduce_(0, idx, g, "amin")
-                self.maxs[l][p].scatter_reduce_(0, idx, g, "amax")
-        self.held_feats.append([[g.index_select(0, keep_dev) for g in layer] for layer in feats])
+        for l, g in enumerate(feats):
+            g = g.index_select(1, fit_dev)
+            idx = y[None, :, None].expand_as(g)
+            self.mins[l].scatter_reduce_(1, idx, g, "amin")
+            self.maxs[l].scatter_reduce_(1, idx, g, "amax")
+        self.held_feats.append([layer.index_select(1, keep_dev) for layer in feats])
         self.held_labels.append(labels[keep].to(dev, non_blocking=True))
 
     def finish(self) -> GramPostprocessor:
         pp = self.pp
         if self.mins is None:
             raise ValueError("gram: the id_train pass had no samples")
-        # per layer, its powers' [K, C] bounds stacked once: [P, K, C] (scoring reads them per batch)
-        pp._mins, pp._maxs = ([torch.stack(layer) for layer in bounds] for bounds in (self.mins, self.maxs))
+        pp._mins, pp._maxs = self.mins, self.maxs  # per layer [P, K, C]
+        pp._bounds = [class_bounds(lo, hi) for lo, hi in zip(pp._mins, pp._maxs)]
         hy = torch.cat(self.held_labels)
         norms = []
         for l in range(len(pp.layer_names)):
             if len(hy) == 0:
                 norms.append(1.0)
                 continue
-            held = torch.stack([torch.cat([b[l][p] for b in self.held_feats]) for p in range(len(pp.powers))])
-            dev = sum(pp._layer_deviation(l, held, hy))  # power by power, in order
+            held = torch.cat([b[l] for b in self.held_feats], dim=1)
+            dev = pp._layer_deviation(l, held, hy).sum(dim=0)
             n = float(dev.mean())
             norms.append(n if n > 0 else 1.0)  # no held-out deviation at this layer: leave it unscaled
         pp._norm = norms
@@ -204,13 +209,12 @@ class _GramScore:
         self.pp, self.taps, self.confs = pp, pp._taps(), []
 
     def update(self, reduced, logits, labels):
-        dev = reduced[self.taps[0].key][0].device
+        dev = reduced[self.taps[0].key].device
         msp, preds = logits.double().softmax(dim=1).max(dim=1)
         preds = preds.to(dev, non_blocking=True)
         total = torch.zeros(len(logits), dtype=torch.float64, device=dev)
         for l, t in enumerate(self.taps):
-            for dev_p in self.pp._layer_deviation(l, torch.stack(reduced[t.key]), preds):
-                total += dev_p / self.pp._norm[l]  # power by power, in order
+            total += self.pp._layer_deviation(l, reduced[t.key], preds).sum(dim=0) / self.pp._norm[l]
         self.confs.append(-total / msp.to(dev, non_blocking=True))  # on the device until the split ends
 
     def finish(self) -> np.ndarray:

@@ -85,6 +85,37 @@ def test_gmm_float32_pca_spans_the_float64_subspace():
     assert build("gmm").pca_dtype == "float32"
 
 
+def test_principal_axes_through_the_sample_gram_matrix_equal_sklearns_exact_pca():
+    from openood_ext.postprocessors.common import principal_axes
+    rng = np.random.default_rng(2)
+    # a decaying spectrum around a large mean (as ReLU features): the centring matters
+    feats = (rng.standard_normal((200, 30)) / np.arange(1, 31) @ rng.standard_normal((30, 900)) + 5).astype(np.float32)
+    full = PCA(n_components=8, svd_solver="full").fit(feats.astype(np.float64)).components_.T
+    np.testing.assert_allclose(principal_axes(feats, 8, "gram", "float64"), full, atol=1e-9)
+    np.testing.assert_allclose(principal_axes(feats, 8, "gram", "float32"), full, atol=1e-4)
+    np.testing.assert_allclose(principal_axes(feats, 8, "auto", "float64"), full, atol=1e-9)  # N <= 2048: gram
+    # fewer directions with variance than axes asked (rank 3 after centring): sklearn completes the basis
+    low = (rng.standard_normal((50, 3)) @ rng.standard_normal((3, 100))).astype(np.float64)
+    axes = principal_axes(low, 5, "gram", "float64")
+    np.testing.assert_allclose(axes.T @ axes, np.eye(5), atol=1e-9)
+    np.testing.assert_allclose(axes, PCA(n_components=5, svd_solver="full").fit(low).components_.T, atol=1e-9)
+    with pytest.raises(ValueError, match="pca_solver must be one of"):
+        principal_axes(feats, 2, "arpack")
+
+
+def test_gmm_auto_solver_is_the_gram_pca_on_small_splits_and_sklearns_above(monkeypatch):
+    from openood_ext.postprocessors import common
+    calls, fit = [], PCA.fit
+    monkeypatch.setattr(PCA, "fit", lambda self, x: calls.append(self.svd_solver) or fit(self, x))
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((60, 80)).astype(np.float32)
+    common.principal_axes(feats, 4)
+    assert calls == []  # the Gram path uses no sklearn PCA
+    monkeypatch.setattr(common, "GRAM_PCA_MAX_SAMPLES", 59)
+    common.principal_axes(feats, 4)
+    assert calls == ["auto"]
+
+
 def test_gmm_projection_in_row_blocks_equals_one_float64_product():
     from openood_ext.postprocessors.gmm import project_float64
     rng = np.random.default_rng(1)
