@@ -140,6 +140,13 @@ def pipeline_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s weight-dtype keyword: ``dtype`` from the diffusers release that deprecated
+    ``torch_dtype`` (mid 2026; it added the message checked here), ``torch_dtype`` before."""
+    from diffusers.utils import deprecation_utils
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
 def load_pipeline(cfg: SDConfig, workdir: Path, device: str | torch.device = "cpu"):
     """``tiny-random`` | a local directory | a hub id present in the local HF cache (else ConfigError);
     on ``device`` with :func:`pipeline_dtype` weights."""
@@ -151,7 +158,7 @@ def load_pipeline(cfg: SDConfig, workdir: Path, device: str | torch.device = "cp
         local = Path(cfg.model).is_dir()
         try:
             pipe = StableDiffusionPipeline.from_pretrained(cfg.model, safety_checker=None, requires_safety_checker=False,
-                                                           local_files_only=True, torch_dtype=dtype)
+                                                           local_files_only=True, **{_dtype_keyword(): dtype})
         except Exception as exc:
             if local:
                 raise ConfigError(f"outliers.model: {cfg.model} is not a diffusers Stable Diffusion directory "

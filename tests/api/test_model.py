@@ -130,6 +130,7 @@ def test_another_class_count_than_the_benchmark_is_one_line():
     assert "3 logits but benchmark digits has 6 classes" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # what users still bring
 def test_torchscript_models_cannot_be_hooked_one_line():
     net = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
     with pytest.raises(ConfigError, match="cannot be hooked"):

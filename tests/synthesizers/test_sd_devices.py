@@ -41,10 +41,11 @@ def test_a_local_model_is_loaded_in_float16_and_moved_to_cuda(monkeypatch, tmp_p
     monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", staticmethod(from_pretrained))
     monkeypatch.setattr(diffusers.PNDMScheduler, "from_config", staticmethod(lambda config, **kw: "plms"))
     pipe = load_pipeline(SDConfig(model=str(tmp_path)), tmp_path / "tok", device="cuda")
-    assert seen["torch_dtype"] == torch.float16 and seen["local_files_only"]
+    key = sd_pipeline._dtype_keyword()  # dtype on diffusers that deprecated torch_dtype
+    assert seen[key] == torch.float16 and seen["local_files_only"]
     assert pipe.moves == [(("cuda", torch.float16), {})]
     cpu = load_pipeline(SDConfig(model=str(tmp_path)), tmp_path / "tok", device="cpu")
-    assert seen["torch_dtype"] == torch.float32 and cpu.moves == [(("cpu", torch.float32), {})]
+    assert seen[key] == torch.float32 and cpu.moves == [(("cpu", torch.float32), {})]
 
 
 def test_the_tiny_model_follows_the_same_rule(monkeypatch, tmp_path):

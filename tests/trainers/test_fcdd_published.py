@@ -194,7 +194,13 @@ def _grads(mode: str) -> torch.Tensor:
                                            "optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": "constant"})
     eng = Engine(_BNTrainer(), net, loader, settings, num_classes=1)
     grads = {}
-    eng._optimizer_step = lambda: grads.setdefault("g", net[0].weight.grad.clone())
+    step = eng._optimizer_step
+
+    def record_then_step():
+        grads.setdefault("g", net[0].weight.grad.clone())
+        step()
+
+    eng._optimizer_step = record_then_step
     eng.run_epoch(0)
     whole = net[0].weight.detach().clone().requires_grad_(True)
     return grads["g"], net, data, whole
