@@ -35,6 +35,7 @@ FUSED_MAX_POWER = 5
 CPU_CHUNK_BYTES = 1 << 18
 
 
+@torch.compiler.disable  # in a compiled network's tap it runs eagerly: the CPU kernel is numba's, not traceable
 @full_precision  # float32 products and sums: in fp16 the 5th-order sums overflow to inf
 def gram_row_sums(t: torch.Tensor, powers, backend: str = "auto") -> torch.Tensor:
     """``S[j, b, c] = rowsum_c((F_b^p)(F_b^p)^T)`` for ``p = powers[j]``; float32 [P, B, C] on t's device.
