@@ -204,4 +204,3 @@ class RankFeatPostprocessor(Postprocessor):
         finally:
             edits.close()
         return torch.cat(confs).numpy() if confs else np.zeros(0)
-

@@ -337,29 +337,18 @@ class _TimedTaps:
     """A tap consumer whose own work (its reductions in the hooks, updates and finish) is timed."""
 
     def __init__(self, consumer, clock: Callable[[], float]):
-        self.inner, self.clock, self.seconds = consumer, clock, 0.0
+        self.clock, self.seconds = clock, 0.0
         self.taps = [Tap(t.layer, t.reduce, self._timed(t.fn)) for t in consumer.taps]
+        self.update, self.finish = self._timed(consumer.update), self._timed(consumer.finish)
 
     def _timed(self, fn):
-        def reduce(t):
+        def timed(*args):
             start = self.clock()
             try:
-                return fn(t)
+                return fn(*args)
             finally:
                 self.seconds += self.clock() - start
-        return reduce
-
-    def update(self, reduced, logits, labels) -> None:
-        start = self.clock()
-        self.inner.update(reduced, logits, labels)
-        self.seconds += self.clock() - start
-
-    def finish(self):
-        start = self.clock()
-        try:
-            return self.inner.finish()
-        finally:
-            self.seconds += self.clock() - start
+        return timed
 
 
 def fit_alone(pp, source, net=None, device=None, fit_split: str = "id_train", val_split: str = "id_val"):
